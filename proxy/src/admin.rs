@@ -1,0 +1,96 @@
+//! The admin server: `/metrics`, `/live`, `/ready` and `POST /shutdown`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+use crate::metrics::Metrics;
+
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Serves admin requests on `listener` until the task is aborted.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    drain: watch::Receiver<bool>,
+    shutdown: mpsc::Sender<()>,
+) {
+    loop {
+        let (stream, client) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(error) => {
+                tracing::warn!(%error, "admin accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let (metrics, drain, shutdown) = (metrics.clone(), drain.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let rsp = route(&req, client, &metrics, &drain, &shutdown);
+                async move { Ok::<_, Infallible>(rsp) }
+            });
+            let mut builder = http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10));
+            if let Err(error) = builder.serve_connection(TokioIo::new(stream), svc).await {
+                tracing::debug!(%error, "admin connection ended with an error");
+            }
+        });
+    }
+}
+
+fn route(
+    req: &Request<Incoming>,
+    client: SocketAddr,
+    metrics: &Arc<Metrics>,
+    drain: &watch::Receiver<bool>,
+    shutdown: &mpsc::Sender<()>,
+) -> Response<Full<Bytes>> {
+    let text = |status: StatusCode, body: &str| {
+        let mut rsp = Response::new(Full::new(Bytes::from(format!("{body}\n"))));
+        *rsp.status_mut() = status;
+        rsp
+    };
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/metrics") => {
+            let mut rsp = Response::new(Full::new(Bytes::from(metrics.render())));
+            rsp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static(OPENMETRICS),
+            );
+            rsp
+        }
+        (&Method::GET, "/live") => text(StatusCode::OK, "live"),
+        (&Method::GET, "/ready") if *drain.borrow() => {
+            text(StatusCode::SERVICE_UNAVAILABLE, "draining")
+        }
+        (&Method::GET, "/ready") => text(StatusCode::OK, "ready"),
+        // Only a process in the pod may stop the proxy.
+        (&Method::POST, "/shutdown") if !client.ip().is_loopback() => text(
+            StatusCode::FORBIDDEN,
+            "shutdown is only accepted from localhost",
+        ),
+        (&Method::POST, "/shutdown") => {
+            let _ = shutdown.try_send(());
+            text(StatusCode::OK, "shutdown")
+        }
+        (_, "/metrics" | "/live" | "/ready" | "/shutdown") => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: try /metrics, /live, /ready or POST /shutdown",
+        ),
+    }
+}

@@ -1,0 +1,223 @@
+//! Upstream connections: a pool per endpoint and protocol, shared by every request that
+//! the balancer sends there.
+//!
+//! HTTP/1 connections carry one request at a time: an idle stack per endpoint, with a
+//! connection going back on the stack once its response body has been read. HTTP/2
+//! multiplexes every request over one connection per endpoint.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+use crate::balance::PeakEwma;
+use crate::body::BoxBody;
+use crate::error::ProxyError;
+
+/// Which HTTP version a pooled connection speaks.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Version {
+    /// HTTP/1.1.
+    Http1,
+    /// HTTP/2 (prior knowledge).
+    Http2,
+}
+
+/// Settings for upstream connections.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// How long a TCP connect may take.
+    pub connect_timeout: Duration,
+    /// How long an idle HTTP/1 connection is kept.
+    pub idle_timeout: Duration,
+    /// Idle HTTP/1 connections kept per endpoint.
+    pub max_idle_per_endpoint: usize,
+}
+
+/// One endpoint: its load estimate and its connections.
+#[derive(Debug)]
+pub struct Endpoint {
+    /// The endpoint's address.
+    pub addr: SocketAddr,
+    /// Its peak-EWMA load, for the balancer.
+    pub load: PeakEwma,
+    version: Version,
+    config: ClientConfig,
+    idle: Mutex<Vec<(http1::SendRequest<BoxBody>, Instant)>>,
+    h2: Mutex<Option<http2::SendRequest<BoxBody>>>,
+}
+
+/// Every endpoint the proxy has talked to, keyed by address and HTTP version.
+#[derive(Debug)]
+pub struct Endpoints {
+    config: ClientConfig,
+    map: Mutex<HashMap<(SocketAddr, Version), Arc<Endpoint>>>,
+}
+
+impl Endpoints {
+    /// An empty set of endpoints with these connection settings.
+    pub fn new(config: ClientConfig) -> Self {
+        Self {
+            config,
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The endpoint for `addr`, created on first use.
+    pub fn get(&self, addr: SocketAddr, version: Version) -> Arc<Endpoint> {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry((addr, version))
+            .or_insert_with(|| {
+                Arc::new(Endpoint {
+                    addr,
+                    load: PeakEwma::default(),
+                    version,
+                    config: self.config.clone(),
+                    idle: Mutex::new(Vec::new()),
+                    h2: Mutex::new(None),
+                })
+            })
+            .clone()
+    }
+}
+
+impl Endpoint {
+    /// Sends `req` over a pooled or new connection and returns the response head.
+    pub async fn send(
+        self: &Arc<Self>,
+        req: Request<BoxBody>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        match self.version {
+            Version::Http1 => self.send_h1(req).await,
+            Version::Http2 => self.send_h2(req).await,
+        }
+    }
+
+    async fn connect(&self) -> Result<TokioIo<TcpStream>, ProxyError> {
+        let addr = self.addr;
+        let tcp = tokio::time::timeout(self.config.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| ProxyError::ConnectTimeout(addr))?
+            .map_err(|source| ProxyError::Connect { addr, source })?;
+        // Small requests and responses must not wait for Nagle's algorithm.
+        let _ = tcp.set_nodelay(true);
+        Ok(TokioIo::new(tcp))
+    }
+
+    fn take_idle(&self) -> Option<http1::SendRequest<BoxBody>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some((tx, since)) = idle.pop() {
+            if !tx.is_closed() && tx.is_ready() && since.elapsed() < self.config.idle_timeout {
+                return Some(tx);
+            }
+        }
+        None
+    }
+
+    async fn send_h1(
+        self: &Arc<Self>,
+        mut req: Request<BoxBody>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        // A pooled connection may have been closed by the server just now; hyper then
+        // hands the unsent request back, and it goes out again on a fresh connection.
+        loop {
+            let (mut tx, reused) = match self.take_idle() {
+                Some(tx) => (tx, true),
+                None => (self.handshake_h1().await?, false),
+            };
+            match tx.try_send_request(req).await {
+                Ok(rsp) => {
+                    if rsp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+                        self.release_when_ready(tx);
+                    }
+                    return Ok(rsp);
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if reused => req = unsent,
+                    _ => {
+                        return Err(ProxyError::Upstream {
+                            addr: self.addr,
+                            source: e.into_error(),
+                        });
+                    }
+                },
+            }
+        }
+    }
+
+    async fn handshake_h1(&self) -> Result<http1::SendRequest<BoxBody>, ProxyError> {
+        let io = self.connect().await?;
+        let (tx, conn) = http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(|source| ProxyError::Handshake {
+                addr: self.addr,
+                source,
+            })?;
+        tokio::spawn(async move {
+            if let Err(error) = conn.with_upgrades().await {
+                tracing::debug!(%error, "upstream HTTP/1 connection closed");
+            }
+        });
+        Ok(tx)
+    }
+
+    /// Returns an HTTP/1 connection to the idle stack once its response is fully read.
+    fn release_when_ready(self: &Arc<Self>, mut tx: http1::SendRequest<BoxBody>) {
+        let this = Arc::downgrade(self);
+        tokio::spawn(async move {
+            if tx.ready().await.is_err() {
+                return;
+            }
+            let Some(this) = this.upgrade() else { return };
+            let mut idle = this.idle.lock().unwrap_or_else(|e| e.into_inner());
+            if idle.len() < this.config.max_idle_per_endpoint {
+                idle.push((tx, Instant::now()));
+            }
+        });
+    }
+
+    async fn send_h2(&self, req: Request<BoxBody>) -> Result<Response<Incoming>, ProxyError> {
+        let existing = {
+            let h2 = self.h2.lock().unwrap_or_else(|e| e.into_inner());
+            h2.as_ref().filter(|tx| !tx.is_closed()).cloned()
+        };
+        let mut tx = match existing {
+            Some(tx) => tx,
+            None => {
+                let io = self.connect().await?;
+                let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .handshake(io)
+                    .await
+                    .map_err(|source| ProxyError::Handshake {
+                        addr: self.addr,
+                        source,
+                    })?;
+                tokio::spawn(async move {
+                    if let Err(error) = conn.await {
+                        tracing::debug!(%error, "upstream HTTP/2 connection closed");
+                    }
+                });
+                *self.h2.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx.clone());
+                tx
+            }
+        };
+        tx.ready().await.map_err(|source| ProxyError::Upstream {
+            addr: self.addr,
+            source,
+        })?;
+        tx.send_request(req)
+            .await
+            .map_err(|source| ProxyError::Upstream {
+                addr: self.addr,
+                source,
+            })
+    }
+}

@@ -1,0 +1,129 @@
+//! The proxy's settings: command-line flags, each backed by a `MESH_PROXY_*` variable.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// mesh-proxy: the mesh's sidecar proxy.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "mesh-proxy", version, about)]
+pub struct Config {
+    /// Where peers' traffic to this pod arrives (iptables redirects inbound here).
+    #[arg(long, env = "MESH_PROXY_INBOUND_ADDR", default_value = "0.0.0.0:4143")]
+    pub inbound_addr: SocketAddr,
+
+    /// Where the application's outbound traffic arrives; also usable as an HTTP proxy.
+    #[arg(
+        long,
+        env = "MESH_PROXY_OUTBOUND_ADDR",
+        default_value = "127.0.0.1:4140"
+    )]
+    pub outbound_addr: SocketAddr,
+
+    /// Admin server: /metrics, /live, /ready, POST /shutdown.
+    #[arg(long, env = "MESH_PROXY_ADMIN_ADDR", default_value = "0.0.0.0:4191")]
+    pub admin_addr: SocketAddr,
+
+    /// The application's address, for inbound connections that were not redirected by
+    /// iptables (local mode). Redirected connections go to their original destination.
+    #[arg(long, env = "MESH_PROXY_INBOUND_APP_ADDR")]
+    pub inbound_app_addr: Option<SocketAddr>,
+
+    /// Log filter, in tracing's EnvFilter syntax (e.g. `info,mesh_proxy=debug`).
+    #[arg(long, env = "MESH_PROXY_LOG", default_value = "info")]
+    pub log: String,
+
+    /// How long a connection to an endpoint may take before the request fails with 504.
+    #[arg(long, env = "MESH_PROXY_CONNECT_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+
+    /// How long to wait for a client's first bytes before treating the connection as
+    /// opaque TCP (server-speaks-first protocols send nothing).
+    #[arg(long, env = "MESH_PROXY_DETECT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub detect_timeout: Duration,
+
+    /// How long an HTTP/1 client may take to send a request's headers.
+    #[arg(long, env = "MESH_PROXY_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// Largest request head accepted, in bytes; larger heads get 431.
+    #[arg(long, env = "MESH_PROXY_MAX_HEADER_BYTES", default_value_t = 64 * 1024)]
+    pub max_header_bytes: usize,
+
+    /// Open connections accepted per listener; more wait in the kernel's backlog.
+    #[arg(long, env = "MESH_PROXY_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// Requests in flight per direction; more are answered 503 at once.
+    #[arg(
+        long,
+        env = "MESH_PROXY_MAX_IN_FLIGHT_REQUESTS",
+        default_value_t = 10_000
+    )]
+    pub max_in_flight_requests: usize,
+
+    /// Concurrent streams per HTTP/2 connection.
+    #[arg(
+        long,
+        env = "MESH_PROXY_MAX_CONCURRENT_STREAMS",
+        default_value_t = 1_000
+    )]
+    pub max_concurrent_streams: u32,
+
+    /// How long an idle upstream HTTP/1 connection is kept for reuse.
+    #[arg(long, env = "MESH_PROXY_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// How long in-flight requests may take to finish after shutdown begins.
+    #[arg(long, env = "MESH_PROXY_SHUTDOWN_GRACE_PERIOD", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_grace_period: Duration,
+}
+
+/// Parses `250ms`, `10s`, `2m`, `1h` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 250ms, 10s, 2m"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => {
+            return Err(format!(
+                "invalid duration unit {unit:?} in {s:?}: use ms, s, m or h"
+            ));
+        }
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("invalid duration {s:?}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1.5m"), Ok(Duration::from_secs(90)));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("5d").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn defaults_match_the_architecture() {
+        let c = Config::try_parse_from(["mesh-proxy"]).expect("defaults parse");
+        assert_eq!(c.inbound_addr.port(), 4143);
+        assert_eq!(c.outbound_addr.to_string(), "127.0.0.1:4140");
+        assert_eq!(c.admin_addr.port(), 4191);
+    }
+}

@@ -1,0 +1,546 @@
+//! HTTP proxying: the per-direction stacks of tower layers, request normalisation, and
+//! the forwarding service at the bottom of each stack.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version as HttpVersion};
+use http_body::{Body as _, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tower::util::BoxCloneService;
+use tower::{Service, ServiceBuilder, ServiceExt};
+
+use crate::balance::p2c;
+use crate::body::{self, BoxBody};
+use crate::client::{Endpoints, Version};
+use crate::error::{self, BoxError, ProxyError};
+use crate::metrics::{Class, Direction, Metrics, RequestLabels};
+use crate::resolve::{NameAddr, Resolve};
+
+/// A boxed HTTP service that never fails: errors have become responses.
+pub type HttpService = BoxCloneService<Request<Incoming>, Response<BoxBody>, Infallible>;
+type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send + 'static>>;
+
+/// What a request's connection tells the stack; set once per connection.
+#[derive(Clone, Debug)]
+pub struct ConnInfo {
+    /// The client's address.
+    pub client: SocketAddr,
+    /// Where the connection was going: the original destination of a redirected
+    /// connection, or, inbound, the application's address.
+    pub target: Option<SocketAddr>,
+}
+
+/// What both stacks share: name resolution, endpoints and their pools, metrics.
+#[derive(Debug)]
+pub struct Shared {
+    /// Resolves authorities to endpoints.
+    pub resolve: Resolve,
+    /// Pools of upstream connections.
+    pub endpoints: Endpoints,
+    /// Metrics for every request.
+    pub metrics: Arc<Metrics>,
+    /// The proxy's own listening addresses: a request routed to one of them would loop.
+    pub own_addrs: Vec<SocketAddr>,
+}
+
+/// Builds the stack one direction's requests flow through, top to bottom.
+pub fn stack(shared: Arc<Shared>, direction: Direction, max_in_flight: usize) -> HttpService {
+    let svc = ServiceBuilder::new()
+        // Count every request and time it to its response headers, including the
+        // requests the proxy answers itself, so clients and metrics agree.
+        .layer_fn(|inner| Metered {
+            inner,
+            metrics: shared.metrics.clone(),
+            direction,
+        })
+        // The one place errors become responses with `mesh-proxy-error`; every layer
+        // below returns errors.
+        .layer_fn(|inner| Rescue { inner })
+        // Shed load instead of queueing when too many requests are in flight: a fast
+        // 503 lets the caller's balancer pick another replica.
+        .load_shed()
+        .concurrency_limit(max_in_flight)
+        .service(Forward {
+            shared: shared.clone(),
+            direction,
+        });
+    BoxCloneService::new(svc)
+}
+
+/// The request's authority: the URI's (absolute-form or `:authority`), else `Host`.
+pub fn request_authority<B>(req: &Request<B>) -> Option<&str> {
+    req.uri().authority().map(|a| a.as_str()).or_else(|| {
+        req.headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+    })
+}
+
+fn is_grpc<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+// === Forward: the bottom of the stack ===
+
+/// Sends a request to an endpoint of its destination and returns the response.
+#[derive(Clone, Debug)]
+struct Forward {
+    shared: Arc<Shared>,
+    direction: Direction,
+}
+
+impl Service<Request<Incoming>> for Forward {
+    type Response = Response<BoxBody>;
+    type Error = BoxError;
+    type Future = BoxFuture<Self::Response, BoxError>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { this.forward(req).await.map_err(Into::into) })
+    }
+}
+
+impl Forward {
+    async fn forward(self, mut req: Request<Incoming>) -> Result<Response<BoxBody>, ProxyError> {
+        let conn = req.extensions_mut().remove::<ConnInfo>();
+        let target = conn.as_ref().and_then(|c| c.target);
+        let version = if req.version() == HttpVersion::HTTP_2 {
+            Version::Http2
+        } else {
+            Version::Http1
+        };
+        let authority = request_authority(&req).map(str::to_owned);
+
+        let addrs = match self.direction {
+            // Inbound traffic always goes to the local application.
+            Direction::Inbound => {
+                vec![target.ok_or_else(|| ProxyError::NoEndpoints("application".into()))?]
+            }
+            Direction::Outbound => match &authority {
+                Some(a) => {
+                    self.shared
+                        .resolve
+                        .resolve(&NameAddr::parse(a, 80)?)
+                        .await?
+                }
+                None => vec![target.ok_or(ProxyError::NoAuthority)?],
+            },
+        };
+        if addrs.iter().any(|a| self.shared.own_addrs.contains(a)) {
+            return Err(ProxyError::Loop);
+        }
+        let endpoints: Vec<_> = addrs
+            .iter()
+            .map(|a| self.shared.endpoints.get(*a, version))
+            .collect();
+        let now = Instant::now();
+        let endpoint = p2c(&endpoints, |e| e.load.load(now))
+            .cloned()
+            .ok_or_else(|| ProxyError::NoEndpoints(authority.clone().unwrap_or_default()))?;
+
+        let upgrade = (version == Version::Http1 && is_upgrade(req.headers()))
+            .then(|| hyper::upgrade::on(&mut req));
+        normalize_request(
+            &mut req,
+            authority.as_deref(),
+            endpoint.addr,
+            upgrade.is_some(),
+        );
+
+        let in_flight = endpoint.load.start();
+        let mut rsp = endpoint.send(req.map(body::boxed)).await?;
+        in_flight.complete();
+
+        match upgrade {
+            Some(client) if rsp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                let server = hyper::upgrade::on(&mut rsp);
+                tokio::spawn(tunnel(client, server));
+            }
+            _ => strip_hop_by_hop(rsp.headers_mut(), false, false),
+        }
+        Ok(rsp.map(body::boxed))
+    }
+}
+
+/// Carries the bytes of an upgraded connection (e.g. a WebSocket) both ways.
+async fn tunnel(client: hyper::upgrade::OnUpgrade, server: hyper::upgrade::OnUpgrade) {
+    match tokio::try_join!(client, server) {
+        Ok((client, server)) => {
+            let (mut client, mut server) = (TokioIo::new(client), TokioIo::new(server));
+            if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut server).await {
+                tracing::debug!(%error, "upgraded connection closed");
+            }
+        }
+        Err(error) => tracing::debug!(%error, "upgrade failed"),
+    }
+}
+
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE) && connection_has(headers, "upgrade")
+}
+
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1): the fixed set and any named in
+/// `Connection`. An upgrade keeps `Upgrade` and `Connection: upgrade`; HTTP/2 keeps
+/// `te: trailers`, which gRPC needs end to end.
+fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool, keep_te_trailers: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .filter(|n| !(keep_upgrade && n == header::UPGRADE))
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    let te_trailers = keep_te_trailers
+        && headers
+            .get(header::TE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    for name in [
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::PROXY_AUTHORIZATION,
+        header::PROXY_AUTHENTICATE,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+    ] {
+        headers.remove(name);
+    }
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::CONNECTION);
+        headers.remove(header::UPGRADE);
+    }
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Makes a request fit to send upstream: hop-by-hop headers removed, the URI in the
+/// form the upstream protocol needs, and `Host` consistent with the target authority.
+fn normalize_request<B>(
+    req: &mut Request<B>,
+    authority: Option<&str>,
+    endpoint: SocketAddr,
+    upgrade: bool,
+) {
+    let h2 = req.version() == HttpVersion::HTTP_2;
+    strip_hop_by_hop(req.headers_mut(), upgrade, h2);
+    let authority = authority
+        .map(str::to_owned)
+        .unwrap_or_else(|| endpoint.to_string());
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/")
+        .to_owned();
+    if h2 {
+        // HTTP/2 carries the authority in `:authority`, taken from the URI.
+        if let Ok(uri) = Uri::builder()
+            .scheme("http")
+            .authority(authority.as_str())
+            .path_and_query(path)
+            .build()
+        {
+            *req.uri_mut() = uri;
+        }
+    } else {
+        if req.uri().authority().is_some() {
+            // Absolute-form (the app used us as an HTTP proxy): the URI's authority
+            // wins over any Host header (RFC 9112 §3.2.2), and upstream gets origin-form.
+            if let Ok(host) = HeaderValue::from_str(&authority) {
+                req.headers_mut().insert(header::HOST, host);
+            }
+            if let Ok(uri) = path.parse() {
+                *req.uri_mut() = uri;
+            }
+        } else if !req.headers().contains_key(header::HOST) {
+            if let Ok(host) = HeaderValue::from_str(&authority) {
+                req.headers_mut().insert(header::HOST, host);
+            }
+        }
+    }
+}
+
+// === Rescue: errors become responses ===
+
+#[derive(Clone, Debug)]
+struct Rescue<S> {
+    inner: S,
+}
+
+impl<S> Service<Request<Incoming>> for Rescue<S>
+where
+    S: Service<Request<Incoming>, Response = Response<BoxBody>>,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<BoxBody>;
+    type Error = Infallible;
+    type Future = BoxFuture<Response<BoxBody>, Infallible>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // Readiness errors (load shedding) surface from `call` instead, as responses.
+        match self.inner.poll_ready(cx) {
+            Poll::Ready(_) => Poll::Ready(Ok(())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        let grpc = is_grpc(&req);
+        let fut = self.inner.call(req);
+        Box::pin(async move { Ok(fut.await.unwrap_or_else(|e| error::rescue(e.into(), grpc))) })
+    }
+}
+
+// === Metered: golden metrics ===
+
+#[derive(Clone, Debug)]
+struct Metered<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+    direction: Direction,
+}
+
+impl<S> Service<Request<Incoming>> for Metered<S>
+where
+    S: Service<Request<Incoming>, Response = Response<BoxBody>, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<BoxBody>;
+    type Error = Infallible;
+    type Future = BoxFuture<Response<BoxBody>, Infallible>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        let labels = self.metrics.labels(
+            self.direction,
+            request_authority(&req).unwrap_or(""),
+            "default",
+        );
+        self.metrics.request(&labels);
+        let metrics = self.metrics.clone();
+        let start = Instant::now();
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let rsp = fut.await?;
+            let latency = start.elapsed();
+            let status = rsp.status().as_u16();
+            // A trailers-only gRPC response carries its status in the headers.
+            let grpc_status = grpc_status(rsp.headers());
+            Ok(rsp.map(|inner| {
+                let metered = MeteredBody {
+                    inner,
+                    done: Some(Done {
+                        metrics,
+                        labels,
+                        status,
+                        latency,
+                    }),
+                    grpc_status,
+                };
+                body::boxed(metered)
+            }))
+        })
+    }
+}
+
+fn grpc_status(headers: &HeaderMap) -> Option<u32> {
+    headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+#[derive(Debug)]
+struct Done {
+    metrics: Arc<Metrics>,
+    labels: RequestLabels,
+    status: u16,
+    latency: Duration,
+}
+
+impl Done {
+    fn record(self, grpc_status: Option<u32>, failed: bool) {
+        let class = match grpc_status {
+            _ if failed => Class::Failure,
+            Some(0) => Class::Success,
+            Some(_) => Class::Failure,
+            None if self.status >= 500 => Class::Failure,
+            None => Class::Success,
+        };
+        self.metrics
+            .response(&self.labels, self.status, class, self.latency);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that records the response once its stream ends.
+    struct MeteredBody {
+        #[pin]
+        inner: BoxBody,
+        done: Option<Done>,
+        grpc_status: Option<u32>,
+    }
+
+    impl PinnedDrop for MeteredBody {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(done) = this.done.take() {
+                // Dropped before its end: fine if nothing was left to send (HEAD, 204),
+                // a failure if the stream was cut short.
+                let failed = !this.inner.is_end_stream();
+                done.record(*this.grpc_status, failed);
+            }
+        }
+    }
+}
+
+impl http_body::Body for MeteredBody {
+    type Data = bytes::Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let frame = match this.inner.poll_frame(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(f) => f,
+        };
+        match &frame {
+            Some(Ok(f)) => {
+                if let Some(t) = f.trailers_ref() {
+                    *this.grpc_status = grpc_status(t).or(*this.grpc_status);
+                }
+            }
+            Some(Err(_)) => {
+                if let Some(done) = this.done.take() {
+                    done.record(*this.grpc_status, true);
+                }
+            }
+            None => {
+                if let Some(done) = this.done.take() {
+                    done.record(*this.grpc_status, false);
+                }
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Serves one request with `stack`, tagging it with its connection's details.
+pub async fn serve(
+    stack: HttpService,
+    conn: ConnInfo,
+    mut req: Request<Incoming>,
+) -> Result<Response<BoxBody>, Infallible> {
+    req.extensions_mut().insert(conn);
+    stack.oneshot(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert("x-app", HeaderValue::from_static("kept"));
+        strip_hop_by_hop(&mut h, false, true);
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert_eq!(h["x-app"], "kept");
+        assert_eq!(h[header::TE], "trailers");
+    }
+
+    #[test]
+    fn upgrades_keep_their_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(is_upgrade(&h));
+        strip_hop_by_hop(&mut h, true, false);
+        assert_eq!(h[header::UPGRADE], "websocket");
+        assert_eq!(h[header::CONNECTION], "upgrade");
+    }
+
+    #[test]
+    fn absolute_form_becomes_origin_form_with_host() {
+        let mut req = Request::get("http://web.default:8080/a?b=1")
+            .header("host", "wrong")
+            .body(())
+            .expect("req");
+        let ep: SocketAddr = ([127, 0, 0, 1], 8080).into();
+        let authority = request_authority(&req).map(str::to_owned);
+        normalize_request(&mut req, authority.as_deref(), ep, false);
+        assert_eq!(req.uri(), "/a?b=1");
+        assert_eq!(req.headers()[header::HOST], "web.default:8080");
+    }
+
+    #[test]
+    fn h2_requests_keep_their_authority() {
+        let mut req = Request::post("/pkg.Svc/M")
+            .version(HttpVersion::HTTP_2)
+            .body(())
+            .expect("req");
+        normalize_request(
+            &mut req,
+            Some("grpc.default:50051"),
+            ([127, 0, 0, 1], 1).into(),
+            false,
+        );
+        assert_eq!(req.uri(), "http://grpc.default:50051/pkg.Svc/M");
+    }
+}

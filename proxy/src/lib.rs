@@ -1,0 +1,25 @@
+//! mesh-proxy: the mesh's sidecar. It accepts a pod's inbound and outbound connections,
+//! detects HTTP/1, HTTP/2 (and so gRPC) or opaque TCP on each, forwards requests to
+//! balanced endpoints over pooled connections, answers its own failures with a
+//! `mesh-proxy-error` header, and keeps golden metrics with exact HDR latency
+//! histograms, served on the admin port.
+//!
+//! A request's path through the proxy reads top to bottom in [`http::stack`].
+
+pub mod admin;
+pub mod balance;
+pub mod body;
+pub mod client;
+pub mod config;
+pub mod detect;
+pub mod error;
+pub mod http;
+pub mod io;
+pub mod metrics;
+pub mod resolve;
+pub mod server;
+pub mod tcp;
+
+pub use config::Config;
+pub use error::{PROXY_ERROR_HEADER, ProxyError};
+pub use server::{Listening, Proxy, StartError};

@@ -1,0 +1,47 @@
+//! The `mesh-proxy` binary: parses flags and environment, then runs the proxy until
+//! SIGTERM, Ctrl-C or `POST /shutdown`.
+
+use std::io::IsTerminal;
+
+use anyhow::Context;
+use clap::Parser;
+use mesh_proxy::{Config, Proxy};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    let filter = EnvFilter::try_new(&config.log)
+        .with_context(|| format!("invalid MESH_PROXY_LOG {:?}", config.log))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+
+    // Two worker threads: a sidecar shares its pod's CPU with the application.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let proxy = Proxy::bind(config).await?;
+        proxy.run(shutdown_signal()).await;
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGTERM; only Ctrl-C and POST /shutdown stop the proxy");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,164 @@
+//! Resolves an authority to endpoint addresses: IP literals directly, names through DNS.
+//!
+//! DNS is the fallback for names the destination service does not know; until that
+//! service is wired in, it is the only source of endpoints.
+
+use std::net::{IpAddr, SocketAddr};
+
+use hickory_resolver::{
+    Resolver, TokioResolver, config::ResolverConfig, net::runtime::TokioRuntimeProvider,
+};
+
+use crate::error::ProxyError;
+
+/// A `host:port` the proxy routes to.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct NameAddr {
+    /// A DNS name or an IP literal (IPv6 without brackets).
+    pub host: String,
+    /// The port.
+    pub port: u16,
+}
+
+impl NameAddr {
+    /// Parses an authority such as `web.default.svc.cluster.local:80`, `[::1]:8080` or
+    /// `web` (port `default_port`); user-info is refused.
+    pub fn parse(authority: &str, default_port: u16) -> Result<Self, ProxyError> {
+        let bad = || ProxyError::BadAuthority(authority.chars().take(256).collect());
+        let a: http::uri::Authority = authority.parse().map_err(|_| bad())?;
+        // `http` accepts a non-numeric port and reports no port; refuse it instead of
+        // silently routing to the default port.
+        let has_port = a
+            .as_str()
+            .rsplit_once(']')
+            .map_or(a.as_str(), |(_, rest)| rest)
+            .contains(':');
+        if authority.contains('@') || a.host().is_empty() || (has_port && a.port_u16().is_none()) {
+            return Err(bad());
+        }
+        let host = a
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
+        Ok(Self {
+            host,
+            port: a.port_u16().unwrap_or(default_port),
+        })
+    }
+}
+
+impl std::fmt::Display for NameAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Turns names into endpoint addresses.
+#[derive(Clone)]
+pub struct Resolve {
+    dns: TokioResolver,
+}
+
+impl std::fmt::Debug for Resolve {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resolve").finish_non_exhaustive()
+    }
+}
+
+impl Resolve {
+    /// A resolver from the system's configuration (`/etc/resolv.conf`, `/etc/hosts`).
+    pub fn from_system() -> Result<Self, ProxyError> {
+        let builder = match TokioResolver::builder_tokio() {
+            Ok(b) => b,
+            Err(error) => {
+                // No usable resolv.conf (a bare container, say): names can still come
+                // from /etc/hosts and IP literals; every other lookup fails clearly.
+                tracing::warn!(%error, "no system DNS configuration; only /etc/hosts names resolve");
+                Resolver::builder_with_config(
+                    ResolverConfig::default(),
+                    TokioRuntimeProvider::default(),
+                )
+            }
+        };
+        let dns = builder.build().map_err(|e| ProxyError::Resolve {
+            name: "(resolver)".into(),
+            reason: e.to_string(),
+        })?;
+        Ok(Self { dns })
+    }
+
+    /// The endpoints of `dst`; an empty answer is an error.
+    pub async fn resolve(&self, dst: &NameAddr) -> Result<Vec<SocketAddr>, ProxyError> {
+        if let Ok(ip) = dst.host.parse::<IpAddr>() {
+            return Ok(vec![SocketAddr::new(ip, dst.port)]);
+        }
+        // A trailing dot makes the name absolute: no search-list expansion, so a name
+        // like `x.invalid` is answered locally instead of being retried as
+        // `x.invalid.<search domain>` over the network.
+        let fqdn = if dst.host.ends_with('.') {
+            dst.host.clone()
+        } else {
+            format!("{}.", dst.host)
+        };
+        match self.dns.lookup_ip(fqdn.as_str()).await {
+            Ok(lookup) => {
+                let addrs: Vec<SocketAddr> = lookup
+                    .iter()
+                    .map(|ip| SocketAddr::new(ip, dst.port))
+                    .collect();
+                if addrs.is_empty() {
+                    Err(ProxyError::NoEndpoints(dst.to_string()))
+                } else {
+                    Ok(addrs)
+                }
+            }
+            Err(e) if e.is_no_records_found() => Err(ProxyError::NoEndpoints(dst.to_string())),
+            Err(e) => Err(ProxyError::Resolve {
+                name: dst.host.clone(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_authorities() {
+        let n = NameAddr::parse("Web.Default:8080", 80).expect("valid");
+        assert_eq!((n.host.as_str(), n.port), ("web.default", 8080));
+        assert_eq!(NameAddr::parse("web", 80).expect("valid").port, 80);
+        let v6 = NameAddr::parse("[::1]:9", 80).expect("valid");
+        assert_eq!(v6.host, "::1");
+        assert_eq!(v6.to_string(), "[::1]:9");
+        assert!(NameAddr::parse("user@web:80", 80).is_err());
+        assert!(NameAddr::parse("web:notaport", 80).is_err());
+        assert!(NameAddr::parse("", 80).is_err());
+    }
+
+    #[tokio::test]
+    async fn resolves_literals_localhost_and_refuses_invalid() {
+        let r = Resolve::from_system().expect("resolver");
+        let lit = r
+            .resolve(&NameAddr::parse("127.0.0.7:81", 80).expect("valid"))
+            .await
+            .expect("literal");
+        assert_eq!(lit, vec![SocketAddr::from(([127, 0, 0, 7], 81))]);
+        let local = r
+            .resolve(&NameAddr::parse("localhost:80", 80).expect("valid"))
+            .await
+            .expect("localhost");
+        assert!(local.iter().all(|a| a.ip().is_loopback()), "{local:?}");
+        let none = r
+            .resolve(&NameAddr::parse("nothing.invalid:80", 80).expect("valid"))
+            .await;
+        assert!(matches!(none, Err(ProxyError::NoEndpoints(_))), "{none:?}");
+    }
+}

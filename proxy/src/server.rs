@@ -1,0 +1,306 @@
+//! The proxy's listeners and connection lifecycle: accept, detect the protocol, serve,
+//! and drain gracefully on shutdown.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc, watch};
+
+use crate::client::{ClientConfig, Endpoints};
+use crate::config::Config;
+use crate::detect::{Protocol, detect};
+use crate::http::{ConnInfo, HttpService, Shared};
+use crate::io::{PrefixedIo, original_dst};
+use crate::metrics::{Direction, Metrics};
+use crate::resolve::Resolve;
+use crate::tcp::{self, CountingIo};
+
+/// The addresses a running proxy listens on.
+#[derive(Copy, Clone, Debug)]
+pub struct Listening {
+    /// The inbound listener.
+    pub inbound: SocketAddr,
+    /// The outbound listener.
+    pub outbound: SocketAddr,
+    /// The admin server.
+    pub admin: SocketAddr,
+}
+
+/// Errors that stop the proxy from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr} ({name}): {source}")]
+    Bind {
+        /// Which listener.
+        name: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The socket error.
+        source: io::Error,
+    },
+    /// The DNS resolver could not be built.
+    #[error("cannot start the DNS resolver: {0}")]
+    Resolver(#[from] crate::error::ProxyError),
+}
+
+/// Everything a connection needs, shared by all of them.
+struct Ctx {
+    config: Config,
+    shared: Arc<Shared>,
+    drain: watch::Receiver<bool>,
+}
+
+/// A proxy whose listeners are bound; `run` serves until shutdown.
+pub struct Proxy {
+    ctx: Arc<Ctx>,
+    listeners: [(Direction, TcpListener, HttpService); 2],
+    admin: TcpListener,
+    drain_tx: watch::Sender<bool>,
+    listening: Listening,
+}
+
+async fn bind(name: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { name, addr, source })
+}
+
+impl Proxy {
+    /// Binds the inbound, outbound and admin listeners.
+    pub async fn bind(config: Config) -> Result<Self, StartError> {
+        let inbound = bind("inbound", config.inbound_addr).await?;
+        let outbound = bind("outbound", config.outbound_addr).await?;
+        let admin = bind("admin", config.admin_addr).await?;
+        let local = |l: &TcpListener, fallback| l.local_addr().unwrap_or(fallback);
+        let listening = Listening {
+            inbound: local(&inbound, config.inbound_addr),
+            outbound: local(&outbound, config.outbound_addr),
+            admin: local(&admin, config.admin_addr),
+        };
+        let metrics = Arc::new(Metrics::default());
+        let shared = Arc::new(Shared {
+            resolve: Resolve::from_system()?,
+            endpoints: Endpoints::new(ClientConfig {
+                connect_timeout: config.connect_timeout,
+                idle_timeout: config.idle_timeout,
+                max_idle_per_endpoint: 64,
+            }),
+            metrics,
+            own_addrs: vec![listening.inbound, listening.outbound, listening.admin],
+        });
+        let (drain_tx, drain) = watch::channel(false);
+        let max = config.max_in_flight_requests.max(1);
+        let listeners = [
+            (
+                Direction::Inbound,
+                inbound,
+                crate::http::stack(shared.clone(), Direction::Inbound, max),
+            ),
+            (
+                Direction::Outbound,
+                outbound,
+                crate::http::stack(shared.clone(), Direction::Outbound, max),
+            ),
+        ];
+        let ctx = Arc::new(Ctx {
+            config,
+            shared,
+            drain,
+        });
+        Ok(Self {
+            ctx,
+            listeners,
+            admin,
+            drain_tx,
+            listening,
+        })
+    }
+
+    /// The bound addresses.
+    pub fn listening(&self) -> Listening {
+        self.listening
+    }
+
+    /// Serves until `shutdown` resolves or `POST /shutdown` arrives, then stops
+    /// accepting, lets in-flight work finish within the grace period, and returns.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        let Self {
+            ctx,
+            listeners,
+            admin,
+            drain_tx,
+            listening,
+        } = self;
+        // Each connection holds a clone of `done`; when all are dropped, draining is over.
+        let (done, mut all_done) = mpsc::channel::<()>(1);
+        let (admin_shutdown_tx, mut admin_shutdown) = mpsc::channel::<()>(1);
+        for (direction, listener, stack) in listeners {
+            tokio::spawn(accept_loop(
+                listener,
+                direction,
+                stack,
+                ctx.clone(),
+                done.clone(),
+            ));
+        }
+        let admin_task = tokio::spawn(crate::admin::serve(
+            admin,
+            ctx.shared.metrics.clone(),
+            ctx.drain.clone(),
+            admin_shutdown_tx,
+        ));
+        tracing::info!(
+            inbound = %listening.inbound,
+            outbound = %listening.outbound,
+            admin = %listening.admin,
+            "listening"
+        );
+
+        tokio::select! {
+            () = shutdown => tracing::info!("signal received; draining"),
+            _ = admin_shutdown.recv() => tracing::info!("shutdown requested; draining"),
+        }
+        let _ = drain_tx.send(true);
+        drop(done);
+        let grace = ctx.config.shutdown_grace_period;
+        match tokio::time::timeout(grace, all_done.recv()).await {
+            Ok(_) => tracing::info!("drained"),
+            Err(_) => tracing::warn!(?grace, "grace period over; closing remaining connections"),
+        }
+        admin_task.abort();
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    direction: Direction,
+    stack: HttpService,
+    ctx: Arc<Ctx>,
+    done: mpsc::Sender<()>,
+) {
+    let limit = Arc::new(Semaphore::new(ctx.config.max_connections.max(1)));
+    let mut drain = ctx.drain.clone();
+    loop {
+        // At the connection limit, stop accepting: new clients wait in the backlog.
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            () = drained(&mut drain) => return,
+        };
+        let (stream, client) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(conn) => conn,
+                Err(error) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = drained(&mut drain) => return,
+        };
+        let (ctx, stack, done) = (ctx.clone(), stack.clone(), done.clone());
+        tokio::spawn(async move {
+            handle(stream, client, direction, stack, &ctx).await;
+            drop((permit, done));
+        });
+    }
+}
+
+/// Resolves once the proxy starts draining.
+async fn drained(drain: &mut watch::Receiver<bool>) {
+    let _ = drain.wait_for(|d| *d).await;
+}
+
+async fn handle(
+    stream: TcpStream,
+    client: SocketAddr,
+    direction: Direction,
+    stack: HttpService,
+    ctx: &Ctx,
+) {
+    let _ = stream.set_nodelay(true);
+    let target = match direction {
+        Direction::Inbound => original_dst(&stream).or(ctx.config.inbound_app_addr),
+        Direction::Outbound => original_dst(&stream),
+    };
+    let mut io = CountingIo::new(stream, ctx.shared.metrics.tcp_open(direction, "src"));
+    let detected = match detect(&mut io, ctx.config.detect_timeout).await {
+        Ok(d) => d,
+        Err(error) => {
+            tracing::debug!(%error, %client, "connection failed before detection");
+            return;
+        }
+    };
+    let Some(protocol) = detected.protocol else {
+        return;
+    };
+    let io = PrefixedIo::new(detected.prefix, io);
+    let conn = ConnInfo { client, target };
+    match protocol {
+        Protocol::Http1 | Protocol::Http2 => serve_http(io, protocol, conn, stack, ctx).await,
+        Protocol::Opaque => match target {
+            Some(target) if !ctx.shared.own_addrs.contains(&target) => {
+                let metrics = &ctx.shared.metrics;
+                if let Err(error) =
+                    tcp::forward(io, target, ctx.config.connect_timeout, metrics, direction).await
+                {
+                    tracing::debug!(%error, %client, %target, "opaque connection ended");
+                }
+            }
+            _ => tracing::debug!(%client, "opaque connection with no known destination; closing"),
+        },
+    }
+}
+
+async fn serve_http<I>(io: I, protocol: Protocol, conn: ConnInfo, stack: HttpService, ctx: &Ctx)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let io = TokioIo::new(io);
+    let svc =
+        hyper::service::service_fn(move |req| crate::http::serve(stack.clone(), conn.clone(), req));
+    let mut drain = ctx.drain.clone();
+    let cfg = &ctx.config;
+    let result = if protocol == Protocol::Http2 {
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(cfg.max_concurrent_streams)
+            .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX));
+        let conn = builder.serve_connection(io, svc);
+        tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => r,
+            () = drained(&mut drain) => {
+                // GOAWAY: in-flight streams finish, new ones are refused.
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        }
+    } else {
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(cfg.header_read_timeout)
+            .max_buf_size(cfg.max_header_bytes.max(8192))
+            .max_header_size(cfg.max_header_bytes);
+        let conn = builder.serve_connection(io, svc).with_upgrades();
+        tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => r,
+            () = drained(&mut drain) => {
+                // Finish the request in flight, then close instead of keeping alive.
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(%error, "HTTP connection ended with an error");
+    }
+}
