@@ -1,0 +1,251 @@
+//! Real backends on loopback: an HTTP server speaking HTTP/1 and h2c, a WebSocket echo,
+//! a TCP echo, and helpers for unhelpful servers.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::UnsyncBoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// The body type backends answer with.
+pub type Body = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// A running HTTP backend and what it has seen.
+#[derive(Clone, Debug)]
+pub struct Http {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Connections accepted.
+    pub connections: Arc<AtomicUsize>,
+    /// Requests whose handler was dropped before finishing (the client went away).
+    pub cancelled: Arc<AtomicUsize>,
+}
+
+impl Http {
+    /// `127.0.0.1:PORT`, as an authority.
+    pub fn authority(&self) -> String {
+        self.addr.to_string()
+    }
+}
+
+/// The bytes of `/size/N`: a repeating, position-dependent pattern, so that a lost or
+/// reordered chunk changes the result.
+pub fn pattern(n: usize) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i % 251) as u8 ^ ((i / 251) % 256) as u8)
+        .collect()
+}
+
+fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+struct CancelGuard(Arc<AtomicUsize>, bool);
+impl Drop for CancelGuard {
+    fn drop(&mut self) {
+        if !self.1 {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// The test application's routes:
+/// * `/echo`: the request body back, streamed;
+/// * `/size/N`: N bytes of [`pattern`];
+/// * `/sleep/MS`: answers after MS milliseconds (counts cancellations);
+/// * `/status/N`: answers with status N;
+/// * `/trailers`: a streamed body followed by trailers `x-checksum`;
+/// * `/headers`: the request's headers, one `name: value` a line;
+/// * anything else: `hello`.
+async fn app(
+    req: Request<Incoming>,
+    cancelled: Arc<AtomicUsize>,
+) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path().to_owned();
+    let mut parts = path.trim_start_matches('/').splitn(2, '/');
+    let rsp = match (parts.next().unwrap_or(""), parts.next()) {
+        ("echo", _) => Response::new(req.into_body().map_err(Into::into).boxed_unsync()),
+        ("size", Some(n)) => Response::new(full(pattern(n.parse().unwrap_or(0)))),
+        ("sleep", Some(ms)) => {
+            let mut guard = CancelGuard(cancelled, false);
+            tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
+            guard.1 = true;
+            Response::new(full("slept"))
+        }
+        ("status", Some(code)) => {
+            let mut rsp = Response::new(full(format!("status {code}")));
+            *rsp.status_mut() = code
+                .parse::<u16>()
+                .ok()
+                .and_then(|c| StatusCode::from_u16(c).ok())
+                .unwrap_or(StatusCode::OK);
+            rsp
+        }
+        ("trailers", _) => {
+            let mut trailers = HeaderMap::new();
+            trailers.insert("x-checksum", "abc123".parse().expect("ascii"));
+            let frames: Vec<Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>> = vec![
+                Ok(Frame::data(Bytes::from_static(b"part1,"))),
+                Ok(Frame::data(Bytes::from_static(b"part2"))),
+                Ok(Frame::trailers(trailers)),
+            ];
+            Response::new(StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync())
+        }
+        ("headers", _) => {
+            let text: String = req
+                .headers()
+                .iter()
+                .map(|(k, v)| format!("{k}: {}\n", String::from_utf8_lossy(v.as_bytes())))
+                .collect();
+            Response::new(full(text))
+        }
+        _ => Response::new(full("hello")),
+    };
+    Ok(rsp)
+}
+
+/// Starts the test application on an ephemeral loopback port, speaking HTTP/1 and h2c.
+pub async fn http() -> Http {
+    http_on("127.0.0.1:0".parse().expect("addr")).await
+}
+
+/// Starts the test application on `addr`.
+pub async fn http_on(addr: SocketAddr) -> Http {
+    let listener = TcpListener::bind(addr).await.expect("bind backend");
+    let server = Http {
+        addr: listener.local_addr().expect("addr"),
+        connections: Arc::default(),
+        cancelled: Arc::default(),
+    };
+    let s = server.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            s.connections.fetch_add(1, Ordering::SeqCst);
+            let cancelled = s.cancelled.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| app(req, cancelled.clone()));
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    server
+}
+
+/// A WebSocket server that echoes every message; returns its address.
+pub async fn websocket_echo() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind ws");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if msg.is_close() {
+                        break;
+                    }
+                    if ws.send(msg).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A TCP server that echoes everything until the client half-closes, then writes
+/// `banner`'s byte count summary and closes. When `banner` is set it speaks first.
+pub async fn tcp_echo(banner: Option<&'static [u8]>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind tcp");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                if let Some(b) = banner {
+                    if stream.write_all(b).await.is_err() {
+                        return;
+                    }
+                }
+                let mut buf = vec![0u8; 16 * 1024];
+                let mut total = 0usize;
+                loop {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            total += n;
+                            if stream.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                // The client half-closed; our side keeps writing, proving half-close.
+                let _ = stream
+                    .write_all(format!("\nbytes={total}\n").as_bytes())
+                    .await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// A listener whose accept queue is full and never drained: connects to it hang,
+/// which is how a connect timeout is provoked on loopback.
+pub struct Blackhole {
+    /// The address whose connects hang.
+    pub addr: SocketAddr,
+    _listener: std::net::TcpListener,
+    _fillers: Vec<std::net::TcpStream>,
+}
+
+/// Makes a [`Blackhole`].
+pub fn blackhole() -> Blackhole {
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .expect("bind");
+    socket.listen(0).expect("listen");
+    let listener: std::net::TcpListener = socket.into();
+    let addr = listener.local_addr().expect("addr");
+    // Fill the accept queue; once it is full the kernel drops further SYNs.
+    let mut fillers = Vec::new();
+    for _ in 0..8 {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        s.set_nonblocking(true).expect("nonblocking");
+        let _ = s.connect(&addr.into());
+        fillers.push(s.into());
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    Blackhole {
+        addr,
+        _listener: listener,
+        _fillers: fillers,
+    }
+}
