@@ -19,6 +19,8 @@ use tokio::net::TcpStream;
 use crate::balance::PeakEwma;
 use crate::body::BoxBody;
 use crate::error::ProxyError;
+use crate::metrics::{Direction, Metrics};
+use crate::tcp::CountingIo;
 
 /// Which HTTP version a pooled connection speaks.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
@@ -48,7 +50,9 @@ pub struct Endpoint {
     /// Its peak-EWMA load, for the balancer.
     pub load: PeakEwma,
     version: Version,
+    direction: Direction,
     config: ClientConfig,
+    metrics: Arc<Metrics>,
     idle: Mutex<Vec<(http1::SendRequest<BoxBody>, Instant)>>,
     h2: Mutex<Option<http2::SendRequest<BoxBody>>>,
 }
@@ -57,28 +61,32 @@ pub struct Endpoint {
 #[derive(Debug)]
 pub struct Endpoints {
     config: ClientConfig,
-    map: Mutex<HashMap<(SocketAddr, Version), Arc<Endpoint>>>,
+    metrics: Arc<Metrics>,
+    map: Mutex<HashMap<(SocketAddr, Version, Direction), Arc<Endpoint>>>,
 }
 
 impl Endpoints {
     /// An empty set of endpoints with these connection settings.
-    pub fn new(config: ClientConfig) -> Self {
+    pub fn new(config: ClientConfig, metrics: Arc<Metrics>) -> Self {
         Self {
             config,
+            metrics,
             map: Mutex::new(HashMap::new()),
         }
     }
 
     /// The endpoint for `addr`, created on first use.
-    pub fn get(&self, addr: SocketAddr, version: Version) -> Arc<Endpoint> {
+    pub fn get(&self, addr: SocketAddr, version: Version, direction: Direction) -> Arc<Endpoint> {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        map.entry((addr, version))
+        map.entry((addr, version, direction))
             .or_insert_with(|| {
                 Arc::new(Endpoint {
                     addr,
                     load: PeakEwma::default(),
                     version,
+                    direction,
                     config: self.config.clone(),
+                    metrics: self.metrics.clone(),
                     idle: Mutex::new(Vec::new()),
                     h2: Mutex::new(None),
                 })
@@ -99,7 +107,7 @@ impl Endpoint {
         }
     }
 
-    async fn connect(&self) -> Result<TokioIo<TcpStream>, ProxyError> {
+    async fn connect(&self) -> Result<TokioIo<CountingIo<TcpStream>>, ProxyError> {
         let addr = self.addr;
         let tcp = tokio::time::timeout(self.config.connect_timeout, TcpStream::connect(addr))
             .await
@@ -107,7 +115,8 @@ impl Endpoint {
             .map_err(|source| ProxyError::Connect { addr, source })?;
         // Small requests and responses must not wait for Nagle's algorithm.
         let _ = tcp.set_nodelay(true);
-        Ok(TokioIo::new(tcp))
+        let stats = self.metrics.tcp_open(self.direction, "dst");
+        Ok(TokioIo::new(CountingIo::new(tcp, stats)))
     }
 
     fn take_idle(&self) -> Option<http1::SendRequest<BoxBody>> {
@@ -140,12 +149,7 @@ impl Endpoint {
                 }
                 Err(mut e) => match e.take_message() {
                     Some(unsent) if reused => req = unsent,
-                    _ => {
-                        return Err(ProxyError::Upstream {
-                            addr: self.addr,
-                            source: e.into_error(),
-                        });
-                    }
+                    _ => return Err(ProxyError::upstream(self.addr, e.into_error())),
                 },
             }
         }
@@ -215,9 +219,6 @@ impl Endpoint {
         })?;
         tx.send_request(req)
             .await
-            .map_err(|source| ProxyError::Upstream {
-                addr: self.addr,
-                source,
-            })
+            .map_err(|source| ProxyError::upstream(self.addr, source))
     }
 }

@@ -62,16 +62,33 @@ pub enum ProxyError {
         /// hyper's error.
         source: hyper::Error,
     },
+    /// The client's request could not be sent on: its body stream failed (malformed
+    /// chunked encoding, a reset) or it cannot be expressed upstream.
+    #[error("invalid request: {0}")]
+    BadRequest(hyper::Error),
     /// The request would be sent back to this proxy.
     #[error("request would loop back to the proxy")]
     Loop,
 }
 
 impl ProxyError {
+    /// Classifies an error from sending a request to `addr`: a failure of the
+    /// client's own request body is the client's fault (400), anything else the
+    /// upstream's (502).
+    pub fn upstream(addr: std::net::SocketAddr, source: hyper::Error) -> Self {
+        if source.is_user() {
+            Self::BadRequest(source)
+        } else {
+            Self::Upstream { addr, source }
+        }
+    }
+
     /// The status code a client sees for this error.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::NoAuthority | Self::BadAuthority(_) => StatusCode::BAD_REQUEST,
+            Self::NoAuthority | Self::BadAuthority(_) | Self::BadRequest(_) => {
+                StatusCode::BAD_REQUEST
+            }
             Self::NoEndpoints(_) | Self::Resolve { .. } | Self::Overloaded => {
                 StatusCode::SERVICE_UNAVAILABLE
             }

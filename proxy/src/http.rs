@@ -146,7 +146,7 @@ impl Forward {
         }
         let endpoints: Vec<_> = addrs
             .iter()
-            .map(|a| self.shared.endpoints.get(*a, version))
+            .map(|a| self.shared.endpoints.get(*a, version, self.direction))
             .collect();
         let now = Instant::now();
         let endpoint = p2c(&endpoints, |e| e.load.load(now))

@@ -83,13 +83,14 @@ impl Proxy {
             admin: local(&admin, config.admin_addr),
         };
         let metrics = Arc::new(Metrics::default());
+        let client = ClientConfig {
+            connect_timeout: config.connect_timeout,
+            idle_timeout: config.idle_timeout,
+            max_idle_per_endpoint: 64,
+        };
         let shared = Arc::new(Shared {
             resolve: Resolve::from_system()?,
-            endpoints: Endpoints::new(ClientConfig {
-                connect_timeout: config.connect_timeout,
-                idle_timeout: config.idle_timeout,
-                max_idle_per_endpoint: 64,
-            }),
+            endpoints: Endpoints::new(client, metrics.clone()),
             metrics,
             own_addrs: vec![listening.inbound, listening.outbound, listening.admin],
         });

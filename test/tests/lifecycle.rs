@@ -1,0 +1,226 @@
+//! The admin server and the proxy's lifecycle: metrics that move by exactly the
+//! requests sent, readiness, and graceful shutdown by `POST /shutdown` and SIGTERM.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use mesh_test::{backend, client, proxy};
+
+#[tokio::test]
+async fn metrics_count_exactly_the_requests_sent() {
+    let app = backend::http().await;
+    let proxy = proxy::new().run().await;
+    let authority = app.authority();
+    let labels = [("direction", "outbound"), ("authority", authority.as_str())];
+    assert_eq!(proxy.metric("request_total", &labels).await, 0);
+
+    let mut tx = client::h1(proxy.outbound).await;
+    for path in (0..30).map(|i| if i % 3 == 0 { "/status/503" } else { "/" }) {
+        let req = Request::get(path)
+            .header("host", &authority)
+            .body(client::body(Bytes::new()))
+            .expect("req");
+        client::read(tx.send_request(req).await.expect("rsp")).await;
+    }
+    // A response is counted when its body ends, just after the client has read it.
+    mesh_test::eventually("30 responses counted", Duration::from_secs(5), || async {
+        (proxy.metric("response_total", &labels).await == 30).then_some(())
+    })
+    .await;
+    let text = proxy.metrics().await;
+    let m = |series: &str, extra: &[(&str, &str)]| {
+        let all: Vec<_> = labels.iter().chain(extra).copied().collect();
+        proxy::sum_metric(&text, series, &all)
+    };
+    assert_eq!(m("request_total", &[]), 30);
+    assert_eq!(
+        m(
+            "response_total",
+            &[("status_code", "200"), ("classification", "success")]
+        ),
+        20
+    );
+    assert_eq!(
+        m(
+            "response_total",
+            &[("status_code", "503"), ("classification", "failure")]
+        ),
+        10
+    );
+    assert_eq!(
+        m("response_latency_ms_count", &[("status_class", "2xx")]),
+        20
+    );
+    assert_eq!(
+        m(
+            "response_latency_ms_bucket",
+            &[("status_class", "5xx"), ("le", "+Inf")]
+        ),
+        10
+    );
+    // The client's one connection, and the proxy's one pooled connection to the app.
+    assert_eq!(
+        m("tcp_open_total", &[]),
+        0,
+        "tcp metrics carry no authority label"
+    );
+    assert_eq!(
+        proxy::sum_metric(
+            &text,
+            "tcp_open_total",
+            &[("direction", "outbound"), ("peer", "src")]
+        ),
+        1
+    );
+    assert_eq!(
+        proxy::sum_metric(
+            &text,
+            "tcp_open_total",
+            &[("direction", "outbound"), ("peer", "dst")]
+        ),
+        1
+    );
+}
+
+#[tokio::test]
+async fn grpc_failures_are_classified_from_trailers() {
+    let echo = mesh_test::grpc::serve().await;
+    let proxy = proxy::new().run().await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", proxy.outbound))
+        .expect("uri")
+        .origin(format!("http://{echo}").parse().expect("origin"))
+        .connect()
+        .await
+        .expect("connect");
+    let mut c = mesh_test::grpc::EchoClient::new(channel);
+    for fail_with in [0, 0, 5] {
+        let _ = c
+            .unary(mesh_test::grpc::EchoRequest {
+                message: "m".into(),
+                count: 0,
+                fail_with,
+            })
+            .await;
+    }
+    let labels = |class| {
+        [
+            ("direction", "outbound"),
+            ("status_code", "200"),
+            ("classification", class),
+        ]
+    };
+    mesh_test::eventually("3 gRPC responses", Duration::from_secs(5), || async {
+        (proxy
+            .metric("response_total", &[("direction", "outbound")])
+            .await
+            == 3)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(proxy.metric("response_total", &labels("success")).await, 2);
+    assert_eq!(proxy.metric("response_total", &labels("failure")).await, 1);
+}
+
+#[tokio::test]
+async fn admin_endpoints() {
+    let proxy = proxy::new().run().await;
+    assert_eq!(
+        client::get(proxy.admin, "a", "/live").await.text(),
+        "live\n"
+    );
+    assert_eq!(
+        client::get(proxy.admin, "a", "/ready").await.text(),
+        "ready\n"
+    );
+    let metrics = client::get(proxy.admin, "a", "/metrics").await;
+    assert!(
+        metrics
+            .header("content-type")
+            .starts_with("application/openmetrics-text")
+    );
+    assert_eq!(client::get(proxy.admin, "a", "/nope").await.status, 404);
+    // GET does not shut down.
+    assert_eq!(client::get(proxy.admin, "a", "/shutdown").await.status, 405);
+    assert_eq!(client::get(proxy.admin, "a", "/live").await.status, 200);
+}
+
+#[tokio::test]
+async fn shutdown_finishes_in_flight_requests_then_exits_zero() {
+    let app = backend::http().await;
+    let mut proxy = proxy::new().run().await;
+    let (outbound, authority) = (proxy.outbound, app.authority());
+    let slow = tokio::spawn(async move { client::get(outbound, &authority, "/sleep/1000").await });
+    mesh_test::eventually("request in flight", Duration::from_secs(5), || async {
+        (proxy
+            .metric("request_total", &[("direction", "outbound")])
+            .await
+            == 1)
+            .then_some(())
+    })
+    .await;
+    proxy.shutdown().await;
+    // The request in flight completes normally...
+    let rsp = slow.await.expect("join");
+    assert_eq!((rsp.status.as_u16(), rsp.text().as_str()), (200, "slept"));
+    assert_eq!(app.cancelled.load(std::sync::atomic::Ordering::SeqCst), 0);
+    // ...and the proxy exits cleanly once it has.
+    assert!(proxy.wait(Duration::from_secs(10)).await.success());
+    assert!(
+        tokio::net::TcpStream::connect(proxy.outbound)
+            .await
+            .is_err(),
+        "still accepting"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_drains_like_shutdown() {
+    let app = backend::http().await;
+    let mut proxy = proxy::new().run().await;
+    let (outbound, authority) = (proxy.outbound, app.authority());
+    let slow = tokio::spawn(async move { client::get(outbound, &authority, "/sleep/800").await });
+    mesh_test::eventually("request in flight", Duration::from_secs(5), || async {
+        (proxy
+            .metric("request_total", &[("direction", "outbound")])
+            .await
+            == 1)
+            .then_some(())
+    })
+    .await;
+    proxy.signal("TERM");
+    assert_eq!(slow.await.expect("join").status, 200);
+    assert!(proxy.wait(Duration::from_secs(10)).await.success());
+}
+
+#[tokio::test]
+async fn shutdown_grace_period_bounds_the_drain() {
+    let app = backend::http().await;
+    let mut proxy = proxy::new()
+        .env("SHUTDOWN_GRACE_PERIOD", "300ms")
+        .run()
+        .await;
+    let (outbound, authority) = (proxy.outbound, app.authority());
+    let slow = tokio::spawn(async move {
+        let mut tx = client::h1(outbound).await;
+        let req = Request::get("/sleep/60000")
+            .header("host", authority)
+            .body(client::body(Bytes::new()))
+            .expect("req");
+        tx.send_request(req).await.map(|r| r.status())
+    });
+    mesh_test::eventually("request in flight", Duration::from_secs(5), || async {
+        (proxy
+            .metric("request_total", &[("direction", "outbound")])
+            .await
+            == 1)
+            .then_some(())
+    })
+    .await;
+    proxy.shutdown().await;
+    assert!(proxy.wait(Duration::from_secs(10)).await.success());
+    assert!(
+        slow.await.expect("join").is_err(),
+        "the over-long request was cut when the grace period ended"
+    );
+}
