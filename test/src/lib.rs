@@ -10,6 +10,7 @@
 pub mod backend;
 pub mod client;
 pub mod grpc;
+pub mod load;
 pub mod proxy;
 
 use std::future::Future;
