@@ -181,44 +181,72 @@ impl Endpoint {
             }
             let Some(this) = this.upgrade() else { return };
             let mut idle = this.idle.lock().unwrap_or_else(|e| e.into_inner());
+            // Sweep here too, not only when taking: connections below the top of the
+            // stack would otherwise hold their sockets past the idle timeout.
+            let ttl = this.config.idle_timeout;
+            idle.retain(|(tx, since)| !tx.is_closed() && since.elapsed() < ttl);
             if idle.len() < this.config.max_idle_per_endpoint {
                 idle.push((tx, Instant::now()));
             }
         });
     }
 
-    async fn send_h2(&self, req: Request<BoxBody>) -> Result<Response<Incoming>, ProxyError> {
-        let existing = {
-            let h2 = self.h2.lock().unwrap_or_else(|e| e.into_inner());
-            h2.as_ref().filter(|tx| !tx.is_closed()).cloned()
-        };
-        let mut tx = match existing {
-            Some(tx) => tx,
-            None => {
-                let io = self.connect().await?;
-                let (tx, conn) = http2::Builder::new(TokioExecutor::new())
-                    .timer(TokioTimer::new())
-                    .handshake(io)
-                    .await
-                    .map_err(|source| ProxyError::Handshake {
-                        addr: self.addr,
-                        source,
-                    })?;
-                tokio::spawn(async move {
-                    if let Err(error) = conn.await {
-                        tracing::debug!(%error, "upstream HTTP/2 connection closed");
-                    }
+    async fn send_h2(&self, mut req: Request<BoxBody>) -> Result<Response<Incoming>, ProxyError> {
+        // As for HTTP/1: a cached connection that the server has just closed hands the
+        // unsent request back, and it goes out once more on a fresh connection.
+        loop {
+            let cached = {
+                let h2 = self.h2.lock().unwrap_or_else(|e| e.into_inner());
+                h2.as_ref().filter(|tx| !tx.is_closed()).cloned()
+            };
+            let reused = cached.is_some();
+            let mut tx = match cached {
+                Some(tx) => tx,
+                None => self.handshake_h2().await?,
+            };
+            if let Err(source) = tx.ready().await {
+                self.forget_h2();
+                if reused {
+                    continue;
+                }
+                return Err(ProxyError::Upstream {
+                    addr: self.addr,
+                    source,
                 });
-                *self.h2.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx.clone());
-                tx
             }
-        };
-        tx.ready().await.map_err(|source| ProxyError::Upstream {
-            addr: self.addr,
-            source,
-        })?;
-        tx.send_request(req)
+            match tx.try_send_request(req).await {
+                Ok(rsp) => return Ok(rsp),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if reused => {
+                        self.forget_h2();
+                        req = unsent;
+                    }
+                    _ => return Err(ProxyError::upstream(self.addr, e.into_error())),
+                },
+            }
+        }
+    }
+
+    async fn handshake_h2(&self) -> Result<http2::SendRequest<BoxBody>, ProxyError> {
+        let io = self.connect().await?;
+        let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(io)
             .await
-            .map_err(|source| ProxyError::upstream(self.addr, source))
+            .map_err(|source| ProxyError::Handshake {
+                addr: self.addr,
+                source,
+            })?;
+        tokio::spawn(async move {
+            if let Err(error) = conn.await {
+                tracing::debug!(%error, "upstream HTTP/2 connection closed");
+            }
+        });
+        *self.h2.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx.clone());
+        Ok(tx)
+    }
+
+    fn forget_h2(&self) {
+        *self.h2.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 }

@@ -30,6 +30,11 @@ pub struct Config {
     #[arg(long, env = "MESH_PROXY_INBOUND_APP_ADDR")]
     pub inbound_app_addr: Option<SocketAddr>,
 
+    /// Worker threads. One suits a sidecar sharing its pod's CPU with the app; give
+    /// more to a proxy that must carry more than one core's worth of traffic.
+    #[arg(long, env = "MESH_PROXY_WORKERS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub workers: u16,
+
     /// Log filter, in tracing's EnvFilter syntax (e.g. `info,mesh_proxy=debug`).
     #[arg(long, env = "MESH_PROXY_LOG", default_value = "info")]
     pub log: String,
@@ -101,6 +106,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             ));
         }
     };
+    // Nothing the proxy waits for is meant to last longer than a day; larger values
+    // would overflow deadline arithmetic.
+    if !(0.0..=86_400.0).contains(&secs) {
+        return Err(format!(
+            "invalid duration {s:?}: must be between 0s and 24h"
+        ));
+    }
     Duration::try_from_secs_f64(secs).map_err(|e| format!("invalid duration {s:?}: {e}"))
 }
 
@@ -117,6 +129,7 @@ mod tests {
         assert!(parse_duration("ten").is_err());
         assert!(parse_duration("5d").is_err());
         assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("10000000000000000000").is_err());
     }
 
     #[test]

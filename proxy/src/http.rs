@@ -36,6 +36,26 @@ pub struct ConnInfo {
     /// Where the connection was going: the original destination of a redirected
     /// connection, or, inbound, the application's address.
     pub target: Option<SocketAddr>,
+    /// The connection's slot: kept by whatever still serves the connection, so that an
+    /// upgraded tunnel outliving its HTTP connection still counts against the
+    /// connection limit and is waited for on shutdown.
+    pub hold: Arc<Hold>,
+}
+
+/// Something kept alive for as long as a connection is served (see [`ConnInfo::hold`]).
+pub struct Hold(#[allow(dead_code)] Box<dyn std::any::Any + Send + Sync>);
+
+impl Hold {
+    /// Holds `value` until the last clone of the returned handle is dropped.
+    pub fn new(value: impl std::any::Any + Send + Sync) -> Arc<Self> {
+        Arc::new(Self(Box::new(value)))
+    }
+}
+
+impl std::fmt::Debug for Hold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hold")
+    }
 }
 
 /// What both stacks share: name resolution, endpoints and their pools, metrics.
@@ -115,6 +135,19 @@ impl Service<Request<Incoming>> for Forward {
     }
 }
 
+impl Shared {
+    /// Whether `addr` is one of the proxy's own listeners, so sending there would loop.
+    /// A listener on a wildcard address owns its port on every local address.
+    pub fn is_own(&self, addr: SocketAddr) -> bool {
+        self.own_addrs.iter().any(|own| {
+            own.port() == addr.port()
+                && (own.ip() == addr.ip()
+                    || (own.ip().is_unspecified()
+                        && (addr.ip().is_loopback() || addr.ip().is_unspecified())))
+        })
+    }
+}
+
 impl Forward {
     async fn forward(self, mut req: Request<Incoming>) -> Result<Response<BoxBody>, ProxyError> {
         let conn = req.extensions_mut().remove::<ConnInfo>();
@@ -141,7 +174,7 @@ impl Forward {
                 None => vec![target.ok_or(ProxyError::NoAuthority)?],
             },
         };
-        if addrs.iter().any(|a| self.shared.own_addrs.contains(a)) {
+        if addrs.iter().any(|a| self.shared.is_own(*a)) {
             return Err(ProxyError::Loop);
         }
         let endpoints: Vec<_> = addrs
@@ -169,7 +202,11 @@ impl Forward {
         match upgrade {
             Some(client) if rsp.status() == StatusCode::SWITCHING_PROTOCOLS => {
                 let server = hyper::upgrade::on(&mut rsp);
-                tokio::spawn(tunnel(client, server));
+                let hold = conn.map(|c| c.hold);
+                tokio::spawn(async move {
+                    tunnel(client, server).await;
+                    drop(hold);
+                });
             }
             _ => strip_hop_by_hop(rsp.headers_mut(), false, false),
         }
@@ -204,8 +241,9 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 }
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1): the fixed set and any named in
-/// `Connection`. An upgrade keeps `Upgrade` and `Connection: upgrade`; HTTP/2 keeps
-/// `te: trailers`, which gRPC needs end to end.
+/// `Connection`. An upgrade keeps `Upgrade` and `Connection: upgrade`. Requests keep
+/// `te: trailers`: the proxy forwards trailers, so it may ask for them on the client's
+/// behalf (gRPC needs it, and HTTP/1 servers only send trailers when asked).
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool, keep_te_trailers: bool) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -222,9 +260,9 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool, keep_te_trailer
         && headers
             .get(header::TE)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    // `Trailer` is end to end: hyper only sends HTTP/1 trailers that it names.
     for name in [
         header::TE,
-        header::TRAILER,
         header::TRANSFER_ENCODING,
         header::PROXY_AUTHORIZATION,
         header::PROXY_AUTHENTICATE,
@@ -253,7 +291,7 @@ fn normalize_request<B>(
     upgrade: bool,
 ) {
     let h2 = req.version() == HttpVersion::HTTP_2;
-    strip_hop_by_hop(req.headers_mut(), upgrade, h2);
+    strip_hop_by_hop(req.headers_mut(), upgrade, true);
     let authority = authority
         .map(str::to_owned)
         .unwrap_or_else(|| endpoint.to_string());

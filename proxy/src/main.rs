@@ -18,9 +18,8 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
 
-    // Two worker threads: a sidecar shares its pod's CPU with the application.
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(usize::from(config.workers))
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;

@@ -1,7 +1,7 @@
 //! Golden metrics: request and response counters, HDR latency histograms, and TCP
 //! connection counters, served as Prometheus text with Linkerd's names and labels.
 //!
-//! Latency is kept as HDR histograms (microseconds, three significant digits) so that
+//! Latency is kept as HDR histograms (microseconds, two significant digits) so that
 //! percentiles are exact to the histogram's precision; the Prometheus
 //! `response_latency_ms` buckets are computed from the same histograms at scrape time.
 
@@ -22,10 +22,11 @@ const LATENCY_BOUNDS_MS: [u64; 25] = [
 ];
 /// The highest latency a histogram tracks exactly; longer ones are clamped to it.
 const MAX_LATENCY_US: u64 = 3_600_000_000;
-/// Distinct authorities kept as their own label value; the rest share `overflow`.
-/// Authorities come from clients, so without a cap they could grow memory without bound.
-const MAX_AUTHORITIES: usize = 4_096;
-/// The label value used once [`MAX_AUTHORITIES`] is reached.
+/// Distinct authorities and route names kept as their own label value; the rest share
+/// `overflow`. Authorities come from clients, so without a cap they would grow memory
+/// (each label set keeps histograms) without bound.
+const MAX_LABEL_VALUES: usize = 256;
+/// The label value used once [`MAX_LABEL_VALUES`] is reached.
 const OVERFLOW: &str = "overflow";
 
 /// Which side of the pod a request or connection came in on.
@@ -101,10 +102,11 @@ pub struct Latency {
 
 impl Latency {
     fn new() -> Self {
-        // Three significant digits from 1 µs to an hour: 0.1% precision everywhere.
-        let histogram = Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).unwrap_or_else(|_| {
-            Histogram::new(3).unwrap_or_else(|_| unreachable!("3 sigfigs is valid"))
-        });
+        // Two significant digits (at most 1% relative error) in an array that grows
+        // only as far as the largest latency seen: a few KiB for typical services,
+        // where three digits from 1 µs to an hour would cost 184 KiB per histogram.
+        let histogram =
+            Histogram::new(2).unwrap_or_else(|_| unreachable!("2 significant digits are valid"));
         Self {
             histogram,
             sum_us: 0,
@@ -115,7 +117,10 @@ impl Latency {
         let us = u64::try_from(latency.as_micros())
             .unwrap_or(u64::MAX)
             .clamp(1, MAX_LATENCY_US);
-        self.histogram.saturating_record(us);
+        // `record` grows the array as needed; `saturating_record` would clamp instead.
+        if self.histogram.record(us).is_err() {
+            self.histogram.saturating_record(us);
+        }
         self.sum_us = self.sum_us.saturating_add(us);
     }
 
@@ -164,9 +169,30 @@ impl TcpStats {
     }
 }
 
+impl Store {
+    fn intern(&mut self, value: &str) -> Arc<str> {
+        if let Some(v) = self.label_values.get(value) {
+            return v.clone();
+        }
+        if self.label_values.len() >= MAX_LABEL_VALUES {
+            return self.intern_unbounded(OVERFLOW);
+        }
+        self.intern_unbounded(value)
+    }
+
+    fn intern_unbounded(&mut self, value: &str) -> Arc<str> {
+        if let Some(v) = self.label_values.get(value) {
+            return v.clone();
+        }
+        let v: Arc<str> = Arc::from(value);
+        self.label_values.insert(v.clone());
+        v
+    }
+}
+
 #[derive(Default, Debug)]
 struct Store {
-    authorities: HashSet<Arc<str>>,
+    label_values: HashSet<Arc<str>>,
     requests: HashMap<RequestLabels, u64>,
     responses: HashMap<ResponseKey, u64>,
     latencies: HashMap<LatencyKey, Latency>,
@@ -185,22 +211,16 @@ impl Metrics {
         self.store.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Labels for a request, interning the authority (bounded, see [`MAX_AUTHORITIES`]).
+    /// Labels for a request, interning the authority and route (bounded, see
+    /// [`MAX_LABEL_VALUES`]) so that recording allocates nothing once they are known.
     pub fn labels(&self, direction: Direction, authority: &str, route: &str) -> RequestLabels {
         let mut store = self.store();
-        let authority = match store.authorities.get(authority) {
-            Some(a) => a.clone(),
-            None if store.authorities.len() < MAX_AUTHORITIES => {
-                let a: Arc<str> = Arc::from(authority);
-                store.authorities.insert(a.clone());
-                a
-            }
-            None => Arc::from(OVERFLOW),
-        };
+        let authority = store.intern(authority);
+        let route = store.intern(route);
         RequestLabels {
             direction,
             authority,
-            route: Arc::from(route),
+            route,
         }
     }
 
@@ -284,33 +304,19 @@ fn request_labels(l: &RequestLabels) -> Vec<(&'static str, &str)> {
 
 impl prometheus_client::collector::Collector for Collector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let (mut requests, mut responses, mut latencies) = {
-            let store = self.0.store();
-            (
-                store
-                    .requests
-                    .iter()
-                    .map(|(k, v)| (k.clone(), *v))
-                    .collect::<Vec<_>>(),
-                store
-                    .responses
-                    .iter()
-                    .map(|(k, v)| (k.clone(), *v))
-                    .collect::<Vec<_>>(),
-                store
-                    .latencies
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect::<Vec<_>>(),
-            )
-        };
-        requests.sort();
-        responses.sort_by(|a, b| a.0.cmp(&b.0));
-        latencies.sort_by(|a, b| a.0.cmp(&b.0));
+        // Encode under the lock rather than copying every histogram: a scrape then
+        // costs no extra memory, and recording waits at most one scrape's encoding.
+        let store = self.0.store();
+        let mut requests: Vec<_> = store.requests.iter().collect();
+        let mut responses: Vec<_> = store.responses.iter().collect();
+        let mut latencies: Vec<_> = store.latencies.iter().collect();
+        requests.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        responses.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        latencies.sort_unstable_by(|a, b| a.0.cmp(b.0));
 
         let mut family =
             encoder.encode_descriptor("request", "Requests received", None, MetricType::Counter)?;
-        for (labels, n) in &requests {
+        for (labels, n) in requests {
             family
                 .encode_family(&request_labels(labels))?
                 .encode_counter::<NoLabelSet, _, u64>(n, None)?;
@@ -318,7 +324,7 @@ impl prometheus_client::collector::Collector for Collector {
 
         let mut family =
             encoder.encode_descriptor("response", "Responses sent", None, MetricType::Counter)?;
-        for (key, n) in &responses {
+        for (key, n) in responses {
             let status = key.status.to_string();
             let mut labels = request_labels(&key.request);
             labels.push(("status_code", &status));
@@ -334,7 +340,7 @@ impl prometheus_client::collector::Collector for Collector {
             None,
             MetricType::Histogram,
         )?;
-        for (key, latency) in &latencies {
+        for (key, latency) in latencies {
             let class = format!("{}xx", key.status_class);
             let mut labels = request_labels(&key.request);
             labels.push(("status_class", &class));
@@ -348,6 +354,7 @@ impl prometheus_client::collector::Collector for Collector {
                 )?;
         }
 
+        drop(store);
         let tcp: Vec<_> = {
             let tcp = self.0.tcp.lock().unwrap_or_else(|e| e.into_inner());
             let mut v: Vec<_> = tcp.iter().map(|(k, s)| (*k, s.clone())).collect();
@@ -444,9 +451,26 @@ mod tests {
     }
 
     #[test]
+    fn histograms_stay_small_and_within_one_percent() {
+        let mut l = Latency::new();
+        for us in [90, 1_500, 7_000, 250_000, 10_000_000] {
+            l.record(Duration::from_micros(us));
+        }
+        for (q, us) in [(0.0, 90.0), (0.5, 7_000.0), (1.0, 10_000_000.0)] {
+            let got = l.histogram.value_at_quantile(q) as f64;
+            assert!((got - us).abs() / us <= 0.01, "q{q}: {got} vs {us}");
+        }
+        // Up to 10 s at two significant digits: a few KiB, not the 184 KiB of a
+        // pre-sized three-digit histogram.
+        let bytes = l.histogram.distinct_values() * std::mem::size_of::<u64>();
+        assert!(bytes < 32 * 1024, "{bytes} bytes");
+    }
+
+    #[test]
     fn authorities_are_capped() {
         let m = Metrics::default();
-        for i in 0..MAX_AUTHORITIES {
+        // "default" (the route) takes one of the slots.
+        for i in 0..MAX_LABEL_VALUES - 1 {
             m.labels(Direction::Inbound, &format!("h{i}:80"), "default");
         }
         assert_eq!(

@@ -13,11 +13,14 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use crate::client::{ClientConfig, Endpoints};
 use crate::config::Config;
 use crate::detect::{Protocol, detect};
-use crate::http::{ConnInfo, HttpService, Shared};
+use crate::http::{ConnInfo, Hold, HttpService, Shared};
 use crate::io::{PrefixedIo, original_dst};
 use crate::metrics::{Direction, Metrics};
 use crate::resolve::Resolve;
 use crate::tcp::{self, CountingIo};
+
+/// The largest connection or request limit honoured (tokio's semaphores cap lower).
+const MAX_LIMIT: usize = 1 << 24;
 
 /// The addresses a running proxy listens on.
 #[derive(Copy, Clone, Debug)]
@@ -95,7 +98,7 @@ impl Proxy {
             own_addrs: vec![listening.inbound, listening.outbound, listening.admin],
         });
         let (drain_tx, drain) = watch::channel(false);
-        let max = config.max_in_flight_requests.max(1);
+        let max = config.max_in_flight_requests.clamp(1, MAX_LIMIT);
         let listeners = [
             (
                 Direction::Inbound,
@@ -184,7 +187,9 @@ async fn accept_loop(
     ctx: Arc<Ctx>,
     done: mpsc::Sender<()>,
 ) {
-    let limit = Arc::new(Semaphore::new(ctx.config.max_connections.max(1)));
+    let limit = Arc::new(Semaphore::new(
+        ctx.config.max_connections.clamp(1, MAX_LIMIT),
+    ));
     let mut drain = ctx.drain.clone();
     loop {
         // At the connection limit, stop accepting: new clients wait in the backlog.
@@ -206,8 +211,15 @@ async fn accept_loop(
         };
         let (ctx, stack, done) = (ctx.clone(), stack.clone(), done.clone());
         tokio::spawn(async move {
-            handle(stream, client, direction, stack, &ctx).await;
-            drop((permit, done));
+            handle(
+                stream,
+                client,
+                direction,
+                stack,
+                &ctx,
+                Hold::new((permit, done)),
+            )
+            .await;
         });
     }
 }
@@ -223,6 +235,7 @@ async fn handle(
     direction: Direction,
     stack: HttpService,
     ctx: &Ctx,
+    hold: Arc<Hold>,
 ) {
     let _ = stream.set_nodelay(true);
     let target = match direction {
@@ -230,22 +243,31 @@ async fn handle(
         Direction::Outbound => original_dst(&stream),
     };
     let mut io = CountingIo::new(stream, ctx.shared.metrics.tcp_open(direction, "src"));
-    let detected = match detect(&mut io, ctx.config.detect_timeout).await {
-        Ok(d) => d,
-        Err(error) => {
-            tracing::debug!(%error, %client, "connection failed before detection");
-            return;
-        }
+    let mut drain = ctx.drain.clone();
+    let detected = tokio::select! {
+        d = detect(&mut io, ctx.config.detect_timeout) => match d {
+            Ok(d) => d,
+            Err(error) => {
+                tracing::debug!(%error, %client, "connection failed before detection");
+                return;
+            }
+        },
+        // A client that has sent nothing yet has nothing in flight: close it at once.
+        () = drained(&mut drain) => return,
     };
     let Some(protocol) = detected.protocol else {
         return;
     };
     let io = PrefixedIo::new(detected.prefix, io);
-    let conn = ConnInfo { client, target };
+    let conn = ConnInfo {
+        client,
+        target,
+        hold,
+    };
     match protocol {
         Protocol::Http1 | Protocol::Http2 => serve_http(io, protocol, conn, stack, ctx).await,
         Protocol::Opaque => match target {
-            Some(target) if !ctx.shared.own_addrs.contains(&target) => {
+            Some(target) if !ctx.shared.is_own(target) => {
                 let metrics = &ctx.shared.metrics;
                 if let Err(error) =
                     tcp::forward(io, target, ctx.config.connect_timeout, metrics, direction).await

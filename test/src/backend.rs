@@ -100,7 +100,12 @@ async fn app(
                 Ok(Frame::data(Bytes::from_static(b"part2"))),
                 Ok(Frame::trailers(trailers)),
             ];
-            Response::new(StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync())
+            let mut rsp =
+                Response::new(StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync());
+            // HTTP/1 only carries trailers that the response announces.
+            rsp.headers_mut()
+                .insert("trailer", "x-checksum".parse().expect("ascii"));
+            rsp
         }
         ("headers", _) => {
             let text: String = req

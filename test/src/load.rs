@@ -49,8 +49,14 @@ pub struct Target {
     pub path: String,
 }
 
-async fn one(tx: &mut hyper::client::conn::http1::SendRequest<crate::backend::Body>, t: &Target) -> bool {
-    let req = match Request::get(t.path.as_str()).header("host", t.host.as_str()).body(client::body(Bytes::new())) {
+async fn one(
+    tx: &mut hyper::client::conn::http1::SendRequest<crate::backend::Body>,
+    t: &Target,
+) -> bool {
+    let req = match Request::get(t.path.as_str())
+        .header("host", t.host.as_str())
+        .body(client::body(Bytes::new()))
+    {
         Ok(r) => r,
         Err(_) => return false,
     };
@@ -80,12 +86,23 @@ pub async fn fixed_rate(t: &Target, rate: u32, duration: Duration, connections: 
             let (mut ok, mut errors) = (0, 0);
             // Stagger connections so that requests are spread evenly over time.
             let offset = per_conn_interval.mul_f64(c as f64 / connections as f64);
+            let mut previous_done = start;
             for i in 0..per_conn {
                 let due = start + offset + per_conn_interval.mul_f64(i as f64);
                 tokio::time::sleep_until(due.into()).await;
-                if one(&mut tx, &t).await {
+                // Latency counts from when the request was due if the previous response
+                // made it late (coordinated omission), but not the timer's own
+                // millisecond granularity when the connection was idle in time.
+                let from = if previous_done > due {
+                    due
+                } else {
+                    Instant::now()
+                };
+                let success = one(&mut tx, &t).await;
+                previous_done = Instant::now();
+                if success {
                     ok += 1;
-                    h.saturating_record(due.elapsed().as_micros() as u64);
+                    h.saturating_record(from.elapsed().as_micros() as u64);
                 } else {
                     errors += 1;
                     tx = client::h1(t.addr).await;
@@ -126,8 +143,16 @@ pub async fn max_throughput(t: &Target, concurrency: u32, duration: Duration) ->
     collect(tasks, start).await
 }
 
-async fn collect(tasks: Vec<tokio::task::JoinHandle<(Histogram<u64>, u64, u64)>>, start: Instant) -> Outcome {
-    let mut out = Outcome { latency: histogram(), ok: 0, errors: 0, elapsed: Duration::ZERO };
+async fn collect(
+    tasks: Vec<tokio::task::JoinHandle<(Histogram<u64>, u64, u64)>>,
+    start: Instant,
+) -> Outcome {
+    let mut out = Outcome {
+        latency: histogram(),
+        ok: 0,
+        errors: 0,
+        elapsed: Duration::ZERO,
+    };
     for t in tasks {
         if let Ok((h, ok, errors)) = t.await {
             let _ = out.latency.add(&h);

@@ -117,6 +117,39 @@ async fn a_request_to_the_proxy_itself_is_refused_not_looped() {
 }
 
 #[tokio::test]
+async fn a_wildcard_listener_still_detects_loops() {
+    let app = backend::http().await;
+    let proxy = proxy::new().env("OUTBOUND_ADDR", "0.0.0.0:0").run().await;
+    let own = format!("127.0.0.1:{}", proxy.outbound.port());
+    let rsp = client::get(
+        (
+            "127.0.0.1".parse::<std::net::IpAddr>().expect("ip"),
+            proxy.outbound.port(),
+        )
+            .into(),
+        &own,
+        "/",
+    )
+    .await;
+    assert_eq!(rsp.status, 502);
+    assert_eq!(
+        rsp.header("mesh-proxy-error"),
+        "request would loop back to the proxy"
+    );
+    let ok = client::get(
+        (
+            "127.0.0.1".parse::<std::net::IpAddr>().expect("ip"),
+            proxy.outbound.port(),
+        )
+            .into(),
+        &app.authority(),
+        "/",
+    )
+    .await;
+    assert_eq!(ok.status, 200);
+}
+
+#[tokio::test]
 async fn bad_authorities_are_400() {
     let proxy = proxy::new().run().await;
     let rsp = client::get(proxy.outbound, "web:notaport", "/").await;

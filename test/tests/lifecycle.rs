@@ -224,3 +224,18 @@ async fn shutdown_grace_period_bounds_the_drain() {
         "the over-long request was cut when the grace period ended"
     );
 }
+
+#[tokio::test]
+async fn idle_connections_do_not_hold_up_shutdown() {
+    let mut proxy = proxy::new().run().await;
+    // A client that connected but never sent a byte: nothing is in flight.
+    let _idle = tokio::net::TcpStream::connect(proxy.inbound)
+        .await
+        .expect("connect");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    proxy.shutdown().await;
+    // The default grace period is 30 s; the idle client must not make us wait for it.
+    let began = std::time::Instant::now();
+    assert!(proxy.wait(Duration::from_secs(20)).await.success());
+    assert!(began.elapsed() < Duration::from_secs(20));
+}

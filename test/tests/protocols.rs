@@ -64,6 +64,21 @@ async fn http1_inbound_forwards_to_the_app_and_strips_hop_by_hop_headers() {
 }
 
 #[tokio::test]
+async fn http1_trailers_pass_through_when_the_client_asks_for_them() {
+    let app = backend::http().await;
+    let proxy = proxy::new().run().await;
+    let mut tx = client::h1(proxy.outbound).await;
+    let req = Request::get("/trailers")
+        .header("host", app.authority())
+        .header("te", "trailers")
+        .body(client::body(Bytes::new()))
+        .expect("req");
+    let rsp = client::read(tx.send_request(req).await.expect("rsp")).await;
+    assert_eq!(rsp.text(), "part1,part2");
+    assert_eq!(rsp.trailers.expect("trailers")["x-checksum"], "abc123");
+}
+
+#[tokio::test]
 async fn keep_alive_reuses_one_upstream_connection() {
     let app = backend::http().await;
     let proxy = proxy::new().run().await;
@@ -352,4 +367,34 @@ async fn server_speaks_first_protocols_work_after_detection_times_out() {
     let mut line = [0u8; 8];
     tcp.read_exact(&mut line).await.expect("echo");
     assert_eq!(&line, b"HELO x\r\n");
+}
+
+#[tokio::test]
+async fn websocket_tunnels_count_against_the_connection_limit() {
+    let ws = backend::websocket_echo().await;
+    let app = backend::http().await;
+    let proxy = proxy::new().env("MAX_CONNECTIONS", 1).run().await;
+    let tcp = TcpStream::connect(proxy.outbound).await.expect("connect");
+    let (mut socket, _) = tokio_tungstenite::client_async(format!("ws://{ws}/"), tcp)
+        .await
+        .expect("ws handshake");
+    // The tunnel holds the only slot even though its HTTP connection has ended.
+    let (outbound, host) = (proxy.outbound, app.authority());
+    let waiting = tokio::spawn(async move { client::get(outbound, &host, "/").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "a request was served beyond the connection limit"
+    );
+    let msg = tokio_tungstenite::tungstenite::Message::text("still open");
+    socket.send(msg).await.expect("send");
+    let echoed = socket.next().await.expect("echo").expect("frame");
+    assert_eq!(echoed.to_text().expect("text"), "still open");
+    socket.close(None).await.expect("close");
+    drop(socket);
+    let rsp = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("served once the tunnel closed")
+        .expect("join");
+    assert_eq!(rsp.status, 200);
 }

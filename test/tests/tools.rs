@@ -7,24 +7,56 @@ fn mesh_try_runs_the_proxy_in_front_of_the_sample_app() {
     let out = Command::new(env!("CARGO_BIN_EXE_mesh-try"))
         .args(["--duration", "0.2"])
         .args(["--app-addr", "127.0.0.1:0", "--inbound-addr", "127.0.0.1:0"])
-        .args(["--outbound-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
+        .args([
+            "--outbound-addr",
+            "127.0.0.1:0",
+            "--admin-addr",
+            "127.0.0.1:0",
+        ])
         .output()
         .expect("run mesh-try");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("(Host header)") && stdout.contains("→ 200 \"hello\""), "{stdout}");
-    assert!(stdout.contains("→ 503") && stdout.contains("mesh-proxy-error: no endpoints"), "{stdout}");
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("(Host header)") && stdout.contains("→ 200 \"hello\""),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("→ 503") && stdout.contains("mesh-proxy-error: no endpoints"),
+        "{stdout}"
+    );
     assert!(stdout.contains("→ 502"), "{stdout}");
-    assert!(stdout.contains("response_total{direction=\"inbound\""), "{stdout}");
+    assert!(
+        stdout.contains("response_total{direction=\"inbound\""),
+        "{stdout}"
+    );
 }
 
 #[test]
 fn mesh_bench_measures_direct_and_proxied_rows() {
     let out = Command::new(env!("CARGO_BIN_EXE_mesh-bench"))
-        .args(["--duration", "300ms", "--rate", "200", "--concurrency", "4", "--rows", "direct,mesh,mesh2", "--json"])
+        .args([
+            "--duration",
+            "300ms",
+            "--rate",
+            "200",
+            "--concurrency",
+            "4",
+            "--rows",
+            "direct,mesh,mesh2",
+            "--json",
+        ])
         .output()
         .expect("run mesh-bench");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     let rows = rows.as_array().expect("array");
     assert_eq!(rows.len(), 3, "{rows:?}");

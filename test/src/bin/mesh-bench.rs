@@ -32,15 +32,26 @@ struct Args {
     #[arg(long, default_value_t = 32)]
     concurrency: u32,
     /// Rows to run, comma-separated: direct, mesh, mesh2, nginx, haproxy, envoy.
-    #[arg(long, default_value = "direct,mesh,mesh2,nginx,haproxy,envoy", value_delimiter = ',')]
+    #[arg(
+        long,
+        default_value = "direct,mesh,mesh2,nginx,haproxy,envoy",
+        value_delimiter = ','
+    )]
     rows: Vec<String>,
+    /// Worker threads or processes for every proxy (mesh-proxy, nginx, haproxy, Envoy),
+    /// so that each row gets the same CPU budget.
+    #[arg(long, default_value_t = 1)]
+    workers: u32,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len()));
+    let (n, unit) = s.split_at(
+        s.find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(s.len()),
+    );
     let n: f64 = n.parse().map_err(|_| format!("invalid duration {s:?}"))?;
     let secs = match unit {
         "ms" => n / 1e3,
@@ -83,7 +94,9 @@ impl Procs {
         let mut all = roots.clone();
         if let Ok(dir) = std::fs::read_dir("/proc") {
             for e in dir.flatten() {
-                let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+                let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                    continue;
+                };
                 if let Some(ppid) = stat_field(pid, 1) {
                     if roots.contains(&(ppid as u32)) {
                         all.push(pid);
@@ -96,11 +109,19 @@ impl Procs {
 
     fn cpu_seconds(&self) -> f64 {
         // utime + stime, in clock ticks of 1/100 s (Linux's USER_HZ).
-        self.pids().iter().map(|&p| (stat_field(p, 11).unwrap_or(0) + stat_field(p, 12).unwrap_or(0)) as f64 / 100.0).sum()
+        self.pids()
+            .iter()
+            .map(|&p| {
+                (stat_field(p, 11).unwrap_or(0) + stat_field(p, 12).unwrap_or(0)) as f64 / 100.0
+            })
+            .sum()
     }
 
     fn peak_rss_mb(&self) -> f64 {
-        self.pids().iter().map(|&p| vm_hwm_kb(p).unwrap_or(0) as f64 / 1024.0).sum()
+        self.pids()
+            .iter()
+            .map(|&p| vm_hwm_kb(p).unwrap_or(0) as f64 / 1024.0)
+            .sum()
     }
 }
 
@@ -142,17 +163,26 @@ async fn wait_listening(addr: SocketAddr) -> anyhow::Result<()> {
 }
 
 fn spawn(cmd: &mut Command) -> anyhow::Result<Child> {
-    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     cmd.spawn().with_context(|| format!("cannot start {cmd:?}"))
 }
 
-fn mesh_proxy(inbound: SocketAddr, outbound: SocketAddr, admin: SocketAddr, app: Option<SocketAddr>) -> anyhow::Result<Child> {
+fn mesh_proxy(
+    inbound: SocketAddr,
+    outbound: SocketAddr,
+    admin: SocketAddr,
+    app: Option<SocketAddr>,
+    workers: u32,
+) -> anyhow::Result<Child> {
     let mut cmd = Command::new(mesh_test::bin_path("mesh-proxy"));
     cmd.env_clear()
         .env("MESH_PROXY_INBOUND_ADDR", inbound.to_string())
         .env("MESH_PROXY_OUTBOUND_ADDR", outbound.to_string())
         .env("MESH_PROXY_ADMIN_ADDR", admin.to_string())
-        .env("MESH_PROXY_LOG", "warn");
+        .env("MESH_PROXY_LOG", "warn")
+        .env("MESH_PROXY_WORKERS", workers.to_string());
     if let Some(app) = app {
         cmd.env("MESH_PROXY_INBOUND_APP_ADDR", app.to_string());
     }
@@ -160,65 +190,105 @@ fn mesh_proxy(inbound: SocketAddr, outbound: SocketAddr, admin: SocketAddr, app:
 }
 
 /// Starts the proxy of `row` in front of `backend`; returns where to send requests.
-async fn start(row: &str, backend: SocketAddr, dir: &Path) -> anyhow::Result<Option<(Target, Procs)>> {
+async fn start(
+    row: &str,
+    backend: SocketAddr,
+    dir: &Path,
+    workers: u32,
+) -> anyhow::Result<Option<(Target, Procs)>> {
     let path = "/".to_string();
     let host = backend.to_string();
     let (addr, procs) = match row {
-        "direct" => return Ok(Some((Target { addr: backend, host, path }, Procs(vec![])))),
+        "direct" => {
+            return Ok(Some((
+                Target {
+                    addr: backend,
+                    host,
+                    path,
+                },
+                Procs(vec![]),
+            )));
+        }
         "mesh" => {
             let out = free_port()?;
-            let child = mesh_proxy(free_port()?, out, free_port()?, None)?;
+            let child = mesh_proxy(free_port()?, out, free_port()?, None, workers)?;
             (out, Procs(vec![child]))
         }
         "mesh2" => {
             // Client → outbound proxy → inbound proxy → backend: the meshed hop.
             let (out, inb) = (free_port()?, free_port()?);
-            let server_side = mesh_proxy(inb, free_port()?, free_port()?, Some(backend))?;
-            let client_side = mesh_proxy(free_port()?, out, free_port()?, None)?;
+            let server_side = mesh_proxy(inb, free_port()?, free_port()?, Some(backend), workers)?;
+            let client_side = mesh_proxy(free_port()?, out, free_port()?, None, workers)?;
             wait_listening(inb).await?;
             wait_listening(out).await?;
-            let target = Target { addr: out, host: inb.to_string(), path };
+            let target = Target {
+                addr: out,
+                host: inb.to_string(),
+                path,
+            };
             return Ok(Some((target, Procs(vec![client_side, server_side]))));
         }
         "nginx" => {
-            let Some(bin) = which("nginx") else { return Ok(None) };
+            let Some(bin) = which("nginx") else {
+                return Ok(None);
+            };
             let port = free_port()?;
             let conf = dir.join("nginx.conf");
             std::fs::write(
                 &conf,
                 format!(
-                    "worker_processes 2; daemon off; pid {d}/nginx.pid; error_log {d}/nginx.err;\n\
+                    "worker_processes {workers}; daemon off; pid {d}/nginx.pid; error_log {d}/nginx.err;\n\
                      events {{ worker_connections 4096; }}\n\
                      http {{ access_log off; client_body_temp_path {d}; proxy_temp_path {d};\n\
-                       upstream b {{ server {backend}; keepalive 64; }}\n\
-                       server {{ listen {port}; location / {{ proxy_pass http://b;\n\
+                       upstream b {{ server {backend}; keepalive 64; keepalive_requests 100000000; }}\n\
+                       server {{ listen {port}; keepalive_requests 100000000; location / {{ proxy_pass http://b;\n\
                          proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }} }}\n",
                     d = dir.display()
                 ),
             )?;
-            (port, Procs(vec![spawn(Command::new(bin).arg("-c").arg(&conf).arg("-p").arg(dir))?]))
+            (
+                port,
+                Procs(vec![spawn(
+                    Command::new(bin).arg("-c").arg(&conf).arg("-p").arg(dir),
+                )?]),
+            )
         }
         "haproxy" => {
-            let Some(bin) = which("haproxy") else { return Ok(None) };
+            let Some(bin) = which("haproxy") else {
+                return Ok(None);
+            };
             let port = free_port()?;
             let conf = dir.join("haproxy.cfg");
             std::fs::write(
                 &conf,
                 format!(
-                    "global\n  nbthread 2\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  \
+                    "global\n  nbthread {workers}\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  \
                      timeout server 30s\n  http-reuse always\nfrontend f\n  bind {port}\n  default_backend b\n\
                      backend b\n  server s1 {backend}\n"
                 ),
             )?;
-            (port, Procs(vec![spawn(Command::new(bin).arg("-db").arg("-f").arg(&conf))?]))
+            (
+                port,
+                Procs(vec![spawn(
+                    Command::new(bin).arg("-db").arg("-f").arg(&conf),
+                )?]),
+            )
         }
         "envoy" => {
-            let Some(bin) = which("envoy") else { return Ok(None) };
+            let Some(bin) = which("envoy") else {
+                return Ok(None);
+            };
             let port = free_port()?;
             let conf = dir.join("envoy.yaml");
             std::fs::write(&conf, envoy_config(port, backend))?;
             let mut cmd = Command::new(bin);
-            cmd.arg("-c").arg(&conf).args(["--concurrency", "2", "-l", "error", "--base-id"]);
+            cmd.arg("-c").arg(&conf).args([
+                "--concurrency",
+                &workers.to_string(),
+                "-l",
+                "error",
+                "--base-id",
+            ]);
             cmd.arg(std::process::id().to_string());
             (port, Procs(vec![spawn(&mut cmd)?]))
         }
@@ -289,15 +359,21 @@ async fn measure(name: &str, target: &Target, procs: &Procs, args: &Args) -> Row
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     // The backend gets a runtime of its own so that the load generator cannot starve it.
-    let backend_rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let backend_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
     let backend = backend_rt.block_on(mesh_test::backend::http()).addr;
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
     let dir = std::env::temp_dir().join(format!("mesh-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let rows = rt.block_on(async {
         let mut rows: Vec<Row> = Vec::new();
         for name in &args.rows {
-            match start(name, backend, &dir).await {
+            match start(name, backend, &dir, args.workers).await {
                 Ok(Some((target, procs))) => {
                     eprintln!("measuring {name} …");
                     rows.push(measure(name, &target, &procs, &args).await);
@@ -310,7 +386,10 @@ fn main() -> anyhow::Result<()> {
     });
     let _ = std::fs::remove_dir_all(&dir);
     let mut rows = rows;
-    let direct = rows.iter().find(|r| r.name == "direct").map(|r| r.p50_us as i64);
+    let direct = rows
+        .iter()
+        .find(|r| r.name == "direct")
+        .map(|r| r.p50_us as i64);
     for r in &mut rows {
         r.added_p50_us = direct.map(|d| r.p50_us as i64 - d);
     }
@@ -319,7 +398,15 @@ fn main() -> anyhow::Result<()> {
     } else {
         println!(
             "{:<8} {:>8} {:>8} {:>8} {:>10} {:>9} {:>8} {:>12} {:>6}",
-            "ROW", "P50_US", "P99_US", "P999_US", "ADDED_P50", "MAX_RPS", "RSS_MB", "CPU_S/10K", "ERRORS"
+            "ROW",
+            "P50_US",
+            "P99_US",
+            "P999_US",
+            "ADDED_P50",
+            "MAX_RPS",
+            "RSS_MB",
+            "CPU_S/10K",
+            "ERRORS"
         );
         let opt = |v: Option<f64>, p: usize| v.map_or("-".to_string(), |v| format!("{v:.p$}"));
         for r in &rows {
@@ -336,7 +423,10 @@ fn main() -> anyhow::Result<()> {
                 r.errors
             );
         }
-        println!("rate {} rps over {} connections, {} in flight for max rps, {:?} per phase", args.rate, args.connections, args.concurrency, args.duration);
+        println!(
+            "rate {} rps over {} connections, {} in flight for max rps, {:?} per phase, {} worker(s) per proxy",
+            args.rate, args.connections, args.concurrency, args.duration, args.workers
+        );
     }
     Ok(())
 }
