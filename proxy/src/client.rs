@@ -1,8 +1,8 @@
 //! Upstream connections: a pool per endpoint and protocol, shared by every request that
 //! the balancer sends there.
 //!
-//! HTTP/1 connections carry one request at a time: an idle stack per endpoint, with a
-//! connection going back on the stack once its response body has been read. HTTP/2
+//! HTTP/1 connections carry one request at a time: a pool per endpoint from which a
+//! request takes a connection that is ready (its previous response fully read). HTTP/2
 //! multiplexes every request over one connection per endpoint.
 
 use std::collections::HashMap;
@@ -38,8 +38,8 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// How long an idle HTTP/1 connection is kept.
     pub idle_timeout: Duration,
-    /// Idle HTTP/1 connections kept per endpoint.
-    pub max_idle_per_endpoint: usize,
+    /// HTTP/1 connections pooled per endpoint.
+    pub max_pooled_per_endpoint: usize,
 }
 
 /// One endpoint: its load estimate and its connections.
@@ -53,7 +53,7 @@ pub struct Endpoint {
     direction: Direction,
     config: ClientConfig,
     metrics: Arc<Metrics>,
-    idle: Mutex<Vec<(http1::SendRequest<BoxBody>, Instant)>>,
+    h1_pool: Mutex<Vec<(http1::SendRequest<BoxBody>, Instant)>>,
     h2: Mutex<Option<http2::SendRequest<BoxBody>>>,
 }
 
@@ -87,7 +87,7 @@ impl Endpoints {
                     direction,
                     config: self.config.clone(),
                     metrics: self.metrics.clone(),
-                    idle: Mutex::new(Vec::new()),
+                    h1_pool: Mutex::new(Vec::new()),
                     h2: Mutex::new(None),
                 })
             })
@@ -119,31 +119,39 @@ impl Endpoint {
         Ok(TokioIo::new(CountingIo::new(tcp, stats)))
     }
 
-    fn take_idle(&self) -> Option<http1::SendRequest<BoxBody>> {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some((tx, since)) = idle.pop() {
-            if !tx.is_closed() && tx.is_ready() && since.elapsed() < self.config.idle_timeout {
-                return Some(tx);
+    /// Takes a pooled HTTP/1 connection that is ready for a request. The pool holds
+    /// busy connections too (a response body still being read), so returning one
+    /// costs nothing; expired and closed ones are dropped on the way.
+    fn take_ready(&self) -> Option<http1::SendRequest<BoxBody>> {
+        let mut pool = self.h1_pool.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let ttl = self.config.idle_timeout;
+        let mut i = pool.len();
+        while i > 0 {
+            i -= 1;
+            let (tx, since) = &pool[i];
+            if tx.is_closed() || (tx.is_ready() && now.saturating_duration_since(*since) > ttl) {
+                pool.swap_remove(i);
+            } else if tx.is_ready() {
+                return Some(pool.swap_remove(i).0);
             }
         }
         None
     }
 
-    async fn send_h1(
-        self: &Arc<Self>,
-        mut req: Request<BoxBody>,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    async fn send_h1(&self, mut req: Request<BoxBody>) -> Result<Response<Incoming>, ProxyError> {
         // A pooled connection may have been closed by the server just now; hyper then
         // hands the unsent request back, and it goes out again on a fresh connection.
         loop {
-            let (mut tx, reused) = match self.take_idle() {
+            let (mut tx, reused) = match self.take_ready() {
                 Some(tx) => (tx, true),
                 None => (self.handshake_h1().await?, false),
             };
             match tx.try_send_request(req).await {
                 Ok(rsp) => {
+                    // An upgraded connection belongs to its tunnel from now on.
                     if rsp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
-                        self.release_when_ready(tx);
+                        self.pool(tx);
                     }
                     return Ok(rsp);
                 }
@@ -152,6 +160,15 @@ impl Endpoint {
                     _ => return Err(ProxyError::upstream(self.addr, e.into_error())),
                 },
             }
+        }
+    }
+
+    /// Keeps a connection for reuse once its response has been read; beyond the pool's
+    /// size it is dropped, and hyper closes it after the response in flight.
+    fn pool(&self, tx: http1::SendRequest<BoxBody>) {
+        let mut pool = self.h1_pool.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.len() < self.config.max_pooled_per_endpoint {
+            pool.push((tx, Instant::now()));
         }
     }
 
@@ -170,25 +187,6 @@ impl Endpoint {
             }
         });
         Ok(tx)
-    }
-
-    /// Returns an HTTP/1 connection to the idle stack once its response is fully read.
-    fn release_when_ready(self: &Arc<Self>, mut tx: http1::SendRequest<BoxBody>) {
-        let this = Arc::downgrade(self);
-        tokio::spawn(async move {
-            if tx.ready().await.is_err() {
-                return;
-            }
-            let Some(this) = this.upgrade() else { return };
-            let mut idle = this.idle.lock().unwrap_or_else(|e| e.into_inner());
-            // Sweep here too, not only when taking: connections below the top of the
-            // stack would otherwise hold their sockets past the idle timeout.
-            let ttl = this.config.idle_timeout;
-            idle.retain(|(tx, since)| !tx.is_closed() && since.elapsed() < ttl);
-            if idle.len() < this.config.max_idle_per_endpoint {
-                idle.push((tx, Instant::now()));
-            }
-        });
     }
 
     async fn send_h2(&self, mut req: Request<BoxBody>) -> Result<Response<Incoming>, ProxyError> {

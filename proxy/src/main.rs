@@ -18,8 +18,16 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(usize::from(config.workers))
+    // One worker runs on a current-thread runtime: no work stealing and no cross-thread
+    // wake-ups, which is most of what a second scheduler thread would cost a sidecar.
+    let mut runtime = if config.workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(usize::from(config.workers));
+        b
+    };
+    let runtime = runtime
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;

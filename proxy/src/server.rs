@@ -89,7 +89,7 @@ impl Proxy {
         let client = ClientConfig {
             connect_timeout: config.connect_timeout,
             idle_timeout: config.idle_timeout,
-            max_idle_per_endpoint: 64,
+            max_pooled_per_endpoint: 64,
         };
         let shared = Arc::new(Shared {
             resolve: Resolve::from_system()?,
