@@ -196,8 +196,19 @@ impl Forward {
         );
 
         let in_flight = endpoint.load.start();
-        let mut rsp = endpoint.send(req.map(body::boxed)).await?;
-        in_flight.complete();
+        let mut rsp = match endpoint.send(req.map(body::boxed)).await {
+            Ok(rsp) => {
+                in_flight.complete();
+                rsp
+            }
+            Err(e) => {
+                // A client's own bad request says nothing about the endpoint.
+                if !matches!(e, ProxyError::BadRequest(_)) {
+                    in_flight.fail();
+                }
+                return Err(e);
+            }
+        };
 
         match upgrade {
             Some(client) if rsp.status() == StatusCode::SWITCHING_PROTOCOLS => {

@@ -28,6 +28,8 @@ pub struct Http {
     pub connections: Arc<AtomicUsize>,
     /// Requests whose handler was dropped before finishing (the client went away).
     pub cancelled: Arc<AtomicUsize>,
+    /// Requests received.
+    pub requests: Arc<AtomicUsize>,
 }
 
 impl Http {
@@ -127,11 +129,19 @@ pub async fn http() -> Http {
 
 /// Starts the test application on `addr`.
 pub async fn http_on(addr: SocketAddr) -> Http {
-    let listener = TcpListener::bind(addr).await.expect("bind backend");
+    http_with_delay(addr, Duration::ZERO)
+        .await
+        .expect("bind backend")
+}
+
+/// Starts the test application on `addr`, answering every request `delay` late.
+pub async fn http_with_delay(addr: SocketAddr, delay: Duration) -> std::io::Result<Http> {
+    let listener = TcpListener::bind(addr).await?;
     let server = Http {
-        addr: listener.local_addr().expect("addr"),
+        addr: listener.local_addr()?,
         connections: Arc::default(),
         cancelled: Arc::default(),
+        requests: Arc::default(),
     };
     let s = server.clone();
     tokio::spawn(async move {
@@ -140,16 +150,23 @@ pub async fn http_on(addr: SocketAddr) -> Http {
                 return;
             };
             s.connections.fetch_add(1, Ordering::SeqCst);
-            let cancelled = s.cancelled.clone();
+            let (cancelled, requests) = (s.cancelled.clone(), s.requests.clone());
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req| app(req, cancelled.clone()));
+                let svc = hyper::service::service_fn(move |req| {
+                    requests.fetch_add(1, Ordering::SeqCst);
+                    let cancelled = cancelled.clone();
+                    async move {
+                        tokio::time::sleep(delay).await;
+                        app(req, cancelled).await
+                    }
+                });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                     .await;
             });
         }
     });
-    server
+    Ok(server)
 }
 
 /// A WebSocket server that echoes every message; returns its address.
