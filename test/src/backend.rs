@@ -156,7 +156,10 @@ pub async fn http_with_delay(addr: SocketAddr, delay: Duration) -> std::io::Resu
                     requests.fetch_add(1, Ordering::SeqCst);
                     let cancelled = cancelled.clone();
                     async move {
-                        tokio::time::sleep(delay).await;
+                        // Even a zero sleep waits for the timer's next millisecond tick.
+                        if !delay.is_zero() {
+                            tokio::time::sleep(delay).await;
+                        }
                         app(req, cancelled).await
                     }
                 });

@@ -80,6 +80,11 @@ struct Procs(Vec<Child>);
 
 impl Drop for Procs {
     fn drop(&mut self) {
+        // Kill the workers too: nginx's workers outlive a SIGKILLed master.
+        let pids: Vec<String> = self.pids().iter().map(u32::to_string).collect();
+        if !pids.is_empty() {
+            let _ = Command::new("kill").arg("-KILL").args(&pids).status();
+        }
         for c in &mut self.0 {
             let _ = c.kill();
             let _ = c.wait();
