@@ -202,8 +202,18 @@ pub async fn websocket_echo() -> SocketAddr {
 /// A TCP server that echoes everything until the client half-closes, then writes
 /// `banner`'s byte count summary and closes. When `banner` is set it speaks first.
 pub async fn tcp_echo(banner: Option<&'static [u8]>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind tcp");
-    let addr = listener.local_addr().expect("addr");
+    tcp_echo_on(([127, 0, 0, 1], 0).into(), banner)
+        .await
+        .expect("bind tcp")
+}
+
+/// [`tcp_echo`] on `addr`.
+pub async fn tcp_echo_on(
+    addr: SocketAddr,
+    banner: Option<&'static [u8]>,
+) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
     tokio::spawn(async move {
         loop {
             let Ok((mut stream, _)) = listener.accept().await else {
@@ -236,7 +246,7 @@ pub async fn tcp_echo(banner: Option<&'static [u8]>) -> SocketAddr {
             });
         }
     });
-    addr
+    Ok(addr)
 }
 
 /// A listener whose accept queue is full and never drained: connects to it hang,
