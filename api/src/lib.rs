@@ -30,3 +30,26 @@ impl FieldError {
         }
     }
 }
+
+/// The destination service's gRPC API (generated from `proto/destination.proto`).
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod destination {
+    tonic::include_proto!("mesh.destination");
+}
+
+/// The identity naming scheme.
+pub mod identity {
+    /// The trust domain every identity lives in.
+    pub const TRUST_DOMAIN: &str = "cluster.local";
+
+    /// The DNS name a proxy running as `service_account` in `namespace` presents:
+    /// `SA.NS.serviceaccount.identity.mesh.cluster.local`.
+    pub fn dns_name(service_account: &str, namespace: &str) -> String {
+        format!("{service_account}.{namespace}.serviceaccount.identity.mesh.{TRUST_DOMAIN}")
+    }
+
+    /// The SPIFFE ID of the same identity: `spiffe://cluster.local/ns/NS/sa/SA`.
+    pub fn spiffe_id(service_account: &str, namespace: &str) -> String {
+        format!("spiffe://{TRUST_DOMAIN}/ns/{namespace}/sa/{service_account}")
+    }
+}

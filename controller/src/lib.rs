@@ -1,5 +1,14 @@
 //! The mesh controller: the destination service that tells proxies about endpoints,
-//! identities and profiles, the proxy-injector admission webhook, and the cluster sources
-//! (Kubernetes or a local folder of YAML) that feed them.
+//! identities and profiles, and the sources (a local folder of YAML now; Kubernetes
+//! next) that feed its index.
 //!
-//! Its contents arrive with the destination-service and injection work (issues 4 and 6).
+//! Split by dependency: [`index`] is plain logic; [`convert`] translates Kubernetes
+//! objects into it; [`dir`] reads them from a folder; [`destination`] serves the index
+//! over gRPC.
+
+pub mod convert;
+pub mod destination;
+pub mod dir;
+pub mod index;
+
+pub use index::Index;

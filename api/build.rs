@@ -1,0 +1,7 @@
+//! Compiles the gRPC API from `proto/` with protoc (Debian: `protobuf-compiler`).
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto");
+    tonic_prost_build::configure().compile_protos(&["proto/destination.proto"], &["proto"])?;
+    Ok(())
+}

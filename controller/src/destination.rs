@@ -1,0 +1,198 @@
+//! The destination gRPC service over the index: `Get` streams endpoint changes for an
+//! authority, `GetProfile` its effective profile; both send the current state first and
+//! then every change, until the client goes away.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures_util::Stream;
+use mesh_api::destination as pb;
+use mesh_api::destination::destination_server::{Destination, DestinationServer};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::index::{EndpointView, Index, PROXY_INBOUND_PORT, Resolution};
+
+type Updates<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// The service; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Service {
+    index: Arc<Index>,
+}
+
+impl Service {
+    /// Serves `index`.
+    pub fn new(index: Arc<Index>) -> DestinationServer<Self> {
+        DestinationServer::new(Self { index })
+    }
+}
+
+fn check(req: &pb::GetDestination) -> Result<(), Status> {
+    if req.authority.parse::<http::uri::Authority>().is_err() {
+        return Err(Status::invalid_argument(format!(
+            "invalid authority {:?}",
+            req.authority
+        )));
+    }
+    Ok(())
+}
+
+/// What a `Get` stream has told its client so far.
+#[derive(Default)]
+struct Sent {
+    known: Option<bool>,
+    endpoints: BTreeMap<SocketAddr, EndpointView>,
+}
+
+impl Sent {
+    /// The updates that take the client from what it was told to `now`.
+    fn diff(&mut self, now: Resolution) -> Vec<pb::Update> {
+        use pb::update::Update as U;
+        let (known, endpoints, labels) = match now {
+            Resolution::Unknown => (false, BTreeMap::new(), Default::default()),
+            Resolution::Service {
+                namespace,
+                name,
+                endpoints,
+                ..
+            } => {
+                let labels = [
+                    ("namespace".to_string(), namespace),
+                    ("service".to_string(), name),
+                ]
+                .into();
+                (true, endpoints, labels)
+            }
+        };
+        let mut out = Vec::new();
+        let removed: Vec<_> = self
+            .endpoints
+            .keys()
+            .filter(|a| !endpoints.contains_key(a))
+            .copied()
+            .collect();
+        let added: Vec<_> = endpoints
+            .values()
+            .filter(|e| self.endpoints.get(&e.addr) != Some(e))
+            .cloned()
+            .collect();
+        if endpoints.is_empty() {
+            if self.known != Some(known) || !self.endpoints.is_empty() {
+                out.push(pb::Update {
+                    update: Some(U::NoEndpoints(pb::NoEndpoints { exists: known })),
+                });
+            }
+        } else {
+            if !removed.is_empty() {
+                let addrs = removed
+                    .iter()
+                    .map(|a| pb::SocketAddr {
+                        ip: a.ip().to_string(),
+                        port: a.port().into(),
+                    })
+                    .collect();
+                out.push(pb::Update {
+                    update: Some(U::Remove(pb::RemoveSet { addrs })),
+                });
+            }
+            if !added.is_empty() {
+                let endpoints = added.iter().map(endpoint).collect();
+                out.push(pb::Update {
+                    update: Some(U::Add(pb::AddSet {
+                        endpoints,
+                        metric_labels: labels,
+                    })),
+                });
+            }
+        }
+        self.known = Some(known);
+        self.endpoints = endpoints;
+        out
+    }
+}
+
+fn endpoint(e: &EndpointView) -> pb::Endpoint {
+    pb::Endpoint {
+        addr: Some(pb::SocketAddr {
+            ip: e.addr.ip().to_string(),
+            port: e.addr.port().into(),
+        }),
+        weight: 10_000,
+        metric_labels: e.labels.clone().into_iter().collect(),
+        tls_identity: e.identity.clone().unwrap_or_default(),
+        // A meshed endpoint's proxy takes peers on its inbound port, over HTTP/2.
+        protocol_hint: e.identity.as_ref().map(|_| pb::ProtocolHint {
+            h2: true,
+            inbound_port: PROXY_INBOUND_PORT.into(),
+            opaque: false,
+        }),
+    }
+}
+
+/// Runs `next` now and after every index change, sending what it yields, until the
+/// client hangs up.
+fn follow<T, F>(index: Arc<Index>, mut next: F) -> Updates<T>
+where
+    T: Send + 'static,
+    F: FnMut(&Index) -> Vec<T> + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(16);
+    let mut changes = index.subscribe();
+    tokio::spawn(async move {
+        loop {
+            changes.borrow_and_update();
+            for item in next(&index) {
+                if tx.send(Ok(item)).await.is_err() {
+                    return;
+                }
+            }
+            tokio::select! {
+                r = changes.changed() => if r.is_err() { return },
+                () = tx.closed() => return,
+            }
+        }
+    });
+    Box::pin(ReceiverStream::new(rx))
+}
+
+#[tonic::async_trait]
+impl Destination for Service {
+    type GetStream = Updates<pb::Update>;
+
+    async fn get(
+        &self,
+        req: Request<pb::GetDestination>,
+    ) -> Result<Response<Self::GetStream>, Status> {
+        let req = req.into_inner();
+        check(&req)?;
+        let mut sent = Sent::default();
+        let stream = follow(self.index.clone(), move |index| {
+            sent.diff(index.resolve(&req.authority, &req.namespace))
+        });
+        Ok(Response::new(stream))
+    }
+
+    type GetProfileStream = Updates<pb::Profile>;
+
+    async fn get_profile(
+        &self,
+        req: Request<pb::GetDestination>,
+    ) -> Result<Response<Self::GetProfileStream>, Status> {
+        let req = req.into_inner();
+        check(&req)?;
+        let mut last: Option<pb::Profile> = None;
+        let stream = follow(self.index.clone(), move |index| {
+            let now = index.profile(&req.authority, &req.namespace);
+            if last.as_ref() == Some(&now) {
+                return vec![];
+            }
+            last = Some(now.clone());
+            vec![now]
+        });
+        Ok(Response::new(stream))
+    }
+}

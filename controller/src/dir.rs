@@ -1,0 +1,313 @@
+//! The local source: Kubernetes YAML in a folder (multi-document files and `kind:
+//! List` welcome), watched for changes. Each reload applies what is valid, refuses what
+//! is not with a log line naming the file, document and field, and keeps the last good
+//! version of a refused object in force.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use crate::convert;
+use crate::index::{Index, Kind, Object, ObjectRef};
+
+/// A document that could not be used, and why.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{file} document {document}{object}: {reason}")]
+pub struct DocError {
+    /// The file.
+    pub file: String,
+    /// The document's number in the file, from 1.
+    pub document: usize,
+    /// ` (Kind ns/name)` when known.
+    pub object: String,
+    /// What is wrong, naming the field.
+    pub reason: String,
+    /// The object it was meant to be, when known: its last good version stays.
+    pub at: Option<ObjectRef>,
+}
+
+/// Where an object came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// The file.
+    pub file: String,
+    /// The document's number in it, from 1.
+    pub document: usize,
+}
+
+/// The outcome of reading a folder: usable objects, and documents refused.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// Objects to apply, in file order, with where each came from.
+    pub objects: Vec<(ObjectRef, Object, Origin)>,
+    /// Documents refused.
+    pub errors: Vec<DocError>,
+    /// Files that could not be read to the end: everything they last gave stays.
+    pub broken_files: HashSet<String>,
+}
+
+/// Reads every `.yaml`, `.yml` and `.json` file below `dir`.
+pub fn load(dir: &Path) -> std::io::Result<Loaded> {
+    let mut files = Vec::new();
+    collect(dir, &mut files)?;
+    files.sort();
+    let mut loaded = Loaded::default();
+    for file in files {
+        let text = match std::fs::read_to_string(&file) {
+            Ok(t) => t,
+            Err(e) => {
+                loaded
+                    .errors
+                    .push(doc_error(&file, 0, None, format!("cannot read: {e}")));
+                loaded.broken_files.insert(file.display().to_string());
+                continue;
+            }
+        };
+        parse(&file, &text, &mut loaded);
+    }
+    Ok(loaded)
+}
+
+fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let hidden = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with('.'));
+        if hidden {
+            continue;
+        }
+        if path.is_dir() {
+            collect(&path, out)?;
+        } else if path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
+        {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+fn doc_error(file: &Path, document: usize, at: Option<&ObjectRef>, reason: String) -> DocError {
+    DocError {
+        file: file.display().to_string(),
+        document,
+        object: at.map(|a| format!(" ({a})")).unwrap_or_default(),
+        reason,
+        at: at.cloned(),
+    }
+}
+
+/// Parses one file's documents into `loaded`.
+pub fn parse(file: &Path, text: &str, loaded: &mut Loaded) {
+    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        match serde_yaml::Value::deserialize(doc) {
+            Ok(serde_yaml::Value::Null) => {}
+            Ok(value) => document(file, i + 1, value, loaded),
+            Err(e) => {
+                // After a syntax error the parser cannot find the next document (and
+                // serde_yaml would repeat the error forever): the rest of the file is lost.
+                loaded
+                    .errors
+                    .push(doc_error(file, i + 1, None, format!("invalid YAML: {e}")));
+                loaded.broken_files.insert(file.display().to_string());
+                break;
+            }
+        }
+    }
+}
+
+fn document(file: &Path, n: usize, value: serde_yaml::Value, loaded: &mut Loaded) {
+    let kind = value
+        .get("kind")
+        .and_then(|k| k.as_str())
+        .unwrap_or_default()
+        .to_string();
+    if kind == "List" {
+        for item in value
+            .get("items")
+            .and_then(|i| i.as_sequence())
+            .cloned()
+            .unwrap_or_default()
+        {
+            document(file, n, item, loaded);
+        }
+        return;
+    }
+    let api_version = value
+        .get("apiVersion")
+        .and_then(|k| k.as_str())
+        .unwrap_or_default();
+    let meta = value.get("metadata");
+    let name = meta
+        .and_then(|m| m.get("name"))
+        .and_then(|n| n.as_str())
+        .unwrap_or_default()
+        .to_string();
+    let namespace = meta
+        .and_then(|m| m.get("namespace"))
+        .and_then(|n| n.as_str())
+        .unwrap_or("default")
+        .to_string();
+    let kind = match (kind.as_str(), api_version) {
+        ("Namespace", "v1") => Kind::Namespace,
+        ("Service", "v1") => Kind::Service,
+        ("Pod", "v1") => Kind::Pod,
+        ("ServiceProfile", v) if v.starts_with("linkerd.io/") => Kind::ServiceProfile,
+        ("TrafficSplit", v) if v.starts_with("split.smi-spec.io/") => Kind::TrafficSplit,
+        ("", _) => {
+            loaded
+                .errors
+                .push(doc_error(file, n, None, "no kind".into()));
+            return;
+        }
+        _ => return, // Deployments, ServiceAccounts, …: not the index's business.
+    };
+    let at = ObjectRef {
+        kind,
+        namespace: if kind == Kind::Namespace {
+            String::new()
+        } else {
+            namespace
+        },
+        name,
+    };
+    if at.name.is_empty() {
+        loaded.errors.push(doc_error(
+            file,
+            n,
+            None,
+            format!("{kind:?} without metadata.name"),
+        ));
+        return;
+    }
+    let object = match kind {
+        Kind::Namespace => {
+            typed::<Namespace>(value).map(|ns| Object::Namespace(convert::namespace(&ns)))
+        }
+        Kind::Service => typed::<Service>(value)
+            .and_then(|s| convert::service(&s).map(Object::Service).map_err(joined)),
+        Kind::Pod => {
+            typed::<Pod>(value).and_then(|p| convert::pod(&p).map(Object::Pod).map_err(joined))
+        }
+        Kind::ServiceProfile => spec(value).map(Object::ServiceProfile),
+        Kind::TrafficSplit => spec(value).map(Object::TrafficSplit),
+    };
+    match object {
+        Ok(object) => loaded.objects.push((
+            at,
+            object,
+            Origin {
+                file: file.display().to_string(),
+                document: n,
+            },
+        )),
+        Err(reason) => loaded.errors.push(doc_error(file, n, Some(&at), reason)),
+    }
+}
+
+fn joined(errors: Vec<mesh_api::FieldError>) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Deserializes with the failing field's path in the error (`spec.ports[0].port: …`).
+fn typed<T: DeserializeOwned>(value: serde_yaml::Value) -> Result<T, String> {
+    serde_path_to_error::deserialize(value).map_err(|e| format!("{}: {}", e.path(), e.inner()))
+}
+
+fn spec<T: DeserializeOwned>(value: serde_yaml::Value) -> Result<T, String> {
+    let Some(spec) = value.get("spec").cloned() else {
+        return Err("spec: missing".into());
+    };
+    serde_path_to_error::deserialize(spec).map_err(|e| format!("spec.{}: {}", e.path(), e.inner()))
+}
+
+/// What a folder has put into the index: each object and the file it came from.
+pub type Applied = HashMap<ObjectRef, String>;
+
+/// Applies a load to the index: valid objects in dependency order, refused ones kept at
+/// their last good version, and objects no longer in the folder removed.
+pub fn sync(index: &Index, loaded: Loaded, applied: &mut Applied) -> Vec<DocError> {
+    let mut errors = loaded.errors;
+    let mut present: HashSet<ObjectRef> = errors.iter().filter_map(|e| e.at.clone()).collect();
+    // A file that could not be read to the end keeps everything it gave before.
+    present.extend(
+        applied
+            .iter()
+            .filter(|(_, f)| loaded.broken_files.contains(*f))
+            .map(|(a, _)| a.clone()),
+    );
+    let mut objects = loaded.objects;
+    // Splits check that their backends exist, so services come first.
+    objects.sort_by_key(|(at, _, _)| at.kind);
+    for (at, object, origin) in objects {
+        present.insert(at.clone());
+        match index.apply(&at, object) {
+            Ok(()) => {
+                applied.insert(at, origin.file);
+            }
+            Err(rejected) => errors.push(DocError {
+                file: origin.file,
+                document: origin.document,
+                object: format!(" ({at})"),
+                reason: rejected.to_string(),
+                at: Some(at),
+            }),
+        }
+    }
+    let gone: Vec<ObjectRef> = applied
+        .keys()
+        .filter(|a| !present.contains(*a))
+        .cloned()
+        .collect();
+    for at in gone {
+        index.delete(&at);
+        applied.remove(&at);
+    }
+    for e in &errors {
+        tracing::error!("refused {e}; the last good version, if any, stays in force");
+    }
+    errors
+}
+
+/// Loads `dir` into `index`, then reloads on every change until the process ends.
+pub async fn watch(dir: PathBuf, index: Arc<Index>) -> std::io::Result<()> {
+    use notify::Watcher;
+    let mut applied = Applied::new();
+    sync(&index, load(&dir)?, &mut applied);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+    let mut watcher = notify::recommended_watcher(move |_event| {
+        let _ = tx.try_send(());
+    })
+    .map_err(std::io::Error::other)?;
+    watcher
+        .watch(&dir, notify::RecursiveMode::Recursive)
+        .map_err(std::io::Error::other)?;
+    loop {
+        // A rescan every few seconds as well, in case an event was missed.
+        let _ = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
+        // Editors write in several steps: let them finish.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        while rx.try_recv().is_ok() {}
+        match load(&dir) {
+            Ok(loaded) => {
+                sync(&index, loaded, &mut applied);
+            }
+            Err(e) => {
+                tracing::error!(dir = %dir.display(), error = %e, "cannot read the folder; keeping what is known")
+            }
+        }
+    }
+}

@@ -1,0 +1,451 @@
+//! The index: what the cluster (or a local folder) says about services, pods,
+//! namespaces, profiles and splits, and the answers proxies ask for. Pure logic: the
+//! sources translate objects into it, the gRPC server reads from it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::RwLock;
+
+use mesh_api::destination as pb;
+use mesh_api::{FieldError, ServiceProfileSpec, TrafficSplitSpec};
+use tokio::sync::watch;
+
+/// The cluster's DNS domain.
+pub const CLUSTER_DOMAIN: &str = "cluster.local";
+/// The port a meshed pod's proxy accepts peers on.
+pub const PROXY_INBOUND_PORT: u16 = 4143;
+
+/// The kinds the index keeps.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// core/v1 Namespace.
+    Namespace,
+    /// core/v1 Service.
+    Service,
+    /// core/v1 Pod.
+    Pod,
+    /// linkerd.io/v1alpha2 ServiceProfile.
+    ServiceProfile,
+    /// split.smi-spec.io TrafficSplit.
+    TrafficSplit,
+}
+
+/// A kind, namespace and name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectRef {
+    /// The kind.
+    pub kind: Kind,
+    /// The namespace ("" for namespaces themselves).
+    pub namespace: String,
+    /// The name.
+    pub name: String,
+}
+
+impl std::fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.namespace.is_empty() {
+            write!(f, "{:?} {}", self.kind, self.name)
+        } else {
+            write!(f, "{:?} {}/{}", self.kind, self.namespace, self.name)
+        }
+    }
+}
+
+/// A service as the index needs it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ServiceInfo {
+    /// Its cluster IP, if any.
+    pub cluster_ip: Option<IpAddr>,
+    /// Its ports.
+    pub ports: Vec<ServicePort>,
+    /// Pods with all these labels back it; empty means it has no selector.
+    pub selector: BTreeMap<String, String>,
+}
+
+/// A service port and where it leads on the pods.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServicePort {
+    /// The service's port.
+    pub port: u16,
+    /// Its name.
+    pub name: Option<String>,
+    /// The pods' port: a number, or a container port's name.
+    pub target: TargetPort,
+}
+
+/// A service port's target on the pods.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TargetPort {
+    /// A port number.
+    Number(u16),
+    /// The name of a container port.
+    Name(String),
+}
+
+/// A pod as the index needs it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PodInfo {
+    /// Its IP, once it has one.
+    pub ip: Option<IpAddr>,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+    /// Its service account.
+    pub service_account: String,
+    /// Whether it is ready for traffic.
+    pub ready: bool,
+    /// Its own inject annotation: Some(true) enabled, Some(false) disabled.
+    pub inject: Option<bool>,
+    /// Whether it already runs the mesh proxy.
+    pub has_proxy: bool,
+    /// Named container ports.
+    pub named_ports: HashMap<String, u16>,
+    /// The workload that owns it (a Deployment's name), for metric labels.
+    pub workload: Option<String>,
+}
+
+/// A namespace as the index needs it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NamespaceInfo {
+    /// Its inject annotation.
+    pub inject: Option<bool>,
+}
+
+/// A translated object.
+#[derive(Clone, Debug)]
+pub enum Object {
+    /// A namespace.
+    Namespace(NamespaceInfo),
+    /// A service.
+    Service(ServiceInfo),
+    /// A pod.
+    Pod(PodInfo),
+    /// A ServiceProfile's spec.
+    ServiceProfile(ServiceProfileSpec),
+    /// A TrafficSplit's spec.
+    TrafficSplit(TrafficSplitSpec),
+}
+
+/// Why an object was refused; the last good version of it stays in force.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Rejected {
+    /// Fields are invalid.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Invalid(Vec<FieldError>),
+}
+
+/// One endpoint of a service port.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EndpointView {
+    /// Where the application listens.
+    pub addr: SocketAddr,
+    /// Metric labels: namespace, pod, deployment, serviceaccount.
+    pub labels: BTreeMap<String, String>,
+    /// The identity its proxy presents, when meshed.
+    pub identity: Option<String>,
+}
+
+/// What an authority resolves to.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Resolution {
+    /// A known service port and its current endpoints (perhaps none).
+    Service {
+        /// The service's namespace.
+        namespace: String,
+        /// The service's name.
+        name: String,
+        /// The service port asked for.
+        port: u16,
+        /// Its endpoints, keyed by address.
+        endpoints: BTreeMap<SocketAddr, EndpointView>,
+    },
+    /// Nothing the index knows: the proxy falls back to DNS.
+    Unknown,
+}
+
+#[derive(Default, Debug)]
+struct State {
+    namespaces: HashMap<String, NamespaceInfo>,
+    services: HashMap<(String, String), ServiceInfo>,
+    pods: HashMap<(String, String), PodInfo>,
+    profiles: HashMap<(String, String), ServiceProfileSpec>,
+    splits: HashMap<(String, String), TrafficSplitSpec>,
+}
+
+/// The index, shared by sources (writers) and the gRPC server (readers).
+#[derive(Debug)]
+pub struct Index {
+    state: RwLock<State>,
+    changed: watch::Sender<u64>,
+}
+
+impl Default for Index {
+    fn default() -> Self {
+        Self {
+            state: RwLock::default(),
+            changed: watch::channel(0).0,
+        }
+    }
+}
+
+impl Index {
+    /// Applies (adds or replaces) an object, or refuses it and keeps the last good one.
+    pub fn apply(&self, at: &ObjectRef, object: Object) -> Result<(), Rejected> {
+        let key = (at.namespace.clone(), at.name.clone());
+        {
+            let mut s = self.state.write().unwrap_or_else(|e| e.into_inner());
+            match object {
+                Object::Namespace(n) => {
+                    s.namespaces.insert(at.name.clone(), n);
+                }
+                Object::Service(svc) => {
+                    s.services.insert(key, svc);
+                }
+                Object::Pod(pod) => {
+                    s.pods.insert(key, pod);
+                }
+                Object::ServiceProfile(spec) => {
+                    let errors = spec.validate();
+                    if !errors.is_empty() {
+                        return Err(Rejected::Invalid(errors));
+                    }
+                    s.profiles.insert(key, spec);
+                }
+                Object::TrafficSplit(spec) => {
+                    let mut errors = spec.validate();
+                    for (i, b) in spec.backends.iter().enumerate() {
+                        if !s
+                            .services
+                            .contains_key(&(at.namespace.clone(), b.service.clone()))
+                        {
+                            let path = format!("spec.backends[{i}].service");
+                            errors.push(FieldError::new(
+                                path,
+                                format!(
+                                    "no service {:?} in namespace {:?}",
+                                    b.service, at.namespace
+                                ),
+                            ));
+                        }
+                    }
+                    if !errors.is_empty() {
+                        return Err(Rejected::Invalid(errors));
+                    }
+                    s.splits.insert(key, spec);
+                }
+            }
+        }
+        self.changed.send_modify(|v| *v += 1);
+        Ok(())
+    }
+
+    /// Removes an object.
+    pub fn delete(&self, at: &ObjectRef) {
+        let key = (at.namespace.clone(), at.name.clone());
+        {
+            let mut s = self.state.write().unwrap_or_else(|e| e.into_inner());
+            let removed = match at.kind {
+                Kind::Namespace => s.namespaces.remove(&at.name).is_some(),
+                Kind::Service => s.services.remove(&key).is_some(),
+                Kind::Pod => s.pods.remove(&key).is_some(),
+                Kind::ServiceProfile => s.profiles.remove(&key).is_some(),
+                Kind::TrafficSplit => s.splits.remove(&key).is_some(),
+            };
+            if !removed {
+                return;
+            }
+        }
+        self.changed.send_modify(|v| *v += 1);
+    }
+
+    /// Every object the index holds, by reference.
+    pub fn refs(&self) -> Vec<ObjectRef> {
+        let s = self.state.read().unwrap_or_else(|e| e.into_inner());
+        let r = |kind, (ns, name): &(String, String)| ObjectRef {
+            kind,
+            namespace: ns.clone(),
+            name: name.clone(),
+        };
+        let mut refs: Vec<ObjectRef> = s
+            .namespaces
+            .keys()
+            .map(|n| ObjectRef {
+                kind: Kind::Namespace,
+                namespace: String::new(),
+                name: n.clone(),
+            })
+            .collect();
+        refs.extend(s.services.keys().map(|k| r(Kind::Service, k)));
+        refs.extend(s.pods.keys().map(|k| r(Kind::Pod, k)));
+        refs.extend(s.profiles.keys().map(|k| r(Kind::ServiceProfile, k)));
+        refs.extend(s.splits.keys().map(|k| r(Kind::TrafficSplit, k)));
+        refs
+    }
+
+    /// A receiver that changes whenever the index does.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Resolves `authority` (`name.ns.svc.cluster.local:port`, `name.ns:port`, `name`,
+    /// or a cluster IP and port) for a caller in `caller_ns`.
+    pub fn resolve(&self, authority: &str, caller_ns: &str) -> Resolution {
+        let s = self.state.read().unwrap_or_else(|e| e.into_inner());
+        let Some((namespace, name, port)) = s.find_service(authority, caller_ns) else {
+            return Resolution::Unknown;
+        };
+        let endpoints = s.endpoints(&namespace, &name, port);
+        Resolution::Service {
+            namespace,
+            name,
+            port,
+            endpoints,
+        }
+    }
+
+    /// The effective profile for `authority`: its ServiceProfile's routes and budget,
+    /// with a TrafficSplit's backends as weighted destinations.
+    pub fn profile(&self, authority: &str, caller_ns: &str) -> pb::Profile {
+        let s = self.state.read().unwrap_or_else(|e| e.into_inner());
+        let Some((namespace, name, port)) = s.find_service(authority, caller_ns) else {
+            return pb::Profile::default();
+        };
+        let fqdn = format!("{name}.{namespace}.svc.{CLUSTER_DOMAIN}");
+        let mut profile = s
+            .profiles
+            .get(&(namespace.clone(), fqdn.clone()))
+            .map(|spec| crate::convert::profile(spec, &fqdn))
+            .unwrap_or_default();
+        // A split on this service decides where its traffic goes (SMI: the apex).
+        let split = s
+            .splits
+            .iter()
+            .filter(|((ns, _), sp)| *ns == namespace && sp.service == name)
+            .min_by_key(|(k, _)| *k);
+        if let Some((_, split)) = split {
+            profile.fully_qualified_name = fqdn;
+            profile.dst_overrides = split
+                .backends
+                .iter()
+                .map(|b| pb::WeightedDst {
+                    authority: format!("{}.{namespace}.svc.{CLUSTER_DOMAIN}:{port}", b.service),
+                    weight: b.weight.0,
+                })
+                .collect();
+        }
+        profile
+    }
+}
+
+impl State {
+    fn find_service(&self, authority: &str, caller_ns: &str) -> Option<(String, String, u16)> {
+        let (host, port) = split_authority(authority)?;
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            let ((ns, name), _) = self
+                .services
+                .iter()
+                .find(|(_, s)| s.cluster_ip == Some(ip))?;
+            return Some((ns.clone(), name.clone(), port));
+        }
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        let suffix = format!(".svc.{CLUSTER_DOMAIN}");
+        let short = host
+            .strip_suffix(&suffix)
+            .or_else(|| host.strip_suffix(".svc"))
+            .unwrap_or(&host);
+        let (name, ns) = match short.split_once('.') {
+            Some((name, ns)) if !ns.contains('.') => (name.to_string(), ns.to_string()),
+            Some(_) => return None,
+            None => (short.to_string(), caller_ns.to_string()),
+        };
+        let svc = self.services.get(&(ns.clone(), name.clone()))?;
+        // A service without the port asked for is still the service (no endpoints).
+        let _ = svc;
+        Some((ns, name, port))
+    }
+
+    fn meshed(&self, namespace: &str, pod: &PodInfo) -> bool {
+        if pod.has_proxy {
+            return true;
+        }
+        match pod.inject {
+            Some(v) => v,
+            None => self
+                .namespaces
+                .get(namespace)
+                .and_then(|n| n.inject)
+                .unwrap_or(false),
+        }
+    }
+
+    fn endpoints(
+        &self,
+        namespace: &str,
+        name: &str,
+        port: u16,
+    ) -> BTreeMap<SocketAddr, EndpointView> {
+        let mut out = BTreeMap::new();
+        let Some(svc) = self
+            .services
+            .get(&(namespace.to_string(), name.to_string()))
+        else {
+            return out;
+        };
+        let Some(sp) = svc.ports.iter().find(|p| p.port == port) else {
+            return out;
+        };
+        if svc.selector.is_empty() {
+            return out;
+        }
+        for ((ns, pod_name), pod) in &self.pods {
+            if ns != namespace
+                || !pod.ready
+                || !svc
+                    .selector
+                    .iter()
+                    .all(|(k, v)| pod.labels.get(k) == Some(v))
+            {
+                continue;
+            }
+            let Some(ip) = pod.ip else { continue };
+            let target = match &sp.target {
+                TargetPort::Number(n) => *n,
+                TargetPort::Name(n) => match pod.named_ports.get(n) {
+                    Some(p) => *p,
+                    None => continue,
+                },
+            };
+            let mut labels = BTreeMap::from([
+                ("namespace".to_string(), ns.clone()),
+                ("pod".to_string(), pod_name.clone()),
+                ("serviceaccount".to_string(), pod.service_account.clone()),
+            ]);
+            if let Some(w) = &pod.workload {
+                labels.insert("deployment".to_string(), w.clone());
+            }
+            let identity = self
+                .meshed(ns, pod)
+                .then(|| mesh_api::identity::dns_name(&pod.service_account, ns));
+            let addr = SocketAddr::new(ip, target);
+            out.insert(
+                addr,
+                EndpointView {
+                    addr,
+                    labels,
+                    identity,
+                },
+            );
+        }
+        out
+    }
+}
+
+/// Splits `host[:port]`; the port defaults to 80.
+fn split_authority(authority: &str) -> Option<(String, u16)> {
+    let a: http::uri::Authority = authority.parse().ok()?;
+    let host = a
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    Some((host, a.port_u16().unwrap_or(80)))
+}

@@ -1,0 +1,82 @@
+//! The `mesh-controller` binary: the destination service over a source of cluster state.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use mesh_controller::{Index, destination, dir};
+
+/// The mesh controller: destination service (and, later, the proxy injector).
+#[derive(Parser, Debug)]
+#[command(name = "mesh-controller", version, about)]
+struct Args {
+    /// Where cluster state comes from: `kubernetes`, or `dir:PATH` for a folder of YAML.
+    #[arg(long, env = "MESH_CONTROLLER_SOURCE", default_value = "kubernetes")]
+    source: String,
+    /// The destination service's gRPC address.
+    #[arg(
+        long,
+        env = "MESH_CONTROLLER_DESTINATION_ADDR",
+        default_value = "0.0.0.0:8086"
+    )]
+    destination_addr: SocketAddr,
+    /// Log filter, in tracing's EnvFilter syntax.
+    #[arg(long, env = "MESH_CONTROLLER_LOG", default_value = "info")]
+    log: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
+        .with_context(|| format!("invalid log filter {:?}", args.log))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+
+    let index = Arc::new(Index::default());
+    let source = match args.source.split_once(':') {
+        Some(("dir", path)) => {
+            let path = PathBuf::from(path);
+            anyhow::ensure!(
+                path.is_dir(),
+                "--source dir:{}: not a folder",
+                path.display()
+            );
+            tokio::spawn(dir::watch(path, index.clone()))
+        }
+        _ if args.source == "kubernetes" => {
+            bail!(
+                "--source kubernetes is not built yet; use --source dir:PATH (a folder of Kubernetes YAML)"
+            )
+        }
+        _ => bail!("--source {:?}: use `kubernetes` or `dir:PATH`", args.source),
+    };
+    let listener = tokio::net::TcpListener::bind(args.destination_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.destination_addr))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(destination = %addr, "listening");
+    let server = tonic::transport::Server::builder()
+        .add_service(destination::Service::new(index))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            async {
+                let _ = tokio::signal::ctrl_c().await;
+            },
+        );
+    tokio::select! {
+        r = server => r.context("destination server failed")?,
+        r = source => match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => bail!("source failed: {e}"),
+            Err(e) => bail!("source task failed: {e}"),
+        },
+    }
+    Ok(())
+}

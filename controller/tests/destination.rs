@@ -1,0 +1,360 @@
+//! The destination service over the dir source, end to end: a real gRPC client on
+//! loopback watches authorities while the test edits the folder.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh_api::destination as pb;
+use mesh_api::destination::destination_client::DestinationClient;
+use mesh_controller::{Index, destination, dir};
+use tonic::Streaming;
+
+const NS_AND_SVC: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: demo
+  annotations: {mesh.io/inject: enabled}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: demo}
+spec:
+  clusterIP: 10.96.0.10
+  selector: {app: web}
+  ports:
+  - {name: http, port: 80, targetPort: http}
+"#;
+
+fn pod(name: &str, ip: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  namespace: demo
+  labels: {{app: web, pod-template-hash: abc12}}
+  ownerReferences: [{{apiVersion: apps/v1, kind: ReplicaSet, name: web-abc12, uid: u, controller: true}}]
+spec:
+  serviceAccountName: web
+  containers: [{{name: app, image: x, ports: [{{name: http, containerPort: 8080}}]}}]
+status: {{podIP: "{ip}", phase: Running}}
+"#
+    )
+}
+
+async fn start(dir: &Path) -> DestinationClient<tonic::transport::Channel> {
+    let index = Arc::new(Index::default());
+    tokio::spawn(dir::watch(dir.to_path_buf(), index.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr: SocketAddr = listener.local_addr().expect("addr");
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(destination::Service::new(index))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    DestinationClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect")
+}
+
+/// The next message, within a second: the promise the destination service makes.
+async fn next<T>(stream: &mut Streaming<T>) -> T {
+    tokio::time::timeout(Duration::from_secs(1), stream.message())
+        .await
+        .expect("an update within 1 s")
+        .expect("stream ok")
+        .expect("stream open")
+}
+
+fn get(authority: &str) -> pb::GetDestination {
+    pb::GetDestination {
+        authority: authority.into(),
+        namespace: "demo".into(),
+    }
+}
+
+fn addrs(update: &pb::Update) -> Vec<String> {
+    match &update.update {
+        Some(pb::update::Update::Add(a)) => a
+            .endpoints
+            .iter()
+            .map(|e| {
+                e.addr
+                    .as_ref()
+                    .map(|a| format!("+{}:{}", a.ip, a.port))
+                    .unwrap_or_default()
+            })
+            .collect(),
+        Some(pb::update::Update::Remove(r)) => r
+            .addrs
+            .iter()
+            .map(|a| format!("-{}:{}", a.ip, a.port))
+            .collect(),
+        Some(pb::update::Update::NoEndpoints(n)) => vec![format!("none(exists={})", n.exists)],
+        None => vec![],
+    }
+}
+
+#[tokio::test]
+async fn endpoints_follow_the_folder() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("base.yaml"), NS_AND_SVC).expect("write");
+    std::fs::write(
+        dir.path().join("pod-a.yaml"),
+        pod("web-abc12-a", "127.0.1.1"),
+    )
+    .expect("write");
+    let mut client = start(dir.path()).await;
+
+    // Every spelling of the name resolves to the same service.
+    for authority in [
+        "web.demo.svc.cluster.local:80",
+        "web.demo:80",
+        "web",
+        "10.96.0.10:80",
+    ] {
+        let mut s = client.get(get(authority)).await.expect("get").into_inner();
+        let first = next(&mut s).await;
+        assert_eq!(addrs(&first), ["+127.0.1.1:8080"], "{authority}");
+        let Some(pb::update::Update::Add(add)) = first.update else {
+            unreachable!()
+        };
+        let e = &add.endpoints[0];
+        assert_eq!(
+            e.tls_identity,
+            "web.demo.serviceaccount.identity.mesh.cluster.local"
+        );
+        assert_eq!(e.metric_labels["deployment"], "web");
+        assert_eq!(
+            e.protocol_hint.as_ref().map(|h| (h.h2, h.inbound_port)),
+            Some((true, 4143))
+        );
+    }
+
+    let mut s = client
+        .get(get("web.demo.svc.cluster.local:80"))
+        .await
+        .expect("get")
+        .into_inner();
+    next(&mut s).await;
+    // Scale up.
+    std::fs::write(
+        dir.path().join("pod-b.yaml"),
+        pod("web-abc12-b", "127.0.1.2"),
+    )
+    .expect("write");
+    assert_eq!(addrs(&next(&mut s).await), ["+127.0.1.2:8080"]);
+    // Scale down.
+    std::fs::remove_file(dir.path().join("pod-a.yaml")).expect("rm");
+    assert_eq!(addrs(&next(&mut s).await), ["-127.0.1.1:8080"]);
+    std::fs::remove_file(dir.path().join("pod-b.yaml")).expect("rm");
+    assert_eq!(addrs(&next(&mut s).await), ["none(exists=true)"]);
+}
+
+#[tokio::test]
+async fn a_file_broken_mid_way_loses_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("all.yaml");
+    let good = format!(
+        "{NS_AND_SVC}---\n{}---\n{}",
+        pod("a", "127.0.1.1"),
+        pod("b", "127.0.1.2")
+    );
+    std::fs::write(&file, &good).expect("write");
+    let mut client = start(dir.path()).await;
+    let mut s = client
+        .get(get("web.demo:80"))
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(addrs(&next(&mut s).await).len(), 2);
+    // A syntax error in the first pod's document: nothing after it can be read, and
+    // nothing the file gave before is withdrawn.
+    std::fs::write(
+        &file,
+        good.replace(
+            "kind: Pod\nmetadata:\n  name: a",
+            "kind: Pod\nmetadata: [\n  name: a",
+        ),
+    )
+    .expect("write");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(600), s.message())
+            .await
+            .is_err(),
+        "endpoints were withdrawn"
+    );
+    std::fs::write(&file, good.replace("127.0.1.2", "127.0.1.3")).expect("write");
+    let mut changes = [addrs(&next(&mut s).await), addrs(&next(&mut s).await)].concat();
+    changes.sort();
+    assert_eq!(changes, ["+127.0.1.3:8080", "-127.0.1.2:8080"]);
+}
+
+#[tokio::test]
+async fn unknown_names_say_so_and_appear_when_created() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut client = start(dir.path()).await;
+    let mut s = client
+        .get(get("web.demo.svc.cluster.local:80"))
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(addrs(&next(&mut s).await), ["none(exists=false)"]);
+    std::fs::write(
+        dir.path().join("all.yaml"),
+        format!("{NS_AND_SVC}---\n{}", pod("p", "127.0.1.9")),
+    )
+    .expect("write");
+    assert_eq!(addrs(&next(&mut s).await), ["+127.0.1.9:8080"]);
+    let err = client.get(get("bad authority")).await.expect_err("invalid");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn profiles_and_splits_follow_the_folder_and_bad_edits_keep_the_last_good() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/examples");
+    let profile =
+        std::fs::read_to_string(format!("{examples}/serviceprofile-webapp.yaml")).expect("example");
+    let split =
+        std::fs::read_to_string(format!("{examples}/trafficsplit-web-svc.yaml")).expect("example");
+    let services: String = ["webapp", "web-svc", "web-svc-v1", "web-svc-v2"]
+        .iter()
+        .map(|s| format!("---\napiVersion: v1\nkind: Service\nmetadata: {{name: {s}, namespace: default}}\nspec: {{selector: {{app: {s}}}, ports: [{{port: 80}}]}}\n"))
+        .collect();
+    std::fs::write(dir.path().join("services.yaml"), services).expect("write");
+    std::fs::write(dir.path().join("profile.yaml"), &profile).expect("write");
+    std::fs::write(dir.path().join("split.yaml"), &split).expect("write");
+    let mut client = start(dir.path()).await;
+
+    let req = |a: &str| pb::GetDestination {
+        authority: a.into(),
+        namespace: "default".into(),
+    };
+    let mut p = client
+        .get_profile(req("webapp.default.svc.cluster.local:80"))
+        .await
+        .expect("profile")
+        .into_inner();
+    let first = next(&mut p).await;
+    assert_eq!(
+        first
+            .routes
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect::<Vec<_>>(),
+        ["GET", "POST"]
+    );
+    assert_eq!(first.routes[1].timeout_ms, 30_000);
+    assert!(first.routes[1].is_retryable && !first.routes[0].is_retryable);
+    assert_eq!(
+        first.routes[1].retry_budget.as_ref().map(|b| b.ttl_ms),
+        Some(10_000)
+    );
+
+    // An invalid edit is refused; the stream stays quiet and the old profile stands.
+    std::fs::write(
+        dir.path().join("profile.yaml"),
+        profile.replace("pathRegex: \"/api\"", "pathRegex: \"/api(\""),
+    )
+    .expect("write");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(600), p.message())
+            .await
+            .is_err(),
+        "a bad profile was pushed"
+    );
+    // A valid edit goes through.
+    std::fs::write(
+        dir.path().join("profile.yaml"),
+        profile.replace("timeout: 30s", "timeout: 5s"),
+    )
+    .expect("write");
+    assert_eq!(next(&mut p).await.routes[1].timeout_ms, 5_000);
+
+    // The split: 500/500, then reweighted.
+    let mut s = client
+        .get_profile(req("web-svc:80"))
+        .await
+        .expect("profile")
+        .into_inner();
+    let weights = |p: &pb::Profile| {
+        p.dst_overrides
+            .iter()
+            .map(|d| (d.authority.clone(), d.weight))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        weights(&next(&mut s).await),
+        [
+            (
+                "web-svc-v1.default.svc.cluster.local:80".to_string(),
+                500_000
+            ),
+            (
+                "web-svc-v2.default.svc.cluster.local:80".to_string(),
+                500_000
+            )
+        ]
+    );
+    std::fs::write(
+        dir.path().join("split.yaml"),
+        split.replace(
+            "weight: 500\n  - service: web-svc-v2\n    weight: 500",
+            "weight: 800\n  - service: web-svc-v2\n    weight: 200",
+        ),
+    )
+    .expect("write");
+    assert_eq!(
+        weights(&next(&mut s).await)
+            .iter()
+            .map(|w| w.1)
+            .collect::<Vec<_>>(),
+        [800_000, 200_000]
+    );
+    // Zero weights and missing backends are refused; 800/200 stays.
+    std::fs::write(
+        dir.path().join("split.yaml"),
+        split.replace("weight: 500", "weight: 0"),
+    )
+    .expect("write");
+    std::fs::write(
+        dir.path().join("split2.yaml"),
+        split
+            .replace("web-svc-split", "other")
+            .replace("web-svc-v2", "nope"),
+    )
+    .expect("write");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(600), s.message())
+            .await
+            .is_err(),
+        "a bad split was pushed"
+    );
+}
+
+#[test]
+fn bad_documents_name_file_document_and_field() {
+    let mut loaded = dir::Loaded::default();
+    let text = "apiVersion: v1\nkind: Service\nmetadata: {name: ok}\nspec: {ports: [{port: 80}]}\n---\n\
+                apiVersion: v1\nkind: Service\nmetadata: {name: bad}\nspec: {ports: [{port: eighty}]}\n---\n\
+                key: [unclosed\n";
+    dir::parse(Path::new("svc.yaml"), text, &mut loaded);
+    assert_eq!(loaded.objects.len(), 1);
+    let errors: Vec<String> = loaded.errors.iter().map(ToString::to_string).collect();
+    assert!(
+        errors[0].starts_with(
+            "svc.yaml document 2 (Service default/bad): spec.ports[0].port: invalid type"
+        ),
+        "{errors:?}"
+    );
+    assert!(
+        errors[1].starts_with("svc.yaml document 3: invalid YAML"),
+        "{errors:?}"
+    );
+}
