@@ -95,16 +95,99 @@ impl Endpoints {
     }
 }
 
+/// A connection to an endpoint, ready for one request.
+pub enum Conn {
+    /// An HTTP/1 connection, and whether it came from the pool.
+    Http1(http1::SendRequest<BoxBody>, bool),
+    /// An HTTP/2 connection, and whether it was already open.
+    Http2(http2::SendRequest<BoxBody>, bool),
+}
+
 impl Endpoint {
-    /// Sends `req` over a pooled or new connection and returns the response head.
+    /// A connection ready for a request: pooled, or new. Failing here means no request
+    /// was sent, so the caller may safely try another endpoint.
+    pub async fn connection(&self) -> Result<Conn, ProxyError> {
+        match self.version {
+            Version::Http1 => Ok(match self.take_ready() {
+                Some(tx) => Conn::Http1(tx, true),
+                None => Conn::Http1(self.handshake_h1().await?, false),
+            }),
+            Version::Http2 => {
+                let cached = {
+                    let h2 = self.h2.lock().unwrap_or_else(|e| e.into_inner());
+                    h2.as_ref().filter(|tx| !tx.is_closed()).cloned()
+                };
+                if let Some(mut tx) = cached {
+                    if tx.ready().await.is_ok() {
+                        return Ok(Conn::Http2(tx, true));
+                    }
+                    self.forget_h2();
+                }
+                let mut tx = self.handshake_h2().await?;
+                tx.ready().await.map_err(|source| ProxyError::Upstream {
+                    addr: self.addr,
+                    source,
+                })?;
+                Ok(Conn::Http2(tx, false))
+            }
+        }
+    }
+
+    /// Sends `req` on `conn` and returns the response head. A reused connection that
+    /// the server closed just now hands the unsent request back; it goes out once more
+    /// on a fresh connection.
     pub async fn send(
-        self: &Arc<Self>,
+        &self,
+        conn: Conn,
         req: Request<BoxBody>,
     ) -> Result<Response<Incoming>, ProxyError> {
-        match self.version {
-            Version::Http1 => self.send_h1(req).await,
-            Version::Http2 => self.send_h2(req).await,
+        match conn {
+            Conn::Http1(mut tx, reused) => {
+                let req = match tx.try_send_request(req).await {
+                    Ok(rsp) => return Ok(self.keep_h1(tx, rsp)),
+                    Err(mut e) => match e.take_message() {
+                        Some(unsent) if reused => unsent,
+                        _ => return Err(ProxyError::upstream(self.addr, e.into_error())),
+                    },
+                };
+                let mut tx = self.handshake_h1().await?;
+                let rsp = tx
+                    .send_request(req)
+                    .await
+                    .map_err(|e| ProxyError::upstream(self.addr, e))?;
+                Ok(self.keep_h1(tx, rsp))
+            }
+            Conn::Http2(mut tx, reused) => {
+                let req = match tx.try_send_request(req).await {
+                    Ok(rsp) => return Ok(rsp),
+                    Err(mut e) => match e.take_message() {
+                        Some(unsent) if reused => unsent,
+                        _ => return Err(ProxyError::upstream(self.addr, e.into_error())),
+                    },
+                };
+                self.forget_h2();
+                let mut tx = self.handshake_h2().await?;
+                tx.ready().await.map_err(|source| ProxyError::Upstream {
+                    addr: self.addr,
+                    source,
+                })?;
+                tx.send_request(req)
+                    .await
+                    .map_err(|e| ProxyError::upstream(self.addr, e))
+            }
         }
+    }
+
+    fn keep_h1(
+        &self,
+        tx: http1::SendRequest<BoxBody>,
+        rsp: Response<Incoming>,
+    ) -> Response<Incoming> {
+        // An upgraded connection belongs to its tunnel from now on.
+        if rsp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+            self.pool(tx);
+        }
+        rsp
     }
 
     async fn connect(&self) -> Result<TokioIo<CountingIo<TcpStream>>, ProxyError> {
@@ -139,30 +222,6 @@ impl Endpoint {
         None
     }
 
-    async fn send_h1(&self, mut req: Request<BoxBody>) -> Result<Response<Incoming>, ProxyError> {
-        // A pooled connection may have been closed by the server just now; hyper then
-        // hands the unsent request back, and it goes out again on a fresh connection.
-        loop {
-            let (mut tx, reused) = match self.take_ready() {
-                Some(tx) => (tx, true),
-                None => (self.handshake_h1().await?, false),
-            };
-            match tx.try_send_request(req).await {
-                Ok(rsp) => {
-                    // An upgraded connection belongs to its tunnel from now on.
-                    if rsp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
-                        self.pool(tx);
-                    }
-                    return Ok(rsp);
-                }
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) if reused => req = unsent,
-                    _ => return Err(ProxyError::upstream(self.addr, e.into_error())),
-                },
-            }
-        }
-    }
-
     /// Keeps a connection for reuse once its response has been read; beyond the pool's
     /// size it is dropped, and hyper closes it after the response in flight.
     fn pool(&self, tx: http1::SendRequest<BoxBody>) {
@@ -187,42 +246,6 @@ impl Endpoint {
             }
         });
         Ok(tx)
-    }
-
-    async fn send_h2(&self, mut req: Request<BoxBody>) -> Result<Response<Incoming>, ProxyError> {
-        // As for HTTP/1: a cached connection that the server has just closed hands the
-        // unsent request back, and it goes out once more on a fresh connection.
-        loop {
-            let cached = {
-                let h2 = self.h2.lock().unwrap_or_else(|e| e.into_inner());
-                h2.as_ref().filter(|tx| !tx.is_closed()).cloned()
-            };
-            let reused = cached.is_some();
-            let mut tx = match cached {
-                Some(tx) => tx,
-                None => self.handshake_h2().await?,
-            };
-            if let Err(source) = tx.ready().await {
-                self.forget_h2();
-                if reused {
-                    continue;
-                }
-                return Err(ProxyError::Upstream {
-                    addr: self.addr,
-                    source,
-                });
-            }
-            match tx.try_send_request(req).await {
-                Ok(rsp) => return Ok(rsp),
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) if reused => {
-                        self.forget_h2();
-                        req = unsent;
-                    }
-                    _ => return Err(ProxyError::upstream(self.addr, e.into_error())),
-                },
-            }
-        }
     }
 
     async fn handshake_h2(&self) -> Result<http2::SendRequest<BoxBody>, ProxyError> {

@@ -35,6 +35,15 @@ pub struct Config {
     #[arg(long, env = "MESH_PROXY_WORKERS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub workers: u16,
 
+    /// The destination service (`host:port`): where endpoints, identities and profiles
+    /// come from. Without it the proxy forwards by DNS alone.
+    #[arg(long, env = "MESH_PROXY_DESTINATION_ADDR")]
+    pub destination_addr: Option<String>,
+
+    /// The pod's namespace, for resolving short service names.
+    #[arg(long, env = "MESH_PROXY_NAMESPACE", default_value = "default")]
+    pub namespace: String,
+
     /// Log filter, in tracing's EnvFilter syntax (e.g. `info,mesh_proxy=debug`).
     #[arg(long, env = "MESH_PROXY_LOG", default_value = "info")]
     pub log: String,

@@ -20,9 +20,17 @@ use tower::{Service, ServiceBuilder, ServiceExt};
 use crate::balance::p2c;
 use crate::body::{self, BoxBody};
 use crate::client::{Endpoints, Version};
+use crate::discover::Dst;
 use crate::error::{self, BoxError, ProxyError};
 use crate::metrics::{Class, Direction, Metrics, RequestLabels};
 use crate::resolve::{NameAddr, Resolve};
+
+/// The header with which an outbound proxy tells a peer's inbound proxy which port of
+/// its pod a request is for, when no iptables redirect carries that (local mode).
+pub const TARGET_PORT_HEADER: &str = "mesh-target-port";
+
+/// Endpoints a request may try to connect to before it fails.
+const MAX_CONNECT_ATTEMPTS: usize = 3;
 
 /// A boxed HTTP service that never fails: errors have become responses.
 pub type HttpService = BoxCloneService<Request<Incoming>, Response<BoxBody>, Infallible>;
@@ -36,6 +44,10 @@ pub struct ConnInfo {
     /// Where the connection was going: the original destination of a redirected
     /// connection, or, inbound, the application's address.
     pub target: Option<SocketAddr>,
+    /// Whether iptables redirected the connection (then `target` is exact).
+    pub redirected: bool,
+    /// The proxy's own address on this connection (the pod's IP).
+    pub local: SocketAddr,
     /// The connection's slot: kept by whatever still serves the connection, so that an
     /// upgraded tunnel outliving its HTTP connection still counts against the
     /// connection limit and is waited for on shutdown.
@@ -159,54 +171,112 @@ impl Forward {
         };
         let authority = request_authority(&req).map(str::to_owned);
 
-        let addrs = match self.direction {
-            // Inbound traffic always goes to the local application.
+        let dsts = match self.direction {
+            // Inbound traffic always goes to the local application: the redirect's
+            // original destination, else the port a peer proxy named on this pod's
+            // address, else the configured application address.
             Direction::Inbound => {
-                vec![target.ok_or_else(|| ProxyError::NoEndpoints("application".into()))?]
+                let named = req
+                    .headers_mut()
+                    .remove(TARGET_PORT_HEADER)
+                    .and_then(|v| v.to_str().ok()?.parse::<u16>().ok());
+                let addr = match (&conn, named) {
+                    (Some(c), Some(port)) if !c.redirected => {
+                        Some(SocketAddr::new(c.local.ip(), port))
+                    }
+                    _ => target,
+                };
+                vec![Dst::direct(addr.ok_or_else(|| {
+                    ProxyError::NoEndpoints("application".into())
+                })?)]
             }
-            Direction::Outbound => match &authority {
-                Some(a) => {
-                    self.shared
-                        .resolve
-                        .resolve(&NameAddr::parse(a, 80)?)
-                        .await?
+            Direction::Outbound => {
+                // Only this proxy may name a peer's target port.
+                req.headers_mut().remove(TARGET_PORT_HEADER);
+                match &authority {
+                    Some(a) => {
+                        self.shared
+                            .resolve
+                            .endpoints(&NameAddr::parse(a, 80)?)
+                            .await?
+                    }
+                    None => vec![Dst::direct(target.ok_or(ProxyError::NoAuthority)?)],
                 }
-                None => vec![target.ok_or(ProxyError::NoAuthority)?],
-            },
+            }
         };
-        if addrs.iter().any(|a| self.shared.is_own(*a)) {
+        if dsts.iter().any(|d| self.shared.is_own(d.connect)) {
             return Err(ProxyError::Loop);
         }
-        let endpoints: Vec<_> = addrs
+        let endpoints: Vec<_> = dsts
             .iter()
-            .map(|a| self.shared.endpoints.get(*a, version, self.direction))
+            .map(|d| {
+                (
+                    self.shared
+                        .endpoints
+                        .get(d.connect, version, self.direction),
+                    d,
+                )
+            })
             .collect();
-        let now = Instant::now();
-        let endpoint = p2c(&endpoints, |e| e.load.load(now))
-            .cloned()
-            .ok_or_else(|| ProxyError::NoEndpoints(authority.clone().unwrap_or_default()))?;
 
         let upgrade = (version == Version::Http1 && is_upgrade(req.headers()))
             .then(|| hyper::upgrade::on(&mut req));
-        normalize_request(
-            &mut req,
-            authority.as_deref(),
-            endpoint.addr,
-            upgrade.is_some(),
-        );
-
-        let in_flight = endpoint.load.start();
-        let mut rsp = match endpoint.send(req.map(body::boxed)).await {
-            Ok(rsp) => {
-                in_flight.complete();
-                rsp
-            }
-            Err(e) => {
-                // A client's own bad request says nothing about the endpoint.
-                if !matches!(e, ProxyError::BadRequest(_)) {
+        // A failed connect sent nothing, so another endpoint may be tried: a pod that
+        // went away before discovery said so costs a retry, not a failed request.
+        let mut failed: Vec<SocketAddr> = Vec::new();
+        let mut rsp = loop {
+            let now = Instant::now();
+            let candidates: Vec<_> = endpoints
+                .iter()
+                .filter(|(e, _)| !failed.contains(&e.addr))
+                .collect();
+            let Some((endpoint, dst)) =
+                p2c(&candidates, |(e, _)| e.load.load(now)).map(|c| (c.0.clone(), c.1))
+            else {
+                return Err(ProxyError::NoEndpoints(
+                    authority.clone().unwrap_or_default(),
+                ));
+            };
+            let in_flight = endpoint.load.start();
+            let conn = match endpoint.connection().await {
+                Ok(conn) => conn,
+                Err(e) => {
                     in_flight.fail();
+                    failed.push(endpoint.addr);
+                    let retryable = matches!(
+                        e,
+                        ProxyError::Connect { .. } | ProxyError::ConnectTimeout(_)
+                    );
+                    if retryable && failed.len() < endpoints.len().min(MAX_CONNECT_ATTEMPTS) {
+                        tracing::debug!(error = %e, "trying another endpoint");
+                        continue;
+                    }
+                    return Err(e);
                 }
-                return Err(e);
+            };
+            if let Some(port) = dst.target_port {
+                req.headers_mut()
+                    .insert(TARGET_PORT_HEADER, HeaderValue::from(port));
+            }
+            normalize_request(
+                &mut req,
+                authority.as_deref(),
+                endpoint.addr,
+                upgrade.is_some(),
+            );
+            let sent = endpoint.send(conn, req.map(body::boxed)).await;
+            match sent {
+                Ok(rsp) => {
+                    in_flight.complete();
+                    break rsp;
+                }
+                Err(e) => {
+                    // A client's own bad request says nothing about the endpoint.
+                    if !matches!(e, ProxyError::BadRequest(_)) {
+                        in_flight.fail();
+                    }
+                    return Err(e);
+                }
             }
         };
 

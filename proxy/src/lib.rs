@@ -12,6 +12,7 @@ pub mod body;
 pub mod client;
 pub mod config;
 pub mod detect;
+pub mod discover;
 pub mod error;
 pub mod http;
 pub mod io;

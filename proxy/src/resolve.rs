@@ -9,6 +9,7 @@ use hickory_resolver::{
     Resolver, TokioResolver, config::ResolverConfig, net::runtime::TokioRuntimeProvider,
 };
 
+use crate::discover::{Answer, Discover, Dst};
 use crate::error::ProxyError;
 
 /// A `host:port` the proxy routes to.
@@ -58,10 +59,11 @@ impl std::fmt::Display for NameAddr {
     }
 }
 
-/// Turns names into endpoint addresses.
-#[derive(Clone)]
+/// Turns names into endpoints: the destination service's answer when it knows the
+/// name, DNS otherwise.
 pub struct Resolve {
     dns: TokioResolver,
+    discover: Option<Discover>,
 }
 
 impl std::fmt::Debug for Resolve {
@@ -71,6 +73,31 @@ impl std::fmt::Debug for Resolve {
 }
 
 impl Resolve {
+    /// Asks `discover` first, for every name and address.
+    pub fn with_discovery(mut self, discover: Discover) -> Self {
+        self.discover = Some(discover);
+        self
+    }
+
+    /// The endpoints of `dst`, from the destination service or else DNS.
+    pub async fn endpoints(&self, dst: &NameAddr) -> Result<Vec<Dst>, ProxyError> {
+        if let Some(discover) = &self.discover {
+            match discover.resolve(&dst.to_string()).await {
+                Answer::Endpoints(list) if list.is_empty() => {
+                    return Err(ProxyError::NoEndpoints(dst.to_string()));
+                }
+                Answer::Endpoints(list) => return Ok(list.to_vec()),
+                Answer::Unknown | Answer::Pending => {}
+            }
+        }
+        Ok(self
+            .resolve(dst)
+            .await?
+            .into_iter()
+            .map(Dst::direct)
+            .collect())
+    }
+
     /// A resolver from the system's configuration (`/etc/resolv.conf`, `/etc/hosts`).
     pub fn from_system() -> Result<Self, ProxyError> {
         let builder = match TokioResolver::builder_tokio() {
@@ -89,7 +116,10 @@ impl Resolve {
             name: "(resolver)".into(),
             reason: e.to_string(),
         })?;
-        Ok(Self { dns })
+        Ok(Self {
+            dns,
+            discover: None,
+        })
     }
 
     /// The endpoints of `dst`; an empty answer is an error.

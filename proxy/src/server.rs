@@ -13,6 +13,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use crate::client::{ClientConfig, Endpoints};
 use crate::config::Config;
 use crate::detect::{Protocol, detect};
+use crate::discover::Discover;
 use crate::http::{ConnInfo, Hold, HttpService, Shared};
 use crate::io::{PrefixedIo, original_dst};
 use crate::metrics::{Direction, Metrics};
@@ -46,6 +47,9 @@ pub enum StartError {
         /// The socket error.
         source: io::Error,
     },
+    /// The destination service's address is unusable.
+    #[error("invalid destination service address: {0}")]
+    Destination(String),
     /// The DNS resolver could not be built.
     #[error("cannot start the DNS resolver: {0}")]
     Resolver(#[from] crate::error::ProxyError),
@@ -56,6 +60,16 @@ struct Ctx {
     config: Config,
     shared: Arc<Shared>,
     drain: watch::Receiver<bool>,
+    listening: Listening,
+}
+
+impl Ctx {
+    fn listening_on(&self, direction: Direction) -> SocketAddr {
+        match direction {
+            Direction::Inbound => self.listening.inbound,
+            Direction::Outbound => self.listening.outbound,
+        }
+    }
 }
 
 /// A proxy whose listeners are bound; `run` serves until shutdown.
@@ -86,13 +100,19 @@ impl Proxy {
             admin: local(&admin, config.admin_addr),
         };
         let metrics = Arc::new(Metrics::default());
+        let mut resolve = Resolve::from_system()?;
+        if let Some(addr) = &config.destination_addr {
+            let discover = Discover::new(addr, &config.namespace)
+                .map_err(|e| StartError::Destination(e.to_string()))?;
+            resolve = resolve.with_discovery(discover);
+        }
         let client = ClientConfig {
             connect_timeout: config.connect_timeout,
             idle_timeout: config.idle_timeout,
             max_pooled_per_endpoint: 64,
         };
         let shared = Arc::new(Shared {
-            resolve: Resolve::from_system()?,
+            resolve,
             endpoints: Endpoints::new(client, metrics.clone()),
             metrics,
             own_addrs: vec![listening.inbound, listening.outbound, listening.admin],
@@ -115,6 +135,7 @@ impl Proxy {
             config,
             shared,
             drain,
+            listening,
         });
         Ok(Self {
             ctx,
@@ -238,10 +259,12 @@ async fn handle(
     hold: Arc<Hold>,
 ) {
     let _ = stream.set_nodelay(true);
+    let orig_dst = original_dst(&stream);
     let target = match direction {
-        Direction::Inbound => original_dst(&stream).or(ctx.config.inbound_app_addr),
-        Direction::Outbound => original_dst(&stream),
+        Direction::Inbound => orig_dst.or(ctx.config.inbound_app_addr),
+        Direction::Outbound => orig_dst,
     };
+    let local = stream.local_addr().unwrap_or(ctx.listening_on(direction));
     let mut io = CountingIo::new(stream, ctx.shared.metrics.tcp_open(direction, "src"));
     let mut drain = ctx.drain.clone();
     let detected = tokio::select! {
@@ -262,6 +285,8 @@ async fn handle(
     let conn = ConnInfo {
         client,
         target,
+        redirected: orig_dst.is_some(),
+        local,
         hold,
     };
     match protocol {

@@ -9,6 +9,7 @@
 
 pub mod backend;
 pub mod client;
+pub mod controller;
 pub mod grpc;
 pub mod load;
 pub mod proxy;

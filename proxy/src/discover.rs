@@ -1,0 +1,289 @@
+//! Discovery from the destination service: one watch per authority, fed by a `Get`
+//! stream, that keeps the last answer while the controller is away and reconnects with
+//! backoff. Names the controller does not know are resolved by DNS instead.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mesh_api::destination as pb;
+use mesh_api::destination::destination_client::DestinationClient;
+use tokio::sync::watch;
+use tonic::transport::{Channel, Endpoint as GrpcEndpoint};
+
+/// How long a first request for a name waits for the controller's first answer.
+const FIRST_ANSWER: Duration = Duration::from_secs(2);
+/// Reconnection backoff bounds.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Authorities watched at once; past this, new names use DNS (bounded memory).
+const MAX_WATCHES: usize = 10_000;
+
+/// Where to send a request for one endpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Dst {
+    /// Where to connect: the app itself, or the endpoint's proxy's inbound port.
+    pub connect: SocketAddr,
+    /// When `connect` is the endpoint's proxy, the app port it forwards to.
+    pub target_port: Option<u16>,
+    /// The identity the endpoint's proxy presents, when meshed.
+    pub identity: Option<String>,
+}
+
+impl Dst {
+    /// An endpoint reached directly.
+    pub fn direct(addr: SocketAddr) -> Self {
+        Self {
+            connect: addr,
+            target_port: None,
+            identity: None,
+        }
+    }
+}
+
+/// What the controller says about an authority.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum Answer {
+    /// No answer yet.
+    #[default]
+    Pending,
+    /// Not a name the controller knows: use DNS.
+    Unknown,
+    /// A known service and its endpoints (perhaps none).
+    Endpoints(Arc<Vec<Dst>>),
+}
+
+/// A client of the destination service.
+#[derive(Debug)]
+pub struct Discover {
+    client: DestinationClient<Channel>,
+    namespace: String,
+    watches: Mutex<HashMap<String, watch::Receiver<Answer>>>,
+}
+
+impl Discover {
+    /// A client for the destination service at `addr` (`host:port`), asking on behalf of
+    /// a pod in `namespace`. Connects lazily.
+    pub fn new(addr: &str, namespace: &str) -> Result<Self, tonic::transport::Error> {
+        let channel = GrpcEndpoint::from_shared(format!("http://{addr}"))?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        Ok(Self {
+            client: DestinationClient::new(channel),
+            namespace: namespace.to_string(),
+            watches: Mutex::default(),
+        })
+    }
+
+    /// The current answer for `authority`, waiting briefly for the first one.
+    pub async fn resolve(&self, authority: &str) -> Answer {
+        let Some(mut rx) = self.watch(authority) else {
+            return Answer::Unknown;
+        };
+        if *rx.borrow() == Answer::Pending {
+            let _ =
+                tokio::time::timeout(FIRST_ANSWER, rx.wait_for(|a| *a != Answer::Pending)).await;
+        }
+        let answer = rx.borrow().clone();
+        match answer {
+            // The controller never answered: DNS, rather than failing the request.
+            Answer::Pending => Answer::Unknown,
+            a => a,
+        }
+    }
+
+    fn watch(&self, authority: &str) -> Option<watch::Receiver<Answer>> {
+        let mut watches = self.watches.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(rx) = watches.get(authority) {
+            return Some(rx.clone());
+        }
+        if watches.len() >= MAX_WATCHES {
+            return None;
+        }
+        let (tx, rx) = watch::channel(Answer::Pending);
+        watches.insert(authority.to_string(), rx.clone());
+        let req = pb::GetDestination {
+            authority: authority.to_string(),
+            namespace: self.namespace.clone(),
+        };
+        tokio::spawn(follow(self.client.clone(), req, tx));
+        Some(rx)
+    }
+}
+
+/// Keeps `tx` up to date with the controller's answers for one authority.
+async fn follow(
+    mut client: DestinationClient<Channel>,
+    req: pb::GetDestination,
+    tx: watch::Sender<Answer>,
+) {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        match client.get(req.clone()).await {
+            Ok(rsp) => {
+                let mut stream = rsp.into_inner();
+                // Each stream starts from the full state, so start from empty.
+                let mut endpoints = BTreeMap::new();
+                loop {
+                    match stream.message().await {
+                        Ok(Some(update)) => {
+                            backoff = BACKOFF_MIN;
+                            let answer = apply(&mut endpoints, update);
+                            tx.send_if_modified(|a| {
+                                let changed = *a != answer;
+                                *a = answer;
+                                changed
+                            });
+                        }
+                        Ok(None) => break,
+                        Err(status) => {
+                            tracing::debug!(authority = %req.authority, %status, "destination stream ended");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(status) if status.code() == tonic::Code::InvalidArgument => {
+                tx.send_replace(Answer::Unknown);
+                return;
+            }
+            Err(status) => {
+                tracing::debug!(authority = %req.authority, %status, "destination service unreachable");
+            }
+        }
+        // Keep serving the last answer; with none yet, let requests use DNS meanwhile.
+        tx.send_if_modified(|a| {
+            let pending = *a == Answer::Pending;
+            if pending {
+                *a = Answer::Unknown;
+            }
+            pending
+        });
+        let jitter = Duration::from_millis(fastrand::u64(0..=backoff.as_millis() as u64 / 2));
+        tokio::time::sleep(backoff + jitter).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+fn socket_addr(a: &pb::SocketAddr) -> Option<SocketAddr> {
+    Some(SocketAddr::new(
+        a.ip.parse::<IpAddr>().ok()?,
+        u16::try_from(a.port).ok()?,
+    ))
+}
+
+/// Applies one update to the endpoints (keyed by application address).
+fn apply(endpoints: &mut BTreeMap<SocketAddr, Dst>, update: pb::Update) -> Answer {
+    use pb::update::Update;
+    match update.update {
+        Some(Update::Add(add)) => {
+            for e in add.endpoints {
+                let Some(addr) = e.addr.as_ref().and_then(socket_addr) else {
+                    continue;
+                };
+                let inbound = e
+                    .protocol_hint
+                    .as_ref()
+                    .and_then(|h| u16::try_from(h.inbound_port).ok())
+                    .filter(|p| *p != 0);
+                let dst = match inbound {
+                    Some(port) => Dst {
+                        connect: SocketAddr::new(addr.ip(), port),
+                        target_port: Some(addr.port()),
+                        identity: Some(e.tls_identity).filter(|i| !i.is_empty()),
+                    },
+                    None => Dst::direct(addr),
+                };
+                endpoints.insert(addr, dst);
+            }
+        }
+        Some(Update::Remove(remove)) => {
+            for a in remove.addrs.iter().filter_map(socket_addr) {
+                endpoints.remove(&a);
+            }
+        }
+        Some(Update::NoEndpoints(n)) => {
+            endpoints.clear();
+            if !n.exists {
+                return Answer::Unknown;
+            }
+        }
+        None => {}
+    }
+    Answer::Endpoints(Arc::new(endpoints.values().cloned().collect()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn add(ip: &str, port: u32, inbound: Option<u32>) -> pb::Update {
+        pb::Update {
+            update: Some(pb::update::Update::Add(pb::AddSet {
+                endpoints: vec![pb::Endpoint {
+                    addr: Some(pb::SocketAddr {
+                        ip: ip.into(),
+                        port,
+                    }),
+                    weight: 1,
+                    metric_labels: Default::default(),
+                    tls_identity: "web.ns.serviceaccount.identity.mesh.cluster.local".into(),
+                    protocol_hint: inbound.map(|p| pb::ProtocolHint {
+                        h2: true,
+                        inbound_port: p,
+                        opaque: false,
+                    }),
+                }],
+                metric_labels: Default::default(),
+            })),
+        }
+    }
+
+    #[test]
+    fn updates_build_the_endpoint_set() {
+        let mut eps = BTreeMap::new();
+        let a = apply(&mut eps, add("127.0.1.1", 8080, Some(4143)));
+        let Answer::Endpoints(list) = a else {
+            panic!("{a:?}")
+        };
+        assert_eq!(list[0].connect, "127.0.1.1:4143".parse().expect("addr"));
+        assert_eq!(list[0].target_port, Some(8080));
+        apply(&mut eps, add("127.0.1.2", 8080, None));
+        let remove = pb::Update {
+            update: Some(pb::update::Update::Remove(pb::RemoveSet {
+                addrs: vec![pb::SocketAddr {
+                    ip: "127.0.1.1".into(),
+                    port: 8080,
+                }],
+            })),
+        };
+        let Answer::Endpoints(list) = apply(&mut eps, remove) else {
+            panic!()
+        };
+        assert_eq!(
+            *list,
+            vec![Dst::direct("127.0.1.2:8080".parse().expect("addr"))]
+        );
+        let gone = pb::Update {
+            update: Some(pb::update::Update::NoEndpoints(pb::NoEndpoints {
+                exists: false,
+            })),
+        };
+        assert_eq!(apply(&mut eps, gone), Answer::Unknown);
+        let bad = pb::Update {
+            update: Some(pb::update::Update::Add(pb::AddSet {
+                endpoints: vec![pb::Endpoint {
+                    addr: Some(pb::SocketAddr {
+                        ip: "nope".into(),
+                        port: 1,
+                    }),
+                    ..Default::default()
+                }],
+                metric_labels: Default::default(),
+            })),
+        };
+        assert_eq!(apply(&mut eps, bad), Answer::Endpoints(Arc::new(vec![])));
+    }
+}
