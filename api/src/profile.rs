@@ -237,21 +237,21 @@ impl RetryBudget {
 }
 
 fn validate_request_match(m: &RequestMatch, at: &str, errors: &mut Vec<FieldError>) {
-    if let Some(re) = &m.path_regex {
-        if let Err(e) = regex::Regex::new(&anchored(re)) {
-            errors.push(FieldError::new(
-                format!("{at}.pathRegex"),
-                format!("invalid regex: {e}"),
-            ));
-        }
+    if let Some(re) = &m.path_regex
+        && let Err(e) = regex::Regex::new(&anchored(re))
+    {
+        errors.push(FieldError::new(
+            format!("{at}.pathRegex"),
+            format!("invalid regex: {e}"),
+        ));
     }
-    if let Some(method) = &m.method {
-        if method.is_empty() || http::Method::from_bytes(method.as_bytes()).is_err() {
-            errors.push(FieldError::new(
-                format!("{at}.method"),
-                format!("invalid method {method:?}"),
-            ));
-        }
+    if let Some(method) = &m.method
+        && (method.is_empty() || http::Method::from_bytes(method.as_bytes()).is_err())
+    {
+        errors.push(FieldError::new(
+            format!("{at}.method"),
+            format!("invalid method {method:?}"),
+        ));
     }
     for (i, sub) in m.all.iter().flatten().enumerate() {
         validate_request_match(sub, &format!("{at}.all[{i}]"), errors);

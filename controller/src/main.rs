@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use mesh_controller::{Index, destination, dir};
+use mesh_controller::{Index, destination, dir, kubernetes};
 
 /// The mesh controller: destination service (and, later, the proxy injector).
 #[derive(Parser, Debug)]
@@ -51,9 +51,16 @@ async fn main() -> anyhow::Result<()> {
             tokio::spawn(dir::watch(path, index.clone()))
         }
         _ if args.source == "kubernetes" => {
-            bail!(
-                "--source kubernetes is not built yet; use --source dir:PATH (a folder of Kubernetes YAML)"
-            )
+            // One crypto provider for every TLS client in the process (kube's included).
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let client = kube::Client::try_default().await.context(
+                "cannot reach the Kubernetes API: run in a pod, or set KUBECONFIG (or use --source dir:PATH)",
+            )?;
+            let index = index.clone();
+            tokio::spawn(async move {
+                kubernetes::run(client, index).await;
+                Ok(())
+            })
         }
         _ => bail!("--source {:?}: use `kubernetes` or `dir:PATH`", args.source),
     };

@@ -402,10 +402,10 @@ fn normalize_request<B>(
             if let Ok(uri) = path.parse() {
                 *req.uri_mut() = uri;
             }
-        } else if !req.headers().contains_key(header::HOST) {
-            if let Ok(host) = HeaderValue::from_str(&authority) {
-                req.headers_mut().insert(header::HOST, host);
-            }
+        } else if !req.headers().contains_key(header::HOST)
+            && let Ok(host) = HeaderValue::from_str(&authority)
+        {
+            req.headers_mut().insert(header::HOST, host);
         }
     }
 }

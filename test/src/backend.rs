@@ -220,10 +220,10 @@ pub async fn tcp_echo_on(
                 return;
             };
             tokio::spawn(async move {
-                if let Some(b) = banner {
-                    if stream.write_all(b).await.is_err() {
-                        return;
-                    }
+                if let Some(b) = banner
+                    && stream.write_all(b).await.is_err()
+                {
+                    return;
                 }
                 let mut buf = vec![0u8; 16 * 1024];
                 let mut total = 0usize;

@@ -102,10 +102,10 @@ impl Procs {
                 let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
                     continue;
                 };
-                if let Some(ppid) = stat_field(pid, 1) {
-                    if roots.contains(&(ppid as u32)) {
-                        all.push(pid);
-                    }
+                if let Some(ppid) = stat_field(pid, 1)
+                    && roots.contains(&(ppid as u32))
+                {
+                    all.push(pid);
                 }
             }
         }

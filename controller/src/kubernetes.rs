@@ -1,0 +1,212 @@
+//! The Kubernetes source: kube-runtime watchers for Namespaces, Services, Pods,
+//! ServiceProfiles and TrafficSplits, translated by the same code as the dir source. A
+//! refused object is logged and reported as a Warning Event on it; its last good
+//! version stays in force. After a watch restart (a relist), objects that are gone are
+//! removed.
+
+use std::collections::HashSet;
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+
+use crate::convert;
+use crate::index::{Index, Kind, Object, ObjectRef};
+
+/// The ServiceProfile API this source watches.
+pub fn service_profiles() -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "linkerd.io",
+        "v1alpha2",
+        "ServiceProfile",
+    ))
+}
+
+/// The TrafficSplit API this source watches (the SMI versions share the fields used).
+pub fn traffic_splits() -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "split.smi-spec.io",
+        "v1alpha2",
+        "TrafficSplit",
+    ))
+}
+
+/// Watches every kind the index needs until the process ends. Watch errors are retried
+/// with backoff by kube-runtime.
+pub async fn run(client: Client, index: Arc<Index>) {
+    let reporter = Reporter {
+        controller: "mesh-controller".into(),
+        instance: std::env::var("HOSTNAME").ok(),
+    };
+    let recorder = Recorder::new(client.clone(), reporter);
+    let (sp, ts) = (service_profiles(), traffic_splits());
+    tokio::join!(
+        follow(
+            Api::<Namespace>::all(client.clone()),
+            Kind::Namespace,
+            &index,
+            &recorder,
+            |n| Ok(Object::Namespace(convert::namespace(n)))
+        ),
+        follow(
+            Api::<Service>::all(client.clone()),
+            Kind::Service,
+            &index,
+            &recorder,
+            |s| convert::service(s).map(Object::Service).map_err(joined)
+        ),
+        follow(
+            Api::<Pod>::all(client.clone()),
+            Kind::Pod,
+            &index,
+            &recorder,
+            |p| convert::pod(p).map(Object::Pod).map_err(joined)
+        ),
+        follow_with(
+            Api::<DynamicObject>::all_with(client.clone(), &sp),
+            Kind::ServiceProfile,
+            &index,
+            &recorder,
+            |o| spec(o).map(Object::ServiceProfile),
+            sp.clone()
+        ),
+        follow_with(
+            Api::<DynamicObject>::all_with(client.clone(), &ts),
+            Kind::TrafficSplit,
+            &index,
+            &recorder,
+            |o| spec(o).map(Object::TrafficSplit),
+            ts.clone()
+        ),
+    );
+}
+
+fn joined(errors: Vec<mesh_api::FieldError>) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// A custom resource's spec, with the failing field's path in the error.
+fn spec<T: DeserializeOwned>(o: &DynamicObject) -> Result<T, String> {
+    let Some(spec) = o.data.get("spec").cloned() else {
+        return Err("spec: missing".into());
+    };
+    serde_path_to_error::deserialize(spec).map_err(|e| format!("spec.{}: {}", e.path(), e.inner()))
+}
+
+fn object_ref<K: Resource>(kind: Kind, o: &K) -> ObjectRef {
+    let namespace = if kind == Kind::Namespace {
+        String::new()
+    } else {
+        o.namespace().unwrap_or_default()
+    };
+    ObjectRef {
+        kind,
+        namespace,
+        name: o.name_any(),
+    }
+}
+
+async fn follow<K>(
+    api: Api<K>,
+    kind: Kind,
+    index: &Index,
+    recorder: &Recorder,
+    translate: fn(&K) -> Result<Object, String>,
+) where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Clone,
+{
+    follow_with(
+        api,
+        kind,
+        index,
+        recorder,
+        translate,
+        K::DynamicType::default(),
+    )
+    .await
+}
+
+/// Applies one kind's watch events to the index.
+async fn follow_with<K>(
+    api: Api<K>,
+    kind: Kind,
+    index: &Index,
+    recorder: &Recorder,
+    translate: fn(&K) -> Result<Object, String>,
+    dt: K::DynamicType,
+) where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Clone,
+{
+    let stream = watcher(api, watcher::Config::default()).default_backoff();
+    let mut stream = std::pin::pin!(stream);
+    // What the index holds of this kind, and what the current (re)list has shown.
+    let mut known: HashSet<ObjectRef> = HashSet::new();
+    let mut listing: Option<HashSet<ObjectRef>> = None;
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(watcher::Event::Init) => listing = Some(HashSet::new()),
+            Ok(watcher::Event::InitApply(o)) => {
+                let at = object_ref(kind, &o);
+                apply(index, recorder, &at, &o, translate, &dt).await;
+                known.insert(at.clone());
+                listing.get_or_insert_with(HashSet::new).insert(at);
+            }
+            Ok(watcher::Event::InitDone) => {
+                if let Some(listed) = listing.take() {
+                    for gone in known.difference(&listed) {
+                        index.delete(gone);
+                    }
+                    known = listed;
+                }
+            }
+            Ok(watcher::Event::Apply(o)) => {
+                let at = object_ref(kind, &o);
+                apply(index, recorder, &at, &o, translate, &dt).await;
+                known.insert(at);
+            }
+            Ok(watcher::Event::Delete(o)) => {
+                let at = object_ref(kind, &o);
+                index.delete(&at);
+                known.remove(&at);
+            }
+            Err(error) => tracing::warn!(?kind, %error, "watch failed; retrying"),
+        }
+    }
+}
+
+async fn apply<K>(
+    index: &Index,
+    recorder: &Recorder,
+    at: &ObjectRef,
+    o: &K,
+    translate: fn(&K) -> Result<Object, String>,
+    dt: &K::DynamicType,
+) where
+    K: Resource,
+{
+    let result = translate(o).and_then(|object| index.apply(at, object).map_err(|r| r.to_string()));
+    let Err(reason) = result else { return };
+    tracing::error!("refused {at}: {reason}; the last good version, if any, stays in force");
+    let event = KubeEvent {
+        type_: EventType::Warning,
+        reason: "Invalid".into(),
+        note: Some(reason.chars().take(1000).collect()),
+        action: "Validate".into(),
+        secondary: None,
+    };
+    if let Err(error) = recorder.publish(&event, &o.object_ref(dt)).await {
+        tracing::warn!(%error, "cannot record an Event for {at}");
+    }
+}

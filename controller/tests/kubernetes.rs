@@ -1,0 +1,212 @@
+//! The Kubernetes source, with kube's own client over a mocked API server (tower-test):
+//! the initial lists, watch events, a watch restart that forces a relist, and an
+//! invalid ServiceProfile refused with a Warning Event while the last good one stays.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response, StatusCode};
+use kube::client::Body;
+use mesh_controller::Index;
+use mesh_controller::index::Resolution;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+/// What the fake API server answers: a list per path (the last one repeats), and a
+/// queue of watch responses per path (each a JSON-lines body); a watch with nothing
+/// queued is held open.
+#[derive(Default)]
+struct Script {
+    lists: HashMap<&'static str, VecDeque<Vec<Value>>>,
+    watches: HashMap<&'static str, VecDeque<Vec<Value>>>,
+}
+
+const NAMESPACES: &str = "/api/v1/namespaces";
+const SERVICES: &str = "/api/v1/services";
+const PODS: &str = "/api/v1/pods";
+const PROFILES: &str = "/apis/linkerd.io/v1alpha2/serviceprofiles";
+const SPLITS: &str = "/apis/split.smi-spec.io/v1alpha2/trafficsplits";
+
+fn list(items: &[Value]) -> Vec<u8> {
+    serde_json::to_vec(&json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": items}))
+        .expect("json")
+}
+
+/// Serves requests from `script`; Event POSTs are reported on `events`.
+async fn serve(mut handle: Handle, mut script: Script, events: mpsc::UnboundedSender<Value>) {
+    let mut held = Vec::new();
+    while let Some((req, respond)) = handle.next_request().await {
+        let path = req.uri().path().to_string();
+        let watch = req.uri().query().unwrap_or_default().contains("watch=true");
+        if req.method() == http::Method::POST && path.contains("/events") {
+            let body = http_body_util::BodyExt::collect(req.into_body())
+                .await
+                .expect("body")
+                .to_bytes();
+            let event: Value = serde_json::from_slice(&body).expect("event json");
+            let _ = events.send(event.clone());
+            respond.send_response(
+                Response::builder()
+                    .status(StatusCode::CREATED)
+                    .body(Body::from(body.to_vec()))
+                    .expect("rsp"),
+            );
+            continue;
+        }
+        let key = [NAMESPACES, SERVICES, PODS, PROFILES, SPLITS]
+            .into_iter()
+            .find(|k| *k == path);
+        let Some(key) = key else {
+            respond.send_response(
+                Response::builder()
+                    .status(StatusCode::NOT_FOUND)
+                    .body(Body::from(b"{}".to_vec()))
+                    .expect("rsp"),
+            );
+            continue;
+        };
+        if watch {
+            match script.watches.get_mut(key).and_then(VecDeque::pop_front) {
+                Some(events) => {
+                    let lines: Vec<u8> = events
+                        .iter()
+                        .flat_map(|e| {
+                            [serde_json::to_vec(e).expect("json"), b"\n".to_vec()].concat()
+                        })
+                        .collect();
+                    respond
+                        .send_response(Response::builder().body(Body::from(lines)).expect("rsp"));
+                }
+                // Nothing more to say: keep the watch open.
+                None => held.push(respond),
+            }
+        } else {
+            let lists = script.lists.entry(key).or_default();
+            let items = if lists.len() > 1 {
+                lists.pop_front().unwrap_or_default()
+            } else {
+                lists.front().cloned().unwrap_or_default()
+            };
+            respond.send_response(
+                Response::builder()
+                    .body(Body::from(list(&items)))
+                    .expect("rsp"),
+            );
+        }
+    }
+}
+
+fn pod(name: &str, ip: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "demo", "labels": {"app": "web"}, "resourceVersion": "2"},
+        "spec": {"serviceAccountName": "web", "containers": [{"name": "app", "image": "x"}]},
+        "status": {"podIP": ip, "phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}})
+}
+
+fn profile(path_regex: &str) -> Value {
+    json!({"apiVersion": "linkerd.io/v1alpha2", "kind": "ServiceProfile",
+        "metadata": {"name": "web.demo.svc.cluster.local", "namespace": "demo", "resourceVersion": "3", "uid": "p1"},
+        "spec": {"routes": [{"name": "api", "condition": {"method": "GET", "pathRegex": path_regex}, "timeout": "2s"}]}})
+}
+
+fn endpoints(index: &Index) -> Vec<String> {
+    match index.resolve("web.demo.svc.cluster.local:80", "demo") {
+        Resolution::Service { endpoints, .. } => {
+            endpoints.keys().map(ToString::to_string).collect()
+        }
+        Resolution::Unknown => vec!["unknown".into()],
+    }
+}
+
+async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gave up waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn lists_watches_restarts_and_refusals() {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(service, "default");
+    let mut script = Script::default();
+    script.lists.insert(
+        NAMESPACES,
+        [vec![json!({"apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": "demo", "annotations": {"linkerd.io/inject": "enabled"}}})]]
+        .into(),
+    );
+    script.lists.insert(SERVICES, [vec![json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "web", "namespace": "demo"},
+        "spec": {"clusterIP": "10.96.0.20", "selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]}})]].into());
+    // Pods: listed, then a watch adds b and deletes a, then the watch expires (410) and
+    // the relist shows only c.
+    script.lists.insert(
+        PODS,
+        [
+            vec![pod("web-a", "127.0.1.1")],
+            vec![pod("web-c", "127.0.1.3")],
+        ]
+        .into(),
+    );
+    script.watches.insert(PODS, [
+        vec![json!({"type": "ADDED", "object": pod("web-b", "127.0.1.2")}), json!({"type": "DELETED", "object": pod("web-a", "127.0.1.1")})],
+        vec![json!({"type": "ERROR", "object": {"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
+            "message": "too old resource version", "reason": "Expired", "code": 410}})],
+    ].into());
+    // Profiles: a good one listed, then an edit with a regex that does not compile.
+    script
+        .lists
+        .insert(PROFILES, [vec![profile("/api/.*")]].into());
+    script.watches.insert(
+        PROFILES,
+        [vec![
+            json!({"type": "MODIFIED", "object": profile("/api/(")}),
+        ]]
+        .into(),
+    );
+    script.lists.insert(SPLITS, [vec![]].into());
+
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    tokio::spawn(serve(handle, script, events_tx));
+    let index = Arc::new(Index::default());
+    tokio::spawn(mesh_controller::kubernetes::run(client, index.clone()));
+
+    // The relist after the expired watch leaves exactly pod c.
+    eventually("pods c only, after the relist", || {
+        endpoints(&index) == ["127.0.1.3:8080"]
+    })
+    .await;
+    let Resolution::Service { endpoints: eps, .. } = index.resolve("10.96.0.20:80", "default")
+    else {
+        panic!("cluster IP")
+    };
+    let identity = eps.values().next().and_then(|e| e.identity.clone());
+    assert_eq!(
+        identity.as_deref(),
+        Some("web.demo.serviceaccount.identity.mesh.cluster.local")
+    );
+
+    // The bad edit is refused with a Warning Event; the good profile stays.
+    let event = tokio::time::timeout(Duration::from_secs(10), events.recv())
+        .await
+        .expect("an Event")
+        .expect("event");
+    assert_eq!(event["type"], "Warning");
+    assert_eq!(event["regarding"]["name"], "web.demo.svc.cluster.local");
+    let note = event["note"].as_str().unwrap_or_default();
+    assert!(
+        note.contains("spec.routes[0].condition.pathRegex"),
+        "{note}"
+    );
+    let p = index.profile("web.demo.svc.cluster.local:80", "demo");
+    assert_eq!(p.routes.len(), 1);
+    assert_eq!(p.routes[0].timeout_ms, 2000);
+}
