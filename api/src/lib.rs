@@ -5,6 +5,8 @@
 pub mod duration;
 pub mod profile;
 pub mod quantity;
+#[cfg(feature = "schema")]
+pub mod schema;
 pub mod split;
 
 pub use profile::ServiceProfileSpec;

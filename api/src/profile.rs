@@ -13,6 +13,7 @@ pub const API_VERSION: &str = "linkerd.io/v1alpha2";
 
 /// The ServiceProfile spec: routes, the shared retry budget, and traffic overrides.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceProfileSpec {
     /// Routes, matched in order; the first match names the request's route.
@@ -31,6 +32,7 @@ pub struct ServiceProfileSpec {
 
 /// One route.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct RouteSpec {
     /// The route's name, used as the `route` metric label.
@@ -54,16 +56,26 @@ pub struct RouteSpec {
 
 /// A request condition: every field given must hold.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct RequestMatch {
     /// All of these must match.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(schema_with = "crate::schema::nested_list")
+    )]
     pub all: Option<Vec<RequestMatch>>,
     /// At least one of these must match.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(schema_with = "crate::schema::nested_list")
+    )]
     pub any: Option<Vec<RequestMatch>>,
     /// This must not match.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(schema_with = "crate::schema::nested"))]
     pub not: Option<Box<RequestMatch>>,
     /// A regular expression the whole path must match.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -75,6 +87,7 @@ pub struct RequestMatch {
 
 /// A response class: responses matching `condition` are failures if `isFailure`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ResponseClass {
     /// Which responses this class covers.
@@ -86,16 +99,26 @@ pub struct ResponseClass {
 
 /// A response condition.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ResponseMatch {
     /// All of these must match.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(schema_with = "crate::schema::nested_list")
+    )]
     pub all: Option<Vec<ResponseMatch>>,
     /// At least one of these must match.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(schema_with = "crate::schema::nested_list")
+    )]
     pub any: Option<Vec<ResponseMatch>>,
     /// This must not match.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(schema_with = "crate::schema::nested"))]
     pub not: Option<Box<ResponseMatch>>,
     /// An inclusive range of status codes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -104,6 +127,7 @@ pub struct ResponseMatch {
 
 /// An inclusive range of HTTP status codes; a missing end is open.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct StatusRange {
     /// The lowest status included.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -115,6 +139,7 @@ pub struct StatusRange {
 
 /// How many retries may be added to the requests seen.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct RetryBudget {
     /// Retries may add at most this fraction of the original requests.
@@ -138,6 +163,7 @@ impl Default for RetryBudget {
 
 /// A weighted destination authority.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct WeightedDst {
     /// The destination, e.g. `web-v2.default.svc.cluster.local:80`.
     pub authority: String,

@@ -10,6 +10,7 @@ pub const GROUP: &str = "split.smi-spec.io";
 
 /// The TrafficSplit spec: an apex service and its weighted backends.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct TrafficSplitSpec {
     /// The apex service clients address.
@@ -21,6 +22,7 @@ pub struct TrafficSplitSpec {
 
 /// A backend service and its weight (a quantity in v1alpha1, an integer later).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Backend {
     /// The backend service's name, in the split's namespace.
     pub service: String,

@@ -6,6 +6,7 @@
 //! over gRPC.
 
 pub mod convert;
+pub mod crd;
 pub mod destination;
 pub mod dir;
 pub mod index;
