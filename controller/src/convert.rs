@@ -10,7 +10,10 @@ use mesh_api::destination as pb;
 use mesh_api::profile::{RequestMatch, ResponseMatch, RetryBudget};
 use mesh_api::{FieldError, ServiceProfileSpec};
 
-use crate::index::{NamespaceInfo, PodInfo, ServiceInfo, ServicePort, TargetPort};
+use crate::index::{
+    NamespaceInfo, PodInfo, ServiceInfo, ServicePort, SliceEndpoint, SliceInfo, TargetPort,
+};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 /// The annotation that meshes a namespace or pod, and Linkerd's name for it.
 pub const INJECT_ANNOTATIONS: [&str; 2] = ["mesh.io/inject", "linkerd.io/inject"];
@@ -155,6 +158,67 @@ pub fn pod(pod: &Pod) -> Result<PodInfo, Vec<FieldError>> {
         named_ports,
         workload,
         labels,
+    })
+}
+
+/// An EndpointSlice's service, ports and endpoints (FQDN slices carry nothing usable).
+pub fn endpoint_slice(slice: &EndpointSlice) -> Result<SliceInfo, Vec<FieldError>> {
+    let labels = slice.metadata.labels.clone().unwrap_or_default();
+    let Some(service) = labels.get("kubernetes.io/service-name").cloned() else {
+        return Err(vec![FieldError::new(
+            "metadata.labels",
+            "no kubernetes.io/service-name label",
+        )]);
+    };
+    if slice.address_type == "FQDN" {
+        return Ok(SliceInfo {
+            service,
+            ..Default::default()
+        });
+    }
+    let mut errors = Vec::new();
+    let mut ports = Vec::new();
+    for (i, p) in slice.ports.iter().flatten().enumerate() {
+        match p.port.map(u16::try_from) {
+            Some(Ok(n)) => ports.push((p.name.clone(), n)),
+            _ => errors.push(FieldError::new(
+                format!("ports[{i}].port"),
+                "missing or not a port",
+            )),
+        }
+    }
+    let mut endpoints = Vec::new();
+    for (i, e) in slice.endpoints.iter().flatten().enumerate() {
+        let mut addresses = Vec::new();
+        for (j, a) in e.addresses.iter().enumerate() {
+            match a.parse() {
+                Ok(ip) => addresses.push(ip),
+                Err(_) => errors.push(FieldError::new(
+                    format!("endpoints[{i}].addresses[{j}]"),
+                    format!("not an IP: {a:?}"),
+                )),
+            }
+        }
+        // Kubernetes: an unknown readiness means ready.
+        let ready = e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+        let pod = e
+            .target_ref
+            .as_ref()
+            .filter(|r| r.kind.as_deref() == Some("Pod"))
+            .and_then(|r| r.name.clone());
+        endpoints.push(SliceEndpoint {
+            addresses,
+            ready,
+            pod,
+        });
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(SliceInfo {
+        service,
+        ports,
+        endpoints,
     })
 }
 

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
@@ -161,6 +162,7 @@ fn document(file: &Path, n: usize, value: serde_yaml::Value, loaded: &mut Loaded
         ("Namespace", "v1") => Kind::Namespace,
         ("Service", "v1") => Kind::Service,
         ("Pod", "v1") => Kind::Pod,
+        ("EndpointSlice", "discovery.k8s.io/v1") => Kind::EndpointSlice,
         ("ServiceProfile", v) if v.starts_with("linkerd.io/") => Kind::ServiceProfile,
         ("TrafficSplit", v) if v.starts_with("split.smi-spec.io/") => Kind::TrafficSplit,
         ("", _) => {
@@ -198,6 +200,11 @@ fn document(file: &Path, n: usize, value: serde_yaml::Value, loaded: &mut Loaded
         Kind::Pod => {
             typed::<Pod>(value).and_then(|p| convert::pod(&p).map(Object::Pod).map_err(joined))
         }
+        Kind::EndpointSlice => typed::<EndpointSlice>(value).and_then(|s| {
+            convert::endpoint_slice(&s)
+                .map(Object::EndpointSlice)
+                .map_err(joined)
+        }),
         Kind::ServiceProfile => spec(value).map(Object::ServiceProfile),
         Kind::TrafficSplit => spec(value).map(Object::TrafficSplit),
     };

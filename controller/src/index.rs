@@ -24,6 +24,8 @@ pub enum Kind {
     Service,
     /// core/v1 Pod.
     Pod,
+    /// discovery.k8s.io/v1 EndpointSlice.
+    EndpointSlice,
     /// linkerd.io/v1alpha2 ServiceProfile.
     ServiceProfile,
     /// split.smi-spec.io TrafficSplit.
@@ -103,6 +105,28 @@ pub struct PodInfo {
     pub workload: Option<String>,
 }
 
+/// An EndpointSlice as the index needs it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SliceInfo {
+    /// The service it belongs to (label `kubernetes.io/service-name`).
+    pub service: String,
+    /// Its ports: name (matching the service port's) and number.
+    pub ports: Vec<(Option<String>, u16)>,
+    /// Its endpoints.
+    pub endpoints: Vec<SliceEndpoint>,
+}
+
+/// One endpoint of a slice.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SliceEndpoint {
+    /// Its addresses (all of one pod).
+    pub addresses: Vec<IpAddr>,
+    /// Whether it is ready.
+    pub ready: bool,
+    /// The pod behind it, when the slice says.
+    pub pod: Option<String>,
+}
+
 /// A namespace as the index needs it.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct NamespaceInfo {
@@ -119,6 +143,8 @@ pub enum Object {
     Service(ServiceInfo),
     /// A pod.
     Pod(PodInfo),
+    /// An EndpointSlice.
+    EndpointSlice(SliceInfo),
     /// A ServiceProfile's spec.
     ServiceProfile(ServiceProfileSpec),
     /// A TrafficSplit's spec.
@@ -167,6 +193,7 @@ struct State {
     namespaces: HashMap<String, NamespaceInfo>,
     services: HashMap<(String, String), ServiceInfo>,
     pods: HashMap<(String, String), PodInfo>,
+    slices: HashMap<(String, String), SliceInfo>,
     profiles: HashMap<(String, String), ServiceProfileSpec>,
     splits: HashMap<(String, String), TrafficSplitSpec>,
 }
@@ -202,6 +229,9 @@ impl Index {
                 }
                 Object::Pod(pod) => {
                     s.pods.insert(key, pod);
+                }
+                Object::EndpointSlice(slice) => {
+                    s.slices.insert(key, slice);
                 }
                 Object::ServiceProfile(spec) => {
                     let errors = spec.validate();
@@ -247,6 +277,7 @@ impl Index {
                 Kind::Namespace => s.namespaces.remove(&at.name).is_some(),
                 Kind::Service => s.services.remove(&key).is_some(),
                 Kind::Pod => s.pods.remove(&key).is_some(),
+                Kind::EndpointSlice => s.slices.remove(&key).is_some(),
                 Kind::ServiceProfile => s.profiles.remove(&key).is_some(),
                 Kind::TrafficSplit => s.splits.remove(&key).is_some(),
             };
@@ -276,6 +307,7 @@ impl Index {
             .collect();
         refs.extend(s.services.keys().map(|k| r(Kind::Service, k)));
         refs.extend(s.pods.keys().map(|k| r(Kind::Pod, k)));
+        refs.extend(s.slices.keys().map(|k| r(Kind::EndpointSlice, k)));
         refs.extend(s.profiles.keys().map(|k| r(Kind::ServiceProfile, k)));
         refs.extend(s.splits.keys().map(|k| r(Kind::TrafficSplit, k)));
         refs
@@ -377,6 +409,32 @@ impl State {
         }
     }
 
+    /// Labels and identity for an endpoint backed by `pod` (when known).
+    fn view(
+        &self,
+        namespace: &str,
+        addr: SocketAddr,
+        pod: Option<(&str, &PodInfo)>,
+    ) -> EndpointView {
+        let mut labels = BTreeMap::from([("namespace".to_string(), namespace.to_string())]);
+        let mut identity = None;
+        if let Some((name, pod)) = pod {
+            labels.insert("pod".to_string(), name.to_string());
+            labels.insert("serviceaccount".to_string(), pod.service_account.clone());
+            if let Some(w) = &pod.workload {
+                labels.insert("deployment".to_string(), w.clone());
+            }
+            identity = self
+                .meshed(namespace, pod)
+                .then(|| mesh_api::identity::dns_name(&pod.service_account, namespace));
+        }
+        EndpointView {
+            addr,
+            labels,
+            identity,
+        }
+    }
+
     fn endpoints(
         &self,
         namespace: &str,
@@ -393,6 +451,44 @@ impl State {
         let Some(sp) = svc.ports.iter().find(|p| p.port == port) else {
             return out;
         };
+        // EndpointSlices, when the service has any, are what Kubernetes decided (and
+        // the only source for services without a selector); pods and the selector
+        // otherwise, as in a local folder.
+        let slices: Vec<&SliceInfo> = self
+            .slices
+            .iter()
+            .filter(|((ns, _), s)| ns == namespace && s.service == name)
+            .map(|(_, s)| s)
+            .collect();
+        if !slices.is_empty() {
+            for slice in slices {
+                let slice_port = match &sp.name {
+                    Some(n) => slice
+                        .ports
+                        .iter()
+                        .find(|(pn, _)| pn.as_deref() == Some(n.as_str())),
+                    None => slice
+                        .ports
+                        .iter()
+                        .find(|(pn, _)| pn.as_deref().is_none_or(str::is_empty)),
+                };
+                let Some((_, target)) = slice_port else {
+                    continue;
+                };
+                for e in slice.endpoints.iter().filter(|e| e.ready) {
+                    let pod = e.pod.as_deref().and_then(|p| {
+                        self.pods
+                            .get(&(namespace.to_string(), p.to_string()))
+                            .map(|i| (p, i))
+                    });
+                    for ip in &e.addresses {
+                        let addr = SocketAddr::new(*ip, *target);
+                        out.insert(addr, self.view(namespace, addr, pod));
+                    }
+                }
+            }
+            return out;
+        }
         if svc.selector.is_empty() {
             return out;
         }
@@ -414,26 +510,8 @@ impl State {
                     None => continue,
                 },
             };
-            let mut labels = BTreeMap::from([
-                ("namespace".to_string(), ns.clone()),
-                ("pod".to_string(), pod_name.clone()),
-                ("serviceaccount".to_string(), pod.service_account.clone()),
-            ]);
-            if let Some(w) = &pod.workload {
-                labels.insert("deployment".to_string(), w.clone());
-            }
-            let identity = self
-                .meshed(ns, pod)
-                .then(|| mesh_api::identity::dns_name(&pod.service_account, ns));
             let addr = SocketAddr::new(ip, target);
-            out.insert(
-                addr,
-                EndpointView {
-                    addr,
-                    labels,
-                    identity,
-                },
-            );
+            out.insert(addr, self.view(ns, addr, Some((pod_name, pod))));
         }
         out
     }

@@ -1,5 +1,5 @@
 //! The Kubernetes source: kube-runtime watchers for Namespaces, Services, Pods,
-//! ServiceProfiles and TrafficSplits, translated by the same code as the dir source. A
+//! EndpointSlices, ServiceProfiles and TrafficSplits, translated by the same code as the dir source. A
 //! refused object is logged and reported as a Warning Event on it; its last good
 //! version stays in force. After a watch restart (a relist), objects that are gone are
 //! removed.
@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -67,6 +68,15 @@ pub async fn run(client: Client, index: Arc<Index>) {
             &index,
             &recorder,
             |p| convert::pod(p).map(Object::Pod).map_err(joined)
+        ),
+        follow(
+            Api::<EndpointSlice>::all(client.clone()),
+            Kind::EndpointSlice,
+            &index,
+            &recorder,
+            |s| convert::endpoint_slice(s)
+                .map(Object::EndpointSlice)
+                .map_err(joined)
         ),
         follow_with(
             Api::<DynamicObject>::all_with(client.clone(), &sp),

@@ -338,6 +338,56 @@ async fn profiles_and_splits_follow_the_folder_and_bad_edits_keep_the_last_good(
     );
 }
 
+#[tokio::test]
+async fn endpoint_slices_decide_when_a_service_has_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A service with no selector: only its EndpointSlice says where it is. One endpoint
+    // is ready and backed by a known pod, one is not ready.
+    let slice = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: db, namespace: demo}
+spec: {ports: [{name: sql, port: 5432}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: db-x1, namespace: demo, labels: {kubernetes.io/service-name: db}}
+addressType: IPv4
+ports: [{name: sql, port: 15432}]
+endpoints:
+- addresses: ["127.0.1.7"]
+  conditions: {ready: true}
+  targetRef: {kind: Pod, name: web-abc12-a, namespace: demo}
+- addresses: ["127.0.1.8"]
+  conditions: {ready: false}
+"#;
+    std::fs::write(
+        dir.path().join("base.yaml"),
+        format!(
+            "{NS_AND_SVC}---\n{}---\n{slice}",
+            pod("web-abc12-a", "127.0.1.1")
+        ),
+    )
+    .expect("write");
+    let mut client = start(dir.path()).await;
+    let mut s = client
+        .get(get("db.demo.svc.cluster.local:5432"))
+        .await
+        .expect("get")
+        .into_inner();
+    let first = next(&mut s).await;
+    assert_eq!(addrs(&first), ["+127.0.1.7:15432"]);
+    let Some(pb::update::Update::Add(add)) = first.update else {
+        unreachable!()
+    };
+    // Identity and labels come from the pod the slice points at.
+    assert_eq!(
+        add.endpoints[0].tls_identity,
+        "web.demo.serviceaccount.identity.mesh.cluster.local"
+    );
+    assert_eq!(add.endpoints[0].metric_labels["pod"], "web-abc12-a");
+}
+
 #[test]
 fn bad_documents_name_file_document_and_field() {
     let mut loaded = dir::Loaded::default();

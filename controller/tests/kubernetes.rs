@@ -27,6 +27,7 @@ struct Script {
 const NAMESPACES: &str = "/api/v1/namespaces";
 const SERVICES: &str = "/api/v1/services";
 const PODS: &str = "/api/v1/pods";
+const SLICES: &str = "/apis/discovery.k8s.io/v1/endpointslices";
 const PROFILES: &str = "/apis/linkerd.io/v1alpha2/serviceprofiles";
 const SPLITS: &str = "/apis/split.smi-spec.io/v1alpha2/trafficsplits";
 
@@ -56,7 +57,7 @@ async fn serve(mut handle: Handle, mut script: Script, events: mpsc::UnboundedSe
             );
             continue;
         }
-        let key = [NAMESPACES, SERVICES, PODS, PROFILES, SPLITS]
+        let key = [NAMESPACES, SERVICES, PODS, SLICES, PROFILES, SPLITS]
             .into_iter()
             .find(|k| *k == path);
         let Some(key) = key else {
@@ -173,6 +174,13 @@ async fn lists_watches_restarts_and_refusals() {
         .into(),
     );
     script.lists.insert(SPLITS, [vec![]].into());
+    // A selector-less service whose endpoints only an EndpointSlice gives.
+    script.lists.get_mut(SERVICES).expect("services")[0]
+        .push(json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "db", "namespace": "demo"}, "spec": {"ports": [{"port": 5432}]}}));
+    script.lists.insert(SLICES, [vec![json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "db-1", "namespace": "demo", "labels": {"kubernetes.io/service-name": "db"}},
+        "addressType": "IPv4", "ports": [{"port": 15432}], "endpoints": [{"addresses": ["127.0.1.9"]}]})]].into());
 
     let (events_tx, mut events) = mpsc::unbounded_channel();
     tokio::spawn(serve(handle, script, events_tx));
@@ -193,6 +201,12 @@ async fn lists_watches_restarts_and_refusals() {
         identity.as_deref(),
         Some("web.demo.serviceaccount.identity.mesh.cluster.local")
     );
+
+    eventually("the slice's endpoint", || {
+        matches!(index.resolve("db.demo:5432", "x"), Resolution::Service { endpoints, .. }
+            if endpoints.keys().map(ToString::to_string).collect::<Vec<_>>() == ["127.0.1.9:15432"])
+    })
+    .await;
 
     // The bad edit is refused with a Warning Event; the good profile stays.
     let event = tokio::time::timeout(Duration::from_secs(10), events.recv())
