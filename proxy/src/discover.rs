@@ -60,6 +60,16 @@ pub struct Discover {
     client: DestinationClient<Channel>,
     namespace: String,
     watches: Mutex<HashMap<String, watch::Receiver<Answer>>>,
+    profiles: Mutex<HashMap<String, watch::Receiver<Option<Arc<pb::Profile>>>>>,
+}
+
+/// A weighted backend authority (from a TrafficSplit or `dstOverrides`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Backend {
+    /// The backend's authority.
+    pub authority: String,
+    /// Its weight, in thousandths.
+    pub weight: u64,
 }
 
 impl Discover {
@@ -74,6 +84,7 @@ impl Discover {
             client: DestinationClient::new(channel),
             namespace: namespace.to_string(),
             watches: Mutex::default(),
+            profiles: Mutex::default(),
         })
     }
 
@@ -92,6 +103,44 @@ impl Discover {
             Answer::Pending => Answer::Unknown,
             a => a,
         }
+    }
+
+    /// The weighted backends traffic for `authority` is split over; empty when it goes
+    /// to the service itself. Waits briefly for the first answer.
+    pub async fn backends(&self, authority: &str) -> Vec<Backend> {
+        let rx = {
+            let mut profiles = self.profiles.lock().unwrap_or_else(|e| e.into_inner());
+            match profiles.get(authority) {
+                Some(rx) => Some(rx.clone()),
+                None if profiles.len() < MAX_WATCHES => {
+                    let (tx, rx) = watch::channel(None);
+                    profiles.insert(authority.to_string(), rx.clone());
+                    let req = pb::GetDestination {
+                        authority: authority.to_string(),
+                        namespace: self.namespace.clone(),
+                    };
+                    tokio::spawn(follow_profile(self.client.clone(), req, tx));
+                    Some(rx)
+                }
+                None => None,
+            }
+        };
+        let Some(mut rx) = rx else { return vec![] };
+        if rx.borrow().is_none() {
+            let _ = tokio::time::timeout(FIRST_ANSWER, rx.wait_for(Option::is_some)).await;
+        }
+        let profile = rx.borrow().clone();
+        profile
+            .map(|p| {
+                p.dst_overrides
+                    .iter()
+                    .map(|d| Backend {
+                        authority: d.authority.clone(),
+                        weight: d.weight,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     fn watch(&self, authority: &str) -> Option<watch::Receiver<Answer>> {
@@ -167,6 +216,62 @@ async fn follow(
     }
 }
 
+/// Keeps `tx` up to date with the controller's profile for one authority; like
+/// [`follow`], the last profile stands while the controller is away.
+async fn follow_profile(
+    mut client: DestinationClient<Channel>,
+    req: pb::GetDestination,
+    tx: watch::Sender<Option<Arc<pb::Profile>>>,
+) {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        match client.get_profile(req.clone()).await {
+            Ok(rsp) => {
+                let mut stream = rsp.into_inner();
+                while let Ok(Some(profile)) = stream.message().await {
+                    backoff = BACKOFF_MIN;
+                    tx.send_replace(Some(Arc::new(profile)));
+                }
+            }
+            Err(status) if status.code() == tonic::Code::InvalidArgument => {
+                tx.send_replace(Some(Arc::default()));
+                return;
+            }
+            Err(status) => {
+                tracing::debug!(authority = %req.authority, %status, "destination service unreachable")
+            }
+        }
+        // No profile yet: requests go to the service itself meanwhile.
+        tx.send_if_modified(|p| {
+            let none = p.is_none();
+            if none {
+                *p = Some(Arc::default());
+            }
+            none
+        });
+        let jitter = Duration::from_millis(fastrand::u64(0..=backoff.as_millis() as u64 / 2));
+        tokio::time::sleep(backoff + jitter).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// Picks a backend with probability proportional to its weight; `None` when every
+/// weight is zero.
+pub fn pick(backends: &[Backend]) -> Option<&Backend> {
+    let total: u64 = backends.iter().map(|b| b.weight).sum();
+    if total == 0 {
+        return None;
+    }
+    let mut r = fastrand::u64(0..total);
+    backends.iter().find(|b| {
+        if r < b.weight {
+            return true;
+        }
+        r -= b.weight;
+        false
+    })
+}
+
 fn socket_addr(a: &pb::SocketAddr) -> Option<SocketAddr> {
     Some(SocketAddr::new(
         a.ip.parse::<IpAddr>().ok()?,
@@ -239,6 +344,23 @@ mod tests {
                 metric_labels: Default::default(),
             })),
         }
+    }
+
+    #[test]
+    fn picks_follow_weights() {
+        let b = |a: &str, w| Backend {
+            authority: a.into(),
+            weight: w,
+        };
+        let backends = [b("v1", 800), b("v2", 200), b("v3", 0)];
+        let mut hits = [0u32; 3];
+        for _ in 0..10_000 {
+            let chosen = pick(&backends).expect("some");
+            hits[backends.iter().position(|x| x == chosen).expect("known")] += 1;
+        }
+        assert_eq!(hits[2], 0);
+        assert!((7_700..=8_300).contains(&hits[0]), "{hits:?}");
+        assert!(pick(&[b("x", 0)]).is_none());
     }
 
     #[test]

@@ -194,12 +194,7 @@ impl Forward {
                 // Only this proxy may name a peer's target port.
                 req.headers_mut().remove(TARGET_PORT_HEADER);
                 match &authority {
-                    Some(a) => {
-                        self.shared
-                            .resolve
-                            .endpoints(&NameAddr::parse(a, 80)?)
-                            .await?
-                    }
+                    Some(a) => self.shared.resolve.route(&NameAddr::parse(a, 80)?).await?,
                     None => vec![Dst::direct(target.ok_or(ProxyError::NoAuthority)?)],
                 }
             }

@@ -79,6 +79,22 @@ impl Resolve {
         self
     }
 
+    /// The endpoints a request for `dst` goes to: those of a backend picked by weight
+    /// when a TrafficSplit (or `dstOverrides`) applies, else the service's own.
+    pub async fn route(&self, dst: &NameAddr) -> Result<Vec<Dst>, ProxyError> {
+        if let Some(discover) = &self.discover {
+            let backends = discover.backends(&dst.to_string()).await;
+            if !backends.is_empty() {
+                let backend = crate::discover::pick(&backends)
+                    .ok_or_else(|| ProxyError::NoEndpoints(dst.to_string()))?;
+                return self
+                    .endpoints(&NameAddr::parse(&backend.authority, dst.port)?)
+                    .await;
+            }
+        }
+        self.endpoints(dst).await
+    }
+
     /// The endpoints of `dst`, from the destination service or else DNS.
     pub async fn endpoints(&self, dst: &NameAddr) -> Result<Vec<Dst>, ProxyError> {
         if let Some(discover) = &self.discover {

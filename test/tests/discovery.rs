@@ -186,3 +186,134 @@ async fn names_the_controller_does_not_know_still_resolve_by_dns() {
     let rsp = client::get(p.outbound, &app.authority(), "/").await;
     assert_eq!(rsp.status, 200);
 }
+
+/// Requests answered by each pod's inbound proxy so far.
+async fn counts(pods: &[&Pod]) -> Vec<u64> {
+    let mut out = Vec::new();
+    for p in pods {
+        out.push(inbound_requests(p).await);
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_traffic_split_is_followed_and_reweighted_live() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/examples");
+    let split =
+        std::fs::read_to_string(format!("{examples}/trafficsplit-web-svc.yaml")).expect("example");
+    let services: String = [
+        ("web-svc", "web-svc"),
+        ("web-svc-v1", "web-v1"),
+        ("web-svc-v2", "web-v2"),
+    ]
+    .iter()
+    .map(|(name, app)| {
+        format!(
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\n\
+                 spec: {{selector: {{app: {app}}}, ports: [{{port: 80, targetPort: 8080}}]}}\n"
+        )
+    })
+    .collect();
+    std::fs::write(
+        dir.path().join("base.yaml"),
+        format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: default, annotations: {{linkerd.io/inject: enabled}}}}\n{services}"),
+    )
+    .expect("write");
+    let (v1, v2) = (pod(pod_ip(1)).await, pod(pod_ip(2)).await);
+    for (name, app, ip) in [("v1", "web-v1", v1.ip), ("v2", "web-v2", v2.ip)] {
+        let yaml = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default, labels: {{app: {app}}}}}\n\
+             spec: {{containers: [{{name: app, image: x}}]}}\nstatus: {{podIP: \"{ip}\"}}\n"
+        );
+        std::fs::write(dir.path().join(format!("{name}.yaml")), yaml).expect("write");
+    }
+    std::fs::write(dir.path().join("split.yaml"), &split).expect("write");
+    let ctl = controller::start(dir.path(), "127.0.0.1:0".parse().expect("addr")).await;
+    let client_proxy = proxy::new()
+        .env("DESTINATION_ADDR", ctl.destination)
+        .run()
+        .await;
+    let send = |n: usize| {
+        let outbound = client_proxy.outbound;
+        async move {
+            let mut tx = client::h1(outbound).await;
+            for _ in 0..n {
+                let req = http::Request::get("/")
+                    .header("host", "web-svc.default.svc.cluster.local")
+                    .body(client::body(bytes::Bytes::new()))
+                    .expect("req");
+                assert_eq!(
+                    client::read(tx.send_request(req).await.expect("rsp"))
+                        .await
+                        .status,
+                    200
+                );
+            }
+        }
+    };
+    let share = |before: &[u64], after: &[u64]| {
+        let (a, b) = ((after[0] - before[0]) as f64, (after[1] - before[1]) as f64);
+        a / (a + b)
+    };
+
+    // The example as written: 500 / 500.
+    let before = counts(&[&v1, &v2]).await;
+    send(400).await;
+    let s = share(&before, &counts(&[&v1, &v2]).await);
+    assert!(
+        (0.4..=0.6).contains(&s),
+        "v1 got {s:.2} of traffic under a 500/500 split"
+    );
+
+    // Reweighted to 800 / 200 while requests flow: none fails.
+    std::fs::write(
+        dir.path().join("split.yaml"),
+        split.replace(
+            "weight: 500\n  - service: web-svc-v2\n    weight: 500",
+            "weight: 800\n  - service: web-svc-v2\n    weight: 200",
+        ),
+    )
+    .expect("write");
+    mesh_test::eventually(
+        "the reweight to reach the proxy",
+        Duration::from_secs(15),
+        || async {
+            let before = counts(&[&v1, &v2]).await;
+            send(200).await;
+            (share(&before, &counts(&[&v1, &v2]).await) > 0.7).then_some(())
+        },
+    )
+    .await;
+    let before = counts(&[&v1, &v2]).await;
+    send(1000).await;
+    let s = share(&before, &counts(&[&v1, &v2]).await);
+    assert!(
+        (0.75..=0.85).contains(&s),
+        "v1 got {s:.3} of traffic under an 800/200 split"
+    );
+
+    // A zero weight gets nothing.
+    std::fs::write(
+        dir.path().join("split.yaml"),
+        split.replace(
+            "weight: 500\n  - service: web-svc-v2\n    weight: 500",
+            "weight: 1\n  - service: web-svc-v2\n    weight: 0",
+        ),
+    )
+    .expect("write");
+    mesh_test::eventually(
+        "the zero weight to reach the proxy",
+        Duration::from_secs(15),
+        || async {
+            let before = counts(&[&v1, &v2]).await;
+            send(100).await;
+            (counts(&[&v1, &v2]).await[1] == before[1]).then_some(())
+        },
+    )
+    .await;
+    let before = counts(&[&v1, &v2]).await;
+    send(300).await;
+    let after = counts(&[&v1, &v2]).await;
+    assert_eq!(after[1], before[1], "a backend of weight 0 got traffic");
+}
