@@ -209,6 +209,12 @@ impl ServiceProfileSpec {
             b.validate("spec.retryBudget", &mut errors);
         }
         for (i, dst) in self.dst_overrides.iter().enumerate() {
+            if dst.weight > Quantity::MAX_WEIGHT {
+                errors.push(FieldError::new(
+                    format!("spec.dstOverrides[{i}].weight"),
+                    "larger than 1000000",
+                ));
+            }
             if dst.authority.parse::<http_authority::Authority>().is_err() {
                 errors.push(FieldError::new(
                     format!("spec.dstOverrides[{i}].authority"),
@@ -262,7 +268,18 @@ impl RetryBudget {
     }
 }
 
+/// How deeply conditions may nest: enough for any real route, and far from the limits
+/// of the decoders downstream.
+pub const MAX_DEPTH: usize = 16;
+
 fn validate_request_match(m: &RequestMatch, at: &str, errors: &mut Vec<FieldError>) {
+    if at.matches('.').count() > MAX_DEPTH + 3 {
+        errors.push(FieldError::new(
+            at,
+            format!("nested more than {MAX_DEPTH} deep"),
+        ));
+        return;
+    }
     if let Some(re) = &m.path_regex
         && let Err(e) = regex::Regex::new(&anchored(re))
     {
@@ -291,6 +308,13 @@ fn validate_request_match(m: &RequestMatch, at: &str, errors: &mut Vec<FieldErro
 }
 
 fn validate_response_match(m: &ResponseMatch, at: &str, errors: &mut Vec<FieldError>) {
+    if at.matches('.').count() > MAX_DEPTH + 4 {
+        errors.push(FieldError::new(
+            at,
+            format!("nested more than {MAX_DEPTH} deep"),
+        ));
+        return;
+    }
     if let Some(range) = &m.status {
         let (min, max) = (range.min.unwrap_or(100), range.max.unwrap_or(599));
         if !(100..=599).contains(&min) || !(100..=599).contains(&max) || min > max {

@@ -18,6 +18,10 @@ pub struct QuantityError {
 }
 
 impl Quantity {
+    /// The largest weight accepted (a million whole units), so that sums of weights
+    /// cannot overflow.
+    pub const MAX_WEIGHT: Quantity = Quantity(1_000_000_000);
+
     /// Parses `500m`, `0.5`, `2`, `3k`, `1Ki`; negative values are refused.
     pub fn parse(input: &str) -> Result<Self, QuantityError> {
         let err = |reason| QuantityError {
@@ -81,7 +85,10 @@ impl<'de> Deserialize<'de> for Quantity {
             Str(String),
         }
         match Raw::deserialize(d)? {
-            Raw::Int(n) if n >= 0 => Ok(Self(n as u64 * 1000)),
+            Raw::Int(n) if n >= 0 => (n as u64)
+                .checked_mul(1000)
+                .map(Self)
+                .ok_or_else(|| serde::de::Error::custom("quantity out of range")),
             Raw::Int(_) => Err(serde::de::Error::custom("negative quantity")),
             Raw::Float(f) => Self::parse(&f.to_string()).map_err(serde::de::Error::custom),
             Raw::Str(s) => Self::parse(&s).map_err(serde::de::Error::custom),

@@ -49,6 +49,12 @@ impl TrafficSplitSpec {
             errors.push(FieldError::new("spec.backends", "weights sum to zero"));
         }
         for (i, b) in self.backends.iter().enumerate() {
+            if b.weight > Quantity::MAX_WEIGHT {
+                errors.push(FieldError::new(
+                    format!("spec.backends[{i}].weight"),
+                    "larger than 1000000",
+                ));
+            }
             if b.service.trim().is_empty() {
                 errors.push(FieldError::new(
                     format!("spec.backends[{i}].service"),

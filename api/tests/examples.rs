@@ -131,3 +131,24 @@ fn invalid_splits_are_refused() {
     let none: TrafficSplitSpec = serde_yaml::from_str("service: web\n").expect("parses");
     assert_eq!(none.validate()[0].path, "spec.backends");
 }
+
+#[test]
+fn huge_weights_and_deep_conditions_are_refused_not_overflowed() {
+    let huge = serde_yaml::from_str::<TrafficSplitSpec>(
+        "service: web\nbackends:\n- {service: a, weight: 9223372036854775807}\n",
+    );
+    assert!(huge.is_err(), "{huge:?}");
+    let big: TrafficSplitSpec =
+        serde_yaml::from_str("service: web\nbackends:\n- {service: a, weight: 2000000}\n")
+            .expect("parses");
+    assert_eq!(big.validate()[0].path, "spec.backends[0].weight");
+    let deep = (0..40).fold("{method: GET}".to_string(), |inner, _| {
+        format!("{{not: {inner}}}")
+    });
+    let profile: ServiceProfileSpec =
+        serde_yaml::from_str(&format!("routes:\n- name: deep\n  condition: {deep}\n"))
+            .expect("parses");
+    let errors = profile.validate();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].message.contains("nested more than"), "{errors:?}");
+}

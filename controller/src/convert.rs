@@ -94,6 +94,7 @@ pub fn service(svc: &Service) -> Result<ServiceInfo, Vec<FieldError>> {
         cluster_ip,
         ports,
         selector: spec.selector.unwrap_or_default(),
+        external_name: spec.type_.as_deref() == Some("ExternalName"),
     })
 }
 
@@ -241,7 +242,10 @@ pub fn profile(spec: &ServiceProfileSpec, fqdn: &str) -> pb::Profile {
                     })
                     .collect(),
                 is_retryable: r.retryable(),
-                timeout_ms: r.timeout().map_or(0, |t| t.as_millis() as u64),
+                // 0 means no timeout, so anything shorter than 1 ms becomes 1 ms.
+                timeout_ms: r.timeout().map_or(0, |t| {
+                    u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1)
+                }),
                 retry_budget: r.retry_budget.as_ref().map(budget),
             })
             .collect(),

@@ -87,6 +87,17 @@ impl Sent {
                 });
             }
         } else {
+            // Additions first: a client never sees an empty set while one set of
+            // endpoints replaces another.
+            if !added.is_empty() {
+                let endpoints = added.iter().map(endpoint).collect();
+                out.push(pb::Update {
+                    update: Some(U::Add(pb::AddSet {
+                        endpoints,
+                        metric_labels: labels,
+                    })),
+                });
+            }
             if !removed.is_empty() {
                 let addrs = removed
                     .iter()
@@ -97,15 +108,6 @@ impl Sent {
                     .collect();
                 out.push(pb::Update {
                     update: Some(U::Remove(pb::RemoveSet { addrs })),
-                });
-            }
-            if !added.is_empty() {
-                let endpoints = added.iter().map(endpoint).collect();
-                out.push(pb::Update {
-                    update: Some(U::Add(pb::AddSet {
-                        endpoints,
-                        metric_labels: labels,
-                    })),
                 });
             }
         }

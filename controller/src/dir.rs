@@ -289,11 +289,17 @@ pub fn sync(index: &Index, loaded: Loaded, applied: &mut Applied) -> Vec<DocErro
     errors
 }
 
-/// Loads `dir` into `index`, then reloads on every change until the process ends.
-pub async fn watch(dir: PathBuf, index: Arc<Index>) -> std::io::Result<()> {
+/// Loads `dir` into `index`, says so on `synced`, then reloads on every change until
+/// the process ends.
+pub async fn watch(
+    dir: PathBuf,
+    index: Arc<Index>,
+    synced: tokio::sync::watch::Sender<bool>,
+) -> std::io::Result<()> {
     use notify::Watcher;
     let mut applied = Applied::new();
     sync(&index, load(&dir)?, &mut applied);
+    synced.send_replace(true);
     let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
     let mut watcher = notify::recommended_watcher(move |_event| {
         let _ = tx.try_send(());

@@ -62,6 +62,8 @@ pub struct ServiceInfo {
     pub ports: Vec<ServicePort>,
     /// Pods with all these labels back it; empty means it has no selector.
     pub selector: BTreeMap<String, String>,
+    /// An ExternalName service: a DNS alias, not a set of endpoints.
+    pub external_name: bool,
 }
 
 /// A service port and where it leads on the pods.
@@ -188,8 +190,27 @@ pub enum Resolution {
     Unknown,
 }
 
+/// Inserts `value`, saying whether anything changed (an identical object is no news
+/// for the streams that follow the index).
+fn replace<K: std::hash::Hash + Eq, V: PartialEq>(
+    map: &mut HashMap<K, V>,
+    key: K,
+    value: V,
+) -> bool {
+    if map.get(&key) == Some(&value) {
+        return false;
+    }
+    map.insert(key, value);
+    true
+}
+
 #[derive(Default, Debug)]
 struct State {
+    /// Whether the inject annotation alone meshes a pod (local folders), or only a
+    /// running proxy does (clusters).
+    annotation_meshes: bool,
+    /// Splits refused only because a backend service does not exist yet.
+    pending_splits: HashMap<(String, String), TrafficSplitSpec>,
     namespaces: HashMap<String, NamespaceInfo>,
     services: HashMap<(String, String), ServiceInfo>,
     pods: HashMap<(String, String), PodInfo>,
@@ -206,65 +227,70 @@ pub struct Index {
 }
 
 impl Default for Index {
+    /// An index for a local folder, where the inject annotation is what meshes a pod.
     fn default() -> Self {
-        Self {
-            state: RwLock::default(),
-            changed: watch::channel(0).0,
-        }
+        Self::with_state(State {
+            annotation_meshes: true,
+            ..State::default()
+        })
     }
 }
 
 impl Index {
+    /// An index for a cluster, where only a pod that runs the proxy is meshed (a pod
+    /// created before its namespace was annotated has none).
+    pub fn for_cluster() -> Self {
+        Self::with_state(State::default())
+    }
+
+    fn with_state(state: State) -> Self {
+        Self {
+            state: RwLock::new(state),
+            changed: watch::channel(0).0,
+        }
+    }
+
     /// Applies (adds or replaces) an object, or refuses it and keeps the last good one.
     pub fn apply(&self, at: &ObjectRef, object: Object) -> Result<(), Rejected> {
         let key = (at.namespace.clone(), at.name.clone());
-        {
+        let changed = {
             let mut s = self.state.write().unwrap_or_else(|e| e.into_inner());
             match object {
-                Object::Namespace(n) => {
-                    s.namespaces.insert(at.name.clone(), n);
-                }
+                Object::Namespace(n) => replace(&mut s.namespaces, at.name.clone(), n),
                 Object::Service(svc) => {
-                    s.services.insert(key, svc);
+                    let changed = replace(&mut s.services, key, svc);
+                    // Splits that were waiting for their backends may be complete now.
+                    s.admit_pending_splits(&at.namespace) || changed
                 }
-                Object::Pod(pod) => {
-                    s.pods.insert(key, pod);
-                }
-                Object::EndpointSlice(slice) => {
-                    s.slices.insert(key, slice);
-                }
+                Object::Pod(pod) => replace(&mut s.pods, key, pod),
+                Object::EndpointSlice(slice) => replace(&mut s.slices, key, slice),
                 Object::ServiceProfile(spec) => {
                     let errors = spec.validate();
                     if !errors.is_empty() {
                         return Err(Rejected::Invalid(errors));
                     }
-                    s.profiles.insert(key, spec);
+                    replace(&mut s.profiles, key, spec)
                 }
                 Object::TrafficSplit(spec) => {
-                    let mut errors = spec.validate();
-                    for (i, b) in spec.backends.iter().enumerate() {
-                        if !s
-                            .services
-                            .contains_key(&(at.namespace.clone(), b.service.clone()))
-                        {
-                            let path = format!("spec.backends[{i}].service");
-                            errors.push(FieldError::new(
-                                path,
-                                format!(
-                                    "no service {:?} in namespace {:?}",
-                                    b.service, at.namespace
-                                ),
-                            ));
-                        }
-                    }
+                    let errors = spec.validate();
                     if !errors.is_empty() {
                         return Err(Rejected::Invalid(errors));
                     }
-                    s.splits.insert(key, spec);
+                    let missing = s.missing_backends(&at.namespace, &spec);
+                    if !missing.is_empty() {
+                        // Refused for now; admitted once the services exist (watchers
+                        // deliver kinds in no particular order).
+                        s.pending_splits.insert(key, spec);
+                        return Err(Rejected::Invalid(missing));
+                    }
+                    s.pending_splits.remove(&key);
+                    replace(&mut s.splits, key, spec)
                 }
             }
+        };
+        if changed {
+            self.changed.send_modify(|v| *v += 1);
         }
-        self.changed.send_modify(|v| *v += 1);
         Ok(())
     }
 
@@ -279,7 +305,10 @@ impl Index {
                 Kind::Pod => s.pods.remove(&key).is_some(),
                 Kind::EndpointSlice => s.slices.remove(&key).is_some(),
                 Kind::ServiceProfile => s.profiles.remove(&key).is_some(),
-                Kind::TrafficSplit => s.splits.remove(&key).is_some(),
+                Kind::TrafficSplit => {
+                    s.pending_splits.remove(&key);
+                    s.splits.remove(&key).is_some()
+                }
             };
             if !removed {
                 return;
@@ -369,6 +398,41 @@ impl Index {
 }
 
 impl State {
+    fn missing_backends(&self, namespace: &str, spec: &TrafficSplitSpec) -> Vec<FieldError> {
+        spec.backends
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| {
+                !self
+                    .services
+                    .contains_key(&(namespace.to_string(), b.service.clone()))
+            })
+            .map(|(i, b)| {
+                FieldError::new(
+                    format!("spec.backends[{i}].service"),
+                    format!("no service {:?} in namespace {namespace:?}", b.service),
+                )
+            })
+            .collect()
+    }
+
+    /// Admits pending splits in `namespace` whose backends all exist now.
+    fn admit_pending_splits(&mut self, namespace: &str) -> bool {
+        let ready: Vec<_> = self
+            .pending_splits
+            .iter()
+            .filter(|((ns, _), spec)| ns == namespace && self.missing_backends(ns, spec).is_empty())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in &ready {
+            if let Some(spec) = self.pending_splits.remove(key) {
+                tracing::info!(namespace = %key.0, split = %key.1, "TrafficSplit admitted: its backends exist now");
+                self.splits.insert(key.clone(), spec);
+            }
+        }
+        !ready.is_empty()
+    }
+
     fn find_service(&self, authority: &str, caller_ns: &str) -> Option<(String, String, u16)> {
         let (host, port) = split_authority(authority)?;
         if let Ok(ip) = host.parse::<IpAddr>() {
@@ -380,9 +444,10 @@ impl State {
         }
         let host = host.trim_end_matches('.').to_ascii_lowercase();
         let suffix = format!(".svc.{CLUSTER_DOMAIN}");
+        // `name.ns.svc` is a service; `x.svc` is service `x` in a namespace named `svc`.
         let short = host
             .strip_suffix(&suffix)
-            .or_else(|| host.strip_suffix(".svc"))
+            .or_else(|| host.strip_suffix(".svc").filter(|h| h.contains('.')))
             .unwrap_or(&host);
         let (name, ns) = match short.split_once('.') {
             Some((name, ns)) if !ns.contains('.') => (name.to_string(), ns.to_string()),
@@ -390,14 +455,19 @@ impl State {
             None => (short.to_string(), caller_ns.to_string()),
         };
         let svc = self.services.get(&(ns.clone(), name.clone()))?;
-        // A service without the port asked for is still the service (no endpoints).
-        let _ = svc;
+        // An ExternalName service is a DNS alias: the proxy resolves it by DNS.
+        if svc.external_name {
+            return None;
+        }
         Some((ns, name, port))
     }
 
     fn meshed(&self, namespace: &str, pod: &PodInfo) -> bool {
         if pod.has_proxy {
             return true;
+        }
+        if !self.annotation_meshes {
+            return false;
         }
         match pod.inject {
             Some(v) => v,
@@ -481,6 +551,11 @@ impl State {
                             .get(&(namespace.to_string(), p.to_string()))
                             .map(|i| (p, i))
                     });
+                    // A pod not seen yet may be meshed: sending it plaintext to the app
+                    // port would be wrong, so wait for the pod.
+                    if e.pod.is_some() && pod.is_none() {
+                        continue;
+                    }
                     for ip in &e.addresses {
                         let addr = SocketAddr::new(*ip, *target);
                         out.insert(addr, self.view(namespace, addr, pod));
@@ -526,4 +601,204 @@ fn split_authority(authority: &str) -> Option<(String, u16)> {
         .trim_end_matches(']')
         .to_string();
     Some((host, a.port_u16().unwrap_or(80)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mesh_api::split::Backend;
+
+    fn at(kind: Kind, ns: &str, name: &str) -> ObjectRef {
+        ObjectRef {
+            kind,
+            namespace: ns.into(),
+            name: name.into(),
+        }
+    }
+
+    fn service(selector: &[(&str, &str)]) -> Object {
+        Object::Service(ServiceInfo {
+            ports: vec![ServicePort {
+                port: 80,
+                name: None,
+                target: TargetPort::Number(8080),
+            }],
+            selector: selector
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        })
+    }
+
+    fn pod(app: &str, ip: &str, inject: Option<bool>, has_proxy: bool) -> Object {
+        Object::Pod(PodInfo {
+            ip: ip.parse().ok(),
+            labels: [("app".to_string(), app.to_string())].into(),
+            service_account: "sa".into(),
+            ready: true,
+            inject,
+            has_proxy,
+            ..Default::default()
+        })
+    }
+
+    fn identities(index: &Index, authority: &str) -> Vec<Option<String>> {
+        match index.resolve(authority, "ns") {
+            Resolution::Service { endpoints, .. } => {
+                endpoints.values().map(|e| e.identity.clone()).collect()
+            }
+            Resolution::Unknown => vec![],
+        }
+    }
+
+    #[test]
+    fn a_split_waits_for_its_backends_then_is_admitted() {
+        let index = Index::default();
+        let split = TrafficSplitSpec {
+            service: "web".into(),
+            backends: vec![Backend {
+                service: "web-v1".into(),
+                weight: mesh_api::Quantity(1000),
+            }],
+        };
+        index
+            .apply(&at(Kind::Service, "ns", "web"), service(&[]))
+            .expect("apex");
+        let refused = index.apply(
+            &at(Kind::TrafficSplit, "ns", "s"),
+            Object::TrafficSplit(split),
+        );
+        assert!(refused.is_err());
+        assert!(index.profile("web.ns:80", "ns").dst_overrides.is_empty());
+        // The backend arrives later (watchers deliver kinds in any order).
+        index
+            .apply(&at(Kind::Service, "ns", "web-v1"), service(&[]))
+            .expect("backend");
+        assert_eq!(index.profile("web.ns:80", "ns").dst_overrides.len(), 1);
+    }
+
+    #[test]
+    fn names_resolve_as_kubernetes_dns_does() {
+        let index = Index::default();
+        index
+            .apply(&at(Kind::Service, "ns", "web"), service(&[]))
+            .expect("svc");
+        index
+            .apply(&at(Kind::Service, "svc", "x"), service(&[]))
+            .expect("svc");
+        for a in [
+            "web.ns.svc.cluster.local:80",
+            "web.ns.svc:80",
+            "web.ns:80",
+            "web:80",
+            "web",
+        ] {
+            assert!(
+                matches!(index.resolve(a, "ns"), Resolution::Service { .. }),
+                "{a}"
+            );
+        }
+        // `x.svc` is service x in namespace svc.
+        assert!(
+            matches!(index.resolve("x.svc:80", "ns"), Resolution::Service { namespace, .. } if namespace == "svc")
+        );
+        assert_eq!(index.resolve("nope.ns:80", "ns"), Resolution::Unknown);
+        let external = Object::Service(ServiceInfo {
+            external_name: true,
+            ..Default::default()
+        });
+        index
+            .apply(&at(Kind::Service, "ns", "ext"), external)
+            .expect("svc");
+        assert_eq!(
+            index.resolve("ext.ns:80", "ns"),
+            Resolution::Unknown,
+            "ExternalName goes to DNS"
+        );
+    }
+
+    #[test]
+    fn in_a_cluster_only_pods_running_the_proxy_are_meshed() {
+        for (index, want) in [(Index::default(), true), (Index::for_cluster(), false)] {
+            index
+                .apply(
+                    &at(Kind::Namespace, "", "ns"),
+                    Object::Namespace(NamespaceInfo { inject: Some(true) }),
+                )
+                .expect("ns");
+            index
+                .apply(&at(Kind::Service, "ns", "web"), service(&[("app", "web")]))
+                .expect("svc");
+            index
+                .apply(
+                    &at(Kind::Pod, "ns", "old"),
+                    pod("web", "10.0.0.1", None, false),
+                )
+                .expect("pod");
+            assert_eq!(identities(&index, "web.ns:80")[0].is_some(), want);
+        }
+        let index = Index::for_cluster();
+        index
+            .apply(&at(Kind::Service, "ns", "web"), service(&[("app", "web")]))
+            .expect("svc");
+        index
+            .apply(
+                &at(Kind::Pod, "ns", "p"),
+                pod("web", "10.0.0.2", None, true),
+            )
+            .expect("pod");
+        assert_eq!(
+            identities(&index, "web.ns:80"),
+            [Some(
+                "sa.ns.serviceaccount.identity.mesh.cluster.local".into()
+            )]
+        );
+    }
+
+    #[test]
+    fn slice_endpoints_wait_for_their_pod() {
+        let index = Index::for_cluster();
+        index
+            .apply(&at(Kind::Service, "ns", "web"), service(&[]))
+            .expect("svc");
+        let slice = SliceInfo {
+            service: "web".into(),
+            ports: vec![(None, 8080)],
+            endpoints: vec![SliceEndpoint {
+                addresses: vec!["10.0.0.3".parse().expect("ip")],
+                ready: true,
+                pod: Some("p".into()),
+            }],
+        };
+        index
+            .apply(
+                &at(Kind::EndpointSlice, "ns", "web-1"),
+                Object::EndpointSlice(slice),
+            )
+            .expect("slice");
+        assert!(identities(&index, "web.ns:80").is_empty());
+        index
+            .apply(
+                &at(Kind::Pod, "ns", "p"),
+                pod("web", "10.0.0.3", None, true),
+            )
+            .expect("pod");
+        assert_eq!(identities(&index, "web.ns:80").len(), 1);
+    }
+
+    #[test]
+    fn identical_objects_are_no_news() {
+        let index = Index::default();
+        let mut rx = index.subscribe();
+        index
+            .apply(&at(Kind::Service, "ns", "web"), service(&[]))
+            .expect("svc");
+        assert!(rx.has_changed().expect("open"));
+        rx.borrow_and_update();
+        index
+            .apply(&at(Kind::Service, "ns", "web"), service(&[]))
+            .expect("svc");
+        assert!(!rx.has_changed().expect("open"));
+    }
 }

@@ -38,9 +38,13 @@ pub fn traffic_splits() -> ApiResource {
     ))
 }
 
-/// Watches every kind the index needs until the process ends. Watch errors are retried
-/// with backoff by kube-runtime.
-pub async fn run(client: Client, index: Arc<Index>) {
+/// The kinds this source watches; `run` counts them on `synced` as each is first listed.
+pub const KINDS: usize = 6;
+
+/// Watches every kind the index needs until the process ends, counting on `synced` the
+/// kinds listed so far. Watch errors are retried with backoff by kube-runtime.
+pub async fn run(client: Client, index: Arc<Index>, synced: tokio::sync::watch::Sender<usize>) {
+    let synced = &synced;
     let reporter = Reporter {
         controller: "mesh-controller".into(),
         instance: std::env::var("HOSTNAME").ok(),
@@ -53,6 +57,7 @@ pub async fn run(client: Client, index: Arc<Index>) {
             Kind::Namespace,
             &index,
             &recorder,
+            synced,
             |n| Ok(Object::Namespace(convert::namespace(n)))
         ),
         follow(
@@ -60,6 +65,7 @@ pub async fn run(client: Client, index: Arc<Index>) {
             Kind::Service,
             &index,
             &recorder,
+            synced,
             |s| convert::service(s).map(Object::Service).map_err(joined)
         ),
         follow(
@@ -67,6 +73,7 @@ pub async fn run(client: Client, index: Arc<Index>) {
             Kind::Pod,
             &index,
             &recorder,
+            synced,
             |p| convert::pod(p).map(Object::Pod).map_err(joined)
         ),
         follow(
@@ -74,6 +81,7 @@ pub async fn run(client: Client, index: Arc<Index>) {
             Kind::EndpointSlice,
             &index,
             &recorder,
+            synced,
             |s| convert::endpoint_slice(s)
                 .map(Object::EndpointSlice)
                 .map_err(joined)
@@ -83,6 +91,7 @@ pub async fn run(client: Client, index: Arc<Index>) {
             Kind::ServiceProfile,
             &index,
             &recorder,
+            synced,
             |o| spec(o).map(Object::ServiceProfile),
             sp.clone()
         ),
@@ -91,6 +100,7 @@ pub async fn run(client: Client, index: Arc<Index>) {
             Kind::TrafficSplit,
             &index,
             &recorder,
+            synced,
             |o| spec(o).map(Object::TrafficSplit),
             ts.clone()
         ),
@@ -131,6 +141,7 @@ async fn follow<K>(
     kind: Kind,
     index: &Index,
     recorder: &Recorder,
+    synced: &tokio::sync::watch::Sender<usize>,
     translate: fn(&K) -> Result<Object, String>,
 ) where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
@@ -141,6 +152,7 @@ async fn follow<K>(
         kind,
         index,
         recorder,
+        synced,
         translate,
         K::DynamicType::default(),
     )
@@ -153,6 +165,7 @@ async fn follow_with<K>(
     kind: Kind,
     index: &Index,
     recorder: &Recorder,
+    synced: &tokio::sync::watch::Sender<usize>,
     translate: fn(&K) -> Result<Object, String>,
     dt: K::DynamicType,
 ) where
@@ -164,6 +177,7 @@ async fn follow_with<K>(
     // What the index holds of this kind, and what the current (re)list has shown.
     let mut known: HashSet<ObjectRef> = HashSet::new();
     let mut listing: Option<HashSet<ObjectRef>> = None;
+    let mut listed_once = false;
     while let Some(event) = stream.next().await {
         match event {
             Ok(watcher::Event::Init) => listing = Some(HashSet::new()),
@@ -174,6 +188,10 @@ async fn follow_with<K>(
                 listing.get_or_insert_with(HashSet::new).insert(at);
             }
             Ok(watcher::Event::InitDone) => {
+                if !listed_once {
+                    listed_once = true;
+                    synced.send_modify(|n| *n += 1);
+                }
                 if let Some(listed) = listing.take() {
                     for gone in known.difference(&listed) {
                         index.delete(gone);

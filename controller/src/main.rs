@@ -28,6 +28,19 @@ struct Args {
     log: String,
 }
 
+/// How long to wait for the source's first full read before serving anyway.
+const SYNC_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A future that resolves once `ready` holds for the watched value.
+fn rx_ready<T: Send + Sync + 'static>(
+    mut rx: tokio::sync::watch::Receiver<T>,
+    ready: fn(&T) -> bool,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    Box::pin(async move {
+        let _ = rx.wait_for(ready).await;
+    })
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -39,8 +52,10 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
 
-    let index = Arc::new(Index::default());
-    let source = match args.source.split_once(':') {
+    // Proxies must not be told "unknown" (and fall back to DNS, without identities)
+    // just because the controller has not read its source yet: listen only once every
+    // kind has been listed, or after SYNC_PATIENCE with whatever is known by then.
+    let (index, source, mut synced) = match args.source.split_once(':') {
         Some(("dir", path)) => {
             let path = PathBuf::from(path);
             anyhow::ensure!(
@@ -48,7 +63,11 @@ async fn main() -> anyhow::Result<()> {
                 "--source dir:{}: not a folder",
                 path.display()
             );
-            tokio::spawn(dir::watch(path, index.clone()))
+            let index = Arc::new(Index::default());
+            let (tx, rx) = tokio::sync::watch::channel(false);
+            let task = tokio::spawn(dir::watch(path, index.clone(), tx));
+            let synced = rx_ready(rx, |done| *done);
+            (index, task, synced)
         }
         _ if args.source == "kubernetes" => {
             // One crypto provider for every TLS client in the process (kube's included).
@@ -56,20 +75,36 @@ async fn main() -> anyhow::Result<()> {
             let client = kube::Client::try_default().await.context(
                 "cannot reach the Kubernetes API: run in a pod, or set KUBECONFIG (or use --source dir:PATH)",
             )?;
-            let index = index.clone();
-            tokio::spawn(async move {
-                kubernetes::run(client, index).await;
-                Ok(())
-            })
+            let index = Arc::new(Index::for_cluster());
+            let (tx, rx) = tokio::sync::watch::channel(0usize);
+            let task = {
+                let index = index.clone();
+                tokio::spawn(async move {
+                    kubernetes::run(client, index, tx).await;
+                    Ok(())
+                })
+            };
+            let synced = rx_ready(rx, |n| *n >= kubernetes::KINDS);
+            (index, task, synced)
         }
         _ => bail!("--source {:?}: use `kubernetes` or `dir:PATH`", args.source),
     };
+    if tokio::time::timeout(SYNC_PATIENCE, &mut synced)
+        .await
+        .is_err()
+    {
+        tracing::warn!(patience = ?SYNC_PATIENCE, "the source is not fully read yet; serving what is known");
+    }
     let listener = tokio::net::TcpListener::bind(args.destination_addr)
         .await
         .with_context(|| format!("cannot listen on {}", args.destination_addr))?;
     let addr = listener.local_addr()?;
     tracing::info!(destination = %addr, "listening");
     let server = tonic::transport::Server::builder()
+        // Bounded streams per connection, and pings so that dead proxies are noticed.
+        .max_concurrent_streams(Some(10_000))
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
         .add_service(destination::Service::new(index))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),

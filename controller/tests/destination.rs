@@ -47,7 +47,9 @@ status: {{podIP: "{ip}", phase: Running}}
 
 async fn start(dir: &Path) -> DestinationClient<tonic::transport::Channel> {
     let index = Arc::new(Index::default());
-    tokio::spawn(dir::watch(dir.to_path_buf(), index.clone()));
+    let (synced, mut ready) = tokio::sync::watch::channel(false);
+    tokio::spawn(dir::watch(dir.to_path_buf(), index.clone(), synced));
+    ready.wait_for(|r| *r).await.expect("first sync");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");

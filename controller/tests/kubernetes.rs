@@ -103,7 +103,7 @@ async fn serve(mut handle: Handle, mut script: Script, events: mpsc::UnboundedSe
 fn pod(name: &str, ip: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name, "namespace": "demo", "labels": {"app": "web"}, "resourceVersion": "2"},
-        "spec": {"serviceAccountName": "web", "containers": [{"name": "app", "image": "x"}]},
+        "spec": {"serviceAccountName": "web", "containers": [{"name": "app", "image": "x"}, {"name": "mesh-proxy", "image": "p"}]},
         "status": {"podIP": ip, "phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}})
 }
 
@@ -184,8 +184,21 @@ async fn lists_watches_restarts_and_refusals() {
 
     let (events_tx, mut events) = mpsc::unbounded_channel();
     tokio::spawn(serve(handle, script, events_tx));
-    let index = Arc::new(Index::default());
-    tokio::spawn(mesh_controller::kubernetes::run(client, index.clone()));
+    let index = Arc::new(Index::for_cluster());
+    let (synced, mut listed) = tokio::sync::watch::channel(0);
+    tokio::spawn(mesh_controller::kubernetes::run(
+        client,
+        index.clone(),
+        synced,
+    ));
+    // Every kind is listed once (the sync the controller waits for before serving).
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        listed.wait_for(|n| *n == mesh_controller::kubernetes::KINDS),
+    )
+    .await
+    .expect("all kinds listed")
+    .expect("synced");
 
     // The relist after the expired watch leaves exactly pod c.
     eventually("pods c only, after the relist", || {

@@ -79,6 +79,11 @@ impl Discover {
         let channel = GrpcEndpoint::from_shared(format!("http://{addr}"))?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
+            // A controller whose node died must not leave streams half-open for the
+            // TCP timeout: ping, and give up on a silent peer.
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .keep_alive_while_idle(true)
             .connect_lazy();
         Ok(Self {
             client: DestinationClient::new(channel),
@@ -258,7 +263,9 @@ async fn follow_profile(
 /// Picks a backend with probability proportional to its weight; `None` when every
 /// weight is zero.
 pub fn pick(backends: &[Backend]) -> Option<&Backend> {
-    let total: u64 = backends.iter().map(|b| b.weight).sum();
+    let total: u64 = backends
+        .iter()
+        .fold(0u64, |t, b| t.saturating_add(b.weight));
     if total == 0 {
         return None;
     }

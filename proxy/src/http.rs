@@ -182,6 +182,11 @@ impl Forward {
                     .and_then(|v| v.to_str().ok()?.parse::<u16>().ok());
                 let addr = match (&conn, named) {
                     (Some(c), Some(port)) if !c.redirected => {
+                        // Never one of the proxy's own ports (admin, say), on any of
+                        // its addresses.
+                        if self.shared.own_addrs.iter().any(|o| o.port() == port) {
+                            return Err(ProxyError::Loop);
+                        }
                         Some(SocketAddr::new(c.local.ip(), port))
                     }
                     _ => target,
@@ -194,7 +199,19 @@ impl Forward {
                 // Only this proxy may name a peer's target port.
                 req.headers_mut().remove(TARGET_PORT_HEADER);
                 match &authority {
-                    Some(a) => self.shared.resolve.route(&NameAddr::parse(a, 80)?).await?,
+                    Some(a) => {
+                        // A Host without a port means the port the app connected to,
+                        // when iptables redirected the connection; else 80.
+                        let default_port = conn
+                            .as_ref()
+                            .filter(|c| c.redirected)
+                            .and_then(|c| c.target)
+                            .map_or(80, |t| t.port());
+                        self.shared
+                            .resolve
+                            .route(&NameAddr::parse(a, default_port)?)
+                            .await?
+                    }
                     None => vec![Dst::direct(target.ok_or(ProxyError::NoAuthority)?)],
                 }
             }

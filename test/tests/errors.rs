@@ -290,3 +290,22 @@ async fn connections_beyond_the_limit_wait_for_a_free_slot() {
         .expect("join");
     assert_eq!(rsp.status, 200);
 }
+
+#[tokio::test]
+async fn a_peer_cannot_aim_the_inbound_proxy_at_its_own_ports() {
+    let app = backend::http().await;
+    let proxy = proxy::new().app(app.addr).run().await;
+    let admin_port = proxy.admin.port().to_string();
+    let mut tx = client::h1(proxy.inbound).await;
+    let req = Request::get("/metrics")
+        .header("host", "a")
+        .header("mesh-target-port", admin_port)
+        .body(client::body(Bytes::new()))
+        .expect("req");
+    let rsp = client::read(tx.send_request(req).await.expect("rsp")).await;
+    assert_eq!(rsp.status, 502);
+    assert_eq!(
+        rsp.header("mesh-proxy-error"),
+        "request would loop back to the proxy"
+    );
+}
