@@ -12,6 +12,8 @@ use mesh_api::destination::destination_client::DestinationClient;
 use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint as GrpcEndpoint};
 
+use crate::profile::Profile;
+
 /// How long a first request for a name waits for the controller's first answer.
 const FIRST_ANSWER: Duration = Duration::from_secs(2);
 /// Reconnection backoff bounds.
@@ -60,7 +62,7 @@ pub struct Discover {
     client: DestinationClient<Channel>,
     namespace: String,
     watches: Mutex<HashMap<String, watch::Receiver<Answer>>>,
-    profiles: Mutex<HashMap<String, watch::Receiver<Option<Arc<pb::Profile>>>>>,
+    profiles: Mutex<HashMap<String, watch::Receiver<Option<Arc<Profile>>>>>,
 }
 
 /// A weighted backend authority (from a TrafficSplit or `dstOverrides`).
@@ -110,9 +112,9 @@ impl Discover {
         }
     }
 
-    /// The weighted backends traffic for `authority` is split over; empty when it goes
-    /// to the service itself. Waits briefly for the first answer.
-    pub async fn backends(&self, authority: &str) -> Vec<Backend> {
+    /// The profile for `authority` (empty when none applies). Waits briefly for the
+    /// first answer.
+    pub async fn profile(&self, authority: &str) -> Arc<Profile> {
         let rx = {
             let mut profiles = self.profiles.lock().unwrap_or_else(|e| e.into_inner());
             match profiles.get(authority) {
@@ -130,22 +132,14 @@ impl Discover {
                 None => None,
             }
         };
-        let Some(mut rx) = rx else { return vec![] };
+        let Some(mut rx) = rx else {
+            return Arc::default();
+        };
         if rx.borrow().is_none() {
             let _ = tokio::time::timeout(FIRST_ANSWER, rx.wait_for(Option::is_some)).await;
         }
         let profile = rx.borrow().clone();
-        profile
-            .map(|p| {
-                p.dst_overrides
-                    .iter()
-                    .map(|d| Backend {
-                        authority: d.authority.clone(),
-                        weight: d.weight,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
+        profile.unwrap_or_default()
     }
 
     fn watch(&self, authority: &str) -> Option<watch::Receiver<Answer>> {
@@ -226,7 +220,7 @@ async fn follow(
 async fn follow_profile(
     mut client: DestinationClient<Channel>,
     req: pb::GetDestination,
-    tx: watch::Sender<Option<Arc<pb::Profile>>>,
+    tx: watch::Sender<Option<Arc<Profile>>>,
 ) {
     let mut backoff = BACKOFF_MIN;
     loop {
@@ -235,7 +229,8 @@ async fn follow_profile(
                 let mut stream = rsp.into_inner();
                 while let Ok(Some(profile)) = stream.message().await {
                     backoff = BACKOFF_MIN;
-                    tx.send_replace(Some(Arc::new(profile)));
+                    // Compiled once per update, not per request.
+                    tx.send_replace(Some(Arc::new(Profile::compile(&profile))));
                 }
             }
             Err(status) if status.code() == tonic::Code::InvalidArgument => {

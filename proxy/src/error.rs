@@ -66,6 +66,9 @@ pub enum ProxyError {
     /// chunked encoding, a reset) or it cannot be expressed upstream.
     #[error("invalid request: {0}")]
     BadRequest(hyper::Error),
+    /// The route's timeout passed before the response.
+    #[error("timeout")]
+    Timeout,
     /// The request would be sent back to this proxy.
     #[error("request would loop back to the proxy")]
     Loop,
@@ -92,7 +95,7 @@ impl ProxyError {
             Self::NoEndpoints(_) | Self::Resolve { .. } | Self::Overloaded => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            Self::ConnectTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::ConnectTimeout(_) | Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Self::Connect { .. } | Self::Handshake { .. } | Self::Upstream { .. } | Self::Loop => {
                 StatusCode::BAD_GATEWAY
             }

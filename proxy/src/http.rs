@@ -23,6 +23,7 @@ use crate::client::{Endpoints, Version};
 use crate::discover::Dst;
 use crate::error::{self, BoxError, ProxyError};
 use crate::metrics::{Class, Direction, Metrics, RequestLabels};
+use crate::profile::{DEFAULT_ROUTE, Profile, Route};
 use crate::resolve::{NameAddr, Resolve};
 
 /// The header with which an outbound proxy tells a peer's inbound proxy which port of
@@ -86,6 +87,13 @@ pub struct Shared {
 /// Builds the stack one direction's requests flow through, top to bottom.
 pub fn stack(shared: Arc<Shared>, direction: Direction, max_in_flight: usize) -> HttpService {
     let svc = ServiceBuilder::new()
+        // Find the destination's profile and the request's route first: metrics are
+        // labelled by route, and the route decides the timeout.
+        .layer_fn(|inner| Classify {
+            inner,
+            shared: shared.clone(),
+            direction,
+        })
         // Count every request and time it to its response headers, including the
         // requests the proxy answers itself, so clients and metrics agree.
         .layer_fn(|inner| Metered {
@@ -96,6 +104,9 @@ pub fn stack(shared: Arc<Shared>, direction: Direction, max_in_flight: usize) ->
         // The one place errors become responses with `mesh-proxy-error`; every layer
         // below returns errors.
         .layer_fn(|inner| Rescue { inner })
+        // The route's timeout covers everything below, retries included; when it
+        // fires, dropping the request cancels it upstream.
+        .layer_fn(|inner| RouteTimeout { inner })
         // Shed load instead of queueing when too many requests are in flight: a fast
         // 503 lets the caller's balancer pick another replica.
         .load_shed()
@@ -200,17 +211,14 @@ impl Forward {
                 req.headers_mut().remove(TARGET_PORT_HEADER);
                 match &authority {
                     Some(a) => {
-                        // A Host without a port means the port the app connected to,
-                        // when iptables redirected the connection; else 80.
-                        let default_port = conn
-                            .as_ref()
-                            .filter(|c| c.redirected)
-                            .and_then(|c| c.target)
-                            .map_or(80, |t| t.port());
-                        self.shared
-                            .resolve
-                            .route(&NameAddr::parse(a, default_port)?)
-                            .await?
+                        let name = NameAddr::parse(a, default_port(conn.as_ref()))?;
+                        // Classify looked the profile up already; look again only for a
+                        // request that skipped it.
+                        let profile = match req.extensions().get::<RouteInfo>() {
+                            Some(info) => info.profile.clone(),
+                            None => self.shared.resolve.profile(&name).await,
+                        };
+                        self.shared.resolve.route(&name, &profile).await?
                     }
                     None => vec![Dst::direct(target.ok_or(ProxyError::NoAuthority)?)],
                 }
@@ -422,6 +430,108 @@ fn normalize_request<B>(
     }
 }
 
+/// The profile and route a request was classified under (outbound only).
+#[derive(Clone, Debug)]
+pub struct RouteInfo {
+    /// The destination's profile.
+    pub profile: Arc<Profile>,
+    /// The matching route, if any.
+    pub route: Option<Arc<Route>>,
+}
+
+/// The port of a `Host` without one: the original destination's on a redirected
+/// connection, else 80.
+fn default_port(conn: Option<&ConnInfo>) -> u16 {
+    conn.filter(|c| c.redirected)
+        .and_then(|c| c.target)
+        .map_or(80, |t| t.port())
+}
+
+// === Classify: profile and route ===
+
+#[derive(Clone, Debug)]
+struct Classify<S> {
+    inner: S,
+    shared: Arc<Shared>,
+    direction: Direction,
+}
+
+impl<S> Service<Request<Incoming>> for Classify<S>
+where
+    S: Service<Request<Incoming>, Response = Response<BoxBody>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response<BoxBody>;
+    type Error = Infallible;
+    type Future = BoxFuture<Response<BoxBody>, Infallible>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
+        // The inner service was made ready for this call: take it, leave a clone.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let (shared, direction) = (self.shared.clone(), self.direction);
+        Box::pin(async move {
+            if direction == Direction::Outbound {
+                let conn = req.extensions().get::<ConnInfo>();
+                let name = request_authority(&req)
+                    .and_then(|a| NameAddr::parse(a, default_port(conn)).ok());
+                if let Some(name) = name {
+                    let profile = shared.resolve.profile(&name).await;
+                    let route = profile.route(req.method(), req.uri().path());
+                    req.extensions_mut().insert(RouteInfo { profile, route });
+                }
+            }
+            inner.call(req).await
+        })
+    }
+}
+
+// === RouteTimeout ===
+
+#[derive(Clone, Debug)]
+struct RouteTimeout<S> {
+    inner: S,
+}
+
+impl<S> Service<Request<Incoming>> for RouteTimeout<S>
+where
+    S: Service<Request<Incoming>, Response = Response<BoxBody>>,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<BoxBody>;
+    type Error = BoxError;
+    type Future = BoxFuture<Response<BoxBody>, BoxError>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        let timeout = req
+            .extensions()
+            .get::<RouteInfo>()
+            .and_then(|i| i.route.as_ref()?.timeout);
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            match timeout {
+                Some(t) => match tokio::time::timeout(t, fut).await {
+                    Ok(r) => r.map_err(Into::into),
+                    Err(_) => Err(ProxyError::Timeout.into()),
+                },
+                None => fut.await.map_err(Into::into),
+            }
+        })
+    }
+}
+
 // === Rescue: errors become responses ===
 
 #[derive(Clone, Debug)]
@@ -477,10 +587,15 @@ where
     }
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        let route = req
+            .extensions()
+            .get::<RouteInfo>()
+            .and_then(|i| i.route.clone());
+        let route_name = route.as_ref().map_or(DEFAULT_ROUTE, |r| &r.name);
         let labels = self.metrics.labels(
             self.direction,
             request_authority(&req).unwrap_or(""),
-            "default",
+            route_name,
         );
         self.metrics.request(&labels);
         let metrics = self.metrics.clone();
@@ -500,6 +615,7 @@ where
                         labels,
                         status,
                         latency,
+                        route,
                     }),
                     grpc_status,
                 };
@@ -522,16 +638,24 @@ struct Done {
     labels: RequestLabels,
     status: u16,
     latency: Duration,
+    route: Option<Arc<Route>>,
 }
 
 impl Done {
     fn record(self, grpc_status: Option<u32>, failed: bool) {
-        let class = match grpc_status {
+        // The route's response classes decide first; a response none covers is a
+        // failure when 5xx (or a non-zero grpc-status).
+        let by_route = self.route.as_ref().and_then(|r| {
+            r.is_failure(StatusCode::from_u16(self.status).unwrap_or(StatusCode::OK))
+        });
+        let class = match (grpc_status, by_route) {
             _ if failed => Class::Failure,
-            Some(0) => Class::Success,
-            Some(_) => Class::Failure,
-            None if self.status >= 500 => Class::Failure,
-            None => Class::Success,
+            (Some(0), _) => Class::Success,
+            (Some(_), _) => Class::Failure,
+            (None, Some(true)) => Class::Failure,
+            (None, Some(false)) => Class::Success,
+            (None, None) if self.status >= 500 => Class::Failure,
+            (None, None) => Class::Success,
         };
         self.metrics
             .response(&self.labels, self.status, class, self.latency);

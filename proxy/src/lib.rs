@@ -17,6 +17,7 @@ pub mod error;
 pub mod http;
 pub mod io;
 pub mod metrics;
+pub mod profile;
 pub mod resolve;
 pub mod server;
 pub mod tcp;

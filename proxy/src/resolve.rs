@@ -11,6 +11,8 @@ use hickory_resolver::{
 
 use crate::discover::{Answer, Discover, Dst};
 use crate::error::ProxyError;
+use crate::profile::Profile;
+use std::sync::Arc;
 
 /// A `host:port` the proxy routes to.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -79,18 +81,23 @@ impl Resolve {
         self
     }
 
+    /// The profile that applies to `dst` (empty without a destination service).
+    pub async fn profile(&self, dst: &NameAddr) -> Arc<Profile> {
+        match &self.discover {
+            Some(discover) => discover.profile(&dst.to_string()).await,
+            None => Arc::default(),
+        }
+    }
+
     /// The endpoints a request for `dst` goes to: those of a backend picked by weight
-    /// when a TrafficSplit (or `dstOverrides`) applies, else the service's own.
-    pub async fn route(&self, dst: &NameAddr) -> Result<Vec<Dst>, ProxyError> {
-        if let Some(discover) = &self.discover {
-            let backends = discover.backends(&dst.to_string()).await;
-            if !backends.is_empty() {
-                let backend = crate::discover::pick(&backends)
-                    .ok_or_else(|| ProxyError::NoEndpoints(dst.to_string()))?;
-                return self
-                    .endpoints(&NameAddr::parse(&backend.authority, dst.port)?)
-                    .await;
-            }
+    /// when the profile has a TrafficSplit (or `dstOverrides`), else the service's own.
+    pub async fn route(&self, dst: &NameAddr, profile: &Profile) -> Result<Vec<Dst>, ProxyError> {
+        if !profile.backends.is_empty() {
+            let backend = crate::discover::pick(&profile.backends)
+                .ok_or_else(|| ProxyError::NoEndpoints(dst.to_string()))?;
+            return self
+                .endpoints(&NameAddr::parse(&backend.authority, dst.port)?)
+                .await;
         }
         self.endpoints(dst).await
     }

@@ -1,0 +1,226 @@
+//! ServiceProfiles as the proxy applies them: routes compiled once per profile update,
+//! matched against each request, with the route's timeout and response classes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use mesh_api::destination as pb;
+
+/// The route name of requests no route matches.
+pub const DEFAULT_ROUTE: &str = "default";
+
+/// A profile ready to match requests.
+#[derive(Debug, Default)]
+pub struct Profile {
+    /// Routes in order; the first match wins.
+    pub routes: Vec<Arc<Route>>,
+    /// Weighted backends (TrafficSplit or dstOverrides).
+    pub backends: Vec<crate::discover::Backend>,
+}
+
+/// One compiled route.
+#[derive(Debug)]
+pub struct Route {
+    /// Its name, the `route` metric label.
+    pub name: Arc<str>,
+    condition: Match,
+    classes: Vec<(StatusMatch, bool)>,
+    /// Its timeout, covering the whole request.
+    pub timeout: Option<Duration>,
+}
+
+#[derive(Debug)]
+enum Match {
+    All(Vec<Match>),
+    Any(Vec<Match>),
+    Not(Box<Match>),
+    Path(regex::Regex),
+    Method(Method),
+    /// A condition that could not be compiled matches nothing (the controller
+    /// validates, so this only guards against a newer controller's additions).
+    Never,
+}
+
+#[derive(Debug)]
+enum StatusMatch {
+    All(Vec<StatusMatch>),
+    Any(Vec<StatusMatch>),
+    Not(Box<StatusMatch>),
+    Range(u32, u32),
+    Never,
+}
+
+impl Profile {
+    /// Compiles a profile from the destination service.
+    pub fn compile(p: &pb::Profile) -> Self {
+        let routes = p
+            .routes
+            .iter()
+            .map(|r| {
+                Arc::new(Route {
+                    name: Arc::from(r.name.as_str()),
+                    condition: r.condition.as_ref().map_or(Match::Never, request_match),
+                    classes: r
+                        .response_classes
+                        .iter()
+                        .map(|c| {
+                            (
+                                c.condition
+                                    .as_ref()
+                                    .map_or(StatusMatch::Never, status_match),
+                                c.is_failure,
+                            )
+                        })
+                        .collect(),
+                    timeout: (r.timeout_ms > 0).then(|| Duration::from_millis(r.timeout_ms)),
+                })
+            })
+            .collect();
+        let backends = p
+            .dst_overrides
+            .iter()
+            .map(|d| crate::discover::Backend {
+                authority: d.authority.clone(),
+                weight: d.weight,
+            })
+            .collect();
+        Self { routes, backends }
+    }
+
+    /// The first route matching a request, if any.
+    pub fn route(&self, method: &Method, path: &str) -> Option<Arc<Route>> {
+        self.routes
+            .iter()
+            .find(|r| r.condition.matches(method, path))
+            .cloned()
+    }
+}
+
+impl Route {
+    /// Whether a response with `status` is a failure, by the route's classes (first
+    /// match wins); responses no class covers are failures when 5xx.
+    pub fn is_failure(&self, status: StatusCode) -> Option<bool> {
+        let code = u32::from(status.as_u16());
+        self.classes
+            .iter()
+            .find(|(m, _)| m.matches(code))
+            .map(|(_, failure)| *failure)
+    }
+}
+
+impl Match {
+    fn matches(&self, method: &Method, path: &str) -> bool {
+        match self {
+            Self::All(ms) => ms.iter().all(|m| m.matches(method, path)),
+            Self::Any(ms) => ms.iter().any(|m| m.matches(method, path)),
+            Self::Not(m) => !m.matches(method, path),
+            Self::Path(re) => re.is_match(path),
+            Self::Method(m) => m == method,
+            Self::Never => false,
+        }
+    }
+}
+
+impl StatusMatch {
+    fn matches(&self, code: u32) -> bool {
+        match self {
+            Self::All(ms) => ms.iter().all(|m| m.matches(code)),
+            Self::Any(ms) => ms.iter().any(|m| m.matches(code)),
+            Self::Not(m) => !m.matches(code),
+            Self::Range(min, max) => (*min..=*max).contains(&code),
+            Self::Never => false,
+        }
+    }
+}
+
+fn request_match(m: &pb::RequestMatch) -> Match {
+    use pb::request_match::Match as M;
+    match &m.r#match {
+        Some(M::All(seq)) => Match::All(seq.matches.iter().map(request_match).collect()),
+        Some(M::Any(seq)) => Match::Any(seq.matches.iter().map(request_match).collect()),
+        Some(M::Not(inner)) => Match::Not(Box::new(request_match(inner))),
+        // The controller sends the regex already anchored to the whole path.
+        Some(M::PathRegex(re)) => regex::Regex::new(re).map_or(Match::Never, Match::Path),
+        Some(M::Method(method)) => {
+            Method::from_bytes(method.as_bytes()).map_or(Match::Never, Match::Method)
+        }
+        None => Match::Never,
+    }
+}
+
+fn status_match(m: &pb::ResponseMatch) -> StatusMatch {
+    use pb::response_match::Match as M;
+    match &m.r#match {
+        Some(M::All(seq)) => StatusMatch::All(seq.matches.iter().map(status_match).collect()),
+        Some(M::Any(seq)) => StatusMatch::Any(seq.matches.iter().map(status_match).collect()),
+        Some(M::Not(inner)) => StatusMatch::Not(Box::new(status_match(inner))),
+        Some(M::Status(r)) => StatusMatch::Range(r.min, r.max),
+        None => StatusMatch::Never,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn profile() -> Profile {
+        use pb::request_match::{Match as M, Seq};
+        let m = |x: M| pb::RequestMatch { r#match: Some(x) };
+        let routes = vec![
+            pb::Route {
+                name: "POST /api".into(),
+                condition: Some(m(M::All(Seq {
+                    matches: vec![
+                        m(M::Method("POST".into())),
+                        m(M::PathRegex("^(?:/api)$".into())),
+                    ],
+                }))),
+                timeout_ms: 200,
+                response_classes: vec![pb::ResponseClass {
+                    condition: Some(pb::ResponseMatch {
+                        r#match: Some(pb::response_match::Match::Status(
+                            pb::response_match::StatusRange { min: 500, max: 503 },
+                        )),
+                    }),
+                    is_failure: false,
+                }],
+                ..Default::default()
+            },
+            pb::Route {
+                name: "GET".into(),
+                condition: Some(m(M::Method("GET".into()))),
+                ..Default::default()
+            },
+        ];
+        Profile::compile(&pb::Profile {
+            routes,
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn the_first_matching_route_wins_and_paths_match_whole() {
+        let p = profile();
+        let api = p.route(&Method::POST, "/api").expect("route");
+        assert_eq!(&*api.name, "POST /api");
+        assert_eq!(api.timeout, Some(Duration::from_millis(200)));
+        assert!(
+            p.route(&Method::POST, "/api/x").is_none(),
+            "pathRegex must match the whole path"
+        );
+        assert_eq!(
+            &*p.route(&Method::GET, "/anything").expect("GET").name,
+            "GET"
+        );
+        assert!(p.route(&Method::DELETE, "/").is_none());
+    }
+
+    #[test]
+    fn response_classes_decide_failure() {
+        let p = profile();
+        let api = p.route(&Method::POST, "/api").expect("route");
+        assert_eq!(api.is_failure(StatusCode::SERVICE_UNAVAILABLE), Some(false));
+        assert_eq!(api.is_failure(StatusCode::GATEWAY_TIMEOUT), None);
+    }
+}

@@ -1,0 +1,134 @@
+//! ServiceProfile routes in the proxy: requests are classified by the first matching
+//! route (its name is the `route` metric label), a route's timeout answers 504 with
+//! `mesh-proxy-error: timeout` and cancels the upstream request, and response classes
+//! decide what counts as a failure.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use mesh_test::{backend, client, controller, proxy};
+
+const PROFILE: &str = r#"
+apiVersion: linkerd.io/v1alpha2
+kind: ServiceProfile
+metadata: {name: webapp.default.svc.cluster.local, namespace: default}
+spec:
+  routes:
+  - name: slow
+    condition: {method: GET, pathRegex: "/sleep/.*"}
+    timeout: 200ms
+  - name: tolerated
+    condition: {pathRegex: "/status/503"}
+    responseClasses:
+    - condition: {status: {min: 503, max: 503}}
+      isFailure: false
+  - name: GET
+    condition: {method: GET}
+"#;
+
+#[tokio::test]
+async fn routes_name_metrics_bound_time_and_classify_responses() {
+    // The app on a loopback address of its own, as a local pod (not meshed here).
+    let ip = IpAddr::V4(Ipv4Addr::new(
+        127,
+        230 + (std::process::id() % 20) as u8,
+        9,
+        1,
+    ));
+    let app = backend::http_on(SocketAddr::new(ip, 8080)).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("app.yaml"),
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: webapp, namespace: default}}\n\
+             spec: {{selector: {{app: webapp}}, ports: [{{port: 80, targetPort: 8080}}]}}\n---\n\
+             apiVersion: v1\nkind: Pod\nmetadata: {{name: webapp-1, namespace: default, labels: {{app: webapp}}}}\n\
+             spec: {{containers: [{{name: app, image: x}}]}}\nstatus: {{podIP: \"{ip}\"}}\n---\n{PROFILE}"
+        ),
+    )
+    .expect("write");
+    let ctl = controller::start(dir.path(), "127.0.0.1:0".parse().expect("addr")).await;
+    let p = proxy::new()
+        .env("DESTINATION_ADDR", ctl.destination)
+        .run()
+        .await;
+    let host = "webapp.default.svc.cluster.local";
+
+    // The slow route's 200 ms timeout: 504, the proxy's own answer, and the backend
+    // sees its request cancelled instead of finishing its second of work.
+    let rsp = client::get(p.outbound, host, "/sleep/1000").await;
+    assert_eq!(rsp.status, 504);
+    assert_eq!(rsp.header("mesh-proxy-error"), "timeout");
+    mesh_test::eventually(
+        "the upstream request cancelled",
+        Duration::from_secs(5),
+        || async { (app.cancelled.load(Ordering::SeqCst) == 1).then_some(()) },
+    )
+    .await;
+
+    assert_eq!(client::get(p.outbound, host, "/").await.status, 200);
+    assert_eq!(
+        client::get(p.outbound, host, "/status/503").await.status,
+        503
+    );
+    // Not a route's path: the default route, where a 500 is a failure.
+    let delete = http::Request::delete("/status/500")
+        .header("host", host)
+        .body(client::body(bytes::Bytes::new()));
+    let mut tx = client::h1(p.outbound).await;
+    let rsp = client::read(tx.send_request(delete.expect("req")).await.expect("rsp")).await;
+    assert_eq!(rsp.status, 500);
+
+    mesh_test::eventually("4 responses counted", Duration::from_secs(5), || async {
+        (p.metric("response_total", &[("direction", "outbound")])
+            .await
+            == 4)
+            .then_some(())
+    })
+    .await;
+    let text = p.metrics().await;
+    let m = |labels: &[(&str, &str)]| proxy::sum_metric(&text, "response_total", labels);
+    assert_eq!(
+        m(&[
+            ("route", "slow"),
+            ("status_code", "504"),
+            ("classification", "failure")
+        ]),
+        1,
+        "{text}"
+    );
+    assert_eq!(
+        m(&[
+            ("route", "GET"),
+            ("status_code", "200"),
+            ("classification", "success")
+        ]),
+        1,
+        "{text}"
+    );
+    // The tolerated route's class says a 503 is not a failure.
+    assert_eq!(
+        m(&[
+            ("route", "tolerated"),
+            ("status_code", "503"),
+            ("classification", "success")
+        ]),
+        1,
+        "{text}"
+    );
+    assert_eq!(
+        m(&[
+            ("route", "default"),
+            ("status_code", "500"),
+            ("classification", "failure")
+        ]),
+        1,
+        "{text}"
+    );
+    assert_eq!(
+        proxy::sum_metric(&text, "request_total", &[("route", "slow")]),
+        1,
+        "{text}"
+    );
+}
