@@ -34,7 +34,7 @@ pub const TARGET_PORT_HEADER: &str = "mesh-target-port";
 const MAX_CONNECT_ATTEMPTS: usize = 3;
 
 /// A boxed HTTP service that never fails: errors have become responses.
-pub type HttpService = BoxCloneService<Request<Incoming>, Response<BoxBody>, Infallible>;
+pub type HttpService = BoxCloneService<Request<BoxBody>, Response<BoxBody>, Infallible>;
 type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send + 'static>>;
 
 /// What a request's connection tells the stack; set once per connection.
@@ -143,7 +143,7 @@ struct Forward {
     direction: Direction,
 }
 
-impl Service<Request<Incoming>> for Forward {
+impl Service<Request<BoxBody>> for Forward {
     type Response = Response<BoxBody>;
     type Error = BoxError;
     type Future = BoxFuture<Self::Response, BoxError>;
@@ -152,7 +152,7 @@ impl Service<Request<Incoming>> for Forward {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, req: Request<BoxBody>) -> Self::Future {
         let this = self.clone();
         Box::pin(async move { this.forward(req).await.map_err(Into::into) })
     }
@@ -172,7 +172,7 @@ impl Shared {
 }
 
 impl Forward {
-    async fn forward(self, mut req: Request<Incoming>) -> Result<Response<BoxBody>, ProxyError> {
+    async fn forward(self, mut req: Request<BoxBody>) -> Result<Response<BoxBody>, ProxyError> {
         let conn = req.extensions_mut().remove::<ConnInfo>();
         let target = conn.as_ref().and_then(|c| c.target);
         let version = if req.version() == HttpVersion::HTTP_2 {
@@ -284,7 +284,7 @@ impl Forward {
                 endpoint.addr,
                 upgrade.is_some(),
             );
-            let sent = endpoint.send(conn, req.map(body::boxed)).await;
+            let sent = endpoint.send(conn, req).await;
             match sent {
                 Ok(rsp) => {
                     in_flight.complete();
@@ -456,13 +456,14 @@ struct Classify<S> {
     direction: Direction,
 }
 
-impl<S> Service<Request<Incoming>> for Classify<S>
+impl<S, B> Service<Request<B>> for Classify<S>
 where
-    S: Service<Request<Incoming>, Response = Response<BoxBody>, Error = Infallible>
+    S: Service<Request<B>, Response = Response<BoxBody>, Error = Infallible>
         + Clone
         + Send
         + 'static,
     S::Future: Send + 'static,
+    B: Send + 'static,
 {
     type Response = Response<BoxBody>;
     type Error = Infallible;
@@ -472,21 +473,26 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
         // The inner service was made ready for this call: take it, leave a clone.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let (shared, direction) = (self.shared.clone(), self.direction);
-        Box::pin(async move {
-            if direction == Direction::Outbound {
+        // What the lookup needs, taken before awaiting: the body is not Sync, so no
+        // borrow of the request may be held across an await.
+        let lookup = (direction == Direction::Outbound)
+            .then(|| {
                 let conn = req.extensions().get::<ConnInfo>();
                 let name = request_authority(&req)
-                    .and_then(|a| NameAddr::parse(a, default_port(conn)).ok());
-                if let Some(name) = name {
-                    let profile = shared.resolve.profile(&name).await;
-                    let route = profile.route(req.method(), req.uri().path());
-                    req.extensions_mut().insert(RouteInfo { profile, route });
-                }
+                    .and_then(|a| NameAddr::parse(a, default_port(conn)).ok())?;
+                Some((name, req.method().clone(), req.uri().path().to_owned()))
+            })
+            .flatten();
+        Box::pin(async move {
+            if let Some((name, method, path)) = lookup {
+                let profile = shared.resolve.profile(&name).await;
+                let route = profile.route(&method, &path);
+                req.extensions_mut().insert(RouteInfo { profile, route });
             }
             inner.call(req).await
         })
@@ -500,11 +506,12 @@ struct RouteTimeout<S> {
     inner: S,
 }
 
-impl<S> Service<Request<Incoming>> for RouteTimeout<S>
+impl<S, B> Service<Request<B>> for RouteTimeout<S>
 where
-    S: Service<Request<Incoming>, Response = Response<BoxBody>>,
+    S: Service<Request<B>, Response = Response<BoxBody>>,
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
+    B: Send + 'static,
 {
     type Response = Response<BoxBody>;
     type Error = BoxError;
@@ -514,7 +521,7 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, req: Request<B>) -> Self::Future {
         let timeout = req
             .extensions()
             .get::<RouteInfo>()
@@ -539,11 +546,12 @@ struct Rescue<S> {
     inner: S,
 }
 
-impl<S> Service<Request<Incoming>> for Rescue<S>
+impl<S, B> Service<Request<B>> for Rescue<S>
 where
-    S: Service<Request<Incoming>, Response = Response<BoxBody>>,
+    S: Service<Request<B>, Response = Response<BoxBody>>,
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
+    B: Send + 'static,
 {
     type Response = Response<BoxBody>;
     type Error = Infallible;
@@ -557,7 +565,7 @@ where
         }
     }
 
-    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, req: Request<B>) -> Self::Future {
         let grpc = is_grpc(&req);
         let fut = self.inner.call(req);
         Box::pin(async move { Ok(fut.await.unwrap_or_else(|e| error::rescue(e.into(), grpc))) })
@@ -573,10 +581,11 @@ struct Metered<S> {
     direction: Direction,
 }
 
-impl<S> Service<Request<Incoming>> for Metered<S>
+impl<S, B> Service<Request<B>> for Metered<S>
 where
-    S: Service<Request<Incoming>, Response = Response<BoxBody>, Error = Infallible>,
+    S: Service<Request<B>, Response = Response<BoxBody>, Error = Infallible>,
     S::Future: Send + 'static,
+    B: Send + 'static,
 {
     type Response = Response<BoxBody>;
     type Error = Infallible;
@@ -586,7 +595,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, req: Request<B>) -> Self::Future {
         let route = req
             .extensions()
             .get::<RouteInfo>()
@@ -727,13 +736,13 @@ impl http_body::Body for MeteredBody {
 }
 
 /// Serves one request with `stack`, tagging it with its connection's details.
-pub async fn serve(
+pub fn serve(
     stack: HttpService,
     conn: ConnInfo,
     mut req: Request<Incoming>,
-) -> Result<Response<BoxBody>, Infallible> {
+) -> BoxFuture<Response<BoxBody>, Infallible> {
     req.extensions_mut().insert(conn);
-    stack.oneshot(req).await
+    Box::pin(stack.oneshot(req.map(body::boxed)))
 }
 
 #[cfg(test)]
