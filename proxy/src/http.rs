@@ -107,6 +107,12 @@ pub fn stack(shared: Arc<Shared>, direction: Direction, max_in_flight: usize) ->
         // The route's timeout covers everything below, retries included; when it
         // fires, dropping the request cancels it upstream.
         .layer_fn(|inner| RouteTimeout { inner })
+        // Retry failures of retryable routes while the route's budget allows.
+        .layer_fn(|inner| Retry {
+            inner: BoxCloneService::new(inner),
+            metrics: shared.metrics.clone(),
+            direction,
+        })
         // Shed load instead of queueing when too many requests are in flight: a fast
         // 503 lets the caller's balancer pick another replica.
         .load_shed()
@@ -539,6 +545,190 @@ where
     }
 }
 
+/// Whether a response is a failure: the route's response classes decide first; a
+/// response none covers is a failure when 5xx, or by a non-zero `grpc-status`.
+fn classify(route: Option<&Route>, status: u16, grpc_status: Option<u32>) -> Class {
+    if let Some(code) = grpc_status {
+        return if code == 0 {
+            Class::Success
+        } else {
+            Class::Failure
+        };
+    }
+    let by_route =
+        route.and_then(|r| r.is_failure(StatusCode::from_u16(status).unwrap_or(StatusCode::OK)));
+    match by_route {
+        Some(true) => Class::Failure,
+        Some(false) => Class::Success,
+        None if status >= 500 => Class::Failure,
+        None => Class::Success,
+    }
+}
+
+// === Retry: within the route's budget ===
+
+/// Request bodies up to this size are kept so that a request can be sent again.
+const MAX_REPLAY_BYTES: usize = 64 * 1024;
+/// Attempts per request, the first included: one request cannot drain a budget.
+const MAX_ATTEMPTS: usize = 3;
+
+/// The services below the retry layer, type-erased so that the retry loop's future is
+/// plainly `Send`.
+type Attempts = BoxCloneService<Request<BoxBody>, Response<BoxBody>, BoxError>;
+
+#[derive(Clone)]
+struct Retry {
+    inner: Attempts,
+    metrics: Arc<Metrics>,
+    direction: Direction,
+}
+
+/// What buffering a request body gave.
+enum Replay {
+    /// The whole body, small enough to send again.
+    Buffered(bytes::Bytes),
+    /// Too large (or with trailers): sent once, as it is.
+    Once(BoxBody),
+}
+
+/// Reads up to [`MAX_REPLAY_BYTES`] of `body`; a larger body is rebuilt from what was
+/// read and the rest, to be sent once.
+async fn buffer(mut body: BoxBody) -> Result<Replay, BoxError> {
+    use http_body_util::BodyExt;
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame?;
+        match frame.into_data() {
+            Ok(data) => {
+                buf.extend_from_slice(&data);
+                if buf.len() > MAX_REPLAY_BYTES {
+                    let head =
+                        http_body_util::Full::new(buf.freeze()).map_err(|never| match never {});
+                    let rest = futures_util::stream::unfold(body, |mut b| async move {
+                        b.frame().await.map(|f| (f, b))
+                    });
+                    let head = futures_util::stream::once(async move {
+                        let mut head = head;
+                        head.frame()
+                            .await
+                            .unwrap_or_else(|| Ok(Frame::data(bytes::Bytes::new())))
+                    });
+                    use futures_util::StreamExt;
+                    let stream = head.map(|f| f.map_err(BoxError::from)).chain(rest);
+                    return Ok(Replay::Once(body::boxed(http_body_util::StreamBody::new(
+                        stream,
+                    ))));
+                }
+            }
+            Err(frame) => {
+                // Trailers: rare in requests; such a request is sent once.
+                let head = http_body_util::Full::new(buf.freeze()).map_err(|never| match never {});
+                let trailers = frame.into_trailers().ok();
+                let body =
+                    http_body_util::BodyExt::with_trailers(head, async move { trailers.map(Ok) });
+                return Ok(Replay::Once(body::boxed(body)));
+            }
+        }
+    }
+    Ok(Replay::Buffered(buf.freeze()))
+}
+
+fn rebuild(parts: &http::request::Parts, body: BoxBody) -> Request<BoxBody> {
+    let mut req = Request::new(body);
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = parts.uri.clone();
+    *req.version_mut() = parts.version;
+    *req.headers_mut() = parts.headers.clone();
+    *req.extensions_mut() = parts.extensions.clone();
+    req
+}
+
+fn full(b: bytes::Bytes) -> BoxBody {
+    use http_body_util::BodyExt;
+    body::boxed(http_body_util::Full::new(b).map_err(|never| match never {}))
+}
+
+impl Service<Request<BoxBody>> for Retry {
+    type Response = Response<BoxBody>;
+    type Error = BoxError;
+    type Future = BoxFuture<Response<BoxBody>, BoxError>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<BoxBody>) -> Self::Future {
+        let route = req
+            .extensions()
+            .get::<RouteInfo>()
+            .and_then(|i| i.route.clone());
+        let retryable =
+            route.as_ref().is_some_and(|r| r.budget.is_some()) && !is_upgrade(req.headers());
+        let Some(route) = route.filter(|_| retryable) else {
+            return Box::pin(self.inner.call(req));
+        };
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let labels = self.metrics.labels(
+            self.direction,
+            request_authority(&req).unwrap_or(""),
+            &route.name,
+        );
+        let metrics = self.metrics.clone();
+        Box::pin(async move {
+            let Some(budget) = route.budget.clone() else {
+                return inner.call(req).await;
+            };
+            tower::retry::budget::Budget::deposit(&*budget);
+            let (parts, body) = req.into_parts();
+            let body = match buffer(body).await {
+                Ok(Replay::Buffered(bytes)) => bytes,
+                Ok(Replay::Once(body)) => return inner.call(rebuild(&parts, body)).await,
+                Err(e) => return Err(e),
+            };
+            let mut attempt = 1;
+            loop {
+                let result = inner.call(rebuild(&parts, full(body.clone()))).await;
+                // Failures worth retrying: failure responses, and endpoints that could
+                // not be reached at all (the request never got to the app).
+                let failed = match &result {
+                    Ok(rsp) => {
+                        let class = classify(
+                            Some(&route),
+                            rsp.status().as_u16(),
+                            grpc_status(rsp.headers()),
+                        );
+                        // Every attempt, the last included: actual minus effective
+                        // (Metered's count) is the number of retries.
+                        metrics.attempt(&labels, rsp.status().as_u16(), class);
+                        class == Class::Failure
+                    }
+                    Err(e) => e.downcast_ref::<ProxyError>().is_some_and(|e| {
+                        matches!(
+                            e,
+                            ProxyError::Connect { .. }
+                                | ProxyError::ConnectTimeout(_)
+                                | ProxyError::NoEndpoints(_)
+                        )
+                    }),
+                };
+                if !failed || attempt >= MAX_ATTEMPTS {
+                    return result;
+                }
+                if !tower::retry::budget::Budget::withdraw(&*budget) {
+                    metrics.retry_skipped(&labels);
+                    return result;
+                }
+                attempt += 1;
+                inner = match tower::ServiceExt::ready(&mut inner).await {
+                    Ok(_) => inner,
+                    Err(e) => return Err(e),
+                };
+            }
+        })
+    }
+}
+
 // === Rescue: errors become responses ===
 
 #[derive(Clone, Debug)]
@@ -652,19 +842,10 @@ struct Done {
 
 impl Done {
     fn record(self, grpc_status: Option<u32>, failed: bool) {
-        // The route's response classes decide first; a response none covers is a
-        // failure when 5xx (or a non-zero grpc-status).
-        let by_route = self.route.as_ref().and_then(|r| {
-            r.is_failure(StatusCode::from_u16(self.status).unwrap_or(StatusCode::OK))
-        });
-        let class = match (grpc_status, by_route) {
-            _ if failed => Class::Failure,
-            (Some(0), _) => Class::Success,
-            (Some(_), _) => Class::Failure,
-            (None, Some(true)) => Class::Failure,
-            (None, Some(false)) => Class::Success,
-            (None, None) if self.status >= 500 => Class::Failure,
-            (None, None) => Class::Success,
+        let class = if failed {
+            Class::Failure
+        } else {
+            classify(self.route.as_deref(), self.status, grpc_status)
         };
         self.metrics
             .response(&self.labels, self.status, class, self.latency);

@@ -192,6 +192,10 @@ impl Store {
 
 #[derive(Default, Debug)]
 struct Store {
+    /// Every attempt's response, retries included (`response` is what clients saw).
+    actual: HashMap<ResponseKey, u64>,
+    /// Retries not made because the budget was spent.
+    retries_skipped: HashMap<RequestLabels, u64>,
     label_values: HashSet<Arc<str>>,
     requests: HashMap<RequestLabels, u64>,
     responses: HashMap<ResponseKey, u64>,
@@ -247,6 +251,25 @@ impl Metrics {
             .entry(key)
             .or_insert_with(Latency::new)
             .record(latency);
+    }
+
+    /// Counts one attempt's response (the client sees only the last attempt's).
+    pub fn attempt(&self, labels: &RequestLabels, status: u16, class: Class) {
+        let key = ResponseKey {
+            request: labels.clone(),
+            status,
+            class,
+        };
+        *self.store().actual.entry(key).or_default() += 1;
+    }
+
+    /// Counts a retry that the budget did not allow.
+    pub fn retry_skipped(&self, labels: &RequestLabels) {
+        *self
+            .store()
+            .retries_skipped
+            .entry(labels.clone())
+            .or_default() += 1;
     }
 
     /// The TCP counters for a direction and peer (`src` or `dst`), counting one open.
@@ -329,6 +352,39 @@ impl prometheus_client::collector::Collector for Collector {
             let mut labels = request_labels(&key.request);
             labels.push(("status_code", &status));
             labels.push(("classification", key.class.as_str()));
+            family
+                .encode_family(&labels)?
+                .encode_counter::<NoLabelSet, _, u64>(n, None)?;
+        }
+
+        let mut actual: Vec<_> = store.actual.iter().collect();
+        actual.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let mut family = encoder.encode_descriptor(
+            "actual_response",
+            "Responses to every attempt, retries included",
+            None,
+            MetricType::Counter,
+        )?;
+        for (key, n) in actual {
+            let status = key.status.to_string();
+            let mut labels = request_labels(&key.request);
+            labels.push(("status_code", &status));
+            labels.push(("classification", key.class.as_str()));
+            family
+                .encode_family(&labels)?
+                .encode_counter::<NoLabelSet, _, u64>(n, None)?;
+        }
+        let mut skipped: Vec<_> = store.retries_skipped.iter().collect();
+        skipped.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let mut family = encoder.encode_descriptor(
+            "retry_skipped",
+            "Retries not made because the retry budget was spent",
+            None,
+            MetricType::Counter,
+        )?;
+        for (labels, n) in skipped {
+            let mut labels = request_labels(labels);
+            labels.push(("reason", "budget"));
             family
                 .encode_family(&labels)?
                 .encode_counter::<NoLabelSet, _, u64>(n, None)?;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use http::{Method, StatusCode};
 use mesh_api::destination as pb;
+use tower::retry::budget::TpsBudget;
 
 /// The route name of requests no route matches.
 pub const DEFAULT_ROUTE: &str = "default";
@@ -28,6 +29,23 @@ pub struct Route {
     classes: Vec<(StatusMatch, bool)>,
     /// Its timeout, covering the whole request.
     pub timeout: Option<Duration>,
+    /// The retry budget, for retryable routes: the route's own or the profile's.
+    pub budget: Option<Arc<TpsBudget>>,
+}
+
+/// A retry budget as the proxy keeps it; out-of-range values (the controller refuses
+/// them) are clamped rather than trusted, since tower's budget asserts on them.
+pub fn budget(b: Option<&pb::RetryBudget>) -> Arc<TpsBudget> {
+    let (ratio, min, ttl_ms) = b.map_or((0.2, 10, 10_000), |b| {
+        (b.retry_ratio, b.min_retries_per_second, b.ttl_ms)
+    });
+    let ttl = Duration::from_millis(ttl_ms.clamp(1_000, 60_000));
+    let ratio = if ratio.is_finite() {
+        ratio.clamp(0.0, 1000.0)
+    } else {
+        0.2
+    };
+    Arc::new(TpsBudget::new(ttl, min, ratio as f32))
 }
 
 #[derive(Debug)]
@@ -54,6 +72,7 @@ enum StatusMatch {
 impl Profile {
     /// Compiles a profile from the destination service.
     pub fn compile(p: &pb::Profile) -> Self {
+        let shared = budget(p.retry_budget.as_ref());
         let routes = p
             .routes
             .iter()
@@ -74,6 +93,10 @@ impl Profile {
                         })
                         .collect(),
                     timeout: (r.timeout_ms > 0).then(|| Duration::from_millis(r.timeout_ms)),
+                    budget: r.is_retryable.then(|| match &r.retry_budget {
+                        Some(own) => budget(Some(own)),
+                        None => shared.clone(),
+                    }),
                 })
             })
             .collect();

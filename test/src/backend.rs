@@ -68,6 +68,8 @@ impl Drop for CancelGuard {
 /// * `/sleep/MS`: answers after MS milliseconds (counts cancellations);
 /// * `/status/N`: answers with status N;
 /// * `/trailers`: a streamed body followed by trailers `x-checksum`;
+/// * `/consume/N`: reads the whole body, then answers with status N;
+/// * `/fail-once/KEY`: 503 the first time for KEY, 200 afterwards;
 /// * `/headers`: the request's headers, one `name: value` a line;
 /// * anything else: `hello`.
 async fn app(
@@ -107,6 +109,39 @@ async fn app(
             // HTTP/1 only carries trailers that the response announces.
             rsp.headers_mut()
                 .insert("trailer", "x-checksum".parse().expect("ascii"));
+            rsp
+        }
+        ("consume", Some(code)) => {
+            // Reads the whole request body, then answers with the status given.
+            let read = req
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes().len())
+                .unwrap_or(0);
+            let mut rsp = Response::new(full(format!("read {read} bytes")));
+            *rsp.status_mut() = code
+                .parse::<u16>()
+                .ok()
+                .and_then(|c| StatusCode::from_u16(c).ok())
+                .unwrap_or(StatusCode::OK);
+            rsp
+        }
+        ("fail-once", Some(key)) => {
+            // The first request for a key fails with 503, every later one succeeds.
+            static SEEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+            let first = {
+                let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+                let first = !seen.iter().any(|k| k == key);
+                if first {
+                    seen.push(key.to_string());
+                }
+                first
+            };
+            let mut rsp = Response::new(full(if first { "failed once" } else { "ok now" }));
+            if first {
+                *rsp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            }
             rsp
         }
         ("headers", _) => {

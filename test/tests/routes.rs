@@ -132,3 +132,209 @@ async fn routes_name_metrics_bound_time_and_classify_responses() {
         "{text}"
     );
 }
+
+const RETRY_PROFILE: &str = r#"
+apiVersion: linkerd.io/v1alpha2
+kind: ServiceProfile
+metadata: {name: webapp.default.svc.cluster.local, namespace: default}
+spec:
+  routes:
+  - name: flaky
+    condition: {pathRegex: "/fail-once/.*"}
+    isRetryable: true
+  - name: broken
+    condition: {method: GET, pathRegex: "/status/503"}
+    retryBudget: {retryRatio: 0.2, minRetriesPerSecond: 1, ttl: 10s}
+  - name: posts
+    condition: {method: POST}
+    isRetryable: true
+  - name: plain
+    condition: {pathRegex: "/status/.*"}
+"#;
+
+async fn mesh_with(
+    profile: &str,
+    last_octet: u8,
+) -> (
+    backend::Http,
+    controller::Controller,
+    proxy::Proxy,
+    tempfile::TempDir,
+) {
+    let ip = IpAddr::V4(Ipv4Addr::new(
+        127,
+        230 + (std::process::id() % 20) as u8,
+        10,
+        last_octet,
+    ));
+    let app = backend::http_on(SocketAddr::new(ip, 8080)).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("app.yaml"),
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: webapp, namespace: default}}\n\
+             spec: {{selector: {{app: webapp}}, ports: [{{port: 80, targetPort: 8080}}]}}\n---\n\
+             apiVersion: v1\nkind: Pod\nmetadata: {{name: webapp-1, namespace: default, labels: {{app: webapp}}}}\n\
+             spec: {{containers: [{{name: app, image: x}}]}}\nstatus: {{podIP: \"{ip}\"}}\n---\n{profile}"
+        ),
+    )
+    .expect("write");
+    let ctl = controller::start(dir.path(), "127.0.0.1:0".parse().expect("addr")).await;
+    let p = proxy::new()
+        .env("DESTINATION_ADDR", ctl.destination)
+        .run()
+        .await;
+    (app, ctl, p, dir)
+}
+
+#[tokio::test]
+async fn retries_stay_within_the_budget_and_only_where_allowed() {
+    let (app, _ctl, p, _dir) = mesh_with(RETRY_PROFILE, 1).await;
+    let host = "webapp.default.svc.cluster.local";
+    let key = format!("k{}", std::process::id());
+
+    // A retried request that succeeds: the client sees 200; actual counts show the
+    // failed attempt, effective counts only the success.
+    let rsp = client::get(p.outbound, host, &format!("/fail-once/{key}")).await;
+    assert_eq!((rsp.status.as_u16(), rsp.text().as_str()), (200, "ok now"));
+    let flaky = [("route", "flaky")];
+    mesh_test::eventually(
+        "the flaky response counted",
+        Duration::from_secs(5),
+        || async { (p.metric("response_total", &flaky).await == 1).then_some(()) },
+    )
+    .await;
+    let text = p.metrics().await;
+    let m = |series: &str, labels: &[(&str, &str)]| proxy::sum_metric(&text, series, labels);
+    assert_eq!(
+        m(
+            "response_total",
+            &[("route", "flaky"), ("status_code", "200")]
+        ),
+        1,
+        "{text}"
+    );
+    assert_eq!(
+        m(
+            "response_total",
+            &[("route", "flaky"), ("status_code", "503")]
+        ),
+        0,
+        "{text}"
+    );
+    assert_eq!(
+        m(
+            "actual_response_total",
+            &[
+                ("route", "flaky"),
+                ("status_code", "503"),
+                ("classification", "failure")
+            ]
+        ),
+        1,
+        "{text}"
+    );
+    assert_eq!(
+        m(
+            "actual_response_total",
+            &[
+                ("route", "flaky"),
+                ("status_code", "200"),
+                ("classification", "success")
+            ]
+        ),
+        1,
+        "{text}"
+    );
+
+    // Always failing, with a budget of 20% plus 1/s over 10 s: over N requests the
+    // retries stay within 0.2 N + 10, and some are refused by the budget.
+    let n = 100;
+    let mut tx = client::h1(p.outbound).await;
+    for _ in 0..n {
+        let req = http::Request::get("/status/503")
+            .header("host", host)
+            .body(client::body(bytes::Bytes::new()))
+            .expect("req");
+        assert_eq!(
+            client::read(tx.send_request(req).await.expect("rsp"))
+                .await
+                .status,
+            503
+        );
+    }
+    mesh_test::eventually(
+        "the broken responses counted",
+        Duration::from_secs(5),
+        || async { (p.metric("response_total", &[("route", "broken")]).await == n).then_some(()) },
+    )
+    .await;
+    let text = p.metrics().await;
+    // Every attempt is an actual response; the client saw n of them.
+    let retries = proxy::sum_metric(&text, "actual_response_total", &[("route", "broken")]) - n;
+    assert!(retries > 0, "no retries at all: {text}");
+    assert!(
+        retries as f64 <= 0.2 * n as f64 + 10.0,
+        "{retries} retries for {n} requests: {text}"
+    );
+    assert!(
+        proxy::sum_metric(&text, "retry_skipped_total", &[("route", "broken")]) > 0,
+        "{text}"
+    );
+
+    // A non-retryable route is never retried.
+    let before = app.requests.load(Ordering::SeqCst);
+    assert_eq!(
+        client::get(p.outbound, host, "/status/502").await.status,
+        502
+    );
+    assert_eq!(app.requests.load(Ordering::SeqCst) - before, 1);
+
+    // A retryable POST whose body is too large to replay is sent once.
+    let before = app.requests.load(Ordering::SeqCst);
+    let big = vec![b'x'; 1024 * 1024];
+    let mut tx = client::h1(p.outbound).await;
+    let req = http::Request::post("/consume/503")
+        .header("host", host)
+        .body(client::body(big))
+        .expect("req");
+    assert_eq!(
+        client::read(tx.send_request(req).await.expect("rsp"))
+            .await
+            .status,
+        503
+    );
+    assert_eq!(
+        app.requests.load(Ordering::SeqCst) - before,
+        1,
+        "a 1 MiB POST was retried"
+    );
+    // What was buffered before the body proved too large is sent on, then the rest.
+    let big = backend::pattern(300 * 1024);
+    let req = http::Request::post("/echo")
+        .header("host", host)
+        .body(client::body(big.clone()))
+        .expect("req");
+    let rsp = client::read(tx.send_request(req).await.expect("rsp")).await;
+    assert!(
+        rsp.body == big,
+        "a large body on a retryable route arrived changed ({} bytes)",
+        rsp.body.len()
+    );
+    // A small one is retried (up to 3 attempts in all).
+    let before = app.requests.load(Ordering::SeqCst);
+    let req = http::Request::post("/consume/503")
+        .header("host", host)
+        .body(client::body("small"))
+        .expect("req");
+    assert_eq!(
+        client::read(tx.send_request(req).await.expect("rsp"))
+            .await
+            .status,
+        503
+    );
+    assert!(
+        app.requests.load(Ordering::SeqCst) - before > 1,
+        "a small POST on a retryable route was not retried"
+    );
+}
