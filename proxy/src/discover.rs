@@ -14,8 +14,9 @@ use tonic::transport::{Channel, Endpoint as GrpcEndpoint};
 
 use crate::profile::Profile;
 
-/// How long a first request for a name waits for the controller's first answer.
-const FIRST_ANSWER: Duration = Duration::from_secs(2);
+/// How long a first request for a name waits for the controller's first answer, when
+/// the controller is reachable but slow (an unreachable one means DNS at once).
+const FIRST_ANSWER: Duration = Duration::from_secs(5);
 /// Reconnection backoff bounds.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);

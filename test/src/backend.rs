@@ -62,7 +62,7 @@ impl Drop for CancelGuard {
     }
 }
 
-/// The test application's routes:
+/// The test application's routes (a request header `x-status: N` answers N on any):
 /// * `/echo`: the request body back, streamed;
 /// * `/size/N`: N bytes of [`pattern`];
 /// * `/sleep/MS`: answers after MS milliseconds (counts cancellations);
@@ -76,6 +76,17 @@ async fn app(
     req: Request<Incoming>,
     cancelled: Arc<AtomicUsize>,
 ) -> Result<Response<Body>, Infallible> {
+    // `x-status: N` answers N on any path, after reading the body: failures on demand.
+    let forced = req
+        .headers()
+        .get("x-status")
+        .and_then(|v| v.to_str().ok()?.parse::<u16>().ok());
+    if let Some(code) = forced.and_then(|c| StatusCode::from_u16(c).ok()) {
+        let _ = req.into_body().collect().await;
+        let mut rsp = Response::new(full(format!("forced {code}")));
+        *rsp.status_mut() = code;
+        return Ok(rsp);
+    }
     let path = req.uri().path().to_owned();
     let mut parts = path.trim_start_matches('/').splitn(2, '/');
     let rsp = match (parts.next().unwrap_or(""), parts.next()) {

@@ -243,12 +243,8 @@ async fn a_traffic_split_is_followed_and_reweighted_live() {
                     .header("host", "web-svc.default.svc.cluster.local")
                     .body(client::body(bytes::Bytes::new()))
                     .expect("req");
-                assert_eq!(
-                    client::read(tx.send_request(req).await.expect("rsp"))
-                        .await
-                        .status,
-                    200
-                );
+                let rsp = client::read(tx.send_request(req).await.expect("rsp")).await;
+                assert_eq!(rsp.status, 200, "{:?} {}", rsp.headers, rsp.text());
             }
         }
     };

@@ -338,3 +338,102 @@ async fn retries_stay_within_the_budget_and_only_where_allowed() {
         "a small POST on a retryable route was not retried"
     );
 }
+
+#[tokio::test]
+async fn retries_happen_whenever_the_budget_allows() {
+    let (_app, _ctl, p, _dir) = mesh_with(RETRY_PROFILE, 2).await;
+    let host = "webapp.default.svc.cluster.local";
+    // Each key fails once: with the default budget's reserve every one is retried, so
+    // the client sees only successes and effective success beats actual.
+    for i in 0..20 {
+        let rsp = client::get(
+            p.outbound,
+            host,
+            &format!("/fail-once/sometimes-{}-{i}", std::process::id()),
+        )
+        .await;
+        assert_eq!(rsp.status, 200);
+    }
+    mesh_test::eventually("20 flaky responses", Duration::from_secs(5), || async {
+        (p.metric("response_total", &[("route", "flaky")]).await == 20).then_some(())
+    })
+    .await;
+    let text = p.metrics().await;
+    let failed_attempts = proxy::sum_metric(
+        &text,
+        "actual_response_total",
+        &[("route", "flaky"), ("classification", "failure")],
+    );
+    assert_eq!(failed_attempts, 20, "{text}");
+    assert_eq!(
+        proxy::sum_metric(
+            &text,
+            "response_total",
+            &[("route", "flaky"), ("classification", "success")]
+        ),
+        20
+    );
+    assert_eq!(
+        proxy::sum_metric(&text, "retry_skipped_total", &[("route", "flaky")]),
+        0
+    );
+}
+
+#[tokio::test]
+async fn the_webapp_example_behaves_as_written() {
+    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/examples");
+    let profile =
+        std::fs::read_to_string(format!("{examples}/serviceprofile-webapp.yaml")).expect("example");
+    let (app, _ctl, p, _dir) = mesh_with(&profile, 3).await;
+    let host = "webapp.default.svc.cluster.local";
+    let send = |method: http::Method, path: &str, status: Option<u16>| {
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", host);
+        if let Some(code) = status {
+            req = req.header("x-status", code);
+        }
+        let req = req.body(client::body("payload")).expect("req");
+        let outbound = p.outbound;
+        async move {
+            let mut tx = client::h1(outbound).await;
+            client::read(tx.send_request(req).await.expect("rsp")).await
+        }
+    };
+    // POST /api: retryable by its own budget; a failure is retried.
+    let before = app.requests.load(Ordering::SeqCst);
+    let rsp = send(http::Method::POST, "/api", Some(503)).await;
+    assert_eq!(rsp.status, 503, "{:?} {}", rsp.headers, rsp.text());
+    assert!(
+        app.requests.load(Ordering::SeqCst) - before > 1,
+        "POST /api was not retried"
+    );
+    // A POST elsewhere matches no route: the default route, no timeout (1 s is fine).
+    assert_eq!(
+        send(http::Method::POST, "/sleep/1000", None).await.status,
+        200,
+        "POST /sleep is not /api: default route"
+    );
+    assert_eq!(send(http::Method::GET, "/", None).await.status, 200);
+    // GET / is not retryable: one attempt.
+    let before = app.requests.load(Ordering::SeqCst);
+    assert_eq!(send(http::Method::GET, "/", Some(503)).await.status, 503);
+    assert_eq!(app.requests.load(Ordering::SeqCst) - before, 1);
+    mesh_test::eventually("routes counted", Duration::from_secs(5), || async {
+        (p.metric("response_total", &[("route", "GET")]).await == 2).then_some(())
+    })
+    .await;
+    let text = p.metrics().await;
+    // The GET route's class says 2xx is success; the default route holds the rest.
+    assert_eq!(
+        proxy::sum_metric(&text, "response_total", &[("route", "POST")]),
+        1,
+        "{text}"
+    );
+    assert_eq!(
+        proxy::sum_metric(&text, "response_total", &[("route", "default")]),
+        1,
+        "{text}"
+    );
+}
