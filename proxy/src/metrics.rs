@@ -325,6 +325,26 @@ fn request_labels(l: &RequestLabels) -> Vec<(&'static str, &str)> {
     ]
 }
 
+/// One response-counter family: request labels plus status code and classification.
+fn encode_responses(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    counts: Vec<(&ResponseKey, &u64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (key, n) in counts {
+        let status = key.status.to_string();
+        let mut labels = request_labels(&key.request);
+        labels.push(("status_code", &status));
+        labels.push(("classification", key.class.as_str()));
+        family
+            .encode_family(&labels)?
+            .encode_counter::<NoLabelSet, _, u64>(n, None)?;
+    }
+    Ok(())
+}
+
 impl prometheus_client::collector::Collector for Collector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         // Encode under the lock rather than copying every histogram: a scrape then
@@ -345,35 +365,15 @@ impl prometheus_client::collector::Collector for Collector {
                 .encode_counter::<NoLabelSet, _, u64>(n, None)?;
         }
 
-        let mut family =
-            encoder.encode_descriptor("response", "Responses sent", None, MetricType::Counter)?;
-        for (key, n) in responses {
-            let status = key.status.to_string();
-            let mut labels = request_labels(&key.request);
-            labels.push(("status_code", &status));
-            labels.push(("classification", key.class.as_str()));
-            family
-                .encode_family(&labels)?
-                .encode_counter::<NoLabelSet, _, u64>(n, None)?;
-        }
-
+        encode_responses(&mut encoder, "response", "Responses sent", responses)?;
         let mut actual: Vec<_> = store.actual.iter().collect();
         actual.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        let mut family = encoder.encode_descriptor(
+        encode_responses(
+            &mut encoder,
             "actual_response",
             "Responses to every attempt, retries included",
-            None,
-            MetricType::Counter,
+            actual,
         )?;
-        for (key, n) in actual {
-            let status = key.status.to_string();
-            let mut labels = request_labels(&key.request);
-            labels.push(("status_code", &status));
-            labels.push(("classification", key.class.as_str()));
-            family
-                .encode_family(&labels)?
-                .encode_counter::<NoLabelSet, _, u64>(n, None)?;
-        }
         let mut skipped: Vec<_> = store.retries_skipped.iter().collect();
         skipped.sort_unstable_by(|a, b| a.0.cmp(b.0));
         let mut family = encoder.encode_descriptor(

@@ -7,6 +7,18 @@ use bytes::Bytes;
 use http::Request;
 use mesh_test::{backend, client, proxy};
 
+/// Waits until the proxy has received one outbound request.
+async fn one_request_in_flight(proxy: &proxy::Proxy) {
+    mesh_test::eventually("request in flight", Duration::from_secs(5), || async {
+        (proxy
+            .metric("request_total", &[("direction", "outbound")])
+            .await
+            == 1)
+            .then_some(())
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn metrics_count_exactly_the_requests_sent() {
     let app = backend::http().await;
@@ -151,14 +163,7 @@ async fn shutdown_finishes_in_flight_requests_then_exits_zero() {
     let mut proxy = proxy::new().run().await;
     let (outbound, authority) = (proxy.outbound, app.authority());
     let slow = tokio::spawn(async move { client::get(outbound, &authority, "/sleep/1000").await });
-    mesh_test::eventually("request in flight", Duration::from_secs(5), || async {
-        (proxy
-            .metric("request_total", &[("direction", "outbound")])
-            .await
-            == 1)
-            .then_some(())
-    })
-    .await;
+    one_request_in_flight(&proxy).await;
     proxy.shutdown().await;
     // The request in flight completes normally...
     let rsp = slow.await.expect("join");
@@ -180,14 +185,7 @@ async fn sigterm_drains_like_shutdown() {
     let mut proxy = proxy::new().run().await;
     let (outbound, authority) = (proxy.outbound, app.authority());
     let slow = tokio::spawn(async move { client::get(outbound, &authority, "/sleep/800").await });
-    mesh_test::eventually("request in flight", Duration::from_secs(5), || async {
-        (proxy
-            .metric("request_total", &[("direction", "outbound")])
-            .await
-            == 1)
-            .then_some(())
-    })
-    .await;
+    one_request_in_flight(&proxy).await;
     proxy.signal("TERM");
     assert_eq!(slow.await.expect("join").status, 200);
     assert!(proxy.wait(Duration::from_secs(10)).await.success());
@@ -209,14 +207,7 @@ async fn shutdown_grace_period_bounds_the_drain() {
             .expect("req");
         tx.send_request(req).await.map(|r| r.status())
     });
-    mesh_test::eventually("request in flight", Duration::from_secs(5), || async {
-        (proxy
-            .metric("request_total", &[("direction", "outbound")])
-            .await
-            == 1)
-            .then_some(())
-    })
-    .await;
+    one_request_in_flight(&proxy).await;
     proxy.shutdown().await;
     assert!(proxy.wait(Duration::from_secs(10)).await.success());
     assert!(

@@ -29,30 +29,7 @@ spec:
 
 #[tokio::test]
 async fn routes_name_metrics_bound_time_and_classify_responses() {
-    // The app on a loopback address of its own, as a local pod (not meshed here).
-    let ip = IpAddr::V4(Ipv4Addr::new(
-        127,
-        230 + (std::process::id() % 20) as u8,
-        9,
-        1,
-    ));
-    let app = backend::http_on(SocketAddr::new(ip, 8080)).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(
-        dir.path().join("app.yaml"),
-        format!(
-            "apiVersion: v1\nkind: Service\nmetadata: {{name: webapp, namespace: default}}\n\
-             spec: {{selector: {{app: webapp}}, ports: [{{port: 80, targetPort: 8080}}]}}\n---\n\
-             apiVersion: v1\nkind: Pod\nmetadata: {{name: webapp-1, namespace: default, labels: {{app: webapp}}}}\n\
-             spec: {{containers: [{{name: app, image: x}}]}}\nstatus: {{podIP: \"{ip}\"}}\n---\n{PROFILE}"
-        ),
-    )
-    .expect("write");
-    let ctl = controller::start(dir.path(), "127.0.0.1:0".parse().expect("addr")).await;
-    let p = proxy::new()
-        .env("DESTINATION_ADDR", ctl.destination)
-        .run()
-        .await;
+    let (app, _ctl, p, _dir) = mesh_with(PROFILE, 4).await;
     let host = "webapp.default.svc.cluster.local";
 
     // The slow route's 200 ms timeout: 504, the proxy's own answer, and the backend
