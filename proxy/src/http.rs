@@ -480,13 +480,11 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        // The inner service was made ready for this call: take it, leave a clone.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
         let (shared, direction) = (self.shared.clone(), self.direction);
         // What the lookup needs, taken before awaiting: the body is not Sync, so no
-        // borrow of the request may be held across an await.
-        let lookup = (direction == Direction::Outbound)
+        // borrow of the request may be held across an await. Without a destination
+        // service no profile applies: nothing to look up.
+        let lookup = (direction == Direction::Outbound && shared.resolve.has_discovery())
             .then(|| {
                 let conn = req.extensions().get::<ConnInfo>();
                 let name = request_authority(&req)
@@ -494,12 +492,16 @@ where
                 Some((name, req.method().clone(), req.uri().path().to_owned()))
             })
             .flatten();
+        let Some((name, method, path)) = lookup else {
+            return Box::pin(self.inner.call(req));
+        };
+        // The inner service was made ready for this call: take it, leave a clone.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
-            if let Some((name, method, path)) = lookup {
-                let profile = shared.resolve.profile(&name).await;
-                let route = profile.route(&method, &path);
-                req.extensions_mut().insert(RouteInfo { profile, route });
-            }
+            let profile = shared.resolve.profile(&name).await;
+            let route = profile.route(&method, &path);
+            req.extensions_mut().insert(RouteInfo { profile, route });
             inner.call(req).await
         })
     }
@@ -665,7 +667,8 @@ impl Service<Request<BoxBody>> for Retry {
         let retryable =
             route.as_ref().is_some_and(|r| r.budget.is_some()) && !is_upgrade(req.headers());
         let Some(route) = route.filter(|_| retryable) else {
-            return Box::pin(self.inner.call(req));
+            // Already a boxed future: no second box.
+            return self.inner.call(req);
         };
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);

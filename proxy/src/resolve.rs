@@ -81,6 +81,11 @@ impl Resolve {
         self
     }
 
+    /// Whether a destination service is configured (else no profile ever applies).
+    pub fn has_discovery(&self) -> bool {
+        self.discover.is_some()
+    }
+
     /// The profile that applies to `dst` (empty without a destination service).
     pub async fn profile(&self, dst: &NameAddr) -> Arc<Profile> {
         match &self.discover {
