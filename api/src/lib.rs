@@ -54,4 +54,19 @@ pub mod identity {
     pub fn spiffe_id(service_account: &str, namespace: &str) -> String {
         format!("spiffe://{TRUST_DOMAIN}/ns/{namespace}/sa/{service_account}")
     }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn names_follow_the_architecture() {
+            assert_eq!(
+                super::dns_name("web", "shop"),
+                "web.shop.serviceaccount.identity.mesh.cluster.local"
+            );
+            assert_eq!(
+                super::spiffe_id("web", "shop"),
+                "spiffe://cluster.local/ns/shop/sa/web"
+            );
+        }
+    }
 }

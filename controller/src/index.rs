@@ -317,31 +317,6 @@ impl Index {
         self.changed.send_modify(|v| *v += 1);
     }
 
-    /// Every object the index holds, by reference.
-    pub fn refs(&self) -> Vec<ObjectRef> {
-        let s = self.state.read().unwrap_or_else(|e| e.into_inner());
-        let r = |kind, (ns, name): &(String, String)| ObjectRef {
-            kind,
-            namespace: ns.clone(),
-            name: name.clone(),
-        };
-        let mut refs: Vec<ObjectRef> = s
-            .namespaces
-            .keys()
-            .map(|n| ObjectRef {
-                kind: Kind::Namespace,
-                namespace: String::new(),
-                name: n.clone(),
-            })
-            .collect();
-        refs.extend(s.services.keys().map(|k| r(Kind::Service, k)));
-        refs.extend(s.pods.keys().map(|k| r(Kind::Pod, k)));
-        refs.extend(s.slices.keys().map(|k| r(Kind::EndpointSlice, k)));
-        refs.extend(s.profiles.keys().map(|k| r(Kind::ServiceProfile, k)));
-        refs.extend(s.splits.keys().map(|k| r(Kind::TrafficSplit, k)));
-        refs
-    }
-
     /// A receiver that changes whenever the index does.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
