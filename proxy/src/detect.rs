@@ -10,6 +10,8 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// The longest method name we accept when sniffing HTTP/1 (`OPTIONS` and friends fit).
 const MAX_METHOD_LEN: usize = 24;
+/// A request line longer than this is left to the HTTP parser (which answers 414).
+const MAX_REQUEST_LINE: usize = 16 * 1024;
 
 /// What a connection speaks.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -40,10 +42,12 @@ pub fn classify(buf: &[u8]) -> Option<Protocol> {
     if buf[..n] == H2_PREFACE[..n] {
         return (n == H2_PREFACE.len()).then_some(Protocol::Http2);
     }
-    // HTTP/1: an upper-case method token followed by a space.
+    // HTTP/1: an upper-case method token, a space, and a request line that ends in an
+    // `HTTP/` version. A text protocol whose first word looks like a method (a Redis
+    // inline command, say) is not HTTP and stays opaque.
     for (i, &b) in buf.iter().enumerate() {
         match b {
-            b' ' if i > 0 => return Some(Protocol::Http1),
+            b' ' if i > 0 => return request_line(buf),
             b'A'..=b'Z' | b'-' | b'_' if i < MAX_METHOD_LEN => {}
             _ => return Some(Protocol::Opaque),
         }
@@ -52,6 +56,21 @@ pub fn classify(buf: &[u8]) -> Option<Protocol> {
         return Some(Protocol::Opaque);
     }
     None
+}
+
+/// Decides on a prefix that starts like an HTTP/1 request line.
+fn request_line(buf: &[u8]) -> Option<Protocol> {
+    let Some(end) = buf.iter().position(|&b| b == b'\n') else {
+        // An enormous URI: let the HTTP parser answer it.
+        return (buf.len() >= MAX_REQUEST_LINE).then_some(Protocol::Http1);
+    };
+    let line = buf[..end].strip_suffix(b"\r").unwrap_or(&buf[..end]);
+    let version = line.rsplit(|&b| b == b' ').next().unwrap_or_default();
+    Some(if version.starts_with(b"HTTP/") {
+        Protocol::Http1
+    } else {
+        Protocol::Opaque
+    })
 }
 
 /// Reads from `io` until the protocol is known, the client stops sending for `timeout`
@@ -96,7 +115,29 @@ mod tests {
     #[test]
     fn classifies_prefixes() {
         assert_eq!(classify(b"GET / HTTP/1.1\r\n"), Some(Protocol::Http1));
-        assert_eq!(classify(b"M-SEARCH * HTTP/1.1"), Some(Protocol::Http1));
+        assert_eq!(
+            classify(b"M-SEARCH * HTTP/1.1\r\nHost: x\r\n"),
+            Some(Protocol::Http1)
+        );
+        // The version decides; hyper then judges it (HTTP/9.9 gets its 400).
+        assert_eq!(classify(b"GET / HTTP/9.9\r\n"), Some(Protocol::Http1));
+        assert_eq!(
+            classify(b"GET / HTTP/1.1"),
+            None,
+            "the line is not finished yet"
+        );
+        assert_eq!(
+            classify(b"SET key value\r\n"),
+            Some(Protocol::Opaque),
+            "a Redis inline command"
+        );
+        assert_eq!(
+            classify(b"GET /\r\n"),
+            Some(Protocol::Opaque),
+            "HTTP/0.9 is not served"
+        );
+        let long = [b"GET /".as_slice(), &[b'a'; MAX_REQUEST_LINE]].concat();
+        assert_eq!(classify(&long), Some(Protocol::Http1));
         assert_eq!(classify(H2_PREFACE), Some(Protocol::Http2));
         assert_eq!(classify(&H2_PREFACE[..10]), None);
         assert_eq!(classify(b"GE"), None);

@@ -398,3 +398,18 @@ async fn websocket_tunnels_count_against_the_connection_limit() {
         .expect("join");
     assert_eq!(rsp.status, 200);
 }
+
+#[tokio::test]
+async fn a_text_protocol_whose_first_word_looks_like_a_method_stays_opaque() {
+    // A Redis inline command: an upper-case word and a space, but no HTTP version.
+    let echo = backend::tcp_echo(None).await;
+    let proxy = proxy::new().app(echo).run().await;
+    let mut tcp = TcpStream::connect(proxy.inbound).await.expect("connect");
+    tcp.write_all(b"SET key value\r\n").await.expect("write");
+    let mut line = [0u8; 15];
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_exact(&mut line))
+        .await
+        .expect("echo")
+        .expect("read");
+    assert_eq!(&line, b"SET key value\r\n");
+}
