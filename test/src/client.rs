@@ -83,12 +83,21 @@ pub async fn h2(addr: SocketAddr) -> http2::SendRequest<Body> {
     tx
 }
 
-/// `GET path` with `Host: host` over a new HTTP/1 connection to `addr`.
-pub async fn get(addr: SocketAddr, host: &str, path: &str) -> Reply {
-    let mut tx = h1(addr).await;
+/// Sends `req` on an HTTP/1 connection and reads the response in full.
+pub async fn send(tx: &mut http1::SendRequest<Body>, req: Request<Body>) -> Reply {
+    read(tx.send_request(req).await.expect("response")).await
+}
+
+/// `GET path` with `Host: host` on an existing HTTP/1 connection.
+pub async fn get_on(tx: &mut http1::SendRequest<Body>, host: &str, path: &str) -> Reply {
     let req = Request::get(path)
         .header("host", host)
         .body(body(Bytes::new()))
         .expect("request");
-    read(tx.send_request(req).await.expect("response")).await
+    send(tx, req).await
+}
+
+/// `GET path` with `Host: host` over a new HTTP/1 connection to `addr`.
+pub async fn get(addr: SocketAddr, host: &str, path: &str) -> Reply {
+    get_on(&mut h1(addr).await, host, path).await
 }

@@ -239,11 +239,7 @@ async fn a_traffic_split_is_followed_and_reweighted_live() {
         async move {
             let mut tx = client::h1(outbound).await;
             for _ in 0..n {
-                let req = http::Request::get("/")
-                    .header("host", "web-svc.default.svc.cluster.local")
-                    .body(client::body(bytes::Bytes::new()))
-                    .expect("req");
-                let rsp = client::read(tx.send_request(req).await.expect("rsp")).await;
+                let rsp = client::get_on(&mut tx, "web-svc.default.svc.cluster.local", "/").await;
                 assert_eq!(rsp.status, 200, "{:?} {}", rsp.headers, rsp.text());
             }
         }

@@ -302,7 +302,7 @@ async fn a_peer_cannot_aim_the_inbound_proxy_at_its_own_ports() {
         .header("mesh-target-port", admin_port)
         .body(client::body(Bytes::new()))
         .expect("req");
-    let rsp = client::read(tx.send_request(req).await.expect("rsp")).await;
+    let rsp = client::send(&mut tx, req).await;
     assert_eq!(rsp.status, 502);
     assert_eq!(
         rsp.header("mesh-proxy-error"),

@@ -29,11 +29,7 @@ async fn metrics_count_exactly_the_requests_sent() {
 
     let mut tx = client::h1(proxy.outbound).await;
     for path in (0..30).map(|i| if i % 3 == 0 { "/status/503" } else { "/" }) {
-        let req = Request::get(path)
-            .header("host", &authority)
-            .body(client::body(Bytes::new()))
-            .expect("req");
-        client::read(tx.send_request(req).await.expect("rsp")).await;
+        client::get_on(&mut tx, &authority, path).await;
     }
     // A response is counted when its body ends, just after the client has read it.
     mesh_test::eventually("30 responses counted", Duration::from_secs(5), || async {

@@ -27,11 +27,7 @@ async fn http1_outbound_by_host_header_and_as_http_proxy() {
     // origin-form and the URI's authority as Host, not the stale Host header.
     let mut tx = client::h1(proxy.outbound).await;
     let uri = format!("http://{}/headers", app.authority());
-    let req = Request::get(uri)
-        .header("host", "stale:1")
-        .body(client::body(Bytes::new()))
-        .expect("req");
-    let rsp = client::read(tx.send_request(req).await.expect("rsp")).await;
+    let rsp = client::get_on(&mut tx, "stale:1", &uri).await;
     assert_eq!(rsp.status, 200);
     assert!(
         rsp.text().contains(&format!("host: {}\n", app.authority())),
@@ -54,7 +50,7 @@ async fn http1_inbound_forwards_to_the_app_and_strips_hop_by_hop_headers() {
         .header("x-app", "passes")
         .body(client::body(Bytes::new()))
         .expect("req");
-    let rsp = client::read(tx.send_request(req).await.expect("rsp")).await;
+    let rsp = client::send(&mut tx, req).await;
     let seen = rsp.text();
     assert!(seen.contains("x-app: passes"), "{seen}");
     assert!(seen.contains("host: web.default:80"), "{seen}");
@@ -73,7 +69,7 @@ async fn http1_trailers_pass_through_when_the_client_asks_for_them() {
         .header("te", "trailers")
         .body(client::body(Bytes::new()))
         .expect("req");
-    let rsp = client::read(tx.send_request(req).await.expect("rsp")).await;
+    let rsp = client::send(&mut tx, req).await;
     assert_eq!(rsp.text(), "part1,part2");
     assert_eq!(rsp.trailers.expect("trailers")["x-checksum"], "abc123");
 }
@@ -88,12 +84,7 @@ async fn keep_alive_reuses_one_upstream_connection() {
             .header("host", app.authority())
             .body(client::body(Bytes::new()))
             .expect("req");
-        assert_eq!(
-            client::read(tx.send_request(req).await.expect("rsp"))
-                .await
-                .status,
-            200
-        );
+        assert_eq!(client::send(&mut tx, req).await.status, 200);
     }
     assert_eq!(app.connections.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
@@ -125,7 +116,7 @@ async fn multi_megabyte_bodies_arrive_intact_both_ways() {
         .header("host", app.authority())
         .body(body)
         .expect("req");
-    let rsp = client::read(tx.send_request(req).await.expect("rsp")).await;
+    let rsp = client::send(&mut tx, req).await;
     assert_eq!(rsp.status, 200);
     assert!(
         rsp.body == big,

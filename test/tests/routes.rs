@@ -233,12 +233,7 @@ async fn retries_stay_within_the_budget_and_only_where_allowed() {
             .header("host", host)
             .body(client::body(bytes::Bytes::new()))
             .expect("req");
-        assert_eq!(
-            client::read(tx.send_request(req).await.expect("rsp"))
-                .await
-                .status,
-            503
-        );
+        assert_eq!(client::send(&mut tx, req).await.status, 503);
     }
     mesh_test::eventually(
         "the broken responses counted",
@@ -275,12 +270,7 @@ async fn retries_stay_within_the_budget_and_only_where_allowed() {
         .header("host", host)
         .body(client::body(big))
         .expect("req");
-    assert_eq!(
-        client::read(tx.send_request(req).await.expect("rsp"))
-            .await
-            .status,
-        503
-    );
+    assert_eq!(client::send(&mut tx, req).await.status, 503);
     assert_eq!(
         app.requests.load(Ordering::SeqCst) - before,
         1,
@@ -292,7 +282,7 @@ async fn retries_stay_within_the_budget_and_only_where_allowed() {
         .header("host", host)
         .body(client::body(big.clone()))
         .expect("req");
-    let rsp = client::read(tx.send_request(req).await.expect("rsp")).await;
+    let rsp = client::send(&mut tx, req).await;
     assert!(
         rsp.body == big,
         "a large body on a retryable route arrived changed ({} bytes)",
@@ -304,12 +294,7 @@ async fn retries_stay_within_the_budget_and_only_where_allowed() {
         .header("host", host)
         .body(client::body("small"))
         .expect("req");
-    assert_eq!(
-        client::read(tx.send_request(req).await.expect("rsp"))
-            .await
-            .status,
-        503
-    );
+    assert_eq!(client::send(&mut tx, req).await.status, 503);
     assert!(
         app.requests.load(Ordering::SeqCst) - before > 1,
         "a small POST on a retryable route was not retried"
@@ -375,7 +360,7 @@ async fn the_webapp_example_behaves_as_written() {
         let outbound = p.outbound;
         async move {
             let mut tx = client::h1(outbound).await;
-            client::read(tx.send_request(req).await.expect("rsp")).await
+            client::send(&mut tx, req).await
         }
     };
     // POST /api: retryable by its own budget; a failure is retried.
