@@ -39,6 +39,12 @@ pub mod destination {
     tonic::include_proto!("mesh.destination");
 }
 
+/// The identity service's gRPC API (generated from `proto/identity.proto`).
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod identity_api {
+    tonic::include_proto!("mesh.identity");
+}
+
 /// The identity naming scheme.
 pub mod identity {
     /// The trust domain every identity lives in.
@@ -55,6 +61,20 @@ pub mod identity {
         format!("spiffe://{TRUST_DOMAIN}/ns/{namespace}/sa/{service_account}")
     }
 
+    /// The service account and namespace a DNS identity names, if it is one of ours.
+    pub fn parse_dns_name(name: &str) -> Option<(&str, &str)> {
+        let rest = name.strip_suffix(&format!(".serviceaccount.identity.mesh.{TRUST_DOMAIN}"))?;
+        // Namespaces are DNS labels (no dots); service-account names may have dots.
+        let (sa, ns) = rest.rsplit_once('.')?;
+        (!sa.is_empty() && !ns.is_empty()).then_some((sa, ns))
+    }
+
+    /// The DNS identity of the identity service itself, running as `mesh-identity` in
+    /// `namespace`: what proxies check its certificate against.
+    pub fn service_name(namespace: &str) -> String {
+        dns_name("mesh-identity", namespace)
+    }
+
     #[cfg(test)]
     mod tests {
         #[test]
@@ -66,6 +86,13 @@ pub mod identity {
             assert_eq!(
                 super::spiffe_id("web", "shop"),
                 "spiffe://cluster.local/ns/shop/sa/web"
+            );
+            let name = super::dns_name("web.v2", "shop");
+            assert_eq!(super::parse_dns_name(&name), Some(("web.v2", "shop")));
+            assert_eq!(super::parse_dns_name("web.shop.svc.cluster.local"), None);
+            assert_eq!(
+                super::parse_dns_name(".serviceaccount.identity.mesh.cluster.local"),
+                None
             );
         }
     }

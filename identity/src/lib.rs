@@ -1,4 +1,8 @@
-//! The mesh certificate authority: issues short-lived leaf certificates to proxies from
-//! CSRs, authenticating them by service-account token.
-//!
-//! Its contents arrive with the identity work (issue 3).
+//! mesh-identity: the mesh's certificate authority. It authenticates proxies by their
+//! service-account token and issues them short-lived leaf certificates for exactly that
+//! service account's identity.
+
+pub mod ca;
+pub mod server;
+pub mod service;
+pub mod tokens;
