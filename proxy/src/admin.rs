@@ -13,6 +13,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
+use crate::identity::Identity;
 use crate::metrics::Metrics;
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -20,6 +21,7 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 /// Serves admin requests on `listener` until the task is aborted.
 pub async fn serve(
     listener: TcpListener,
+    identity: Option<Arc<Identity>>,
     metrics: Arc<Metrics>,
     drain: watch::Receiver<bool>,
     shutdown: mpsc::Sender<()>,
@@ -34,9 +36,11 @@ pub async fn serve(
             }
         };
         let (metrics, drain, shutdown) = (metrics.clone(), drain.clone(), shutdown.clone());
+        let identity = identity.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
-                let rsp = route(&req, client, &metrics, &drain, &shutdown);
+                let ready = identity.as_ref().is_none_or(|i| i.is_ready());
+                let rsp = route(&req, client, &metrics, &drain, &shutdown, ready);
                 async move { Ok::<_, Infallible>(rsp) }
             });
             let mut builder = http1::Builder::new();
@@ -56,6 +60,7 @@ fn route(
     metrics: &Arc<Metrics>,
     drain: &watch::Receiver<bool>,
     shutdown: &mpsc::Sender<()>,
+    identity_ready: bool,
 ) -> Response<Full<Bytes>> {
     let text = |status: StatusCode, body: &str| {
         let mut rsp = Response::new(Full::new(Bytes::from(format!("{body}\n"))));
@@ -75,6 +80,10 @@ fn route(
         (&Method::GET, "/ready") if *drain.borrow() => {
             text(StatusCode::SERVICE_UNAVAILABLE, "draining")
         }
+        (&Method::GET, "/ready") if !identity_ready => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "waiting for a certificate from the identity service",
+        ),
         (&Method::GET, "/ready") => text(StatusCode::OK, "ready"),
         // Only a process in the pod may stop the proxy.
         (&Method::POST, "/shutdown") if !client.ip().is_loopback() => text(

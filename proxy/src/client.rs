@@ -15,11 +15,13 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 
 use crate::balance::PeakEwma;
 use crate::body::BoxBody;
 use crate::error::ProxyError;
-use crate::metrics::{Direction, Metrics};
+use crate::identity::Identity;
+use crate::metrics::{Direction, Metrics, Tls};
 use crate::tcp::CountingIo;
 
 /// Which HTTP version a pooled connection speaks.
@@ -49,6 +51,11 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     /// Its peak-EWMA load, for the balancer.
     pub load: PeakEwma,
+    /// The identity the endpoint must present (mTLS), or `None` for plaintext.
+    pub identity: Option<Arc<str>>,
+    tls: Option<Arc<Identity>>,
+    /// Whether this proxy has an identity at all (plaintext is then `no_identity`).
+    mtls: bool,
     version: Version,
     direction: Direction,
     config: ClientConfig,
@@ -57,32 +64,54 @@ pub struct Endpoint {
     h2: Mutex<Option<http2::SendRequest<BoxBody>>>,
 }
 
-/// Every endpoint the proxy has talked to, keyed by address and HTTP version.
+type EndpointKey = (SocketAddr, Version, Direction, Option<Arc<str>>);
+
+/// Every endpoint the proxy has talked to, keyed by address, HTTP version and the
+/// identity it must present.
 #[derive(Debug)]
 pub struct Endpoints {
     config: ClientConfig,
     metrics: Arc<Metrics>,
-    map: Mutex<HashMap<(SocketAddr, Version, Direction), Arc<Endpoint>>>,
+    tls: Option<Arc<Identity>>,
+    map: Mutex<HashMap<EndpointKey, Arc<Endpoint>>>,
 }
 
 impl Endpoints {
-    /// An empty set of endpoints with these connection settings.
-    pub fn new(config: ClientConfig, metrics: Arc<Metrics>) -> Self {
+    /// An empty set of endpoints with these connection settings; with `tls`, endpoints
+    /// that have an identity are reached over mTLS.
+    pub fn new(config: ClientConfig, metrics: Arc<Metrics>, tls: Option<Arc<Identity>>) -> Self {
         Self {
             config,
             metrics,
+            tls,
             map: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The endpoint for `addr`, created on first use.
-    pub fn get(&self, addr: SocketAddr, version: Version, direction: Direction) -> Arc<Endpoint> {
+    /// Whether this proxy speaks mTLS to meshed endpoints.
+    pub fn mtls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// The endpoint for `addr`, created on first use. `identity` is what discovery said
+    /// the endpoint presents; it is ignored when this proxy has no identity of its own.
+    pub fn get(
+        &self,
+        addr: SocketAddr,
+        version: Version,
+        direction: Direction,
+        identity: Option<&str>,
+    ) -> Arc<Endpoint> {
+        let identity: Option<Arc<str>> = identity.filter(|_| self.tls.is_some()).map(Arc::from);
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        map.entry((addr, version, direction))
+        map.entry((addr, version, direction, identity.clone()))
             .or_insert_with(|| {
                 Arc::new(Endpoint {
                     addr,
                     load: PeakEwma::default(),
+                    tls: identity.as_ref().and(self.tls.clone()),
+                    mtls: self.tls.is_some(),
+                    identity,
                     version,
                     direction,
                     config: self.config.clone(),
@@ -104,6 +133,11 @@ pub enum Conn {
 }
 
 impl Endpoint {
+    /// The HTTP version requests to this endpoint are sent with.
+    pub fn version(&self) -> Version {
+        self.version
+    }
+
     /// A connection ready for a request: pooled, or new. Failing here means no request
     /// was sent, so the caller may safely try another endpoint.
     pub async fn connection(&self) -> Result<Conn, ProxyError> {
@@ -190,7 +224,7 @@ impl Endpoint {
         rsp
     }
 
-    async fn connect(&self) -> Result<TokioIo<CountingIo<TcpStream>>, ProxyError> {
+    async fn connect(&self) -> Result<TokioIo<ConnIo>, ProxyError> {
         let addr = self.addr;
         let tcp = tokio::time::timeout(self.config.connect_timeout, TcpStream::connect(addr))
             .await
@@ -198,9 +232,38 @@ impl Endpoint {
             .map_err(|source| ProxyError::Connect { addr, source })?;
         // Small requests and responses must not wait for Nagle's algorithm.
         let _ = tcp.set_nodelay(true);
-        let stats = self.metrics.tcp_open(self.direction, "dst");
-        Ok(TokioIo::new(CountingIo::new(tcp, stats)))
+        let (Some(tls), Some(identity)) = (&self.tls, &self.identity) else {
+            let tls = if self.mtls {
+                Tls::NoIdentity
+            } else {
+                Tls::Disabled
+            };
+            let stats = self.metrics.tcp_open(self.direction, "dst", tls);
+            return Ok(TokioIo::new(ConnIo::Plain(CountingIo::new(tcp, stats))));
+        };
+        if !tls.is_ready() {
+            return Err(ProxyError::NoIdentity);
+        }
+        let stats = self.metrics.tcp_open(self.direction, "dst", Tls::Secured);
+        let io = CountingIo::new(tcp, stats);
+        let name = rustls::pki_types::ServerName::try_from(identity.to_string()).map_err(|_| {
+            ProxyError::Tls {
+                addr,
+                reason: format!("invalid identity {identity:?} from discovery"),
+            }
+        })?;
+        let connector =
+            tokio_rustls::TlsConnector::from(tls.client_config(self.version == Version::Http2));
+        let stream = tokio::time::timeout(self.config.connect_timeout, connector.connect(name, io))
+            .await
+            .map_err(|_| ProxyError::ConnectTimeout(addr))?
+            .map_err(|e| ProxyError::Tls {
+                addr,
+                reason: tls_failure(identity, &e),
+            })?;
+        Ok(TokioIo::new(ConnIo::Tls(Box::new(stream))))
     }
+
 
     /// Takes a pooled HTTP/1 connection that is ready for a request. The pool holds
     /// busy connections too (a response body still being read), so returning one
@@ -269,5 +332,103 @@ impl Endpoint {
 
     fn forget_h2(&self) {
         *self.h2.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
+
+/// Why a TLS handshake with a peer expected to be `expected` failed, in words that name
+/// both identities when the peer presented the wrong one.
+fn tls_failure(expected: &str, e: &std::io::Error) -> String {
+    use rustls::{CertificateError, Error};
+    let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<Error>()) else {
+        return e.to_string();
+    };
+    match tls {
+        Error::InvalidCertificate(CertificateError::NotValidForNameContext { presented, .. }) => {
+            format!(
+                "identity mismatch: expected {expected}, endpoint presented {}",
+                if presented.is_empty() {
+                    "no identity".to_owned()
+                } else {
+                    presented.join(", ")
+                }
+            )
+        }
+        Error::InvalidCertificate(CertificateError::NotValidForName) => {
+            format!("identity mismatch: expected {expected}")
+        }
+        Error::InvalidCertificate(c) => format!("endpoint certificate rejected ({c:?}), expected {expected}"),
+        other => format!("{other} (expected identity {expected})"),
+    }
+}
+
+/// An upstream connection: plaintext or mTLS.
+pub enum ConnIo {
+    /// Plaintext TCP.
+    Plain(CountingIo<TcpStream>),
+    /// mTLS to a meshed endpoint.
+    Tls(Box<TlsStream<CountingIo<TcpStream>>>),
+}
+
+impl tokio::io::AsyncRead for ConnIo {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(io) => std::pin::Pin::new(io).poll_read(cx, buf),
+            Self::Tls(io) => std::pin::Pin::new(io.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for ConnIo {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(io) => std::pin::Pin::new(io).poll_write(cx, buf),
+            Self::Tls(io) => std::pin::Pin::new(io.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(io) => std::pin::Pin::new(io).poll_write_vectored(cx, bufs),
+            Self::Tls(io) => std::pin::Pin::new(io.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Self::Plain(io) => io.is_write_vectored(),
+            Self::Tls(io) => io.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(io) => std::pin::Pin::new(io).poll_flush(cx),
+            Self::Tls(io) => std::pin::Pin::new(io.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(io) => std::pin::Pin::new(io).poll_shutdown(cx),
+            Self::Tls(io) => std::pin::Pin::new(io.as_mut()).poll_shutdown(cx),
+        }
     }
 }

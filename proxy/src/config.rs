@@ -40,6 +40,48 @@ pub struct Config {
     #[arg(long, env = "MESH_PROXY_DESTINATION_ADDR")]
     pub destination_addr: Option<String>,
 
+    /// The identity service (`host:port`). Without it the proxy runs without mTLS:
+    /// plaintext, labelled `tls="disabled"` in metrics.
+    #[arg(long, env = "MESH_PROXY_IDENTITY_ADDR")]
+    pub identity_addr: Option<String>,
+
+    /// This proxy's identity: `SA.NS.serviceaccount.identity.mesh.cluster.local`.
+    #[arg(long, env = "MESH_PROXY_IDENTITY_NAME")]
+    pub identity_name: Option<String>,
+
+    /// The identity service's own identity, checked on its certificate.
+    #[arg(
+        long,
+        env = "MESH_PROXY_IDENTITY_SVC_NAME",
+        default_value = "mesh-identity.mesh.serviceaccount.identity.mesh.cluster.local"
+    )]
+    pub identity_svc_name: String,
+
+    /// Trust anchors: PEM text, or the path of a PEM file.
+    #[arg(long, env = "MESH_PROXY_TRUST_ANCHORS")]
+    pub trust_anchors: Option<String>,
+
+    /// The service-account token file presented to the identity service.
+    #[arg(
+        long,
+        env = "MESH_PROXY_TOKEN_PATH",
+        default_value = "/var/run/secrets/tokens/mesh-identity-token"
+    )]
+    pub token_path: std::path::PathBuf,
+
+    /// Inbound TLS mode for the workload: `permissive` accepts plaintext beside mTLS,
+    /// `strict` refuses every connection that is not mTLS from a meshed peer.
+    #[arg(long, env = "MESH_PROXY_INBOUND_TLS", value_enum, default_value_t = TlsMode::Permissive)]
+    pub inbound_tls: TlsMode,
+
+    /// Application ports that are strict whatever the workload's mode (comma-separated).
+    #[arg(long, env = "MESH_PROXY_INBOUND_STRICT_PORTS", value_delimiter = ',')]
+    pub inbound_strict_ports: Vec<u16>,
+
+    /// Application ports that are permissive whatever the workload's mode.
+    #[arg(long, env = "MESH_PROXY_INBOUND_PERMISSIVE_PORTS", value_delimiter = ',')]
+    pub inbound_permissive_ports: Vec<u16>,
+
     /// The pod's namespace, for resolving short service names.
     #[arg(long, env = "MESH_PROXY_NAMESPACE", default_value = "default")]
     pub namespace: String,
@@ -92,6 +134,55 @@ pub struct Config {
     /// How long in-flight requests may take to finish after shutdown begins.
     #[arg(long, env = "MESH_PROXY_SHUTDOWN_GRACE_PERIOD", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_grace_period: Duration,
+}
+
+/// Whether inbound plaintext is accepted.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TlsMode {
+    /// Plaintext accepted beside mTLS (labelled `tls="no_identity"`).
+    Permissive,
+    /// Only mTLS from meshed peers; plaintext connections are closed.
+    Strict,
+}
+
+impl Config {
+    /// Whether inbound traffic to application port `port` must be mTLS.
+    pub fn strict_port(&self, port: Option<u16>) -> bool {
+        match port {
+            Some(p) if self.inbound_strict_ports.contains(&p) => true,
+            Some(p) if self.inbound_permissive_ports.contains(&p) => false,
+            _ => self.inbound_tls == TlsMode::Strict,
+        }
+    }
+
+    /// The identity settings, if an identity service is configured; an error names what
+    /// is missing.
+    pub fn identity(&self) -> Result<Option<crate::identity::Settings>, String> {
+        let Some(addr) = &self.identity_addr else {
+            return Ok(None);
+        };
+        let name = self
+            .identity_name
+            .clone()
+            .ok_or("MESH_PROXY_IDENTITY_ADDR is set but MESH_PROXY_IDENTITY_NAME is not")?;
+        let anchors = self
+            .trust_anchors
+            .as_deref()
+            .ok_or("MESH_PROXY_IDENTITY_ADDR is set but MESH_PROXY_TRUST_ANCHORS is not")?;
+        let trust_anchors = if anchors.trim_start().starts_with("-----BEGIN") {
+            anchors.as_bytes().to_vec()
+        } else {
+            std::fs::read(anchors)
+                .map_err(|e| format!("cannot read MESH_PROXY_TRUST_ANCHORS file {anchors}: {e}"))?
+        };
+        Ok(Some(crate::identity::Settings {
+            addr: addr.clone(),
+            name,
+            service_name: self.identity_svc_name.clone(),
+            trust_anchors,
+            token_path: self.token_path.clone(),
+        }))
+    }
 }
 
 /// Parses `250ms`, `10s`, `2m`, `1h` (a bare number is seconds).

@@ -20,6 +20,9 @@ pub enum Protocol {
     Http1,
     /// HTTP/2 with prior knowledge (h2c, gRPC).
     Http2,
+    /// A TLS ClientHello: the mesh's mTLS when it names this proxy, else the
+    /// application's own TLS (forwarded byte for byte).
+    Tls,
     /// Anything else: forwarded byte for byte.
     Opaque,
 }
@@ -37,6 +40,14 @@ pub struct Detected {
 pub fn classify(buf: &[u8]) -> Option<Protocol> {
     if buf.is_empty() {
         return None;
+    }
+    // A TLS handshake record: content type 22, then major version 3.
+    if buf[0] == 0x16 {
+        return match buf.get(1) {
+            None => None,
+            Some(3) => Some(Protocol::Tls),
+            Some(_) => Some(Protocol::Opaque),
+        };
     }
     let n = buf.len().min(H2_PREFACE.len());
     if buf[..n] == H2_PREFACE[..n] {
@@ -141,7 +152,9 @@ mod tests {
         assert_eq!(classify(H2_PREFACE), Some(Protocol::Http2));
         assert_eq!(classify(&H2_PREFACE[..10]), None);
         assert_eq!(classify(b"GE"), None);
-        assert_eq!(classify(b"\x16\x03\x01\x02\x00"), Some(Protocol::Opaque));
+        assert_eq!(classify(b"\x16\x03\x01\x02\x00"), Some(Protocol::Tls));
+        assert_eq!(classify(b"\x16"), None);
+        assert_eq!(classify(b"\x16\x01"), Some(Protocol::Opaque));
         assert_eq!(classify(b"get / HTTP/1.1"), Some(Protocol::Opaque));
         assert_eq!(classify(b" GET"), Some(Protocol::Opaque));
         assert_eq!(classify(&[b'A'; 30]), Some(Protocol::Opaque));

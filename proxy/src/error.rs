@@ -72,6 +72,18 @@ pub enum ProxyError {
     /// The request would be sent back to this proxy.
     #[error("request would loop back to the proxy")]
     Loop,
+    /// mTLS with a meshed endpoint failed: most often it presented another identity
+    /// than discovery said it has.
+    #[error("mTLS with {addr} failed: {reason}")]
+    Tls {
+        /// The endpoint.
+        addr: std::net::SocketAddr,
+        /// What went wrong, naming the expected and presented identities.
+        reason: String,
+    },
+    /// The proxy has no certificate yet, so it cannot reach meshed endpoints.
+    #[error("no mTLS identity yet: the identity service has not issued a certificate")]
+    NoIdentity,
 }
 
 impl ProxyError {
@@ -92,13 +104,15 @@ impl ProxyError {
             Self::NoAuthority | Self::BadAuthority(_) | Self::BadRequest(_) => {
                 StatusCode::BAD_REQUEST
             }
-            Self::NoEndpoints(_) | Self::Resolve { .. } | Self::Overloaded => {
+            Self::NoEndpoints(_) | Self::Resolve { .. } | Self::Overloaded | Self::NoIdentity => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::ConnectTimeout(_) | Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
-            Self::Connect { .. } | Self::Handshake { .. } | Self::Upstream { .. } | Self::Loop => {
-                StatusCode::BAD_GATEWAY
-            }
+            Self::Connect { .. }
+            | Self::Handshake { .. }
+            | Self::Upstream { .. }
+            | Self::Loop
+            | Self::Tls { .. } => StatusCode::BAD_GATEWAY,
         }
     }
 }

@@ -22,13 +22,21 @@ use crate::body::{self, BoxBody};
 use crate::client::{Endpoints, Version};
 use crate::discover::Dst;
 use crate::error::{self, BoxError, ProxyError};
-use crate::metrics::{Class, Direction, Metrics, RequestLabels};
+use crate::metrics::{Class, Direction, Metrics, Peer, RequestLabels, Tls};
 use crate::profile::{DEFAULT_ROUTE, Profile, Route};
 use crate::resolve::{NameAddr, Resolve};
 
 /// The header with which an outbound proxy tells a peer's inbound proxy which port of
 /// its pod a request is for, when no iptables redirect carries that (local mode).
 pub const TARGET_PORT_HEADER: &str = "mesh-target-port";
+
+/// The header with which an outbound proxy marks an HTTP/1 request it carries to a
+/// peer over HTTP/2; the peer's inbound proxy restores HTTP/1 for the application.
+pub const ORIG_PROTO_HEADER: &str = "mesh-orig-proto";
+
+/// The header carrying the verified identity of the client to the application; never
+/// taken from the client itself.
+pub const CLIENT_ID_HEADER: &str = "mesh-client-id";
 
 /// Endpoints a request may try to connect to before it fails.
 const MAX_CONNECT_ATTEMPTS: usize = 3;
@@ -49,6 +57,8 @@ pub struct ConnInfo {
     pub redirected: bool,
     /// The proxy's own address on this connection (the pod's IP).
     pub local: SocketAddr,
+    /// Whether the client is a meshed peer authenticated by mTLS, and as whom.
+    pub peer: Peer,
     /// The connection's slot: kept by whatever still serves the connection, so that an
     /// upgraded tunnel outliving its HTTP connection still counts against the
     /// connection limit and is waited for on shutdown.
@@ -82,6 +92,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// The proxy's own listening addresses: a request routed to one of them would loop.
     pub own_addrs: Vec<SocketAddr>,
+    /// The proxy's mTLS identity, when an identity service is configured.
+    pub identity: Option<Arc<crate::identity::Identity>>,
 }
 
 /// Builds the stack one direction's requests flow through, top to bottom.
@@ -100,6 +112,7 @@ pub fn stack(shared: Arc<Shared>, direction: Direction, max_in_flight: usize) ->
             inner,
             metrics: shared.metrics.clone(),
             direction,
+            mtls: shared.endpoints.mtls(),
         })
         // The one place errors become responses with `mesh-proxy-error`; every layer
         // below returns errors.
@@ -112,6 +125,7 @@ pub fn stack(shared: Arc<Shared>, direction: Direction, max_in_flight: usize) ->
             inner: BoxCloneService::new(inner),
             metrics: shared.metrics.clone(),
             direction,
+            mtls: shared.endpoints.mtls(),
         })
         // Shed load instead of queueing when too many requests are in flight: a fast
         // 503 lets the caller's balancer pick another replica.
@@ -181,6 +195,25 @@ impl Forward {
     async fn forward(self, mut req: Request<BoxBody>) -> Result<Response<BoxBody>, ProxyError> {
         let conn = req.extensions_mut().remove::<ConnInfo>();
         let target = conn.as_ref().and_then(|c| c.target);
+        let mtls = self.shared.endpoints.mtls();
+        if self.direction == Direction::Inbound {
+            // The application learns the client's identity from us alone.
+            req.headers_mut().remove(CLIENT_ID_HEADER);
+            if let Some(id) = conn.as_ref().and_then(|c| c.peer.id.as_deref())
+                && let Ok(v) = HeaderValue::from_str(id)
+            {
+                req.headers_mut().insert(CLIENT_ID_HEADER, v);
+            }
+            // An HTTP/1 request a peer carried over HTTP/2 goes to the app as HTTP/1.
+            if req.headers_mut().remove(ORIG_PROTO_HEADER).is_some()
+                && req.version() == HttpVersion::HTTP_2
+            {
+                *req.version_mut() = HttpVersion::HTTP_11;
+            }
+        } else {
+            // Only this proxy may mark a request's original protocol.
+            req.headers_mut().remove(ORIG_PROTO_HEADER);
+        }
         let version = if req.version() == HttpVersion::HTTP_2 {
             Version::Http2
         } else {
@@ -198,7 +231,11 @@ impl Forward {
                     .remove(TARGET_PORT_HEADER)
                     .and_then(|v| v.to_str().ok()?.parse::<u16>().ok());
                 let addr = match (&conn, named) {
-                    (Some(c), Some(port)) if !c.redirected => {
+                    // Only a meshed peer (or anyone, when the mesh runs without mTLS)
+                    // may name a port of this pod.
+                    (Some(c), Some(port))
+                        if !c.redirected && (c.peer.tls == Tls::Secured || !mtls) =>
+                    {
                         // Never one of the proxy's own ports (admin, say), on any of
                         // its addresses.
                         if self.shared.own_addrs.iter().any(|o| o.port() == port) {
@@ -233,20 +270,27 @@ impl Forward {
         if dsts.iter().any(|d| self.shared.is_own(d.connect)) {
             return Err(ProxyError::Loop);
         }
+        let upgrade = (version == Version::Http1 && is_upgrade(req.headers()))
+            .then(|| hyper::upgrade::on(&mut req));
         let endpoints: Vec<_> = dsts
             .iter()
             .map(|d| {
-                (
-                    self.shared
-                        .endpoints
-                        .get(d.connect, version, self.direction),
-                    d,
-                )
+                // Between meshed proxies HTTP/1 rides HTTP/2 (upgrades cannot).
+                let meshed = mtls && d.identity.is_some();
+                let version = if meshed && version == Version::Http1 && upgrade.is_none() {
+                    Version::Http2
+                } else {
+                    version
+                };
+                let endpoint = self.shared.endpoints.get(
+                    d.connect,
+                    version,
+                    self.direction,
+                    d.identity.as_deref(),
+                );
+                (endpoint, d)
             })
             .collect();
-
-        let upgrade = (version == Version::Http1 && is_upgrade(req.headers()))
-            .then(|| hyper::upgrade::on(&mut req));
         // A failed connect sent nothing, so another endpoint may be tried: a pod that
         // went away before discovery said so costs a retry, not a failed request.
         let mut failed: Vec<SocketAddr> = Vec::new();
@@ -284,6 +328,12 @@ impl Forward {
                 req.headers_mut()
                     .insert(TARGET_PORT_HEADER, HeaderValue::from(port));
             }
+            let carried = version == Version::Http1 && endpoint.version() == Version::Http2;
+            if carried {
+                *req.version_mut() = HttpVersion::HTTP_2;
+                req.headers_mut()
+                    .insert(ORIG_PROTO_HEADER, HeaderValue::from_static("HTTP/1.1"));
+            }
             normalize_request(
                 &mut req,
                 authority.as_deref(),
@@ -292,8 +342,15 @@ impl Forward {
             );
             let sent = endpoint.send(conn, req).await;
             match sent {
-                Ok(rsp) => {
+                Ok(mut rsp) => {
                     in_flight.complete();
+                    if carried {
+                        *rsp.version_mut() = HttpVersion::HTTP_11;
+                    }
+                    rsp.extensions_mut().insert(match &endpoint.identity {
+                        Some(id) => Peer::secured(id),
+                        None => Peer::plaintext(mtls),
+                    });
                     break rsp;
                 }
                 Err(e) => {
@@ -410,6 +467,7 @@ fn normalize_request<B>(
         .to_owned();
     if h2 {
         // HTTP/2 carries the authority in `:authority`, taken from the URI.
+        req.headers_mut().remove(header::HOST);
         if let Ok(uri) = Uri::builder()
             .scheme("http")
             .authority(authority.as_str())
@@ -583,6 +641,7 @@ struct Retry {
     inner: Attempts,
     metrics: Arc<Metrics>,
     direction: Direction,
+    mtls: bool,
 }
 
 /// What buffering a request body gave.
@@ -676,8 +735,10 @@ impl Service<Request<BoxBody>> for Retry {
             self.direction,
             request_authority(&req).unwrap_or(""),
             &route.name,
+            &Peer::plaintext(self.mtls),
         );
         let metrics = self.metrics.clone();
+        let mut last = labels.clone();
         Box::pin(async move {
             let Some(budget) = route.budget.clone() else {
                 return inner.call(req).await;
@@ -703,7 +764,11 @@ impl Service<Request<BoxBody>> for Retry {
                         );
                         // Every attempt, the last included: actual minus effective
                         // (Metered's count) is the number of retries.
-                        metrics.attempt(&labels, rsp.status().as_u16(), class);
+                        last = match rsp.extensions().get::<Peer>() {
+                            Some(peer) => metrics.with_peer(&labels, peer),
+                            None => labels.clone(),
+                        };
+                        metrics.attempt(&last, rsp.status().as_u16(), class);
                         class == Class::Failure
                     }
                     Err(e) => e.downcast_ref::<ProxyError>().is_some_and(|e| {
@@ -719,7 +784,7 @@ impl Service<Request<BoxBody>> for Retry {
                     return result;
                 }
                 if !tower::retry::budget::Budget::withdraw(&*budget) {
-                    metrics.retry_skipped(&labels);
+                    metrics.retry_skipped(&last);
                     return result;
                 }
                 attempt += 1;
@@ -772,6 +837,30 @@ struct Metered<S> {
     inner: S,
     metrics: Arc<Metrics>,
     direction: Direction,
+    mtls: bool,
+}
+
+/// A request not yet counted: outbound, its labels (the server's identity) are known
+/// only once an endpoint answers. Dropped uncounted (the client went away first), it
+/// counts with the labels known so far.
+struct Uncounted {
+    metrics: Arc<Metrics>,
+    labels: Option<RequestLabels>,
+}
+
+impl Uncounted {
+    fn count(mut self, labels: &RequestLabels) {
+        self.labels = None;
+        self.metrics.request(labels);
+    }
+}
+
+impl Drop for Uncounted {
+    fn drop(&mut self) {
+        if let Some(labels) = self.labels.take() {
+            self.metrics.request(&labels);
+        }
+    }
 }
 
 impl<S, B> Service<Request<B>> for Metered<S>
@@ -794,17 +883,40 @@ where
             .get::<RouteInfo>()
             .and_then(|i| i.route.clone());
         let route_name = route.as_ref().map_or(DEFAULT_ROUTE, |r| &r.name);
+        // Inbound, the client's TLS state is known now; outbound, the server's only
+        // once an endpoint answers.
+        let peer = match (self.direction, req.extensions().get::<ConnInfo>()) {
+            (Direction::Inbound, Some(conn)) => conn.peer.clone(),
+            _ => Peer::plaintext(self.mtls),
+        };
         let labels = self.metrics.labels(
             self.direction,
             request_authority(&req).unwrap_or(""),
             route_name,
+            &peer,
         );
-        self.metrics.request(&labels);
+        let uncounted = match self.direction {
+            Direction::Inbound => {
+                self.metrics.request(&labels);
+                None
+            }
+            Direction::Outbound => Some(Uncounted {
+                metrics: self.metrics.clone(),
+                labels: Some(labels.clone()),
+            }),
+        };
         let metrics = self.metrics.clone();
         let start = Instant::now();
         let fut = self.inner.call(req);
         Box::pin(async move {
             let rsp = fut.await?;
+            let labels = match rsp.extensions().get::<Peer>() {
+                Some(peer) => metrics.with_peer(&labels, peer),
+                None => labels,
+            };
+            if let Some(uncounted) = uncounted {
+                uncounted.count(&labels);
+            }
             let latency = start.elapsed();
             let status = rsp.status().as_u16();
             // A trailers-only gRPC response carries its status in the headers.

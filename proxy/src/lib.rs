@@ -15,12 +15,14 @@ pub mod detect;
 pub mod discover;
 pub mod error;
 pub mod http;
+pub mod identity;
 pub mod io;
 pub mod metrics;
 pub mod profile;
 pub mod resolve;
 pub mod server;
 pub mod tcp;
+pub mod tls;
 
 pub use config::Config;
 pub use error::{PROXY_ERROR_HEADER, ProxyError};

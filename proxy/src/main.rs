@@ -10,6 +10,8 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {
     let config = Config::parse();
+    // One crypto provider for every TLS use in the process.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let filter = EnvFilter::try_new(&config.log)
         .with_context(|| format!("invalid MESH_PROXY_LOG {:?}", config.log))?;
     tracing_subscriber::fmt()

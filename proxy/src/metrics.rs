@@ -66,6 +66,60 @@ impl Class {
     }
 }
 
+/// Whether traffic was mutually authenticated, and if not, why.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Tls {
+    /// This proxy has no identity: mTLS is off.
+    Disabled,
+    /// Plaintext: the peer is not meshed or presented no identity.
+    NoIdentity,
+    /// mTLS with a verified peer identity.
+    Secured,
+}
+
+impl Tls {
+    /// The `tls` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Disabled => "disabled",
+            Self::NoIdentity => "no_identity",
+            Self::Secured => "true",
+        }
+    }
+}
+
+/// The TLS state of a request's peer (inbound: the client; outbound: the server) and
+/// its verified identity.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Peer {
+    /// mTLS or not.
+    pub tls: Tls,
+    /// The verified identity, with mTLS.
+    pub id: Option<Arc<str>>,
+}
+
+impl Peer {
+    /// A plaintext peer; `mtls_enabled` tells whether this proxy has an identity.
+    pub fn plaintext(mtls_enabled: bool) -> Self {
+        Self {
+            tls: if mtls_enabled {
+                Tls::NoIdentity
+            } else {
+                Tls::Disabled
+            },
+            id: None,
+        }
+    }
+
+    /// A peer authenticated by mTLS as `id`.
+    pub fn secured(id: &str) -> Self {
+        Self {
+            tls: Tls::Secured,
+            id: Some(Arc::from(id)),
+        }
+    }
+}
+
 /// The labels shared by a request and its response.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RequestLabels {
@@ -75,6 +129,8 @@ pub struct RequestLabels {
     pub authority: Arc<str>,
     /// The route name; `default` when no profile route matched.
     pub route: Arc<str>,
+    /// mTLS state and identity of the peer (`client_id` inbound, `server_id` outbound).
+    pub peer: Peer,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -180,6 +236,13 @@ impl Store {
         self.intern_unbounded(value)
     }
 
+    fn intern_peer(&mut self, peer: &Peer) -> Peer {
+        Peer {
+            tls: peer.tls,
+            id: peer.id.as_deref().map(|id| self.intern(id)),
+        }
+    }
+
     fn intern_unbounded(&mut self, value: &str) -> Arc<str> {
         if let Some(v) = self.label_values.get(value) {
             return v.clone();
@@ -206,7 +269,7 @@ struct Store {
 #[derive(Debug, Default)]
 pub struct Metrics {
     store: Mutex<Store>,
-    tcp: Mutex<HashMap<(Direction, &'static str), Arc<TcpStats>>>,
+    tcp: Mutex<HashMap<(Direction, &'static str, Tls), Arc<TcpStats>>>,
 }
 
 impl Metrics {
@@ -217,14 +280,34 @@ impl Metrics {
 
     /// Labels for a request, interning the authority and route (bounded, see
     /// [`MAX_LABEL_VALUES`]) so that recording allocates nothing once they are known.
-    pub fn labels(&self, direction: Direction, authority: &str, route: &str) -> RequestLabels {
+    pub fn labels(
+        &self,
+        direction: Direction,
+        authority: &str,
+        route: &str,
+        peer: &Peer,
+    ) -> RequestLabels {
         let mut store = self.store();
         let authority = store.intern(authority);
         let route = store.intern(route);
+        let peer = store.intern_peer(peer);
         RequestLabels {
             direction,
             authority,
             route,
+            peer,
+        }
+    }
+
+    /// The same labels with another peer.
+    pub fn with_peer(&self, labels: &RequestLabels, peer: &Peer) -> RequestLabels {
+        if labels.peer == *peer {
+            return labels.clone();
+        }
+        let peer = self.store().intern_peer(peer);
+        RequestLabels {
+            peer,
+            ..labels.clone()
         }
     }
 
@@ -272,10 +355,11 @@ impl Metrics {
             .or_default() += 1;
     }
 
-    /// The TCP counters for a direction and peer (`src` or `dst`), counting one open.
-    pub fn tcp_open(&self, direction: Direction, peer: &'static str) -> Arc<TcpStats> {
+    /// The TCP counters for a direction, peer (`src` or `dst`) and TLS state, counting
+    /// one open.
+    pub fn tcp_open(&self, direction: Direction, peer: &'static str, tls: Tls) -> Arc<TcpStats> {
         let mut tcp = self.tcp.lock().unwrap_or_else(|e| e.into_inner());
-        let stats = tcp.entry((direction, peer)).or_default().clone();
+        let stats = tcp.entry((direction, peer, tls)).or_default().clone();
         stats.open.fetch_add(1, Ordering::Relaxed);
         stats
     }
@@ -317,12 +401,20 @@ impl Metrics {
 struct Collector(Arc<Metrics>);
 
 fn request_labels(l: &RequestLabels) -> Vec<(&'static str, &str)> {
-    vec![
+    let mut labels = vec![
         ("direction", l.direction.as_str()),
         ("authority", &l.authority),
         ("route", &l.route),
-        ("tls", "disabled"),
-    ]
+        ("tls", l.peer.tls.as_str()),
+    ];
+    if let Some(id) = &l.peer.id {
+        let name = match l.direction {
+            Direction::Inbound => "client_id",
+            Direction::Outbound => "server_id",
+        };
+        labels.push((name, id));
+    }
+    labels
 }
 
 /// One response-counter family: request labels plus status code and classification.
@@ -428,11 +520,11 @@ impl prometheus_client::collector::Collector for Collector {
         ];
         for (name, help, field) in counters {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-            for ((direction, peer), stats) in &tcp {
+            for ((direction, peer, tls), stats) in &tcp {
                 let labels = [
                     ("direction", direction.as_str()),
                     ("peer", peer),
-                    ("tls", "disabled"),
+                    ("tls", tls.as_str()),
                 ];
                 let n = field(stats).load(Ordering::Relaxed);
                 family
@@ -446,11 +538,11 @@ impl prometheus_client::collector::Collector for Collector {
             None,
             MetricType::Gauge,
         )?;
-        for ((direction, peer), stats) in &tcp {
+        for ((direction, peer, tls), stats) in &tcp {
             let labels = [
                 ("direction", direction.as_str()),
                 ("peer", peer),
-                ("tls", "disabled"),
+                ("tls", tls.as_str()),
             ];
             let open = stats.open.load(Ordering::Relaxed);
             let open_now = open.saturating_sub(stats.close.load(Ordering::Relaxed)) as i64;
@@ -467,7 +559,7 @@ mod tests {
     #[test]
     fn counters_and_histograms_render_with_linkerd_names() {
         let m = Arc::new(Metrics::default());
-        let l = m.labels(Direction::Outbound, "web:80", "default");
+        let l = m.labels(Direction::Outbound, "web:80", "default", &Peer::plaintext(false));
         m.request(&l);
         m.request(&l);
         m.response(&l, 200, Class::Success, Duration::from_micros(1500));
@@ -493,8 +585,8 @@ mod tests {
     #[test]
     fn merged_histograms_equal_one_histogram_of_all_requests() {
         let m = Metrics::default();
-        let a = m.labels(Direction::Outbound, "a:80", "default");
-        let b = m.labels(Direction::Outbound, "b:80", "default");
+        let a = m.labels(Direction::Outbound, "a:80", "default", &Peer::plaintext(false));
+        let b = m.labels(Direction::Outbound, "b:80", "default", &Peer::plaintext(false));
         let mut all = Latency::new();
         for i in 1..=1000u64 {
             let d = Duration::from_micros(i * 37);
@@ -527,15 +619,15 @@ mod tests {
         let m = Metrics::default();
         // "default" (the route) takes one of the slots.
         for i in 0..MAX_LABEL_VALUES - 1 {
-            m.labels(Direction::Inbound, &format!("h{i}:80"), "default");
+            m.labels(Direction::Inbound, &format!("h{i}:80"), "default", &Peer::plaintext(false));
         }
         assert_eq!(
-            &*m.labels(Direction::Inbound, "one-too-many:80", "default")
+            &*m.labels(Direction::Inbound, "one-too-many:80", "default", &Peer::plaintext(false))
                 .authority,
             OVERFLOW
         );
         assert_eq!(
-            &*m.labels(Direction::Inbound, "h1:80", "default").authority,
+            &*m.labels(Direction::Inbound, "h1:80", "default", &Peer::plaintext(false)).authority,
             "h1:80"
         );
     }
@@ -543,7 +635,7 @@ mod tests {
     #[test]
     fn tcp_counters_render() {
         let m = Arc::new(Metrics::default());
-        let s = m.tcp_open(Direction::Inbound, "src");
+        let s = m.tcp_open(Direction::Inbound, "src", Tls::Disabled);
         s.read(10);
         s.wrote(20);
         s.closed();

@@ -15,8 +15,9 @@ use crate::config::Config;
 use crate::detect::{Protocol, detect};
 use crate::discover::Discover;
 use crate::http::{ConnInfo, Hold, HttpService, Shared};
+use crate::identity::{ALPN_H2, ALPN_HTTP1, Identity};
 use crate::io::{PrefixedIo, original_dst};
-use crate::metrics::{Direction, Metrics};
+use crate::metrics::{Direction, Metrics, Peer, Tls};
 use crate::resolve::Resolve;
 use crate::tcp::{self, CountingIo};
 
@@ -53,11 +54,15 @@ pub enum StartError {
     /// The DNS resolver could not be built.
     #[error("cannot start the DNS resolver: {0}")]
     Resolver(#[from] crate::error::ProxyError),
+    /// The identity settings are incomplete or invalid.
+    #[error("identity: {0}")]
+    Identity(String),
 }
 
 /// Everything a connection needs, shared by all of them.
 struct Ctx {
     config: Config,
+    identity_settings: Option<crate::identity::Settings>,
     shared: Arc<Shared>,
     drain: watch::Receiver<bool>,
     listening: Listening,
@@ -99,6 +104,14 @@ impl Proxy {
             outbound: local(&outbound, config.outbound_addr),
             admin: local(&admin, config.admin_addr),
         };
+        let identity_settings = config.identity().map_err(StartError::Identity)?;
+        let identity = match &identity_settings {
+            Some(s) => Some(Arc::new(
+                Identity::new(&s.name, &s.trust_anchors)
+                    .map_err(|e| StartError::Identity(e.to_string()))?,
+            )),
+            None => None,
+        };
         let metrics = Arc::new(Metrics::default());
         let mut resolve = Resolve::from_system()?;
         if let Some(addr) = &config.destination_addr {
@@ -113,9 +126,10 @@ impl Proxy {
         };
         let shared = Arc::new(Shared {
             resolve,
-            endpoints: Endpoints::new(client, metrics.clone()),
+            endpoints: Endpoints::new(client, metrics.clone(), identity.clone()),
             metrics,
             own_addrs: vec![listening.inbound, listening.outbound, listening.admin],
+            identity,
         });
         let (drain_tx, drain) = watch::channel(false);
         let max = config.max_in_flight_requests.clamp(1, MAX_LIMIT);
@@ -133,6 +147,7 @@ impl Proxy {
         ];
         let ctx = Arc::new(Ctx {
             config,
+            identity_settings,
             shared,
             drain,
             listening,
@@ -173,8 +188,21 @@ impl Proxy {
                 done.clone(),
             ));
         }
+        let identity_task = match (&ctx.shared.identity, &ctx.identity_settings) {
+            (Some(identity), Some(settings)) => {
+                tracing::info!(identity = identity.name(), "mTLS on: requesting a certificate");
+                Some(tokio::spawn(identity.clone().run(settings.clone())))
+            }
+            _ => {
+                tracing::warn!(
+                    "no identity service (MESH_PROXY_IDENTITY_ADDR): mTLS is off and traffic between proxies is plaintext"
+                );
+                None
+            }
+        };
         let admin_task = tokio::spawn(crate::admin::serve(
             admin,
+            ctx.shared.identity.clone(),
             ctx.shared.metrics.clone(),
             ctx.drain.clone(),
             admin_shutdown_tx,
@@ -198,6 +226,9 @@ impl Proxy {
             Err(_) => tracing::warn!(?grace, "grace period over; closing remaining connections"),
         }
         admin_task.abort();
+        if let Some(task) = identity_task {
+            task.abort();
+        }
     }
 }
 
@@ -251,7 +282,7 @@ async fn drained(drain: &mut watch::Receiver<bool>) {
 }
 
 async fn handle(
-    stream: TcpStream,
+    mut stream: TcpStream,
     client: SocketAddr,
     direction: Direction,
     stack: HttpService,
@@ -265,10 +296,9 @@ async fn handle(
         Direction::Outbound => orig_dst,
     };
     let local = stream.local_addr().unwrap_or(ctx.listening_on(direction));
-    let mut io = CountingIo::new(stream, ctx.shared.metrics.tcp_open(direction, "src"));
     let mut drain = ctx.drain.clone();
     let detected = tokio::select! {
-        d = detect(&mut io, ctx.config.detect_timeout) => match d {
+        d = detect(&mut stream, ctx.config.detect_timeout) => match d {
             Ok(d) => d,
             Err(error) => {
                 tracing::debug!(%error, %client, "connection failed before detection");
@@ -281,26 +311,128 @@ async fn handle(
     let Some(protocol) = detected.protocol else {
         return;
     };
-    let io = PrefixedIo::new(detected.prefix, io);
+    let mut prefix = detected.prefix;
     let conn = ConnInfo {
         client,
         target,
         redirected: orig_dst.is_some(),
         local,
         hold,
+        peer: Peer::plaintext(ctx.shared.identity.is_some()),
     };
+    if direction == Direction::Inbound {
+        if let (Protocol::Tls, Some(identity)) = (protocol, &ctx.shared.identity) {
+            let sni = match crate::tls::client_hello_sni(
+                &mut stream,
+                &mut prefix,
+                ctx.config.detect_timeout,
+            )
+            .await
+            {
+                Ok(sni) => sni,
+                Err(error) => {
+                    tracing::debug!(%error, %client, "connection failed during the TLS hello");
+                    return;
+                }
+            };
+            // The mesh's mTLS names this proxy; any other TLS is the app's own.
+            if sni.as_deref() == Some(identity.name()) {
+                let io = PrefixedIo::new(prefix, stream);
+                return serve_mtls(io, identity, conn, stack, ctx).await;
+            }
+        }
+        if ctx.shared.identity.is_some() && ctx.config.strict_port(target.map(|t| t.port())) {
+            tracing::info!(%client, ?target, "connection refused: inbound is strict and the client did not use the mesh's mTLS");
+            return;
+        }
+    }
+    let io = CountingIo::new(
+        PrefixedIo::new(prefix, stream),
+        ctx.shared.metrics.tcp_open(direction, "src", conn.peer.tls),
+    );
+    serve(io, protocol, conn, direction, stack, ctx).await;
+}
+
+/// Terminates a peer's mTLS, verifying its certificate, then serves what it carries
+/// (by ALPN, else detected) with the peer's identity attached.
+async fn serve_mtls(
+    io: PrefixedIo<TcpStream>,
+    identity: &Arc<Identity>,
+    mut conn: ConnInfo,
+    stack: HttpService,
+    ctx: &Ctx,
+) {
+    let client = conn.client;
+    let io = CountingIo::new(io, ctx.shared.metrics.tcp_open(Direction::Inbound, "src", Tls::Secured));
+    let acceptor = tokio_rustls::TlsAcceptor::from(identity.server_config());
+    let mut tls = match tokio::time::timeout(ctx.config.detect_timeout, acceptor.accept(io)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(error)) => {
+            tracing::info!(%error, %client, "mTLS handshake refused");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%client, "mTLS handshake timed out");
+            return;
+        }
+    };
+    let (_, session) = tls.get_ref();
+    // The verifier required a certificate chaining to the trust anchors.
+    let Some(peer) = session
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(crate::identity::peer_identity)
+    else {
+        tracing::info!(%client, "mTLS peer certificate names no identity; closing");
+        return;
+    };
+    conn.peer = Peer::secured(&peer);
+    let protocol = match session.alpn_protocol() {
+        Some(ALPN_H2) => Some(Protocol::Http2),
+        Some(ALPN_HTTP1) => Some(Protocol::Http1),
+        _ => None,
+    };
+    let (protocol, prefix) = match protocol {
+        Some(p) => (p, bytes::BytesMut::new()),
+        None => match detect(&mut tls, ctx.config.detect_timeout).await {
+            Ok(d) => match d.protocol {
+                Some(p) => (p, d.prefix),
+                None => return,
+            },
+            Err(error) => {
+                tracing::debug!(%error, %client, "mTLS connection failed before detection");
+                return;
+            }
+        },
+    };
+    serve(PrefixedIo::new(prefix, tls), protocol, conn, Direction::Inbound, stack, ctx).await;
+}
+
+async fn serve<I>(
+    io: I,
+    protocol: Protocol,
+    conn: ConnInfo,
+    direction: Direction,
+    stack: HttpService,
+    ctx: &Ctx,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     match protocol {
         Protocol::Http1 | Protocol::Http2 => serve_http(io, protocol, conn, stack, ctx).await,
-        Protocol::Opaque => match target {
+        // TLS that is not the mesh's is the application's own: bytes, passed through.
+        Protocol::Opaque | Protocol::Tls => match conn.target {
             Some(target) if !ctx.shared.is_own(target) => {
                 let metrics = &ctx.shared.metrics;
+                let tls = Peer::plaintext(ctx.shared.identity.is_some()).tls;
                 if let Err(error) =
-                    tcp::forward(io, target, ctx.config.connect_timeout, metrics, direction).await
+                    tcp::forward(io, target, ctx.config.connect_timeout, metrics, direction, tls)
+                        .await
                 {
-                    tracing::debug!(%error, %client, %target, "opaque connection ended");
+                    tracing::debug!(%error, client = %conn.client, %target, "opaque connection ended");
                 }
             }
-            _ => tracing::debug!(%client, "opaque connection with no known destination; closing"),
+            _ => tracing::debug!(client = %conn.client, "opaque connection with no known destination; closing"),
         },
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::metrics::{Direction, Metrics, TcpStats};
+use crate::metrics::{Direction, Metrics, TcpStats, Tls};
 
 pin_project_lite::pin_project! {
     /// A stream that counts the bytes read and written, and its close, in [`TcpStats`].
@@ -92,6 +92,7 @@ pub async fn forward<I>(
     connect_timeout: Duration,
     metrics: &Metrics,
     direction: Direction,
+    tls: Tls,
 ) -> io::Result<()>
 where
     I: AsyncRead + AsyncWrite + Unpin,
@@ -105,7 +106,7 @@ where
             )
         })??;
     let _ = server.set_nodelay(true);
-    let mut server = CountingIo::new(server, metrics.tcp_open(direction, "dst"));
+    let mut server = CountingIo::new(server, metrics.tcp_open(direction, "dst", tls));
     // copy_bidirectional shuts down each write side when its read side reaches EOF, so a
     // half-close travels through and the other direction keeps flowing.
     tokio::io::copy_bidirectional(&mut client, &mut server).await?;
