@@ -264,7 +264,6 @@ impl Endpoint {
         Ok(TokioIo::new(ConnIo::Tls(Box::new(stream))))
     }
 
-
     /// Takes a pooled HTTP/1 connection that is ready for a request. The pool holds
     /// busy connections too (a response body still being read), so returning one
     /// costs nothing; expired and closed ones are dropped on the way.
@@ -343,7 +342,9 @@ fn tls_failure(expected: &str, e: &std::io::Error) -> String {
         return e.to_string();
     };
     match tls {
-        Error::InvalidCertificate(CertificateError::NotValidForNameContext { presented, .. }) => {
+        Error::InvalidCertificate(CertificateError::NotValidForNameContext {
+            presented, ..
+        }) => {
             format!(
                 "identity mismatch: expected {expected}, endpoint presented {}",
                 if presented.is_empty() {
@@ -356,7 +357,9 @@ fn tls_failure(expected: &str, e: &std::io::Error) -> String {
         Error::InvalidCertificate(CertificateError::NotValidForName) => {
             format!("identity mismatch: expected {expected}")
         }
-        Error::InvalidCertificate(c) => format!("endpoint certificate rejected ({c:?}), expected {expected}"),
+        Error::InvalidCertificate(c) => {
+            format!("endpoint certificate rejected ({c:?}), expected {expected}")
+        }
         other => format!("{other} (expected identity {expected})"),
     }
 }

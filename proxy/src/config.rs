@@ -79,7 +79,11 @@ pub struct Config {
     pub inbound_strict_ports: Vec<u16>,
 
     /// Application ports that are permissive whatever the workload's mode.
-    #[arg(long, env = "MESH_PROXY_INBOUND_PERMISSIVE_PORTS", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "MESH_PROXY_INBOUND_PERMISSIVE_PORTS",
+        value_delimiter = ','
+    )]
     pub inbound_permissive_ports: Vec<u16>,
 
     /// The pod's namespace, for resolving short service names.

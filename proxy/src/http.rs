@@ -308,6 +308,12 @@ impl Forward {
                 ));
             };
             let in_flight = endpoint.load.start();
+            if let Some(uncounted) = req.extensions().get::<Uncounted>() {
+                uncounted.count(&match &endpoint.identity {
+                    Some(id) => Peer::secured(id),
+                    None => Peer::plaintext(mtls),
+                });
+            }
             let conn = match endpoint.connection().await {
                 Ok(conn) => conn,
                 Err(e) => {
@@ -840,25 +846,37 @@ struct Metered<S> {
     mtls: bool,
 }
 
-/// A request not yet counted: outbound, its labels (the server's identity) are known
-/// only once an endpoint answers. Dropped uncounted (the client went away first), it
-/// counts with the labels known so far.
-struct Uncounted {
-    metrics: Arc<Metrics>,
-    labels: Option<RequestLabels>,
-}
+/// An outbound request not yet counted: its labels include the server's identity,
+/// known once an endpoint is picked. Forward counts it then (the first attempt only);
+/// a request that never reaches an endpoint counts when its response is made, or,
+/// dropped first (the client went away), with the labels known so far.
+#[derive(Clone, Debug)]
+pub struct Uncounted(Arc<Slot>);
+
+#[derive(Debug)]
+struct Slot(std::sync::Mutex<Option<(Arc<Metrics>, RequestLabels)>>);
 
 impl Uncounted {
-    fn count(mut self, labels: &RequestLabels) {
-        self.labels = None;
-        self.metrics.request(labels);
+    fn new(metrics: Arc<Metrics>, labels: RequestLabels) -> Self {
+        Self(Arc::new(Slot(std::sync::Mutex::new(Some((
+            metrics, labels,
+        ))))))
+    }
+
+    /// Counts the request with `peer` as the server, unless it was counted already.
+    pub fn count(&self, peer: &Peer) {
+        let taken = self.0.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some((metrics, labels)) = taken {
+            metrics.request(&metrics.with_peer(&labels, peer));
+        }
     }
 }
 
-impl Drop for Uncounted {
+impl Drop for Slot {
     fn drop(&mut self) {
-        if let Some(labels) = self.labels.take() {
-            self.metrics.request(&labels);
+        let taken = self.0.get_mut().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some((metrics, labels)) = taken {
+            metrics.request(&labels);
         }
     }
 }
@@ -877,7 +895,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let route = req
             .extensions()
             .get::<RouteInfo>()
@@ -900,10 +918,11 @@ where
                 self.metrics.request(&labels);
                 None
             }
-            Direction::Outbound => Some(Uncounted {
-                metrics: self.metrics.clone(),
-                labels: Some(labels.clone()),
-            }),
+            Direction::Outbound => {
+                let uncounted = Uncounted::new(self.metrics.clone(), labels.clone());
+                req.extensions_mut().insert(uncounted.clone());
+                Some(uncounted)
+            }
         };
         let metrics = self.metrics.clone();
         let start = Instant::now();
@@ -915,7 +934,7 @@ where
                 None => labels,
             };
             if let Some(uncounted) = uncounted {
-                uncounted.count(&labels);
+                uncounted.count(&labels.peer);
             }
             let latency = start.elapsed();
             let status = rsp.status().as_u16();

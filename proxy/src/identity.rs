@@ -293,7 +293,11 @@ impl Identity {
             .map_err(|s| IdentityError::Certify(format!("{:?}: {}", s.code(), s.message())))?
             .into_inner();
         let mut chain = vec![CertificateDer::from(rsp.leaf_certificate)];
-        chain.extend(rsp.intermediate_certificates.into_iter().map(CertificateDer::from));
+        chain.extend(
+            rsp.intermediate_certificates
+                .into_iter()
+                .map(CertificateDer::from),
+        );
         let serial = webpki_serial(&chain[0]);
         self.install(key, chain)?;
         let valid_until = UNIX_EPOCH + Duration::from_millis(rsp.valid_until_unix_ms);
@@ -318,7 +322,12 @@ fn webpki_serial(cert: &CertificateDer<'_>) -> String {
             return None;
         }
         let (len, body) = der_header(tbs)?;
-        Some(body.get(..len)?.iter().map(|b| format!("{b:02x}")).collect())
+        Some(
+            body.get(..len)?
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+        )
     }
     inner(cert).unwrap_or_else(|| "?".into())
 }

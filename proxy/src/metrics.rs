@@ -559,7 +559,12 @@ mod tests {
     #[test]
     fn counters_and_histograms_render_with_linkerd_names() {
         let m = Arc::new(Metrics::default());
-        let l = m.labels(Direction::Outbound, "web:80", "default", &Peer::plaintext(false));
+        let l = m.labels(
+            Direction::Outbound,
+            "web:80",
+            "default",
+            &Peer::plaintext(false),
+        );
         m.request(&l);
         m.request(&l);
         m.response(&l, 200, Class::Success, Duration::from_micros(1500));
@@ -585,8 +590,18 @@ mod tests {
     #[test]
     fn merged_histograms_equal_one_histogram_of_all_requests() {
         let m = Metrics::default();
-        let a = m.labels(Direction::Outbound, "a:80", "default", &Peer::plaintext(false));
-        let b = m.labels(Direction::Outbound, "b:80", "default", &Peer::plaintext(false));
+        let a = m.labels(
+            Direction::Outbound,
+            "a:80",
+            "default",
+            &Peer::plaintext(false),
+        );
+        let b = m.labels(
+            Direction::Outbound,
+            "b:80",
+            "default",
+            &Peer::plaintext(false),
+        );
         let mut all = Latency::new();
         for i in 1..=1000u64 {
             let d = Duration::from_micros(i * 37);
@@ -619,15 +634,31 @@ mod tests {
         let m = Metrics::default();
         // "default" (the route) takes one of the slots.
         for i in 0..MAX_LABEL_VALUES - 1 {
-            m.labels(Direction::Inbound, &format!("h{i}:80"), "default", &Peer::plaintext(false));
+            m.labels(
+                Direction::Inbound,
+                &format!("h{i}:80"),
+                "default",
+                &Peer::plaintext(false),
+            );
         }
         assert_eq!(
-            &*m.labels(Direction::Inbound, "one-too-many:80", "default", &Peer::plaintext(false))
-                .authority,
+            &*m.labels(
+                Direction::Inbound,
+                "one-too-many:80",
+                "default",
+                &Peer::plaintext(false)
+            )
+            .authority,
             OVERFLOW
         );
         assert_eq!(
-            &*m.labels(Direction::Inbound, "h1:80", "default", &Peer::plaintext(false)).authority,
+            &*m.labels(
+                Direction::Inbound,
+                "h1:80",
+                "default",
+                &Peer::plaintext(false)
+            )
+            .authority,
             "h1:80"
         );
     }

@@ -190,7 +190,10 @@ impl Proxy {
         }
         let identity_task = match (&ctx.shared.identity, &ctx.identity_settings) {
             (Some(identity), Some(settings)) => {
-                tracing::info!(identity = identity.name(), "mTLS on: requesting a certificate");
+                tracing::info!(
+                    identity = identity.name(),
+                    "mTLS on: requesting a certificate"
+                );
                 Some(tokio::spawn(identity.clone().run(settings.clone())))
             }
             _ => {
@@ -335,8 +338,14 @@ async fn handle(
                     return;
                 }
             };
-            // The mesh's mTLS names this proxy; any other TLS is the app's own.
-            if sni.as_deref() == Some(identity.name()) {
+            // The mesh's mTLS names a mesh identity: normally this proxy's. Another
+            // one (stale discovery, say, with the address now another pod's) is
+            // answered with this proxy's certificate too, so that the client sees
+            // whom it reached and reports the mismatch. Any other TLS is the app's own.
+            if sni
+                .as_deref()
+                .is_some_and(|n| mesh_api::identity::parse_dns_name(n).is_some())
+            {
                 let io = PrefixedIo::new(prefix, stream);
                 return serve_mtls(io, identity, conn, stack, ctx).await;
             }
@@ -363,7 +372,12 @@ async fn serve_mtls(
     ctx: &Ctx,
 ) {
     let client = conn.client;
-    let io = CountingIo::new(io, ctx.shared.metrics.tcp_open(Direction::Inbound, "src", Tls::Secured));
+    let io = CountingIo::new(
+        io,
+        ctx.shared
+            .metrics
+            .tcp_open(Direction::Inbound, "src", Tls::Secured),
+    );
     let acceptor = tokio_rustls::TlsAcceptor::from(identity.server_config());
     let mut tls = match tokio::time::timeout(ctx.config.detect_timeout, acceptor.accept(io)).await {
         Ok(Ok(tls)) => tls,
@@ -405,7 +419,15 @@ async fn serve_mtls(
             }
         },
     };
-    serve(PrefixedIo::new(prefix, tls), protocol, conn, Direction::Inbound, stack, ctx).await;
+    serve(
+        PrefixedIo::new(prefix, tls),
+        protocol,
+        conn,
+        Direction::Inbound,
+        stack,
+        ctx,
+    )
+    .await;
 }
 
 async fn serve<I>(
@@ -425,14 +447,22 @@ async fn serve<I>(
             Some(target) if !ctx.shared.is_own(target) => {
                 let metrics = &ctx.shared.metrics;
                 let tls = Peer::plaintext(ctx.shared.identity.is_some()).tls;
-                if let Err(error) =
-                    tcp::forward(io, target, ctx.config.connect_timeout, metrics, direction, tls)
-                        .await
+                if let Err(error) = tcp::forward(
+                    io,
+                    target,
+                    ctx.config.connect_timeout,
+                    metrics,
+                    direction,
+                    tls,
+                )
+                .await
                 {
                     tracing::debug!(%error, client = %conn.client, %target, "opaque connection ended");
                 }
             }
-            _ => tracing::debug!(client = %conn.client, "opaque connection with no known destination; closing"),
+            _ => {
+                tracing::debug!(client = %conn.client, "opaque connection with no known destination; closing")
+            }
         },
     }
 }

@@ -47,12 +47,9 @@ fn parse(bytes: &[u8]) -> Parsed {
         }
     }
     match acceptor.accept() {
-        Ok(Some(accepted)) => Parsed::Done(
-            accepted
-                .client_hello()
-                .server_name()
-                .map(str::to_owned),
-        ),
+        Ok(Some(accepted)) => {
+            Parsed::Done(accepted.client_hello().server_name().map(str::to_owned))
+        }
         Ok(None) => Parsed::NeedMore,
         Err(_) => Parsed::Done(None),
     }
@@ -108,6 +105,10 @@ mod tests {
             .await
             .expect("read");
         assert_eq!(sni, None);
-        assert_eq!(&prefix[..], b"\x16\x03\x01\x00\x05hello", "bytes kept for replay");
+        assert_eq!(
+            &prefix[..],
+            b"\x16\x03\x01\x00\x05hello",
+            "bytes kept for replay"
+        );
     }
 }

@@ -71,6 +71,7 @@ impl Drop for CancelGuard {
 /// * `/consume/N`: reads the whole body, then answers with status N;
 /// * `/fail-once/KEY`: 503 the first time for KEY, 200 afterwards;
 /// * `/headers`: the request's headers, one `name: value` a line;
+/// * `/version`: the request's HTTP version (`HTTP/1.1`, `HTTP/2.0`);
 /// * anything else: `hello`.
 async fn app(
     req: Request<Incoming>,
@@ -163,6 +164,7 @@ async fn app(
                 .collect();
             Response::new(full(text))
         }
+        ("version", _) => Response::new(full(format!("{:?}", req.version()))),
         _ => Response::new(full("hello")),
     };
     Ok(rsp)

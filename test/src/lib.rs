@@ -11,6 +11,7 @@ pub mod backend;
 pub mod client;
 pub mod controller;
 pub mod grpc;
+pub mod identity;
 pub mod load;
 pub mod proxy;
 

@@ -111,6 +111,15 @@ impl Proxy {
         sum_metric(&self.metrics().await, series, labels)
     }
 
+    /// Waits until `/ready` answers 200 (with mTLS: until the proxy has a certificate).
+    pub async fn wait_ready(&self) {
+        crate::eventually("the proxy ready", Duration::from_secs(20), || async {
+            let rsp = crate::client::get(self.admin, "admin", "/ready").await;
+            (rsp.status == 200).then_some(())
+        })
+        .await;
+    }
+
     /// Asks the proxy to shut down through the admin server.
     pub async fn shutdown(&self) {
         let mut tx = crate::client::h1(self.admin).await;
