@@ -265,11 +265,14 @@ struct Store {
     latencies: HashMap<LatencyKey, Latency>,
 }
 
+/// TCP counters are kept per direction, peer (`src` or `dst`) and TLS state.
+type TcpKey = (Direction, &'static str, Tls);
+
 /// All of a proxy's metrics. Cheap to share; every record is one short critical section.
 #[derive(Debug, Default)]
 pub struct Metrics {
     store: Mutex<Store>,
-    tcp: Mutex<HashMap<(Direction, &'static str, Tls), Arc<TcpStats>>>,
+    tcp: Mutex<HashMap<TcpKey, Arc<TcpStats>>>,
 }
 
 impl Metrics {
