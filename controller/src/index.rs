@@ -219,6 +219,23 @@ struct State {
     splits: HashMap<(String, String), TrafficSplitSpec>,
 }
 
+/// A pod as mesh-viz sees it: where its proxy is, and what it belongs to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodView {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// Its IP, once it has one.
+    pub ip: Option<IpAddr>,
+    /// Its workload (a Deployment's name), else the pod's own name.
+    pub workload: String,
+    /// Its service account.
+    pub service_account: String,
+    /// Whether it runs (or, locally, is meant to run) the mesh proxy.
+    pub meshed: bool,
+}
+
 /// The index, shared by sources (writers) and the gRPC server (readers).
 #[derive(Debug)]
 pub struct Index {
@@ -248,6 +265,25 @@ impl Index {
             state: RwLock::new(state),
             changed: watch::channel(0).0,
         }
+    }
+
+    /// Every pod, sorted by namespace and name.
+    pub fn pods(&self) -> Vec<PodView> {
+        let s = self.state.read().unwrap_or_else(|e| e.into_inner());
+        let mut pods: Vec<PodView> = s
+            .pods
+            .iter()
+            .map(|((namespace, name), pod)| PodView {
+                namespace: namespace.clone(),
+                name: name.clone(),
+                ip: pod.ip,
+                workload: pod.workload.clone().unwrap_or_else(|| name.clone()),
+                service_account: pod.service_account.clone(),
+                meshed: s.meshed(namespace, pod),
+            })
+            .collect();
+        pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        pods
     }
 
     /// Applies (adds or replaces) an object, or refuses it and keeps the last good one.

@@ -76,6 +76,15 @@ fn route(
             );
             rsp
         }
+        (&Method::GET, "/stats") => {
+            let body = metrics.stats(crate::metrics::instance()).to_string();
+            let mut rsp = Response::new(Full::new(Bytes::from(body)));
+            rsp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            );
+            rsp
+        }
         (&Method::GET, "/live") => text(StatusCode::OK, "live"),
         (&Method::GET, "/ready") if *drain.borrow() => {
             text(StatusCode::SERVICE_UNAVAILABLE, "draining")
@@ -94,12 +103,12 @@ fn route(
             let _ = shutdown.try_send(());
             text(StatusCode::OK, "shutdown")
         }
-        (_, "/metrics" | "/live" | "/ready" | "/shutdown") => {
+        (_, "/metrics" | "/stats" | "/live" | "/ready" | "/shutdown") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: try /metrics, /live, /ready or POST /shutdown",
+            "not found: try /metrics, /stats, /live, /ready or POST /shutdown",
         ),
     }
 }

@@ -12,6 +12,7 @@ use mesh_api::destination::destination_client::DestinationClient;
 use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint as GrpcEndpoint};
 
+use crate::metrics::DstLabels;
 use crate::profile::Profile;
 
 /// How long a first request for a name waits for the controller's first answer, when
@@ -32,6 +33,8 @@ pub struct Dst {
     pub target_port: Option<u16>,
     /// The identity the endpoint's proxy presents, when meshed.
     pub identity: Option<String>,
+    /// What discovery says the endpoint belongs to, for metric labels.
+    pub labels: Option<Arc<DstLabels>>,
 }
 
 impl Dst {
@@ -41,6 +44,7 @@ impl Dst {
             connect: addr,
             target_port: None,
             identity: None,
+            labels: None,
         }
     }
 }
@@ -287,7 +291,21 @@ fn apply(endpoints: &mut BTreeMap<SocketAddr, Dst>, update: pb::Update) -> Answe
     use pb::update::Update;
     match update.update {
         Some(Update::Add(add)) => {
+            let set = &add.metric_labels;
             for e in add.endpoints {
+                let label = |k: &str| -> Arc<str> {
+                    Arc::from(
+                        e.metric_labels
+                            .get(k)
+                            .or_else(|| set.get(k))
+                            .map_or("", String::as_str),
+                    )
+                };
+                let labels = Some(Arc::new(DstLabels {
+                    namespace: label("namespace"),
+                    workload: label("deployment"),
+                    service: label("service"),
+                }));
                 let Some(addr) = e.addr.as_ref().and_then(socket_addr) else {
                     continue;
                 };
@@ -301,8 +319,12 @@ fn apply(endpoints: &mut BTreeMap<SocketAddr, Dst>, update: pb::Update) -> Answe
                         connect: SocketAddr::new(addr.ip(), port),
                         target_port: Some(addr.port()),
                         identity: Some(e.tls_identity).filter(|i| !i.is_empty()),
+                        labels,
                     },
-                    None => Dst::direct(addr),
+                    None => Dst {
+                        labels,
+                        ..Dst::direct(addr)
+                    },
                 };
                 endpoints.insert(addr, dst);
             }

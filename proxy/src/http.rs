@@ -308,11 +308,13 @@ impl Forward {
                 ));
             };
             let in_flight = endpoint.load.start();
+            let peer = match &endpoint.identity {
+                Some(id) => Peer::secured(id),
+                None => Peer::plaintext(mtls),
+            }
+            .with_dst(dst.labels.clone());
             if let Some(uncounted) = req.extensions().get::<Uncounted>() {
-                uncounted.count(&match &endpoint.identity {
-                    Some(id) => Peer::secured(id),
-                    None => Peer::plaintext(mtls),
-                });
+                uncounted.count(&peer);
             }
             let conn = match endpoint.connection().await {
                 Ok(conn) => conn,
@@ -353,10 +355,7 @@ impl Forward {
                     if carried {
                         *rsp.version_mut() = HttpVersion::HTTP_11;
                     }
-                    rsp.extensions_mut().insert(match &endpoint.identity {
-                        Some(id) => Peer::secured(id),
-                        None => Peer::plaintext(mtls),
-                    });
+                    rsp.extensions_mut().insert(peer);
                     break rsp;
                 }
                 Err(e) => {

@@ -88,6 +88,17 @@ impl Tls {
     }
 }
 
+/// What discovery says an outbound endpoint belongs to.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DstLabels {
+    /// `dst_namespace`.
+    pub namespace: Arc<str>,
+    /// `dst_deployment`: the endpoint's workload.
+    pub workload: Arc<str>,
+    /// `dst_service`.
+    pub service: Arc<str>,
+}
+
 /// The TLS state of a request's peer (inbound: the client; outbound: the server) and
 /// its verified identity.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -96,6 +107,8 @@ pub struct Peer {
     pub tls: Tls,
     /// The verified identity, with mTLS.
     pub id: Option<Arc<str>>,
+    /// Outbound: the endpoint's workload, from discovery.
+    pub dst: Option<Arc<DstLabels>>,
 }
 
 impl Peer {
@@ -108,6 +121,7 @@ impl Peer {
                 Tls::Disabled
             },
             id: None,
+            dst: None,
         }
     }
 
@@ -116,7 +130,14 @@ impl Peer {
         Self {
             tls: Tls::Secured,
             id: Some(Arc::from(id)),
+            dst: None,
         }
+    }
+
+    /// The same peer with discovery's labels for it.
+    pub fn with_dst(mut self, dst: Option<Arc<DstLabels>>) -> Self {
+        self.dst = dst;
+        self
     }
 }
 
@@ -240,6 +261,7 @@ impl Store {
         Peer {
             tls: peer.tls,
             id: peer.id.as_deref().map(|id| self.intern(id)),
+            dst: peer.dst.clone(),
         }
     }
 
@@ -263,6 +285,13 @@ struct Store {
     requests: HashMap<RequestLabels, u64>,
     responses: HashMap<ResponseKey, u64>,
     latencies: HashMap<LatencyKey, Latency>,
+}
+
+/// This process's instance id: random, fixed at first use; a restarted proxy has
+/// another, which tells readers of `/stats` that its counters started over.
+pub fn instance() -> u64 {
+    static INSTANCE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *INSTANCE.get_or_init(|| fastrand::u64(1..))
 }
 
 /// TCP counters are kept per direction, peer (`src` or `dst`) and TLS state.
@@ -387,6 +416,92 @@ impl Metrics {
         merged
     }
 
+    /// Every counter and latency histogram, cumulative since the proxy started, as
+    /// JSON for mesh-viz: histograms as their recorded buckets (`[value_us, count]`),
+    /// so that merging them elsewhere stays exact. `instance` changes on restart, so
+    /// that a reader can tell a reset from a decrease.
+    pub fn stats(&self, instance: u64) -> serde_json::Value {
+        use serde_json::{Map, Value, json};
+        fn labels(l: &RequestLabels) -> Map<String, Value> {
+            let mut m = Map::new();
+            m.insert("direction".into(), l.direction.as_str().into());
+            m.insert("authority".into(), (*l.authority).into());
+            m.insert("route".into(), (*l.route).into());
+            m.insert("tls".into(), l.peer.tls.as_str().into());
+            if let Some(id) = &l.peer.id {
+                m.insert("peer_id".into(), (**id).into());
+            }
+            if let Some(dst) = &l.peer.dst {
+                m.insert("dst_namespace".into(), (*dst.namespace).into());
+                m.insert("dst_workload".into(), (*dst.workload).into());
+                m.insert("dst_service".into(), (*dst.service).into());
+            }
+            m
+        }
+        let responses = |map: &HashMap<ResponseKey, u64>| -> Vec<Value> {
+            map.iter()
+                .map(|(k, n)| {
+                    let mut m = labels(&k.request);
+                    m.insert("status".into(), k.status.into());
+                    m.insert("class".into(), k.class.as_str().into());
+                    m.insert("count".into(), (*n).into());
+                    Value::Object(m)
+                })
+                .collect()
+        };
+        let store = self.store();
+        let requests: Vec<Value> = store
+            .requests
+            .iter()
+            .map(|(l, n)| {
+                let mut m = labels(l);
+                m.insert("count".into(), (*n).into());
+                Value::Object(m)
+            })
+            .collect();
+        let latency: Vec<Value> = store
+            .latencies
+            .iter()
+            .map(|(k, h)| {
+                let mut m = labels(&k.request);
+                m.insert("status_class".into(), k.status_class.into());
+                m.insert("sum_us".into(), h.sum_us.into());
+                let buckets: Vec<Value> = h
+                    .histogram
+                    .iter_recorded()
+                    .map(|v| json!([v.value_iterated_to(), v.count_at_value()]))
+                    .collect();
+                m.insert("buckets".into(), buckets.into());
+                Value::Object(m)
+            })
+            .collect();
+        let out = json!({
+            "instance": instance.to_string(),
+            "requests": requests,
+            "responses": responses(&store.responses),
+            "actual_responses": responses(&store.actual),
+            "latency": latency,
+        });
+        drop(store);
+        let tcp: Vec<Value> = {
+            let tcp = self.tcp.lock().unwrap_or_else(|e| e.into_inner());
+            tcp.iter()
+                .map(|((direction, peer, tls), s)| {
+                    json!({
+                        "direction": direction.as_str(),
+                        "peer": peer,
+                        "tls": tls.as_str(),
+                        "open": s.open.load(Ordering::Relaxed),
+                        "close": s.close.load(Ordering::Relaxed),
+                    })
+                })
+                .collect()
+        };
+        let mut out = out;
+        out["tcp"] = tcp.into();
+        out
+    }
+
     /// Renders every metric in the Prometheus / OpenMetrics text format.
     pub fn render(self: &Arc<Self>) -> String {
         let mut registry = prometheus_client::registry::Registry::default();
@@ -416,6 +531,17 @@ fn request_labels(l: &RequestLabels) -> Vec<(&'static str, &str)> {
             Direction::Outbound => "server_id",
         };
         labels.push((name, id));
+    }
+    if let Some(dst) = &l.peer.dst {
+        for (name, value) in [
+            ("dst_namespace", &dst.namespace),
+            ("dst_deployment", &dst.workload),
+            ("dst_service", &dst.service),
+        ] {
+            if !value.is_empty() {
+                labels.push((name, value));
+            }
+        }
     }
     labels
 }

@@ -1,4 +1,9 @@
 //! mesh-viz: scrapes proxies, merges their latency histograms per edge, workload and
-//! route, and serves the query API and the dashboard.
-//!
-//! Its contents arrive with the viz work (issue 7).
+//! route over a sliding window, and serves the query API, Prometheus metrics and the
+//! dashboard.
+
+pub mod query;
+pub mod scrape;
+pub mod server;
+pub mod stats;
+pub mod store;

@@ -1,0 +1,122 @@
+//! The `mesh-viz` binary: follows the mesh's pods, scrapes their proxies, serves the
+//! API and dashboard.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use mesh_controller::Index;
+use mesh_viz::store::Store;
+use tracing_subscriber::EnvFilter;
+
+/// mesh-viz: golden metrics per edge, workload and route.
+#[derive(Debug, Parser)]
+#[command(name = "mesh-viz", version, about)]
+struct Config {
+    /// API and dashboard address.
+    #[arg(long, env = "MESH_VIZ_ADDR", default_value = "0.0.0.0:8084")]
+    addr: SocketAddr,
+    /// Where pods come from: `kubernetes` or `dir:PATH` (the controller's folder).
+    #[arg(long, env = "MESH_VIZ_SOURCE", default_value = "kubernetes")]
+    source: String,
+    /// How often proxies are scraped.
+    #[arg(long, env = "MESH_VIZ_SCRAPE_INTERVAL", default_value = "2s", value_parser = duration)]
+    scrape_interval: Duration,
+    /// How long history is kept: the longest window a query may ask for.
+    #[arg(long, env = "MESH_VIZ_RETENTION", default_value = "10m", value_parser = duration)]
+    retention: Duration,
+    /// The proxies' admin port.
+    #[arg(long, env = "MESH_VIZ_PROXY_ADMIN_PORT", default_value_t = 4191)]
+    proxy_admin_port: u16,
+    /// Log filter.
+    #[arg(long, env = "MESH_VIZ_LOG", default_value = "info")]
+    log: String,
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    mesh_viz::server::parse_duration(s)
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("invalid duration {s:?}: use e.g. 500ms, 2s, 10m"))
+}
+
+fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    let filter = EnvFilter::try_new(&config.log)
+        .with_context(|| format!("invalid MESH_VIZ_LOG {:?}", config.log))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(run(config))
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let index = match config.source.as_str() {
+        "kubernetes" => {
+            let index = Arc::new(Index::for_cluster());
+            let client = kube::Client::try_default()
+                .await
+                .context("cannot reach the Kubernetes API")?;
+            let (synced, _) = tokio::sync::watch::channel(0);
+            tokio::spawn(mesh_controller::kubernetes::run(
+                client,
+                index.clone(),
+                synced,
+            ));
+            index
+        }
+        other => {
+            let Some(dir) = other.strip_prefix("dir:").filter(|d| !d.is_empty()) else {
+                anyhow::bail!("invalid --source {other:?}: use kubernetes or dir:PATH");
+            };
+            let index = Arc::new(Index::default());
+            let (synced, _) = tokio::sync::watch::channel(false);
+            let dir = PathBuf::from(dir);
+            let idx = index.clone();
+            tokio::spawn(async move {
+                if let Err(error) = mesh_controller::dir::watch(dir, idx, synced).await {
+                    tracing::error!(%error, "cannot watch the folder");
+                }
+            });
+            index
+        }
+    };
+    let store = Arc::new(Mutex::new(Store::new(config.retention)));
+    tokio::spawn(mesh_viz::scrape::run(
+        index,
+        store.clone(),
+        config.scrape_interval,
+        config.proxy_admin_port,
+    ));
+    let listener = tokio::net::TcpListener::bind(config.addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.addr))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(api = %addr, interval = ?config.scrape_interval, "listening");
+    tokio::select! {
+        () = mesh_viz::server::serve(listener, store) => {}
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate() => {}
+    }
+    Ok(())
+}
+
+async fn terminate() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut s) => {
+            s.recv().await;
+        }
+        Err(_) => std::future::pending().await,
+    }
+}

@@ -1,0 +1,420 @@
+//! The answers: edges between workloads, per-workload stats, per-route stats, all over
+//! a window, with percentiles from exactly merged HDR histograms.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::stats::{Labels, Series, histogram};
+use crate::store::Store;
+
+/// Latency percentiles in milliseconds (to the histograms' precision: 1%).
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct Percentiles {
+    /// Median.
+    pub p50_ms: Option<f64>,
+    /// 95th percentile.
+    pub p95_ms: Option<f64>,
+    /// 99th percentile.
+    pub p99_ms: Option<f64>,
+    /// The slowest.
+    pub max_ms: Option<f64>,
+}
+
+impl Percentiles {
+    fn of(h: &Histogram<u64>) -> Self {
+        if h.is_empty() {
+            return Self::default();
+        }
+        // A recorded value stands for its whole bucket; report the bucket's top, which
+        // is what a merged histogram of every request would say too.
+        let ms = |q: f64| Some(h.highest_equivalent(h.value_at_quantile(q)) as f64 / 1000.0);
+        Self {
+            p50_ms: ms(0.5),
+            p95_ms: ms(0.95),
+            p99_ms: ms(0.99),
+            max_ms: Some(h.highest_equivalent(h.max()) as f64 / 1000.0),
+        }
+    }
+}
+
+/// Requests, successes and latency of a set of series.
+#[derive(Default)]
+struct Acc {
+    ok: u64,
+    failed: u64,
+    latency: Option<Histogram<u64>>,
+}
+
+impl Acc {
+    fn add(&mut self, series: &Series, keep: impl Fn(&Labels) -> bool) {
+        for ((l, ok), n) in &series.responses {
+            if keep(l) {
+                if *ok {
+                    self.ok += n;
+                } else {
+                    self.failed += n;
+                }
+            }
+        }
+        for (l, h) in &series.latency {
+            if keep(l) {
+                let _ = self.latency.get_or_insert_with(histogram).add(h);
+            }
+        }
+    }
+
+    fn requests(&self) -> u64 {
+        self.ok + self.failed
+    }
+
+    fn success(&self) -> Option<f64> {
+        let n = self.requests();
+        (n > 0).then(|| self.ok as f64 / n as f64)
+    }
+
+    fn percentiles(&self) -> Percentiles {
+        self.latency
+            .as_ref()
+            .map(Percentiles::of)
+            .unwrap_or_default()
+    }
+}
+
+/// Traffic from one workload to another.
+#[derive(Clone, Debug, Serialize)]
+pub struct Edge {
+    /// The calling workload.
+    pub src: String,
+    /// Its namespace.
+    pub src_namespace: String,
+    /// The called workload (or, when discovery does not know it, the authority).
+    pub dst: String,
+    /// Its namespace (empty when unknown).
+    pub dst_namespace: String,
+    /// The caller's identity, when it used mTLS.
+    pub src_identity: Option<String>,
+    /// The identity the callee presented and the caller verified.
+    pub dst_identity: Option<String>,
+    /// Whether every request on the edge was mTLS with both identities verified.
+    pub secured: bool,
+    /// Why not, when not: `no identity` (the caller's proxy has none) or `not meshed`.
+    pub reason: Option<String>,
+    /// Requests in the window.
+    pub requests: u64,
+    /// Requests per second.
+    pub rps: f64,
+    /// Successful fraction, when there were requests.
+    pub success: Option<f64>,
+    /// Latency.
+    #[serde(flatten)]
+    pub latency: Percentiles,
+}
+
+/// A workload's inbound traffic and mesh status.
+#[derive(Clone, Debug, Serialize)]
+pub struct WorkloadStat {
+    /// The workload.
+    pub name: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// Pods with a proxy.
+    pub meshed_pods: usize,
+    /// All its pods.
+    pub pods: usize,
+    /// Requests it received in the window.
+    pub requests: u64,
+    /// Requests per second.
+    pub rps: f64,
+    /// Successful fraction.
+    pub success: Option<f64>,
+    /// Latency as its proxies saw it (inbound).
+    #[serde(flatten)]
+    pub latency: Percentiles,
+    /// Inbound connections open now.
+    pub tcp_connections: u64,
+}
+
+/// One ServiceProfile route of a service, as its callers saw it.
+#[derive(Clone, Debug, Serialize)]
+pub struct RouteStat {
+    /// The route name (`default` for requests no route matched).
+    pub route: String,
+    /// The service.
+    pub service: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// Requests as the callers' apps saw them.
+    pub requests: u64,
+    /// Their rate.
+    pub effective_rps: f64,
+    /// Their success.
+    pub effective_success: Option<f64>,
+    /// Attempts sent, retries included.
+    pub actual_requests: u64,
+    /// Their rate.
+    pub actual_rps: f64,
+    /// Their success.
+    pub actual_success: Option<f64>,
+    /// Latency as the callers saw it.
+    #[serde(flatten)]
+    pub latency: Percentiles,
+}
+
+/// A scraped proxy's state.
+#[derive(Clone, Debug, Serialize)]
+pub struct TargetInfo {
+    /// The pod.
+    pub pod: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// Its workload.
+    pub workload: String,
+    /// Its address.
+    pub ip: Option<String>,
+    /// Whether it is meshed.
+    pub meshed: bool,
+    /// Whether the pod still exists.
+    pub present: bool,
+    /// Scrape outcomes.
+    #[serde(flatten)]
+    pub status: crate::store::ScrapeStatus,
+}
+
+/// Which namespaces a query covers.
+#[derive(Clone, Debug)]
+pub enum Namespaces {
+    /// Every namespace.
+    All,
+    /// One.
+    One(String),
+}
+
+impl Namespaces {
+    fn has(&self, ns: &str) -> bool {
+        match self {
+            Self::All => true,
+            Self::One(n) => n == ns,
+        }
+    }
+}
+
+/// Edges whose source is in `namespaces`.
+pub fn edges(
+    store: &Store,
+    namespaces: &Namespaces,
+    window: Duration,
+    now: SystemTime,
+) -> Vec<Edge> {
+    let secs = store.covered(window, now);
+    type Key = (String, String, String, String);
+    let mut acc: BTreeMap<Key, (Acc, Option<String>, Option<String>, Option<String>)> =
+        BTreeMap::new();
+    for (t, series) in store.window(window, now) {
+        if !namespaces.has(&t.pod.namespace) {
+            continue;
+        }
+        let mut dsts: BTreeMap<Key, Vec<Labels>> = BTreeMap::new();
+        for ((l, _), _) in &series.responses {
+            if l.direction != "outbound" {
+                continue;
+            }
+            let (dst, dst_ns) = match (&l.dst_workload, &l.dst_namespace) {
+                (Some(w), Some(ns)) if !w.is_empty() => (w.clone(), ns.clone()),
+                _ => (host(&l.authority).to_owned(), String::new()),
+            };
+            let key = (t.pod.namespace.clone(), t.pod.workload.clone(), dst_ns, dst);
+            dsts.entry(key).or_default().push(l.clone());
+        }
+        for (key, labels) in dsts {
+            let entry = acc.entry(key).or_insert((Acc::default(), None, None, None));
+            entry.0.add(&series, |l| labels.contains(l));
+            for l in &labels {
+                if l.tls == "true" {
+                    entry.2 = entry.2.take().or_else(|| l.peer_id.clone());
+                    entry.3 = entry.3.take().or_else(|| {
+                        Some(mesh_api::identity::dns_name(
+                            &t.pod.service_account,
+                            &t.pod.namespace,
+                        ))
+                    });
+                } else if entry.1.is_none() {
+                    entry.1 = Some(match l.tls.as_str() {
+                        "disabled" => "no identity".to_owned(),
+                        _ => "not meshed".to_owned(),
+                    });
+                }
+            }
+        }
+    }
+    acc.into_iter()
+        .map(
+            |((src_ns, src, dst_ns, dst), (a, reason, dst_id, src_id))| Edge {
+                src,
+                src_namespace: src_ns,
+                dst,
+                dst_namespace: dst_ns,
+                secured: reason.is_none() && dst_id.is_some(),
+                src_identity: src_id,
+                dst_identity: dst_id,
+                reason,
+                requests: a.requests(),
+                rps: a.requests() as f64 / secs,
+                success: a.success(),
+                latency: a.percentiles(),
+            },
+        )
+        .collect()
+}
+
+fn host(authority: &str) -> &str {
+    authority.rsplit_once(':').map_or(authority, |(h, _)| h)
+}
+
+/// Per-workload stats for workloads in `namespaces`.
+pub fn stat(
+    store: &Store,
+    namespaces: &Namespaces,
+    window: Duration,
+    now: SystemTime,
+) -> Vec<WorkloadStat> {
+    let secs = store.covered(window, now);
+    let mut acc: BTreeMap<(String, String), (Acc, usize, usize, u64)> = BTreeMap::new();
+    for (t, series) in store.window(window, now) {
+        if !t.present && series.responses.is_empty() {
+            continue;
+        }
+        if !namespaces.has(&t.pod.namespace) {
+            continue;
+        }
+        let e = acc
+            .entry((t.pod.namespace.clone(), t.pod.workload.clone()))
+            .or_insert((Acc::default(), 0, 0, 0));
+        e.0.add(&series, |l| l.direction == "inbound");
+        if t.present {
+            e.2 += 1;
+            if t.pod.meshed {
+                e.1 += 1;
+                e.3 += t.status.tcp_open_inbound;
+            }
+        }
+    }
+    acc.into_iter()
+        .map(|((namespace, name), (a, meshed, pods, tcp))| WorkloadStat {
+            name,
+            namespace,
+            meshed_pods: meshed,
+            pods,
+            requests: a.requests(),
+            rps: a.requests() as f64 / secs,
+            success: a.success(),
+            latency: a.percentiles(),
+            tcp_connections: tcp,
+        })
+        .collect()
+}
+
+/// Per-route stats of the services in `namespaces` (or only `service`), from every
+/// caller.
+pub fn routes(
+    store: &Store,
+    namespaces: &Namespaces,
+    service: Option<&str>,
+    window: Duration,
+    now: SystemTime,
+) -> Vec<RouteStat> {
+    let secs = store.covered(window, now);
+    let of_service = |l: &Labels| {
+        l.direction == "outbound"
+            && l.dst_service
+                .as_deref()
+                .is_some_and(|s| !s.is_empty() && service.is_none_or(|want| want == s))
+            && l.dst_namespace
+                .as_deref()
+                .is_some_and(|ns| namespaces.has(ns))
+    };
+    type Key = (String, String, String);
+    let mut by_route: BTreeMap<Key, (Acc, Acc, bool)> = BTreeMap::new();
+    for (_, series) in store.window(window, now) {
+        let mut keys: Vec<Key> = series
+            .responses
+            .keys()
+            .map(|(l, _)| l)
+            .filter(|l| of_service(l))
+            .map(|l| {
+                (
+                    l.dst_namespace.clone().unwrap_or_default(),
+                    l.dst_service.clone().unwrap_or_default(),
+                    l.route.clone(),
+                )
+            })
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        for key in keys {
+            let e = by_route
+                .entry(key.clone())
+                .or_insert((Acc::default(), Acc::default(), false));
+            let (ns, svc, route) = &key;
+            let keep = |l: &Labels| {
+                of_service(l)
+                    && &l.route == route
+                    && l.dst_service.as_ref() == Some(svc)
+                    && l.dst_namespace.as_ref() == Some(ns)
+            };
+            e.0.add(&series, keep);
+            // Attempts are counted separately only on retryable routes; elsewhere
+            // every request is one attempt.
+            let retried = series.actual.keys().any(|(l, _)| keep(l));
+            if retried {
+                e.2 = true;
+                let attempts = Series {
+                    responses: series.actual.clone(),
+                    ..Series::default()
+                };
+                e.1.add(&attempts, keep);
+            } else {
+                let once = Series {
+                    responses: series.responses.clone(),
+                    ..Series::default()
+                };
+                e.1.add(&once, keep);
+            }
+        }
+    }
+    by_route
+        .into_iter()
+        .map(
+            |((namespace, service, route), (effective, actual, _))| RouteStat {
+                route,
+                service,
+                namespace,
+                requests: effective.requests(),
+                effective_rps: effective.requests() as f64 / secs,
+                effective_success: effective.success(),
+                actual_requests: actual.requests(),
+                actual_rps: actual.requests() as f64 / secs,
+                actual_success: actual.success(),
+                latency: effective.percentiles(),
+            },
+        )
+        .collect()
+}
+
+/// Every target and how scraping it goes.
+pub fn targets(store: &Store) -> Vec<TargetInfo> {
+    store
+        .targets()
+        .map(|t| TargetInfo {
+            pod: t.pod.name.clone(),
+            namespace: t.pod.namespace.clone(),
+            workload: t.pod.workload.clone(),
+            ip: t.pod.ip.map(|ip| ip.to_string()),
+            meshed: t.pod.meshed,
+            present: t.present,
+            status: t.status.clone(),
+        })
+        .collect()
+}

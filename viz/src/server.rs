@@ -1,0 +1,367 @@
+//! The HTTP API (JSON), `/metrics` for Prometheus, and the dashboard.
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use tokio::net::TcpListener;
+
+use crate::query::{self, Namespaces};
+use crate::store::Store;
+
+/// The window used when a query names none (and for `/metrics`).
+pub const DEFAULT_WINDOW: Duration = Duration::from_secs(60);
+
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// Serves the API on `listener` until the task is aborted.
+pub async fn serve(listener: TcpListener, store: Arc<Mutex<Store>>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let store = store.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let rsp = route(&req, &store);
+                async move { Ok::<_, Infallible>(rsp) }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(io, svc)
+                .await;
+        });
+    }
+}
+
+/// A query's parameters.
+struct Params(Vec<(String, String)>);
+
+impl Params {
+    fn parse(query: Option<&str>) -> Self {
+        Self(
+            query
+                .unwrap_or_default()
+                .split('&')
+                .filter(|p| !p.is_empty())
+                .map(|p| {
+                    let (k, v) = p.split_once('=').unwrap_or((p, ""));
+                    (decode(k), decode(v))
+                })
+                .collect(),
+        )
+    }
+
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn namespaces(&self) -> Namespaces {
+        match (self.get("all"), self.get("namespace")) {
+            (Some("1" | "true"), _) | (_, Some("*")) => Namespaces::All,
+            (_, Some(ns)) if !ns.is_empty() => Namespaces::One(ns.to_owned()),
+            _ => Namespaces::One("default".into()),
+        }
+    }
+
+    fn window(&self, retention: Duration) -> Result<Duration, String> {
+        let Some(w) = self.get("window") else {
+            return Ok(DEFAULT_WINDOW.min(retention));
+        };
+        let d = parse_duration(w)
+            .ok_or_else(|| format!("invalid window {w:?}: use e.g. 30s, 1m, 5m"))?;
+        if d.is_zero() || d > retention {
+            return Err(format!(
+                "window {w} is out of range: between 1s and {}s (the retention)",
+                retention.as_secs()
+            ));
+        }
+        Ok(d)
+    }
+}
+
+/// Percent-decoding for query parameters (`+` is a space).
+fn decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = |b: u8| (b as char).to_digit(16);
+                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                    (Some(h), Some(l)) => {
+                        out.push((h * 16 + l) as u8);
+                        i += 3;
+                        continue;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Parses `250ms`, `30s`, `1m`, `1h`.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    Some(match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.checked_mul(60)?),
+        "h" => Duration::from_secs(n.checked_mul(3600)?),
+        _ => return None,
+    })
+}
+
+fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec_pretty(value).unwrap_or_else(|_| b"{}".to_vec());
+    let mut rsp = Response::new(Full::new(Bytes::from(body)));
+    *rsp.status_mut() = status;
+    rsp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    rsp
+}
+
+fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+    json(status, &serde_json::json!({ "error": message }))
+}
+
+fn route<B>(req: &Request<B>, store: &Mutex<Store>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET {
+        return error(StatusCode::METHOD_NOT_ALLOWED, "only GET is served");
+    }
+    let params = Params::parse(req.uri().query());
+    let store = store.lock().unwrap_or_else(|e| e.into_inner());
+    let now = SystemTime::now();
+    let window = match params.window(store.retention()) {
+        Ok(w) => w,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+    };
+    let ns = params.namespaces();
+    let envelope = |items: serde_json::Value| serde_json::json!({ "window_seconds": window.as_secs_f64(), "items": items });
+    match req.uri().path() {
+        "/api/edges" => json(
+            StatusCode::OK,
+            &envelope(serde_json::json!(query::edges(&store, &ns, window, now))),
+        ),
+        "/api/stat" => json(
+            StatusCode::OK,
+            &envelope(serde_json::json!(query::stat(&store, &ns, window, now))),
+        ),
+        "/api/routes" => {
+            let service = params.get("service").filter(|s| !s.is_empty());
+            json(
+                StatusCode::OK,
+                &envelope(serde_json::json!(query::routes(
+                    &store, &ns, service, window, now
+                ))),
+            )
+        }
+        "/api/targets" => json(StatusCode::OK, &query::targets(&store)),
+        "/metrics" => {
+            let mut rsp = Response::new(Full::new(Bytes::from(metrics(&store, now))));
+            rsp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            rsp
+        }
+        "/" | "/index.html" => {
+            let mut rsp = Response::new(Full::new(Bytes::from_static(DASHBOARD.as_bytes())));
+            rsp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            rsp
+        }
+        "/live" | "/ready" => json(StatusCode::OK, &serde_json::json!({"ok": true})),
+        _ => error(
+            StatusCode::NOT_FOUND,
+            "not found: try /api/edges, /api/stat, /api/routes, /api/targets, /metrics or /",
+        ),
+    }
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Prometheus text: the default window's edges and workloads as gauges.
+fn metrics(store: &Store, now: SystemTime) -> String {
+    let window = DEFAULT_WINDOW.min(store.retention());
+    let mut out = String::new();
+    let edges = query::edges(store, &Namespaces::All, window, now);
+    let stats = query::stat(store, &Namespaces::All, window, now);
+    let _ = writeln!(
+        out,
+        "# HELP viz_edge_rps Requests per second from one workload to another over the last minute.\n# TYPE viz_edge_rps gauge"
+    );
+    let edge_labels = |e: &query::Edge| {
+        format!(
+            "src_namespace=\"{}\",src=\"{}\",dst_namespace=\"{}\",dst=\"{}\",secured=\"{}\"",
+            escape(&e.src_namespace),
+            escape(&e.src),
+            escape(&e.dst_namespace),
+            escape(&e.dst),
+            e.secured
+        )
+    };
+    for e in &edges {
+        let _ = writeln!(out, "viz_edge_rps{{{}}} {}", edge_labels(e), e.rps);
+    }
+    let _ = writeln!(
+        out,
+        "# HELP viz_edge_success_ratio Successful fraction of an edge's requests over the last minute.\n# TYPE viz_edge_success_ratio gauge"
+    );
+    for e in &edges {
+        if let Some(s) = e.success {
+            let _ = writeln!(out, "viz_edge_success_ratio{{{}}} {s}", edge_labels(e));
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP viz_edge_latency_ms Exact latency percentiles of an edge over the last minute.\n# TYPE viz_edge_latency_ms gauge"
+    );
+    for e in &edges {
+        for (q, v) in [
+            ("0.5", e.latency.p50_ms),
+            ("0.95", e.latency.p95_ms),
+            ("0.99", e.latency.p99_ms),
+        ] {
+            if let Some(v) = v {
+                let _ = writeln!(
+                    out,
+                    "viz_edge_latency_ms{{{},quantile=\"{q}\"}} {v}",
+                    edge_labels(e)
+                );
+            }
+        }
+    }
+    let wl = |s: &query::WorkloadStat| {
+        format!(
+            "namespace=\"{}\",workload=\"{}\"",
+            escape(&s.namespace),
+            escape(&s.name)
+        )
+    };
+    let _ = writeln!(
+        out,
+        "# HELP viz_workload_rps Requests per second a workload received over the last minute.\n# TYPE viz_workload_rps gauge"
+    );
+    for s in &stats {
+        let _ = writeln!(out, "viz_workload_rps{{{}}} {}", wl(s), s.rps);
+    }
+    let _ = writeln!(
+        out,
+        "# HELP viz_workload_success_ratio Successful fraction of a workload's inbound requests over the last minute.\n# TYPE viz_workload_success_ratio gauge"
+    );
+    for s in &stats {
+        if let Some(v) = s.success {
+            let _ = writeln!(out, "viz_workload_success_ratio{{{}}} {v}", wl(s));
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP viz_workload_latency_ms Exact inbound latency percentiles of a workload over the last minute.\n# TYPE viz_workload_latency_ms gauge"
+    );
+    for s in &stats {
+        for (q, v) in [
+            ("0.5", s.latency.p50_ms),
+            ("0.95", s.latency.p95_ms),
+            ("0.99", s.latency.p99_ms),
+        ] {
+            if let Some(v) = v {
+                let _ = writeln!(
+                    out,
+                    "viz_workload_latency_ms{{{},quantile=\"{q}\"}} {v}",
+                    wl(s)
+                );
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP viz_workload_meshed_pods Pods of a workload that run the proxy.\n# TYPE viz_workload_meshed_pods gauge"
+    );
+    for s in &stats {
+        let _ = writeln!(
+            out,
+            "viz_workload_meshed_pods{{{}}} {}",
+            wl(s),
+            s.meshed_pods
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP viz_scrape_failures_total Failed scrapes of a proxy.\n# TYPE viz_scrape_failures_total counter"
+    );
+    for t in query::targets(store) {
+        let _ = writeln!(
+            out,
+            "viz_scrape_failures_total{{namespace=\"{}\",pod=\"{}\"}} {}",
+            escape(&t.namespace),
+            escape(&t.pod),
+            t.status.failures
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_and_windows() {
+        let p = Params::parse(Some("namespace=shop&window=30s&x=%2Fa+b"));
+        assert!(matches!(p.namespaces(), Namespaces::One(ns) if ns == "shop"));
+        assert_eq!(
+            p.window(Duration::from_secs(600)),
+            Ok(Duration::from_secs(30))
+        );
+        assert_eq!(p.get("x"), Some("/a b"));
+        assert!(matches!(
+            Params::parse(Some("all=1")).namespaces(),
+            Namespaces::All
+        ));
+        assert!(
+            Params::parse(Some("window=forever"))
+                .window(Duration::from_secs(600))
+                .is_err()
+        );
+        assert!(
+            Params::parse(Some("window=1h"))
+                .window(Duration::from_secs(600))
+                .is_err()
+        );
+        assert_eq!(decode("%zz%4"), "%zz%4");
+        assert_eq!(
+            decode("%é%"),
+            "%é%",
+            "multi-byte text after % is not sliced"
+        );
+    }
+}

@@ -1,0 +1,292 @@
+//! A proxy's `/stats` (cumulative counters and HDR histograms), the change between two
+//! scrapes, and sums of changes over a window.
+
+use std::collections::HashMap;
+
+use hdrhistogram::Histogram;
+use serde::Deserialize;
+
+/// The labels a proxy keeps a series under (its `/stats` fields).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(default)]
+pub struct Labels {
+    /// `inbound` or `outbound`.
+    pub direction: String,
+    /// The request's authority.
+    pub authority: String,
+    /// The ServiceProfile route, or `default`.
+    pub route: String,
+    /// `true` (mTLS), `no_identity` or `disabled`.
+    pub tls: String,
+    /// The peer's verified identity (client inbound, server outbound).
+    pub peer_id: Option<String>,
+    /// Outbound: the endpoint's namespace, from discovery.
+    pub dst_namespace: Option<String>,
+    /// Outbound: the endpoint's workload.
+    pub dst_workload: Option<String>,
+    /// Outbound: the endpoint's service.
+    pub dst_service: Option<String>,
+}
+
+/// Why a proxy's stats could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StatsError {
+    /// The JSON did not parse.
+    #[error("malformed /stats: {0}")]
+    Json(#[from] serde_json::Error),
+    /// A histogram could not be rebuilt.
+    #[error("bad histogram in /stats: {0}")]
+    Histogram(String),
+}
+
+#[derive(Deserialize)]
+struct RawCount {
+    #[serde(flatten)]
+    labels: Labels,
+    #[serde(default)]
+    status: u16,
+    #[serde(default)]
+    class: String,
+    count: u64,
+}
+
+#[derive(Deserialize)]
+struct RawLatency {
+    #[serde(flatten)]
+    labels: Labels,
+    buckets: Vec<(u64, u64)>,
+}
+
+#[derive(Deserialize)]
+struct RawTcp {
+    direction: String,
+    peer: String,
+    open: u64,
+    close: u64,
+}
+
+#[derive(Deserialize)]
+struct Raw {
+    instance: String,
+    #[serde(default)]
+    responses: Vec<RawCount>,
+    #[serde(default)]
+    actual_responses: Vec<RawCount>,
+    #[serde(default)]
+    latency: Vec<RawLatency>,
+    #[serde(default)]
+    tcp: Vec<RawTcp>,
+}
+
+/// Response counts by labels and success.
+pub type Counts = HashMap<(Labels, bool), u64>;
+
+/// Two significant digits, as the proxies keep them: merges stay exact.
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new(2).unwrap_or_else(|_| unreachable!("2 significant digits are valid"))
+}
+
+/// Counters and histograms: cumulative in a snapshot, or a change in a delta.
+#[derive(Clone, Debug, Default)]
+pub struct Series {
+    /// Responses the clients saw, by labels and success.
+    pub responses: Counts,
+    /// Every attempt's response (retries included), where the proxy kept them.
+    pub actual: Counts,
+    /// Latency in microseconds by labels (all status classes merged).
+    pub latency: HashMap<Labels, Histogram<u64>>,
+}
+
+/// One scrape of one proxy.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    /// Changes when the proxy restarts.
+    pub instance: String,
+    /// Cumulative series.
+    pub series: Series,
+    /// Inbound connections open now.
+    pub tcp_open_inbound: u64,
+}
+
+impl Snapshot {
+    /// Parses a proxy's `/stats` JSON.
+    pub fn parse(json: &[u8]) -> Result<Self, StatsError> {
+        let raw: Raw = serde_json::from_slice(json)?;
+        let counts = |raw: Vec<RawCount>| {
+            let mut c = Counts::new();
+            for r in raw {
+                // Responses to requests the proxy answered itself are failures too.
+                let ok = r.class == "success";
+                let _ = r.status;
+                *c.entry((r.labels, ok)).or_default() += r.count;
+            }
+            c
+        };
+        let mut latency: HashMap<Labels, Histogram<u64>> = HashMap::new();
+        for l in raw.latency {
+            let h = latency.entry(l.labels).or_insert_with(histogram);
+            for (value, count) in l.buckets {
+                h.record_n(value, count)
+                    .map_err(|e| StatsError::Histogram(e.to_string()))?;
+            }
+        }
+        let tcp_open_inbound = raw
+            .tcp
+            .iter()
+            .filter(|t| t.direction == "inbound" && t.peer == "src")
+            .map(|t| t.open.saturating_sub(t.close))
+            .sum();
+        Ok(Self {
+            instance: raw.instance,
+            series: Series {
+                responses: counts(raw.responses),
+                actual: counts(raw.actual_responses),
+                latency,
+            },
+            tcp_open_inbound,
+        })
+    }
+
+    /// What happened between `prev` and this scrape. A proxy that restarted in between
+    /// (another instance) counted from zero, so all of its counts are new; with no
+    /// previous scrape nothing is attributable to the interval.
+    pub fn since(&self, prev: Option<&Snapshot>) -> Series {
+        let Some(prev) = prev else {
+            return Series::default();
+        };
+        if prev.instance != self.instance {
+            return self.series.clone();
+        }
+        let sub = |now: &Counts, before: &Counts| -> Counts {
+            now.iter()
+                .filter_map(|(k, n)| {
+                    // A counter that went down means a reset we could not see: count
+                    // what is there now.
+                    let b = before.get(k).copied().unwrap_or(0);
+                    let d = if *n >= b { n - b } else { *n };
+                    (d > 0).then(|| (k.clone(), d))
+                })
+                .collect()
+        };
+        let mut latency = HashMap::new();
+        for (k, h) in &self.series.latency {
+            let mut d = h.clone();
+            if let Some(before) = prev.series.latency.get(k)
+                && d.subtract(before).is_err()
+            {
+                // Not a superset: a reset; everything there is new.
+                d = h.clone();
+            }
+            if d.len() > 0 {
+                latency.insert(k.clone(), d);
+            }
+        }
+        Series {
+            responses: sub(&self.series.responses, &prev.series.responses),
+            actual: sub(&self.series.actual, &prev.series.actual),
+            latency,
+        }
+    }
+}
+
+impl Series {
+    /// Adds `other` into this series.
+    pub fn add(&mut self, other: &Series) {
+        for (k, n) in &other.responses {
+            *self.responses.entry(k.clone()).or_default() += n;
+        }
+        for (k, n) in &other.actual {
+            *self.actual.entry(k.clone()).or_default() += n;
+        }
+        for (k, h) in &other.latency {
+            let mine = self.latency.entry(k.clone()).or_insert_with(histogram);
+            // Same layout (two digits, auto-resizing): adding cannot fail.
+            let _ = mine.add(h);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats(instance: &str, ok: u64, fail: u64, latencies: &[u64]) -> Vec<u8> {
+        let mut h = histogram();
+        for l in latencies {
+            h.record(*l).expect("record");
+        }
+        let buckets: Vec<_> = h
+            .iter_recorded()
+            .map(|v| (v.value_iterated_to(), v.count_at_value()))
+            .collect();
+        serde_json::to_vec(&serde_json::json!({
+            "instance": instance,
+            "responses": [
+                {"direction": "outbound", "authority": "web:80", "route": "default", "tls": "true", "status": 200, "class": "success", "count": ok},
+                {"direction": "outbound", "authority": "web:80", "route": "default", "tls": "true", "status": 500, "class": "failure", "count": fail},
+            ],
+            "latency": [{"direction": "outbound", "authority": "web:80", "route": "default", "tls": "true", "status_class": 2, "sum_us": 0, "buckets": buckets}],
+            "tcp": [{"direction": "inbound", "peer": "src", "tls": "true", "open": 5, "close": 3}],
+        }))
+        .expect("json")
+    }
+
+    fn labels() -> Labels {
+        Labels {
+            direction: "outbound".into(),
+            authority: "web:80".into(),
+            route: "default".into(),
+            tls: "true".into(),
+            ..Labels::default()
+        }
+    }
+
+    #[test]
+    fn deltas_subtract_and_survive_restarts() {
+        let a = Snapshot::parse(&stats("1", 10, 1, &[1000, 2000])).expect("a");
+        assert_eq!(a.tcp_open_inbound, 2);
+        assert!(
+            a.since(None).responses.is_empty(),
+            "no baseline, nothing new"
+        );
+        let b = Snapshot::parse(&stats("1", 15, 1, &[1000, 2000, 3000, 3000])).expect("b");
+        let d = b.since(Some(&a));
+        assert_eq!(d.responses.get(&(labels(), true)), Some(&5));
+        assert_eq!(d.responses.get(&(labels(), false)), None);
+        assert_eq!(d.latency[&labels()].len(), 2);
+        assert_eq!(
+            d.latency[&labels()].max(),
+            3000u64.max(d.latency[&labels()].max())
+        );
+        // Restarted: the new instance's counts are all new.
+        let c = Snapshot::parse(&stats("2", 3, 0, &[500])).expect("c");
+        let d = c.since(Some(&b));
+        assert_eq!(d.responses.get(&(labels(), true)), Some(&3));
+        assert_eq!(d.latency[&labels()].len(), 1);
+    }
+
+    #[test]
+    fn merged_histograms_equal_one_histogram_of_everything() {
+        let (xs, ys) = ([120u64, 900, 4000, 15_000], [80u64, 900, 77_000]);
+        let a = Snapshot::parse(&stats("1", 4, 0, &xs)).expect("a");
+        let b = Snapshot::parse(&stats("2", 3, 0, &ys)).expect("b");
+        let mut merged = Series::default();
+        merged.add(&a.series);
+        merged.add(&b.series);
+        let mut all = histogram();
+        for v in xs.iter().chain(&ys) {
+            all.record(*v).expect("record");
+        }
+        let m = &merged.latency[&labels()];
+        assert_eq!(m.len(), all.len());
+        for q in [0.5, 0.9, 0.99, 1.0] {
+            assert_eq!(m.value_at_quantile(q), all.value_at_quantile(q), "q{q}");
+        }
+    }
+
+    #[test]
+    fn garbage_is_an_error() {
+        assert!(Snapshot::parse(b"{").is_err());
+        assert!(Snapshot::parse(b"{\"instance\": 1}").is_err());
+    }
+}
