@@ -6,6 +6,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+mod viz;
+
 /// mesh: a lightweight service mesh for Kubernetes.
 #[derive(Debug, Parser)]
 #[command(name = "mesh", version, about)]
@@ -16,6 +18,29 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Golden metrics from mesh-viz: `edges deployment`, `stat deploy`, `routes svc/NAME`.
+    Viz {
+        /// `edges`, `stat` or `routes`.
+        #[arg(value_parser = ["edges", "stat", "routes"])]
+        command: String,
+        /// `deployment` (edges, stat) or `svc/NAME` (routes).
+        resource: String,
+        /// The namespace.
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+        /// Every namespace.
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+        /// Output: table, wide or json.
+        #[arg(short, long, value_enum, default_value_t = viz::Output::Table)]
+        output: viz::Output,
+        /// The window the numbers cover (e.g. 30s, 1m, 5m).
+        #[arg(short, long, default_value = "1m")]
+        window: String,
+        /// mesh-viz's address.
+        #[arg(long, env = "MESH_VIZ_ADDR", default_value = "127.0.0.1:8084")]
+        viz_addr: std::net::SocketAddr,
+    },
     /// Identity: the mesh's certificate authority.
     Identity {
         #[command(subcommand)]
@@ -42,11 +67,50 @@ enum IdentityCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Creates the next issuer under an existing trust anchor (a folder from `mesh
+    /// identity ca`, with `ca.crt` and `ca.key`): writes `tls.crt`, `tls.key` and
+    /// `ca.crt` to a new folder, ready to replace mesh-identity's issuer in place.
+    Issuer {
+        /// The folder holding the trust anchor and its key.
+        #[arg(long)]
+        anchor: PathBuf,
+        /// The folder to write to.
+        #[arg(long)]
+        out: PathBuf,
+        /// How long the issuer is valid, in days.
+        #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u64).range(1..=36500))]
+        issuer_days: u64,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     match Cli::parse().command {
+        Command::Viz {
+            command,
+            resource,
+            namespace,
+            all_namespaces,
+            output,
+            window,
+            viz_addr,
+        } => {
+            let query = viz::parse_resource(&command, &resource)?;
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(viz::run(
+                    viz_addr,
+                    query,
+                    Some(&namespace),
+                    all_namespaces,
+                    &window,
+                    output,
+                ))
+        }
         Command::Identity {
             command:
                 IdentityCommand::Ca {
@@ -56,7 +120,73 @@ fn main() -> anyhow::Result<()> {
                     force,
                 },
         } => identity_ca(out, anchor_days, issuer_days, force),
+        Command::Identity {
+            command:
+                IdentityCommand::Issuer {
+                    anchor,
+                    out,
+                    issuer_days,
+                    force,
+                },
+        } => identity_issuer(anchor, out, issuer_days, force),
     }
+}
+
+fn refuse_overwrite(out: &std::path::Path, files: &[&str], force: bool) -> anyhow::Result<()> {
+    if !force && let Some(existing) = files.iter().map(|f| out.join(f)).find(|p| p.exists()) {
+        anyhow::bail!(
+            "{} exists; not overwriting a CA (use --force to replace it)",
+            existing.display()
+        );
+    }
+    Ok(())
+}
+
+fn identity_issuer(
+    anchor: PathBuf,
+    out: PathBuf,
+    issuer_days: u64,
+    force: bool,
+) -> anyhow::Result<()> {
+    use mesh_identity::ca;
+    refuse_overwrite(
+        &out,
+        &[
+            ca::ISSUER_CERT_FILE,
+            ca::ISSUER_KEY_FILE,
+            ca::TRUST_ANCHORS_FILE,
+        ],
+        force,
+    )?;
+    let signer = ca::load_anchor(&anchor)
+        .with_context(|| format!("cannot load the trust anchor from {}", anchor.display()))?;
+    let lifetime = Duration::from_secs(86_400) * u32::try_from(issuer_days)?;
+    let (cert, key) = ca::generate_issuer(&signer, lifetime).context("cannot create the issuer")?;
+    let anchors = std::fs::read(anchor.join(ca::TRUST_ANCHORS_FILE))?;
+    // Check the result the way mesh-identity will.
+    ca::Issuer::from_pem(&anchors, cert.as_bytes(), &key)
+        .context("the new issuer does not check out")?;
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(out.join(ca::TRUST_ANCHORS_FILE), &anchors)?;
+    std::fs::write(out.join(ca::ISSUER_CERT_FILE), &cert)?;
+    {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(out.join(ca::ISSUER_KEY_FILE))?;
+        f.write_all(key.as_bytes())?;
+    }
+    eprintln!(
+        "wrote {} and {} (issuer, valid {issuer_days} days) with {}",
+        out.join(ca::ISSUER_CERT_FILE).display(),
+        out.join(ca::ISSUER_KEY_FILE).display(),
+        out.join(ca::TRUST_ANCHORS_FILE).display(),
+    );
+    Ok(())
 }
 
 fn identity_ca(
@@ -90,10 +220,11 @@ fn identity_ca(
     .context("cannot generate the CA")?;
     ca::write(&out, &generated).context("cannot write the CA")?;
     eprintln!(
-        "wrote {} (trust anchor, valid {anchor_days} days), {} and {} (issuer, valid {issuer_days} days)",
+        "wrote {} (trust anchor, valid {anchor_days} days), {} and {} (issuer, valid {issuer_days} days), {} (the anchor's key: keep it offline; mesh-identity does not need it)",
         out.join(ca::TRUST_ANCHORS_FILE).display(),
         out.join(ca::ISSUER_CERT_FILE).display(),
         out.join(ca::ISSUER_KEY_FILE).display(),
+        out.join(ca::TRUST_ANCHOR_KEY_FILE).display(),
     );
     Ok(())
 }

@@ -43,6 +43,28 @@ fn writes_a_loadable_ca_and_refuses_to_overwrite_it() {
     assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
     assert_eq!(std::fs::read(out.join("tls.key")).expect("key"), before);
 
+    // The next issuer, under the same anchor.
+    let next = dir.path().join("next");
+    let out2 = mesh()
+        .args(["identity", "issuer", "--anchor"])
+        .arg(&out)
+        .arg("--out")
+        .arg(&next)
+        .output()
+        .expect("run mesh");
+    assert!(
+        out2.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out2.stderr)
+    );
+    let next_issuer = mesh_identity::ca::Issuer::load(&next, None).expect("loads");
+    assert_eq!(next_issuer.anchors(), issuer.anchors(), "same trust anchor");
+    assert_ne!(
+        next_issuer.certificate(),
+        issuer.certificate(),
+        "a new issuer"
+    );
+
     let bad = mesh()
         .args([
             "identity",

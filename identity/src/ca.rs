@@ -61,6 +61,9 @@ pub struct GeneratedCa {
     pub issuer_cert_pem: String,
     /// The issuer's private key.
     pub issuer_key_pem: String,
+    /// The trust anchor's private key: needed only to sign the next issuer; keep it
+    /// offline, away from mesh-identity.
+    pub trust_anchor_key_pem: String,
 }
 
 /// Random, positive 128-bit serial numbers from the crypto provider's CSPRNG.
@@ -104,11 +107,13 @@ pub fn generate(
     let anchor = anchor_params
         .self_signed(&anchor_key)
         .map_err(|e| invalid("trust anchor", e))?;
+    let trust_anchor_key_pem = anchor_key.serialize_pem();
     let anchor_issuer = rcgen::Issuer::new(anchor_params, anchor_key);
     generate_issuer(&anchor_issuer, issuer_lifetime).map(|(cert, key)| GeneratedCa {
         trust_anchor_pem: anchor.pem(),
         issuer_cert_pem: cert,
         issuer_key_pem: key,
+        trust_anchor_key_pem,
     })
 }
 
@@ -126,8 +131,38 @@ pub fn generate_issuer(
     Ok((cert.pem(), key.serialize_pem()))
 }
 
-/// Writes a CA folder: `ca.crt` (trust anchors), `tls.crt` and `tls.key` (issuer). The
-/// key is readable by its owner only.
+/// The trust anchor's key file, written beside a generated CA: not part of the issuer
+/// Secret.
+pub const TRUST_ANCHOR_KEY_FILE: &str = "ca.key";
+
+/// Loads a trust anchor and its key (`ca.crt`, `ca.key`) to sign new issuers with.
+pub fn load_anchor(dir: &Path) -> Result<rcgen::Issuer<'static, KeyPair>, CaError> {
+    let read = |name: &str| {
+        let path = dir.join(name);
+        std::fs::read_to_string(&path).map_err(|source| CaError::Io { path, source })
+    };
+    let key = KeyPair::from_pem(&read(TRUST_ANCHOR_KEY_FILE)?)
+        .map_err(|e| invalid("trust anchor key", e))?;
+    let certs = parse_certs("trust anchor", read(TRUST_ANCHORS_FILE)?.as_bytes())?;
+    // The anchor whose key this is (the bundle may hold others).
+    for cert in &certs {
+        let Ok((_, x509)) = X509Certificate::from_der(cert) else {
+            continue;
+        };
+        if x509.public_key().subject_public_key.data.as_ref() == key.public_key_raw() {
+            return rcgen::Issuer::from_ca_cert_der(cert, key)
+                .map_err(|e| invalid("trust anchor", e));
+        }
+    }
+    Err(invalid(
+        "trust anchor key",
+        "matches no certificate in ca.crt",
+    ))
+}
+
+/// Writes a CA folder: `ca.crt` (trust anchors), `tls.crt` and `tls.key` (issuer), and
+/// `ca.key` (the anchor's key, for the next issuer). Keys are readable by their owner
+/// only.
 pub fn write(dir: &Path, ca: &GeneratedCa) -> Result<(), CaError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
@@ -141,8 +176,14 @@ pub fn write(dir: &Path, ca: &GeneratedCa) -> Result<(), CaError> {
         let path = dir.join(name);
         std::fs::write(&path, text).map_err(io(&path))?;
     }
-    let path = dir.join(ISSUER_KEY_FILE);
-    write_private(&path, ca.issuer_key_pem.as_bytes()).map_err(io(&path))
+    for (name, key) in [
+        (ISSUER_KEY_FILE, &ca.issuer_key_pem),
+        (TRUST_ANCHOR_KEY_FILE, &ca.trust_anchor_key_pem),
+    ] {
+        let path = dir.join(name);
+        write_private(&path, key.as_bytes()).map_err(io(&path))?;
+    }
+    Ok(())
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -231,6 +272,9 @@ pub enum Rejection {
         /// The name the token grants.
         allowed: String,
     },
+    /// The issuer has expired (or is about to): it must be rotated.
+    #[error("the issuer certificate expires at {0}: rotate the issuer")]
+    IssuerExpired(String),
     /// Signing failed.
     #[error("cannot issue the certificate: {0}")]
     Internal(String),
@@ -244,6 +288,7 @@ impl Rejection {
             Self::BadSignature => "bad_signature",
             Self::UnsupportedKey(_) => "unsupported_key",
             Self::WrongIdentity { .. } => "wrong_identity",
+            Self::IssuerExpired(_) => "issuer_expired",
             Self::Internal(_) => "internal",
         }
     }
@@ -351,6 +396,11 @@ impl Issuer {
         skew: Duration,
         now: SystemTime,
     ) -> Result<Issued, Rejection> {
+        // A leaf that would end before it starts (an expired issuer) helps no one.
+        if self.not_after <= now + skew.max(Duration::from_secs(1)) {
+            let when = time::OffsetDateTime::from(self.not_after);
+            return Err(Rejection::IssuerExpired(when.to_string()));
+        }
         let dns = mesh_api::identity::dns_name(service_account, namespace);
         let spiffe = mesh_api::identity::spiffe_id(service_account, namespace);
         let (rest, csr) = X509CertificationRequest::from_der(csr_der)
@@ -607,6 +657,35 @@ mod tests {
                 .reason(),
             "malformed_csr"
         );
+    }
+
+    #[test]
+    fn an_expired_issuer_refuses_to_issue() {
+        let (_, issuer) = issuer();
+        let a = mesh_api::identity::dns_name("a", "default");
+        let later = issuer.not_after() + HOUR;
+        let err = issuer
+            .certify(
+                &csr(vec![a], &PKCS_ECDSA_P256_SHA256),
+                "a",
+                "default",
+                HOUR,
+                Duration::ZERO,
+                later,
+            )
+            .expect_err("expired issuer");
+        assert_eq!(err.reason(), "issuer_expired");
+    }
+
+    #[test]
+    fn new_issuers_are_signed_by_a_kept_anchor() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let ca = generate(10 * HOUR, 5 * HOUR).expect("generate");
+        write(dir.path(), &ca).expect("write");
+        let anchor = load_anchor(dir.path()).expect("anchor and key");
+        let (cert, key) = generate_issuer(&anchor, 2 * HOUR).expect("issuer");
+        Issuer::from_pem(ca.trust_anchor_pem.as_bytes(), cert.as_bytes(), &key)
+            .expect("the next issuer chains to the same anchor");
     }
 
     #[test]

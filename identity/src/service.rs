@@ -160,6 +160,10 @@ impl Identity for Service {
                 let status = match &e {
                     Rejection::WrongIdentity { .. } => Status::permission_denied(e.to_string()),
                     Rejection::Internal(_) => Status::internal(e.to_string()),
+                    Rejection::IssuerExpired(_) => {
+                        tracing::error!(error = %e, "cannot issue: the issuer has expired");
+                        Status::unavailable(e.to_string())
+                    }
                     _ => Status::invalid_argument(e.to_string()),
                 };
                 self.reject(e.reason(), status)

@@ -115,6 +115,8 @@ impl TokenFile {
 
     /// The service account whose token `token` is, as of `now`.
     pub fn authenticate(&self, token: &[u8], now: SystemTime) -> Result<ServiceAccount, AuthError> {
+        // A token file's trailing newline is not part of the token (TokenReview trims too).
+        let token = token.trim_ascii();
         let entry = self
             .tokens
             .iter()
@@ -220,6 +222,10 @@ mod tests {
             })
         );
         assert_eq!(file.authenticate(b"aab", now), Err(AuthError::Unknown));
+        assert!(
+            file.authenticate(b"aaa\n", now).is_ok(),
+            "a trailing newline is not the token"
+        );
         assert_eq!(file.authenticate(b"", now), Err(AuthError::Unknown));
         assert_eq!(file.authenticate(b"old", now), Err(AuthError::Expired));
         let before = SystemTime::UNIX_EPOCH + Duration::from_secs(1_500_000_000);

@@ -196,6 +196,10 @@ impl Forward {
         let conn = req.extensions_mut().remove::<ConnInfo>();
         let target = conn.as_ref().and_then(|c| c.target);
         let mtls = self.shared.endpoints.mtls();
+        // Hop-by-hop headers go first, so that a `Connection` header cannot name (and so
+        // remove) the headers the proxy adds below.
+        let upgrading = req.version() != HttpVersion::HTTP_2 && is_upgrade(req.headers());
+        strip_hop_by_hop(req.headers_mut(), upgrading, true);
         if self.direction == Direction::Inbound {
             // The application learns the client's identity from us alone.
             req.headers_mut().remove(CLIENT_ID_HEADER);
@@ -308,22 +312,18 @@ impl Forward {
                 ));
             };
             let in_flight = endpoint.load.start();
-            let peer = match &endpoint.identity {
-                Some(id) => Peer::secured(id),
-                None => Peer::plaintext(mtls),
-            }
-            .with_dst(dst.labels.clone());
-            if let Some(uncounted) = req.extensions().get::<Uncounted>() {
-                uncounted.count(&peer);
-            }
             let conn = match endpoint.connection().await {
                 Ok(conn) => conn,
                 Err(e) => {
                     in_flight.fail();
                     failed.push(endpoint.addr);
+                    // A TLS failure sent nothing either: an address that now belongs
+                    // to another pod (stale discovery) presents the wrong identity.
                     let retryable = matches!(
                         e,
-                        ProxyError::Connect { .. } | ProxyError::ConnectTimeout(_)
+                        ProxyError::Connect { .. }
+                            | ProxyError::ConnectTimeout(_)
+                            | ProxyError::Tls { .. }
                     );
                     if retryable && failed.len() < endpoints.len().min(MAX_CONNECT_ATTEMPTS) {
                         tracing::debug!(error = %e, "trying another endpoint");
@@ -332,6 +332,15 @@ impl Forward {
                     return Err(e);
                 }
             };
+            // Counted once connected (and authenticated): the labels say who answers.
+            let peer = match &endpoint.identity {
+                Some(id) => Peer::secured(id),
+                None => Peer::plaintext(mtls),
+            }
+            .with_dst(dst.labels.clone());
+            if let Some(uncounted) = req.extensions().get::<Uncounted>() {
+                uncounted.count(&peer);
+            }
             if let Some(port) = dst.target_port {
                 req.headers_mut()
                     .insert(TARGET_PORT_HEADER, HeaderValue::from(port));

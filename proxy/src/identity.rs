@@ -249,9 +249,11 @@ impl Identity {
             }
         };
         let mut backoff = Duration::from_millis(500);
+        let mut expires: Option<SystemTime> = None;
         loop {
             let wait = match self.renew(client.clone(), &settings, &key, &csr).await {
                 Ok(valid_until) => {
+                    expires = Some(valid_until);
                     backoff = Duration::from_millis(500);
                     let left = valid_until
                         .duration_since(SystemTime::now())
@@ -261,6 +263,13 @@ impl Identity {
                 }
                 Err(error) => {
                     tracing::warn!(%error, retry_in = ?backoff, "certificate request failed");
+                    // Past its expiry the certificate is useless to peers: say so.
+                    if expires.is_some_and(|e| e <= SystemTime::now()) && self.is_ready() {
+                        tracing::error!(
+                            "the certificate expired before it could be renewed; not ready"
+                        );
+                        self.ready.send_replace(false);
+                    }
                     let wait = backoff.mul_f64(0.5 + fastrand::f64());
                     backoff = (backoff * 2).min(Duration::from_secs(30));
                     wait

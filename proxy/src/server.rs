@@ -300,18 +300,31 @@ async fn handle(
     };
     let local = stream.local_addr().unwrap_or(ctx.listening_on(direction));
     let mut drain = ctx.drain.clone();
+    let plaintext = Peer::plaintext(ctx.shared.identity.is_some()).tls;
+    // A connection that ends before it is served still counts as opened and closed.
+    let unserved = || {
+        ctx.shared
+            .metrics
+            .tcp_open(direction, "src", plaintext)
+            .closed()
+    };
     let detected = tokio::select! {
         d = detect(&mut stream, ctx.config.detect_timeout) => match d {
             Ok(d) => d,
             Err(error) => {
                 tracing::debug!(%error, %client, "connection failed before detection");
+                unserved();
                 return;
             }
         },
         // A client that has sent nothing yet has nothing in flight: close it at once.
-        () = drained(&mut drain) => return,
+        () = drained(&mut drain) => {
+            unserved();
+            return;
+        }
     };
     let Some(protocol) = detected.protocol else {
+        unserved();
         return;
     };
     let mut prefix = detected.prefix;
@@ -335,6 +348,7 @@ async fn handle(
                 Ok(sni) => sni,
                 Err(error) => {
                     tracing::debug!(%error, %client, "connection failed during the TLS hello");
+                    unserved();
                     return;
                 }
             };
@@ -352,6 +366,7 @@ async fn handle(
         }
         if ctx.shared.identity.is_some() && ctx.config.strict_port(target.map(|t| t.port())) {
             tracing::info!(%client, ?target, "connection refused: inbound is strict and the client did not use the mesh's mTLS");
+            unserved();
             return;
         }
     }
@@ -372,21 +387,22 @@ async fn serve_mtls(
     ctx: &Ctx,
 ) {
     let client = conn.client;
-    let io = CountingIo::new(
-        io,
-        ctx.shared
-            .metrics
-            .tcp_open(Direction::Inbound, "src", Tls::Secured),
-    );
+    let metrics = &ctx.shared.metrics;
+    // Until the handshake succeeds the connection is not secured: a failed one counts
+    // as plaintext.
+    let failed = conn.peer.tls;
+    let unserved = || metrics.tcp_open(Direction::Inbound, "src", failed).closed();
     let acceptor = tokio_rustls::TlsAcceptor::from(identity.server_config());
-    let mut tls = match tokio::time::timeout(ctx.config.detect_timeout, acceptor.accept(io)).await {
+    let tls = match tokio::time::timeout(ctx.config.detect_timeout, acceptor.accept(io)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(error)) => {
             tracing::info!(%error, %client, "mTLS handshake refused");
+            unserved();
             return;
         }
         Err(_) => {
             tracing::debug!(%client, "mTLS handshake timed out");
+            unserved();
             return;
         }
     };
@@ -398,14 +414,20 @@ async fn serve_mtls(
         .and_then(crate::identity::peer_identity)
     else {
         tracing::info!(%client, "mTLS peer certificate names no identity; closing");
+        unserved();
         return;
     };
-    conn.peer = Peer::secured(&peer);
     let protocol = match session.alpn_protocol() {
         Some(ALPN_H2) => Some(Protocol::Http2),
         Some(ALPN_HTTP1) => Some(Protocol::Http1),
         _ => None,
     };
+    conn.peer = Peer::secured(&peer);
+    // Counted above TLS: the bytes of the peer's requests and responses.
+    let mut tls = CountingIo::new(
+        tls,
+        metrics.tcp_open(Direction::Inbound, "src", Tls::Secured),
+    );
     let (protocol, prefix) = match protocol {
         Some(p) => (p, bytes::BytesMut::new()),
         None => match detect(&mut tls, ctx.config.detect_timeout).await {

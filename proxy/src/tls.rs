@@ -18,40 +18,30 @@ pub async fn client_hello_sni<I: AsyncRead + Unpin>(
     timeout: Duration,
 ) -> std::io::Result<Option<String>> {
     let deadline = tokio::time::Instant::now() + timeout;
+    // One acceptor, fed each byte once: a client dribbling its hello costs nothing more.
+    let mut acceptor = rustls::server::Acceptor::default();
+    let mut fed = 0;
     loop {
-        match parse(prefix) {
-            Parsed::Done(sni) => return Ok(sni),
-            Parsed::NeedMore if prefix.len() < MAX_CLIENT_HELLO => {}
-            Parsed::NeedMore => return Ok(None),
+        let mut rest = &prefix[fed..];
+        while !rest.is_empty() {
+            match acceptor.read_tls(&mut rest) {
+                Ok(0) | Err(_) => return Ok(None),
+                Ok(_) => {}
+            }
+        }
+        fed = prefix.len();
+        match acceptor.accept() {
+            Ok(Some(accepted)) => {
+                return Ok(accepted.client_hello().server_name().map(str::to_owned));
+            }
+            Ok(None) if prefix.len() < MAX_CLIENT_HELLO => {}
+            Ok(None) | Err(_) => return Ok(None),
         }
         match tokio::time::timeout_at(deadline, io.read_buf(prefix)).await {
             Err(_) | Ok(Ok(0)) => return Ok(None),
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(e),
         }
-    }
-}
-
-enum Parsed {
-    Done(Option<String>),
-    NeedMore,
-}
-
-fn parse(bytes: &[u8]) -> Parsed {
-    let mut acceptor = rustls::server::Acceptor::default();
-    let mut rest = bytes;
-    while !rest.is_empty() {
-        match acceptor.read_tls(&mut rest) {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
-        }
-    }
-    match acceptor.accept() {
-        Ok(Some(accepted)) => {
-            Parsed::Done(accepted.client_hello().server_name().map(str::to_owned))
-        }
-        Ok(None) => Parsed::NeedMore,
-        Err(_) => Parsed::Done(None),
     }
 }
 

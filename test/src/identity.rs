@@ -268,6 +268,17 @@ impl Probe {
 /// Connects to `addr` with TLS naming `sni`, presenting `cert` (or none), and sends
 /// `GET path` over HTTP/1.1 (ALPN http/1.1).
 pub async fn probe(addr: SocketAddr, sni: &str, cert: Option<&ClientCert>, path: &str) -> Probe {
+    probe_with(addr, sni, cert, path, "").await
+}
+
+/// [`probe`] with extra request header lines (each ending in `\r\n`).
+pub async fn probe_with(
+    addr: SocketAddr,
+    sni: &str,
+    cert: Option<&ClientCert>,
+    path: &str,
+    headers: &str,
+) -> Probe {
     let capture = Arc::new(Capture::default());
     let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
@@ -294,7 +305,8 @@ pub async fn probe(addr: SocketAddr, sni: &str, cert: Option<&ClientCert>, path:
             .await
             .map_err(|e| format!("handshake: {e}"))?;
         tls.write_all(
-            format!("GET {path} HTTP/1.1\r\nhost: app\r\nconnection: close\r\n\r\n").as_bytes(),
+            format!("GET {path} HTTP/1.1\r\nhost: app\r\n{headers}connection: close\r\n\r\n")
+                .as_bytes(),
         )
         .await
         .map_err(|e| format!("write: {e}"))?;
@@ -316,6 +328,47 @@ pub async fn probe(addr: SocketAddr, sni: &str, cert: Option<&ClientCert>, path:
         server_chain,
         response,
     }
+}
+
+/// The first flight of a TLS client asking for `sni`: a real ClientHello.
+pub fn client_hello(sni: &str) -> Vec<u8> {
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(rustls::RootCertStore::empty())
+    .with_no_client_auth();
+    let name = ServerName::try_from(sni.to_owned()).expect("name");
+    let mut conn = rustls::ClientConnection::new(Arc::new(config), name).expect("conn");
+    let mut out = Vec::new();
+    conn.write_tls(&mut out).expect("hello");
+    out
+}
+
+/// Whether `chain` (leaf first) verifies for `name` against the anchors in `pem`.
+pub fn verifies(chain: &[CertificateDer<'static>], name: &str, anchors_pem: &[u8]) -> bool {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in ca::parse_certs("anchors", anchors_pem).expect("anchors") {
+        roots.add(cert).expect("root");
+    }
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::new(rustls::crypto::ring::default_provider()),
+    )
+    .build()
+    .expect("verifier");
+    use rustls::client::danger::ServerCertVerifier as _;
+    let name = ServerName::try_from(name.to_owned()).expect("name");
+    verifier
+        .verify_server_cert(
+            &chain[0],
+            &chain[1..],
+            &name,
+            &[],
+            rustls::pki_types::UnixTime::now(),
+        )
+        .is_ok()
 }
 
 /// A gRPC client for the identity service over TLS, trusting `anchors_pem` and

@@ -13,7 +13,9 @@ pub mod controller;
 pub mod grpc;
 pub mod identity;
 pub mod load;
+pub mod mesh;
 pub mod proxy;
+pub mod viz;
 
 use std::future::Future;
 use std::time::Duration;

@@ -4,81 +4,36 @@
 //! HTTP/2, and tell the app who called; strict inbound refuses everything else;
 //! certificates and issuers rotate without a failed request.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use mesh_api::identity::dns_name;
 use mesh_test::identity::{self, Identity};
+use mesh_test::mesh::{self, Pod, PodSpec, pod_ip};
 use mesh_test::{client, controller, proxy};
 
-/// Loopback addresses unlikely to collide with another test process's.
-fn pod_ip() -> IpAddr {
-    static NEXT: AtomicU8 = AtomicU8::new(1);
-    let block = (std::process::id() % 200) as u8 + 20;
-    IpAddr::V4(Ipv4Addr::new(
-        127,
-        block,
-        200,
-        NEXT.fetch_add(1, Ordering::SeqCst),
-    ))
-}
-
-/// A local pod: the sample app on its own address behind its own mTLS proxy.
-struct Pod {
-    ip: IpAddr,
-    _app: tokio::process::Child,
-    proxy: proxy::Proxy,
-}
-
 async fn pod(id: &Identity, sa: &str, mode: &str, anchors: Option<&Path>) -> Pod {
-    let ip = pod_ip();
-    let app = tokio::process::Command::new(mesh_test::bin_path("mesh-sample-app"))
-        .args(["--http", &SocketAddr::new(ip, 8080).to_string()])
-        .stdout(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("sample app");
-    let mut builder = id
-        .proxy(proxy::new(), sa, "shop")
-        .env("INBOUND_ADDR", SocketAddr::new(ip, 4143))
-        .app(SocketAddr::new(ip, 8080))
-        .env("INBOUND_TLS", mode);
-    if let Some(anchors) = anchors {
-        builder = builder.env("TRUST_ANCHORS", anchors.display());
-    }
-    let proxy = builder.run().await;
-    proxy.wait_ready().await;
-    mesh_test::eventually("the app listening", Duration::from_secs(10), || async {
-        tokio::net::TcpStream::connect(SocketAddr::new(ip, 8080))
-            .await
-            .ok()
-            .map(|_| ())
+    Pod::start(PodSpec {
+        identity: Some(id),
+        mode,
+        anchors,
+        ..PodSpec::new(pod_ip(), sa, "shop")
     })
-    .await;
-    Pod {
-        ip,
-        _app: app,
-        proxy,
-    }
+    .await
 }
 
 /// The controller's folder: namespace `shop` (meshed), service `web` on port 80 to
 /// 8080, and a pod `web-0` at `ip` running as service account `sa`.
 fn write_world(dir: &Path, ip: IpAddr, sa: &str) {
-    std::fs::write(
-        dir.join("world.yaml"),
-        format!(
-            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: shop, annotations: {{mesh.io/inject: enabled}}}}\n---\n\
-             apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: shop}}\n\
-             spec: {{selector: {{app: web}}, ports: [{{port: 80, targetPort: 8080}}]}}\n---\n\
-             apiVersion: v1\nkind: Pod\nmetadata: {{name: web-0, namespace: shop, labels: {{app: web}}}}\n\
-             spec: {{serviceAccountName: {sa}, containers: [{{name: app, image: x}}]}}\nstatus: {{podIP: \"{ip}\"}}\n"
-        ),
-    )
-    .expect("write world");
+    let yaml = format!(
+        "{}---\n{}",
+        mesh::service_yaml("web", "shop"),
+        mesh::pod_yaml("web-0", "shop", "web", sa, ip)
+    );
+    mesh::write(dir, "world", &yaml);
 }
 
 const WEB: &str = "web.shop.svc.cluster.local";
@@ -228,13 +183,22 @@ async fn strict_inbound_refuses_clients_without_a_valid_mesh_certificate() {
     // The positive control: a certificate from the mesh's CA gets through, and the
     // server presents the identity discovery promises.
     let good = identity::client_cert(&m.id.ca_dir, "probe", "shop", now - hour, 2 * hour);
-    let ok = identity::probe(inbound, &web_id, Some(&good), "/headers").await;
+    // A `Connection` header naming the identity header cannot make the proxy drop it.
+    let ok = identity::probe_with(
+        inbound,
+        &web_id,
+        Some(&good),
+        "/headers",
+        "mesh-client-id: forged\r\nx-a: 1\r\nconnection: mesh-client-id, x-a\r\n",
+    )
+    .await;
     let text = ok.response.expect("a valid client certificate is accepted");
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(
         text.contains(&format!("mesh-client-id: {}", dns_name("probe", "shop"))),
         "{text}"
     );
+    assert!(!text.contains("forged") && !text.contains("x-a:"), "{text}");
     let (_, leaf) = x509_parser::parse_x509_certificate(&ok.server_chain[0]).expect("leaf");
     let names: Vec<String> = leaf
         .subject_alternative_name()
@@ -266,11 +230,38 @@ async fn strict_inbound_refuses_clients_without_a_valid_mesh_certificate() {
     let expired = identity::client_cert(&m.id.ca_dir, "client", "shop", now - 3 * hour, hour);
     let r = identity::probe(inbound, &web_id, Some(&expired), "/").await;
     assert!(r.response.is_err(), "expired: {:?}", r.response);
+}
 
-    // TLS that names someone else is the app's own: not terminated, and on a strict
-    // pod not passed through either.
-    let r = identity::probe(inbound, "example.com", Some(&good), "/").await;
-    assert!(r.response.is_err(), "foreign SNI: {:?}", r.response);
+/// The app's own TLS (a ClientHello naming no mesh identity) passes through a
+/// permissive pod to the app byte for byte, and is refused by a strict one.
+#[tokio::test]
+async fn app_tls_passes_through_permissive_pods_only() {
+    let (ca, work) = (tmp(), tmp());
+    identity::new_ca(ca.path());
+    let id = identity::start(ca.path(), None, "24h", work.path()).await;
+    let echo = mesh_test::backend::tcp_echo(None).await;
+    let hello = identity::client_hello("db.example.com");
+    for (mode, passes) in [("permissive", true), ("strict", false)] {
+        let proxy = id
+            .proxy(proxy::new(), "db", "shop")
+            .app(echo)
+            .env("INBOUND_TLS", mode)
+            .run()
+            .await;
+        proxy.wait_ready().await;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut conn = tokio::net::TcpStream::connect(proxy.inbound)
+            .await
+            .expect("connect");
+        conn.write_all(&hello).await.expect("write");
+        let mut back = vec![0u8; hello.len()];
+        let read = tokio::time::timeout(Duration::from_secs(5), conn.read_exact(&mut back)).await;
+        match read {
+            Ok(Ok(_)) => assert!(passes && back == hello, "{mode}: echoed through"),
+            Ok(Err(_)) => assert!(!passes, "{mode}: closed instead of passing through"),
+            Err(_) => panic!("{mode}: neither echoed nor closed"),
+        }
+    }
 }
 
 #[tokio::test]
@@ -596,18 +587,21 @@ async fn issuer_and_trust_anchor_rotate_with_a_bundle() {
     new_only.wait_ready().await;
     let rsp = client::get(new_only.outbound, WEB, "/").await;
     assert_eq!(rsp.status, 200, "{:?}", rsp.headers);
-    // A proxy that trusts only the old anchor can no longer verify web.
-    let old_only = id
-        .proxy(proxy::new(), "stale", "shop")
-        .env("DESTINATION_ADDR", ctl.destination)
-        .env("TRUST_ANCHORS", old.path().join("ca.crt").display())
-        .run()
-        .await;
-    let rsp = client::get(old_only.outbound, WEB, "/").await;
-    assert_ne!(
-        rsp.status, 200,
-        "a proxy trusting only the old anchor still verified web"
-    );
+    // What web presents now verifies under the new anchor alone, and no longer under
+    // the old one: step 3 (dropping the old anchor) is safe for it.
+    let chain = identity::probe(inbound, &web_id, Some(&probe_cert), "/")
+        .await
+        .server_chain;
+    assert!(identity::verifies(
+        &chain,
+        &web_id,
+        new_ca.trust_anchor_pem.as_bytes()
+    ));
+    assert!(!identity::verifies(
+        &chain,
+        &web_id,
+        old_ca.trust_anchor_pem.as_bytes()
+    ));
     drop(ctl);
 }
 

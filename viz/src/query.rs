@@ -210,14 +210,15 @@ pub fn edges(
 ) -> Vec<Edge> {
     let secs = store.covered(window, now);
     type Key = (String, String, String, String);
-    let mut acc: BTreeMap<Key, (Acc, Option<String>, Option<String>, Option<String>)> =
-        BTreeMap::new();
+    // Per edge: the counts, why not secured, the callee's identity, the caller's.
+    type Found = (Acc, Option<String>, Option<String>, Option<String>);
+    let mut acc: BTreeMap<Key, Found> = BTreeMap::new();
     for (t, series) in store.window(window, now) {
         if !namespaces.has(&t.pod.namespace) {
             continue;
         }
         let mut dsts: BTreeMap<Key, Vec<Labels>> = BTreeMap::new();
-        for ((l, _), _) in &series.responses {
+        for (l, _) in series.responses.keys() {
             if l.direction != "outbound" {
                 continue;
             }

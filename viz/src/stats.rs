@@ -177,7 +177,7 @@ impl Snapshot {
                 // Not a superset: a reset; everything there is new.
                 d = h.clone();
             }
-            if d.len() > 0 {
+            if !d.is_empty() {
                 latency.insert(k.clone(), d);
             }
         }

@@ -1,0 +1,319 @@
+//! `mesh viz edges|stat|routes`: tables (or JSON) from mesh-viz's API.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+/// Output formats.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// Aligned columns.
+    Table,
+    /// More columns: identities, effective vs actual.
+    Wide,
+    /// The API's items as JSON.
+    Json,
+}
+
+/// What to ask viz for.
+#[derive(Clone, Debug)]
+pub enum Query {
+    /// Edges between workloads.
+    Edges,
+    /// Per-workload stats.
+    Stat,
+    /// Per-route stats of one service.
+    Routes(String),
+}
+
+/// Parses the resource argument of each command: only deployments (workloads) for
+/// edges and stat, `svc/NAME` for routes.
+pub fn parse_resource(command: &str, resource: &str) -> anyhow::Result<Query> {
+    let workload = matches!(
+        resource,
+        "deploy" | "deployment" | "deployments" | "deploy/" | "workload" | "workloads"
+    );
+    match command {
+        "edges" if workload => Ok(Query::Edges),
+        "stat" if workload => Ok(Query::Stat),
+        "routes" => match resource.split_once('/') {
+            Some(("svc" | "service" | "services", name)) if !name.is_empty() => {
+                Ok(Query::Routes(name.to_owned()))
+            }
+            _ => bail!("routes needs a service: mesh viz routes svc/NAME"),
+        },
+        _ => bail!("unsupported resource {resource:?} for {command}: use deployment"),
+    }
+}
+
+/// Fetches `query` from viz at `addr` and prints it.
+pub async fn run(
+    addr: SocketAddr,
+    query: Query,
+    namespace: Option<&str>,
+    all: bool,
+    window: &str,
+    output: Output,
+) -> anyhow::Result<()> {
+    let ns = if all {
+        "all=1".to_owned()
+    } else {
+        format!("namespace={}", namespace.unwrap_or("default"))
+    };
+    let path = match &query {
+        Query::Edges => format!("/api/edges?{ns}&window={window}"),
+        Query::Stat => format!("/api/stat?{ns}&window={window}"),
+        Query::Routes(svc) => format!("/api/routes?{ns}&service={svc}&window={window}"),
+    };
+    let body = get(addr, &path).await?;
+    let items = body
+        .get("items")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&items)?);
+        return Ok(());
+    }
+    let wide = output == Output::Wide;
+    let table = match query {
+        Query::Edges => edges(&items, wide),
+        Query::Stat => stat(&items),
+        Query::Routes(_) => routes(&items, wide),
+    };
+    if table.len() <= 1 {
+        eprintln!("no traffic in the last {window}");
+        return Ok(());
+    }
+    print!("{}", render(&table));
+    Ok(())
+}
+
+async fn get(addr: SocketAddr, path: &str) -> anyhow::Result<Value> {
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let uri: http::Uri = format!("http://{addr}{path}").parse()?;
+    let rsp = tokio::time::timeout(Duration::from_secs(10), client.get(uri))
+        .await
+        .map_err(|_| anyhow::anyhow!("mesh-viz at {addr} did not answer within 10s"))?
+        .with_context(|| {
+            format!("cannot reach mesh-viz at {addr}: is it running? (`mesh demo` starts one; --viz-addr points elsewhere)")
+        })?;
+    let status = rsp.status();
+    let body = rsp.into_body().collect().await?.to_bytes();
+    let value: Value = serde_json::from_slice(&body)
+        .with_context(|| format!("mesh-viz at {addr} answered something that is not JSON"))?;
+    if !status.is_success() {
+        let msg = value
+            .get("error")
+            .and_then(Value::as_str)
+            .unwrap_or("error");
+        bail!("mesh-viz: {msg}");
+    }
+    Ok(value)
+}
+
+fn s(v: &Value, k: &str) -> String {
+    v.get(k).and_then(Value::as_str).unwrap_or("").to_owned()
+}
+
+fn pct(v: &Value, k: &str) -> String {
+    v.get(k)
+        .and_then(Value::as_f64)
+        .map_or("-".into(), |x| format!("{:.2}%", 100.0 * x))
+}
+
+fn rate(v: &Value, k: &str) -> String {
+    v.get(k)
+        .and_then(Value::as_f64)
+        .map_or("-".into(), |x| format!("{x:.1}"))
+}
+
+fn ms(v: &Value, k: &str) -> String {
+    v.get(k).and_then(Value::as_f64).map_or("-".into(), |x| {
+        if x < 10.0 {
+            format!("{x:.2}ms")
+        } else {
+            format!("{x:.0}ms")
+        }
+    })
+}
+
+fn edges(items: &[Value], wide: bool) -> Vec<Vec<String>> {
+    let mut head = vec![
+        "SRC", "DST", "SRC_NS", "DST_NS", "SECURED", "RPS", "SUCCESS", "P50", "P99",
+    ];
+    if wide {
+        head.extend(["SRC_ID", "DST_ID"]);
+    }
+    let mut t = vec![head.into_iter().map(String::from).collect()];
+    for e in items {
+        let secured = if e.get("secured").and_then(Value::as_bool) == Some(true) {
+            "√".to_owned()
+        } else {
+            s(e, "reason")
+        };
+        let mut row = vec![
+            s(e, "src"),
+            s(e, "dst"),
+            s(e, "src_namespace"),
+            s(e, "dst_namespace"),
+            secured,
+            rate(e, "rps"),
+            pct(e, "success"),
+            ms(e, "p50_ms"),
+            ms(e, "p99_ms"),
+        ];
+        if wide {
+            row.push(s(e, "src_identity"));
+            row.push(s(e, "dst_identity"));
+        }
+        t.push(row);
+    }
+    t
+}
+
+fn stat(items: &[Value]) -> Vec<Vec<String>> {
+    let head = [
+        "NAME",
+        "MESHED",
+        "SUCCESS",
+        "RPS",
+        "LATENCY_P50",
+        "LATENCY_P95",
+        "LATENCY_P99",
+        "TCP_CONN",
+    ];
+    let mut t = vec![head.into_iter().map(String::from).collect()];
+    for w in items {
+        let n = |k: &str| w.get(k).and_then(Value::as_u64).unwrap_or(0);
+        t.push(vec![
+            s(w, "name"),
+            format!("{}/{}", n("meshed_pods"), n("pods")),
+            pct(w, "success"),
+            rate(w, "rps"),
+            ms(w, "p50_ms"),
+            ms(w, "p95_ms"),
+            ms(w, "p99_ms"),
+            n("tcp_connections").to_string(),
+        ]);
+    }
+    t
+}
+
+fn routes(items: &[Value], wide: bool) -> Vec<Vec<String>> {
+    let head: Vec<&str> = if wide {
+        vec![
+            "ROUTE",
+            "SERVICE",
+            "EFFECTIVE_SUCCESS",
+            "EFFECTIVE_RPS",
+            "ACTUAL_SUCCESS",
+            "ACTUAL_RPS",
+            "LATENCY_P50",
+            "LATENCY_P95",
+            "LATENCY_P99",
+        ]
+    } else {
+        vec![
+            "ROUTE",
+            "SERVICE",
+            "SUCCESS",
+            "RPS",
+            "LATENCY_P50",
+            "LATENCY_P95",
+            "LATENCY_P99",
+        ]
+    };
+    let mut t = vec![head.into_iter().map(String::from).collect()];
+    for r in items {
+        let mut row = vec![
+            s(r, "route"),
+            s(r, "service"),
+            pct(r, "effective_success"),
+            rate(r, "effective_rps"),
+        ];
+        if wide {
+            row.push(pct(r, "actual_success"));
+            row.push(rate(r, "actual_rps"));
+        }
+        row.extend([ms(r, "p50_ms"), ms(r, "p95_ms"), ms(r, "p99_ms")]);
+        t.push(row);
+    }
+    t
+}
+
+fn render(rows: &[Vec<String>]) -> String {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|v| v.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, v)| format!("{v}{}", " ".repeat(widths[i] - v.chars().count())))
+            .collect();
+        out.push_str(line.join("   ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_follow_the_contract() {
+        let items = vec![
+            serde_json::json!({
+                "src": "web", "dst": "api", "src_namespace": "shop", "dst_namespace": "shop",
+                "secured": true, "rps": 10.0, "success": 0.995, "p50_ms": 1.5, "p99_ms": 20.0
+            }),
+            serde_json::json!({
+                "src": "web", "dst": "example.com", "src_namespace": "shop", "dst_namespace": "",
+                "secured": false, "reason": "not meshed", "rps": 1.0, "success": 1.0, "p50_ms": 3.0, "p99_ms": 3.0
+            }),
+        ];
+        let text = render(&edges(&items, false));
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0].split_whitespace().collect::<Vec<_>>(),
+            [
+                "SRC", "DST", "SRC_NS", "DST_NS", "SECURED", "RPS", "SUCCESS", "P50", "P99"
+            ]
+        );
+        assert_eq!(
+            lines[1].split_whitespace().collect::<Vec<_>>(),
+            [
+                "web", "api", "shop", "shop", "√", "10.0", "99.50%", "1.50ms", "20ms"
+            ]
+        );
+        assert!(lines[2].contains("not meshed"), "{text}");
+    }
+
+    #[test]
+    fn resources() {
+        assert!(matches!(
+            parse_resource("edges", "deployment"),
+            Ok(Query::Edges)
+        ));
+        assert!(matches!(parse_resource("stat", "deploy"), Ok(Query::Stat)));
+        assert!(matches!(parse_resource("routes", "svc/web"), Ok(Query::Routes(n)) if n == "web"));
+        assert!(parse_resource("routes", "web").is_err());
+        assert!(parse_resource("edges", "pods").is_err());
+    }
+}

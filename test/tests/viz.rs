@@ -1,0 +1,395 @@
+//! mesh-viz end to end: real pods with real proxies carry known traffic; viz scrapes
+//! them and reports edges, workloads and routes — counts exact, percentiles equal to
+//! those of one histogram of every request — through its API, the CLI, and a dashboard
+//! that a real browser draws. Restarts, dead proxies and plaintext edges included.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use mesh_api::identity::dns_name;
+use mesh_test::mesh::{self, Pod, PodSpec, pod_ip};
+use mesh_test::{client, controller, identity, proxy, viz};
+use serde_json::Value;
+
+const WEB: &str = "web.shop.svc.cluster.local";
+
+fn tmp() -> tempfile::TempDir {
+    tempfile::tempdir().expect("tempdir")
+}
+
+/// `mesh viz ARGS --viz-addr ADDR`, its stdout.
+fn cli(viz: &viz::Viz, args: &[&str]) -> String {
+    let out = std::process::Command::new(mesh_test::bin_path("mesh"))
+        .args(args)
+        .arg("--viz-addr")
+        .arg(viz.addr.to_string())
+        .output()
+        .expect("run mesh");
+    assert!(
+        out.status.success(),
+        "mesh {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn find<'a>(items: &'a [Value], field: &str, value: &str) -> &'a Value {
+    items
+        .iter()
+        .find(|i| i[field] == value)
+        .unwrap_or_else(|| panic!("no {field}={value} in {items:#?}"))
+}
+
+/// The exact percentile (ms, bucket top) of every inbound request the given proxies
+/// saw, from their own `/stats`: what viz must report for the workload.
+async fn merged_inbound(proxies: &[&proxy::Proxy], q: f64) -> f64 {
+    let mut all = hdrhistogram::Histogram::<u64>::new(2).expect("histogram");
+    for p in proxies {
+        let stats = client::get(p.admin, "admin", "/stats").await;
+        let v: Value = serde_json::from_str(&stats.text()).expect("json");
+        for l in v["latency"].as_array().expect("latency") {
+            if l["direction"] != "inbound" {
+                continue;
+            }
+            for b in l["buckets"].as_array().expect("buckets") {
+                let (value, count) = (b[0].as_u64().expect("v"), b[1].as_u64().expect("n"));
+                all.record_n(value, count).expect("record");
+            }
+        }
+    }
+    all.highest_equivalent(all.value_at_quantile(q)) as f64 / 1000.0
+}
+
+#[tokio::test]
+async fn viz_reports_edges_workloads_and_routes_exactly() {
+    let (ca, work, world) = (tmp(), tmp(), tmp());
+    identity::new_ca(ca.path());
+    let id = identity::start(ca.path(), None, "24h", work.path()).await;
+    let ctl = controller::start(world.path(), "127.0.0.1:0".parse().expect("addr")).await;
+    let spec = |sa, mode| PodSpec {
+        identity: Some(&id),
+        mode,
+        destination: Some(ctl.destination),
+        ..PodSpec::new(pod_ip(), sa, "shop")
+    };
+    // Two web pods (one workload), a meshed caller, and a caller without identity.
+    let web0 = Pod::start(spec("web", "permissive")).await;
+    let web1 = Pod::start(spec("web", "permissive")).await;
+    let load = Pod::start(spec("load", "permissive")).await;
+    let legacy = Pod::start(PodSpec {
+        destination: Some(ctl.destination),
+        ..PodSpec::new(pod_ip(), "legacy", "shop")
+    })
+    .await;
+    // A pod whose proxy never answers (something listens on its admin port, mute).
+    let mute_ip = pod_ip();
+    let mute = std::net::TcpListener::bind(SocketAddr::new(mute_ip, 4191)).expect("mute");
+    mesh::write(world.path(), "svc", &mesh::service_yaml("web", "shop"));
+    for (name, app, sa, ip) in [
+        ("web-0", "web", "web", web0.ip),
+        ("web-1", "web", "web", web1.ip),
+        ("load-0", "load", "load", load.ip),
+        ("legacy-0", "legacy", "legacy", legacy.ip),
+        ("mute-0", "mute", "mute", mute_ip),
+    ] {
+        mesh::write(
+            world.path(),
+            name,
+            &mesh::pod_yaml(name, "shop", app, sa, ip),
+        );
+    }
+    mesh::write(
+        world.path(),
+        "profile",
+        "apiVersion: linkerd.io/v1alpha2\nkind: ServiceProfile\n\
+         metadata: {name: web.shop.svc.cluster.local, namespace: shop}\n\
+         spec:\n  routes:\n  - name: sleep\n    condition: {method: GET, pathRegex: /sleep/.*}\n\
+         \x20 - name: fail\n    condition: {method: GET, pathRegex: /status/.*}\n    isRetryable: true\n",
+    );
+    let v = viz::start(world.path(), "300ms").await;
+    v.scraped(&["web-0", "web-1", "load-0", "legacy-0"], 1)
+        .await;
+
+    // Known traffic: 40 × 10 ms, 40 × 40 ms, 10 failures (retried) from `load`; 5 from
+    // `legacy`, which has no identity.
+    let mut tx = client::h1(load.proxy.outbound).await;
+    // The first requests may go out before the client proxy has the profile.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while load
+        .proxy
+        .metric("request_total", &[("route", "sleep")])
+        .await
+        == 0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the profile never applied"
+        );
+        assert_eq!(client::get_on(&mut tx, WEB, "/sleep/10").await.status, 200);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let warmup = load
+        .proxy
+        .metric("request_total", &[("direction", "outbound")])
+        .await;
+    for i in 0..80 {
+        let ms = if i % 2 == 0 { 10 } else { 40 };
+        let rsp = client::get_on(&mut tx, WEB, &format!("/sleep/{ms}")).await;
+        assert_eq!(rsp.status, 200);
+    }
+    for _ in 0..10 {
+        assert_eq!(
+            client::get_on(&mut tx, WEB, "/status/500").await.status,
+            500
+        );
+    }
+    let mut legacy_tx = client::h1(legacy.proxy.outbound).await;
+    for _ in 0..5 {
+        assert_eq!(client::get_on(&mut legacy_tx, WEB, "/").await.status, 200);
+    }
+    let total = warmup + 90;
+
+    let edges = mesh_test::eventually(
+        "viz to see every request",
+        Duration::from_secs(20),
+        || async {
+            let edges = v.items("/api/edges?namespace=shop").await;
+            let n = |src: &str| {
+                edges
+                    .iter()
+                    .filter(|e| e["src"] == src && e["dst"] == "web")
+                    .map(|e| e["requests"].as_u64().unwrap_or(0))
+                    .sum::<u64>()
+            };
+            (n("load") == total && n("legacy") == 5).then_some(edges)
+        },
+    )
+    .await;
+    let e = find(&edges, "src", "load");
+    assert_eq!(e["secured"], true, "{e:#}");
+    assert_eq!(e["src_identity"], dns_name("load", "shop"));
+    assert_eq!(e["dst_identity"], dns_name("web", "shop"));
+    let success = e["success"].as_f64().expect("success");
+    assert!(
+        (success - (total - 10) as f64 / total as f64).abs() < 1e-9,
+        "{success}"
+    );
+    let plain = find(&edges, "src", "legacy");
+    assert_eq!(plain["secured"], false);
+    assert_eq!(plain["reason"], "no identity");
+
+    // The workload's percentiles are those of one histogram of every request both web
+    // proxies served.
+    let stat = v.items("/api/stat?namespace=shop").await;
+    let web = find(&stat, "name", "web");
+    // The web pods saw every attempt: retries of the failing route included.
+    let attempts = load
+        .proxy
+        .metric("actual_response_total", &[("route", "fail")])
+        .await;
+    assert!(attempts > 10, "the failing route was retried");
+    assert_eq!(
+        web["requests"].as_u64(),
+        Some(total - 10 + attempts + 5),
+        "{web:#}"
+    );
+    assert_eq!(web["meshed_pods"], 2);
+    for (field, q) in [("p50_ms", 0.5), ("p95_ms", 0.95), ("p99_ms", 0.99)] {
+        let want = merged_inbound(&[&web0.proxy, &web1.proxy], q).await;
+        assert_eq!(web[field].as_f64(), Some(want), "{field}");
+    }
+    let p50 = web["p50_ms"].as_f64().expect("p50");
+    let p99 = web["p99_ms"].as_f64().expect("p99");
+    assert!(
+        (10.0..40.0).contains(&p50) && p99 >= 40.0,
+        "p50 {p50}, p99 {p99}"
+    );
+
+    // Routes: the failing route was retried, so actual attempts exceed requests.
+    let routes = v.items("/api/routes?namespace=shop&service=web").await;
+    let fail = find(&routes, "route", "fail");
+    assert_eq!(fail["requests"], 10);
+    assert!(
+        fail["actual_requests"].as_u64().expect("actual") > 10,
+        "{fail:#}"
+    );
+    let sleep = find(&routes, "route", "sleep");
+    assert_eq!(sleep["effective_success"], 1.0);
+
+    // The CLI shows the same, as tables and JSON.
+    let table = cli(&v, &["viz", "edges", "deployment", "-n", "shop"]);
+    let header: Vec<&str> = table
+        .lines()
+        .next()
+        .expect("header")
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        [
+            "SRC", "DST", "SRC_NS", "DST_NS", "SECURED", "RPS", "SUCCESS", "P50", "P99"
+        ]
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("load") && l.contains(" √ ")),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("legacy") && l.contains("no identity")),
+        "{table}"
+    );
+    let json: Value = serde_json::from_str(&cli(
+        &v,
+        &["viz", "edges", "deployment", "-n", "shop", "-o", "json"],
+    ))
+    .expect("json");
+    assert_eq!(
+        find(json.as_array().expect("array"), "src", "load")["requests"].as_u64(),
+        Some(total)
+    );
+    let stat_table = cli(&v, &["viz", "stat", "deploy", "-n", "shop"]);
+    assert!(stat_table.starts_with("NAME"), "{stat_table}");
+    assert!(
+        stat_table
+            .lines()
+            .any(|l| l.starts_with("web ") && l.contains("2/2")),
+        "{stat_table}"
+    );
+    let wide = cli(
+        &v,
+        &["viz", "routes", "svc/web", "-n", "shop", "-o", "wide"],
+    );
+    assert!(
+        wide.contains("ACTUAL_SUCCESS") && wide.contains("fail"),
+        "{wide}"
+    );
+
+    // The mute proxy is reported, and hurt nothing above.
+    let targets = v.get("/api/targets").await;
+    let m = find(targets.as_array().expect("targets"), "pod", "mute-0");
+    assert!(
+        m["failures"].as_u64().unwrap_or(0) > 0 && m["error"].is_string(),
+        "{m:#}"
+    );
+    drop(mute);
+
+    // Prometheus text for users who keep Prometheus.
+    let text = client::get(v.addr, "viz", "/metrics").await.text();
+    assert!(text.contains("viz_edge_rps{src_namespace=\"shop\",src=\"load\",dst_namespace=\"shop\",dst=\"web\",secured=\"true\"}"), "{text}");
+
+    // A restarted proxy: counts start over, and viz neither loses nor double-counts.
+    drop(web1);
+    let web1 = Pod::start(spec("web", "permissive")).await;
+    mesh::write(
+        world.path(),
+        "web-1",
+        &mesh::pod_yaml("web-1", "shop", "web", "web", web1.ip),
+    );
+    v.scraped(&["web-1"], 1).await;
+    let before = find(&v.items("/api/stat?namespace=shop").await, "name", "web")["requests"]
+        .as_u64()
+        .expect("requests");
+    for _ in 0..20 {
+        assert_eq!(client::get_on(&mut tx, WEB, "/").await.status, 200);
+    }
+    mesh_test::eventually("the restart accounted", Duration::from_secs(20), || async {
+        let stat = v.items("/api/stat?namespace=shop").await;
+        let n = find(&stat, "name", "web")["requests"].as_u64()?;
+        assert!(n <= before + 20, "double counted: {n} > {before} + 20");
+        (n == before + 20).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_dashboard_draws_the_topology_in_a_real_browser() {
+    let world = tmp();
+    let ctl = controller::start(world.path(), "127.0.0.1:0".parse().expect("addr")).await;
+    let web = Pod::start(PodSpec::new(pod_ip(), "web", "shop")).await;
+    let load = Pod::start(PodSpec {
+        destination: Some(ctl.destination),
+        ..PodSpec::new(pod_ip(), "load", "shop")
+    })
+    .await;
+    mesh::write(world.path(), "svc", &mesh::service_yaml("web", "shop"));
+    mesh::write(
+        world.path(),
+        "web-0",
+        &mesh::pod_yaml("web-0", "shop", "web", "web", web.ip),
+    );
+    mesh::write(
+        world.path(),
+        "load-0",
+        &mesh::pod_yaml("load-0", "shop", "load", "load", load.ip),
+    );
+    let v = viz::start(world.path(), "300ms").await;
+    v.scraped(&["web-0", "load-0"], 1).await;
+    let mut tx = client::h1(load.proxy.outbound).await;
+    for _ in 0..10 {
+        assert_eq!(client::get_on(&mut tx, WEB, "/").await.status, 200);
+    }
+    mesh_test::eventually("the edge in the API", Duration::from_secs(20), || async {
+        let edges = v.items("/api/edges?all=1").await;
+        edges
+            .iter()
+            .any(|e| e["src"] == "load" && e["dst"] == "web")
+            .then_some(())
+    })
+    .await;
+
+    let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let screenshot = shots.join("viz-dashboard.png");
+    let url = format!("http://{}/", v.addr);
+    let browser = ["chromium", "chromium-browser"]
+        .into_iter()
+        .find(|b| {
+            std::process::Command::new(b)
+                .arg("--version")
+                .output()
+                .is_ok()
+        })
+        .expect("chromium is installed (Debian: apt-get install chromium)");
+    let run = |extra: &[&str]| {
+        let out = std::process::Command::new(browser)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+            ])
+            .args(["--virtual-time-budget=5000", "--window-size=1200,1400"])
+            .args(extra)
+            .arg(&url)
+            .output()
+            .expect("run chromium");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let dom = run(&["--dump-dom"]);
+    for needle in [
+        "data-workload=\"shop/web\"",
+        "data-workload=\"shop/load\"",
+        "data-edge=\"load-&gt;web\"",
+    ] {
+        assert!(
+            dom.contains(needle) || dom.contains(&needle.replace("&gt;", ">")),
+            "{needle} not drawn:\n{dom}"
+        );
+    }
+    run(&[&format!("--screenshot={}", screenshot.display())]);
+    let png = std::fs::read(&screenshot).expect("screenshot");
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "screenshot kept at {}",
+        screenshot.display()
+    );
+    eprintln!("dashboard screenshot: {}", screenshot.display());
+}
