@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+mod demo;
 mod viz;
 
 /// mesh: a lightweight service mesh for Kubernetes.
@@ -18,6 +19,38 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// A whole mesh on this machine: control plane, five workloads behind strict mTLS
+    /// proxies, a canary split, retries and timeouts, live metrics and a dashboard.
+    Demo {
+        /// Stop after this long (e.g. 30s, 5m); without it, Ctrl-C stops the demo.
+        #[arg(long, value_parser = parse_duration)]
+        duration: Option<Duration>,
+        /// Keep CA, tokens, manifests and logs here (default: a temporary folder,
+        /// removed on exit).
+        #[arg(long)]
+        state: Option<PathBuf>,
+        /// Keep the temporary state folder on exit.
+        #[arg(long)]
+        keep_state: bool,
+    },
+    /// Runs one workload of the demo application (used by `mesh demo`).
+    #[command(hide = true)]
+    DemoApp {
+        /// `web`, `books`, `authors` or `traffic`.
+        role: String,
+        /// Where to serve.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// The pod's proxy (outbound), for workloads that call others.
+        #[arg(long)]
+        proxy: Option<std::net::SocketAddr>,
+        /// The books version.
+        #[arg(long, default_value = "v1")]
+        version: String,
+        /// Requests per second (traffic).
+        #[arg(long, default_value_t = 20)]
+        rps: u32,
+    },
     /// Golden metrics from mesh-viz: `edges deployment`, `stat deploy`, `routes svc/NAME`.
     Viz {
         /// `edges`, `stat` or `routes`.
@@ -89,6 +122,37 @@ enum IdentityCommand {
 fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     match Cli::parse().command {
+        Command::Demo {
+            duration,
+            state,
+            keep_state,
+        } => runtime()?.block_on(demo::run(demo::Options {
+            duration,
+            state,
+            keep_state,
+        })),
+        Command::DemoApp {
+            role,
+            listen,
+            proxy,
+            version,
+            rps,
+        } => {
+            let need = |a: Option<std::net::SocketAddr>, flag: &str| {
+                a.ok_or_else(|| anyhow::anyhow!("{role} needs --{flag}"))
+            };
+            let rt = runtime()?;
+            match role.as_str() {
+                "web" => rt.block_on(demo::app::web(
+                    need(listen, "listen")?,
+                    need(proxy, "proxy")?,
+                )),
+                "books" => rt.block_on(demo::app::books(need(listen, "listen")?, version)),
+                "authors" => rt.block_on(demo::app::authors(need(listen, "listen")?)),
+                "traffic" => rt.block_on(demo::app::traffic(need(proxy, "proxy")?, rps)),
+                other => anyhow::bail!("unknown demo workload {other:?}"),
+            }
+        }
         Command::Viz {
             command,
             resource,
@@ -99,17 +163,14 @@ fn main() -> anyhow::Result<()> {
             viz_addr,
         } => {
             let query = viz::parse_resource(&command, &resource)?;
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?
-                .block_on(viz::run(
-                    viz_addr,
-                    query,
-                    Some(&namespace),
-                    all_namespaces,
-                    &window,
-                    output,
-                ))
+            runtime()?.block_on(viz::run(
+                viz_addr,
+                query,
+                Some(&namespace),
+                all_namespaces,
+                &window,
+                output,
+            ))
         }
         Command::Identity {
             command:
@@ -130,6 +191,32 @@ fn main() -> anyhow::Result<()> {
                 },
         } => identity_issuer(anchor, out, issuer_days, force),
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// Parses `30s`, `5m`, `1h`.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: use e.g. 30s, 5m"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n.saturating_mul(60),
+        "h" => n.saturating_mul(3600),
+        _ => return Err(format!("invalid duration unit in {s:?}: use s, m or h")),
+    };
+    if secs == 0 {
+        return Err("the duration must be positive".into());
+    }
+    Ok(Duration::from_secs(secs))
 }
 
 fn refuse_overwrite(out: &std::path::Path, files: &[&str], force: bool) -> anyhow::Result<()> {

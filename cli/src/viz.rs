@@ -95,6 +95,21 @@ pub async fn run(
     Ok(())
 }
 
+/// The per-workload table of `namespace` over `window`, as `mesh viz stat` prints it.
+pub async fn stat_table(addr: SocketAddr, namespace: &str, window: &str) -> anyhow::Result<String> {
+    let body = get(
+        addr,
+        &format!("/api/stat?namespace={namespace}&window={window}"),
+    )
+    .await?;
+    let items = body
+        .get("items")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    Ok(render(&stat(&items)))
+}
+
 async fn get(addr: SocketAddr, path: &str) -> anyhow::Result<Value> {
     let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let uri: http::Uri = format!("http://{addr}{path}").parse()?;

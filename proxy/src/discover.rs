@@ -301,11 +301,16 @@ fn apply(endpoints: &mut BTreeMap<SocketAddr, Dst>, update: pb::Update) -> Answe
                             .map_or("", String::as_str),
                     )
                 };
-                let labels = Some(Arc::new(DstLabels {
+                let labels = DstLabels {
                     namespace: label("namespace"),
                     workload: label("deployment"),
                     service: label("service"),
-                }));
+                };
+                // Endpoints discovery says nothing about get no dst_* labels.
+                let labels = (!labels.namespace.is_empty()
+                    || !labels.workload.is_empty()
+                    || !labels.service.is_empty())
+                .then(|| Arc::new(labels));
                 let Some(addr) = e.addr.as_ref().and_then(socket_addr) else {
                     continue;
                 };

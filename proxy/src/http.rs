@@ -862,27 +862,52 @@ struct Metered<S> {
 pub struct Uncounted(Arc<Slot>);
 
 #[derive(Debug)]
-struct Slot(std::sync::Mutex<Option<(Arc<Metrics>, RequestLabels)>>);
+struct Slot {
+    uncounted: std::sync::Mutex<Option<(Arc<Metrics>, RequestLabels)>>,
+    /// The endpoint the latest attempt went to: a response the proxy makes itself (a
+    /// route timeout, say) is labelled with it.
+    peer: std::sync::Mutex<Option<Peer>>,
+}
 
 impl Uncounted {
     fn new(metrics: Arc<Metrics>, labels: RequestLabels) -> Self {
-        Self(Arc::new(Slot(std::sync::Mutex::new(Some((
-            metrics, labels,
-        ))))))
+        Self(Arc::new(Slot {
+            uncounted: std::sync::Mutex::new(Some((metrics, labels))),
+            peer: std::sync::Mutex::new(None),
+        }))
     }
 
-    /// Counts the request with `peer` as the server, unless it was counted already.
+    /// Counts the request with `peer` as the server, unless it was counted already,
+    /// and remembers `peer` as the latest endpoint.
     pub fn count(&self, peer: &Peer) {
-        let taken = self.0.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+        *self.0.peer.lock().unwrap_or_else(|e| e.into_inner()) = Some(peer.clone());
+        let taken = self
+            .0
+            .uncounted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         if let Some((metrics, labels)) = taken {
             metrics.request(&metrics.with_peer(&labels, peer));
         }
+    }
+
+    fn last_peer(&self) -> Option<Peer> {
+        self.0
+            .peer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let taken = self.0.get_mut().unwrap_or_else(|e| e.into_inner()).take();
+        let taken = self
+            .uncounted
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         if let Some((metrics, labels)) = taken {
             metrics.request(&labels);
         }
@@ -937,8 +962,15 @@ where
         let fut = self.inner.call(req);
         Box::pin(async move {
             let rsp = fut.await?;
-            let labels = match rsp.extensions().get::<Peer>() {
-                Some(peer) => metrics.with_peer(&labels, peer),
+            // The endpoint that answered; else, for a response the proxy made itself
+            // after reaching one (a timeout), the endpoint it was waiting for.
+            let peer = rsp
+                .extensions()
+                .get::<Peer>()
+                .cloned()
+                .or_else(|| uncounted.as_ref().and_then(Uncounted::last_peer));
+            let labels = match peer {
+                Some(peer) => metrics.with_peer(&labels, &peer),
                 None => labels,
             };
             if let Some(uncounted) = uncounted {

@@ -158,6 +158,8 @@ pub struct RouteStat {
     pub actual_rps: f64,
     /// Their success.
     pub actual_success: Option<f64>,
+    /// Responses that were 504 Gateway Timeout (the route's timeout, mostly).
+    pub timeouts: u64,
     /// Latency as the callers saw it.
     #[serde(flatten)]
     pub latency: Percentiles,
@@ -327,50 +329,46 @@ pub fn routes(
     now: SystemTime,
 ) -> Vec<RouteStat> {
     let secs = store.covered(window, now);
-    let of_service = |l: &Labels| {
-        l.direction == "outbound"
-            && l.dst_service
-                .as_deref()
-                .is_some_and(|s| !s.is_empty() && service.is_none_or(|want| want == s))
-            && l.dst_namespace
-                .as_deref()
-                .is_some_and(|ns| namespaces.has(ns))
-    };
     type Key = (String, String, String);
-    let mut by_route: BTreeMap<Key, (Acc, Acc, bool)> = BTreeMap::new();
-    for (_, series) in store.window(window, now) {
+    let mut by_route: BTreeMap<Key, (Acc, Acc, u64)> = BTreeMap::new();
+    for (t, series) in store.window(window, now) {
+        // Routes belong to the service the caller asked for (the profile's), not to the
+        // split backend that answered.
+        let caller_ns = t.pod.namespace.as_str();
+        let of_service = |l: &Labels| -> Option<(String, String)> {
+            if l.direction != "outbound" {
+                return None;
+            }
+            let (svc, ns) = authority_service(&l.authority, caller_ns)?;
+            (namespaces.has(&ns) && service.is_none_or(|want| want == svc)).then_some((ns, svc))
+        };
         let mut keys: Vec<Key> = series
             .responses
             .keys()
             .map(|(l, _)| l)
-            .filter(|l| of_service(l))
-            .map(|l| {
-                (
-                    l.dst_namespace.clone().unwrap_or_default(),
-                    l.dst_service.clone().unwrap_or_default(),
-                    l.route.clone(),
-                )
-            })
+            .filter_map(|l| of_service(l).map(|(ns, svc)| (ns, svc, l.route.clone())))
             .collect();
         keys.sort_unstable();
         keys.dedup();
         for key in keys {
             let e = by_route
                 .entry(key.clone())
-                .or_insert((Acc::default(), Acc::default(), false));
+                .or_insert((Acc::default(), Acc::default(), 0));
             let (ns, svc, route) = &key;
             let keep = |l: &Labels| {
-                of_service(l)
-                    && &l.route == route
-                    && l.dst_service.as_ref() == Some(svc)
-                    && l.dst_namespace.as_ref() == Some(ns)
+                &l.route == route && of_service(l).is_some_and(|(n, s)| &n == ns && &s == svc)
             };
+            e.2 += series
+                .timeouts
+                .iter()
+                .filter(|(l, _)| keep(l))
+                .map(|(_, n)| n)
+                .sum::<u64>();
             e.0.add(&series, keep);
             // Attempts are counted separately only on retryable routes; elsewhere
             // every request is one attempt.
             let retried = series.actual.keys().any(|(l, _)| keep(l));
             if retried {
-                e.2 = true;
                 let attempts = Series {
                     responses: series.actual.clone(),
                     ..Series::default()
@@ -388,7 +386,7 @@ pub fn routes(
     by_route
         .into_iter()
         .map(
-            |((namespace, service, route), (effective, actual, _))| RouteStat {
+            |((namespace, service, route), (effective, actual, timeouts))| RouteStat {
                 route,
                 service,
                 namespace,
@@ -398,10 +396,30 @@ pub fn routes(
                 actual_requests: actual.requests(),
                 actual_rps: actual.requests() as f64 / secs,
                 actual_success: actual.success(),
+                timeouts,
                 latency: effective.percentiles(),
             },
         )
         .collect()
+}
+
+/// The service and namespace an authority names (`name.ns.svc.cluster.local`,
+/// `name.ns`, or a short `name` in the caller's namespace), if it names one.
+fn authority_service(authority: &str, caller_ns: &str) -> Option<(String, String)> {
+    let host = host(authority);
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        return None;
+    }
+    let name = host
+        .strip_suffix(".svc.cluster.local")
+        .or_else(|| host.strip_suffix(".svc"))
+        .unwrap_or(host);
+    let mut parts = name.split('.');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(svc), Some(ns), None) => Some((svc.to_owned(), ns.to_owned())),
+        (Some(svc), None, None) if !svc.is_empty() => Some((svc.to_owned(), caller_ns.to_owned())),
+        _ => None,
+    }
 }
 
 /// Every target and how scraping it goes.

@@ -95,6 +95,8 @@ pub struct Series {
     pub actual: Counts,
     /// Latency in microseconds by labels (all status classes merged).
     pub latency: HashMap<Labels, Histogram<u64>>,
+    /// Responses with status 504 (timeouts), by labels.
+    pub timeouts: HashMap<Labels, u64>,
 }
 
 /// One scrape of one proxy.
@@ -112,12 +114,15 @@ impl Snapshot {
     /// Parses a proxy's `/stats` JSON.
     pub fn parse(json: &[u8]) -> Result<Self, StatsError> {
         let raw: Raw = serde_json::from_slice(json)?;
+        let mut timeouts: HashMap<Labels, u64> = HashMap::new();
+        for r in raw.responses.iter().filter(|r| r.status == 504) {
+            *timeouts.entry(r.labels.clone()).or_default() += r.count;
+        }
         let counts = |raw: Vec<RawCount>| {
             let mut c = Counts::new();
             for r in raw {
                 // Responses to requests the proxy answered itself are failures too.
                 let ok = r.class == "success";
-                let _ = r.status;
                 *c.entry((r.labels, ok)).or_default() += r.count;
             }
             c
@@ -142,6 +147,7 @@ impl Snapshot {
                 responses: counts(raw.responses),
                 actual: counts(raw.actual_responses),
                 latency,
+                timeouts,
             },
             tcp_open_inbound,
         })
@@ -157,7 +163,10 @@ impl Snapshot {
         if prev.instance != self.instance {
             return self.series.clone();
         }
-        let sub = |now: &Counts, before: &Counts| -> Counts {
+        fn sub<K: Clone + Eq + std::hash::Hash>(
+            now: &HashMap<K, u64>,
+            before: &HashMap<K, u64>,
+        ) -> HashMap<K, u64> {
             now.iter()
                 .filter_map(|(k, n)| {
                     // A counter that went down means a reset we could not see: count
@@ -167,7 +176,7 @@ impl Snapshot {
                     (d > 0).then(|| (k.clone(), d))
                 })
                 .collect()
-        };
+        }
         let mut latency = HashMap::new();
         for (k, h) in &self.series.latency {
             let mut d = h.clone();
@@ -185,6 +194,7 @@ impl Snapshot {
             responses: sub(&self.series.responses, &prev.series.responses),
             actual: sub(&self.series.actual, &prev.series.actual),
             latency,
+            timeouts: sub(&self.series.timeouts, &prev.series.timeouts),
         }
     }
 }
@@ -197,6 +207,9 @@ impl Series {
         }
         for (k, n) in &other.actual {
             *self.actual.entry(k.clone()).or_default() += n;
+        }
+        for (k, n) in &other.timeouts {
+            *self.timeouts.entry(k.clone()).or_default() += n;
         }
         for (k, h) in &other.latency {
             let mine = self.latency.entry(k.clone()).or_insert_with(histogram);

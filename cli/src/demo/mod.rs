@@ -1,0 +1,530 @@
+//! `mesh demo`: a whole mesh on this machine. The control plane in local mode
+//! (mesh-identity with a fresh CA, mesh-controller over manifests the demo writes,
+//! mesh-viz), five workloads each behind its own strict mTLS proxy on its own loopback
+//! address, and traffic; a live summary until `--duration` passes or Ctrl-C.
+
+pub mod app;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use tokio::process::{Child, Command};
+
+/// The demo's fixed addresses: the ports of ARCHITECTURE.md on loopback.
+const IDENTITY: &str = "127.0.0.1:8080";
+const DESTINATION: &str = "127.0.0.1:8086";
+const VIZ: &str = "127.0.0.1:8084";
+const NAMESPACE: &str = "demo";
+
+/// A workload of the demo app: its pod's address and how to run it.
+struct Workload {
+    name: &'static str,
+    ip: IpAddr,
+    /// Pod labels: `app` names the workload, `svc` groups the books versions.
+    labels: &'static str,
+    /// `mesh demo-app` arguments; `{ip}` and `{proxy}` are filled in.
+    args: &'static [&'static str],
+}
+
+fn pod_ip(n: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 1, n))
+}
+
+fn workloads() -> Vec<Workload> {
+    vec![
+        Workload {
+            name: "web",
+            ip: pod_ip(1),
+            labels: "{app: web}",
+            args: &["web", "--listen", "{ip}:8080", "--proxy", "{proxy}"],
+        },
+        Workload {
+            name: "books-v1",
+            ip: pod_ip(2),
+            labels: "{app: books-v1, svc: books}",
+            args: &["books", "--listen", "{ip}:8080", "--version", "v1"],
+        },
+        Workload {
+            name: "books-v2",
+            ip: pod_ip(3),
+            labels: "{app: books-v2, svc: books}",
+            args: &["books", "--listen", "{ip}:8080", "--version", "v2"],
+        },
+        Workload {
+            name: "authors",
+            ip: pod_ip(4),
+            labels: "{app: authors}",
+            args: &["authors", "--listen", "{ip}:8080"],
+        },
+        Workload {
+            name: "traffic",
+            ip: pod_ip(5),
+            labels: "{app: traffic}",
+            args: &["traffic", "--proxy", "{proxy}", "--rps", "20"],
+        },
+    ]
+}
+
+/// What `mesh demo` was asked.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Stop after this long; `None` runs until Ctrl-C.
+    pub duration: Option<Duration>,
+    /// The state folder (CA, tokens, manifests, logs); a fresh temporary one if `None`.
+    pub state: Option<PathBuf>,
+    /// Keep the state folder on exit.
+    pub keep_state: bool,
+}
+
+/// Where the mesh's binaries are: beside this `mesh` (an install, or `target/…/`),
+/// else on `PATH`.
+fn find_binary(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("cannot find the mesh executable")?;
+    if let Some(dir) = exe.parent() {
+        let sibling = dir.join(name);
+        if sibling.is_file() {
+            return Ok(sibling);
+        }
+    }
+    for dir in std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()) {
+        let candidate = dir.join(name);
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!(
+        "cannot find {name} beside {} or on PATH: build everything with `cargo build --release --workspace --bins`",
+        exe.display()
+    )
+}
+
+/// Every process the demo started, stopped when it ends (or is dropped).
+struct Children {
+    logs: PathBuf,
+    procs: Vec<(String, Child)>,
+}
+
+impl Children {
+    fn spawn(&mut self, name: &str, cmd: &mut Command) -> anyhow::Result<()> {
+        let log = std::fs::File::create(self.logs.join(format!("{name}.log")))?;
+        // Marks every process as this demo's, so that a leftover can be found.
+        if let Some(state) = self.logs.parent() {
+            cmd.env("MESH_DEMO_STATE", state);
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start {name}"))?;
+        self.procs.push((name.to_owned(), child));
+        Ok(())
+    }
+
+    /// Fails, naming the process and the end of its log, if any child has exited.
+    fn check(&mut self) -> anyhow::Result<()> {
+        for (name, child) in &mut self.procs {
+            if let Ok(Some(status)) = child.try_wait() {
+                let log = std::fs::read_to_string(self.logs.join(format!("{name}.log")))
+                    .unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(8).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                bail!("{name} exited ({status}):\n  {}", tail.join("\n  "));
+            }
+        }
+        Ok(())
+    }
+
+    async fn stop(&mut self) {
+        for (_, child) in &mut self.procs {
+            let _ = child.start_kill();
+        }
+        for (_, child) in &mut self.procs {
+            let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+        }
+        self.procs.clear();
+    }
+}
+
+/// Refuses to start when an address the demo needs is taken.
+fn check_free(addrs: &[(SocketAddr, String)]) -> anyhow::Result<()> {
+    for (addr, what) in addrs {
+        if let Err(e) = std::net::TcpListener::bind(addr) {
+            bail!(
+                "{addr} ({what}) is not available: {e}. Is another `mesh demo` (or something else on that port) running? Stop it and try again."
+            );
+        }
+    }
+    Ok(())
+}
+
+fn random_token() -> String {
+    (0..4)
+        .map(|_| format!("{:016x}", fastrand::u64(..)))
+        .collect()
+}
+
+/// Writes the demo's cluster: namespace, services, pods, the books profile and split.
+fn write_manifests(dir: &Path, workloads: &[Workload]) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let ns = NAMESPACE;
+    let mut docs = vec![format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}, annotations: {{mesh.io/inject: enabled}}}}\n"
+    )];
+    for (name, selector) in [
+        ("web", "{app: web}"),
+        ("books", "{svc: books}"),
+        ("books-v1", "{app: books-v1}"),
+        ("books-v2", "{app: books-v2}"),
+        ("authors", "{app: authors}"),
+    ] {
+        docs.push(format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}}}\n\
+             spec: {{selector: {selector}, ports: [{{port: 80, targetPort: 8080}}]}}\n"
+        ));
+    }
+    for w in workloads {
+        docs.push(format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}-0, namespace: {ns}, labels: {labels}}}\n\
+             spec: {{serviceAccountName: {name}, containers: [{{name: app, image: mesh-demo}}]}}\n\
+             status: {{podIP: \"{ip}\", phase: Running}}\n",
+            name = w.name,
+            labels = w.labels,
+            ip = w.ip
+        ));
+    }
+    std::fs::write(dir.join("demo.yaml"), docs.join("---\n"))?;
+    std::fs::write(
+        dir.join("books-profile.yaml"),
+        format!(
+            "apiVersion: linkerd.io/v1alpha2\nkind: ServiceProfile\n\
+             metadata: {{name: books.{ns}.svc.cluster.local, namespace: {ns}}}\n\
+             spec:\n\
+             \x20 routes:\n\
+             \x20 - name: GET /books\n\
+             \x20   condition: {{method: GET, pathRegex: /books}}\n\
+             \x20 - name: GET /books/flaky\n\
+             \x20   condition: {{method: GET, pathRegex: /books/flaky}}\n\
+             \x20   isRetryable: true\n\
+             \x20 - name: GET /books/slow\n\
+             \x20   condition: {{method: GET, pathRegex: /books/slow}}\n\
+             \x20   timeout: 250ms\n\
+             \x20 retryBudget: {{retryRatio: 0.2, minRetriesPerSecond: 10, ttl: 10s}}\n"
+        ),
+    )?;
+    std::fs::write(
+        dir.join("books-split.yaml"),
+        format!(
+            "apiVersion: split.smi-spec.io/v1alpha2\nkind: TrafficSplit\n\
+             metadata: {{name: books-canary, namespace: {ns}}}\n\
+             spec:\n  service: books\n  backends:\n  - service: books-v1\n    weight: 80\n  - service: books-v2\n    weight: 20\n"
+        ),
+    )?;
+    Ok(())
+}
+
+/// Polls `check` every 100 ms for at most `patience`, failing early if a child died.
+async fn wait_for<F, Fut>(
+    what: &str,
+    patience: Duration,
+    children: &mut Children,
+    mut check: F,
+) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + patience;
+    loop {
+        children.check()?;
+        if check().await {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{what} did not come up within {patience:?}; see the logs in {}",
+                children.logs.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn http_ok(addr: SocketAddr, path: &str) -> bool {
+    use http_body_util::Empty;
+    let client: hyper_util::client::legacy::Client<_, Empty<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let Ok(uri) = format!("http://{addr}{path}").parse::<http::Uri>() else {
+        return false;
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), client.get(uri)).await,
+        Ok(Ok(rsp)) if rsp.status().is_success()
+    )
+}
+
+async fn listening(addr: SocketAddr) -> bool {
+    tokio::net::TcpStream::connect(addr).await.is_ok()
+}
+
+/// Runs the demo.
+pub async fn run(options: Options) -> anyhow::Result<()> {
+    let bins = [
+        ("mesh-proxy", find_binary("mesh-proxy")?),
+        ("mesh-controller", find_binary("mesh-controller")?),
+        ("mesh-identity", find_binary("mesh-identity")?),
+        ("mesh-viz", find_binary("mesh-viz")?),
+    ];
+    let bin = |name: &str| {
+        bins.iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, p)| p.clone())
+            .unwrap_or_default()
+    };
+    let mesh = std::env::current_exe()?;
+    let workloads = workloads();
+    let parse = |s: &str| -> anyhow::Result<SocketAddr> { Ok(s.parse()?) };
+    let (identity_addr, destination, viz) = (parse(IDENTITY)?, parse(DESTINATION)?, parse(VIZ)?);
+    let mut needed = vec![
+        (identity_addr, "mesh-identity".to_owned()),
+        (destination, "mesh-controller".to_owned()),
+        (viz, "mesh-viz".to_owned()),
+    ];
+    for w in &workloads {
+        for (port, what) in [
+            (8080, "app"),
+            (4143, "proxy inbound"),
+            (4140, "proxy outbound"),
+            (4191, "proxy admin"),
+        ] {
+            needed.push((SocketAddr::new(w.ip, port), format!("{} {what}", w.name)));
+        }
+    }
+    check_free(&needed)?;
+
+    let (state, temporary) = match &options.state {
+        Some(dir) => (dir.clone(), false),
+        None => (
+            std::env::temp_dir().join(format!("mesh-demo-{}", std::process::id())),
+            true,
+        ),
+    };
+    let logs = state.join("logs");
+    std::fs::create_dir_all(&logs)
+        .with_context(|| format!("cannot create the state folder {}", state.display()))?;
+    let mut children = Children {
+        logs: logs.clone(),
+        procs: Vec::new(),
+    };
+    let result = run_in(&options, &state, &mesh, &bin, &workloads, &mut children).await;
+    children.stop().await;
+    if temporary && !options.keep_state {
+        let _ = std::fs::remove_dir_all(&state);
+    } else {
+        eprintln!("state kept in {}", state.display());
+    }
+    result
+}
+
+async fn run_in(
+    options: &Options,
+    state: &Path,
+    mesh: &Path,
+    bin: &dyn Fn(&str) -> PathBuf,
+    workloads: &[Workload],
+    children: &mut Children,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    // A fresh CA, and a token per service account (the local control plane's job).
+    let ca = state.join("ca");
+    let generated = mesh_identity::ca::generate(
+        Duration::from_secs(7 * 86_400),
+        Duration::from_secs(2 * 86_400),
+    )?;
+    mesh_identity::ca::write(&ca, &generated)?;
+    let tokens_dir = state.join("tokens");
+    std::fs::create_dir_all(&tokens_dir)?;
+    let mut tokens = String::from("tokens:\n");
+    for w in workloads {
+        let token = random_token();
+        std::fs::write(tokens_dir.join(w.name), &token)?;
+        tokens.push_str(&format!(
+            "- token: {token}\n  namespace: {NAMESPACE}\n  serviceAccount: {}\n",
+            w.name
+        ));
+    }
+    let tokens_file = state.join("tokens.yaml");
+    std::fs::write(&tokens_file, tokens)?;
+    let cluster = state.join("cluster");
+    write_manifests(&cluster, workloads)?;
+
+    eprintln!("starting the control plane (state in {})", state.display());
+    children.spawn(
+        "mesh-identity",
+        Command::new(bin("mesh-identity"))
+            .env("MESH_IDENTITY_ADDR", IDENTITY)
+            .env("MESH_IDENTITY_ADMIN_ADDR", "127.0.0.1:0")
+            .env("MESH_IDENTITY_ISSUER_DIR", &ca)
+            .env(
+                "MESH_IDENTITY_TOKENS",
+                format!("file:{}", tokens_file.display()),
+            )
+            .env("MESH_IDENTITY_NAMESPACE", "mesh")
+            .env("MESH_IDENTITY_CERT_LIFETIME", "1h"),
+    )?;
+    children.spawn(
+        "mesh-controller",
+        Command::new(bin("mesh-controller"))
+            .env(
+                "MESH_CONTROLLER_SOURCE",
+                format!("dir:{}", cluster.display()),
+            )
+            .env("MESH_CONTROLLER_DESTINATION_ADDR", DESTINATION),
+    )?;
+    children.spawn(
+        "mesh-viz",
+        Command::new(bin("mesh-viz"))
+            .env("MESH_VIZ_SOURCE", format!("dir:{}", cluster.display()))
+            .env("MESH_VIZ_ADDR", VIZ)
+            .env("MESH_VIZ_SCRAPE_INTERVAL", "1s"),
+    )?;
+    let patience = Duration::from_secs(30);
+    for (what, addr) in [
+        ("mesh-identity", IDENTITY),
+        ("mesh-controller", DESTINATION),
+        ("mesh-viz", VIZ),
+    ] {
+        let addr: SocketAddr = addr.parse()?;
+        wait_for(what, patience, children, || listening(addr)).await?;
+    }
+
+    eprintln!(
+        "starting {} workloads, each behind its own strict mTLS proxy",
+        workloads.len()
+    );
+    let anchors = ca.join(mesh_identity::ca::TRUST_ANCHORS_FILE);
+    for w in workloads {
+        let proxy_outbound = SocketAddr::new(w.ip, 4140);
+        let args: Vec<String> = w
+            .args
+            .iter()
+            .map(|a| {
+                a.replace("{ip}", &w.ip.to_string())
+                    .replace("{proxy}", &proxy_outbound.to_string())
+            })
+            .collect();
+        children.spawn(
+            &format!("{}-proxy", w.name),
+            Command::new(bin("mesh-proxy"))
+                .env(
+                    "MESH_PROXY_INBOUND_ADDR",
+                    SocketAddr::new(w.ip, 4143).to_string(),
+                )
+                .env("MESH_PROXY_OUTBOUND_ADDR", proxy_outbound.to_string())
+                .env(
+                    "MESH_PROXY_ADMIN_ADDR",
+                    SocketAddr::new(w.ip, 4191).to_string(),
+                )
+                .env(
+                    "MESH_PROXY_INBOUND_APP_ADDR",
+                    SocketAddr::new(w.ip, 8080).to_string(),
+                )
+                .env("MESH_PROXY_DESTINATION_ADDR", DESTINATION)
+                .env("MESH_PROXY_NAMESPACE", NAMESPACE)
+                .env("MESH_PROXY_IDENTITY_ADDR", IDENTITY)
+                .env("MESH_PROXY_IDENTITY_NAME", mesh_api_name(w.name))
+                .env("MESH_PROXY_TRUST_ANCHORS", &anchors)
+                .env("MESH_PROXY_TOKEN_PATH", state.join("tokens").join(w.name))
+                .env("MESH_PROXY_INBOUND_TLS", "strict"),
+        )?;
+        if w.name != "traffic" {
+            children.spawn(w.name, Command::new(mesh).arg("demo-app").args(&args))?;
+        } else {
+            // Traffic starts once every other workload is ready.
+            let admin = SocketAddr::new(w.ip, 4191);
+            for other in workloads.iter().filter(|o| o.name != "traffic") {
+                let (admin, app) = (
+                    SocketAddr::new(other.ip, 4191),
+                    SocketAddr::new(other.ip, 8080),
+                );
+                wait_for(other.name, patience, children, || async move {
+                    http_ok(admin, "/ready").await && listening(app).await
+                })
+                .await?;
+            }
+            wait_for("the traffic proxy", patience, children, || {
+                http_ok(admin, "/ready")
+            })
+            .await?;
+            children.spawn(w.name, Command::new(mesh).arg("demo-app").args(&args))?;
+        }
+    }
+
+    println!();
+    println!(
+        "mesh demo is running ({:.1}s to start):",
+        started.elapsed().as_secs_f64()
+    );
+    println!("  dashboard   http://{VIZ}/");
+    println!("  edges       mesh viz edges deployment -n {NAMESPACE}");
+    println!("  routes      mesh viz routes svc/books -n {NAMESPACE} -o wide");
+    println!(
+        "  workloads   web → books (HTTP/1, canary 80/20 to books-v1/books-v2; flaky route retried, slow route 250ms timeout) and web → authors (gRPC); traffic → web at 20 rps"
+    );
+    println!("  every pod   strict mTLS: a client without a mesh certificate reaches no demo app");
+    match options.duration {
+        Some(d) => println!("  stopping in {}s (Ctrl-C stops sooner)", d.as_secs()),
+        None => println!("  Ctrl-C stops it"),
+    }
+    println!();
+
+    let stop = async {
+        match options.duration {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(stop);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            () = &mut stop => break,
+            _ = tokio::signal::ctrl_c() => { eprintln!("\ninterrupted"); break; }
+            _ = term.recv() => { eprintln!("terminated"); break; }
+            _ = tick.tick() => {
+                children.check()?;
+                summary(started).await;
+            }
+        }
+    }
+    eprintln!("stopping every demo process");
+    Ok(())
+}
+
+fn mesh_api_name(sa: &str) -> String {
+    mesh_api::identity::dns_name(sa, NAMESPACE)
+}
+
+/// Prints viz's per-workload stats, compactly.
+async fn summary(started: Instant) {
+    let Ok(viz) = VIZ.parse::<SocketAddr>() else {
+        return;
+    };
+    match crate::viz::stat_table(viz, NAMESPACE, "30s").await {
+        Ok(table) => {
+            println!(
+                "── {:>4.0}s ── mesh viz stat deploy -n {NAMESPACE} (last 30s)",
+                started.elapsed().as_secs_f64()
+            );
+            print!("{table}");
+        }
+        Err(e) => eprintln!("viz: {e}"),
+    }
+}

@@ -1,0 +1,229 @@
+//! `mesh demo` end to end: the whole mesh on this machine for about 20 seconds, checked
+//! through `mesh viz … -o json`: every edge mTLS with the expected identities, the
+//! canary near 80/20, retries visible on the flaky route, timeouts on the slow one;
+//! then Ctrl-C leaves no process and no port behind.
+
+use std::net::{SocketAddr, TcpListener};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use mesh_api::identity::dns_name;
+use serde_json::Value;
+
+fn mesh(args: &[&str]) -> Value {
+    let out = std::process::Command::new(mesh_test::bin_path("mesh"))
+        .args(args)
+        .output()
+        .expect("run mesh");
+    assert!(
+        out.status.success(),
+        "mesh {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+fn edge<'a>(edges: &'a [Value], src: &str, dst: &str) -> Option<&'a Value> {
+    edges.iter().find(|e| e["src"] == src && e["dst"] == dst)
+}
+
+/// Addresses the demo uses; all must be free again after it stops.
+const ADDRS: [&str; 7] = [
+    "127.0.0.1:8080",
+    "127.0.0.1:8084",
+    "127.0.0.1:8086",
+    "127.0.1.1:4143",
+    "127.0.1.1:8080",
+    "127.0.1.3:4191",
+    "127.0.1.5:4140",
+];
+
+#[test]
+fn the_demo_runs_a_secured_mesh_and_cleans_up() {
+    // A taken port is a clear refusal, before anything starts.
+    {
+        let _taken = TcpListener::bind("127.0.0.1:8084").expect("8084 free for the test");
+        let out = std::process::Command::new(mesh_test::bin_path("mesh"))
+            .args(["demo", "--duration", "5s"])
+            .output()
+            .expect("run mesh demo");
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("127.0.0.1:8084") && err.contains("mesh-viz"),
+            "{err}"
+        );
+    }
+
+    let state = tempfile::tempdir().expect("tempdir");
+    let mut demo = std::process::Command::new(mesh_test::bin_path("mesh"))
+        .args(["demo", "--duration", "120s", "--state"])
+        .arg(state.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start mesh demo");
+    let started = Instant::now();
+    let viz = ["--viz-addr", "127.0.0.1:8084"];
+    let edges_cmd = [
+        &["viz", "edges", "deployment", "-n", "demo", "-o", "json"][..],
+        &viz,
+    ]
+    .concat();
+    // Wait for traffic on every edge, then let it run to about 20 seconds.
+    let edges = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the demo never showed all its edges"
+        );
+        if let Ok(Some(status)) = demo.try_wait() {
+            panic!("mesh demo exited early: {status}");
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        let out = std::process::Command::new(mesh_test::bin_path("mesh"))
+            .args(&edges_cmd)
+            .output()
+            .expect("run mesh");
+        let Ok(edges) = serde_json::from_slice::<Value>(&out.stdout) else {
+            continue;
+        };
+        let edges = edges.as_array().cloned().unwrap_or_default();
+        let all = [
+            ("traffic", "web"),
+            ("web", "books-v1"),
+            ("web", "books-v2"),
+            ("web", "authors"),
+        ]
+        .iter()
+        .all(|(s, d)| edge(&edges, s, d).is_some_and(|e| e["requests"].as_u64() > Some(0)));
+        if all && started.elapsed() > Duration::from_secs(20) {
+            break edges;
+        }
+    };
+
+    // Every edge is mTLS with both identities verified.
+    for e in &edges {
+        assert_eq!(e["secured"], true, "{e:#}");
+        let (src, dst) = (
+            e["src"].as_str().expect("src"),
+            e["dst"].as_str().expect("dst"),
+        );
+        assert_eq!(e["src_identity"], dns_name(src, "demo"), "{e:#}");
+        assert_eq!(e["dst_identity"], dns_name(dst, "demo"), "{e:#}");
+    }
+    // The canary: about 80/20.
+    let n = |d: &str| {
+        edge(&edges, "web", d)
+            .and_then(|e| e["requests"].as_u64())
+            .unwrap_or(0) as f64
+    };
+    let v1 = n("books-v1") / (n("books-v1") + n("books-v2"));
+    assert!(
+        (0.7..=0.9).contains(&v1),
+        "books-v1 got {v1:.2} of the books traffic"
+    );
+
+    // Retries on the flaky route: more attempts than requests, effective success above
+    // actual. Timeouts on the slow route.
+    let routes = mesh(
+        &[
+            &["viz", "routes", "svc/books", "-n", "demo", "-o", "json"][..],
+            &viz,
+        ]
+        .concat(),
+    );
+    let routes = routes.as_array().expect("routes");
+    let route = |name: &str| {
+        routes
+            .iter()
+            .find(|r| r["route"] == name)
+            .unwrap_or_else(|| panic!("no route {name}: {routes:#?}"))
+    };
+    let flaky = route("GET /books/flaky");
+    assert!(
+        flaky["actual_requests"].as_u64() > flaky["requests"].as_u64(),
+        "{flaky:#}"
+    );
+    assert!(
+        flaky["effective_success"].as_f64() > flaky["actual_success"].as_f64(),
+        "{flaky:#}"
+    );
+    let slow = route("GET /books/slow");
+    assert!(slow["timeouts"].as_u64() > Some(0), "{slow:#}");
+
+    // Strict: a plaintext client reaches no app through a pod's proxy.
+    {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect("127.0.1.1:4143").expect("connect");
+        c.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        c.write_all(b"GET / HTTP/1.1\r\nhost: web\r\n\r\n")
+            .expect("write");
+        let mut buf = [0u8; 64];
+        assert!(
+            matches!(c.read(&mut buf), Ok(0) | Err(_)),
+            "plaintext got an answer"
+        );
+    }
+
+    // Ctrl-C: the demo stops everything and exits.
+    let pid = demo.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = demo.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "mesh demo did not stop after Ctrl-C"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "{status}");
+    let mut out = String::new();
+    use std::io::Read as _;
+    demo.stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut out)
+        .expect("read");
+    assert!(
+        out.contains("http://127.0.0.1:8084/") && out.contains("LATENCY_P99"),
+        "{out}"
+    );
+    // Nothing left running from this demo (each child carries MESH_DEMO_STATE), and
+    // nothing left listening.
+    let marker = format!("MESH_DEMO_STATE={}", state.path().display());
+    let leftovers: Vec<String> = std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .chars()
+                .all(|c| c.is_ascii_digit())
+        })
+        .filter(|e| {
+            std::fs::read(e.path().join("environ"))
+                .map(|env| env.split(|b| *b == 0).any(|v| v == marker.as_bytes()))
+                .unwrap_or(false)
+        })
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "demo processes left running: {leftovers:?}"
+    );
+    for addr in ADDRS {
+        let addr: SocketAddr = addr.parse().expect("addr");
+        TcpListener::bind(addr).unwrap_or_else(|e| panic!("{addr} still taken: {e}"));
+    }
+}
