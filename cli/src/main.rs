@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 mod demo;
+mod inject;
 mod viz;
 
 /// mesh: a lightweight service mesh for Kubernetes.
@@ -19,6 +20,31 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Adds the mesh to workloads: `mesh inject deploy.yaml | kubectl apply -f -`.
+    Inject {
+        /// Files, folders, or `-` for stdin; multi-document YAML and `kind: List`.
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        /// Write the whole sidecar instead of the annotation the webhook acts on.
+        #[arg(long)]
+        manual: bool,
+        /// With --manual: the proxy among the containers, for clusters older than 1.29
+        /// (default: a native sidecar).
+        #[arg(long, requires = "manual")]
+        classic_sidecar: bool,
+        /// The proxy image (without tag).
+        #[arg(long, default_value = "ghcr.io/mesh/proxy")]
+        proxy_image: String,
+        /// The proxy version (image tag).
+        #[arg(long, default_value = env!("CARGO_PKG_VERSION"))]
+        proxy_version: String,
+    },
+    /// Removes what `mesh inject` added.
+    Uninject {
+        /// Files, folders, or `-` for stdin.
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+    },
     /// A whole mesh on this machine: control plane, five workloads behind strict mTLS
     /// proxies, a canary split, retries and timeouts, live metrics and a dashboard.
     Demo {
@@ -122,6 +148,30 @@ enum IdentityCommand {
 fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     match Cli::parse().command {
+        Command::Inject {
+            inputs,
+            manual,
+            classic_sidecar,
+            proxy_image,
+            proxy_version,
+        } => {
+            let mode = if manual {
+                mesh_controller::inject::Mode::Manual {
+                    classic: classic_sidecar,
+                }
+            } else {
+                mesh_controller::inject::Mode::Annotate
+            };
+            let config = mesh_controller::inject::Config {
+                image: proxy_image,
+                version: proxy_version,
+                ..Default::default()
+            };
+            inject::run(&inputs, Some(mode), &config)
+        }
+        Command::Uninject { inputs } => {
+            inject::run(&inputs, None, &mesh_controller::inject::Config::default())
+        }
         Command::Demo {
             duration,
             state,

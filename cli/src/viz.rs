@@ -64,12 +64,15 @@ pub async fn run(
     let ns = if all {
         "all=1".to_owned()
     } else {
-        format!("namespace={}", namespace.unwrap_or("default"))
+        format!("namespace={}", encode(namespace.unwrap_or("default")))
     };
+    let window = encode(window);
     let path = match &query {
         Query::Edges => format!("/api/edges?{ns}&window={window}"),
         Query::Stat => format!("/api/stat?{ns}&window={window}"),
-        Query::Routes(svc) => format!("/api/routes?{ns}&service={svc}&window={window}"),
+        Query::Routes(svc) => {
+            format!("/api/routes?{ns}&service={}&window={window}", encode(svc))
+        }
     };
     let body = get(addr, &path).await?;
     let items = body
@@ -95,11 +98,27 @@ pub async fn run(
     Ok(())
 }
 
+/// Percent-encodes a query parameter value.
+fn encode(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// The per-workload table of `namespace` over `window`, as `mesh viz stat` prints it.
 pub async fn stat_table(addr: SocketAddr, namespace: &str, window: &str) -> anyhow::Result<String> {
     let body = get(
         addr,
-        &format!("/api/stat?namespace={namespace}&window={window}"),
+        &format!(
+            "/api/stat?namespace={}&window={}",
+            encode(namespace),
+            encode(window)
+        ),
     )
     .await?;
     let items = body
@@ -230,6 +249,7 @@ fn routes(items: &[Value], wide: bool) -> Vec<Vec<String>> {
             "EFFECTIVE_RPS",
             "ACTUAL_SUCCESS",
             "ACTUAL_RPS",
+            "TIMEOUTS",
             "LATENCY_P50",
             "LATENCY_P95",
             "LATENCY_P99",
@@ -256,6 +276,12 @@ fn routes(items: &[Value], wide: bool) -> Vec<Vec<String>> {
         if wide {
             row.push(pct(r, "actual_success"));
             row.push(rate(r, "actual_rps"));
+            row.push(
+                r.get("timeouts")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0)
+                    .to_string(),
+            );
         }
         row.extend([ms(r, "p50_ms"), ms(r, "p95_ms"), ms(r, "p99_ms")]);
         t.push(row);

@@ -10,6 +10,7 @@ pub mod crd;
 pub mod destination;
 pub mod dir;
 pub mod index;
+pub mod inject;
 pub mod kubernetes;
 
 pub use index::Index;

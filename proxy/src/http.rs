@@ -958,17 +958,22 @@ where
             }
         };
         let metrics = self.metrics.clone();
+        let direction = self.direction;
         let start = Instant::now();
         let fut = self.inner.call(req);
         Box::pin(async move {
             let rsp = fut.await?;
             // The endpoint that answered; else, for a response the proxy made itself
             // after reaching one (a timeout), the endpoint it was waiting for.
-            let peer = rsp
-                .extensions()
-                .get::<Peer>()
-                .cloned()
-                .or_else(|| uncounted.as_ref().and_then(Uncounted::last_peer));
+            // Inbound, the peer is the client, known from the connection all along.
+            let peer = match direction {
+                Direction::Inbound => None,
+                Direction::Outbound => rsp
+                    .extensions()
+                    .get::<Peer>()
+                    .cloned()
+                    .or_else(|| uncounted.as_ref().and_then(Uncounted::last_peer)),
+            };
             let labels = match peer {
                 Some(peer) => metrics.with_peer(&labels, &peer),
                 None => labels,

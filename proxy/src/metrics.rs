@@ -287,6 +287,16 @@ struct Store {
     latencies: HashMap<LatencyKey, Latency>,
 }
 
+/// When this process started (first asked), in milliseconds since the Unix epoch.
+pub fn started_unix_ms() -> u64 {
+    static STARTED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *STARTED.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    })
+}
+
 /// This process's instance id: random, fixed at first use; a restarted proxy has
 /// another, which tells readers of `/stats` that its counters started over.
 pub fn instance() -> u64 {
@@ -477,6 +487,7 @@ impl Metrics {
             .collect();
         let out = json!({
             "instance": instance.to_string(),
+            "started_unix_ms": started_unix_ms(),
             "requests": requests,
             "responses": responses(&store.responses),
             "actual_responses": responses(&store.actual),

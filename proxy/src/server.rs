@@ -113,6 +113,11 @@ impl Proxy {
             None => None,
         };
         let metrics = Arc::new(Metrics::default());
+        // Fixed now: counts in /stats start from here.
+        let _ = (
+            crate::metrics::instance(),
+            crate::metrics::started_unix_ms(),
+        );
         let mut resolve = Resolve::from_system()?;
         if let Some(addr) = &config.destination_addr {
             let discover = Discover::new(addr, &config.namespace)

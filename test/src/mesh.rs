@@ -76,6 +76,32 @@ impl Pod {
             .kill_on_drop(true)
             .spawn()
             .expect("sample app");
+        let proxy = start_proxy(&spec).await;
+        crate::eventually("the app listening", Duration::from_secs(10), || async {
+            tokio::net::TcpStream::connect(SocketAddr::new(ip, 8080))
+                .await
+                .ok()
+                .map(|_| ())
+        })
+        .await;
+        Self {
+            ip,
+            proxy,
+            _app: app,
+        }
+    }
+
+    /// Restarts the pod's proxy (same address, a new process).
+    pub async fn restart_proxy(&mut self, spec: PodSpec<'_>) {
+        self.proxy.kill().await;
+        self.proxy = start_proxy(&spec).await;
+    }
+}
+
+/// Starts a pod's proxy and waits until it is ready.
+async fn start_proxy(spec: &PodSpec<'_>) -> proxy::Proxy {
+    let ip = spec.ip;
+    {
         let mut builder = proxy::new();
         if let Some(id) = spec.identity {
             builder = id.proxy(builder, spec.service_account, spec.namespace);
@@ -94,18 +120,7 @@ impl Pod {
         }
         let proxy = builder.run().await;
         proxy.wait_ready().await;
-        crate::eventually("the app listening", Duration::from_secs(10), || async {
-            tokio::net::TcpStream::connect(SocketAddr::new(ip, 8080))
-                .await
-                .ok()
-                .map(|_| ())
-        })
-        .await;
-        Self {
-            ip,
-            proxy,
-            _app: app,
-        }
+        proxy
     }
 }
 

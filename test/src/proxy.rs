@@ -131,6 +131,11 @@ impl Proxy {
         assert_eq!(rsp.status(), 200);
     }
 
+    /// Kills the process and waits for it to exit.
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+
     /// Sends the process a signal with `kill`.
     pub fn signal(&self, signal: &str) {
         let pid = self.child.id().expect("running");

@@ -38,6 +38,26 @@ const ADDRS: [&str; 7] = [
     "127.0.1.5:4140",
 ];
 
+/// The demo process, interrupted if the test fails midway (so that its ports are free
+/// for the next run).
+struct Demo(std::process::Child);
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = std::process::Command::new("kill")
+                .args(["-INT", &self.0.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline && matches!(self.0.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 #[test]
 fn the_demo_runs_a_secured_mesh_and_cleans_up() {
     // A taken port is a clear refusal, before anything starts.
@@ -56,14 +76,16 @@ fn the_demo_runs_a_secured_mesh_and_cleans_up() {
     }
 
     let state = tempfile::tempdir().expect("tempdir");
-    let mut demo = std::process::Command::new(mesh_test::bin_path("mesh"))
-        .args(["demo", "--duration", "120s", "--state"])
-        .arg(state.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start mesh demo");
+    let mut demo = Demo(
+        std::process::Command::new(mesh_test::bin_path("mesh"))
+            .args(["demo", "--duration", "120s", "--state"])
+            .arg(state.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start mesh demo"),
+    );
     let started = Instant::now();
     let viz = ["--viz-addr", "127.0.0.1:8084"];
     let edges_cmd = [
@@ -77,7 +99,7 @@ fn the_demo_runs_a_secured_mesh_and_cleans_up() {
             started.elapsed() < Duration::from_secs(60),
             "the demo never showed all its edges"
         );
-        if let Ok(Some(status)) = demo.try_wait() {
+        if let Ok(Some(status)) = demo.0.try_wait() {
             panic!("mesh demo exited early: {status}");
         }
         std::thread::sleep(Duration::from_secs(1));
@@ -168,7 +190,7 @@ fn the_demo_runs_a_secured_mesh_and_cleans_up() {
     }
 
     // Ctrl-C: the demo stops everything and exits.
-    let pid = demo.id().to_string();
+    let pid = demo.0.id().to_string();
     assert!(
         std::process::Command::new("kill")
             .args(["-INT", &pid])
@@ -178,7 +200,7 @@ fn the_demo_runs_a_secured_mesh_and_cleans_up() {
     );
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
-        if let Some(status) = demo.try_wait().expect("wait") {
+        if let Some(status) = demo.0.try_wait().expect("wait") {
             break status;
         }
         assert!(
@@ -190,7 +212,8 @@ fn the_demo_runs_a_secured_mesh_and_cleans_up() {
     assert!(status.success(), "{status}");
     let mut out = String::new();
     use std::io::Read as _;
-    demo.stdout
+    demo.0
+        .stdout
         .take()
         .expect("stdout")
         .read_to_string(&mut out)

@@ -149,6 +149,19 @@ async fn meshed_proxies_authenticate_each_other_and_tell_the_app() {
         )
         .await;
     assert_eq!(inbound, 10, "{}", m.web.proxy.metrics().await);
+    let responses = m
+        .web
+        .proxy
+        .metric(
+            "response_total",
+            &[
+                ("direction", "inbound"),
+                ("tls", "true"),
+                ("client_id", &client_id),
+            ],
+        )
+        .await;
+    assert_eq!(responses, 10, "{}", m.web.proxy.metrics().await);
 
     // Strict: plaintext to the pod's inbound port is refused.
     let plain = tokio::time::timeout(Duration::from_secs(5), async {

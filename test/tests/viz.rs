@@ -74,7 +74,8 @@ async fn viz_reports_edges_workloads_and_routes_exactly() {
     };
     // Two web pods (one workload), a meshed caller, and a caller without identity.
     let web0 = Pod::start(spec("web", "permissive")).await;
-    let web1 = Pod::start(spec("web", "permissive")).await;
+    let spec1 = spec("web", "permissive");
+    let web1 = Pod::start(spec1.clone()).await;
     let load = Pod::start(spec("load", "permissive")).await;
     let legacy = Pod::start(PodSpec {
         destination: Some(ctl.destination),
@@ -153,7 +154,7 @@ async fn viz_reports_edges_workloads_and_routes_exactly() {
         "viz to see every request",
         Duration::from_secs(20),
         || async {
-            let edges = v.items("/api/edges?namespace=shop").await;
+            let edges = v.items("/api/edges?namespace=shop&window=10m").await;
             let n = |src: &str| {
                 edges
                     .iter()
@@ -180,7 +181,7 @@ async fn viz_reports_edges_workloads_and_routes_exactly() {
 
     // The workload's percentiles are those of one histogram of every request both web
     // proxies served.
-    let stat = v.items("/api/stat?namespace=shop").await;
+    let stat = v.items("/api/stat?namespace=shop&window=10m").await;
     let web = find(&stat, "name", "web");
     // The web pods saw every attempt: retries of the failing route included.
     let attempts = load
@@ -206,7 +207,9 @@ async fn viz_reports_edges_workloads_and_routes_exactly() {
     );
 
     // Routes: the failing route was retried, so actual attempts exceed requests.
-    let routes = v.items("/api/routes?namespace=shop&service=web").await;
+    let routes = v
+        .items("/api/routes?namespace=shop&service=web&window=10m")
+        .await;
     let fail = find(&routes, "route", "fail");
     assert_eq!(fail["requests"], 10);
     assert!(
@@ -217,7 +220,10 @@ async fn viz_reports_edges_workloads_and_routes_exactly() {
     assert_eq!(sleep["effective_success"], 1.0);
 
     // The CLI shows the same, as tables and JSON.
-    let table = cli(&v, &["viz", "edges", "deployment", "-n", "shop"]);
+    let table = cli(
+        &v,
+        &["viz", "edges", "deployment", "-n", "shop", "-w", "10m"],
+    );
     let header: Vec<&str> = table
         .lines()
         .next()
@@ -244,14 +250,24 @@ async fn viz_reports_edges_workloads_and_routes_exactly() {
     );
     let json: Value = serde_json::from_str(&cli(
         &v,
-        &["viz", "edges", "deployment", "-n", "shop", "-o", "json"],
+        &[
+            "viz",
+            "edges",
+            "deployment",
+            "-n",
+            "shop",
+            "-o",
+            "json",
+            "-w",
+            "10m",
+        ],
     ))
     .expect("json");
     assert_eq!(
         find(json.as_array().expect("array"), "src", "load")["requests"].as_u64(),
         Some(total)
     );
-    let stat_table = cli(&v, &["viz", "stat", "deploy", "-n", "shop"]);
+    let stat_table = cli(&v, &["viz", "stat", "deploy", "-n", "shop", "-w", "10m"]);
     assert!(stat_table.starts_with("NAME"), "{stat_table}");
     assert!(
         stat_table
@@ -261,7 +277,9 @@ async fn viz_reports_edges_workloads_and_routes_exactly() {
     );
     let wide = cli(
         &v,
-        &["viz", "routes", "svc/web", "-n", "shop", "-o", "wide"],
+        &[
+            "viz", "routes", "svc/web", "-n", "shop", "-o", "wide", "-w", "10m",
+        ],
     );
     assert!(
         wide.contains("ACTUAL_SUCCESS") && wide.contains("fail"),
@@ -281,27 +299,53 @@ async fn viz_reports_edges_workloads_and_routes_exactly() {
     let text = client::get(v.addr, "viz", "/metrics").await.text();
     assert!(text.contains("viz_edge_rps{src_namespace=\"shop\",src=\"load\",dst_namespace=\"shop\",dst=\"web\",secured=\"true\"}"), "{text}");
 
-    // A restarted proxy: counts start over, and viz neither loses nor double-counts.
-    drop(web1);
-    let web1 = Pod::start(spec("web", "permissive")).await;
-    mesh::write(
-        world.path(),
-        "web-1",
-        &mesh::pod_yaml("web-1", "shop", "web", "web", web1.ip),
-    );
-    v.scraped(&["web-1"], 1).await;
-    let before = find(&v.items("/api/stat?namespace=shop").await, "name", "web")["requests"]
-        .as_u64()
-        .expect("requests");
+    // A restarted proxy (same pod, same address, a new process): its counts start
+    // over, and viz neither loses nor double-counts, even for requests the new
+    // instance served before viz first scraped it.
+    let stat_requests = || async {
+        let stat = v.items("/api/stat?namespace=shop&window=10m").await;
+        find(&stat, "name", "web")["requests"]
+            .as_u64()
+            .expect("requests")
+    };
+    v.scraped(&["web-0", "web-1"], 1).await;
+    let before = stat_requests().await;
+    let mut web1 = web1;
+    web1.restart_proxy(spec1.clone()).await;
     for _ in 0..20 {
         assert_eq!(client::get_on(&mut tx, WEB, "/").await.status, 200);
     }
     mesh_test::eventually("the restart accounted", Duration::from_secs(20), || async {
-        let stat = v.items("/api/stat?namespace=shop").await;
-        let n = find(&stat, "name", "web")["requests"].as_u64()?;
+        let n = stat_requests().await;
         assert!(n <= before + 20, "double counted: {n} > {before} + 20");
         (n == before + 20).then_some(())
     })
+    .await;
+    let targets = v.get("/api/targets").await;
+    let t = find(targets.as_array().expect("targets"), "pod", "web-1");
+    assert!(t["restarts"].as_u64() >= Some(1), "{t:#}");
+
+    // A new pod: what its proxy counted before viz first scraped it is counted too.
+    let web2 = Pod::start(spec("web", "permissive")).await;
+    let mut direct = client::h1(SocketAddr::new(web2.ip, 4143)).await;
+    for _ in 0..7 {
+        assert_eq!(client::get_on(&mut direct, "web", "/").await.status, 200);
+    }
+    let before = stat_requests().await;
+    mesh::write(
+        world.path(),
+        "web-2",
+        &mesh::pod_yaml("web-2", "shop", "web", "web", web2.ip),
+    );
+    mesh_test::eventually(
+        "the new pod's first counts",
+        Duration::from_secs(20),
+        || async {
+            let n = stat_requests().await;
+            assert!(n <= before + 7, "double counted: {n} > {before} + 7");
+            (n == before + 7).then_some(())
+        },
+    )
     .await;
 }
 

@@ -92,7 +92,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
             index
         }
     };
-    let store = Arc::new(Mutex::new(Store::new(config.retention)));
+    let store = Arc::new(Mutex::new(Store::new(
+        config.retention,
+        config.scrape_interval,
+    )));
     tokio::spawn(mesh_viz::scrape::run(
         index,
         store.clone(),

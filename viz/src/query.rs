@@ -2,7 +2,7 @@
 //! a window, with percentiles from exactly merged HDR histograms.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -59,9 +59,13 @@ impl Acc {
                 }
             }
         }
-        for (l, h) in &series.latency {
+        for (l, buckets) in &series.latency {
             if keep(l) {
-                let _ = self.latency.get_or_insert_with(histogram).add(h);
+                let h = self.latency.get_or_insert_with(histogram);
+                for (v, n) in buckets {
+                    // Values are checked against the proxies' range when parsed.
+                    let _ = h.record_n(*v, *n);
+                }
             }
         }
     }
@@ -204,18 +208,32 @@ impl Namespaces {
 }
 
 /// Edges whose source is in `namespaces`.
-pub fn edges(
-    store: &Store,
-    namespaces: &Namespaces,
-    window: Duration,
-    now: SystemTime,
-) -> Vec<Edge> {
+pub fn edges(store: &Store, namespaces: &Namespaces, window: Duration, now: Instant) -> Vec<Edge> {
     let secs = store.covered(window, now);
     type Key = (String, String, String, String);
     // Per edge: the counts, why not secured, the callee's identity, the caller's.
     type Found = (Acc, Option<String>, Option<String>, Option<String>);
     let mut acc: BTreeMap<Key, Found> = BTreeMap::new();
-    for (t, series) in store.window(window, now) {
+    let windows = store.window(window, now);
+    // The client identities each workload's proxies verified, inbound: an edge is
+    // secured only if the callee saw the caller's identity, not just the other way.
+    let verified: std::collections::HashSet<(String, String, String)> = windows
+        .iter()
+        .flat_map(|(t, series)| {
+            series
+                .responses
+                .keys()
+                .filter(|(l, _)| l.direction == "inbound" && l.tls == "true")
+                .filter_map(|(l, _)| {
+                    Some((
+                        t.pod.namespace.clone(),
+                        t.pod.workload.clone(),
+                        l.peer_id.clone()?,
+                    ))
+                })
+        })
+        .collect();
+    for (t, series) in &windows {
         if !namespaces.has(&t.pod.namespace) {
             continue;
         }
@@ -233,7 +251,7 @@ pub fn edges(
         }
         for (key, labels) in dsts {
             let entry = acc.entry(key).or_insert((Acc::default(), None, None, None));
-            entry.0.add(&series, |l| labels.contains(l));
+            entry.0.add(series, |l| labels.contains(l));
             for l in &labels {
                 if l.tls == "true" {
                     entry.2 = entry.2.take().or_else(|| l.peer_id.clone());
@@ -254,19 +272,31 @@ pub fn edges(
     }
     acc.into_iter()
         .map(
-            |((src_ns, src, dst_ns, dst), (a, reason, dst_id, src_id))| Edge {
-                src,
-                src_namespace: src_ns,
-                dst,
-                dst_namespace: dst_ns,
-                secured: reason.is_none() && dst_id.is_some(),
-                src_identity: src_id,
-                dst_identity: dst_id,
-                reason,
-                requests: a.requests(),
-                rps: a.requests() as f64 / secs,
-                success: a.success(),
-                latency: a.percentiles(),
+            |((src_ns, src, dst_ns, dst), (a, reason, dst_id, src_id))| {
+                // The caller's identity counts only once the callee has verified it.
+                let seen = src_id.as_ref().is_some_and(|id| {
+                    verified.contains(&(dst_ns.clone(), dst.clone(), id.clone()))
+                });
+                let reason = match (reason, &dst_id) {
+                    (Some(r), _) => Some(r),
+                    (None, Some(_)) if !seen => Some("client identity not verified".to_owned()),
+                    (None, None) => Some("not meshed".to_owned()),
+                    (None, Some(_)) => None,
+                };
+                Edge {
+                    src,
+                    src_namespace: src_ns,
+                    dst,
+                    dst_namespace: dst_ns,
+                    secured: reason.is_none(),
+                    src_identity: src_id.filter(|_| seen),
+                    dst_identity: dst_id,
+                    reason,
+                    requests: a.requests(),
+                    rps: a.requests() as f64 / secs,
+                    success: a.success(),
+                    latency: a.percentiles(),
+                }
             },
         )
         .collect()
@@ -281,7 +311,7 @@ pub fn stat(
     store: &Store,
     namespaces: &Namespaces,
     window: Duration,
-    now: SystemTime,
+    now: Instant,
 ) -> Vec<WorkloadStat> {
     let secs = store.covered(window, now);
     let mut acc: BTreeMap<(String, String), (Acc, usize, usize, u64)> = BTreeMap::new();
@@ -326,7 +356,7 @@ pub fn routes(
     namespaces: &Namespaces,
     service: Option<&str>,
     window: Duration,
-    now: SystemTime,
+    now: Instant,
 ) -> Vec<RouteStat> {
     let secs = store.covered(window, now);
     type Key = (String, String, String);

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
@@ -43,7 +43,7 @@ pub async fn run(index: Arc<Index>, store: Arc<Mutex<Store>>, interval: Duration
                 let result = tokio::time::timeout(timeout, fetch(&client, addr))
                     .await
                     .unwrap_or_else(|_| Err(format!("{addr}: no answer within {timeout:?}")));
-                (pod, SystemTime::now(), result)
+                (pod, Instant::now(), result)
             })
         });
         let results = futures_join_all(scrapes).await;

@@ -3,7 +3,7 @@
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
@@ -75,16 +75,15 @@ impl Params {
         }
     }
 
-    fn window(&self, retention: Duration) -> Result<Duration, String> {
+    fn window(&self, min: Duration, retention: Duration) -> Result<Duration, String> {
         let Some(w) = self.get("window") else {
             return Ok(DEFAULT_WINDOW.min(retention));
         };
         let d = parse_duration(w)
             .ok_or_else(|| format!("invalid window {w:?}: use e.g. 30s, 1m, 5m"))?;
-        if d.is_zero() || d > retention {
+        if d < min || d > retention {
             return Err(format!(
-                "window {w} is out of range: between 1s and {}s (the retention)",
-                retention.as_secs()
+                "window {w} is out of range: between {min:?} (two scrapes) and {retention:?} (the retention)"
             ));
         }
         Ok(d)
@@ -152,42 +151,45 @@ fn route<B>(req: &Request<B>, store: &Mutex<Store>) -> Response<Full<Bytes>> {
         return error(StatusCode::METHOD_NOT_ALLOWED, "only GET is served");
     }
     let params = Params::parse(req.uri().query());
-    let store = store.lock().unwrap_or_else(|e| e.into_inner());
-    let now = SystemTime::now();
-    let window = match params.window(store.retention()) {
-        Ok(w) => w,
-        Err(e) => return error(StatusCode::BAD_REQUEST, &e),
-    };
-    let ns = params.namespaces();
-    let envelope = |items: serde_json::Value| serde_json::json!({ "window_seconds": window.as_secs_f64(), "items": items });
-    match req.uri().path() {
-        "/api/edges" => json(
-            StatusCode::OK,
-            &envelope(serde_json::json!(query::edges(&store, &ns, window, now))),
-        ),
-        "/api/stat" => json(
-            StatusCode::OK,
-            &envelope(serde_json::json!(query::stat(&store, &ns, window, now))),
-        ),
-        "/api/routes" => {
-            let service = params.get("service").filter(|s| !s.is_empty());
-            json(
-                StatusCode::OK,
-                &envelope(serde_json::json!(query::routes(
+    let now = Instant::now();
+    let path = req.uri().path();
+    // Compute under the lock; serialize after releasing it.
+    let answer = {
+        let store = store.lock().unwrap_or_else(|e| e.into_inner());
+        let window = match params.window(store.min_window(), store.retention()) {
+            Ok(w) => w,
+            Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+        };
+        let ns = params.namespaces();
+        let envelope = |items: serde_json::Value| serde_json::json!({ "window_seconds": window.as_secs_f64(), "items": items });
+        match path {
+            "/api/edges" => Ok(envelope(serde_json::json!(query::edges(
+                &store, &ns, window, now
+            )))),
+            "/api/stat" => Ok(envelope(serde_json::json!(query::stat(
+                &store, &ns, window, now
+            )))),
+            "/api/routes" => {
+                let service = params.get("service").filter(|s| !s.is_empty());
+                Ok(envelope(serde_json::json!(query::routes(
                     &store, &ns, service, window, now
-                ))),
-            )
+                ))))
+            }
+            "/api/targets" => Ok(serde_json::json!(query::targets(&store))),
+            "/metrics" => Err(metrics(&store, now)),
+            _ => Ok(serde_json::Value::Null),
         }
-        "/api/targets" => json(StatusCode::OK, &query::targets(&store)),
-        "/metrics" => {
-            let mut rsp = Response::new(Full::new(Bytes::from(metrics(&store, now))));
+    };
+    match (path, answer) {
+        (_, Err(text)) => {
+            let mut rsp = Response::new(Full::new(Bytes::from(text)));
             rsp.headers_mut().insert(
                 header::CONTENT_TYPE,
                 header::HeaderValue::from_static("text/plain; version=0.0.4"),
             );
             rsp
         }
-        "/" | "/index.html" => {
+        ("/" | "/index.html", _) => {
             let mut rsp = Response::new(Full::new(Bytes::from_static(DASHBOARD.as_bytes())));
             rsp.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -195,11 +197,12 @@ fn route<B>(req: &Request<B>, store: &Mutex<Store>) -> Response<Full<Bytes>> {
             );
             rsp
         }
-        "/live" | "/ready" => json(StatusCode::OK, &serde_json::json!({"ok": true})),
-        _ => error(
+        ("/live" | "/ready", _) => json(StatusCode::OK, &serde_json::json!({"ok": true})),
+        (_, Ok(serde_json::Value::Null)) => error(
             StatusCode::NOT_FOUND,
             "not found: try /api/edges, /api/stat, /api/routes, /api/targets, /metrics or /",
         ),
+        (_, Ok(value)) => json(StatusCode::OK, &value),
     }
 }
 
@@ -210,7 +213,7 @@ fn escape(v: &str) -> String {
 }
 
 /// Prometheus text: the default window's edges and workloads as gauges.
-fn metrics(store: &Store, now: SystemTime) -> String {
+fn metrics(store: &Store, now: Instant) -> String {
     let window = DEFAULT_WINDOW.min(store.retention());
     let mut out = String::new();
     let edges = query::edges(store, &Namespaces::All, window, now);
@@ -336,27 +339,18 @@ mod tests {
 
     #[test]
     fn params_and_windows() {
+        let (min, max) = (Duration::from_secs(2), Duration::from_secs(600));
         let p = Params::parse(Some("namespace=shop&window=30s&x=%2Fa+b"));
         assert!(matches!(p.namespaces(), Namespaces::One(ns) if ns == "shop"));
-        assert_eq!(
-            p.window(Duration::from_secs(600)),
-            Ok(Duration::from_secs(30))
-        );
+        assert_eq!(p.window(min, max), Ok(Duration::from_secs(30)));
         assert_eq!(p.get("x"), Some("/a b"));
         assert!(matches!(
             Params::parse(Some("all=1")).namespaces(),
             Namespaces::All
         ));
-        assert!(
-            Params::parse(Some("window=forever"))
-                .window(Duration::from_secs(600))
-                .is_err()
-        );
-        assert!(
-            Params::parse(Some("window=1h"))
-                .window(Duration::from_secs(600))
-                .is_err()
-        );
+        for bad in ["window=forever", "window=1h", "window=1s"] {
+            assert!(Params::parse(Some(bad)).window(min, max).is_err(), "{bad}");
+        }
         assert_eq!(decode("%zz%4"), "%zz%4");
         assert_eq!(
             decode("%é%"),

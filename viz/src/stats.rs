@@ -1,7 +1,8 @@
 //! A proxy's `/stats` (cumulative counters and HDR histograms), the change between two
 //! scrapes, and sums of changes over a window.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
 use serde::Deserialize;
@@ -69,6 +70,8 @@ struct RawTcp {
 struct Raw {
     instance: String,
     #[serde(default)]
+    started_unix_ms: Option<u64>,
+    #[serde(default)]
     responses: Vec<RawCount>,
     #[serde(default)]
     actual_responses: Vec<RawCount>,
@@ -81,20 +84,27 @@ struct Raw {
 /// Response counts by labels and success.
 pub type Counts = HashMap<(Labels, bool), u64>;
 
+/// The largest latency a proxy records (an hour, in microseconds).
+pub const MAX_VALUE_US: u64 = 3_600_000_000;
+
 /// Two significant digits, as the proxies keep them: merges stay exact.
 pub fn histogram() -> Histogram<u64> {
     Histogram::new(2).unwrap_or_else(|_| unreachable!("2 significant digits are valid"))
 }
 
-/// Counters and histograms: cumulative in a snapshot, or a change in a delta.
+/// Latency buckets: each recorded bucket's value (µs) and count. Sparse, so that the
+/// deltas kept for a window cost what they hold, not a histogram's whole array.
+pub type Buckets = BTreeMap<u64, u64>;
+
+/// Counters and latency buckets: cumulative in a snapshot, or a change in a delta.
 #[derive(Clone, Debug, Default)]
 pub struct Series {
     /// Responses the clients saw, by labels and success.
     pub responses: Counts,
     /// Every attempt's response (retries included), where the proxy kept them.
     pub actual: Counts,
-    /// Latency in microseconds by labels (all status classes merged).
-    pub latency: HashMap<Labels, Histogram<u64>>,
+    /// Latency by labels (all status classes merged).
+    pub latency: HashMap<Labels, Buckets>,
     /// Responses with status 504 (timeouts), by labels.
     pub timeouts: HashMap<Labels, u64>,
 }
@@ -104,6 +114,8 @@ pub struct Series {
 pub struct Snapshot {
     /// Changes when the proxy restarts.
     pub instance: String,
+    /// When the proxy started, if it says.
+    pub started: Option<SystemTime>,
     /// Cumulative series.
     pub series: Series,
     /// Inbound connections open now.
@@ -127,12 +139,15 @@ impl Snapshot {
             }
             c
         };
-        let mut latency: HashMap<Labels, Histogram<u64>> = HashMap::new();
+        let mut latency: HashMap<Labels, Buckets> = HashMap::new();
         for l in raw.latency {
-            let h = latency.entry(l.labels).or_insert_with(histogram);
+            let b = latency.entry(l.labels).or_default();
             for (value, count) in l.buckets {
-                h.record_n(value, count)
-                    .map_err(|e| StatsError::Histogram(e.to_string()))?;
+                if value > MAX_VALUE_US {
+                    return Err(StatsError::Histogram(format!("value {value} out of range")));
+                }
+                let slot = b.entry(value).or_default();
+                *slot = slot.saturating_add(count);
             }
         }
         let tcp_open_inbound = raw
@@ -143,6 +158,9 @@ impl Snapshot {
             .sum();
         Ok(Self {
             instance: raw.instance,
+            started: raw
+                .started_unix_ms
+                .map(|ms| UNIX_EPOCH + Duration::from_millis(ms)),
             series: Series {
                 responses: counts(raw.responses),
                 actual: counts(raw.actual_responses),
@@ -178,14 +196,21 @@ impl Snapshot {
                 .collect()
         }
         let mut latency = HashMap::new();
-        for (k, h) in &self.series.latency {
-            let mut d = h.clone();
-            if let Some(before) = prev.series.latency.get(k)
-                && d.subtract(before).is_err()
-            {
-                // Not a superset: a reset; everything there is new.
-                d = h.clone();
-            }
+        for (k, now) in &self.series.latency {
+            let d: Buckets = match prev.series.latency.get(k) {
+                // Not a superset: a reset we could not see; everything there is new.
+                Some(b) if b.iter().any(|(v, n)| now.get(v).copied().unwrap_or(0) < *n) => {
+                    now.clone()
+                }
+                Some(b) => now
+                    .iter()
+                    .filter_map(|(v, n)| {
+                        let d = n - b.get(v).copied().unwrap_or(0);
+                        (d > 0).then_some((*v, d))
+                    })
+                    .collect(),
+                None => now.clone(),
+            };
             if !d.is_empty() {
                 latency.insert(k.clone(), d);
             }
@@ -211,10 +236,12 @@ impl Series {
         for (k, n) in &other.timeouts {
             *self.timeouts.entry(k.clone()).or_default() += n;
         }
-        for (k, h) in &other.latency {
-            let mine = self.latency.entry(k.clone()).or_insert_with(histogram);
-            // Same layout (two digits, auto-resizing): adding cannot fail.
-            let _ = mine.add(h);
+        for (k, b) in &other.latency {
+            let mine = self.latency.entry(k.clone()).or_default();
+            for (v, n) in b {
+                let slot = mine.entry(*v).or_default();
+                *slot = slot.saturating_add(*n);
+            }
         }
     }
 }
@@ -266,16 +293,12 @@ mod tests {
         let d = b.since(Some(&a));
         assert_eq!(d.responses.get(&(labels(), true)), Some(&5));
         assert_eq!(d.responses.get(&(labels(), false)), None);
-        assert_eq!(d.latency[&labels()].len(), 2);
-        assert_eq!(
-            d.latency[&labels()].max(),
-            3000u64.max(d.latency[&labels()].max())
-        );
+        assert_eq!(d.latency[&labels()].values().sum::<u64>(), 2);
         // Restarted: the new instance's counts are all new.
         let c = Snapshot::parse(&stats("2", 3, 0, &[500])).expect("c");
         let d = c.since(Some(&b));
         assert_eq!(d.responses.get(&(labels(), true)), Some(&3));
-        assert_eq!(d.latency[&labels()].len(), 1);
+        assert_eq!(d.latency[&labels()].values().sum::<u64>(), 1);
     }
 
     #[test]
@@ -290,7 +313,10 @@ mod tests {
         for v in xs.iter().chain(&ys) {
             all.record(*v).expect("record");
         }
-        let m = &merged.latency[&labels()];
+        let mut m = histogram();
+        for (v, n) in &merged.latency[&labels()] {
+            m.record_n(*v, *n).expect("record");
+        }
         assert_eq!(m.len(), all.len());
         for q in [0.5, 0.9, 0.99, 1.0] {
             assert_eq!(m.value_at_quantile(q), all.value_at_quantile(q), "q{q}");

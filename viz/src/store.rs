@@ -2,7 +2,7 @@
 //! so that any window up to it can be summed.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use mesh_controller::index::PodView;
 use serde::Serialize;
@@ -18,7 +18,7 @@ pub struct Target {
     /// Whether the pod is still in the source.
     pub present: bool,
     last: Option<Snapshot>,
-    deltas: VecDeque<(SystemTime, Series)>,
+    deltas: VecDeque<(Instant, Series)>,
     /// The outcome of the latest scrape.
     pub status: ScrapeStatus,
 }
@@ -38,27 +38,39 @@ pub struct ScrapeStatus {
     pub tcp_open_inbound: u64,
 }
 
+/// The longest retention kept (a day).
+pub const MAX_RETENTION: Duration = Duration::from_secs(86_400);
+
 /// Every target, by namespace and pod name.
 #[derive(Debug)]
 pub struct Store {
     targets: BTreeMap<(String, String), Target>,
     retention: Duration,
-    started: SystemTime,
+    interval: Duration,
+    started: Instant,
+    started_wall: SystemTime,
 }
 
 impl Store {
-    /// An empty store keeping changes for `retention`.
-    pub fn new(retention: Duration) -> Self {
+    /// An empty store for scrapes every `interval`, keeping changes for `retention`.
+    pub fn new(retention: Duration, interval: Duration) -> Self {
         Self {
             targets: BTreeMap::new(),
-            retention,
-            started: SystemTime::now(),
+            retention: retention.min(MAX_RETENTION),
+            interval,
+            started: Instant::now(),
+            started_wall: SystemTime::now(),
         }
     }
 
     /// How long changes are kept: the longest window a query may ask for.
     pub fn retention(&self) -> Duration {
         self.retention
+    }
+
+    /// The shortest window worth asking for: two scrapes.
+    pub fn min_window(&self) -> Duration {
+        self.interval * 2
     }
 
     /// Follows the source: new pods become targets, pods gone are marked so.
@@ -91,9 +103,13 @@ impl Store {
                 }
             }
         }
-        let horizon = SystemTime::now() - self.retention;
-        self.targets
-            .retain(|_, t| t.present || t.deltas.back().is_some_and(|(at, _)| *at >= horizon));
+        let (now, retention) = (Instant::now(), self.retention);
+        self.targets.retain(|_, t| {
+            t.present
+                || t.deltas
+                    .back()
+                    .is_some_and(|(at, _)| now.saturating_duration_since(*at) <= retention)
+        });
     }
 
     /// The pods to scrape now: present, meshed, with an address.
@@ -106,11 +122,10 @@ impl Store {
     }
 
     /// Records a scrape of `pod` made at `at`.
-    pub fn record(&mut self, pod: &PodView, at: SystemTime, result: Result<Snapshot, String>) {
-        let Some(t) = self
-            .targets
-            .get_mut(&(pod.namespace.clone(), pod.name.clone()))
-        else {
+    pub fn record(&mut self, pod: &PodView, at: Instant, result: Result<Snapshot, String>) {
+        let (started_wall, retention) = (self.started_wall, self.retention);
+        let key = (pod.namespace.clone(), pod.name.clone());
+        let Some(t) = self.targets.get_mut(&key) else {
             return;
         };
         match result {
@@ -121,7 +136,14 @@ impl Store {
                 {
                     t.status.restarts += 1;
                 }
-                let delta = snapshot.since(t.last.as_ref());
+                // A proxy's first scrape is a baseline, unless the proxy started after
+                // viz did: then everything it counted is new.
+                let delta = match &t.last {
+                    None if snapshot.started.is_some_and(|s| s >= started_wall) => {
+                        snapshot.series.clone()
+                    }
+                    last => snapshot.since(last.as_ref()),
+                };
                 t.status.scrapes += 1;
                 t.status.error = None;
                 t.status.tcp_open_inbound = snapshot.tcp_open_inbound;
@@ -133,20 +155,23 @@ impl Store {
                 t.status.error = Some(e);
             }
         }
-        let horizon = at - self.retention;
-        while t.deltas.front().is_some_and(|(when, _)| *when < horizon) {
+        while t
+            .deltas
+            .front()
+            .is_some_and(|(when, _)| at.saturating_duration_since(*when) > retention)
+        {
             t.deltas.pop_front();
         }
     }
 
     /// Every target with what changed within `window` before `now`.
-    pub fn window(&self, window: Duration, now: SystemTime) -> Vec<(&Target, Series)> {
-        let from = now - window;
+    pub fn window(&self, window: Duration, now: Instant) -> Vec<(&Target, Series)> {
+        let within = |at: &Instant| *at <= now && now.duration_since(*at) < window;
         self.targets
             .values()
             .map(|t| {
                 let mut sum = Series::default();
-                for (_, d) in t.deltas.iter().filter(|(at, _)| *at > from && *at <= now) {
+                for (_, d) in t.deltas.iter().filter(|(at, _)| within(at)) {
                     sum.add(d);
                 }
                 (t, sum)
@@ -155,9 +180,12 @@ impl Store {
     }
 
     /// The seconds a window of `window` actually covers (less while viz is young).
-    pub fn covered(&self, window: Duration, now: SystemTime) -> f64 {
-        let age = now.duration_since(self.started).unwrap_or_default();
-        window.min(age).as_secs_f64().max(1.0)
+    pub fn covered(&self, window: Duration, now: Instant) -> f64 {
+        let age = now.saturating_duration_since(self.started);
+        window
+            .min(age)
+            .as_secs_f64()
+            .max(self.interval.as_secs_f64())
     }
 
     /// Every target.

@@ -321,7 +321,19 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         logs: logs.clone(),
         procs: Vec::new(),
     };
-    let result = run_in(&options, &state, &mesh, &bin, &workloads, &mut children).await;
+    // Signals are watched from before the first child starts until the last is stopped:
+    // an interrupt during startup stops everything too.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut hangup = signal(SignalKind::hangup())?;
+    let result = tokio::select! {
+        r = run_in(&options, &state, &mesh, &bin, &workloads, &mut children) => r,
+        _ = interrupt.recv() => { eprintln!("\ninterrupted"); Ok(()) }
+        _ = terminate.recv() => { eprintln!("terminated"); Ok(()) }
+        _ = hangup.recv() => { eprintln!("hung up"); Ok(()) }
+    };
+    eprintln!("stopping every demo process");
     children.stop().await;
     if temporary && !options.keep_state {
         let _ = std::fs::remove_dir_all(&state);
@@ -490,22 +502,17 @@ async fn run_in(
         }
     };
     tokio::pin!(stop);
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     tick.tick().await;
     loop {
         tokio::select! {
-            () = &mut stop => break,
-            _ = tokio::signal::ctrl_c() => { eprintln!("\ninterrupted"); break; }
-            _ = term.recv() => { eprintln!("terminated"); break; }
+            () = &mut stop => return Ok(()),
             _ = tick.tick() => {
                 children.check()?;
                 summary(started).await;
             }
         }
     }
-    eprintln!("stopping every demo process");
-    Ok(())
 }
 
 fn mesh_api_name(sa: &str) -> String {

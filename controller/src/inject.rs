@@ -1,0 +1,521 @@
+//! Injection: what `mesh inject` writes and what the proxy-injector webhook patches in,
+//! from one piece of code. Works on YAML values so that everything else in an object —
+//! fields this code does not know included — passes through unchanged.
+
+use serde_yaml::{Mapping, Value};
+
+/// The annotation that asks for injection (`enabled` / `disabled`).
+pub const INJECT: &str = "mesh.io/inject";
+/// Linkerd's name for it, honoured as an alias.
+pub const LINKERD_INJECT: &str = "linkerd.io/inject";
+/// Set on pods the sidecar was written into; its value is the proxy version.
+pub const PROXY_VERSION: &str = "mesh.io/proxy-version";
+/// Per-workload overrides live under this prefix.
+pub const CONFIG_PREFIX: &str = "config.mesh.io/";
+/// The init container that programs iptables.
+pub const INIT_CONTAINER: &str = "mesh-init";
+/// The projected service-account token volume.
+pub const TOKEN_VOLUME: &str = "mesh-identity-token";
+/// Where the token is mounted in the proxy.
+pub const TOKEN_DIR: &str = "/var/run/secrets/tokens";
+
+/// How the sidecar is written.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The proxy image (without tag).
+    pub image: String,
+    /// The proxy version (the image tag).
+    pub version: String,
+    /// The mesh's namespace (where identity and destination run).
+    pub mesh_namespace: String,
+    /// The UID the proxy runs as (its traffic is not redirected).
+    pub proxy_uid: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            image: "ghcr.io/mesh/proxy".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            mesh_namespace: "mesh".into(),
+            proxy_uid: 2102,
+        }
+    }
+}
+
+/// How to inject.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Set `mesh.io/inject: enabled` and let the webhook do the rest at admission.
+    Annotate,
+    /// Write the whole sidecar: the proxy as a native sidecar (an init container with
+    /// `restartPolicy: Always`), or, with `classic`, among the containers.
+    Manual {
+        /// Put the proxy among the containers (clusters older than 1.29).
+        classic: bool,
+    },
+}
+
+/// What happened to one object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The sidecar was written in (or the annotation set) now.
+    Injected,
+    /// A namespace was annotated.
+    Annotated,
+    /// It already had it: unchanged.
+    AlreadyInjected,
+    /// Not a kind that runs pods: passed through unchanged.
+    Skipped,
+    /// Uninjected.
+    Uninjected,
+}
+
+/// Why an object cannot be meshed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum InjectError {
+    /// The pod uses the node's network.
+    #[error("it uses hostNetwork: the proxy would capture the node's traffic")]
+    HostNetwork,
+    /// The object is malformed where injection needs it.
+    #[error("{0}")]
+    Malformed(String),
+    /// An override is invalid.
+    #[error("annotation {name}: {reason}")]
+    BadOverride {
+        /// The annotation.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+fn key(s: &str) -> Value {
+    Value::String(s.to_owned())
+}
+
+fn get_map<'a>(m: &'a Mapping, k: &str) -> Option<&'a Mapping> {
+    m.get(k).and_then(Value::as_mapping)
+}
+
+/// The mapping at `k`, created (empty) if missing.
+fn map_mut<'a>(m: &'a mut Mapping, k: &str) -> Result<&'a mut Mapping, InjectError> {
+    let v = m
+        .entry(key(k))
+        .or_insert_with(|| Value::Mapping(Mapping::new()));
+    if v.is_null() {
+        *v = Value::Mapping(Mapping::new());
+    }
+    v.as_mapping_mut()
+        .ok_or_else(|| InjectError::Malformed(format!("{k} is not a mapping")))
+}
+
+fn seq_mut<'a>(m: &'a mut Mapping, k: &str) -> Result<&'a mut Vec<Value>, InjectError> {
+    let v = m
+        .entry(key(k))
+        .or_insert_with(|| Value::Sequence(Vec::new()));
+    if v.is_null() {
+        *v = Value::Sequence(Vec::new());
+    }
+    v.as_sequence_mut()
+        .ok_or_else(|| InjectError::Malformed(format!("{k} is not a list")))
+}
+
+/// The pod template (metadata, spec) of an object of `kind`, if that kind runs pods.
+fn pod_template<'a>(kind: &str, obj: &'a mut Mapping) -> Option<&'a mut Mapping> {
+    match kind {
+        "Pod" => Some(obj),
+        "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "Job" => obj
+            .get_mut("spec")?
+            .as_mapping_mut()?
+            .get_mut("template")?
+            .as_mapping_mut(),
+        "CronJob" => obj
+            .get_mut("spec")?
+            .as_mapping_mut()?
+            .get_mut("jobTemplate")?
+            .as_mapping_mut()?
+            .get_mut("spec")?
+            .as_mapping_mut()?
+            .get_mut("template")?
+            .as_mapping_mut(),
+        _ => None,
+    }
+}
+
+/// The inject annotation's value in `annotations` (`mesh.io/inject`, else Linkerd's).
+pub fn inject_annotation(annotations: Option<&Mapping>) -> Option<&str> {
+    let a = annotations?;
+    a.get(INJECT)
+        .or_else(|| a.get(LINKERD_INJECT))
+        .and_then(Value::as_str)
+}
+
+/// The object's kind and name, for messages: `deployment "web"`.
+pub fn describe(obj: &Value) -> String {
+    let kind = obj.get("kind").and_then(Value::as_str).unwrap_or("object");
+    let name = obj
+        .get("metadata")
+        .and_then(|m| m.get("name"))
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    format!("{} \"{name}\"", kind.to_lowercase())
+}
+
+/// Injects one object (not a List) in place.
+pub fn inject(obj: &mut Value, mode: Mode, config: &Config) -> Result<Outcome, InjectError> {
+    let kind = obj
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let Some(map) = obj.as_mapping_mut() else {
+        return Ok(Outcome::Skipped);
+    };
+    if kind == "Namespace" {
+        let annotations = map_mut(map_mut(map, "metadata")?, "annotations")?;
+        if inject_annotation(Some(annotations)) == Some("enabled") {
+            return Ok(Outcome::AlreadyInjected);
+        }
+        annotations.insert(key(INJECT), key("enabled"));
+        return Ok(Outcome::Annotated);
+    }
+    let Some(template) = pod_template(&kind, map) else {
+        return Ok(Outcome::Skipped);
+    };
+    let spec = template
+        .get("spec")
+        .and_then(Value::as_mapping)
+        .ok_or_else(|| InjectError::Malformed("the pod template has no spec".into()))?;
+    if spec.get("hostNetwork").and_then(Value::as_bool) == Some(true) {
+        return Err(InjectError::HostNetwork);
+    }
+    match mode {
+        Mode::Annotate => {
+            let annotations = map_mut(map_mut(template, "metadata")?, "annotations")?;
+            if inject_annotation(Some(annotations)) == Some("enabled")
+                || annotations.contains_key(PROXY_VERSION)
+            {
+                return Ok(Outcome::AlreadyInjected);
+            }
+            annotations.insert(key(INJECT), key("enabled"));
+            Ok(Outcome::Injected)
+        }
+        Mode::Manual { classic } => inject_pod(template, config, classic),
+    }
+}
+
+/// Writes the sidecar into a pod (or pod template): `metadata` and `spec`.
+pub fn inject_pod(
+    pod: &mut Mapping,
+    config: &Config,
+    classic: bool,
+) -> Result<Outcome, InjectError> {
+    let annotations = get_map(pod, "metadata")
+        .and_then(|m| get_map(m, "annotations"))
+        .cloned()
+        .unwrap_or_default();
+    if annotations.contains_key(PROXY_VERSION) || has_proxy(pod) {
+        return Ok(Outcome::AlreadyInjected);
+    }
+    let o = Overrides::from(&annotations)?;
+    let spec = map_mut(pod, "spec")?;
+    if spec.get("hostNetwork").and_then(Value::as_bool) == Some(true) {
+        return Err(InjectError::HostNetwork);
+    }
+    let init = init_container(config, &o);
+    let proxy = proxy_container(config, &o, !classic);
+    {
+        let inits = seq_mut(spec, "initContainers")?;
+        inits.insert(0, init);
+        if !classic {
+            inits.insert(1, proxy.clone());
+        }
+    }
+    if classic {
+        seq_mut(spec, "containers")?.insert(0, proxy);
+    }
+    seq_mut(spec, "volumes")?.push(token_volume());
+    map_mut(map_mut(pod, "metadata")?, "annotations")?
+        .insert(key(PROXY_VERSION), key(&config.version));
+    Ok(Outcome::Injected)
+}
+
+fn has_proxy(pod: &Mapping) -> bool {
+    let Some(spec) = get_map(pod, "spec") else {
+        return false;
+    };
+    ["containers", "initContainers"].iter().any(|list| {
+        spec.get(*list)
+            .and_then(Value::as_sequence)
+            .is_some_and(|cs| {
+                cs.iter().any(|c| {
+                    c.get("name").and_then(Value::as_str) == Some(crate::convert::PROXY_CONTAINER)
+                })
+            })
+    })
+}
+
+/// Removes what [`inject`] added, giving back the original object.
+pub fn uninject(obj: &mut Value) -> Result<Outcome, InjectError> {
+    let kind = obj
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let Some(map) = obj.as_mapping_mut() else {
+        return Ok(Outcome::Skipped);
+    };
+    if kind == "Namespace" {
+        let removed = remove_annotation(map, INJECT);
+        return Ok(if removed {
+            Outcome::Uninjected
+        } else {
+            Outcome::Skipped
+        });
+    }
+    let Some(template) = pod_template(&kind, map) else {
+        return Ok(Outcome::Skipped);
+    };
+    let mut changed = remove_annotation(template, INJECT);
+    changed |= remove_annotation(template, PROXY_VERSION);
+    if let Some(spec) = template.get_mut("spec").and_then(Value::as_mapping_mut) {
+        for (list, names) in [
+            (
+                "initContainers",
+                &[INIT_CONTAINER, crate::convert::PROXY_CONTAINER][..],
+            ),
+            ("containers", &[crate::convert::PROXY_CONTAINER][..]),
+            ("volumes", &[TOKEN_VOLUME][..]),
+        ] {
+            if let Some(items) = spec.get_mut(list).and_then(Value::as_sequence_mut) {
+                let before = items.len();
+                items.retain(|c| {
+                    !names.contains(&c.get("name").and_then(Value::as_str).unwrap_or(""))
+                });
+                changed |= items.len() != before;
+                if items.is_empty() && before > 0 {
+                    spec.remove(list);
+                }
+            }
+        }
+    }
+    Ok(if changed {
+        Outcome::Uninjected
+    } else {
+        Outcome::Skipped
+    })
+}
+
+/// Removes an annotation, and the annotations (and metadata) map if that empties it.
+fn remove_annotation(obj: &mut Mapping, name: &str) -> bool {
+    let Some(meta) = obj.get_mut("metadata").and_then(Value::as_mapping_mut) else {
+        return false;
+    };
+    let Some(annotations) = meta.get_mut("annotations").and_then(Value::as_mapping_mut) else {
+        return false;
+    };
+    let removed = annotations.remove(name).is_some();
+    if removed && annotations.is_empty() {
+        meta.remove("annotations");
+        if meta.is_empty() {
+            obj.remove("metadata");
+        }
+    }
+    removed
+}
+
+/// `config.mesh.io/*` overrides.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Overrides {
+    /// Inbound ports not redirected to the proxy.
+    pub skip_inbound_ports: Vec<u16>,
+    /// Outbound ports not redirected to the proxy.
+    pub skip_outbound_ports: Vec<u16>,
+    /// Proxy CPU request, limit; memory request, limit.
+    pub cpu_request: Option<String>,
+    /// CPU limit.
+    pub cpu_limit: Option<String>,
+    /// Memory request.
+    pub memory_request: Option<String>,
+    /// Memory limit.
+    pub memory_limit: Option<String>,
+    /// The proxy's log level.
+    pub log_level: Option<String>,
+}
+
+impl Overrides {
+    /// Reads the overrides from annotations; an invalid one is an error naming it.
+    pub fn from(annotations: &Mapping) -> Result<Self, InjectError> {
+        let mut o = Self::default();
+        for (k, v) in annotations {
+            let (Some(k), Some(v)) = (k.as_str(), v.as_str()) else {
+                continue;
+            };
+            let Some(name) = k.strip_prefix(CONFIG_PREFIX) else {
+                continue;
+            };
+            let bad = |reason: &str| InjectError::BadOverride {
+                name: k.to_owned(),
+                reason: reason.to_owned(),
+            };
+            let ports = |v: &str| -> Result<Vec<u16>, InjectError> {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|p| !p.is_empty())
+                    .map(|p| {
+                        p.parse::<u16>()
+                            .map_err(|_| bad("expected comma-separated ports"))
+                    })
+                    .collect()
+            };
+            let quantity = |v: &str| -> Result<Option<String>, InjectError> {
+                let ok = !v.is_empty()
+                    && v.chars().next().is_some_and(|c| c.is_ascii_digit())
+                    && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '.');
+                if ok {
+                    Ok(Some(v.to_owned()))
+                } else {
+                    Err(bad("expected a quantity such as 100m or 64Mi"))
+                }
+            };
+            match name {
+                "skip-inbound-ports" => o.skip_inbound_ports = ports(v)?,
+                "skip-outbound-ports" => o.skip_outbound_ports = ports(v)?,
+                "proxy-cpu-request" => o.cpu_request = quantity(v)?,
+                "proxy-cpu-limit" => o.cpu_limit = quantity(v)?,
+                "proxy-memory-request" => o.memory_request = quantity(v)?,
+                "proxy-memory-limit" => o.memory_limit = quantity(v)?,
+                "proxy-log-level" => {
+                    if v.is_empty() || v.contains(char::is_whitespace) {
+                        return Err(bad("expected a log filter such as info or debug"));
+                    }
+                    o.log_level = Some(v.to_owned());
+                }
+                _ => return Err(bad("unknown override")),
+            }
+        }
+        Ok(o)
+    }
+}
+
+fn yaml(text: &str) -> Value {
+    serde_yaml::from_str(text).unwrap_or(Value::Null)
+}
+
+fn image(config: &Config) -> String {
+    format!("{}:{}", config.image, config.version)
+}
+
+fn join(ports: &[u16]) -> String {
+    ports
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn init_container(config: &Config, o: &Overrides) -> Value {
+    // The admin port is never redirected (kubelet probes reach the proxy directly).
+    let mut skip_in = vec![4191];
+    skip_in.extend(&o.skip_inbound_ports);
+    let mut v = yaml(&format!(
+        r#"
+name: {INIT_CONTAINER}
+image: {image}
+args: [init, --proxy-uid, "{uid}", --skip-inbound-ports, "{skip_in}"]
+resources: {{requests: {{cpu: 10m, memory: 10Mi}}, limits: {{memory: 50Mi}}}}
+securityContext:
+  allowPrivilegeEscalation: false
+  capabilities: {{add: [NET_ADMIN, NET_RAW], drop: [ALL]}}
+  readOnlyRootFilesystem: true
+  runAsNonRoot: false
+  runAsUser: 0
+"#,
+        image = image(config),
+        uid = config.proxy_uid,
+        skip_in = join(&skip_in),
+    ));
+    if !o.skip_outbound_ports.is_empty()
+        && let Some(args) = v.get_mut("args").and_then(Value::as_sequence_mut)
+    {
+        args.push(key("--skip-outbound-ports"));
+        args.push(key(&join(&o.skip_outbound_ports)));
+    }
+    v
+}
+
+fn proxy_container(config: &Config, o: &Overrides, native: bool) -> Value {
+    let ns = &config.mesh_namespace;
+    let mut v = yaml(&format!(
+        r#"
+name: {name}
+image: {image}
+ports:
+- {{name: mesh-proxy, containerPort: 4143}}
+- {{name: mesh-admin, containerPort: 4191}}
+env:
+- name: _pod_ns
+  valueFrom: {{fieldRef: {{fieldPath: metadata.namespace}}}}
+- name: _pod_sa
+  valueFrom: {{fieldRef: {{fieldPath: spec.serviceAccountName}}}}
+- {{name: MESH_PROXY_INBOUND_ADDR, value: "0.0.0.0:4143"}}
+- {{name: MESH_PROXY_OUTBOUND_ADDR, value: "127.0.0.1:4140"}}
+- {{name: MESH_PROXY_ADMIN_ADDR, value: "0.0.0.0:4191"}}
+- {{name: MESH_PROXY_NAMESPACE, value: $(_pod_ns)}}
+- {{name: MESH_PROXY_DESTINATION_ADDR, value: "mesh-destination.{ns}.svc.cluster.local:8086"}}
+- {{name: MESH_PROXY_IDENTITY_ADDR, value: "mesh-identity.{ns}.svc.cluster.local:8080"}}
+- {{name: MESH_PROXY_IDENTITY_NAME, value: "$(_pod_sa).$(_pod_ns).serviceaccount.identity.mesh.cluster.local"}}
+- {{name: MESH_PROXY_IDENTITY_SVC_NAME, value: "mesh-identity.{ns}.serviceaccount.identity.mesh.cluster.local"}}
+- name: MESH_PROXY_TRUST_ANCHORS
+  valueFrom: {{configMapKeyRef: {{name: mesh-identity-trust-anchors, key: ca-bundle.crt}}}}
+- {{name: MESH_PROXY_TOKEN_PATH, value: "{TOKEN_DIR}/mesh-identity-token"}}
+- {{name: MESH_PROXY_LOG, value: "{log}"}}
+readinessProbe: {{httpGet: {{path: /ready, port: 4191}}, initialDelaySeconds: 2, periodSeconds: 5}}
+livenessProbe: {{httpGet: {{path: /live, port: 4191}}, initialDelaySeconds: 10, periodSeconds: 10}}
+resources:
+  requests: {{cpu: "{cpu_req}", memory: "{mem_req}"}}
+  limits: {{memory: "{mem_lim}"}}
+securityContext:
+  allowPrivilegeEscalation: false
+  capabilities: {{drop: [ALL]}}
+  readOnlyRootFilesystem: true
+  runAsNonRoot: true
+  runAsUser: {uid}
+volumeMounts:
+- {{name: {TOKEN_VOLUME}, mountPath: {TOKEN_DIR}, readOnly: true}}
+"#,
+        name = crate::convert::PROXY_CONTAINER,
+        image = image(config),
+        log = o.log_level.as_deref().unwrap_or("info"),
+        cpu_req = o.cpu_request.as_deref().unwrap_or("100m"),
+        mem_req = o.memory_request.as_deref().unwrap_or("20Mi"),
+        mem_lim = o.memory_limit.as_deref().unwrap_or("250Mi"),
+        uid = config.proxy_uid,
+    ));
+    if let Some(cpu) = &o.cpu_limit
+        && let Some(limits) = v
+            .get_mut("resources")
+            .and_then(|r| r.get_mut("limits"))
+            .and_then(Value::as_mapping_mut)
+    {
+        limits.insert(key("cpu"), key(cpu));
+    }
+    if native && let Some(m) = v.as_mapping_mut() {
+        // A native sidecar: started before the app, stopped after it, and not counted
+        // for Job completion.
+        m.insert(key("restartPolicy"), key("Always"));
+    }
+    v
+}
+
+fn token_volume() -> Value {
+    yaml(&format!(
+        r#"
+name: {TOKEN_VOLUME}
+projected:
+  sources:
+  - serviceAccountToken: {{path: mesh-identity-token, audience: identity.mesh.io, expirationSeconds: 86400}}
+"#
+    ))
+}
