@@ -267,6 +267,15 @@ impl Index {
         }
     }
 
+    /// Whether `namespace` asks for injection (its `mesh.io/inject: enabled`).
+    pub fn namespace_injects(&self, namespace: &str) -> bool {
+        let s = self.state.read().unwrap_or_else(|e| e.into_inner());
+        s.namespaces
+            .get(namespace)
+            .and_then(|n| n.inject)
+            .unwrap_or(false)
+    }
+
     /// Every pod, sorted by namespace and name.
     pub fn pods(&self) -> Vec<PodView> {
         let s = self.state.read().unwrap_or_else(|e| e.into_inner());

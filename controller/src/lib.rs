@@ -12,5 +12,6 @@ pub mod dir;
 pub mod index;
 pub mod inject;
 pub mod kubernetes;
+pub mod webhook;
 
 pub use index::Index;

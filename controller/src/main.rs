@@ -23,6 +23,32 @@ struct Args {
         default_value = "0.0.0.0:8086"
     )]
     destination_addr: SocketAddr,
+    /// The proxy-injector webhook's HTTPS address (served when a certificate is given).
+    #[arg(
+        long,
+        env = "MESH_CONTROLLER_WEBHOOK_ADDR",
+        default_value = "0.0.0.0:8443"
+    )]
+    webhook_addr: SocketAddr,
+    /// The webhook's TLS certificate (PEM), e.g. from its mounted Secret.
+    #[arg(long, env = "MESH_CONTROLLER_WEBHOOK_CERT", requires = "webhook_key")]
+    webhook_cert: Option<PathBuf>,
+    /// The webhook's TLS key (PEM).
+    #[arg(long, env = "MESH_CONTROLLER_WEBHOOK_KEY", requires = "webhook_cert")]
+    webhook_key: Option<PathBuf>,
+    /// The mesh's namespace (never injected; where identity and destination run).
+    #[arg(long, env = "MESH_CONTROLLER_MESH_NAMESPACE", default_value = "mesh")]
+    mesh_namespace: String,
+    /// The proxy image the webhook injects (without tag).
+    #[arg(
+        long,
+        env = "MESH_CONTROLLER_PROXY_IMAGE",
+        default_value = "ghcr.io/mesh/proxy"
+    )]
+    proxy_image: String,
+    /// The proxy version (image tag) the webhook injects.
+    #[arg(long, env = "MESH_CONTROLLER_PROXY_VERSION", default_value = env!("CARGO_PKG_VERSION"))]
+    proxy_version: String,
     /// Log filter, in tracing's EnvFilter syntax.
     #[arg(long, env = "MESH_CONTROLLER_LOG", default_value = "info")]
     log: String,
@@ -95,6 +121,33 @@ async fn main() -> anyhow::Result<()> {
     {
         tracing::warn!(patience = ?SYNC_PATIENCE, "the source is not fully read yet; serving what is known");
     }
+    let webhook = match (&args.webhook_cert, &args.webhook_key) {
+        (Some(cert), Some(key)) => {
+            let read = |p: &PathBuf| {
+                std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))
+            };
+            let tls = mesh_controller::webhook::tls_config(&read(cert)?, &read(key)?)
+                .map_err(|e| anyhow::anyhow!(e))?;
+            let listener = tokio::net::TcpListener::bind(args.webhook_addr)
+                .await
+                .with_context(|| format!("cannot listen on {} (webhook)", args.webhook_addr))?;
+            tracing::info!(webhook = %listener.local_addr()?, "proxy injector listening");
+            let webhook = mesh_controller::webhook::Webhook {
+                index: index.clone(),
+                config: mesh_controller::inject::Config {
+                    image: args.proxy_image.clone(),
+                    version: args.proxy_version.clone(),
+                    mesh_namespace: args.mesh_namespace.clone(),
+                    ..Default::default()
+                },
+            };
+            Some(tokio::spawn(mesh_controller::webhook::serve(
+                listener, tls, webhook,
+            )))
+        }
+        _ => None,
+    };
+    let _webhook = webhook;
     let listener = tokio::net::TcpListener::bind(args.destination_addr)
         .await
         .with_context(|| format!("cannot listen on {}", args.destination_addr))?;

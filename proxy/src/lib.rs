@@ -16,6 +16,7 @@ pub mod discover;
 pub mod error;
 pub mod http;
 pub mod identity;
+pub mod init;
 pub mod io;
 pub mod metrics;
 pub mod profile;

@@ -9,6 +9,15 @@ use mesh_proxy::{Config, Proxy};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {
+    // `mesh-proxy init`: program iptables and exit (the pod's init container).
+    if std::env::args_os().nth(1).is_some_and(|a| a == "init") {
+        let args = mesh_proxy::init::InitArgs::parse_from(
+            std::iter::once(std::ffi::OsString::from("mesh-proxy init"))
+                .chain(std::env::args_os().skip(2)),
+        );
+        mesh_proxy::init::run(&args)?;
+        return Ok(());
+    }
     let config = Config::parse();
     // One crypto provider for every TLS use in the process.
     let _ = rustls::crypto::ring::default_provider().install_default();

@@ -1,9 +1,9 @@
 //! Inbound traffic redirected by real iptables reaches the proxy, which recovers each
 //! connection's original destination (SO_ORIGINAL_DST) and forwards there.
 //!
-//! The test makes two network namespaces joined by a veth pair: a "client" host and a
-//! "pod" whose nat PREROUTING chain redirects ports 8080 and 7777 to the proxy's inbound
-//! port, as `mesh-proxy init` will. The proxy is given no application address, so a
+//! Each test makes two network namespaces joined by a veth pair: a "client" host and a
+//! "pod". The first redirects two ports by hand; the second runs `mesh-proxy init`
+//! itself and checks both directions. The proxy is given no application address, so a
 //! request can only arrive if the original destination was recovered. Needs root,
 //! iproute2 and iptables (`.ci/run` installs them).
 
@@ -153,4 +153,98 @@ fn iptables_redirected_inbound_reaches_the_original_destination() {
         &[("direction", "inbound"), ("peer", "src")],
     );
     assert_eq!(opened, 2, "{metrics}");
+}
+
+/// `mesh-proxy init` in a real network namespace: a plain `curl` into the pod and a
+/// plain `curl` out of it both go through the proxy (running as its own UID, which
+/// iptables lets through), each to its original destination; init is idempotent.
+#[test]
+fn mesh_proxy_init_sends_a_pods_traffic_through_the_proxy() {
+    let mut pod = Netns::new("ipod");
+    let mut client = Netns::new("icli");
+    let (veth_pod, veth_cli) = (
+        format!("ip{}", std::process::id()),
+        format!("ic{}", std::process::id()),
+    );
+    run(Command::new("ip").args([
+        "link", "add", &veth_pod, "type", "veth", "peer", "name", &veth_cli,
+    ]));
+    run(Command::new("ip").args(["link", "set", &veth_pod, "netns", &pod.name]));
+    run(Command::new("ip").args(["link", "set", &veth_cli, "netns", &client.name]));
+    pod.sh(&format!(
+        "ip addr add 10.252.0.2/30 dev {veth_pod} && ip link set {veth_pod} up"
+    ));
+    client.sh(&format!(
+        "ip addr add 10.252.0.1/30 dev {veth_cli} && ip link set {veth_cli} up"
+    ));
+
+    let proxy_bin = mesh_test::bin_path("mesh-proxy");
+    let proxy_bin = proxy_bin.to_str().expect("path");
+    let init = format!("{proxy_bin} init --proxy-uid 2102 --skip-inbound-ports 4191");
+    let printed = pod.sh(&init);
+    assert!(
+        printed.contains("-A MESH_INBOUND -p tcp -j REDIRECT --to-ports 4143")
+            && printed.contains("-A MESH_OUTPUT -m owner --uid-owner 2102 -j RETURN"),
+        "{printed}"
+    );
+    let rules = pod.sh("iptables-save -t nat | grep -c '^-A'");
+    pod.sh(&init);
+    assert_eq!(
+        pod.sh("iptables-save -t nat | grep -c '^-A'"),
+        rules,
+        "init is not idempotent"
+    );
+
+    let app = mesh_test::bin_path("mesh-sample-app");
+    let app = app.to_str().expect("path");
+    let mut cmd = pod.cmd(app);
+    cmd.args(["--http", "0.0.0.0:8080"]);
+    pod.spawn(cmd);
+    let mut cmd = client.cmd(app);
+    cmd.args(["--http", "0.0.0.0:9090"]);
+    client.spawn(cmd);
+    // The proxy runs as UID 2102, as the injected sidecar does.
+    let mut proxy = pod.cmd("setpriv");
+    proxy
+        .args([
+            "--reuid",
+            "2102",
+            "--regid",
+            "2102",
+            "--clear-groups",
+            proxy_bin,
+        ])
+        .env_clear()
+        .env("MESH_PROXY_INBOUND_ADDR", "0.0.0.0:4143")
+        .env("MESH_PROXY_OUTBOUND_ADDR", "127.0.0.1:4140")
+        .env("MESH_PROXY_ADMIN_ADDR", "0.0.0.0:4191")
+        .env("MESH_PROXY_LOG", "info,mesh_proxy=debug");
+    pod.spawn(proxy);
+
+    // In: the client's plain curl to the app reaches it through the proxy.
+    let body = eventually("inbound through the proxy", || {
+        let out = client
+            .cmd("curl")
+            .args(["-s", "-m", "5", "http://10.252.0.2:8080/headers"])
+            .output()
+            .ok()?;
+        let body = String::from_utf8_lossy(&out.stdout).into_owned();
+        body.contains("host: 10.252.0.2:8080").then_some(body)
+    });
+    assert!(body.contains("user-agent: curl"), "{body}");
+    // Out: the pod's plain curl to another host goes through the proxy too.
+    let out = run(pod
+        .cmd("curl")
+        .args(["-s", "-m", "5", "http://10.252.0.1:9090/"]));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello");
+    // The admin port is skipped: reachable directly. The proxy saw both requests.
+    let metrics = client.sh("curl -s -m 5 http://10.252.0.2:4191/metrics");
+    for direction in ["inbound", "outbound"] {
+        assert_eq!(
+            mesh_test::proxy::sum_metric(&metrics, "request_total", &[("direction", direction)]),
+            1,
+            "{direction}: {metrics}"
+        );
+    }
+    drop(client);
 }

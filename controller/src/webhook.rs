@@ -1,0 +1,231 @@
+//! The proxy-injector: a mutating admission webhook (HTTPS) that answers Kubernetes'
+//! `AdmissionReview` v1 for pods with a JSONPatch adding the sidecar, using the same
+//! injection code as `mesh inject`. It never refuses a pod: anything it cannot or should
+//! not mesh is admitted unchanged, with a warning when that is a surprise.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+use crate::Index;
+use crate::inject::{self, Config, Outcome};
+
+/// The largest AdmissionReview read (Kubernetes objects are at most ~1.5 MiB).
+const MAX_REVIEW: usize = 3 << 20;
+
+/// Namespaces never injected, whatever they say: the mesh's own and the system's.
+pub fn excluded(namespace: &str, mesh_namespace: &str) -> bool {
+    namespace == mesh_namespace || namespace == "kube-system" || namespace == "kube-public"
+}
+
+/// What the webhook needs: the index (for namespaces' annotations) and how to inject.
+#[derive(Clone, Debug)]
+pub struct Webhook {
+    /// Namespaces and their inject annotations.
+    pub index: Arc<Index>,
+    /// How the sidecar is written.
+    pub config: Config,
+}
+
+impl Webhook {
+    /// Answers one AdmissionReview (a JSON body): the response review, or an error for
+    /// a malformed one.
+    pub fn review(&self, body: &[u8]) -> Result<Value, String> {
+        let review: Value =
+            serde_json::from_slice(body).map_err(|e| format!("malformed AdmissionReview: {e}"))?;
+        let request = review
+            .get("request")
+            .ok_or("malformed AdmissionReview: no request")?;
+        let uid = request
+            .get("uid")
+            .and_then(Value::as_str)
+            .ok_or("malformed AdmissionReview: request.uid missing")?;
+        let (patch, warning) = self.decide(request);
+        let mut response = json!({"uid": uid, "allowed": true});
+        if let Some(patch) = patch {
+            let bytes = serde_json::to_vec(&patch).map_err(|e| e.to_string())?;
+            response["patchType"] = json!("JSONPatch");
+            response["patch"] =
+                serde_json::to_value(k8s_openapi::ByteString(bytes)).map_err(|e| e.to_string())?;
+        }
+        if let Some(w) = warning {
+            response["warnings"] = json!([w]);
+        }
+        Ok(json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "response": response,
+        }))
+    }
+
+    /// The patch for a request, if the pod is to be meshed, and a warning if it asked
+    /// to be and cannot.
+    fn decide(&self, request: &Value) -> (Option<Value>, Option<String>) {
+        if request.pointer("/kind/kind").and_then(Value::as_str) != Some("Pod") {
+            return (None, None);
+        }
+        let Some(pod) = request.get("object") else {
+            return (None, None);
+        };
+        let namespace = request
+            .get("namespace")
+            .and_then(Value::as_str)
+            .or_else(|| pod.pointer("/metadata/namespace").and_then(Value::as_str))
+            .unwrap_or("default");
+        if excluded(namespace, &self.config.mesh_namespace) {
+            return (None, None);
+        }
+        let annotations: Option<serde_yaml::Mapping> = pod
+            .pointer("/metadata/annotations")
+            .and_then(|a| serde_yaml::to_value(a).ok())
+            .and_then(|v| v.as_mapping().cloned());
+        let wanted = match inject::inject_annotation(annotations.as_ref()) {
+            Some("enabled") => true,
+            Some(_) => false,
+            None => self.index.namespace_injects(namespace),
+        };
+        if !wanted {
+            return (None, None);
+        }
+        let Ok(serde_yaml::Value::Mapping(mut yaml)) = serde_yaml::to_value(pod) else {
+            return (
+                None,
+                Some("mesh: the pod could not be read; not injected".into()),
+            );
+        };
+        match inject::inject_pod(&mut yaml, &self.config, false) {
+            Ok(Outcome::Injected) => {}
+            Ok(_) => return (None, None),
+            Err(e) => return (None, Some(format!("mesh: not injected: {e}"))),
+        }
+        let Ok(after) = serde_json::to_value(&yaml) else {
+            return (None, None);
+        };
+        // `add` replaces a member that exists, so each changed part is one operation.
+        let mut ops = Vec::new();
+        for path in [
+            "/metadata/annotations",
+            "/spec/initContainers",
+            "/spec/containers",
+            "/spec/volumes",
+        ] {
+            let new = after.pointer(path);
+            if new.is_some() && new != pod.pointer(path) {
+                if path == "/metadata/annotations" && pod.get("metadata").is_none() {
+                    ops.push(json!({"op": "add", "path": "/metadata", "value": {}}));
+                }
+                ops.push(json!({"op": "add", "path": path, "value": new}));
+            }
+        }
+        (Some(Value::Array(ops)), None)
+    }
+}
+
+fn reply(status: StatusCode, body: Bytes, content_type: &'static str) -> Response<Full<Bytes>> {
+    let mut rsp = Response::new(Full::new(body));
+    *rsp.status_mut() = status;
+    rsp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    rsp
+}
+
+async fn handle(
+    webhook: Arc<Webhook>,
+    req: Request<hyper::body::Incoming>,
+) -> Response<Full<Bytes>> {
+    if req.method() != Method::POST || req.uri().path() != "/inject" {
+        return reply(
+            StatusCode::NOT_FOUND,
+            Bytes::from_static(b"POST an AdmissionReview to /inject\n"),
+            "text/plain",
+        );
+    }
+    let body = match Limited::new(req.into_body(), MAX_REVIEW).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return reply(
+                StatusCode::BAD_REQUEST,
+                Bytes::from(format!("cannot read the review: {e}\n")),
+                "text/plain",
+            );
+        }
+    };
+    match webhook.review(&body) {
+        Ok(v) => reply(
+            StatusCode::OK,
+            Bytes::from(serde_json::to_vec(&v).unwrap_or_default()),
+            "application/json",
+        ),
+        Err(e) => {
+            tracing::info!(error = %e, "refused an AdmissionReview");
+            reply(
+                StatusCode::BAD_REQUEST,
+                Bytes::from(format!("{e}\n")),
+                "text/plain",
+            )
+        }
+    }
+}
+
+/// Serves the webhook over TLS on `listener` until the task is aborted.
+pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, webhook: Webhook) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let webhook = Arc::new(webhook);
+    loop {
+        let Ok((tcp, client)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let (acceptor, webhook) = (acceptor.clone(), webhook.clone());
+        tokio::spawn(async move {
+            let tls =
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => tls,
+                    _ => {
+                        tracing::debug!(%client, "webhook TLS handshake failed");
+                        return;
+                    }
+                };
+            let svc = hyper::service::service_fn(move |req| {
+                let webhook = webhook.clone();
+                async move { Ok::<_, Infallible>(handle(webhook, req).await) }
+            });
+            let io = hyper_util::rt::TokioIo::new(tls);
+            let _ =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(io, svc)
+                    .await;
+        });
+    }
+}
+
+/// TLS settings from a PEM certificate chain and key (the webhook's Secret).
+pub fn tls_config(cert_pem: &[u8], key_pem: &[u8]) -> Result<Arc<rustls::ServerConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("webhook certificate: {e}"))?;
+    if certs.is_empty() {
+        return Err("webhook certificate: no PEM certificate found".into());
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| format!("webhook key: {e}"))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| format!("webhook certificate and key: {e}"))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}

@@ -1,0 +1,237 @@
+//! The proxy-injector webhook over real HTTPS with real AdmissionReview JSON: pods in an
+//! enabled namespace get the sidecar as a JSONPatch; a pod's `disabled` wins; the
+//! system's and the mesh's namespaces and hostNetwork pods are left alone; a malformed
+//! review is a 400 (and, with failurePolicy Ignore, admits the pod).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use mesh_controller::Index;
+use mesh_controller::index::{Kind, NamespaceInfo, Object, ObjectRef};
+use serde_json::{Value, json};
+
+struct Server {
+    addr: SocketAddr,
+    roots: rustls::RootCertStore,
+}
+
+async fn start() -> Server {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["mesh-proxy-injector.mesh.svc".into()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("cert");
+    let tls =
+        mesh_controller::webhook::tls_config(cert.pem().as_bytes(), key.serialize_pem().as_bytes())
+            .expect("tls");
+    let index = Arc::new(Index::for_cluster());
+    for (name, inject) in [
+        ("shop", Some(true)),
+        ("plain", None),
+        ("kube-system", Some(true)),
+        ("mesh", Some(true)),
+    ] {
+        let at = ObjectRef {
+            kind: Kind::Namespace,
+            namespace: String::new(),
+            name: name.into(),
+        };
+        index
+            .apply(&at, Object::Namespace(NamespaceInfo { inject }))
+            .expect("namespace");
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let webhook = mesh_controller::webhook::Webhook {
+        index,
+        config: mesh_controller::inject::Config::default(),
+    };
+    tokio::spawn(mesh_controller::webhook::serve(listener, tls, webhook));
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der().clone()).expect("root");
+    Server { addr, roots }
+}
+
+/// POSTs `body` to /inject over HTTPS, verifying the server's certificate.
+async fn post(server: &Server, body: Vec<u8>) -> (u16, Vec<u8>) {
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(server.roots.clone())
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
+    let name =
+        rustls::pki_types::ServerName::try_from("mesh-proxy-injector.mesh.svc").expect("name");
+    let tls = connector.connect(name, tcp).await.expect("TLS handshake");
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .expect("http");
+    tokio::spawn(conn);
+    let req = http::Request::post("/inject")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .expect("request");
+    let rsp = tx.send_request(req).await.expect("response");
+    let status = rsp.status().as_u16();
+    let body = rsp
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes()
+        .to_vec();
+    (status, body)
+}
+
+fn review(namespace: &str, annotations: Value, host_network: bool) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": namespace,
+            "operation": "CREATE",
+            "object": {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"generateName": "web-7d9f8c6b5-", "namespace": namespace, "labels": {"app": "web"}, "annotations": annotations},
+                "spec": {
+                    "serviceAccountName": "web",
+                    "hostNetwork": host_network,
+                    "containers": [{"name": "web", "image": "ghcr.io/example/web:1"}]
+                }
+            }
+        }
+    }))
+    .expect("json")
+}
+
+/// The response, and the decoded patch if any.
+async fn admit(server: &Server, body: Vec<u8>) -> (Value, Option<Value>) {
+    let (status, body) = post(server, body).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let rsp: Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(rsp["apiVersion"], "admission.k8s.io/v1");
+    assert_eq!(rsp["kind"], "AdmissionReview");
+    assert_eq!(
+        rsp["response"]["uid"],
+        "705ab4f5-6393-11e8-b7cc-42010a800002"
+    );
+    assert_eq!(rsp["response"]["allowed"], true, "never blocks a pod");
+    let patch = rsp["response"]["patch"].as_str().map(|b64| {
+        let bytes: k8s_openapi::ByteString = serde_json::from_value(json!(b64)).expect("base64");
+        serde_json::from_slice(&bytes.0).expect("patch json")
+    });
+    (rsp, patch)
+}
+
+#[tokio::test]
+async fn namespaces_and_pods_decide_and_the_patch_adds_the_sidecar() {
+    let server = start().await;
+
+    // Enabled namespace: the sidecar, as a JSONPatch.
+    let (rsp, patch) = admit(&server, review("shop", json!({}), false)).await;
+    assert_eq!(rsp["response"]["patchType"], "JSONPatch");
+    let patch = patch.expect("a patch");
+    let ops = patch.as_array().expect("ops");
+    let init = ops
+        .iter()
+        .find(|o| o["path"] == "/spec/initContainers")
+        .expect("init containers op");
+    assert_eq!(init["op"], "add");
+    let names: Vec<&str> = init["value"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|c| c["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(names, ["mesh-init", "mesh-proxy"]);
+    assert_eq!(
+        init["value"][1]["restartPolicy"], "Always",
+        "a native sidecar"
+    );
+    assert!(ops.iter().any(|o| o["path"] == "/spec/volumes"));
+    let annotations = ops
+        .iter()
+        .find(|o| o["path"] == "/metadata/annotations")
+        .expect("annotations op");
+    assert!(annotations["value"]["mesh.io/proxy-version"].is_string());
+
+    // The pod's own `disabled` wins over its namespace.
+    let (_, patch) = admit(
+        &server,
+        review("shop", json!({"mesh.io/inject": "disabled"}), false),
+    )
+    .await;
+    assert!(patch.is_none());
+    // A pod's own `enabled` (Linkerd's name) in a namespace that says nothing.
+    let (_, patch) = admit(
+        &server,
+        review("plain", json!({"linkerd.io/inject": "enabled"}), false),
+    )
+    .await;
+    assert!(patch.is_some());
+    // Nothing said anywhere: left alone.
+    let (_, patch) = admit(&server, review("plain", json!({}), false)).await;
+    assert!(patch.is_none());
+    // Never the system's or the mesh's own namespace.
+    for ns in ["kube-system", "mesh"] {
+        let (_, patch) = admit(&server, review(ns, json!({}), false)).await;
+        assert!(patch.is_none(), "{ns} was injected");
+    }
+    // hostNetwork: admitted unchanged, with a warning that says why.
+    let (rsp, patch) = admit(&server, review("shop", json!({}), true)).await;
+    assert!(patch.is_none());
+    let warning = rsp["response"]["warnings"][0].as_str().expect("warning");
+    assert!(warning.contains("hostNetwork"), "{warning}");
+    // config.mesh.io overrides reach the sidecar; a bad one is a warning, not a refusal.
+    let (_, patch) = admit(
+        &server,
+        review(
+            "shop",
+            json!({"config.mesh.io/proxy-log-level": "debug"}),
+            false,
+        ),
+    )
+    .await;
+    assert!(
+        patch
+            .expect("patch")
+            .to_string()
+            .contains(r#""value":"debug""#)
+    );
+    let (rsp, patch) = admit(
+        &server,
+        review(
+            "shop",
+            json!({"config.mesh.io/skip-inbound-ports": "x"}),
+            false,
+        ),
+    )
+    .await;
+    assert!(patch.is_none());
+    assert!(
+        rsp["response"]["warnings"][0]
+            .as_str()
+            .expect("warning")
+            .contains("skip-inbound-ports")
+    );
+}
+
+#[tokio::test]
+async fn malformed_reviews_are_400() {
+    let server = start().await;
+    for body in [&b"{"[..], b"{}", br#"{"request": {}}"#, b"\xff\xfe"] {
+        let (status, text) = post(&server, body.to_vec()).await;
+        assert_eq!(status, 400, "{}", String::from_utf8_lossy(&text));
+        assert!(String::from_utf8_lossy(&text).contains("AdmissionReview"));
+    }
+}
