@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 mod demo;
 mod inject;
+mod install;
 mod viz;
 
 /// mesh: a lightweight service mesh for Kubernetes.
@@ -38,6 +39,35 @@ enum Command {
         /// The proxy version (image tag).
         #[arg(long, default_value = env!("CARGO_PKG_VERSION"))]
         proxy_version: String,
+        /// With --manual: the trust anchors (PEM file) to write into each sidecar
+        /// (default: the sidecar reads the namespace's mesh-identity-trust-anchors
+        /// ConfigMap).
+        #[arg(long, requires = "manual")]
+        trust_anchors: Option<PathBuf>,
+    },
+    /// Prints everything a cluster needs: `mesh install | kubectl apply -f -`.
+    Install {
+        /// Only the CRDs.
+        #[arg(long)]
+        crds: bool,
+        /// Trust anchors (PEM); with the issuer files. Generated when none are given.
+        #[arg(long)]
+        identity_trust_anchors_file: Option<PathBuf>,
+        /// The issuer certificate (PEM), signed by a trust anchor.
+        #[arg(long)]
+        identity_issuer_certificate_file: Option<PathBuf>,
+        /// The issuer key (PEM).
+        #[arg(long)]
+        identity_issuer_key_file: Option<PathBuf>,
+        /// Image registry prefix.
+        #[arg(long, default_value = "ghcr.io/mesh")]
+        registry: String,
+        /// Image tag.
+        #[arg(long, default_value = env!("CARGO_PKG_VERSION"))]
+        version: String,
+        /// Controller replicas.
+        #[arg(long, default_value_t = 1)]
+        controller_replicas: u32,
     },
     /// Removes what `mesh inject` added.
     Uninject {
@@ -154,6 +184,7 @@ fn main() -> anyhow::Result<()> {
             classic_sidecar,
             proxy_image,
             proxy_version,
+            trust_anchors,
         } => {
             let mode = if manual {
                 mesh_controller::inject::Mode::Manual {
@@ -162,12 +193,41 @@ fn main() -> anyhow::Result<()> {
             } else {
                 mesh_controller::inject::Mode::Annotate
             };
+            let trust_anchors_pem = match trust_anchors {
+                Some(p) => Some(
+                    std::fs::read_to_string(&p)
+                        .with_context(|| format!("cannot read {}", p.display()))?,
+                ),
+                None => None,
+            };
             let config = mesh_controller::inject::Config {
                 image: proxy_image,
                 version: proxy_version,
+                trust_anchors_pem,
                 ..Default::default()
             };
             inject::run(&inputs, Some(mode), &config)
+        }
+        Command::Install {
+            crds,
+            identity_trust_anchors_file,
+            identity_issuer_certificate_file,
+            identity_issuer_key_file,
+            registry,
+            version,
+            controller_replicas,
+        } => {
+            let text = install::render(&install::Options {
+                crds_only: crds,
+                trust_anchors: identity_trust_anchors_file,
+                issuer_cert: identity_issuer_certificate_file,
+                issuer_key: identity_issuer_key_file,
+                registry,
+                version,
+                replicas: controller_replicas,
+            })?;
+            print!("{text}");
+            Ok(())
         }
         Command::Uninject { inputs } => {
             inject::run(&inputs, None, &mesh_controller::inject::Config::default())

@@ -30,6 +30,10 @@ pub struct Config {
     pub mesh_namespace: String,
     /// The UID the proxy runs as (its traffic is not redirected).
     pub proxy_uid: u32,
+    /// The trust anchors (PEM), written into the sidecar's environment. Without them
+    /// the sidecar reads the `mesh-identity-trust-anchors` ConfigMap of its own
+    /// namespace.
+    pub trust_anchors_pem: Option<String>,
 }
 
 impl Default for Config {
@@ -39,6 +43,7 @@ impl Default for Config {
             version: env!("CARGO_PKG_VERSION").into(),
             mesh_namespace: "mesh".into(),
             proxy_uid: 2102,
+            trust_anchors_pem: None,
         }
     }
 }
@@ -500,6 +505,17 @@ volumeMounts:
             .and_then(Value::as_mapping_mut)
     {
         limits.insert(key("cpu"), key(cpu));
+    }
+    if let Some(pem) = &config.trust_anchors_pem
+        && let Some(env) = v.get_mut("env").and_then(Value::as_sequence_mut)
+        && let Some(entry) = env
+            .iter_mut()
+            .find(|e| e.get("name").and_then(Value::as_str) == Some("MESH_PROXY_TRUST_ANCHORS"))
+    {
+        let mut literal = Mapping::new();
+        literal.insert(key("name"), key("MESH_PROXY_TRUST_ANCHORS"));
+        literal.insert(key("value"), key(pem));
+        *entry = Value::Mapping(literal);
     }
     if native && let Some(m) = v.as_mapping_mut() {
         // A native sidecar: started before the app, stopped after it, and not counted

@@ -36,6 +36,9 @@ struct Args {
     /// The webhook's TLS key (PEM).
     #[arg(long, env = "MESH_CONTROLLER_WEBHOOK_KEY", requires = "webhook_cert")]
     webhook_key: Option<PathBuf>,
+    /// The trust anchors (PEM file) the webhook writes into each sidecar.
+    #[arg(long, env = "MESH_CONTROLLER_TRUST_ANCHORS")]
+    trust_anchors: Option<PathBuf>,
     /// The mesh's namespace (never injected; where identity and destination run).
     #[arg(long, env = "MESH_CONTROLLER_MESH_NAMESPACE", default_value = "mesh")]
     mesh_namespace: String,
@@ -138,6 +141,13 @@ async fn main() -> anyhow::Result<()> {
                     image: args.proxy_image.clone(),
                     version: args.proxy_version.clone(),
                     mesh_namespace: args.mesh_namespace.clone(),
+                    trust_anchors_pem: match &args.trust_anchors {
+                        Some(p) => Some(
+                            String::from_utf8(read(p)?)
+                                .context("trust anchors are not PEM text")?,
+                        ),
+                        None => None,
+                    },
                     ..Default::default()
                 },
             };

@@ -1,0 +1,216 @@
+//! `mesh install` and `charts/mesh`: every manifest parses as the Kubernetes type it
+//! claims (k8s-openapi) and validates against Kubernetes' schemas (kubernetes-validate,
+//! offline); the chart renders and lints with Helm's own engine (helm-python-sdk) and
+//! produces the same kinds and names as `mesh install`.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+
+use serde_yaml::Value;
+
+fn mesh(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_mesh"))
+        .args(args)
+        .output()
+        .expect("run mesh")
+}
+
+fn docs(text: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(text)
+        .map(|d| serde::Deserialize::deserialize(d).expect("yaml"))
+        .filter(|v: &Value| !v.is_null())
+        .collect()
+}
+
+/// Parses a manifest as the k8s-openapi type its kind names.
+fn typed(doc: &Value) {
+    use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let kind = doc["kind"].as_str().expect("kind").to_owned();
+    let json = serde_json::to_value(doc).expect("json");
+    let ok = match kind.as_str() {
+        "CustomResourceDefinition" => {
+            serde_json::from_value::<CustomResourceDefinition>(json).map(drop)
+        }
+        "Namespace" => serde_json::from_value::<Namespace>(json).map(drop),
+        "ServiceAccount" => serde_json::from_value::<ServiceAccount>(json).map(drop),
+        "Secret" => serde_json::from_value::<Secret>(json).map(drop),
+        "ConfigMap" => serde_json::from_value::<ConfigMap>(json).map(drop),
+        "ClusterRole" => serde_json::from_value::<ClusterRole>(json).map(drop),
+        "ClusterRoleBinding" => serde_json::from_value::<ClusterRoleBinding>(json).map(drop),
+        "Deployment" => serde_json::from_value::<Deployment>(json).map(drop),
+        "Service" => serde_json::from_value::<Service>(json).map(drop),
+        "MutatingWebhookConfiguration" => {
+            serde_json::from_value::<MutatingWebhookConfiguration>(json).map(drop)
+        }
+        other => panic!("unexpected kind {other}"),
+    };
+    ok.unwrap_or_else(|e| panic!("{kind}: {e}"));
+}
+
+fn identities(docs: &[Value]) -> BTreeSet<(String, String, String)> {
+    docs.iter()
+        .map(|d| {
+            let s = |v: &Value| v.as_str().unwrap_or("").to_owned();
+            (
+                s(&d["kind"]),
+                s(&d["metadata"]["name"]),
+                s(&d["metadata"]["namespace"]),
+            )
+        })
+        .collect()
+}
+
+/// Validates a manifest file against Kubernetes' schemas, offline.
+fn validate(path: &Path) {
+    let out = Command::new("kubernetes-validate")
+        .args(["--strict"])
+        .arg(path)
+        .output()
+        .expect("kubernetes-validate is installed (pip install kubernetes-validate)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{}:\n{text}", path.display());
+    assert!(!text.contains("ERROR"), "{text}");
+}
+
+/// Renders and lints `charts/mesh` with Helm's engine, with `ca` as the identity values.
+fn render_chart(chart: &Path, ca: &Path) -> String {
+    let script = r#"
+import json, sys
+import helm_python as helm
+chart, ca = sys.argv[1], sys.argv[2]
+read = lambda f: open(f"{ca}/{f}").read()
+values = {"identity": {"trustAnchorsPEM": read("ca.crt"),
+                       "issuer": {"crtPEM": read("tls.crt"), "keyPEM": read("tls.key")}}}
+lint = helm.lint(chart, values, namespace="mesh", strict=True)
+if lint["errors"] or any(m["severity"] >= 2 for m in lint["messages"]):
+    sys.exit(f"helm lint: {lint}")
+c = helm.Chart.load(chart)
+out = [crd["data"] for crd in c.crds]
+out += [text for name, text in sorted(c.render(values, name="mesh", namespace="mesh").items())
+        if name.endswith(".yaml")]
+print("\n---\n".join(out))
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .arg(chart)
+        .arg(ca)
+        .output()
+        .expect("python3 with helm-python-sdk (pip install helm-python-sdk)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn install_and_the_chart_make_the_same_valid_objects() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = mesh(&["install"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let installed = docs(&text);
+    for d in &installed {
+        typed(d);
+    }
+    let path = dir.path().join("install.yaml");
+    std::fs::write(&path, &text).expect("write");
+    validate(&path);
+
+    // The chart, with a CA made by `mesh identity ca`.
+    let ca = dir.path().join("ca");
+    assert!(
+        mesh(&["identity", "ca", "--out", ca.to_str().expect("p")])
+            .status
+            .success()
+    );
+    let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/mesh");
+    let rendered_text = render_chart(&chart, &ca);
+    let rendered = docs(&rendered_text);
+    for d in &rendered {
+        typed(d);
+    }
+    let path = dir.path().join("chart.yaml");
+    std::fs::write(&path, &rendered_text).expect("write");
+    validate(&path);
+    assert_eq!(
+        identities(&installed),
+        identities(&rendered),
+        "mesh install and the chart differ"
+    );
+}
+
+#[test]
+fn crds_only_and_given_issuers() {
+    let out = mesh(&["install", "--crds"]);
+    assert!(out.status.success());
+    let crds = docs(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(crds.len(), 2);
+    assert!(crds.iter().all(|d| d["kind"] == "CustomResourceDefinition"));
+
+    // A given issuer is used as given (and checked first).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = dir.path().join("ca");
+    assert!(
+        mesh(&["identity", "ca", "--out", ca.to_str().expect("p")])
+            .status
+            .success()
+    );
+    let file = |f: &str| ca.join(f).to_str().expect("p").to_owned();
+    let args = |key: &str| {
+        vec![
+            "install".to_owned(),
+            "--identity-trust-anchors-file".into(),
+            file("ca.crt"),
+            "--identity-issuer-certificate-file".into(),
+            file("tls.crt"),
+            "--identity-issuer-key-file".into(),
+            file(key),
+        ]
+    };
+    let out = Command::new(env!("CARGO_BIN_EXE_mesh"))
+        .args(args("tls.key"))
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let anchors = std::fs::read_to_string(ca.join("ca.crt")).expect("anchors");
+    let cm = docs(&text)
+        .into_iter()
+        .find(|d| d["kind"] == "ConfigMap")
+        .expect("trust anchors ConfigMap");
+    assert_eq!(
+        cm["data"]["ca-bundle.crt"].as_str().map(str::trim),
+        Some(anchors.trim())
+    );
+    // The anchor's key is not the issuer's: refused before anything is printed.
+    let out = Command::new(env!("CARGO_BIN_EXE_mesh"))
+        .args(args("ca.key"))
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("does not match"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
