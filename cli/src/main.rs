@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+mod check;
 mod demo;
 mod inject;
 mod install;
@@ -69,6 +70,12 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         controller_replicas: u32,
     },
+    /// Checks the cluster of the current kubeconfig: `--pre` before installing.
+    Check {
+        /// Pre-install checks.
+        #[arg(long)]
+        pre: bool,
+    },
     /// Removes what `mesh inject` added.
     Uninject {
         /// Files, folders, or `-` for stdin.
@@ -129,6 +136,11 @@ enum Command {
         /// mesh-viz's address.
         #[arg(long, env = "MESH_VIZ_ADDR", default_value = "127.0.0.1:8084")]
         viz_addr: std::net::SocketAddr,
+        /// Reach mesh-viz in the cluster of the current kubeconfig, through the
+        /// Kubernetes API's service proxy (Service mesh-viz, port 8084, in this
+        /// namespace), instead of --viz-addr.
+        #[arg(long, value_name = "NAMESPACE", num_args = 0..=1, default_missing_value = "mesh")]
+        kube: Option<String>,
     },
     /// Identity: the mesh's certificate authority.
     Identity {
@@ -229,6 +241,23 @@ fn main() -> anyhow::Result<()> {
             print!("{text}");
             Ok(())
         }
+        Command::Check { pre } => runtime()?.block_on(async {
+            let checks = match kube::Client::try_default().await {
+                Ok(client) => check::run(client, pre).await,
+                Err(e) => vec![check::Check {
+                    name: "can reach the Kubernetes API".into(),
+                    ok: false,
+                    hint: Some(format!(
+                        "{e}: set KUBECONFIG or the current context to your cluster"
+                    )),
+                }],
+            };
+            if check::print(&checks) {
+                Ok(())
+            } else {
+                anyhow::bail!("some checks failed")
+            }
+        }),
         Command::Uninject { inputs } => {
             inject::run(&inputs, None, &mesh_controller::inject::Config::default())
         }
@@ -271,10 +300,15 @@ fn main() -> anyhow::Result<()> {
             output,
             window,
             viz_addr,
+            kube,
         } => {
             let query = viz::parse_resource(&command, &resource)?;
+            let target = match kube {
+                Some(namespace) => viz::Target::Kubernetes { namespace },
+                None => viz::Target::Addr(viz_addr),
+            };
             runtime()?.block_on(viz::run(
-                viz_addr,
+                target,
                 query,
                 Some(&namespace),
                 all_namespaces,

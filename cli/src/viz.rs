@@ -52,9 +52,51 @@ pub fn parse_resource(command: &str, resource: &str) -> anyhow::Result<Query> {
     }
 }
 
-/// Fetches `query` from viz at `addr` and prints it.
+/// Where mesh-viz is: an address, or a Service reached through the Kubernetes API's
+/// service proxy (the current kubeconfig's cluster).
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// Directly.
+    Addr(SocketAddr),
+    /// `mesh-viz` in this namespace, through the API server.
+    Kubernetes {
+        /// mesh-viz's namespace.
+        namespace: String,
+    },
+}
+
+/// The API server's path to mesh-viz's `path` (which carries its query string).
+pub fn service_proxy_path(namespace: &str, path: &str) -> String {
+    format!(
+        "/api/v1/namespaces/{}/services/mesh-viz:8084/proxy{path}",
+        encode(namespace)
+    )
+}
+
+/// GETs `path` from mesh-viz through the API server's service proxy.
+pub async fn get_via(client: kube::Client, namespace: &str, path: &str) -> anyhow::Result<Value> {
+    let req = http::Request::get(service_proxy_path(namespace, path)).body(Vec::new())?;
+    let text = client.request_text(req).await.with_context(|| {
+        format!("cannot reach mesh-viz through the Kubernetes API (service mesh-viz in namespace {namespace}): is it installed?")
+    })?;
+    serde_json::from_str(&text).context("mesh-viz answered something that is not JSON")
+}
+
+async fn fetch(target: &Target, path: &str) -> anyhow::Result<Value> {
+    match target {
+        Target::Addr(addr) => get(*addr, path).await,
+        Target::Kubernetes { namespace } => {
+            let client = kube::Client::try_default()
+                .await
+                .context("cannot reach the Kubernetes API: set KUBECONFIG, or use --viz-addr")?;
+            get_via(client, namespace, path).await
+        }
+    }
+}
+
+/// Fetches `query` from viz at `target` and prints it.
 pub async fn run(
-    addr: SocketAddr,
+    target: Target,
     query: Query,
     namespace: Option<&str>,
     all: bool,
@@ -74,7 +116,7 @@ pub async fn run(
             format!("/api/routes?{ns}&service={}&window={window}", encode(svc))
         }
     };
-    let body = get(addr, &path).await?;
+    let body = fetch(&target, &path).await?;
     let items = body
         .get("items")
         .and_then(Value::as_array)
@@ -344,6 +386,34 @@ mod tests {
             ]
         );
         assert!(lines[2].contains("not meshed"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn in_a_cluster_viz_is_reached_through_the_api_servers_service_proxy() {
+        use http::{Request, Response};
+        use kube::client::Body;
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = kube::Client::new(service, "default");
+        let server = tokio::spawn(async move {
+            let (req, respond) = handle.next_request().await.expect("request");
+            let path = req.uri().to_string();
+            respond.send_response(
+                Response::builder()
+                    .body(Body::from(
+                        br#"{"window_seconds": 60, "items": []}"#.to_vec(),
+                    ))
+                    .expect("response"),
+            );
+            path
+        });
+        let v = get_via(client, "mesh", "/api/stat?namespace=shop&window=1m")
+            .await
+            .expect("answer");
+        assert_eq!(v["window_seconds"], 60);
+        assert_eq!(
+            server.await.expect("server"),
+            "/api/v1/namespaces/mesh/services/mesh-viz:8084/proxy/api/stat?namespace=shop&window=1m"
+        );
     }
 
     #[test]

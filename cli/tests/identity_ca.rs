@@ -81,3 +81,18 @@ fn writes_a_loadable_ca_and_refuses_to_overwrite_it() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("cannot outlive"));
 }
+
+#[test]
+fn an_unreachable_viz_is_a_clear_error() {
+    let out = mesh()
+        .args(["viz", "stat", "deploy", "--viz-addr", "127.0.0.1:1"])
+        .output()
+        .expect("run mesh");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot reach mesh-viz at 127.0.0.1:1"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty());
+}

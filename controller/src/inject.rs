@@ -34,6 +34,35 @@ pub struct Config {
     /// the sidecar reads the `mesh-identity-trust-anchors` ConfigMap of its own
     /// namespace.
     pub trust_anchors_pem: Option<String>,
+    /// Defaults for what `config.mesh.io/*` annotations override.
+    pub defaults: ProxyDefaults,
+}
+
+/// The sidecar's defaults: log level and resources.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProxyDefaults {
+    /// The proxy's log filter.
+    pub log_level: String,
+    /// CPU request.
+    pub cpu_request: String,
+    /// CPU limit, if any.
+    pub cpu_limit: Option<String>,
+    /// Memory request.
+    pub memory_request: String,
+    /// Memory limit.
+    pub memory_limit: String,
+}
+
+impl Default for ProxyDefaults {
+    fn default() -> Self {
+        Self {
+            log_level: "info".into(),
+            cpu_request: "100m".into(),
+            cpu_limit: None,
+            memory_request: "20Mi".into(),
+            memory_limit: "250Mi".into(),
+        }
+    }
 }
 
 impl Default for Config {
@@ -44,6 +73,7 @@ impl Default for Config {
             mesh_namespace: "mesh".into(),
             proxy_uid: 2102,
             trust_anchors_pem: None,
+            defaults: ProxyDefaults::default(),
         }
     }
 }
@@ -492,13 +522,22 @@ volumeMounts:
 "#,
         name = crate::convert::PROXY_CONTAINER,
         image = image(config),
-        log = o.log_level.as_deref().unwrap_or("info"),
-        cpu_req = o.cpu_request.as_deref().unwrap_or("100m"),
-        mem_req = o.memory_request.as_deref().unwrap_or("20Mi"),
-        mem_lim = o.memory_limit.as_deref().unwrap_or("250Mi"),
+        log = o.log_level.as_deref().unwrap_or(&config.defaults.log_level),
+        cpu_req = o
+            .cpu_request
+            .as_deref()
+            .unwrap_or(&config.defaults.cpu_request),
+        mem_req = o
+            .memory_request
+            .as_deref()
+            .unwrap_or(&config.defaults.memory_request),
+        mem_lim = o
+            .memory_limit
+            .as_deref()
+            .unwrap_or(&config.defaults.memory_limit),
         uid = config.proxy_uid,
     ));
-    if let Some(cpu) = &o.cpu_limit
+    if let Some(cpu) = o.cpu_limit.as_ref().or(config.defaults.cpu_limit.as_ref())
         && let Some(limits) = v
             .get_mut("resources")
             .and_then(|r| r.get_mut("limits"))
@@ -534,4 +573,61 @@ projected:
   - serviceAccountToken: {{path: mesh-identity-token, audience: identity.mesh.io, expirationSeconds: 86400}}
 "#
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(annotations: &str) -> Mapping {
+        let v: Value = serde_yaml::from_str(&format!(
+            "metadata: {{annotations: {annotations}}}\nspec: {{containers: [{{name: app, image: x}}]}}\n"
+        ))
+        .expect("yaml");
+        v.as_mapping().cloned().expect("mapping")
+    }
+
+    fn proxy(pod: &Mapping) -> &Value {
+        pod["spec"]["initContainers"]
+            .as_sequence()
+            .and_then(|s| s.iter().find(|c| c["name"] == "mesh-proxy"))
+            .expect("proxy")
+    }
+
+    #[test]
+    fn defaults_apply_and_annotations_override_them() {
+        let config = Config {
+            defaults: ProxyDefaults {
+                log_level: "warn".into(),
+                cpu_limit: Some("2".into()),
+                memory_limit: "100Mi".into(),
+                ..ProxyDefaults::default()
+            },
+            trust_anchors_pem: Some("-----BEGIN CERTIFICATE-----\n".into()),
+            ..Config::default()
+        };
+        let mut p = pod("{}");
+        inject_pod(&mut p, &config, false).expect("inject");
+        let c = proxy(&p);
+        assert_eq!(c["resources"]["limits"]["memory"], "100Mi");
+        assert_eq!(c["resources"]["limits"]["cpu"], "2");
+        let env = |c: &Value, name: &str| {
+            c["env"]
+                .as_sequence()
+                .and_then(|e| e.iter().find(|v| v["name"] == name))
+                .cloned()
+                .expect("env")
+        };
+        assert_eq!(env(c, "MESH_PROXY_LOG")["value"], "warn");
+        assert_eq!(
+            env(c, "MESH_PROXY_TRUST_ANCHORS")["value"],
+            "-----BEGIN CERTIFICATE-----\n"
+        );
+        let mut p =
+            pod("{config.mesh.io/proxy-log-level: debug, config.mesh.io/proxy-memory-limit: 64Mi}");
+        inject_pod(&mut p, &config, false).expect("inject");
+        let c = proxy(&p);
+        assert_eq!(env(c, "MESH_PROXY_LOG")["value"], "debug");
+        assert_eq!(c["resources"]["limits"]["memory"], "64Mi");
+    }
 }

@@ -52,6 +52,33 @@ struct Args {
     /// The proxy version (image tag) the webhook injects.
     #[arg(long, env = "MESH_CONTROLLER_PROXY_VERSION", default_value = env!("CARGO_PKG_VERSION"))]
     proxy_version: String,
+    /// The injected proxy's default log level.
+    #[arg(long, env = "MESH_CONTROLLER_PROXY_LOG_LEVEL", default_value = "info")]
+    proxy_log_level: String,
+    /// The injected proxy's default CPU request.
+    #[arg(
+        long,
+        env = "MESH_CONTROLLER_PROXY_CPU_REQUEST",
+        default_value = "100m"
+    )]
+    proxy_cpu_request: String,
+    /// The injected proxy's default CPU limit (none by default).
+    #[arg(long, env = "MESH_CONTROLLER_PROXY_CPU_LIMIT")]
+    proxy_cpu_limit: Option<String>,
+    /// The injected proxy's default memory request.
+    #[arg(
+        long,
+        env = "MESH_CONTROLLER_PROXY_MEMORY_REQUEST",
+        default_value = "20Mi"
+    )]
+    proxy_memory_request: String,
+    /// The injected proxy's default memory limit.
+    #[arg(
+        long,
+        env = "MESH_CONTROLLER_PROXY_MEMORY_LIMIT",
+        default_value = "250Mi"
+    )]
+    proxy_memory_limit: String,
     /// Log filter, in tracing's EnvFilter syntax.
     #[arg(long, env = "MESH_CONTROLLER_LOG", default_value = "info")]
     log: String,
@@ -147,6 +174,13 @@ async fn main() -> anyhow::Result<()> {
                                 .context("trust anchors are not PEM text")?,
                         ),
                         None => None,
+                    },
+                    defaults: mesh_controller::inject::ProxyDefaults {
+                        log_level: args.proxy_log_level.clone(),
+                        cpu_request: args.proxy_cpu_request.clone(),
+                        cpu_limit: args.proxy_cpu_limit.clone(),
+                        memory_request: args.proxy_memory_request.clone(),
+                        memory_limit: args.proxy_memory_limit.clone(),
                     },
                     ..Default::default()
                 },

@@ -1,0 +1,413 @@
+//! `mesh check [--pre]`: checks against the cluster of the current kubeconfig, each
+//! printed `√` or `×` with a hint. Before install: the API, the Kubernetes version, the
+//! rights install needs, and no mesh there yet. After: the CRDs, the control plane's
+//! Deployments, the webhook and its CA bundle, the trust anchors and the issuer.
+
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::Api;
+use kube::api::PostParams;
+
+/// One check's outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    /// What was checked.
+    pub name: String,
+    /// Passed or not.
+    pub ok: bool,
+    /// What to do about a failure.
+    pub hint: Option<String>,
+}
+
+fn pass(name: impl Into<String>) -> Check {
+    Check {
+        name: name.into(),
+        ok: true,
+        hint: None,
+    }
+}
+
+fn fail(name: impl Into<String>, hint: impl Into<String>) -> Check {
+    Check {
+        name: name.into(),
+        ok: false,
+        hint: Some(hint.into()),
+    }
+}
+
+/// Runs the checks with `client`: pre-install ones with `pre`, else post-install ones.
+pub async fn run(client: kube::Client, pre: bool) -> Vec<Check> {
+    let mut out = Vec::new();
+    let version = match client.apiserver_version().await {
+        Ok(v) => v,
+        Err(e) => {
+            out.push(fail(
+                "can reach the Kubernetes API",
+                format!("{e}: set KUBECONFIG or the current context to your cluster"),
+            ));
+            return out;
+        }
+    };
+    out.push(pass(format!(
+        "can reach the Kubernetes API ({})",
+        version.git_version
+    )));
+    let minor: u32 = version.minor.trim_end_matches('+').parse().unwrap_or(0);
+    if version.major == "1" && minor >= 29 {
+        out.push(pass("Kubernetes is 1.29 or newer (native sidecars)"));
+    } else {
+        out.push(fail(
+            "Kubernetes is 1.29 or newer (native sidecars)",
+            format!(
+                "this cluster runs {}.{}: inject with `mesh inject --manual --classic-sidecar`",
+                version.major, version.minor
+            ),
+        ));
+    }
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let mesh_ns = namespaces.get_opt("mesh").await;
+    if pre {
+        for (group, resource) in [
+            ("", "namespaces"),
+            ("apiextensions.k8s.io", "customresourcedefinitions"),
+            ("rbac.authorization.k8s.io", "clusterroles"),
+            (
+                "admissionregistration.k8s.io",
+                "mutatingwebhookconfigurations",
+            ),
+        ] {
+            out.push(can_create(&client, group, resource).await);
+        }
+        out.push(match mesh_ns {
+            Ok(None) => pass("the mesh namespace does not exist yet"),
+            Ok(Some(_)) => fail(
+                "the mesh namespace does not exist yet",
+                "the mesh is installed already: run `mesh check` (without --pre)",
+            ),
+            Err(e) => fail("the mesh namespace does not exist yet", e.to_string()),
+        });
+        return out;
+    }
+    out.push(match mesh_ns {
+        Ok(Some(_)) => pass("the mesh namespace exists"),
+        Ok(None) => fail(
+            "the mesh namespace exists",
+            "run `mesh install | kubectl apply -f -`",
+        ),
+        Err(e) => fail("the mesh namespace exists", e.to_string()),
+    });
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for name in [
+        "serviceprofiles.linkerd.io",
+        "trafficsplits.split.smi-spec.io",
+    ] {
+        let title = format!("CRD {name} is installed");
+        out.push(match crds.get_opt(name).await {
+            Ok(Some(_)) => pass(title),
+            Ok(None) => fail(title, "run `mesh install --crds | kubectl apply -f -`"),
+            Err(e) => fail(title, e.to_string()),
+        });
+    }
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "mesh");
+    for name in ["mesh-identity", "mesh-controller"] {
+        let title = format!("{name} is running");
+        out.push(match deployments.get_opt(name).await {
+            Ok(Some(d)) => {
+                let ready = d.status.and_then(|s| s.available_replicas).unwrap_or(0);
+                if ready > 0 {
+                    pass(format!("{title} ({ready} available)"))
+                } else {
+                    fail(
+                        title,
+                        format!("no replica is available: kubectl -n mesh describe deploy {name}"),
+                    )
+                }
+            }
+            Ok(None) => fail(title, "run `mesh install | kubectl apply -f -`"),
+            Err(e) => fail(title, e.to_string()),
+        });
+    }
+    let webhooks: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let title = "the proxy injector webhook is registered with a CA bundle";
+    out.push(match webhooks.get_opt("mesh-proxy-injector").await {
+        Ok(Some(w)) => {
+            let has_ca = w.webhooks.unwrap_or_default().iter().any(|h| {
+                h.client_config
+                    .ca_bundle
+                    .as_ref()
+                    .is_some_and(|b| !b.0.is_empty())
+            });
+            if has_ca {
+                pass(title)
+            } else {
+                fail(
+                    title,
+                    "the webhook has no caBundle: re-apply `mesh install`",
+                )
+            }
+        }
+        Ok(None) => fail(title, "run `mesh install | kubectl apply -f -`"),
+        Err(e) => fail(title, e.to_string()),
+    });
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), "mesh");
+    let secrets: Api<Secret> = Api::namespaced(client, "mesh");
+    let anchors = configmaps
+        .get_opt("mesh-identity-trust-anchors")
+        .await
+        .ok()
+        .flatten()
+        .and_then(|c| c.data?.get("ca-bundle.crt").cloned());
+    let issuer = secrets
+        .get_opt("mesh-identity-issuer")
+        .await
+        .ok()
+        .flatten()
+        .and_then(|s| {
+            let d = s.data?;
+            Some((d.get("tls.crt")?.0.clone(), d.get("tls.key")?.0.clone()))
+        });
+    let title = "the issuer is valid and signed by the trust anchors";
+    out.push(match (anchors, issuer) {
+        (Some(a), Some((crt, key))) => {
+            let key = String::from_utf8_lossy(&key).into_owned();
+            match mesh_identity::ca::Issuer::from_pem(a.as_bytes(), &crt, &key) {
+                Ok(i) => {
+                    let left = i
+                        .not_after()
+                        .duration_since(std::time::SystemTime::now())
+                        .unwrap_or_default();
+                    if left.as_secs() < 30 * 86_400 {
+                        fail(title, format!("the issuer expires in {} days: rotate it (docs/identity.md)", left.as_secs() / 86_400))
+                    } else {
+                        pass(format!("{title} (expires in {} days)", left.as_secs() / 86_400))
+                    }
+                }
+                Err(e) => fail(title, e.to_string()),
+            }
+        }
+        _ => fail(title, "the mesh-identity-trust-anchors ConfigMap or mesh-identity-issuer Secret is missing: re-apply `mesh install`"),
+    });
+    out
+}
+
+async fn can_create(client: &kube::Client, group: &str, resource: &str) -> Check {
+    let review = SelfSubjectAccessReview {
+        spec: SelfSubjectAccessReviewSpec {
+            resource_attributes: Some(ResourceAttributes {
+                group: Some(group.to_owned()),
+                resource: Some(resource.to_owned()),
+                verb: Some("create".to_owned()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let title = format!("can create {resource}");
+    let api: Api<SelfSubjectAccessReview> = Api::all(client.clone());
+    match api.create(&PostParams::default(), &review).await {
+        Ok(r) if r.status.as_ref().is_some_and(|s| s.allowed) => pass(title),
+        Ok(_) => fail(title, "installing needs cluster-admin rights"),
+        Err(e) => fail(title, e.to_string()),
+    }
+}
+
+/// Prints the checks; returns whether all passed.
+pub fn print(checks: &[Check]) -> bool {
+    for c in checks {
+        match &c.hint {
+            None => println!("√ {}", c.name),
+            Some(h) => println!("× {}\n    hint: {h}", c.name),
+        }
+    }
+    let failed = checks.iter().filter(|c| !c.ok).count();
+    if failed == 0 {
+        println!("\nStatus check results are √");
+    } else {
+        println!("\nStatus check results are × ({failed} failed)");
+    }
+    failed == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{Request, Response};
+    use kube::client::Body;
+    use serde_json::{Value, json};
+
+    /// A fake API server: `objects` by path; anything else is 404.
+    async fn serve(
+        mut handle: tower_test::mock::Handle<Request<Body>, Response<Body>>,
+        objects: Vec<(&'static str, Value)>,
+        allowed: bool,
+    ) {
+        while let Some((req, respond)) = handle.next_request().await {
+            let path = req.uri().path().to_owned();
+            let (status, body) = if path.ends_with("/selfsubjectaccessreviews") {
+                let body = http_body_util::BodyExt::collect(req.into_body())
+                    .await
+                    .expect("body")
+                    .to_bytes();
+                let mut review: Value = serde_json::from_slice(&body).expect("json");
+                review["status"] = json!({"allowed": allowed});
+                (201, review)
+            } else if let Some((_, v)) = objects.iter().find(|(p, _)| *p == path) {
+                (200, v.clone())
+            } else {
+                (
+                    404,
+                    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": format!("{path} not found")}),
+                )
+            };
+            respond.send_response(
+                Response::builder()
+                    .status(status)
+                    .header("content-type", "application/json")
+                    .body(Body::from(serde_json::to_vec(&body).expect("json")))
+                    .expect("response"),
+            );
+        }
+    }
+
+    fn version(minor: &str) -> (&'static str, Value) {
+        (
+            "/version",
+            json!({"major": "1", "minor": minor, "gitVersion": format!("v1.{minor}.0"), "gitCommit": "", "gitTreeState": "", "buildDate": "", "goVersion": "", "compiler": "", "platform": "linux/amd64"}),
+        )
+    }
+
+    async fn checks(objects: Vec<(&'static str, Value)>, allowed: bool, pre: bool) -> Vec<Check> {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = kube::Client::new(service, "default");
+        tokio::spawn(serve(handle, objects, allowed));
+        run(client, pre).await
+    }
+
+    fn names(checks: &[Check], ok: bool) -> Vec<String> {
+        checks
+            .iter()
+            .filter(|c| c.ok == ok)
+            .map(|c| c.name.clone())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn pre_install_on_a_fresh_cluster_passes_and_old_ones_are_told() {
+        let c = checks(vec![version("31")], true, true).await;
+        assert!(c.iter().all(|c| c.ok), "{c:#?}");
+        assert_eq!(c.len(), 7);
+        let c = checks(vec![version("27")], false, true).await;
+        let failed = names(&c, false);
+        assert!(failed.iter().any(|n| n.contains("1.29")), "{failed:?}");
+        assert!(
+            failed
+                .iter()
+                .any(|n| n.contains("can create customresourcedefinitions"))
+        );
+        assert!(c.iter().any(|c| {
+            c.hint
+                .as_deref()
+                .is_some_and(|h| h.contains("--classic-sidecar"))
+        }));
+    }
+
+    #[tokio::test]
+    async fn post_install_finds_what_is_missing_or_broken() {
+        let ca = mesh_identity::ca::generate(
+            std::time::Duration::from_secs(86_400 * 400),
+            std::time::Duration::from_secs(86_400 * 365),
+        )
+        .expect("ca");
+        let b64 = |s: &str| {
+            serde_json::to_value(k8s_openapi::ByteString(s.as_bytes().to_vec())).expect("b64")
+        };
+        let meta = |name: &str| json!({"name": name, "namespace": "mesh"});
+        let deployment = |name: &str, available: i32| {
+            json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta(name),
+                   "spec": {"selector": {}, "template": {}}, "status": {"availableReplicas": available}})
+        };
+        let healthy = vec![
+            version("31"),
+            (
+                "/api/v1/namespaces/mesh",
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "mesh"}}),
+            ),
+            (
+                "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/serviceprofiles.linkerd.io",
+                json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition", "metadata": {"name": "serviceprofiles.linkerd.io"}, "spec": {"group": "linkerd.io", "names": {"kind": "ServiceProfile", "plural": "serviceprofiles"}, "scope": "Namespaced", "versions": []}}),
+            ),
+            (
+                "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/trafficsplits.split.smi-spec.io",
+                json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition", "metadata": {"name": "trafficsplits.split.smi-spec.io"}, "spec": {"group": "split.smi-spec.io", "names": {"kind": "TrafficSplit", "plural": "trafficsplits"}, "scope": "Namespaced", "versions": []}}),
+            ),
+            (
+                "/apis/apps/v1/namespaces/mesh/deployments/mesh-identity",
+                deployment("mesh-identity", 1),
+            ),
+            (
+                "/apis/apps/v1/namespaces/mesh/deployments/mesh-controller",
+                deployment("mesh-controller", 2),
+            ),
+            (
+                "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/mesh-proxy-injector",
+                json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration", "metadata": {"name": "mesh-proxy-injector"}, "webhooks": [{"name": "inject.mesh.io", "clientConfig": {"caBundle": b64("CA")}, "admissionReviewVersions": ["v1"], "sideEffects": "None"}]}),
+            ),
+            (
+                "/api/v1/namespaces/mesh/configmaps/mesh-identity-trust-anchors",
+                json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta("mesh-identity-trust-anchors"), "data": {"ca-bundle.crt": ca.trust_anchor_pem}}),
+            ),
+            (
+                "/api/v1/namespaces/mesh/secrets/mesh-identity-issuer",
+                json!({"apiVersion": "v1", "kind": "Secret", "metadata": meta("mesh-identity-issuer"), "data": {"tls.crt": b64(&ca.issuer_cert_pem), "tls.key": b64(&ca.issuer_key_pem)}}),
+            ),
+        ];
+        let c = checks(healthy.clone(), true, false).await;
+        assert!(c.iter().all(|c| c.ok), "{c:#?}");
+
+        // The controller has no available replica, and the webhook and CRDs are gone.
+        let broken: Vec<_> = healthy
+            .into_iter()
+            .filter(|(p, _)| !p.contains("mutatingwebhook") && !p.contains("trafficsplits"))
+            .map(|(p, v)| {
+                if p.ends_with("mesh-controller") {
+                    (p, deployment("mesh-controller", 0))
+                } else {
+                    (p, v)
+                }
+            })
+            .collect();
+        let c = checks(broken, true, false).await;
+        let failed = names(&c, false);
+        assert_eq!(
+            failed,
+            [
+                "CRD trafficsplits.split.smi-spec.io is installed",
+                "mesh-controller is running",
+                "the proxy injector webhook is registered with a CA bundle",
+            ],
+            "{c:#?}"
+        );
+        assert!(c.iter().filter(|c| !c.ok).all(|c| c.hint.is_some()));
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_api_is_one_clear_failure() {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        drop(handle);
+        let c = run(kube::Client::new(service, "default"), true).await;
+        assert_eq!(c.len(), 1);
+        assert!(
+            !c[0].ok
+                && c[0]
+                    .hint
+                    .as_deref()
+                    .is_some_and(|h| h.contains("KUBECONFIG"))
+        );
+    }
+}
