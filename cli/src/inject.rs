@@ -55,6 +55,8 @@ fn read_inputs(inputs: &[PathBuf]) -> anyhow::Result<Vec<Doc>> {
                 Err(e) => bail!("{source}: document {}: invalid YAML: {e}", i + 1),
             };
             if !matches!(value, Value::Null) {
+                let mut value = value;
+                restore_octal_modes(&mut value);
                 docs.push(Doc {
                     source: source.clone(),
                     index: i + 1,
@@ -64,6 +66,31 @@ fn read_inputs(inputs: &[PathBuf]) -> anyhow::Result<Vec<Doc>> {
         }
     }
     Ok(docs)
+}
+
+/// File modes written the YAML 1.1 way (`defaultMode: 0644`, octal) are strings to
+/// serde_yaml (YAML 1.2); written back quoted, kubectl would refuse them. They become the
+/// numbers they mean (0644 → 420).
+fn restore_octal_modes(v: &mut Value) {
+    match v {
+        Value::Mapping(m) => {
+            for (k, v) in m.iter_mut() {
+                let is_mode = matches!(k.as_str(), Some("defaultMode" | "mode"));
+                if is_mode
+                    && let Some(text) = v.as_str()
+                    && text.len() > 1
+                    && text.starts_with('0')
+                    && let Ok(n) = u32::from_str_radix(&text[1..], 8)
+                {
+                    *v = Value::Number(n.into());
+                } else {
+                    restore_octal_modes(v);
+                }
+            }
+        }
+        Value::Sequence(items) => items.iter_mut().for_each(restore_octal_modes),
+        _ => {}
+    }
 }
 
 fn read(path: &Path) -> anyhow::Result<String> {
@@ -156,7 +183,7 @@ pub fn yaml11_safe(text: &str) -> String {
         }
         let trimmed = body.trim_end();
         if let Some(last) = trimmed.rsplit(' ').next()
-            && matches!(last, "|" | "|-" | "|+" | ">" | ">-" | ">+")
+            && is_block_header(last)
             && (trimmed.ends_with(&format!(": {last}")) || trimmed.ends_with(&format!("- {last}")))
         {
             block = Some(indent);
@@ -182,14 +209,25 @@ pub fn yaml11_safe(text: &str) -> String {
     out
 }
 
+/// `|`, `>`, with an optional indentation digit and chomping indicator (`|2-`, `>+`).
+fn is_block_header(t: &str) -> bool {
+    let mut c = t.chars();
+    matches!(c.next(), Some('|' | '>')) && {
+        let rest: String = c.collect();
+        let rest = rest.trim_start_matches(|d: char| d.is_ascii_digit());
+        matches!(rest, "" | "-" | "+")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
     fn yaml11_booleans_are_quoted_outside_block_scalars() {
-        let text = "a: yes\nb:\n- on\n- 'no'\nc: |\n  d: yes\ne: off\nf: yesterday\n";
+        let text =
+            "a: yes\nb:\n- on\n- 'no'\nc: |\n  d: yes\ne: off\nf: yesterday\ng: |2-\n   x: yes\n";
         assert_eq!(
             super::yaml11_safe(text),
-            "a: 'yes'\nb:\n- 'on'\n- 'no'\nc: |\n  d: yes\ne: 'off'\nf: yesterday\n"
+            "a: 'yes'\nb:\n- 'on'\n- 'no'\nc: |\n  d: yes\ne: 'off'\nf: yesterday\ng: |2-\n   x: yes\n"
         );
     }
 }

@@ -40,10 +40,10 @@ enum Command {
         /// The proxy version (image tag).
         #[arg(long, default_value = env!("CARGO_PKG_VERSION"))]
         proxy_version: String,
-        /// With --manual: the trust anchors (PEM file) to write into each sidecar
-        /// (default: the sidecar reads the namespace's mesh-identity-trust-anchors
-        /// ConfigMap).
-        #[arg(long, requires = "manual")]
+        /// With --manual (required then): the mesh's trust anchors (PEM file), written
+        /// into each sidecar — e.g. `kubectl -n mesh get cm mesh-identity-trust-anchors
+        /// -o jsonpath='{.data.ca-bundle\.crt}'`.
+        #[arg(long, requires = "manual", required_if_eq("manual", "true"))]
         trust_anchors: Option<PathBuf>,
     },
     /// Prints everything a cluster needs: `mesh install | kubectl apply -f -`.

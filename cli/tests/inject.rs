@@ -22,6 +22,14 @@ fn mesh(args: &[&str], stdin: Option<&str>) -> Output {
         .args(args)
         .arg("--proxy-version")
         .arg("test")
+        .args(if args.contains(&"--manual") {
+            vec![
+                "--trust-anchors".to_owned(),
+                corpus("anchors.pem").display().to_string(),
+            ]
+        } else {
+            vec![]
+        })
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -73,7 +81,31 @@ fn docs(text: &str) -> Vec<serde_yaml::Value> {
     serde_yaml::Deserializer::from_str(text)
         .map(|d| serde::Deserialize::deserialize(d).expect("yaml"))
         .filter(|v: &serde_yaml::Value| !v.is_null())
+        .map(|mut v| {
+            yaml11_modes(&mut v);
+            v
+        })
         .collect()
+}
+
+/// Reads `defaultMode: 0644` as kubectl (YAML 1.1) does: octal, 420.
+fn yaml11_modes(v: &mut serde_yaml::Value) {
+    match v {
+        serde_yaml::Value::Mapping(m) => {
+            for (k, v) in m.iter_mut() {
+                match v.as_str() {
+                    Some(t) if k.as_str() == Some("defaultMode") && t.starts_with('0') => {
+                        *v = serde_yaml::Value::Number(
+                            u32::from_str_radix(t, 8).expect("octal").into(),
+                        );
+                    }
+                    _ => yaml11_modes(v),
+                }
+            }
+        }
+        serde_yaml::Value::Sequence(s) => s.iter_mut().for_each(yaml11_modes),
+        _ => {}
+    }
 }
 
 /// Compares `text` with the snapshot `name`, or writes it with MESH_UPDATE_SNAPSHOTS=1.
@@ -108,7 +140,10 @@ fn every_kind_injects_as_the_snapshots_say() {
         ),
     ] {
         let out = mesh(&args, None);
-        snapshot(name, &ok(&out));
+        let text = ok(&out);
+        // YAML 1.1 octal, as kubectl reads it, survives as the number it means.
+        assert!(text.contains("defaultMode: 420"), "{name}: {text}");
+        snapshot(name, &text);
         let stderr = String::from_utf8_lossy(&out.stderr);
         for line in [
             "deployment \"web\" injected",
@@ -276,6 +311,19 @@ fn what_cannot_be_meshed_writes_nothing() {
     assert!(out.stdout.is_empty());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("config.mesh.io/skip-inbound-ports"), "{err}");
+
+    // Manual injection needs the mesh's trust anchors for the sidecar.
+    let out = Command::new(env!("CARGO_BIN_EXE_mesh"))
+        .args([
+            "inject",
+            "--manual",
+            corpus("kinds.yaml").to_str().expect("p"),
+        ])
+        .output()
+        .expect("run mesh");
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--trust-anchors"));
 
     let out = mesh(&["inject", "/no/such/file.yaml"], None);
     assert!(!out.status.success());

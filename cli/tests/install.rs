@@ -88,7 +88,7 @@ import json, sys
 import helm_python as helm
 chart, ca = sys.argv[1], sys.argv[2]
 read = lambda f: open(f"{ca}/{f}").read()
-values = {"identity": {"trustAnchorsPEM": read("ca.crt"),
+values = {"namespace": {"create": True}, "identity": {"trustAnchorsPEM": read("ca.crt"),
                        "issuer": {"crtPEM": read("tls.crt"), "keyPEM": read("tls.key")}}}
 lint = helm.lint(chart, values, namespace="mesh", strict=True)
 if lint["errors"] or any(m["severity"] >= 2 for m in lint["messages"]):

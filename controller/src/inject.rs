@@ -258,8 +258,8 @@ pub fn inject_pod(
     if spec.get("hostNetwork").and_then(Value::as_bool) == Some(true) {
         return Err(InjectError::HostNetwork);
     }
-    let init = init_container(config, &o);
-    let proxy = proxy_container(config, &o, !classic);
+    let init = init_container(config, &o)?;
+    let proxy = proxy_container(config, &o, !classic)?;
     {
         let inits = seq_mut(spec, "initContainers")?;
         inits.insert(0, init);
@@ -270,7 +270,7 @@ pub fn inject_pod(
     if classic {
         seq_mut(spec, "containers")?.insert(0, proxy);
     }
-    seq_mut(spec, "volumes")?.push(token_volume());
+    seq_mut(spec, "volumes")?.push(token_volume()?);
     map_mut(map_mut(pod, "metadata")?, "annotations")?
         .insert(key(PROXY_VERSION), key(&config.version));
     Ok(Outcome::Injected)
@@ -312,8 +312,14 @@ pub fn uninject(obj: &mut Value) -> Result<Outcome, InjectError> {
     let Some(template) = pod_template(&kind, map) else {
         return Ok(Outcome::Skipped);
     };
-    let mut changed = remove_annotation(template, INJECT);
-    changed |= remove_annotation(template, PROXY_VERSION);
+    // A manually injected pod carries the proxy version; its own inject annotation (if
+    // it had one) was there before and stays. Otherwise the annotation is what inject
+    // added.
+    let manual = remove_annotation(template, PROXY_VERSION);
+    let mut changed = manual;
+    if !manual {
+        changed |= remove_annotation(template, INJECT);
+    }
     if let Some(spec) = template.get_mut("spec").and_then(Value::as_mapping_mut) {
         for (list, names) in [
             (
@@ -405,10 +411,7 @@ impl Overrides {
                     .collect()
             };
             let quantity = |v: &str| -> Result<Option<String>, InjectError> {
-                let ok = !v.is_empty()
-                    && v.chars().next().is_some_and(|c| c.is_ascii_digit())
-                    && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '.');
-                if ok {
+                if valid_quantity(v) {
                     Ok(Some(v.to_owned()))
                 } else {
                     Err(bad("expected a quantity such as 100m or 64Mi"))
@@ -422,7 +425,7 @@ impl Overrides {
                 "proxy-memory-request" => o.memory_request = quantity(v)?,
                 "proxy-memory-limit" => o.memory_limit = quantity(v)?,
                 "proxy-log-level" => {
-                    if v.is_empty() || v.contains(char::is_whitespace) {
+                    if !valid_log_level(v) {
                         return Err(bad("expected a log filter such as info or debug"));
                     }
                     o.log_level = Some(v.to_owned());
@@ -434,8 +437,40 @@ impl Overrides {
     }
 }
 
-fn yaml(text: &str) -> Value {
-    serde_yaml::from_str(text).unwrap_or(Value::Null)
+fn yaml(text: &str) -> Result<Value, InjectError> {
+    serde_yaml::from_str(text)
+        .map_err(|e| InjectError::Malformed(format!("the sidecar does not render: {e}")))
+}
+
+/// A log filter: tracing's syntax, nothing that could break out of a YAML value.
+fn valid_log_level(v: &str) -> bool {
+    !v.is_empty()
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '=' | ',' | ':' | '.' | '-'))
+}
+
+/// A resource quantity such as `100m`, `1.5`, `64Mi`.
+fn valid_quantity(v: &str) -> bool {
+    v.chars().next().is_some_and(|c| c.is_ascii_digit())
+        && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '.')
+}
+
+impl ProxyDefaults {
+    /// Checks the defaults (they come from flags or chart values).
+    pub fn validate(&self) -> Result<(), String> {
+        if !valid_log_level(&self.log_level) {
+            return Err(format!("invalid proxy log level {:?}", self.log_level));
+        }
+        for q in [&self.cpu_request, &self.memory_request, &self.memory_limit]
+            .into_iter()
+            .chain(self.cpu_limit.as_ref())
+        {
+            if !valid_quantity(q) {
+                return Err(format!("invalid proxy resource quantity {q:?}"));
+            }
+        }
+        Ok(())
+    }
 }
 
 fn image(config: &Config) -> String {
@@ -450,7 +485,7 @@ fn join(ports: &[u16]) -> String {
         .join(",")
 }
 
-fn init_container(config: &Config, o: &Overrides) -> Value {
+fn init_container(config: &Config, o: &Overrides) -> Result<Value, InjectError> {
     // The admin port is never redirected (kubelet probes reach the proxy directly).
     let mut skip_in = vec![4191];
     skip_in.extend(&o.skip_inbound_ports);
@@ -470,17 +505,17 @@ securityContext:
         image = image(config),
         uid = config.proxy_uid,
         skip_in = join(&skip_in),
-    ));
+    ))?;
     if !o.skip_outbound_ports.is_empty()
         && let Some(args) = v.get_mut("args").and_then(Value::as_sequence_mut)
     {
         args.push(key("--skip-outbound-ports"));
         args.push(key(&join(&o.skip_outbound_ports)));
     }
-    v
+    Ok(v)
 }
 
-fn proxy_container(config: &Config, o: &Overrides, native: bool) -> Value {
+fn proxy_container(config: &Config, o: &Overrides, native: bool) -> Result<Value, InjectError> {
     let ns = &config.mesh_namespace;
     let mut v = yaml(&format!(
         r#"
@@ -536,7 +571,7 @@ volumeMounts:
             .as_deref()
             .unwrap_or(&config.defaults.memory_limit),
         uid = config.proxy_uid,
-    ));
+    ))?;
     if let Some(cpu) = o.cpu_limit.as_ref().or(config.defaults.cpu_limit.as_ref())
         && let Some(limits) = v
             .get_mut("resources")
@@ -558,13 +593,18 @@ volumeMounts:
     }
     if native && let Some(m) = v.as_mapping_mut() {
         // A native sidecar: started before the app, stopped after it, and not counted
-        // for Job completion.
+        // for Job completion. The startup probe holds the app back until the proxy is
+        // ready (it has its certificate).
         m.insert(key("restartPolicy"), key("Always"));
+        m.insert(
+            key("startupProbe"),
+            yaml("{httpGet: {path: /ready, port: 4191}, periodSeconds: 1, failureThreshold: 120}")?,
+        );
     }
-    v
+    Ok(v)
 }
 
-fn token_volume() -> Value {
+fn token_volume() -> Result<Value, InjectError> {
     yaml(&format!(
         r#"
 name: {TOKEN_VOLUME}
@@ -592,6 +632,35 @@ mod tests {
             .as_sequence()
             .and_then(|s| s.iter().find(|c| c["name"] == "mesh-proxy"))
             .expect("proxy")
+    }
+
+    #[test]
+    fn uninject_after_manual_inject_keeps_an_inject_annotation_that_was_there() {
+        let text = "kind: Deployment\nmetadata: {name: w}\nspec:\n  template:\n    metadata:\n      annotations: {mesh.io/inject: enabled}\n    spec: {containers: [{name: a, image: x}]}\n";
+        let original: Value = serde_yaml::from_str(text).expect("yaml");
+        let mut v = original.clone();
+        let config = Config::default();
+        assert_eq!(
+            inject(&mut v, Mode::Manual { classic: false }, &config),
+            Ok(Outcome::Injected)
+        );
+        assert_eq!(uninject(&mut v), Ok(Outcome::Uninjected));
+        assert_eq!(v, original);
+        // After the annotation mode, uninject takes the annotation away.
+        let mut v: Value =
+            serde_yaml::from_str(&text.replace("{mesh.io/inject: enabled}", "{a: b}"))
+                .expect("yaml");
+        assert_eq!(
+            inject(&mut v, Mode::Annotate, &config),
+            Ok(Outcome::Injected)
+        );
+        assert_eq!(uninject(&mut v), Ok(Outcome::Uninjected));
+        assert_eq!(
+            v["spec"]["template"]["metadata"]["annotations"]
+                .as_mapping()
+                .map(Mapping::len),
+            Some(1)
+        );
     }
 
     #[test]

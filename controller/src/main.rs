@@ -79,6 +79,10 @@ struct Args {
         default_value = "250Mi"
     )]
     proxy_memory_limit: String,
+    /// Inject the proxy among the containers instead of as a native sidecar (for
+    /// clusters older than Kubernetes 1.29).
+    #[arg(long, env = "MESH_CONTROLLER_CLASSIC_SIDECAR")]
+    classic_sidecar: bool,
     /// Log filter, in tracing's EnvFilter syntax.
     #[arg(long, env = "MESH_CONTROLLER_LOG", default_value = "info")]
     log: String,
@@ -184,7 +188,13 @@ async fn main() -> anyhow::Result<()> {
                     },
                     ..Default::default()
                 },
+                classic: args.classic_sidecar,
             };
+            webhook
+                .config
+                .defaults
+                .validate()
+                .map_err(|e| anyhow::anyhow!("proxy defaults: {e}"))?;
             Some(tokio::spawn(mesh_controller::webhook::serve(
                 listener, tls, webhook,
             )))

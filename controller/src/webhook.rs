@@ -31,6 +31,8 @@ pub struct Webhook {
     pub index: Arc<Index>,
     /// How the sidecar is written.
     pub config: Config,
+    /// Put the proxy among the containers (clusters older than 1.29).
+    pub classic: bool,
 }
 
 impl Webhook {
@@ -99,7 +101,7 @@ impl Webhook {
                 Some("mesh: the pod could not be read; not injected".into()),
             );
         };
-        match inject::inject_pod(&mut yaml, &self.config, false) {
+        match inject::inject_pod(&mut yaml, &self.config, self.classic) {
             Ok(Outcome::Injected) => {}
             Ok(_) => return (None, None),
             Err(e) => return (None, Some(format!("mesh: not injected: {e}"))),

@@ -50,6 +50,7 @@ async fn start() -> Server {
     let webhook = mesh_controller::webhook::Webhook {
         index,
         config: mesh_controller::inject::Config::default(),
+        classic: false,
     };
     tokio::spawn(mesh_controller::webhook::serve(listener, tls, webhook));
     let mut roots = rustls::RootCertStore::empty();
@@ -164,6 +165,25 @@ async fn namespaces_and_pods_decide_and_the_patch_adds_the_sidecar() {
         .find(|o| o["path"] == "/metadata/annotations")
         .expect("annotations op");
     assert!(annotations["value"]["mesh.io/proxy-version"].is_string());
+    // Applied the way the API server applies it, the patch gives a valid Pod.
+    let review_json: Value =
+        serde_json::from_slice(&review("shop", json!({}), false)).expect("json");
+    let mut pod = review_json["request"]["object"].clone();
+    let ops: json_patch::Patch = serde_json::from_value(patch.clone()).expect("a JSON Patch");
+    json_patch::patch(&mut pod, &ops).expect("the patch applies");
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(pod).expect("a Pod");
+    let spec = pod.spec.expect("spec");
+    let inits = spec.init_containers.expect("init containers");
+    assert_eq!(inits.len(), 2);
+    assert!(
+        inits[1].startup_probe.is_some(),
+        "the app waits for the proxy"
+    );
+    assert_eq!(spec.containers.len(), 1, "the app's containers untouched");
+    assert_eq!(
+        spec.volumes.expect("volumes")[0].name,
+        "mesh-identity-token"
+    );
 
     // The pod's own `disabled` wins over its namespace.
     let (_, patch) = admit(
