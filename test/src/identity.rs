@@ -3,13 +3,12 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mesh_identity::ca::{self, GeneratedCa};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 
 /// A fresh trust anchor and issuer, valid for a day, written to `dir`.
@@ -44,8 +43,8 @@ pub async fn start(ca_dir: &Path, anchors: Option<&Path>, lifetime: &str, work: 
     let tokens_file = work.join("tokens.yaml");
     std::fs::write(&tokens_file, "tokens: []\n").expect("write tokens");
     let anchors = anchors.map_or_else(|| ca_dir.join(ca::TRUST_ANCHORS_FILE), Path::to_path_buf);
-    let mut child = Command::new(crate::bin_path("mesh-identity"))
-        .env_clear()
+    let mut cmd = Command::new(crate::bin_path("mesh-identity"));
+    cmd.env_clear()
         .env("MESH_IDENTITY_ADDR", "127.0.0.1:0")
         .env("MESH_IDENTITY_ADMIN_ADDR", "127.0.0.1:0")
         .env("MESH_IDENTITY_ISSUER_DIR", ca_dir)
@@ -56,39 +55,9 @@ pub async fn start(ca_dir: &Path, anchors: Option<&Path>, lifetime: &str, work: 
         )
         .env("MESH_IDENTITY_CERT_LIFETIME", lifetime)
         .env("MESH_IDENTITY_RELOAD_INTERVAL", "1s")
-        .env("MESH_IDENTITY_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn mesh-identity");
-    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let line = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.expect("read log") {
-            eprintln!("[identity] {line}");
-            if line.contains("listening") {
-                return line;
-            }
-        }
-        panic!("mesh-identity exited before listening");
-    })
-    .await
-    .expect("mesh-identity did not start within 30s");
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = lines.next_line().await {
-            eprintln!("[identity] {line}");
-        }
-    });
-    let field = |name: &str| -> SocketAddr {
-        let start = line.find(&format!("{name}=")).expect("field") + name.len() + 1;
-        line[start..]
-            .split_whitespace()
-            .next()
-            .expect("value")
-            .parse()
-            .expect("address")
-    };
+        .env("MESH_IDENTITY_LOG", "info");
+    let (child, line) = crate::spawn_listening(cmd, "identity").await;
+    let field = |name: &str| crate::field(&line, name);
     Identity {
         addr: field("identity"),
         admin: field("admin"),

@@ -58,3 +58,52 @@ pub fn bin_path(name: &str) -> std::path::PathBuf {
     );
     path
 }
+
+/// Spawns `cmd` (stderr piped, killed on drop), echoes its log prefixed with `tag`, and
+/// waits at most 30 s for the line announcing it listens; returns the child and that line.
+pub async fn spawn_listening(
+    mut cmd: tokio::process::Command,
+    tag: &'static str,
+) -> (tokio::process::Child, String) {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {tag}: {e}"));
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            eprintln!("[{tag}] {line}");
+            if line.contains("listening") {
+                return Some(line);
+            }
+        }
+        None
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{tag} did not start within 30s"))
+    .unwrap_or_else(|| panic!("{tag} exited before listening"));
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            eprintln!("[{tag}] {line}");
+        }
+    });
+    (child, line)
+}
+
+/// The address after `name=` in a log line.
+pub fn field(line: &str, name: &str) -> std::net::SocketAddr {
+    let start = line
+        .find(&format!("{name}="))
+        .unwrap_or_else(|| panic!("no {name}= in {line:?}"))
+        + name.len()
+        + 1;
+    line[start..]
+        .split_whitespace()
+        .next()
+        .and_then(|v| v.trim_matches('"').parse().ok())
+        .unwrap_or_else(|| panic!("no address after {name}= in {line:?}"))
+}

@@ -2,11 +2,9 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 /// A running mesh-viz; killed when dropped.
@@ -19,42 +17,14 @@ pub struct Viz {
 
 /// Starts `mesh-viz --source dir:DIR`, scraping every `interval` (e.g. `500ms`).
 pub async fn start(dir: &Path, interval: &str) -> Viz {
-    let mut child = Command::new(crate::bin_path("mesh-viz"))
-        .env_clear()
+    let mut cmd = Command::new(crate::bin_path("mesh-viz"));
+    cmd.env_clear()
         .env("MESH_VIZ_SOURCE", format!("dir:{}", dir.display()))
         .env("MESH_VIZ_ADDR", "127.0.0.1:0")
         .env("MESH_VIZ_SCRAPE_INTERVAL", interval)
-        .env("MESH_VIZ_LOG", "info,mesh_viz=debug")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn mesh-viz");
-    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let line = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.expect("read log") {
-            eprintln!("[viz] {line}");
-            if line.contains("listening") {
-                return line;
-            }
-        }
-        panic!("mesh-viz exited before listening");
-    })
-    .await
-    .expect("mesh-viz did not start within 30s");
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = lines.next_line().await {
-            eprintln!("[viz] {line}");
-        }
-    });
-    let start = line.find("api=").expect("address") + 4;
-    let addr = line[start..]
-        .split_whitespace()
-        .next()
-        .expect("addr")
-        .parse()
-        .expect("socket address");
+        .env("MESH_VIZ_LOG", "info,mesh_viz=debug");
+    let (child, line) = crate::spawn_listening(cmd, "viz").await;
+    let addr = crate::field(&line, "api");
     Viz { addr, child }
 }
 
