@@ -20,7 +20,8 @@ pub const INJECT_ANNOTATIONS: [&str; 2] = ["mesh.io/inject", "linkerd.io/inject"
 /// The name of the proxy's container in an injected pod.
 pub const PROXY_CONTAINER: &str = "mesh-proxy";
 
-fn inject(annotations: Option<&BTreeMap<String, String>>) -> Option<bool> {
+/// The inject annotation (`mesh.io/inject`, or Linkerd's): `Some(true)` enabled.
+pub fn inject(annotations: Option<&BTreeMap<String, String>>) -> Option<bool> {
     let annotations = annotations?;
     INJECT_ANNOTATIONS
         .iter()

@@ -267,13 +267,10 @@ impl Index {
         }
     }
 
-    /// Whether `namespace` asks for injection (its `mesh.io/inject: enabled`).
-    pub fn namespace_injects(&self, namespace: &str) -> bool {
+    /// A namespace's inject annotation, or `None` if the namespace is not known yet.
+    pub fn namespace_inject(&self, namespace: &str) -> Option<Option<bool>> {
         let s = self.state.read().unwrap_or_else(|e| e.into_inner());
-        s.namespaces
-            .get(namespace)
-            .and_then(|n| n.inject)
-            .unwrap_or(false)
+        s.namespaces.get(namespace).map(|n| n.inject)
     }
 
     /// Every pod, sorted by namespace and name.

@@ -115,6 +115,7 @@ async fn main() -> anyhow::Result<()> {
     // Proxies must not be told "unknown" (and fall back to DNS, without identities)
     // just because the controller has not read its source yet: listen only once every
     // kind has been listed, or after SYNC_PATIENCE with whatever is known by then.
+    let mut api_client: Option<kube::Client> = None;
     let (index, source, mut synced) = match args.source.split_once(':') {
         Some(("dir", path)) => {
             let path = PathBuf::from(path);
@@ -136,6 +137,7 @@ async fn main() -> anyhow::Result<()> {
                 "cannot reach the Kubernetes API: run in a pod, or set KUBECONFIG (or use --source dir:PATH)",
             )?;
             let index = Arc::new(Index::for_cluster());
+            api_client = Some(client.clone());
             let (tx, rx) = tokio::sync::watch::channel(0usize);
             let task = {
                 let index = index.clone();
@@ -189,6 +191,7 @@ async fn main() -> anyhow::Result<()> {
                     ..Default::default()
                 },
                 classic: args.classic_sidecar,
+                client: api_client.clone(),
             };
             webhook
                 .config

@@ -25,7 +25,7 @@ pub fn excluded(namespace: &str, mesh_namespace: &str) -> bool {
 }
 
 /// What the webhook needs: the index (for namespaces' annotations) and how to inject.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Webhook {
     /// Namespaces and their inject annotations.
     pub index: Arc<Index>,
@@ -33,12 +33,15 @@ pub struct Webhook {
     pub config: Config,
     /// Put the proxy among the containers (clusters older than 1.29).
     pub classic: bool,
+    /// The API server, for a namespace the index has not seen yet (created in the same
+    /// apply as its pods).
+    pub client: Option<kube::Client>,
 }
 
 impl Webhook {
     /// Answers one AdmissionReview (a JSON body): the response review, or an error for
     /// a malformed one.
-    pub fn review(&self, body: &[u8]) -> Result<Value, String> {
+    pub async fn review(&self, body: &[u8]) -> Result<Value, String> {
         let review: Value =
             serde_json::from_slice(body).map_err(|e| format!("malformed AdmissionReview: {e}"))?;
         let request = review
@@ -48,7 +51,7 @@ impl Webhook {
             .get("uid")
             .and_then(Value::as_str)
             .ok_or("malformed AdmissionReview: request.uid missing")?;
-        let (patch, warning) = self.decide(request);
+        let (patch, warning) = self.decide(request).await;
         let mut response = json!({"uid": uid, "allowed": true});
         if let Some(patch) = patch {
             let bytes = serde_json::to_vec(&patch).map_err(|e| e.to_string())?;
@@ -68,7 +71,7 @@ impl Webhook {
 
     /// The patch for a request, if the pod is to be meshed, and a warning if it asked
     /// to be and cannot.
-    fn decide(&self, request: &Value) -> (Option<Value>, Option<String>) {
+    async fn decide(&self, request: &Value) -> (Option<Value>, Option<String>) {
         if request.pointer("/kind/kind").and_then(Value::as_str) != Some("Pod") {
             return (None, None);
         }
@@ -90,7 +93,7 @@ impl Webhook {
         let wanted = match inject::inject_annotation(annotations.as_ref()) {
             Some("enabled") => true,
             Some(_) => false,
-            None => self.index.namespace_injects(namespace),
+            None => self.namespace_injects(namespace).await,
         };
         if !wanted {
             return (None, None);
@@ -129,6 +132,40 @@ impl Webhook {
     }
 }
 
+impl std::fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhook")
+            .field("config", &self.config)
+            .field("classic", &self.classic)
+            .field("client", &self.client.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Webhook {
+    /// Whether `namespace` asks for injection: from the index, else (a namespace created
+    /// moments ago) from the API server.
+    async fn namespace_injects(&self, namespace: &str) -> bool {
+        if let Some(inject) = self.index.namespace_inject(namespace) {
+            return inject.unwrap_or(false);
+        }
+        let Some(client) = &self.client else {
+            return false;
+        };
+        let api: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client.clone());
+        match api.get_opt(namespace).await {
+            Ok(Some(ns)) => {
+                crate::convert::inject(ns.metadata.annotations.as_ref()).unwrap_or(false)
+            }
+            Ok(None) => false,
+            Err(error) => {
+                tracing::warn!(%error, namespace, "cannot read the namespace; not injecting");
+                false
+            }
+        }
+    }
+}
+
 fn reply(status: StatusCode, body: Bytes, content_type: &'static str) -> Response<Full<Bytes>> {
     let mut rsp = Response::new(Full::new(body));
     *rsp.status_mut() = status;
@@ -160,7 +197,7 @@ async fn handle(
             );
         }
     };
-    match webhook.review(&body) {
+    match webhook.review(&body).await {
         Ok(v) => reply(
             StatusCode::OK,
             Bytes::from(serde_json::to_vec(&v).unwrap_or_default()),

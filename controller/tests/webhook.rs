@@ -51,11 +51,44 @@ async fn start() -> Server {
         index,
         config: mesh_controller::inject::Config::default(),
         classic: false,
+        client: Some(api_server()),
     };
     tokio::spawn(mesh_controller::webhook::serve(listener, tls, webhook));
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert.der().clone()).expect("root");
     Server { addr, roots }
+}
+
+/// A fake API server that knows one namespace the index has not seen yet, `fresh`,
+/// annotated for injection.
+fn api_server() -> kube::Client {
+    use http::{Request, Response};
+    use kube::client::Body;
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    tokio::spawn(async move {
+        while let Some((req, respond)) = handle.next_request().await {
+            let (status, body) = if req.uri().path() == "/api/v1/namespaces/fresh" {
+                (
+                    200,
+                    json!({"apiVersion": "v1", "kind": "Namespace",
+                             "metadata": {"name": "fresh", "annotations": {"mesh.io/inject": "enabled"}}}),
+                )
+            } else {
+                (
+                    404,
+                    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404}),
+                )
+            };
+            respond.send_response(
+                Response::builder()
+                    .status(status)
+                    .header("content-type", "application/json")
+                    .body(Body::from(serde_json::to_vec(&body).expect("json")))
+                    .expect("response"),
+            );
+        }
+    });
+    kube::Client::new(service, "default")
 }
 
 /// POSTs `body` to /inject over HTTPS, verifying the server's certificate.
@@ -199,6 +232,12 @@ async fn namespaces_and_pods_decide_and_the_patch_adds_the_sidecar() {
     )
     .await;
     assert!(patch.is_some());
+    // A namespace created in the same apply as its pods, not in the index yet: asked
+    // of the API server.
+    let (_, patch) = admit(&server, review("fresh", json!({}), false)).await;
+    assert!(patch.is_some(), "a new annotated namespace was missed");
+    let (_, patch) = admit(&server, review("unknown", json!({}), false)).await;
+    assert!(patch.is_none());
     // Nothing said anywhere: left alone.
     let (_, patch) = admit(&server, review("plain", json!({}), false)).await;
     assert!(patch.is_none());
