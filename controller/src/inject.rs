@@ -197,13 +197,16 @@ pub fn describe(obj: &Value) -> String {
     format!("{} \"{name}\"", kind.to_lowercase())
 }
 
-/// Injects one object (not a List) in place.
-pub fn inject(obj: &mut Value, mode: Mode, config: &Config) -> Result<Outcome, InjectError> {
-    let kind = obj
-        .get("kind")
+fn kind_of(obj: &Value) -> String {
+    obj.get("kind")
         .and_then(Value::as_str)
         .unwrap_or_default()
-        .to_owned();
+        .to_owned()
+}
+
+/// Injects one object (not a List) in place.
+pub fn inject(obj: &mut Value, mode: Mode, config: &Config) -> Result<Outcome, InjectError> {
+    let kind = kind_of(obj);
     let Some(map) = obj.as_mapping_mut() else {
         return Ok(Outcome::Skipped);
     };
@@ -293,11 +296,7 @@ fn has_proxy(pod: &Mapping) -> bool {
 
 /// Removes what [`inject`] added, giving back the original object.
 pub fn uninject(obj: &mut Value) -> Result<Outcome, InjectError> {
-    let kind = obj
-        .get("kind")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned();
+    let kind = kind_of(obj);
     let Some(map) = obj.as_mapping_mut() else {
         return Ok(Outcome::Skipped);
     };

@@ -157,12 +157,7 @@ impl Endpoint {
                     }
                     self.forget_h2();
                 }
-                let mut tx = self.handshake_h2().await?;
-                tx.ready().await.map_err(|source| ProxyError::Upstream {
-                    addr: self.addr,
-                    source,
-                })?;
-                Ok(Conn::Http2(tx, false))
+                Ok(Conn::Http2(self.handshake_h2().await?, false))
             }
         }
     }
@@ -201,10 +196,6 @@ impl Endpoint {
                 };
                 self.forget_h2();
                 let mut tx = self.handshake_h2().await?;
-                tx.ready().await.map_err(|source| ProxyError::Upstream {
-                    addr: self.addr,
-                    source,
-                })?;
                 tx.send_request(req)
                     .await
                     .map_err(|e| ProxyError::upstream(self.addr, e))
@@ -310,9 +301,10 @@ impl Endpoint {
         Ok(tx)
     }
 
+    /// A new HTTP/2 connection, ready for a request, kept for the requests after.
     async fn handshake_h2(&self) -> Result<http2::SendRequest<BoxBody>, ProxyError> {
         let io = self.connect().await?;
-        let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+        let (mut tx, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .handshake(io)
             .await
@@ -325,6 +317,10 @@ impl Endpoint {
                 tracing::debug!(%error, "upstream HTTP/2 connection closed");
             }
         });
+        tx.ready().await.map_err(|source| ProxyError::Upstream {
+            addr: self.addr,
+            source,
+        })?;
         *self.h2.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx.clone());
         Ok(tx)
     }

@@ -351,12 +351,7 @@ impl Forward {
                 req.headers_mut()
                     .insert(ORIG_PROTO_HEADER, HeaderValue::from_static("HTTP/1.1"));
             }
-            normalize_request(
-                &mut req,
-                authority.as_deref(),
-                endpoint.addr,
-                upgrade.is_some(),
-            );
+            normalize_request(&mut req, authority.as_deref(), endpoint.addr);
             let sent = endpoint.send(conn, req).await;
             match sent {
                 Ok(mut rsp) => {
@@ -460,16 +455,11 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool, keep_te_trailer
     }
 }
 
-/// Makes a request fit to send upstream: hop-by-hop headers removed, the URI in the
-/// form the upstream protocol needs, and `Host` consistent with the target authority.
-fn normalize_request<B>(
-    req: &mut Request<B>,
-    authority: Option<&str>,
-    endpoint: SocketAddr,
-    upgrade: bool,
-) {
+/// Makes a request fit to send upstream (its hop-by-hop headers already removed): the
+/// URI in the form the upstream protocol needs, and `Host` consistent with the target
+/// authority.
+fn normalize_request<B>(req: &mut Request<B>, authority: Option<&str>, endpoint: SocketAddr) {
     let h2 = req.version() == HttpVersion::HTTP_2;
-    strip_hop_by_hop(req.headers_mut(), upgrade, true);
     let authority = authority
         .map(str::to_owned)
         .unwrap_or_else(|| endpoint.to_string());
@@ -1148,7 +1138,7 @@ mod tests {
             .expect("req");
         let ep: SocketAddr = ([127, 0, 0, 1], 8080).into();
         let authority = request_authority(&req).map(str::to_owned);
-        normalize_request(&mut req, authority.as_deref(), ep, false);
+        normalize_request(&mut req, authority.as_deref(), ep);
         assert_eq!(req.uri(), "/a?b=1");
         assert_eq!(req.headers()[header::HOST], "web.default:8080");
     }
@@ -1163,7 +1153,6 @@ mod tests {
             &mut req,
             Some("grpc.default:50051"),
             ([127, 0, 0, 1], 1).into(),
-            false,
         );
         assert_eq!(req.uri(), "http://grpc.default:50051/pkg.Svc/M");
     }

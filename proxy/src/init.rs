@@ -47,65 +47,34 @@ pub struct InitArgs {
 /// The rules, as iptables arguments (after `-t nat`), in order: chains flushed and
 /// filled, then the jumps into them.
 pub fn rules(args: &InitArgs) -> Vec<Vec<String>> {
-    let s = |v: &[&str]| v.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
+    let (inb, out) = (INBOUND_CHAIN, OUTPUT_CHAIN);
     let mut rules = Vec::new();
     for port in &args.skip_inbound_ports {
-        rules.push(s(&[
-            "-A",
-            INBOUND_CHAIN,
-            "-p",
-            "tcp",
-            "--dport",
-            &port.to_string(),
-            "-j",
-            "RETURN",
-        ]));
+        rules.push(format!("-A {inb} -p tcp --dport {port} -j RETURN"));
     }
-    rules.push(s(&[
-        "-A",
-        INBOUND_CHAIN,
-        "-p",
-        "tcp",
-        "-j",
-        "REDIRECT",
-        "--to-ports",
-        &args.inbound_port.to_string(),
-    ]));
+    rules.push(format!(
+        "-A {inb} -p tcp -j REDIRECT --to-ports {}",
+        args.inbound_port
+    ));
     // The proxy's own connections (to apps and to peers) leave as they are.
-    rules.push(s(&[
-        "-A",
-        OUTPUT_CHAIN,
-        "-m",
-        "owner",
-        "--uid-owner",
-        &args.proxy_uid.to_string(),
-        "-j",
-        "RETURN",
-    ]));
-    rules.push(s(&["-A", OUTPUT_CHAIN, "-o", "lo", "-j", "RETURN"]));
+    rules.push(format!(
+        "-A {out} -m owner --uid-owner {} -j RETURN",
+        args.proxy_uid
+    ));
+    rules.push(format!("-A {out} -o lo -j RETURN"));
     for port in &args.skip_outbound_ports {
-        rules.push(s(&[
-            "-A",
-            OUTPUT_CHAIN,
-            "-p",
-            "tcp",
-            "--dport",
-            &port.to_string(),
-            "-j",
-            "RETURN",
-        ]));
+        rules.push(format!("-A {out} -p tcp --dport {port} -j RETURN"));
     }
-    rules.push(s(&[
-        "-A",
-        OUTPUT_CHAIN,
-        "-p",
-        "tcp",
-        "-j",
-        "REDIRECT",
-        "--to-ports",
-        &args.outbound_port.to_string(),
-    ]));
-    rules
+    rules.push(format!(
+        "-A {out} -p tcp -j REDIRECT --to-ports {}",
+        args.outbound_port
+    ));
+    rules.iter().map(|r| words(r)).collect()
+}
+
+/// iptables arguments from a rule's text.
+fn words(rule: &str) -> Vec<String> {
+    rule.split_whitespace().map(str::to_owned).collect()
 }
 
 /// The jumps from the built-in chains into ours.
@@ -157,16 +126,15 @@ fn iptables(bin: &str, args: &[String]) -> Result<bool, InitError> {
 pub fn run(args: &InitArgs) -> Result<(), InitError> {
     let bin = args.iptables.as_str();
     let print = |rule: &[String]| println!("{bin} -t nat {}", rule.join(" "));
-    let s = |v: &[&str]| v.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
     for chain in [INBOUND_CHAIN, OUTPUT_CHAIN] {
         // Create the chain, or empty it if an earlier run made it: same rules again.
         if args.dry_run {
-            print(&s(&["-N", chain]));
-        } else if iptables(bin, &s(&["-N", chain])).is_err() {
-            iptables(bin, &s(&["-F", chain]))?;
-            print(&s(&["-F", chain]));
+            print(&words(&format!("-N {chain}")));
+        } else if iptables(bin, &words(&format!("-N {chain}"))).is_err() {
+            iptables(bin, &words(&format!("-F {chain}")))?;
+            print(&words(&format!("-F {chain}")));
         } else {
-            print(&s(&["-N", chain]));
+            print(&words(&format!("-N {chain}")));
         }
     }
     for rule in rules(args) {
@@ -176,7 +144,7 @@ pub fn run(args: &InitArgs) -> Result<(), InitError> {
         print(&rule);
     }
     for (from, to) in jumps() {
-        let jump = s(&[from, "-p", "tcp", "-j", to]);
+        let jump = words(&format!("{from} -p tcp -j {to}"));
         let check = [vec!["-C".to_owned()], jump.clone()].concat();
         let add = [vec!["-A".to_owned()], jump].concat();
         if args.dry_run || iptables(bin, &check).is_err() {

@@ -49,10 +49,16 @@ struct Mesh {
 /// An identity service, a controller, a strict `web` pod and a client proxy running
 /// as `client`, all with mTLS. `lifetime` is the leaf lifetime.
 async fn mesh(lifetime: &str) -> Mesh {
+    mesh_as(lifetime, "web").await
+}
+
+/// [`mesh`], with the pod's proxy running as service account `sa` while discovery
+/// says `web`.
+async fn mesh_as(lifetime: &str, sa: &str) -> Mesh {
     let (ca, work, world) = (tmp(), tmp(), tmp());
     identity::new_ca(ca.path());
     let id = identity::start(ca.path(), None, lifetime, work.path()).await;
-    let web = pod(&id, "web", "strict", None).await;
+    let web = pod(&id, sa, "strict", None).await;
     write_world(world.path(), web.ip, "web");
     let ctl = controller::start(world.path(), "127.0.0.1:0".parse().expect("addr")).await;
     let client = id
@@ -311,20 +317,10 @@ async fn permissive_inbound_accepts_plaintext_and_labels_it() {
 
 #[tokio::test]
 async fn a_server_with_the_wrong_identity_is_refused_and_reported() {
-    let (ca, work, world) = (tmp(), tmp(), tmp());
-    identity::new_ca(ca.path());
-    let id = identity::start(ca.path(), None, "24h", work.path()).await;
     // Discovery says the pod runs as `web`; its proxy holds `impostor`'s identity.
-    let pod = pod(&id, "impostor", "strict", None).await;
-    write_world(world.path(), pod.ip, "web");
-    let ctl = controller::start(world.path(), "127.0.0.1:0".parse().expect("addr")).await;
-    let client = id
-        .proxy(proxy::new(), "client", "shop")
-        .env("DESTINATION_ADDR", ctl.destination)
-        .run()
-        .await;
-    client.wait_ready().await;
-    let rsp = client::get(client.outbound, WEB, "/").await;
+    let m = mesh_as("24h", "impostor").await;
+    let (caller, pod) = (&m.client, &m.web);
+    let rsp = client::get(caller.outbound, WEB, "/").await;
     assert_eq!(rsp.status, 502, "{}", rsp.text());
     let error = rsp.header("mesh-proxy-error");
     assert!(
