@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 /// A running controller; killed when dropped.
 #[derive(Debug)]
@@ -15,7 +15,7 @@ pub struct Controller {
 
 /// Starts `mesh-controller --source dir:DIR` on `destination` (port 0 for any).
 pub async fn start(dir: &Path, destination: SocketAddr) -> Controller {
-    let mut cmd = Command::new(crate::bin_path("mesh-controller"));
+    let mut cmd = crate::command("mesh-controller");
     cmd.env_clear()
         .env("MESH_CONTROLLER_SOURCE", format!("dir:{}", dir.display()))
         .env("MESH_CONTROLLER_DESTINATION_ADDR", destination.to_string())

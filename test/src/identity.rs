@@ -9,7 +9,7 @@ use std::time::Duration;
 use mesh_identity::ca::{self, GeneratedCa};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 /// A fresh trust anchor and issuer, valid for a day, written to `dir`.
 pub fn new_ca(dir: &Path) -> GeneratedCa {
@@ -43,7 +43,7 @@ pub async fn start(ca_dir: &Path, anchors: Option<&Path>, lifetime: &str, work: 
     let tokens_file = work.join("tokens.yaml");
     std::fs::write(&tokens_file, "tokens: []\n").expect("write tokens");
     let anchors = anchors.map_or_else(|| ca_dir.join(ca::TRUST_ANCHORS_FILE), Path::to_path_buf);
-    let mut cmd = Command::new(crate::bin_path("mesh-identity"));
+    let mut cmd = crate::command("mesh-identity");
     cmd.env_clear()
         .env("MESH_IDENTITY_ADDR", "127.0.0.1:0")
         .env("MESH_IDENTITY_ADMIN_ADDR", "127.0.0.1:0")

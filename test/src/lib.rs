@@ -12,6 +12,7 @@ pub mod client;
 pub mod controller;
 pub mod grpc;
 pub mod identity;
+pub mod images;
 pub mod load;
 pub mod mesh;
 pub mod proxy;
@@ -57,6 +58,12 @@ pub fn bin_path(name: &str) -> std::path::PathBuf {
         path.display()
     );
     path
+}
+
+/// A command that runs the workspace binary `name`: from `target/` (see [`bin_path`]), or
+/// from its container image once [`images::Images::activate`] was called.
+pub fn command(name: &str) -> tokio::process::Command {
+    images::command(name).unwrap_or_else(|| tokio::process::Command::new(bin_path(name)))
 }
 
 /// Spawns `cmd` (stderr piped, killed on drop), echoes its log prefixed with `tag`, and

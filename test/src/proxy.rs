@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 /// Settings for a proxy to start.
 #[derive(Debug, Default)]
@@ -35,7 +35,7 @@ impl Builder {
 
     /// Starts the proxy and waits until it listens.
     pub async fn run(self) -> Proxy {
-        let mut cmd = Command::new(crate::bin_path("mesh-proxy"));
+        let mut cmd = crate::command("mesh-proxy");
         cmd.env_clear()
             .env("MESH_PROXY_INBOUND_ADDR", "127.0.0.1:0")
             .env("MESH_PROXY_OUTBOUND_ADDR", "127.0.0.1:0")

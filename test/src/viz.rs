@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 /// A running mesh-viz; killed when dropped.
 #[derive(Debug)]
@@ -17,7 +17,7 @@ pub struct Viz {
 
 /// Starts `mesh-viz --source dir:DIR`, scraping every `interval` (e.g. `500ms`).
 pub async fn start(dir: &Path, interval: &str) -> Viz {
-    let mut cmd = Command::new(crate::bin_path("mesh-viz"));
+    let mut cmd = crate::command("mesh-viz");
     cmd.env_clear()
         .env("MESH_VIZ_SOURCE", format!("dir:{}", dir.display()))
         .env("MESH_VIZ_ADDR", "127.0.0.1:0")
