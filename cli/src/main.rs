@@ -10,6 +10,7 @@ mod check;
 mod demo;
 mod inject;
 mod install;
+mod profile;
 mod viz;
 
 /// mesh: a lightweight service mesh for Kubernetes.
@@ -141,6 +142,15 @@ enum Command {
         /// namespace), instead of --viz-addr.
         #[arg(long, value_name = "NAMESPACE", num_args = 0..=1, default_missing_value = "mesh")]
         kube: Option<String>,
+    },
+    /// Prints a ServiceProfile: `mesh profile --template NAME -n NS > profile.yaml`.
+    Profile {
+        /// A skeleton for Service NAME, every field the mesh acts on shown and explained.
+        #[arg(long, value_name = "NAME")]
+        template: String,
+        /// The Service's namespace.
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
     },
     /// Identity: the mesh's certificate authority.
     Identity {
@@ -315,6 +325,13 @@ fn main() -> anyhow::Result<()> {
                 &window,
                 output,
             ))
+        }
+        Command::Profile {
+            template,
+            namespace,
+        } => {
+            print!("{}", profile::template(&template, &namespace)?);
+            Ok(())
         }
         Command::Identity {
             command:

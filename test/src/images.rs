@@ -22,6 +22,10 @@ pub const IMAGES: [(&str, &str); 4] = [
 
 static ACTIVE: OnceLock<Images> = OnceLock::new();
 
+/// The label on every container the tests start: one test process runs images at a
+/// time, and what a killed run left behind is removed by the next.
+const LABEL: &str = "mesh-test=images";
+
 /// Images built under `registry` with `tag`, and how to run them here.
 #[derive(Clone, Debug)]
 pub struct Images {
@@ -65,7 +69,7 @@ impl Images {
         let images = Self {
             registry: registry.into(),
             tag: tag.into(),
-            label: format!("mesh-test={}", std::process::id()),
+            label: LABEL.into(),
             host_args: host_args(),
         };
         images.remove_containers();
@@ -89,8 +93,10 @@ impl Images {
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
-    /// `podman run` with this machine's settings, labelled for [`Self::remove_containers`];
-    /// add options, then the image and its arguments.
+    /// `podman run` as the mesh's manifests run containers (read-only root without
+    /// podman's writable tmpfs mounts, no capabilities, no privilege escalation) with
+    /// this machine's settings, labelled for [`Self::remove_containers`]; add options
+    /// (e.g. `--cap-add`), then the image and its arguments.
     pub fn podman_run(&self) -> Vec<String> {
         static N: AtomicU32 = AtomicU32::new(0);
         let name = format!(
@@ -101,6 +107,15 @@ impl Images {
         let mut args: Vec<String> = ["run", "--rm", "--name", &name, "--label", &self.label]
             .map(String::from)
             .into();
+        args.extend(
+            [
+                "--read-only",
+                "--read-only-tmpfs=false",
+                "--cap-drop=ALL",
+                "--security-opt=no-new-privileges",
+            ]
+            .map(String::from),
+        );
         args.extend(self.host_args.iter().cloned());
         args
     }
@@ -123,8 +138,6 @@ impl Images {
             "--network=host",
             // The command's own environment (set by the caller) goes into the container.
             "--env-host",
-            "--read-only",
-            "--cap-drop=ALL",
             &format!("--volume={tmp}:{tmp}:ro"),
             &self.image(image),
         ]);
@@ -152,9 +165,6 @@ impl Images {
 
 impl Drop for Images {
     fn drop(&mut self) {
-        if ACTIVE.get().is_none_or(|a| a.label != self.label) {
-            return;
-        }
         self.remove_containers();
     }
 }
