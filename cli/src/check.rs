@@ -241,40 +241,6 @@ mod tests {
     use kube::client::Body;
     use serde_json::{Value, json};
 
-    /// A fake API server: `objects` by path; anything else is 404.
-    async fn serve(
-        mut handle: tower_test::mock::Handle<Request<Body>, Response<Body>>,
-        objects: Vec<(&'static str, Value)>,
-        allowed: bool,
-    ) {
-        while let Some((req, respond)) = handle.next_request().await {
-            let path = req.uri().path().to_owned();
-            let (status, body) = if path.ends_with("/selfsubjectaccessreviews") {
-                let body = http_body_util::BodyExt::collect(req.into_body())
-                    .await
-                    .expect("body")
-                    .to_bytes();
-                let mut review: Value = serde_json::from_slice(&body).expect("json");
-                review["status"] = json!({"allowed": allowed});
-                (201, review)
-            } else if let Some((_, v)) = objects.iter().find(|(p, _)| *p == path) {
-                (200, v.clone())
-            } else {
-                (
-                    404,
-                    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": format!("{path} not found")}),
-                )
-            };
-            respond.send_response(
-                Response::builder()
-                    .status(status)
-                    .header("content-type", "application/json")
-                    .body(Body::from(serde_json::to_vec(&body).expect("json")))
-                    .expect("response"),
-            );
-        }
-    }
-
     fn version(minor: &str) -> (&'static str, Value) {
         (
             "/version",
@@ -285,7 +251,7 @@ mod tests {
     async fn checks(objects: Vec<(&'static str, Value)>, allowed: bool, pre: bool) -> Vec<Check> {
         let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let client = kube::Client::new(service, "default");
-        tokio::spawn(serve(handle, objects, allowed));
+        tokio::spawn(crate::fake_api::serve(handle, objects, allowed));
         run(client, pre).await
     }
 

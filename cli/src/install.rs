@@ -32,6 +32,86 @@ pub struct Options {
     pub version: String,
     /// Controller replicas.
     pub replicas: u32,
+    /// What the mesh already in the cluster uses, kept when no files are given.
+    pub installed: Option<Installed>,
+}
+
+/// The trust anchors, issuer and webhook certificate of a mesh already installed: kept
+/// by a new `mesh install`, since new ones would break the proxies already running.
+#[derive(Debug, Clone)]
+pub struct Installed {
+    /// The trust anchors (PEM): the ConfigMap's bundle, or the issuer Secret's `ca.crt`.
+    pub anchors: String,
+    /// The issuer certificate (PEM).
+    pub issuer_cert: String,
+    /// The issuer key (PEM).
+    pub issuer_key: String,
+    /// The webhook's CA bundle, certificate and key (PEM), when all three are there.
+    pub webhook: Option<(String, String, String)>,
+}
+
+/// Reads what a mesh installed in the cluster uses: `None` if there is no issuer
+/// Secret; an error if the API cannot say, or what it holds does not check out.
+pub async fn installed(client: kube::Client) -> anyhow::Result<Option<Installed>> {
+    use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+    use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+    use kube::Api;
+
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "mesh");
+    let Some(issuer) = secrets
+        .get_opt("mesh-identity-issuer")
+        .await
+        .context("cannot read Secret mesh/mesh-identity-issuer")?
+    else {
+        return Ok(None);
+    };
+    let data = |s: &Secret, key: &str| -> Option<String> {
+        let bytes = s.data.as_ref()?.get(key)?;
+        String::from_utf8(bytes.0.clone()).ok()
+    };
+    let issuer_field = |key: &str| {
+        data(&issuer, key).with_context(|| {
+            format!("Secret mesh/mesh-identity-issuer has no {key} (PEM): fix it, or pass --identity-* files")
+        })
+    };
+    let (issuer_cert, issuer_key) = (issuer_field("tls.crt")?, issuer_field("tls.key")?);
+    let bundle = Api::<ConfigMap>::namespaced(client.clone(), "mesh")
+        .get_opt("mesh-identity-trust-anchors")
+        .await
+        .context("cannot read ConfigMap mesh/mesh-identity-trust-anchors")?
+        .and_then(|cm| cm.data?.get("ca-bundle.crt").cloned());
+    let anchors = match bundle {
+        Some(b) => b,
+        None => issuer_field("ca.crt")?,
+    };
+    mesh_identity::ca::Issuer::from_pem(anchors.as_bytes(), issuer_cert.as_bytes(), &issuer_key)
+        .context("the installed mesh's issuer does not check out under its trust anchors")?;
+
+    let webhook_tls = secrets
+        .get_opt("mesh-proxy-injector-tls")
+        .await
+        .context("cannot read Secret mesh/mesh-proxy-injector-tls")?;
+    let ca_bundle = Api::<MutatingWebhookConfiguration>::all(client)
+        .get_opt("mesh-proxy-injector")
+        .await
+        .context("cannot read MutatingWebhookConfiguration mesh-proxy-injector")?
+        .and_then(|w| {
+            let bundle = w.webhooks?.first()?.client_config.ca_bundle.clone()?;
+            String::from_utf8(bundle.0).ok()
+        });
+    let webhook = match (webhook_tls, ca_bundle) {
+        (Some(tls), Some(ca)) => match (data(&tls, "tls.crt"), data(&tls, "tls.key")) {
+            (Some(cert), Some(key)) => Some((ca, cert, key)),
+            _ => None,
+        },
+        _ => None,
+    };
+    Ok(Some(Installed {
+        anchors,
+        issuer_cert,
+        issuer_key,
+        webhook,
+    }))
 }
 
 /// Indents every line of `text` by `n` spaces (for block scalars).
@@ -93,13 +173,21 @@ pub fn render(o: &Options) -> anyhow::Result<String> {
                 .context("the given issuer does not check out")?;
             (a, c, k)
         }
+        (None, None, None) if o.installed.is_some() => {
+            let i = o.installed.as_ref().expect("checked");
+            (
+                i.anchors.clone(),
+                i.issuer_cert.clone(),
+                i.issuer_key.clone(),
+            )
+        }
         (None, None, None) => {
             let g = mesh_identity::ca::generate(
                 Duration::from_secs(10 * 365 * 86_400),
                 Duration::from_secs(365 * 86_400),
             )?;
             eprintln!(
-                "generated a new trust anchor and issuer. Apply this once: applied over a running mesh it replaces the trust anchors and breaks existing proxies. To re-apply or upgrade, keep a CA with `mesh identity ca --out DIR` and pass it with --identity-* files."
+                "generated a new trust anchor and issuer (no mesh found in the cluster). To rotate the issuer later, keep your own CA: `mesh identity ca --out DIR`, then --identity-* files."
             );
             (g.trust_anchor_pem, g.issuer_cert_pem, g.issuer_key_pem)
         }
@@ -107,7 +195,11 @@ pub fn render(o: &Options) -> anyhow::Result<String> {
             "give all three of --identity-trust-anchors-file, --identity-issuer-certificate-file and --identity-issuer-key-file, or none"
         ),
     };
-    let (webhook_ca, webhook_cert, webhook_key) = webhook_tls()?;
+    let (webhook_ca, webhook_cert, webhook_key) =
+        match o.installed.as_ref().and_then(|i| i.webhook.clone()) {
+            Some(kept) => kept,
+            None => webhook_tls()?,
+        };
     let (reg, ver, replicas) = (&o.registry, &o.version, o.replicas);
     // The controller reads its webhook certificate and the trust anchors at start: a
     // change to either rolls it.
@@ -172,4 +264,148 @@ pub fn render(o: &Options) -> anyhow::Result<String> {
         b64(webhook_ca.as_bytes())?
     ));
     Ok(docs.join("\n---\n") + "\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake_api::{serve, status};
+    use http::{Request, Response};
+    use kube::client::Body;
+    use serde_json::{Value, json};
+
+    const ISSUER: &str = "/api/v1/namespaces/mesh/secrets/mesh-identity-issuer";
+    const ANCHORS: &str = "/api/v1/namespaces/mesh/configmaps/mesh-identity-trust-anchors";
+    const WEBHOOK_TLS: &str = "/api/v1/namespaces/mesh/secrets/mesh-proxy-injector-tls";
+    const WEBHOOK: &str =
+        "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/mesh-proxy-injector";
+
+    fn b(s: &str) -> String {
+        b64(s.as_bytes()).expect("b64")
+    }
+
+    type Cluster = (
+        mesh_identity::ca::GeneratedCa,
+        (String, String, String),
+        Vec<(&'static str, Value)>,
+    );
+
+    /// The objects a `mesh install` leaves in a cluster, from a fresh CA.
+    fn cluster() -> Cluster {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let ca =
+            mesh_identity::ca::generate(Duration::from_secs(86_400), Duration::from_secs(86_400))
+                .expect("CA");
+        let tls = webhook_tls().expect("webhook TLS");
+        let objects = vec![
+            (
+                ISSUER,
+                json!({"apiVersion": "v1", "kind": "Secret",
+                       "metadata": {"name": "mesh-identity-issuer", "namespace": "mesh"},
+                       "data": {"ca.crt": b(&ca.trust_anchor_pem), "tls.crt": b(&ca.issuer_cert_pem),
+                                "tls.key": b(&ca.issuer_key_pem)}}),
+            ),
+            (
+                ANCHORS,
+                json!({"apiVersion": "v1", "kind": "ConfigMap",
+                       "metadata": {"name": "mesh-identity-trust-anchors", "namespace": "mesh"},
+                       "data": {"ca-bundle.crt": ca.trust_anchor_pem}}),
+            ),
+            (
+                WEBHOOK_TLS,
+                json!({"apiVersion": "v1", "kind": "Secret",
+                       "metadata": {"name": "mesh-proxy-injector-tls", "namespace": "mesh"},
+                       "data": {"tls.crt": b(&tls.1), "tls.key": b(&tls.2)}}),
+            ),
+            (
+                WEBHOOK,
+                json!({"apiVersion": "admissionregistration.k8s.io/v1",
+                       "kind": "MutatingWebhookConfiguration",
+                       "metadata": {"name": "mesh-proxy-injector"},
+                       "webhooks": [{"name": "inject.mesh.io", "clientConfig": {"caBundle": b(&tls.0)},
+                                     "sideEffects": "None", "admissionReviewVersions": ["v1"]}]}),
+            ),
+        ];
+        (ca, tls, objects)
+    }
+
+    async fn lookup(objects: Vec<(&'static str, Value)>) -> anyhow::Result<Option<Installed>> {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        tokio::spawn(serve(handle, objects, true));
+        installed(kube::Client::new(service, "default")).await
+    }
+
+    fn options(installed: Option<Installed>) -> Options {
+        Options {
+            crds_only: false,
+            trust_anchors: None,
+            issuer_cert: None,
+            issuer_key: None,
+            registry: "r".into(),
+            version: "v".into(),
+            replicas: 1,
+            installed,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_installed_mesh_keeps_its_ca_and_webhook_certificate() {
+        let (ca, tls, objects) = cluster();
+        let found = lookup(objects).await.expect("lookup").expect("found");
+        assert_eq!(found.anchors, ca.trust_anchor_pem);
+        assert_eq!(found.issuer_cert, ca.issuer_cert_pem);
+        assert_eq!(found.issuer_key, ca.issuer_key_pem);
+        assert_eq!(found.webhook.as_ref(), Some(&tls));
+
+        let text = render(&options(Some(found.clone()))).expect("render");
+        for kept in [
+            b(&ca.trust_anchor_pem),
+            b(&ca.issuer_cert_pem),
+            b(&ca.issuer_key_pem),
+            b(&tls.0),
+            b(&tls.1),
+            b(&tls.2),
+        ] {
+            assert!(text.contains(&kept), "not kept: {kept}");
+        }
+        // Rendered again, the same: re-applying changes nothing, not even the
+        // controller's checksum annotation.
+        assert_eq!(render(&options(Some(found))).expect("render"), text);
+    }
+
+    #[tokio::test]
+    async fn a_cluster_without_the_mesh_gets_a_new_ca() {
+        assert!(lookup(Vec::new()).await.expect("lookup").is_none());
+        // Without the webhook objects and the ConfigMap, the CA is still kept, its
+        // anchors from the issuer Secret's ca.crt.
+        let (ca, _, mut objects) = cluster();
+        objects.retain(|(p, _)| *p == ISSUER);
+        let found = lookup(objects).await.expect("lookup").expect("found");
+        assert!(found.webhook.is_none());
+        assert_eq!(found.anchors, ca.trust_anchor_pem);
+    }
+
+    #[tokio::test]
+    async fn what_cannot_be_read_or_does_not_check_out_is_an_error() {
+        let err = lookup(vec![(ISSUER, status(403, "Forbidden"))])
+            .await
+            .expect_err("forbidden");
+        assert!(
+            format!("{err:#}").contains("cannot read Secret mesh/mesh-identity-issuer"),
+            "{err:#}"
+        );
+        // Anchors that did not sign the issuer: refused, not replaced.
+        let (_, _, mut objects) = cluster();
+        let (other, _, _) = cluster();
+        objects[1].1["data"]["ca-bundle.crt"] = json!(other.trust_anchor_pem);
+        let err = lookup(objects).await.expect_err("foreign anchor");
+        assert!(format!("{err:#}").contains("does not check out"), "{err:#}");
+        // A Secret without its key.
+        let (_, _, mut objects) = cluster();
+        if let Some(data) = objects[0].1["data"].as_object_mut() {
+            data.remove("tls.key");
+        }
+        let err = lookup(objects).await.expect_err("no key");
+        assert!(format!("{err:#}").contains("has no tls.key"), "{err:#}");
+    }
 }

@@ -8,6 +8,8 @@ use clap::{Parser, Subcommand};
 
 mod check;
 mod demo;
+#[cfg(test)]
+mod fake_api;
 mod inject;
 mod install;
 mod profile;
@@ -70,6 +72,11 @@ enum Command {
         /// Controller replicas.
         #[arg(long, default_value_t = 1)]
         controller_replicas: u32,
+        /// Do not look in the cluster of the current kubeconfig for a mesh already
+        /// installed (whose trust anchors, issuer and webhook certificate are otherwise
+        /// kept): render as for a new cluster.
+        #[arg(long)]
+        ignore_cluster: bool,
     },
     /// Checks the cluster of the current kubeconfig: `--pre` before installing.
     Check {
@@ -238,7 +245,16 @@ fn main() -> anyhow::Result<()> {
             registry,
             version,
             controller_replicas,
+            ignore_cluster,
         } => {
+            let files_given = identity_trust_anchors_file.is_some()
+                || identity_issuer_certificate_file.is_some()
+                || identity_issuer_key_file.is_some();
+            let installed = if crds || ignore_cluster {
+                None
+            } else {
+                runtime()?.block_on(installed_mesh(files_given))?
+            };
             let text = install::render(&install::Options {
                 crds_only: crds,
                 trust_anchors: identity_trust_anchors_file,
@@ -247,6 +263,7 @@ fn main() -> anyhow::Result<()> {
                 registry,
                 version,
                 replicas: controller_replicas,
+                installed,
             })?;
             print!("{text}");
             Ok(())
@@ -351,6 +368,42 @@ fn main() -> anyhow::Result<()> {
                     force,
                 },
         } => identity_issuer(anchor, out, issuer_days, force),
+    }
+}
+
+/// The mesh already installed in the cluster of the current kubeconfig, if any. Without
+/// a kubeconfig there is no cluster to look at; a cluster that cannot say is an error,
+/// unless the identity files were given (then only the webhook certificate is new).
+async fn installed_mesh(files_given: bool) -> anyhow::Result<Option<install::Installed>> {
+    let client = match kube::Client::try_default().await {
+        Ok(client) => client,
+        Err(e) => {
+            eprintln!("no cluster to look for an installed mesh in ({e})");
+            return Ok(None);
+        }
+    };
+    let found = tokio::time::timeout(Duration::from_secs(15), install::installed(client))
+        .await
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("the Kubernetes API did not answer in 15s")));
+    match found {
+        Ok(Some(installed)) => {
+            let kept = match (files_given, installed.webhook.is_some()) {
+                (false, true) => "the trust anchors, issuer and webhook certificate",
+                (false, false) => "the trust anchors and issuer",
+                (true, true) => "the webhook certificate",
+                (true, false) => "nothing",
+            };
+            eprintln!("keeping {kept} of the mesh installed in the cluster");
+            Ok(Some(installed))
+        }
+        Ok(None) => Ok(None),
+        Err(e) if files_given => {
+            eprintln!("warning: {e:#}; the webhook certificate will be new");
+            Ok(None)
+        }
+        Err(e) => Err(e.context(
+            "cannot tell whether the cluster already runs the mesh, whose trust anchors a new install would replace (breaking its proxies); pass --ignore-cluster to render for a new cluster anyway",
+        )),
     }
 }
 

@@ -9,9 +9,17 @@ use std::process::Command;
 
 use serde_yaml::Value;
 
+/// `mesh ARGS` with no cluster to look at (no kubeconfig, not in a pod).
 fn mesh(args: &[&str]) -> std::process::Output {
+    mesh_with(args, Path::new("/nonexistent/kubeconfig"))
+}
+
+/// `mesh ARGS` with `kubeconfig`.
+fn mesh_with(args: &[&str], kubeconfig: &Path) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_mesh"))
         .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .env_remove("KUBERNETES_SERVICE_HOST")
         .output()
         .expect("run mesh")
 }
@@ -182,10 +190,8 @@ fn crds_only_and_given_issuers() {
             file(key),
         ]
     };
-    let out = Command::new(env!("CARGO_BIN_EXE_mesh"))
-        .args(args("tls.key"))
-        .output()
-        .expect("run");
+    let args_key = args("tls.key");
+    let out = mesh(&args_key.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(
         out.status.success(),
         "{}",
@@ -202,10 +208,8 @@ fn crds_only_and_given_issuers() {
         Some(anchors.trim())
     );
     // The anchor's key is not the issuer's: refused before anything is printed.
-    let out = Command::new(env!("CARGO_BIN_EXE_mesh"))
-        .args(args("ca.key"))
-        .output()
-        .expect("run");
+    let args_key = args("ca.key");
+    let out = mesh(&args_key.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(!out.status.success());
     assert!(out.stdout.is_empty());
     assert!(
@@ -213,4 +217,118 @@ fn crds_only_and_given_issuers() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A fake Kubernetes API over HTTP on loopback: GETs of `objects`' paths answer their
+/// JSON, anything else 404 (or `fail` for every path); plus a kubeconfig naming it.
+fn fake_api(dir: &Path, objects: Vec<(String, String)>, fail: Option<u16>) -> std::path::PathBuf {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+            let mut request = String::new();
+            let _ = reader.read_line(&mut request);
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+            }
+            let path = request.split_whitespace().nth(1).unwrap_or("/").to_owned();
+            let path = path.split('?').next().unwrap_or("/").to_owned();
+            let (code, body) = match (fail, objects.iter().find(|(p, _)| *p == path)) {
+                (Some(code), _) => (code, format!(r#"{{"kind":"Status","apiVersion":"v1","status":"Failure","code":{code},"message":"broken"}}"#)),
+                (None, Some((_, body))) => (200, body.clone()),
+                (None, None) => (404, r#"{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404}"#.to_owned()),
+            };
+            let _ = write!(
+                conn,
+                "HTTP/1.1 {code} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    let kubeconfig = dir.join(format!("kubeconfig-{}", addr.port()));
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: fake, cluster: {{server: \"http://{addr}\"}}}}]\n\
+             users: [{{name: u, user: {{}}}}]\ncontexts: [{{name: c, context: {{cluster: fake, user: u}}}}]\n\
+             current-context: c\n"
+        ),
+    )
+    .expect("kubeconfig");
+    kubeconfig
+}
+
+fn b64(bytes: &[u8]) -> String {
+    serde_json::to_value(k8s_openapi::ByteString(bytes.to_vec()))
+        .expect("b64")
+        .as_str()
+        .expect("string")
+        .to_owned()
+}
+
+#[test]
+fn install_keeps_the_ca_of_the_mesh_already_in_the_cluster() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = dir.path().join("ca");
+    assert!(
+        mesh(&["identity", "ca", "--out", ca.to_str().expect("p")])
+            .status
+            .success()
+    );
+    let read = |f: &str| std::fs::read(ca.join(f)).expect("CA file");
+    let issuer = format!(
+        r#"{{"apiVersion":"v1","kind":"Secret","metadata":{{"name":"mesh-identity-issuer","namespace":"mesh"}},"data":{{"ca.crt":"{}","tls.crt":"{}","tls.key":"{}"}}}}"#,
+        b64(&read("ca.crt")),
+        b64(&read("tls.crt")),
+        b64(&read("tls.key"))
+    );
+    let kubeconfig = fake_api(
+        dir.path(),
+        vec![(
+            "/api/v1/namespaces/mesh/secrets/mesh-identity-issuer".into(),
+            issuer,
+        )],
+        None,
+    );
+    let out = mesh_with(&["install"], &kubeconfig);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("keeping the trust anchors and issuer"),
+        "{stderr}"
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let secret = docs(&text)
+        .into_iter()
+        .find(|d| d["kind"] == "Secret" && d["metadata"]["name"] == "mesh-identity-issuer")
+        .expect("issuer Secret");
+    for (key, file) in [
+        ("ca.crt", "ca.crt"),
+        ("tls.crt", "tls.crt"),
+        ("tls.key", "tls.key"),
+    ] {
+        assert_eq!(
+            secret["data"][key].as_str(),
+            Some(b64(&read(file)).as_str()),
+            "{key}"
+        );
+    }
+
+    // A cluster that cannot say: refused rather than a new CA over a running mesh…
+    let broken = fake_api(dir.path(), Vec::new(), Some(500));
+    let out = mesh_with(&["install"], &broken);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--ignore-cluster"), "{stderr}");
+    // …unless asked.
+    let out = mesh_with(&["install", "--ignore-cluster"], &broken);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("generated a new trust anchor"));
 }
