@@ -4,7 +4,7 @@
 //! rate, the latency each row adds over direct, maximum throughput at a fixed
 //! concurrency, and each proxy's peak RSS and CPU seconds per 10,000 requests.
 //!
-//! `cargo run --release -p mesh-test --bin mesh-bench -- --help`
+//! `cargo run --profile dist -p mesh-test --bin mesh-bench -- --help`
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
