@@ -89,28 +89,26 @@ fn validate(path: &Path) {
     assert!(!text.contains("ERROR"), "{text}");
 }
 
-/// Renders and lints `charts/mesh` with Helm's engine, with `ca` as the identity values.
-fn render_chart(chart: &Path, ca: &Path) -> String {
+/// Renders and lints `chart` with Helm's engine and `values` (release `mesh` in
+/// namespace `mesh`): its CRDs, then its templates.
+fn render_chart(chart: &Path, values: &serde_json::Value) -> String {
     let script = r#"
 import json, sys
 import helm_python as helm
-chart, ca = sys.argv[1], sys.argv[2]
-read = lambda f: open(f"{ca}/{f}").read()
-values = {"namespace": {"create": True}, "identity": {"trustAnchorsPEM": read("ca.crt"),
-                       "issuer": {"crtPEM": read("tls.crt"), "keyPEM": read("tls.key")}}}
+chart, values = sys.argv[1], json.loads(sys.argv[2])
 lint = helm.lint(chart, values, namespace="mesh", strict=True)
 if lint["errors"] or any(m["severity"] >= 2 for m in lint["messages"]):
     sys.exit(f"helm lint: {lint}")
 c = helm.Chart.load(chart)
 out = [crd["data"] for crd in c.crds]
 out += [text for name, text in sorted(c.render(values, name="mesh", namespace="mesh").items())
-        if name.endswith(".yaml")]
+        if name.endswith(".yaml") and text.strip()]
 print("\n---\n".join(out))
 "#;
     let out = Command::new("python3")
         .args(["-c", script])
         .arg(chart)
-        .arg(ca)
+        .arg(values.to_string())
         .output()
         .expect("python3 with helm-python-sdk (pip install helm-python-sdk)");
     assert!(
@@ -119,6 +117,18 @@ print("\n---\n".join(out))
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The chart values for `charts/mesh` with the CA in `ca`.
+fn mesh_values(ca: &Path) -> serde_json::Value {
+    let read = |f: &str| std::fs::read_to_string(ca.join(f)).expect("CA file");
+    serde_json::json!({
+        "namespace": {"create": true},
+        "identity": {
+            "trustAnchorsPEM": read("ca.crt"),
+            "issuer": {"crtPEM": read("tls.crt"), "keyPEM": read("tls.key")},
+        },
+    })
 }
 
 #[test]
@@ -147,7 +157,7 @@ fn install_and_the_chart_make_the_same_valid_objects() {
             .success()
     );
     let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/mesh");
-    let rendered_text = render_chart(&chart, &ca);
+    let rendered_text = render_chart(&chart, &mesh_values(&ca));
     let rendered = docs(&rendered_text);
     for d in &rendered {
         typed(d);
@@ -331,4 +341,89 @@ fn install_keeps_the_ca_of_the_mesh_already_in_the_cluster() {
     let out = mesh_with(&["install", "--ignore-cluster"], &broken);
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("generated a new trust anchor"));
+}
+
+#[test]
+fn the_viz_chart_renders_lints_and_validates() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/mesh-viz");
+    for (values, dashboard) in [
+        (serde_json::json!({}), false),
+        (
+            serde_json::json!({"grafanaDashboard": {"enabled": true}}),
+            true,
+        ),
+    ] {
+        let text = render_chart(&chart, &values);
+        let rendered = docs(&text);
+        for d in &rendered {
+            typed(d);
+        }
+        let path = dir.path().join("viz.yaml");
+        std::fs::write(&path, &text).expect("write");
+        validate(&path);
+        let find = |kind: &str, name: &str| {
+            rendered
+                .iter()
+                .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+                .cloned()
+        };
+        // What `mesh viz --kube` reaches: Service mesh-viz, port 8084, in `mesh`.
+        let svc = find("Service", "mesh-viz").expect("Service mesh-viz");
+        assert_eq!(svc["metadata"]["namespace"], "mesh");
+        assert_eq!(svc["spec"]["ports"][0]["port"].as_u64(), Some(8084));
+        let deploy = find("Deployment", "mesh-viz").expect("Deployment");
+        let container = &deploy["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(container["image"], "ghcr.io/mesh/viz:0.1.0");
+        let env: Vec<(String, String)> = container["env"]
+            .as_sequence()
+            .expect("env")
+            .iter()
+            .map(|e| {
+                let s = |k: &str| e[k].as_str().unwrap_or_default().to_owned();
+                (s("name"), s("value"))
+            })
+            .collect();
+        assert!(
+            env.contains(&("MESH_VIZ_SOURCE".into(), "kubernetes".into())),
+            "{env:?}"
+        );
+        // It may read what the destination service reads, and nothing else.
+        let rules = |doc: &Value| {
+            let mut r: Vec<String> = doc["rules"]
+                .as_sequence()
+                .expect("rules")
+                .iter()
+                .filter(|r| {
+                    r["verbs"]
+                        .as_sequence()
+                        .is_some_and(|v| v.iter().any(|v| v == "watch"))
+                })
+                .map(|r| serde_yaml::to_string(r).expect("yaml"))
+                .collect();
+            r.sort();
+            r
+        };
+        let viz_role = find("ClusterRole", "mesh-viz").expect("ClusterRole");
+        for rule in viz_role["rules"].as_sequence().expect("rules") {
+            assert_eq!(
+                rule["verbs"],
+                serde_yaml::from_str::<Value>("[get, list, watch]").expect("yaml"),
+                "read-only"
+            );
+        }
+        let out = mesh(&["install"]);
+        let controller_role = docs(&String::from_utf8_lossy(&out.stdout))
+            .into_iter()
+            .find(|d| d["kind"] == "ClusterRole" && d["metadata"]["name"] == "mesh-controller")
+            .expect("controller role");
+        assert_eq!(rules(&viz_role), rules(&controller_role));
+        let cm = find("ConfigMap", "mesh-viz-grafana-dashboard");
+        assert_eq!(cm.is_some(), dashboard);
+        if let Some(cm) = cm {
+            let json = cm["data"]["mesh.json"].as_str().expect("dashboard");
+            let parsed: serde_json::Value = serde_json::from_str(json).expect("dashboard JSON");
+            assert!(parsed["panels"].is_array());
+        }
+    }
 }

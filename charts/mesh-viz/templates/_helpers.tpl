@@ -1,0 +1,1 @@
+{{- define "mesh-viz.tag" -}}{{ .Values.image.tag | default .Chart.AppVersion }}{{- end -}}
