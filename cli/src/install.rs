@@ -50,8 +50,49 @@ pub struct Installed {
     pub webhook: Option<(String, String, String)>,
 }
 
+/// The cluster runs the mesh, but its identity does not check out: an error that a new
+/// CA must not paper over (unlike an API that cannot be asked).
+#[derive(Debug)]
+pub struct Broken;
+
+impl std::fmt::Display for Broken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(
+            "the mesh installed in the cluster has an identity that does not check out: fix Secret mesh/mesh-identity-issuer, or pass the mesh's CA with the --identity-* files",
+        )
+    }
+}
+
+/// The certificates in a PEM bundle, one PEM block each, in order.
+fn pem_blocks(pem: &str) -> Vec<String> {
+    const END: &str = "-----END CERTIFICATE-----";
+    pem.split_inclusive(END)
+        .map(str::trim)
+        .filter(|b| b.ends_with(END))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `a`'s certificates, then those of `b` not already in `a`, as one bundle.
+pub fn merge_bundles(a: &str, b: &str) -> String {
+    let mut blocks = pem_blocks(a);
+    for block in pem_blocks(b) {
+        if !blocks.contains(&block) {
+            blocks.push(block);
+        }
+    }
+    blocks.join("\n") + "\n"
+}
+
+/// Whether every certificate of `installed` is in `given`.
+pub fn bundle_includes(given: &str, installed: &str) -> bool {
+    let given = pem_blocks(given);
+    pem_blocks(installed).iter().all(|b| given.contains(b))
+}
+
 /// Reads what a mesh installed in the cluster uses: `None` if there is no issuer
-/// Secret; an error if the API cannot say, or what it holds does not check out.
+/// Secret; an error if the API cannot say, or ([`Broken`]) what it holds does not
+/// check out. The webhook certificate is best effort: unreadable, a new one is made.
 pub async fn installed(client: kube::Client) -> anyhow::Result<Option<Installed>> {
     use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
     use k8s_openapi::api::core::v1::{ConfigMap, Secret};
@@ -70,9 +111,9 @@ pub async fn installed(client: kube::Client) -> anyhow::Result<Option<Installed>
         String::from_utf8(bytes.0.clone()).ok()
     };
     let issuer_field = |key: &str| {
-        data(&issuer, key).with_context(|| {
-            format!("Secret mesh/mesh-identity-issuer has no {key} (PEM): fix it, or pass --identity-* files")
-        })
+        data(&issuer, key)
+            .with_context(|| format!("Secret mesh/mesh-identity-issuer has no {key} (PEM)"))
+            .context(Broken)
     };
     let (issuer_cert, issuer_key) = (issuer_field("tls.crt")?, issuer_field("tls.key")?);
     let bundle = Api::<ConfigMap>::namespaced(client.clone(), "mesh")
@@ -80,25 +121,39 @@ pub async fn installed(client: kube::Client) -> anyhow::Result<Option<Installed>
         .await
         .context("cannot read ConfigMap mesh/mesh-identity-trust-anchors")?
         .and_then(|cm| cm.data?.get("ca-bundle.crt").cloned());
-    let anchors = match bundle {
-        Some(b) => b,
-        None => issuer_field("ca.crt")?,
+    // During an anchor rotation the two may differ: keep every anchor either holds.
+    let anchors = match (bundle, data(&issuer, "ca.crt")) {
+        (Some(b), Some(c)) => merge_bundles(&b, &c),
+        (Some(b), None) => b,
+        (None, _) => issuer_field("ca.crt")?,
     };
     mesh_identity::ca::Issuer::from_pem(anchors.as_bytes(), issuer_cert.as_bytes(), &issuer_key)
-        .context("the installed mesh's issuer does not check out under its trust anchors")?;
+        .context("its issuer does not check out under its trust anchors")
+        .context(Broken)?;
 
-    let webhook_tls = secrets
-        .get_opt("mesh-proxy-injector-tls")
-        .await
-        .context("cannot read Secret mesh/mesh-proxy-injector-tls")?;
-    let ca_bundle = Api::<MutatingWebhookConfiguration>::all(client)
+    let webhook_tls = match secrets.get_opt("mesh-proxy-injector-tls").await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!(
+                "warning: cannot read Secret mesh/mesh-proxy-injector-tls ({e}): the webhook certificate will be new"
+            );
+            None
+        }
+    };
+    let ca_bundle = match Api::<MutatingWebhookConfiguration>::all(client)
         .get_opt("mesh-proxy-injector")
         .await
-        .context("cannot read MutatingWebhookConfiguration mesh-proxy-injector")?
-        .and_then(|w| {
-            let bundle = w.webhooks?.first()?.client_config.ca_bundle.clone()?;
-            String::from_utf8(bundle.0).ok()
-        });
+    {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("warning: cannot read MutatingWebhookConfiguration mesh-proxy-injector ({e}): the webhook certificate will be new");
+            None
+        }
+    }
+    .and_then(|w| {
+        let bundle = w.webhooks?.first()?.client_config.ca_bundle.clone()?;
+        String::from_utf8(bundle.0).ok()
+    });
     let webhook = match (webhook_tls, ca_bundle) {
         (Some(tls), Some(ca)) => match (data(&tls, "tls.crt"), data(&tls, "tls.key")) {
             (Some(cert), Some(key)) => Some((ca, cert, key)),
@@ -155,6 +210,17 @@ fn webhook_tls() -> anyhow::Result<(String, String, String)> {
     Ok((ca.pem(), cert.pem(), key.serialize_pem()))
 }
 
+/// FNV-1a over `parts` (each followed by a 0 byte): a checksum that, unlike std's
+/// hasher, stays the same across builds and Rust releases.
+fn fnv1a<const N: usize>(parts: [&str; N]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in parts.iter().flat_map(|p| p.bytes().chain([0])) {
+        h ^= u64::from(byte);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
 /// The manifests, as one multi-document YAML text.
 pub fn render(o: &Options) -> anyhow::Result<String> {
     let mut docs: Vec<String> = CRDS.iter().map(|c| c.trim_end().to_owned()).collect();
@@ -203,12 +269,7 @@ pub fn render(o: &Options) -> anyhow::Result<String> {
     let (reg, ver, replicas) = (&o.registry, &o.version, o.replicas);
     // The controller reads its webhook certificate and the trust anchors at start: a
     // change to either rolls it.
-    let checksum = {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        (&webhook_cert, &anchors).hash(&mut h);
-        format!("{:016x}", h.finish())
-    };
+    let checksum = format!("{:016x}", fnv1a([&webhook_cert, &anchors]));
     docs.push(
         "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: mesh\n  labels:\n    mesh.io/control-plane: \"true\"\n  annotations:\n    mesh.io/inject: disabled".into(),
     );
@@ -243,7 +304,7 @@ pub fn render(o: &Options) -> anyhow::Result<String> {
             "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata:\n  name: {name}\nroleRef:\n  apiGroup: rbac.authorization.k8s.io\n  kind: ClusterRole\n  name: {name}\nsubjects:\n- kind: ServiceAccount\n  name: {name}\n  namespace: mesh"
         ));
     }
-    let security = "securityContext:\n          allowPrivilegeEscalation: false\n          capabilities:\n            drop: [ALL]\n          readOnlyRootFilesystem: true\n          runAsNonRoot: true\n          runAsUser: 2103";
+    let security = "securityContext:\n          allowPrivilegeEscalation: false\n          capabilities:\n            drop: [ALL]\n          readOnlyRootFilesystem: true\n          runAsNonRoot: true\n          runAsUser: 2103\n          seccompProfile:\n            type: RuntimeDefault";
     docs.push(format!(
         "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: mesh-identity\n  namespace: mesh\n  labels:\n    app.kubernetes.io/name: mesh-identity\nspec:\n  replicas: 1\n  selector:\n    matchLabels:\n      app.kubernetes.io/name: mesh-identity\n  template:\n    metadata:\n      labels:\n        app.kubernetes.io/name: mesh-identity\n    spec:\n      serviceAccountName: mesh-identity\n      containers:\n      - name: identity\n        image: {reg}/identity:{ver}\n        env:\n        - name: MESH_IDENTITY_ISSUER_DIR\n          value: /var/run/mesh/issuer\n        - name: MESH_IDENTITY_TOKENS\n          value: kubernetes\n        - name: MESH_IDENTITY_NAMESPACE\n          value: mesh\n        ports:\n        - name: grpc\n          containerPort: 8080\n        - name: admin\n          containerPort: 9990\n        readinessProbe:\n          httpGet:\n            path: /ready\n            port: 9990\n        livenessProbe:\n          httpGet:\n            path: /live\n            port: 9990\n        resources:\n          requests:\n            cpu: 50m\n            memory: 20Mi\n          limits:\n            memory: 250Mi\n        {security}\n        volumeMounts:\n        - name: issuer\n          mountPath: /var/run/mesh/issuer\n          readOnly: true\n      volumes:\n      - name: issuer\n        secret:\n          secretName: mesh-identity-issuer"
     ));
@@ -374,7 +435,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_cluster_without_the_mesh_gets_a_new_ca() {
+    async fn no_issuer_secret_is_no_mesh_and_a_bare_issuer_secret_is_kept() {
         assert!(lookup(Vec::new()).await.expect("lookup").is_none());
         // Without the webhook objects and the ConfigMap, the CA is still kept, its
         // anchors from the issuer Secret's ca.crt.
@@ -397,9 +458,14 @@ mod tests {
         // Anchors that did not sign the issuer: refused, not replaced.
         let (_, _, mut objects) = cluster();
         let (other, _, _) = cluster();
+        objects[0].1["data"]["ca.crt"] = json!(b(&other.trust_anchor_pem));
         objects[1].1["data"]["ca-bundle.crt"] = json!(other.trust_anchor_pem);
         let err = lookup(objects).await.expect_err("foreign anchor");
         assert!(format!("{err:#}").contains("does not check out"), "{err:#}");
+        assert!(
+            err.downcast_ref::<Broken>().is_some(),
+            "a found mesh is Broken"
+        );
         // A Secret without its key.
         let (_, _, mut objects) = cluster();
         if let Some(data) = objects[0].1["data"].as_object_mut() {
@@ -407,5 +473,30 @@ mod tests {
         }
         let err = lookup(objects).await.expect_err("no key");
         assert!(format!("{err:#}").contains("has no tls.key"), "{err:#}");
+        assert!(err.downcast_ref::<Broken>().is_some());
+        // The API refusing is not Broken: it cannot say.
+        let err = lookup(vec![(ISSUER, status(500, "InternalError"))])
+            .await
+            .expect_err("500");
+        assert!(err.downcast_ref::<Broken>().is_none());
+    }
+
+    #[tokio::test]
+    async fn during_an_anchor_rotation_every_anchor_is_kept() {
+        // The ConfigMap still has only the old anchor; the issuer Secret's ca.crt the
+        // new one, which signed the issuer.
+        let (new, _, mut objects) = cluster();
+        let (old, _, _) = cluster();
+        objects[1].1["data"]["ca-bundle.crt"] = json!(old.trust_anchor_pem);
+        let found = lookup(objects).await.expect("lookup").expect("found");
+        assert!(bundle_includes(&found.anchors, &old.trust_anchor_pem));
+        assert!(bundle_includes(&found.anchors, &new.trust_anchor_pem));
+        assert_eq!(pem_blocks(&found.anchors).len(), 2);
+        // Merging is idempotent.
+        assert_eq!(
+            merge_bundles(&found.anchors, &new.trust_anchor_pem),
+            found.anchors
+        );
+        assert!(!bundle_includes(&new.trust_anchor_pem, &found.anchors));
     }
 }

@@ -255,6 +255,9 @@ fn main() -> anyhow::Result<()> {
             } else {
                 runtime()?.block_on(installed_mesh(files_given))?
             };
+            if let (Some(given), Some(installed)) = (&identity_trust_anchors_file, &installed) {
+                warn_dropped_anchors(given, installed);
+            }
             let text = install::render(&install::Options {
                 crds_only: crds,
                 trust_anchors: identity_trust_anchors_file,
@@ -371,20 +374,31 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-/// The mesh already installed in the cluster of the current kubeconfig, if any. Without
-/// a kubeconfig there is no cluster to look at; a cluster that cannot say is an error,
-/// unless the identity files were given (then only the webhook certificate is new).
+/// Whether a cluster is configured here: `KUBECONFIG` set, `~/.kube/config`, or a pod's
+/// in-cluster environment. (A `KUBECONFIG` naming a missing file counts: it is a
+/// mistake to report, not a reason to render for a new cluster.)
+fn cluster_configured() -> bool {
+    std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
+        || std::env::var_os("KUBECONFIG").is_some_and(|v| !v.is_empty())
+        || std::env::var_os("HOME")
+            .is_some_and(|h| std::path::Path::new(&h).join(".kube/config").exists())
+}
+
+/// The mesh already installed in the cluster of the current kubeconfig, if any. With no
+/// cluster configured there is none to look at. A cluster that cannot say, or whose
+/// mesh does not check out, is an error, unless the identity files were given (then
+/// only the webhook certificate is new).
 async fn installed_mesh(files_given: bool) -> anyhow::Result<Option<install::Installed>> {
-    let client = match kube::Client::try_default().await {
-        Ok(client) => client,
-        Err(e) => {
-            eprintln!("no cluster to look for an installed mesh in ({e})");
-            return Ok(None);
-        }
+    if !cluster_configured() {
+        eprintln!("no kubeconfig and not in a cluster: rendering for a new cluster");
+        return Ok(None);
+    }
+    let found = match kube::Client::try_default().await {
+        Ok(client) => tokio::time::timeout(Duration::from_secs(15), install::installed(client))
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the Kubernetes API did not answer in 15s"))),
+        Err(e) => Err(anyhow::Error::new(e).context("cannot load the kubeconfig")),
     };
-    let found = tokio::time::timeout(Duration::from_secs(15), install::installed(client))
-        .await
-        .unwrap_or_else(|_| Err(anyhow::anyhow!("the Kubernetes API did not answer in 15s")));
     match found {
         Ok(Some(installed)) => {
             let kept = match (files_given, installed.webhook.is_some()) {
@@ -401,9 +415,23 @@ async fn installed_mesh(files_given: bool) -> anyhow::Result<Option<install::Ins
             eprintln!("warning: {e:#}; the webhook certificate will be new");
             Ok(None)
         }
+        Err(e) if e.downcast_ref::<install::Broken>().is_some() => Err(e),
         Err(e) => Err(e.context(
             "cannot tell whether the cluster already runs the mesh, whose trust anchors a new install would replace (breaking its proxies); pass --ignore-cluster to render for a new cluster anyway",
         )),
+    }
+}
+
+/// Warns when the trust anchors in `given` leave out some of the installed mesh's:
+/// its running proxies would not trust certificates from the new issuer.
+fn warn_dropped_anchors(given: &std::path::Path, installed: &install::Installed) {
+    let Ok(given) = std::fs::read_to_string(given) else {
+        return; // render reports it
+    };
+    if !install::bundle_includes(&given, &installed.anchors) {
+        eprintln!(
+            "warning: the given trust anchors leave out some of the installed mesh's: its running proxies will refuse the new issuer's certificates until they restart. To rotate, give a bundle of both (see docs/identity.md)"
+        );
     }
 }
 

@@ -9,16 +9,24 @@ use std::process::Command;
 
 use serde_yaml::Value;
 
-/// `mesh ARGS` with no cluster to look at (no kubeconfig, not in a pod).
+/// `mesh ARGS` with no cluster configured (no KUBECONFIG, no ~/.kube/config, not in a
+/// pod).
 fn mesh(args: &[&str]) -> std::process::Output {
-    mesh_with(args, Path::new("/nonexistent/kubeconfig"))
+    Command::new(env!("CARGO_BIN_EXE_mesh"))
+        .args(args)
+        .env_remove("KUBECONFIG")
+        .env("HOME", "/nonexistent/home")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .expect("run mesh")
 }
 
-/// `mesh ARGS` with `kubeconfig`.
+/// `mesh ARGS` with `KUBECONFIG=kubeconfig`.
 fn mesh_with(args: &[&str], kubeconfig: &Path) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_mesh"))
         .args(args)
         .env("KUBECONFIG", kubeconfig)
+        .env("HOME", "/nonexistent/home")
         .env_remove("KUBERNETES_SERVICE_HOST")
         .output()
         .expect("run mesh")
@@ -341,6 +349,27 @@ fn install_keeps_the_ca_of_the_mesh_already_in_the_cluster() {
     let out = mesh_with(&["install", "--ignore-cluster"], &broken);
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("generated a new trust anchor"));
+
+    // A kubeconfig that is there but unusable (no such file, a missing current
+    // context) is a mistake to report, not a new cluster.
+    let no_context = dir.path().join("no-context");
+    std::fs::write(
+        &no_context,
+        "apiVersion: v1\nkind: Config\nclusters: []\nusers: []\ncontexts: []\ncurrent-context: gone\n",
+    )
+    .expect("write");
+    for kubeconfig in [no_context.as_path(), Path::new("/nonexistent/kubeconfig")] {
+        let out = mesh_with(&["install"], kubeconfig);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{}: {stderr}",
+            kubeconfig.display()
+        );
+        assert!(out.stdout.is_empty());
+        assert!(stderr.contains("cannot load the kubeconfig"), "{stderr}");
+    }
 }
 
 #[test]
@@ -384,10 +413,18 @@ fn the_viz_chart_renders_lints_and_validates() {
                 (s("name"), s("value"))
             })
             .collect();
-        assert!(
-            env.contains(&("MESH_VIZ_SOURCE".into(), "kubernetes".into())),
-            "{env:?}"
-        );
+        for (name, value) in [
+            ("MESH_VIZ_SOURCE", "kubernetes"),
+            ("MESH_VIZ_SCRAPE_INTERVAL", "2s"),
+            ("MESH_VIZ_RETENTION", "10m"),
+            ("MESH_VIZ_PROXY_ADMIN_PORT", "4191"),
+            ("MESH_VIZ_LOG", "info"),
+        ] {
+            assert!(
+                env.contains(&(name.into(), value.into())),
+                "{name}: {env:?}"
+            );
+        }
         // It may read what the destination service reads, and nothing else.
         let rules = |doc: &Value| {
             let mut r: Vec<String> = doc["rules"]

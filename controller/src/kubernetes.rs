@@ -42,21 +42,31 @@ pub fn traffic_splits() -> ApiResource {
 pub const KINDS: usize = 6;
 
 /// Watches every kind the index needs until the process ends, counting on `synced` the
-/// kinds listed so far. Watch errors are retried with backoff by kube-runtime.
-pub async fn run(client: Client, index: Arc<Index>, synced: tokio::sync::watch::Sender<usize>) {
+/// kinds listed so far. Watch errors are retried with backoff by kube-runtime. Objects
+/// refused get a Warning Event from `reporter` (e.g. `mesh-controller`); readers that
+/// only follow the cluster (viz) pass `None` and record nothing.
+pub async fn run(
+    client: Client,
+    index: Arc<Index>,
+    synced: tokio::sync::watch::Sender<usize>,
+    reporter: Option<&str>,
+) {
     let synced = &synced;
-    let reporter = Reporter {
-        controller: "mesh-controller".into(),
-        instance: std::env::var("HOSTNAME").ok(),
-    };
-    let recorder = Recorder::new(client.clone(), reporter);
+    let recorder = reporter.map(|controller| {
+        let reporter = Reporter {
+            controller: controller.into(),
+            instance: std::env::var("HOSTNAME").ok(),
+        };
+        Recorder::new(client.clone(), reporter)
+    });
+    let recorder = recorder.as_ref();
     let (sp, ts) = (service_profiles(), traffic_splits());
     tokio::join!(
         follow(
             Api::<Namespace>::all(client.clone()),
             Kind::Namespace,
             &index,
-            &recorder,
+            recorder,
             synced,
             |n| Ok(Object::Namespace(convert::namespace(n)))
         ),
@@ -64,7 +74,7 @@ pub async fn run(client: Client, index: Arc<Index>, synced: tokio::sync::watch::
             Api::<Service>::all(client.clone()),
             Kind::Service,
             &index,
-            &recorder,
+            recorder,
             synced,
             |s| convert::service(s).map(Object::Service).map_err(joined)
         ),
@@ -72,7 +82,7 @@ pub async fn run(client: Client, index: Arc<Index>, synced: tokio::sync::watch::
             Api::<Pod>::all(client.clone()),
             Kind::Pod,
             &index,
-            &recorder,
+            recorder,
             synced,
             |p| convert::pod(p).map(Object::Pod).map_err(joined)
         ),
@@ -80,7 +90,7 @@ pub async fn run(client: Client, index: Arc<Index>, synced: tokio::sync::watch::
             Api::<EndpointSlice>::all(client.clone()),
             Kind::EndpointSlice,
             &index,
-            &recorder,
+            recorder,
             synced,
             |s| convert::endpoint_slice(s)
                 .map(Object::EndpointSlice)
@@ -90,7 +100,7 @@ pub async fn run(client: Client, index: Arc<Index>, synced: tokio::sync::watch::
             Api::<DynamicObject>::all_with(client.clone(), &sp),
             Kind::ServiceProfile,
             &index,
-            &recorder,
+            recorder,
             synced,
             |o| spec(o).map(Object::ServiceProfile),
             sp.clone()
@@ -99,7 +109,7 @@ pub async fn run(client: Client, index: Arc<Index>, synced: tokio::sync::watch::
             Api::<DynamicObject>::all_with(client.clone(), &ts),
             Kind::TrafficSplit,
             &index,
-            &recorder,
+            recorder,
             synced,
             |o| spec(o).map(Object::TrafficSplit),
             ts.clone()
@@ -140,7 +150,7 @@ async fn follow<K>(
     api: Api<K>,
     kind: Kind,
     index: &Index,
-    recorder: &Recorder,
+    recorder: Option<&Recorder>,
     synced: &tokio::sync::watch::Sender<usize>,
     translate: fn(&K) -> Result<Object, String>,
 ) where
@@ -164,7 +174,7 @@ async fn follow_with<K>(
     api: Api<K>,
     kind: Kind,
     index: &Index,
-    recorder: &Recorder,
+    recorder: Option<&Recorder>,
     synced: &tokio::sync::watch::Sender<usize>,
     translate: fn(&K) -> Result<Object, String>,
     dt: K::DynamicType,
@@ -216,7 +226,7 @@ async fn follow_with<K>(
 
 async fn apply<K>(
     index: &Index,
-    recorder: &Recorder,
+    recorder: Option<&Recorder>,
     at: &ObjectRef,
     o: &K,
     translate: fn(&K) -> Result<Object, String>,
@@ -234,6 +244,7 @@ async fn apply<K>(
         action: "Validate".into(),
         secondary: None,
     };
+    let Some(recorder) = recorder else { return };
     if let Err(error) = recorder.publish(&event, &o.object_ref(dt)).await {
         tracing::warn!(%error, "cannot record an Event for {at}");
     }

@@ -142,7 +142,7 @@ async fn main() -> anyhow::Result<()> {
             let task = {
                 let index = index.clone();
                 tokio::spawn(async move {
-                    kubernetes::run(client, index, tx).await;
+                    kubernetes::run(client, index, tx, Some("mesh-controller")).await;
                     Ok(())
                 })
             };

@@ -190,6 +190,7 @@ async fn lists_watches_restarts_and_refusals() {
         client,
         index.clone(),
         synced,
+        Some("mesh-controller"),
     ));
     // Every kind is listed once (the sync the controller waits for before serving).
     tokio::time::timeout(

@@ -69,10 +69,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
                 .await
                 .context("cannot reach the Kubernetes API")?;
             let (synced, _) = tokio::sync::watch::channel(0);
+            // viz only follows the cluster: the controller records Events for refused
+            // objects, not viz.
             tokio::spawn(mesh_controller::kubernetes::run(
                 client,
                 index.clone(),
                 synced,
+                None,
             ));
             index
         }

@@ -7,4 +7,6 @@ securityContext:
   readOnlyRootFilesystem: true
   runAsNonRoot: true
   runAsUser: 2103
+  seccompProfile:
+    type: RuntimeDefault
 {{- end -}}
