@@ -289,6 +289,11 @@ pub fn sync(index: &Index, loaded: Loaded, applied: &mut Applied) -> Vec<DocErro
     errors
 }
 
+/// How long the folder must be quiet after a change before it is read again.
+const QUIET: Duration = Duration::from_millis(100);
+/// The longest a read waits for the folder to be quiet.
+const QUIET_MAX: Duration = Duration::from_secs(1);
+
 /// Loads `dir` into `index`, says so on `synced`, then reloads on every change until
 /// the process ends.
 pub async fn watch(
@@ -311,9 +316,19 @@ pub async fn watch(
     loop {
         // A rescan every few seconds as well, in case an event was missed.
         let _ = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
-        // Editors write in several steps: let them finish.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        while rx.try_recv().is_ok() {}
+        // Editors and tools write in several steps (truncate, then write): read once
+        // the folder has been quiet for QUIET, or after QUIET_MAX of steady changes.
+        let settle = tokio::time::Instant::now() + QUIET_MAX;
+        loop {
+            tokio::time::sleep(QUIET).await;
+            let mut changed = false;
+            while rx.try_recv().is_ok() {
+                changed = true;
+            }
+            if !changed || tokio::time::Instant::now() >= settle {
+                break;
+            }
+        }
         match load(&dir) {
             Ok(loaded) => {
                 sync(&index, loaded, &mut applied);

@@ -148,9 +148,23 @@ pub fn service_yaml(name: &str, namespace: &str) -> String {
     )
 }
 
-/// Writes `yaml` as `name.yaml` in `dir`.
+/// Writes `yaml` as `name.yaml` in `dir` (see [`replace`]).
 pub fn write(dir: &Path, name: &str, yaml: &str) -> PathBuf {
     let path = dir.join(format!("{name}.yaml"));
-    std::fs::write(&path, yaml).expect("write yaml");
+    replace(&path, yaml);
     path
+}
+
+/// Replaces the file at `path` with `text` at once: written to a hidden file beside it
+/// (which the controller's folder source skips), then renamed over it. An edit in
+/// place (truncate, then write) can be read half-done by a watching controller, as
+/// with any file-watching tool; mounted ConfigMaps change by rename too.
+pub fn replace(path: &Path, text: &str) {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("file name");
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text).expect("write temporary file");
+    std::fs::rename(&tmp, path).expect("rename into place");
 }

@@ -60,7 +60,7 @@ fn write_pod(dir: &Path, name: &str, ip: IpAddr) {
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: shop\n  labels: {{app: web}}\n\
          spec:\n  serviceAccountName: web\n  containers: [{{name: app, image: x}}]\nstatus: {{podIP: \"{ip}\"}}\n"
     );
-    std::fs::write(dir.join(format!("{name}.yaml")), yaml).expect("write pod");
+    mesh_test::mesh::replace(&dir.join(format!("{name}.yaml")), &yaml);
 }
 
 async fn inbound_requests(pod: &Pod) -> u64 {
@@ -259,14 +259,13 @@ async fn a_traffic_split_is_followed_and_reweighted_live() {
     );
 
     // Reweighted to 800 / 200 while requests flow: none fails.
-    std::fs::write(
-        dir.path().join("split.yaml"),
-        split.replace(
+    mesh_test::mesh::replace(
+        &dir.path().join("split.yaml"),
+        &split.replace(
             "weight: 500\n  - service: web-svc-v2\n    weight: 500",
             "weight: 800\n  - service: web-svc-v2\n    weight: 200",
         ),
-    )
-    .expect("write");
+    );
     mesh_test::eventually(
         "the reweight to reach the proxy",
         Duration::from_secs(15),
@@ -286,14 +285,13 @@ async fn a_traffic_split_is_followed_and_reweighted_live() {
     );
 
     // A zero weight gets nothing.
-    std::fs::write(
-        dir.path().join("split.yaml"),
-        split.replace(
+    mesh_test::mesh::replace(
+        &dir.path().join("split.yaml"),
+        &split.replace(
             "weight: 500\n  - service: web-svc-v2\n    weight: 500",
             "weight: 1\n  - service: web-svc-v2\n    weight: 0",
         ),
-    )
-    .expect("write");
+    );
     mesh_test::eventually(
         "the zero weight to reach the proxy",
         Duration::from_secs(15),
