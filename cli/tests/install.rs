@@ -97,6 +97,19 @@ fn validate(path: &Path) {
     assert!(!text.contains("ERROR"), "{text}");
 }
 
+/// The documents of `text`, each parsed as the Kubernetes type it claims and all of
+/// them validated against Kubernetes' schemas (written to `dir/name` for the tool).
+fn checked(dir: &Path, name: &str, text: &str) -> Vec<Value> {
+    let parsed = docs(text);
+    for d in &parsed {
+        typed(d);
+    }
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write");
+    validate(&path);
+    parsed
+}
+
 /// Renders and lints `chart` with Helm's engine and `values` (release `mesh` in
 /// namespace `mesh`): its CRDs, then its templates.
 fn render_chart(chart: &Path, values: &serde_json::Value) -> String {
@@ -149,13 +162,7 @@ fn install_and_the_chart_make_the_same_valid_objects() {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let installed = docs(&text);
-    for d in &installed {
-        typed(d);
-    }
-    let path = dir.path().join("install.yaml");
-    std::fs::write(&path, &text).expect("write");
-    validate(&path);
+    let installed = checked(dir.path(), "install.yaml", &text);
 
     // The chart, with a CA made by `mesh identity ca`.
     let ca = dir.path().join("ca");
@@ -166,13 +173,7 @@ fn install_and_the_chart_make_the_same_valid_objects() {
     );
     let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/mesh");
     let rendered_text = render_chart(&chart, &mesh_values(&ca));
-    let rendered = docs(&rendered_text);
-    for d in &rendered {
-        typed(d);
-    }
-    let path = dir.path().join("chart.yaml");
-    std::fs::write(&path, &rendered_text).expect("write");
-    validate(&path);
+    let rendered = checked(dir.path(), "chart.yaml", &rendered_text);
     assert_eq!(
         identities(&installed),
         identities(&rendered),
@@ -384,13 +385,7 @@ fn the_viz_chart_renders_lints_and_validates() {
         ),
     ] {
         let text = render_chart(&chart, &values);
-        let rendered = docs(&text);
-        for d in &rendered {
-            typed(d);
-        }
-        let path = dir.path().join("viz.yaml");
-        std::fs::write(&path, &text).expect("write");
-        validate(&path);
+        let rendered = checked(dir.path(), "viz.yaml", &text);
         let find = |kind: &str, name: &str| {
             rendered
                 .iter()
