@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::time::Duration;
 
 use tokio::process::Child;
 
@@ -26,6 +27,39 @@ pub async fn start(dir: &Path, destination: SocketAddr) -> Controller {
 }
 
 impl Controller {
+    /// Waits (at most 20 s) until the controller gives `authority` (e.g.
+    /// `web.shop.svc.cluster.local:80`) an endpoint: after writing manifests, before
+    /// sending traffic that needs them.
+    pub async fn wait_for_endpoints(&self, authority: &str) {
+        use mesh_api::destination::{
+            GetDestination, destination_client::DestinationClient, update,
+        };
+        let found = tokio::time::timeout(Duration::from_secs(20), async {
+            let mut client = DestinationClient::connect(format!("http://{}", self.destination))
+                .await
+                .expect("connect to the destination service");
+            let mut updates = client
+                .get(GetDestination {
+                    authority: authority.into(),
+                    namespace: String::new(),
+                })
+                .await
+                .expect("Get")
+                .into_inner();
+            while let Ok(Some(u)) = updates.message().await {
+                if matches!(u.update, Some(update::Update::Add(a)) if !a.endpoints.is_empty()) {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert!(
+            found == Ok(true),
+            "the controller never gave {authority} an endpoint"
+        );
+    }
+
     /// Stops the controller.
     pub async fn kill(mut self) {
         let _ = self.child.kill().await;

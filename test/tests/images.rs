@@ -229,6 +229,7 @@ async fn the_images_are_minimal_and_carry_a_meshed_call() {
         "load-0",
         &mesh::pod_yaml("load-0", "shop", "load", "load", load.ip),
     );
+    ctl.wait_for_endpoints(&format!("{WEB}:80")).await;
     let v = viz::start(world, "300ms").await;
     v.scraped(&["web-0", "load-0"], 1).await;
 

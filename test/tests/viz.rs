@@ -107,6 +107,7 @@ async fn viz_reports_edges_workloads_and_routes_exactly() {
          spec:\n  routes:\n  - name: sleep\n    condition: {method: GET, pathRegex: /sleep/.*}\n\
          \x20 - name: fail\n    condition: {method: GET, pathRegex: /status/.*}\n    isRetryable: true\n",
     );
+    ctl.wait_for_endpoints(&format!("{WEB}:80")).await;
     let v = viz::start(world.path(), "300ms").await;
     v.scraped(&["web-0", "web-1", "load-0", "legacy-0"], 1)
         .await;
@@ -370,6 +371,7 @@ async fn the_dashboard_draws_the_topology_in_a_real_browser() {
         "load-0",
         &mesh::pod_yaml("load-0", "shop", "load", "load", load.ip),
     );
+    ctl.wait_for_endpoints(&format!("{WEB}:80")).await;
     let v = viz::start(world.path(), "300ms").await;
     v.scraped(&["web-0", "load-0"], 1).await;
     let mut tx = client::h1(load.proxy.outbound).await;
