@@ -18,18 +18,23 @@ fn examples() -> PathBuf {
 }
 
 fn mesh(args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mesh"))
-        .args(args)
-        .arg("--proxy-version")
-        .arg("test")
-        .args(if args.contains(&"--manual") {
-            vec![
-                "--trust-anchors".to_owned(),
-                corpus("anchors.pem").display().to_string(),
-            ]
-        } else {
-            vec![]
-        })
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mesh"));
+    cmd.args(args).arg("--proxy-version").arg("test");
+    if args.contains(&"--manual") {
+        cmd.arg("--trust-anchors").arg(corpus("anchors.pem"));
+    }
+    run(cmd, stdin)
+}
+
+fn uninject(text: &str) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mesh"));
+    cmd.args(["uninject", "-"]);
+    run(cmd, Some(text))
+}
+
+/// Runs `cmd` with `stdin` (if any) as its standard input; its output.
+fn run(mut cmd: Command, stdin: Option<&str>) -> Output {
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -45,26 +50,6 @@ fn mesh(args: &[&str], stdin: Option<&str>) -> Output {
             .expect("write");
     }
     drop(child.stdin.take());
-    child.wait_with_output().expect("wait")
-}
-
-fn uninject(text: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mesh"))
-        .args(["uninject", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run mesh");
-    {
-        use std::io::Write as _;
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(text.as_bytes())
-            .expect("write");
-    }
     child.wait_with_output().expect("wait")
 }
 

@@ -110,6 +110,18 @@ fn checked(dir: &Path, name: &str, text: &str) -> Vec<Value> {
     parsed
 }
 
+/// A CA made by `mesh identity ca` in `dir/ca`; its folder.
+fn new_ca(dir: &Path) -> std::path::PathBuf {
+    let ca = dir.join("ca");
+    let out = mesh(&["identity", "ca", "--out", ca.to_str().expect("path")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ca
+}
+
 /// Renders and lints `chart` with Helm's engine and `values` (release `mesh` in
 /// namespace `mesh`): its CRDs, then its templates.
 fn render_chart(chart: &Path, values: &serde_json::Value) -> String {
@@ -165,12 +177,7 @@ fn install_and_the_chart_make_the_same_valid_objects() {
     let installed = checked(dir.path(), "install.yaml", &text);
 
     // The chart, with a CA made by `mesh identity ca`.
-    let ca = dir.path().join("ca");
-    assert!(
-        mesh(&["identity", "ca", "--out", ca.to_str().expect("p")])
-            .status
-            .success()
-    );
+    let ca = new_ca(dir.path());
     let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/mesh");
     let rendered_text = render_chart(&chart, &mesh_values(&ca));
     let rendered = checked(dir.path(), "chart.yaml", &rendered_text);
@@ -191,12 +198,7 @@ fn crds_only_and_given_issuers() {
 
     // A given issuer is used as given (and checked first).
     let dir = tempfile::tempdir().expect("tempdir");
-    let ca = dir.path().join("ca");
-    assert!(
-        mesh(&["identity", "ca", "--out", ca.to_str().expect("p")])
-            .status
-            .success()
-    );
+    let ca = new_ca(dir.path());
     let file = |f: &str| ca.join(f).to_str().expect("p").to_owned();
     let args = |key: &str| {
         vec![
@@ -294,12 +296,7 @@ fn b64(bytes: &[u8]) -> String {
 #[test]
 fn install_keeps_the_ca_of_the_mesh_already_in_the_cluster() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let ca = dir.path().join("ca");
-    assert!(
-        mesh(&["identity", "ca", "--out", ca.to_str().expect("p")])
-            .status
-            .success()
-    );
+    let ca = new_ca(dir.path());
     let read = |f: &str| std::fs::read(ca.join(f)).expect("CA file");
     let issuer = format!(
         r#"{{"apiVersion":"v1","kind":"Secret","metadata":{{"name":"mesh-identity-issuer","namespace":"mesh"}},"data":{{"ca.crt":"{}","tls.crt":"{}","tls.key":"{}"}}}}"#,
