@@ -15,17 +15,28 @@ use tokio::sync::{mpsc, watch};
 
 use crate::identity::Identity;
 use crate::metrics::Metrics;
+use crate::origins::Origins;
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
+/// What the admin server reads and controls.
+#[derive(Clone, Debug)]
+pub struct Admin {
+    /// The proxy's identity, for readiness.
+    pub identity: Option<Arc<Identity>>,
+    /// The metrics served.
+    pub metrics: Arc<Metrics>,
+    /// The proxy's own upstream connections: requests arriving on one of them were
+    /// relayed by the proxy itself and are refused.
+    pub origins: Arc<Origins>,
+    /// Whether the proxy is draining.
+    pub drain: watch::Receiver<bool>,
+    /// Where `POST /shutdown` sends, when the endpoint is enabled.
+    pub shutdown: Option<mpsc::Sender<()>>,
+}
+
 /// Serves admin requests on `listener` until the task is aborted.
-pub async fn serve(
-    listener: TcpListener,
-    identity: Option<Arc<Identity>>,
-    metrics: Arc<Metrics>,
-    drain: watch::Receiver<bool>,
-    shutdown: mpsc::Sender<()>,
-) {
+pub async fn serve(listener: TcpListener, admin: Admin) {
     loop {
         let (stream, client) = match listener.accept().await {
             Ok(conn) => conn,
@@ -35,12 +46,10 @@ pub async fn serve(
                 continue;
             }
         };
-        let (metrics, drain, shutdown) = (metrics.clone(), drain.clone(), shutdown.clone());
-        let identity = identity.clone();
+        let admin = admin.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
-                let ready = identity.as_ref().is_none_or(|i| i.is_ready());
-                let rsp = route(&req, client, &metrics, &drain, &shutdown, ready);
+                let rsp = route(&req, client, &admin);
                 async move { Ok::<_, Infallible>(rsp) }
             });
             let mut builder = http1::Builder::new();
@@ -54,19 +63,23 @@ pub async fn serve(
     }
 }
 
-fn route(
-    req: &Request<Incoming>,
-    client: SocketAddr,
-    metrics: &Arc<Metrics>,
-    drain: &watch::Receiver<bool>,
-    shutdown: &mpsc::Sender<()>,
-    identity_ready: bool,
-) -> Response<Full<Bytes>> {
+fn route(req: &Request<Incoming>, client: SocketAddr, admin: &Admin) -> Response<Full<Bytes>> {
     let text = |status: StatusCode, body: &str| {
         let mut rsp = Response::new(Full::new(Bytes::from(format!("{body}\n"))));
         *rsp.status_mut() = status;
         rsp
     };
+    // Relayed by this proxy's outbound side (`curl -x proxy http://0.0.0.0:4191/…`):
+    // whoever asked is not the process it appears to be, so nothing is answered.
+    if admin.origins.contains(client) {
+        tracing::warn!(%client, path = req.uri().path(), "admin request relayed by the proxy itself refused");
+        return text(
+            StatusCode::FORBIDDEN,
+            "admin requests relayed by the proxy itself are refused",
+        );
+    }
+    let (metrics, drain) = (&admin.metrics, &admin.drain);
+    let identity_ready = admin.identity.as_ref().is_none_or(|i| i.is_ready());
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => {
             let mut rsp = Response::new(Full::new(Bytes::from(metrics.render())));
@@ -94,15 +107,21 @@ fn route(
             "waiting for a certificate from the identity service",
         ),
         (&Method::GET, "/ready") => text(StatusCode::OK, "ready"),
-        // Only a process in the pod may stop the proxy.
-        (&Method::POST, "/shutdown") if !client.ip().is_loopback() => text(
-            StatusCode::FORBIDDEN,
-            "shutdown is only accepted from localhost",
-        ),
-        (&Method::POST, "/shutdown") => {
-            let _ = shutdown.try_send(());
-            text(StatusCode::OK, "shutdown")
-        }
+        (&Method::POST, "/shutdown") => match &admin.shutdown {
+            None => text(
+                StatusCode::FORBIDDEN,
+                "the shutdown endpoint is disabled (MESH_PROXY_SHUTDOWN_ENDPOINT_ENABLED)",
+            ),
+            // Only a process in the pod may stop the proxy.
+            Some(_) if !client.ip().to_canonical().is_loopback() => text(
+                StatusCode::FORBIDDEN,
+                "shutdown is only accepted from localhost",
+            ),
+            Some(shutdown) => {
+                let _ = shutdown.try_send(());
+                text(StatusCode::OK, "shutdown")
+            }
+        },
         (_, "/metrics" | "/stats" | "/live" | "/ready" | "/shutdown") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         }

@@ -22,6 +22,7 @@ use crate::body::BoxBody;
 use crate::error::ProxyError;
 use crate::identity::Identity;
 use crate::metrics::{Direction, Metrics, Tls};
+use crate::origins::{Origin, Origins};
 use crate::tcp::CountingIo;
 
 /// Which HTTP version a pooled connection speaks.
@@ -60,6 +61,7 @@ pub struct Endpoint {
     direction: Direction,
     config: ClientConfig,
     metrics: Arc<Metrics>,
+    origins: Arc<Origins>,
     h1_pool: Mutex<Vec<(http1::SendRequest<BoxBody>, Instant)>>,
     h2: Mutex<Option<http2::SendRequest<BoxBody>>>,
 }
@@ -72,17 +74,25 @@ type EndpointKey = (SocketAddr, Version, Direction, Option<Arc<str>>);
 pub struct Endpoints {
     config: ClientConfig,
     metrics: Arc<Metrics>,
+    origins: Arc<Origins>,
     tls: Option<Arc<Identity>>,
     map: Mutex<HashMap<EndpointKey, Arc<Endpoint>>>,
 }
 
 impl Endpoints {
     /// An empty set of endpoints with these connection settings; with `tls`, endpoints
-    /// that have an identity are reached over mTLS.
-    pub fn new(config: ClientConfig, metrics: Arc<Metrics>, tls: Option<Arc<Identity>>) -> Self {
+    /// that have an identity are reached over mTLS. Every connection is tracked in
+    /// `origins` while open.
+    pub fn new(
+        config: ClientConfig,
+        metrics: Arc<Metrics>,
+        origins: Arc<Origins>,
+        tls: Option<Arc<Identity>>,
+    ) -> Self {
         Self {
             config,
             metrics,
+            origins,
             tls,
             map: Mutex::new(HashMap::new()),
         }
@@ -116,6 +126,7 @@ impl Endpoints {
                     direction,
                     config: self.config.clone(),
                     metrics: self.metrics.clone(),
+                    origins: self.origins.clone(),
                     h1_pool: Mutex::new(Vec::new()),
                     h2: Mutex::new(None),
                 })
@@ -215,12 +226,15 @@ impl Endpoint {
         rsp
     }
 
-    async fn connect(&self) -> Result<TokioIo<ConnIo>, ProxyError> {
+    /// A new connection to the endpoint, and its tracking guard, to be kept as long as
+    /// the connection.
+    async fn connect(&self) -> Result<(TokioIo<ConnIo>, Origin), ProxyError> {
         let addr = self.addr;
         let tcp = tokio::time::timeout(self.config.connect_timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| ProxyError::ConnectTimeout(addr))?
             .map_err(|source| ProxyError::Connect { addr, source })?;
+        let origin = self.origins.track(&tcp);
         // Small requests and responses must not wait for Nagle's algorithm.
         let _ = tcp.set_nodelay(true);
         let (Some(tls), Some(identity)) = (&self.tls, &self.identity) else {
@@ -230,7 +244,10 @@ impl Endpoint {
                 Tls::Disabled
             };
             let stats = self.metrics.tcp_open(self.direction, "dst", tls);
-            return Ok(TokioIo::new(ConnIo::Plain(CountingIo::new(tcp, stats))));
+            return Ok((
+                TokioIo::new(ConnIo::Plain(CountingIo::new(tcp, stats))),
+                origin,
+            ));
         };
         if !tls.is_ready() {
             return Err(ProxyError::NoIdentity);
@@ -252,7 +269,7 @@ impl Endpoint {
                 addr,
                 reason: tls_failure(identity, &e),
             })?;
-        Ok(TokioIo::new(ConnIo::Tls(Box::new(stream))))
+        Ok((TokioIo::new(ConnIo::Tls(Box::new(stream))), origin))
     }
 
     /// Takes a pooled HTTP/1 connection that is ready for a request. The pool holds
@@ -285,7 +302,7 @@ impl Endpoint {
     }
 
     async fn handshake_h1(&self) -> Result<http1::SendRequest<BoxBody>, ProxyError> {
-        let io = self.connect().await?;
+        let (io, origin) = self.connect().await?;
         let (tx, conn) = http1::Builder::new()
             .handshake(io)
             .await
@@ -294,6 +311,7 @@ impl Endpoint {
                 source,
             })?;
         tokio::spawn(async move {
+            let _origin = origin;
             if let Err(error) = conn.with_upgrades().await {
                 tracing::debug!(%error, "upstream HTTP/1 connection closed");
             }
@@ -303,7 +321,7 @@ impl Endpoint {
 
     /// A new HTTP/2 connection, ready for a request, kept for the requests after.
     async fn handshake_h2(&self) -> Result<http2::SendRequest<BoxBody>, ProxyError> {
-        let io = self.connect().await?;
+        let (io, origin) = self.connect().await?;
         let (mut tx, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .handshake(io)
@@ -313,14 +331,19 @@ impl Endpoint {
                 source,
             })?;
         tokio::spawn(async move {
+            let _origin = origin;
             if let Err(error) = conn.await {
                 tracing::debug!(%error, "upstream HTTP/2 connection closed");
             }
         });
-        tx.ready().await.map_err(|source| ProxyError::Upstream {
-            addr: self.addr,
-            source,
-        })?;
+        // The server's SETTINGS must arrive within the connect timeout too: a peer that
+        // accepts and then says nothing must not hold the request (dropping `tx` here
+        // closes the connection).
+        let addr = self.addr;
+        tokio::time::timeout(self.config.connect_timeout, tx.ready())
+            .await
+            .map_err(|_| ProxyError::ConnectTimeout(addr))?
+            .map_err(|source| ProxyError::Upstream { addr, source })?;
         *self.h2.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx.clone());
         Ok(tx)
     }

@@ -103,9 +103,32 @@ pub struct Config {
     #[arg(long, env = "MESH_PROXY_DETECT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub detect_timeout: Duration,
 
+    /// Ports whose traffic is opaque TCP, never HTTP: connections to them (by their
+    /// original destination or target port) skip protocol detection, so
+    /// server-speaks-first protocols need not wait for the detect timeout. Inbound, a
+    /// strict port still requires the mesh's mTLS.
+    #[arg(long, env = "MESH_PROXY_OPAQUE_PORTS", value_delimiter = ',')]
+    pub opaque_ports: Vec<u16>,
+
     /// How long an HTTP/1 client may take to send a request's headers.
     #[arg(long, env = "MESH_PROXY_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub header_read_timeout: Duration,
+
+    /// How long a request may wait for its response headers when its route sets no
+    /// timeout of its own (`0s`: no limit). One hung backend then cannot hold requests,
+    /// and their in-flight slots, for ever.
+    #[arg(long, env = "MESH_PROXY_RESPONSE_HEADERS_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub response_headers_timeout: Duration,
+
+    /// How long an HTTP/2 connection a client opened may stay without a stream open
+    /// (from its handshake on) before the proxy closes it with GOAWAY.
+    #[arg(long, env = "MESH_PROXY_HTTP2_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub http2_idle_timeout: Duration,
+
+    /// Longest request path accepted, in bytes; longer ones get 414. Route matching
+    /// (regular expressions among them) never reads more than this.
+    #[arg(long, env = "MESH_PROXY_MAX_PATH_BYTES", default_value_t = 8 * 1024)]
+    pub max_path_bytes: usize,
 
     /// Largest request head accepted, in bytes; larger heads get 431.
     #[arg(long, env = "MESH_PROXY_MAX_HEADER_BYTES", default_value_t = 64 * 1024)]
@@ -123,6 +146,16 @@ pub struct Config {
     )]
     pub max_in_flight_requests: usize,
 
+    /// Requests in flight to one destination (outbound: one authority; inbound: one
+    /// application port); more are answered 503 at once, so that one hung backend
+    /// cannot take every slot from the others.
+    #[arg(
+        long,
+        env = "MESH_PROXY_MAX_IN_FLIGHT_PER_DESTINATION",
+        default_value_t = 1_000
+    )]
+    pub max_in_flight_per_destination: usize,
+
     /// Concurrent streams per HTTP/2 connection.
     #[arg(
         long,
@@ -134,6 +167,12 @@ pub struct Config {
     /// How long an idle upstream HTTP/1 connection is kept for reuse.
     #[arg(long, env = "MESH_PROXY_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
+
+    /// Whether `POST /shutdown` on the admin port stops the proxy (for jobs whose app
+    /// must stop its sidecar). Off by default; when on, it is served only to clients
+    /// on loopback that did not come through the proxy itself.
+    #[arg(long, env = "MESH_PROXY_SHUTDOWN_ENDPOINT_ENABLED", default_value_t = false, action = clap::ArgAction::Set)]
+    pub shutdown_endpoint_enabled: bool,
 
     /// How long in-flight requests may take to finish after shutdown begins.
     #[arg(long, env = "MESH_PROXY_SHUTDOWN_GRACE_PERIOD", default_value = "30s", value_parser = parse_duration)]
@@ -157,6 +196,11 @@ impl Config {
             Some(p) if self.inbound_permissive_ports.contains(&p) => false,
             _ => self.inbound_tls == TlsMode::Strict,
         }
+    }
+
+    /// Whether connections to `port` skip protocol detection.
+    pub fn opaque_port(&self, port: Option<u16>) -> bool {
+        port.is_some_and(|p| self.opaque_ports.contains(&p))
     }
 
     /// The identity settings, if an identity service is configured; an error names what

@@ -8,9 +8,9 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// The connection preface every HTTP/2 client sends first (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-/// The longest method name we accept when sniffing HTTP/1 (`OPTIONS` and friends fit).
-const MAX_METHOD_LEN: usize = 24;
-/// A request line longer than this is left to the HTTP parser (which answers 414).
+/// How far into a connection detection reads before it stops looking: a request line
+/// (or run of leading empty lines) this long is left to the HTTP parser, which answers
+/// it (414, 400) rather than passing it on raw.
 const MAX_REQUEST_LINE: usize = 16 * 1024;
 
 /// What a connection speaks.
@@ -36,13 +36,37 @@ pub struct Detected {
     pub prefix: BytesMut,
 }
 
+/// Why detection gave up on a connection.
+#[derive(Debug, thiserror::Error)]
+pub enum DetectError {
+    /// Reading failed.
+    #[error("reading the first bytes failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// The client began something that may be HTTP (or TLS, or the HTTP/2 preface)
+    /// and stopped before it could be told apart: it is closed, never passed on raw,
+    /// so that a request held back cannot skip the proxy's HTTP handling.
+    #[error("client stalled after {0} bytes that may begin an HTTP request")]
+    Stalled(usize),
+}
+
+/// Whether `b` may appear in an HTTP token (RFC 9110 §5.6.2), e.g. a method.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
 /// Decides from a prefix, or returns `None` when more bytes are needed.
+///
+/// Whatever an HTTP/1 server could take for a request is HTTP here, so that it gets
+/// the proxy's HTTP handling (header hygiene, the verified `mesh-client-id`, limits)
+/// or the HTTP parser's refusal, never a raw path to the application: leading empty
+/// lines (RFC 9112 §2.2) and whitespace are skipped, any token is a method, and a
+/// first line that names an `HTTP/` version anywhere is a request line. Only a first
+/// line without one (a Redis inline command, say) or bytes no HTTP parser accepts
+/// (binary protocols) are opaque.
 pub fn classify(buf: &[u8]) -> Option<Protocol> {
-    if buf.is_empty() {
-        return None;
-    }
+    let first = *buf.first()?;
     // A TLS handshake record: content type 22, then major version 3.
-    if buf[0] == 0x16 {
+    if first == 0x16 {
         return match buf.get(1) {
             None => None,
             Some(3) => Some(Protocol::Tls),
@@ -53,56 +77,64 @@ pub fn classify(buf: &[u8]) -> Option<Protocol> {
     if buf[..n] == H2_PREFACE[..n] {
         return (n == H2_PREFACE.len()).then_some(Protocol::Http2);
     }
-    // HTTP/1: an upper-case method token, a space, and a request line that ends in an
-    // `HTTP/` version. A text protocol whose first word looks like a method (a Redis
-    // inline command, say) is not HTTP and stays opaque.
-    for (i, &b) in buf.iter().enumerate() {
-        match b {
-            b' ' if i > 0 => return request_line(buf),
-            b'A'..=b'Z' | b'-' | b'_' if i < MAX_METHOD_LEN => {}
-            _ => return Some(Protocol::Opaque),
-        }
+    let Some(start) = buf
+        .iter()
+        .position(|b| !matches!(b, b'\r' | b'\n' | b' ' | b'\t'))
+    else {
+        // Only empty lines so far: an HTTP server would keep waiting for the request.
+        return (buf.len() >= MAX_REQUEST_LINE).then_some(Protocol::Http1);
+    };
+    let rest = &buf[start..];
+    let method = rest.iter().take_while(|&&b| is_tchar(b)).count();
+    match rest.get(method) {
+        _ if method == 0 => Some(Protocol::Opaque),
+        None if buf.len() >= MAX_REQUEST_LINE => Some(Protocol::Http1),
+        None => None,
+        Some(b' ') => request_line(buf, &rest[method..]),
+        Some(_) => Some(Protocol::Opaque),
     }
-    if buf.len() >= MAX_METHOD_LEN {
-        return Some(Protocol::Opaque);
-    }
-    None
 }
 
-/// Decides on a prefix that starts like an HTTP/1 request line.
-fn request_line(buf: &[u8]) -> Option<Protocol> {
-    let Some(end) = buf.iter().position(|&b| b == b'\n') else {
+/// Decides on the rest of a first line that began with a token and a space.
+fn request_line(buf: &[u8], rest: &[u8]) -> Option<Protocol> {
+    let Some(end) = rest.iter().position(|&b| b == b'\n') else {
         // An enormous URI: let the HTTP parser answer it.
         return (buf.len() >= MAX_REQUEST_LINE).then_some(Protocol::Http1);
     };
-    let line = buf[..end].strip_suffix(b"\r").unwrap_or(&buf[..end]);
-    let version = line.rsplit(|&b| b == b' ').next().unwrap_or_default();
-    Some(if version.starts_with(b"HTTP/") {
+    let names_http = rest[..end]
+        .windows(5)
+        .any(|w| w.eq_ignore_ascii_case(b"HTTP/"));
+    Some(if names_http {
         Protocol::Http1
     } else {
         Protocol::Opaque
     })
 }
 
-/// Reads from `io` until the protocol is known, the client stops sending for `timeout`
-/// (then the connection is opaque: server-speaks-first protocols send nothing), or EOF.
+/// Reads from `io` until the protocol is known, or EOF. A client that sends nothing
+/// for `timeout` is opaque (server-speaks-first protocols send nothing); one that sent
+/// a beginning it did not finish is [`DetectError::Stalled`].
 pub async fn detect<I: AsyncRead + Unpin>(
     io: &mut I,
     timeout: Duration,
-) -> std::io::Result<Detected> {
+) -> Result<Detected, DetectError> {
     let mut prefix = BytesMut::with_capacity(64);
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let read = tokio::time::timeout_at(deadline, io.read_buf(&mut prefix)).await;
         match read {
-            Err(_elapsed) => {
+            Err(_elapsed) if prefix.is_empty() => {
                 return Ok(Detected {
                     protocol: Some(Protocol::Opaque),
                     prefix,
                 });
             }
+            Err(_elapsed) => return Err(DetectError::Stalled(prefix.len())),
             Ok(Ok(0)) => {
-                // EOF: whatever arrived is opaque data, or nothing at all.
+                // EOF: whatever arrived is opaque data, or nothing at all. Bytes cut
+                // short of a first line's end cannot carry a header, so passing them
+                // on is safe (and what a client that writes one word then half-closes
+                // expects).
                 let protocol = (!prefix.is_empty()).then_some(Protocol::Opaque);
                 return Ok(Detected { protocol, prefix });
             }
@@ -114,7 +146,7 @@ pub async fn detect<I: AsyncRead + Unpin>(
                     });
                 }
             }
-            Ok(Err(e)) => return Err(e),
+            Ok(Err(e)) => return Err(e.into()),
         }
     }
 }
@@ -155,9 +187,68 @@ mod tests {
         assert_eq!(classify(b"\x16\x03\x01\x02\x00"), Some(Protocol::Tls));
         assert_eq!(classify(b"\x16"), None);
         assert_eq!(classify(b"\x16\x01"), Some(Protocol::Opaque));
-        assert_eq!(classify(b"get / HTTP/1.1"), Some(Protocol::Opaque));
-        assert_eq!(classify(b" GET"), Some(Protocol::Opaque));
-        assert_eq!(classify(&[b'A'; 30]), Some(Protocol::Opaque));
+        assert_eq!(
+            classify(b"\x00\x00\x00\x08\x04\xd2\x16\x2f"),
+            Some(Protocol::Opaque)
+        );
+        assert_eq!(classify(b"PING\r\n"), Some(Protocol::Opaque));
+    }
+
+    /// Everything an HTTP/1 server would parse as a request is HTTP, so that it never
+    /// reaches the application raw (a forged `mesh-client-id` rides along otherwise).
+    #[test]
+    fn what_http_servers_accept_is_http() {
+        for prefix in [
+            b"\r\nGET / HTTP/1.1\r\n".as_slice(),
+            b"\n\n\r\nGET / HTTP/1.1\r\n",
+            b"get / HTTP/1.1\r\n",
+            b"FOO-BAR_baz / HTTP/1.1\r\n",
+            b" GET / HTTP/1.1\r\n",
+            b"GET / http/1.1\r\n",
+            b"GET / HTTP/1.1 \r\n",
+            b"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA / HTTP/1.1\n",
+        ] {
+            assert_eq!(
+                classify(prefix),
+                Some(Protocol::Http1),
+                "{:?}",
+                String::from_utf8_lossy(prefix)
+            );
+        }
+        // Still undecided: each may become a request.
+        for prefix in [b"\r\n".as_slice(), b"get", &[b'A'; 30], b"GET /very/long"] {
+            assert_eq!(
+                classify(prefix),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(prefix)
+            );
+        }
+        // Never opaque, however long: the HTTP parser answers it.
+        assert_eq!(classify(&[b'\n'; MAX_REQUEST_LINE]), Some(Protocol::Http1));
+        assert_eq!(classify(&[b'A'; MAX_REQUEST_LINE]), Some(Protocol::Http1));
+    }
+
+    #[tokio::test]
+    async fn a_stalled_request_line_is_an_error_not_opaque() {
+        use tokio::io::AsyncWriteExt;
+        let (mut client, mut server) = tokio::io::duplex(64);
+        server.write_all(b"\r\nGET / HT").await.expect("write");
+        let d = detect(&mut client, Duration::from_millis(20)).await;
+        assert!(matches!(d, Err(DetectError::Stalled(10))), "{d:?}");
+    }
+
+    #[tokio::test]
+    async fn one_word_then_eof_is_opaque() {
+        use tokio::io::AsyncWriteExt;
+        let (mut client, mut server) = tokio::io::duplex(64);
+        server.write_all(b"hello").await.expect("write");
+        drop(server);
+        let d = detect(&mut client, Duration::from_secs(5))
+            .await
+            .expect("detect");
+        assert_eq!(d.protocol, Some(Protocol::Opaque));
+        assert_eq!(&d.prefix[..], b"hello");
     }
 
     #[tokio::test]

@@ -66,6 +66,16 @@ pub enum ProxyError {
     /// chunked encoding, a reset) or it cannot be expressed upstream.
     #[error("invalid request: {0}")]
     BadRequest(hyper::Error),
+    /// The request's head is malformed in a way the HTTP parser lets through (two
+    /// `Host` headers, say), named in words.
+    #[error("malformed request: {0}")]
+    Malformed(&'static str),
+    /// The request's path is longer than the proxy accepts.
+    #[error("request path of {0} bytes is too long")]
+    PathTooLong(usize),
+    /// Too many requests to this one destination are in flight.
+    #[error("too many requests in flight to {0}")]
+    DestinationOverloaded(String),
     /// The route's timeout passed before the response.
     #[error("timeout")]
     Timeout,
@@ -101,12 +111,16 @@ impl ProxyError {
     /// The status code a client sees for this error.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::NoAuthority | Self::BadAuthority(_) | Self::BadRequest(_) => {
-                StatusCode::BAD_REQUEST
-            }
-            Self::NoEndpoints(_) | Self::Resolve { .. } | Self::Overloaded | Self::NoIdentity => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::NoAuthority
+            | Self::BadAuthority(_)
+            | Self::BadRequest(_)
+            | Self::Malformed(_) => StatusCode::BAD_REQUEST,
+            Self::PathTooLong(_) => StatusCode::URI_TOO_LONG,
+            Self::NoEndpoints(_)
+            | Self::Resolve { .. }
+            | Self::Overloaded
+            | Self::DestinationOverloaded(_)
+            | Self::NoIdentity => StatusCode::SERVICE_UNAVAILABLE,
             Self::ConnectTimeout(_) | Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Self::Connect { .. }
             | Self::Handshake { .. }

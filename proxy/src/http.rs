@@ -94,17 +94,34 @@ pub struct Shared {
     pub own_addrs: Vec<SocketAddr>,
     /// The proxy's mTLS identity, when an identity service is configured.
     pub identity: Option<Arc<crate::identity::Identity>>,
+    /// The proxy's own open upstream connections: one accepted from them is a loop.
+    pub origins: Arc<crate::origins::Origins>,
+}
+
+/// The bounds every request is held to.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Requests in flight in one direction.
+    pub in_flight: usize,
+    /// Requests in flight to one destination.
+    pub in_flight_per_destination: usize,
+    /// How long a request waits for response headers when its route says nothing.
+    pub response_headers_timeout: Option<Duration>,
+    /// The longest request path accepted (and matched against routes).
+    pub max_path_bytes: usize,
 }
 
 /// Builds the stack one direction's requests flow through, top to bottom.
-pub fn stack(shared: Arc<Shared>, direction: Direction, max_in_flight: usize) -> HttpService {
+pub fn stack(shared: Arc<Shared>, direction: Direction, limits: &Limits) -> HttpService {
     let svc = ServiceBuilder::new()
         // Find the destination's profile and the request's route first: metrics are
-        // labelled by route, and the route decides the timeout.
+        // labelled by route, and the route decides the timeout. A path too long to be
+        // served is not matched at all (matching costs grow with its length).
         .layer_fn(|inner| Classify {
             inner,
             shared: shared.clone(),
             direction,
+            max_path_bytes: limits.max_path_bytes,
         })
         // Count every request and time it to its response headers, including the
         // requests the proxy answers itself, so clients and metrics agree.
@@ -117,9 +134,26 @@ pub fn stack(shared: Arc<Shared>, direction: Direction, max_in_flight: usize) ->
         // The one place errors become responses with `mesh-proxy-error`; every layer
         // below returns errors.
         .layer_fn(|inner| Rescue { inner })
-        // The route's timeout covers everything below, retries included; when it
-        // fires, dropping the request cancels it upstream.
-        .layer_fn(|inner| RouteTimeout { inner })
+        // Refuse what hyper's parser lets through but no server should act on, before
+        // anything is sent on.
+        .layer_fn(|inner| Validate {
+            inner,
+            max_path_bytes: limits.max_path_bytes,
+        })
+        // One destination may hold only its share of the in-flight slots: a hung
+        // backend gets 503s of its own instead of starving every other destination.
+        .layer_fn(|inner| DstLimit {
+            inner,
+            direction,
+            max: limits.in_flight_per_destination,
+            in_flight: Arc::default(),
+        })
+        // The route's timeout (else the default) covers everything below, retries
+        // included; when it fires, dropping the request cancels it upstream.
+        .layer_fn(|inner| RouteTimeout {
+            inner,
+            default: limits.response_headers_timeout,
+        })
         // Retry failures of retryable routes while the route's budget allows.
         .layer_fn(|inner| Retry {
             inner: BoxCloneService::new(inner),
@@ -130,12 +164,29 @@ pub fn stack(shared: Arc<Shared>, direction: Direction, max_in_flight: usize) ->
         // Shed load instead of queueing when too many requests are in flight: a fast
         // 503 lets the caller's balancer pick another replica.
         .load_shed()
-        .concurrency_limit(max_in_flight)
+        .concurrency_limit(limits.in_flight)
         .service(Forward {
             shared: shared.clone(),
             direction,
         });
     BoxCloneService::new(svc)
+}
+
+/// Whether sending to `addr` reaches one of the listeners `own` (see [`Shared::is_own`]).
+pub fn is_own(own: &[SocketAddr], addr: SocketAddr) -> bool {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    // Linux connects a socket aimed at the unspecified address to loopback.
+    let ip = match crate::origins::canonical(addr).ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    own.iter()
+        .map(|o| crate::origins::canonical(*o))
+        .any(|own| {
+            own.port() == addr.port()
+                && (own.ip() == ip || (own.ip().is_unspecified() && ip.is_loopback()))
+        })
 }
 
 /// The request's authority: the URI's (absolute-form or `:authority`), else `Host`.
@@ -180,14 +231,13 @@ impl Service<Request<BoxBody>> for Forward {
 
 impl Shared {
     /// Whether `addr` is one of the proxy's own listeners, so sending there would loop.
-    /// A listener on a wildcard address owns its port on every local address.
+    /// Addresses are compared as the kernel routes them: an IPv4-mapped IPv6 address is
+    /// its IPv4 address, connecting to the unspecified address reaches loopback, and a
+    /// listener on a wildcard address owns its port on every loopback address. (A
+    /// listener reached by another local address, the pod's IP say, is caught when the
+    /// connection arrives: see [`crate::origins`].)
     pub fn is_own(&self, addr: SocketAddr) -> bool {
-        self.own_addrs.iter().any(|own| {
-            own.port() == addr.port()
-                && (own.ip() == addr.ip()
-                    || (own.ip().is_unspecified()
-                        && (addr.ip().is_loopback() || addr.ip().is_unspecified())))
-        })
+        is_own(&self.own_addrs, addr)
     }
 }
 
@@ -522,6 +572,7 @@ struct Classify<S> {
     inner: S,
     shared: Arc<Shared>,
     direction: Direction,
+    max_path_bytes: usize,
 }
 
 impl<S, B> Service<Request<B>> for Classify<S>
@@ -546,7 +597,9 @@ where
         // What the lookup needs, taken before awaiting: the body is not Sync, so no
         // borrow of the request may be held across an await. Without a destination
         // service no profile applies: nothing to look up.
-        let lookup = (direction == Direction::Outbound && shared.resolve.has_discovery())
+        let lookup = (direction == Direction::Outbound
+            && shared.resolve.has_discovery()
+            && req.uri().path().len() <= self.max_path_bytes)
             .then(|| {
                 let conn = req.extensions().get::<ConnInfo>();
                 let name = request_authority(&req)
@@ -574,6 +627,7 @@ where
 #[derive(Clone, Debug)]
 struct RouteTimeout<S> {
     inner: S,
+    default: Option<Duration>,
 }
 
 impl<S, B> Service<Request<B>> for RouteTimeout<S>
@@ -595,7 +649,8 @@ where
         let timeout = req
             .extensions()
             .get::<RouteInfo>()
-            .and_then(|i| i.route.as_ref()?.timeout);
+            .and_then(|i| i.route.as_ref()?.timeout)
+            .or(self.default);
         let fut = self.inner.call(req);
         Box::pin(async move {
             match timeout {
@@ -605,6 +660,151 @@ where
                 },
                 None => fut.await.map_err(Into::into),
             }
+        })
+    }
+}
+
+// === Validate: heads hyper lets through ===
+
+#[derive(Clone, Debug)]
+struct Validate<S> {
+    inner: S,
+    max_path_bytes: usize,
+}
+
+/// Why a request head must be refused, if it must: two `Host` headers (RFC 9112 §3.2,
+/// 400), an HTTP/2 `Host` naming another authority than `:authority` (RFC 9113
+/// §8.3.1), a path longer than `max_path_bytes` (414).
+fn invalid<B>(req: &Request<B>, max_path_bytes: usize) -> Option<ProxyError> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Some(ProxyError::Malformed("more than one Host header"));
+    }
+    if req.version() == HttpVersion::HTTP_2
+        && let (Some(host), Some(authority)) = (host, req.uri().authority())
+        && !host
+            .as_bytes()
+            .eq_ignore_ascii_case(authority.as_str().as_bytes())
+    {
+        return Some(ProxyError::Malformed("Host differs from :authority"));
+    }
+    let path = req.uri().path().len();
+    (path > max_path_bytes).then_some(ProxyError::PathTooLong(path))
+}
+
+impl<S, B> Service<Request<B>> for Validate<S>
+where
+    S: Service<Request<B>, Response = Response<BoxBody>>,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<BoxBody>;
+    type Error = BoxError;
+    type Future = BoxFuture<Response<BoxBody>, BoxError>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        if let Some(e) = invalid(&req, self.max_path_bytes) {
+            return Box::pin(std::future::ready(Err(e.into())));
+        }
+        let fut = self.inner.call(req);
+        Box::pin(async move { fut.await.map_err(Into::into) })
+    }
+}
+
+// === DstLimit: in-flight requests per destination ===
+
+/// Requests in flight per destination; a destination with none has no entry, so the
+/// map is never larger than the number of requests in flight.
+type InFlight = Arc<std::sync::Mutex<std::collections::HashMap<Box<str>, usize>>>;
+
+#[derive(Clone, Debug)]
+struct DstLimit<S> {
+    inner: S,
+    direction: Direction,
+    max: usize,
+    in_flight: InFlight,
+}
+
+/// A request's slot in its destination's share; given back when dropped.
+struct DstSlot {
+    in_flight: InFlight,
+    key: Box<str>,
+}
+
+impl Drop for DstSlot {
+    fn drop(&mut self) {
+        let mut map = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// The destination a request counts against: outbound its authority, inbound the
+/// application port it is for.
+fn destination_key<B>(req: &Request<B>, direction: Direction) -> Box<str> {
+    match direction {
+        Direction::Outbound => request_authority(req)
+            .unwrap_or_default()
+            .to_ascii_lowercase()
+            .into(),
+        Direction::Inbound => {
+            let named = req
+                .headers()
+                .get(TARGET_PORT_HEADER)
+                .and_then(|v| v.to_str().ok());
+            let port = req
+                .extensions()
+                .get::<ConnInfo>()
+                .and_then(|c| c.target)
+                .map(|t| t.port().to_string());
+            named.map(str::to_owned).or(port).unwrap_or_default().into()
+        }
+    }
+}
+
+impl<S, B> Service<Request<B>> for DstLimit<S>
+where
+    S: Service<Request<B>, Response = Response<BoxBody>>,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<BoxBody>;
+    type Error = BoxError;
+    type Future = BoxFuture<Response<BoxBody>, BoxError>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let key = destination_key(&req, self.direction);
+        {
+            let mut map = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            let n = map.entry(key.clone()).or_insert(0);
+            if *n >= self.max {
+                let e = ProxyError::DestinationOverloaded(key.into());
+                return Box::pin(std::future::ready(Err(e.into())));
+            }
+            *n += 1;
+        }
+        let slot = DstSlot {
+            in_flight: self.in_flight.clone(),
+            key,
+        };
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let rsp = fut.await.map_err(Into::into);
+            drop(slot);
+            rsp
         })
     }
 }
@@ -1098,6 +1298,41 @@ pub fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_spelling_of_an_own_address_is_a_loop() {
+        let own: Vec<SocketAddr> = vec![
+            "127.0.0.1:4140".parse().expect("addr"),
+            "0.0.0.0:4191".parse().expect("addr"),
+            "127.0.1.3:4143".parse().expect("addr"),
+        ];
+        for addr in [
+            "127.0.0.1:4140",
+            "0.0.0.0:4140",
+            "[::ffff:127.0.0.1]:4140",
+            "[::ffff:0.0.0.0]:4140",
+            "0.0.0.0:4191",
+            "127.0.0.1:4191",
+            "127.9.9.9:4191",
+            "[::1]:4191",
+            "[::]:4191",
+            "[::ffff:127.0.0.1]:4191",
+            "127.0.1.3:4143",
+            "[::ffff:127.0.1.3]:4143",
+        ] {
+            let addr: SocketAddr = addr.parse().expect("addr");
+            assert!(is_own(&own, addr), "{addr} loops");
+        }
+        for addr in [
+            "127.0.0.2:4140",
+            "10.0.0.1:4140",
+            "127.0.1.4:4143",
+            "0.0.0.0:4143",
+        ] {
+            let addr: SocketAddr = addr.parse().expect("addr");
+            assert!(!is_own(&own, addr), "{addr} does not loop");
+        }
+    }
 
     #[test]
     fn hop_by_hop_headers_are_removed() {

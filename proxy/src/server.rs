@@ -16,8 +16,10 @@ use crate::detect::{Protocol, detect};
 use crate::discover::Discover;
 use crate::http::{ConnInfo, Hold, HttpService, Shared};
 use crate::identity::{ALPN_H2, ALPN_HTTP1, Identity};
+use crate::idle::{Streams, Tracked};
 use crate::io::{PrefixedIo, original_dst};
 use crate::metrics::{Direction, Metrics, Peer, Tls};
+use crate::origins::Origins;
 use crate::resolve::Resolve;
 use crate::tcp::{self, CountingIo};
 
@@ -129,25 +131,33 @@ impl Proxy {
             idle_timeout: config.idle_timeout,
             max_pooled_per_endpoint: 64,
         };
+        let origins = Arc::new(Origins::default());
         let shared = Arc::new(Shared {
             resolve,
-            endpoints: Endpoints::new(client, metrics.clone(), identity.clone()),
+            endpoints: Endpoints::new(client, metrics.clone(), origins.clone(), identity.clone()),
             metrics,
             own_addrs: vec![listening.inbound, listening.outbound, listening.admin],
             identity,
+            origins,
         });
         let (drain_tx, drain) = watch::channel(false);
-        let max = config.max_in_flight_requests.clamp(1, MAX_LIMIT);
+        let limits = crate::http::Limits {
+            in_flight: config.max_in_flight_requests.clamp(1, MAX_LIMIT),
+            in_flight_per_destination: config.max_in_flight_per_destination.clamp(1, MAX_LIMIT),
+            response_headers_timeout: (!config.response_headers_timeout.is_zero())
+                .then_some(config.response_headers_timeout),
+            max_path_bytes: config.max_path_bytes,
+        };
         let listeners = [
             (
                 Direction::Inbound,
                 inbound,
-                crate::http::stack(shared.clone(), Direction::Inbound, max),
+                crate::http::stack(shared.clone(), Direction::Inbound, &limits),
             ),
             (
                 Direction::Outbound,
                 outbound,
-                crate::http::stack(shared.clone(), Direction::Outbound, max),
+                crate::http::stack(shared.clone(), Direction::Outbound, &limits),
             ),
         ];
         let ctx = Arc::new(Ctx {
@@ -210,10 +220,16 @@ impl Proxy {
         };
         let admin_task = tokio::spawn(crate::admin::serve(
             admin,
-            ctx.shared.identity.clone(),
-            ctx.shared.metrics.clone(),
-            ctx.drain.clone(),
-            admin_shutdown_tx,
+            crate::admin::Admin {
+                identity: ctx.shared.identity.clone(),
+                metrics: ctx.shared.metrics.clone(),
+                origins: ctx.shared.origins.clone(),
+                drain: ctx.drain.clone(),
+                shutdown: ctx
+                    .config
+                    .shutdown_endpoint_enabled
+                    .then_some(admin_shutdown_tx),
+            },
         ));
         tracing::info!(
             inbound = %listening.inbound,
@@ -224,7 +240,7 @@ impl Proxy {
 
         tokio::select! {
             () = shutdown => tracing::info!("signal received; draining"),
-            _ = admin_shutdown.recv() => tracing::info!("shutdown requested; draining"),
+            Some(()) = admin_shutdown.recv() => tracing::info!("shutdown requested; draining"),
         }
         let _ = drain_tx.send(true);
         drop(done);
@@ -298,13 +314,6 @@ async fn handle(
     hold: Arc<Hold>,
 ) {
     let _ = stream.set_nodelay(true);
-    let orig_dst = original_dst(&stream);
-    let target = match direction {
-        Direction::Inbound => orig_dst.or(ctx.config.inbound_app_addr),
-        Direction::Outbound => orig_dst,
-    };
-    let local = stream.local_addr().unwrap_or(ctx.listening_on(direction));
-    let mut drain = ctx.drain.clone();
     let plaintext = Peer::plaintext(ctx.shared.identity.is_some()).tls;
     // A connection that ends before it is served still counts as opened and closed.
     let unserved = || {
@@ -313,19 +322,48 @@ async fn handle(
             .tcp_open(direction, "src", plaintext)
             .closed()
     };
-    let detected = tokio::select! {
-        d = detect(&mut stream, ctx.config.detect_timeout) => match d {
-            Ok(d) => d,
-            Err(error) => {
-                tracing::debug!(%error, %client, "connection failed before detection");
+    // A connection this proxy opened itself has come back to it: a request routed to
+    // one of its listeners by an address it does not know as its own. Serving it
+    // would recurse until every slot is taken.
+    if ctx.shared.origins.contains(client) {
+        tracing::warn!(%client, ?direction, "connection from this proxy itself refused: a loop");
+        unserved();
+        return;
+    }
+    let orig_dst = original_dst(&stream);
+    let target = match direction {
+        Direction::Inbound => orig_dst.or(ctx.config.inbound_app_addr),
+        Direction::Outbound => orig_dst,
+    };
+    let local = stream.local_addr().unwrap_or(ctx.listening_on(direction));
+    let mut drain = ctx.drain.clone();
+    // Ports declared opaque skip detection (server-speaks-first protocols need not wait),
+    // except where the mesh's mTLS must be recognised first.
+    let port = target.map(|t| t.port());
+    let strict = ctx.shared.identity.is_some()
+        && direction == Direction::Inbound
+        && ctx.config.strict_port(port);
+    let detect_first = !ctx.config.opaque_port(port) || strict;
+    let detected = if detect_first {
+        tokio::select! {
+            d = detect(&mut stream, ctx.config.detect_timeout) => match d {
+                Ok(d) => d,
+                Err(error) => {
+                    tracing::debug!(%error, %client, "connection closed during protocol detection");
+                    unserved();
+                    return;
+                }
+            },
+            // A client that has sent nothing yet has nothing in flight: close it at once.
+            () = drained(&mut drain) => {
                 unserved();
                 return;
             }
-        },
-        // A client that has sent nothing yet has nothing in flight: close it at once.
-        () = drained(&mut drain) => {
-            unserved();
-            return;
+        }
+    } else {
+        crate::detect::Detected {
+            protocol: Some(Protocol::Opaque),
+            prefix: bytes::BytesMut::new(),
         }
     };
     let Some(protocol) = detected.protocol else {
@@ -369,7 +407,7 @@ async fn handle(
                 return serve_mtls(io, identity, conn, stack, ctx).await;
             }
         }
-        if ctx.shared.identity.is_some() && ctx.config.strict_port(target.map(|t| t.port())) {
+        if strict {
             tracing::info!(%client, ?target, "connection refused: inbound is strict and the client did not use the mesh's mTLS");
             unserved();
             return;
@@ -422,32 +460,26 @@ async fn serve_mtls(
         unserved();
         return;
     };
+    // A meshed peer says what it carries with the mesh's own signalling (ALPN), never
+    // by what its first bytes look like: sniffing would let any meshed workload pass
+    // bytes to the app raw, with whatever headers they spell.
     let protocol = match session.alpn_protocol() {
-        Some(ALPN_H2) => Some(Protocol::Http2),
-        Some(ALPN_HTTP1) => Some(Protocol::Http1),
-        _ => None,
+        Some(ALPN_H2) => Protocol::Http2,
+        Some(ALPN_HTTP1) => Protocol::Http1,
+        other => {
+            tracing::info!(%client, %peer, alpn = ?other.map(String::from_utf8_lossy), "mTLS peer negotiated no mesh protocol (ALPN); closing");
+            unserved();
+            return;
+        }
     };
     conn.peer = Peer::secured(&peer);
     // Counted above TLS: the bytes of the peer's requests and responses.
-    let mut tls = CountingIo::new(
+    let tls = CountingIo::new(
         tls,
         metrics.tcp_open(Direction::Inbound, "src", Tls::Secured),
     );
-    let (protocol, prefix) = match protocol {
-        Some(p) => (p, bytes::BytesMut::new()),
-        None => match detect(&mut tls, ctx.config.detect_timeout).await {
-            Ok(d) => match d.protocol {
-                Some(p) => (p, d.prefix),
-                None => return,
-            },
-            Err(error) => {
-                tracing::debug!(%error, %client, "mTLS connection failed before detection");
-                return;
-            }
-        },
-    };
     serve(
-        PrefixedIo::new(prefix, tls),
+        PrefixedIo::new(bytes::BytesMut::new(), tls),
         protocol,
         conn,
         Direction::Inbound,
@@ -479,6 +511,7 @@ async fn serve<I>(
                     target,
                     ctx.config.connect_timeout,
                     metrics,
+                    &ctx.shared.origins,
                     direction,
                     tls,
                 )
@@ -499,11 +532,22 @@ where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let io = TokioIo::new(io);
-    let svc =
-        hyper::service::service_fn(move |req| crate::http::serve(stack.clone(), conn.clone(), req));
     let mut drain = ctx.drain.clone();
     let cfg = &ctx.config;
     let result = if protocol == Protocol::Http2 {
+        // Each stream counts as open until its response ends, for the idle timeout.
+        let streams = Arc::new(Streams::default());
+        let svc = {
+            let streams = streams.clone();
+            hyper::service::service_fn(move |req| {
+                let open = streams.open();
+                let rsp = crate::http::serve(stack.clone(), conn.clone(), req);
+                async move {
+                    let rsp = rsp.await?;
+                    Ok::<_, std::convert::Infallible>(rsp.map(|b| Tracked::new(b, open)))
+                }
+            })
+        };
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder
             .timer(TokioTimer::new())
@@ -518,8 +562,18 @@ where
                 conn.as_mut().graceful_shutdown();
                 conn.await
             }
+            () = streams.idle(cfg.http2_idle_timeout) => {
+                // Idle since its handshake or its last stream: GOAWAY, then close.
+                // A client that opens a stream meanwhile has it served.
+                tracing::debug!("closing an idle HTTP/2 connection");
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
         }
     } else {
+        let svc = hyper::service::service_fn(move |req| {
+            crate::http::serve(stack.clone(), conn.clone(), req)
+        });
         let mut builder = http1::Builder::new();
         builder
             .timer(TokioTimer::new())

@@ -11,6 +11,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::metrics::{Direction, Metrics, TcpStats, Tls};
+use crate::origins::Origins;
 
 pin_project_lite::pin_project! {
     /// A stream that counts the bytes read and written, and its close, in [`TcpStats`].
@@ -85,12 +86,14 @@ impl<I: AsyncWrite> AsyncWrite for CountingIo<I> {
     }
 }
 
-/// Forwards `client` to `target` byte for byte until both directions have closed.
+/// Forwards `client` to `target` byte for byte until both directions have closed; the
+/// upstream connection is tracked in `origins` meanwhile.
 pub async fn forward<I>(
     mut client: I,
     target: SocketAddr,
     connect_timeout: Duration,
     metrics: &Metrics,
+    origins: &Arc<Origins>,
     direction: Direction,
     tls: Tls,
 ) -> io::Result<()>
@@ -105,6 +108,7 @@ where
                 format!("connect to {target} timed out"),
             )
         })??;
+    let _origin = origins.track(&server);
     let _ = server.set_nodelay(true);
     let mut server = CountingIo::new(server, metrics.tcp_open(direction, "dst", tls));
     // copy_bidirectional shuts down each write side when its read side reaches EOF, so a

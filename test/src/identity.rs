@@ -248,6 +248,19 @@ pub async fn probe_with(
     path: &str,
     headers: &str,
 ) -> Probe {
+    let request = format!("GET {path} HTTP/1.1\r\nhost: app\r\n{headers}connection: close\r\n\r\n");
+    probe_raw(addr, sni, cert, &[b"http/1.1"], request.as_bytes()).await
+}
+
+/// Connects with TLS 1.3 offering `alpn` (none when empty), sends `request` as it is
+/// and reads the answer until the server closes.
+pub async fn probe_raw(
+    addr: SocketAddr,
+    sni: &str,
+    cert: Option<&ClientCert>,
+    alpn: &[&[u8]],
+    request: &[u8],
+) -> Probe {
     let capture = Arc::new(Capture::default());
     let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
@@ -262,7 +275,7 @@ pub async fn probe_with(
             .expect("client cert"),
         None => builder.with_no_client_auth(),
     };
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let response = async {
         let tcp = tokio::net::TcpStream::connect(addr)
@@ -273,12 +286,9 @@ pub async fn probe_with(
             .connect(name, tcp)
             .await
             .map_err(|e| format!("handshake: {e}"))?;
-        tls.write_all(
-            format!("GET {path} HTTP/1.1\r\nhost: app\r\n{headers}connection: close\r\n\r\n")
-                .as_bytes(),
-        )
-        .await
-        .map_err(|e| format!("write: {e}"))?;
+        tls.write_all(request)
+            .await
+            .map_err(|e| format!("write: {e}"))?;
         let mut out = Vec::new();
         let read = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut out))
             .await

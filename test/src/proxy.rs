@@ -131,6 +131,11 @@ impl Proxy {
         assert_eq!(rsp.status(), 200);
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+
     /// Kills the process and waits for it to exit.
     pub async fn kill(&mut self) {
         let _ = self.child.kill().await;

@@ -251,6 +251,51 @@ async fn strict_inbound_refuses_clients_without_a_valid_mesh_certificate() {
     assert!(r.response.is_err(), "expired: {:?}", r.response);
 }
 
+/// A meshed peer says what it carries by ALPN; one that negotiates none (or another
+/// protocol) is closed rather than sniffed, so that no meshed workload can pass bytes to
+/// the app raw with a `mesh-client-id` of its choosing.
+#[tokio::test]
+async fn meshed_peers_without_a_mesh_alpn_are_closed_not_sniffed() {
+    let m = mesh("24h").await;
+    let inbound = SocketAddr::new(m.web.ip, 4143);
+    let web_id = dns_name("web", "shop");
+    let now = SystemTime::now();
+    let hour = Duration::from_secs(3600);
+    let cert = identity::client_cert(&m.id.ca_dir, "probe", "shop", now - hour, 2 * hour);
+    let forged = format!(
+        "\r\nGET /headers HTTP/1.1\r\nhost: app\r\nmesh-client-id: {}\r\nconnection: close\r\n\r\n",
+        dns_name("admin", "mesh")
+    );
+    for alpn in [&[][..], &[b"x-other".as_slice()][..]] {
+        let r = identity::probe_raw(inbound, &web_id, Some(&cert), alpn, forged.as_bytes()).await;
+        let text = r.response.unwrap_or_default();
+        assert!(
+            !text.contains("admin.mesh"),
+            "ALPN {alpn:?}: the forged identity reached the app: {text}"
+        );
+        assert!(
+            !text.contains("HTTP/1.1 200"),
+            "ALPN {alpn:?}: served: {text}"
+        );
+    }
+    // The same bytes with the mesh's ALPN are HTTP: the app hears the verified identity.
+    let r = identity::probe_raw(
+        inbound,
+        &web_id,
+        Some(&cert),
+        &[b"http/1.1"],
+        forged.as_bytes(),
+    )
+    .await;
+    let text = r.response.expect("served with the mesh's ALPN");
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.contains(&format!("mesh-client-id: {}", dns_name("probe", "shop")))
+            && !text.contains("admin.mesh"),
+        "{text}"
+    );
+}
+
 /// The app's own TLS (a ClientHello naming no mesh identity) passes through a
 /// permissive pod to the app byte for byte, and is refused by a strict one.
 #[tokio::test]

@@ -156,7 +156,10 @@ async fn admin_endpoints() {
 #[tokio::test]
 async fn shutdown_finishes_in_flight_requests_then_exits_zero() {
     let app = backend::http().await;
-    let mut proxy = proxy::new().run().await;
+    let mut proxy = proxy::new()
+        .env("SHUTDOWN_ENDPOINT_ENABLED", true)
+        .run()
+        .await;
     let (outbound, authority) = (proxy.outbound, app.authority());
     let slow = tokio::spawn(async move { client::get(outbound, &authority, "/sleep/1000").await });
     one_request_in_flight(&proxy).await;
@@ -192,6 +195,7 @@ async fn shutdown_grace_period_bounds_the_drain() {
     let app = backend::http().await;
     let mut proxy = proxy::new()
         .env("SHUTDOWN_GRACE_PERIOD", "300ms")
+        .env("SHUTDOWN_ENDPOINT_ENABLED", true)
         .run()
         .await;
     let (outbound, authority) = (proxy.outbound, app.authority());
@@ -214,7 +218,10 @@ async fn shutdown_grace_period_bounds_the_drain() {
 
 #[tokio::test]
 async fn idle_connections_do_not_hold_up_shutdown() {
-    let mut proxy = proxy::new().run().await;
+    let mut proxy = proxy::new()
+        .env("SHUTDOWN_ENDPOINT_ENABLED", true)
+        .run()
+        .await;
     // A client that connected but never sent a byte: nothing is in flight.
     let _idle = tokio::net::TcpStream::connect(proxy.inbound)
         .await

@@ -56,6 +56,7 @@ async fn main() -> anyhow::Result<()> {
         .env("INBOUND_ADDR", args.inbound_addr)
         .env("OUTBOUND_ADDR", args.outbound_addr)
         .env("ADMIN_ADDR", args.admin_addr)
+        .env("SHUTDOWN_ENDPOINT_ENABLED", true)
         .env("LOG", "warn,mesh_proxy::server=info")
         .app(app.addr)
         .run()
