@@ -152,3 +152,30 @@ fn huge_weights_and_deep_conditions_are_refused_not_overflowed() {
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert!(errors[0].message.contains("nested more than"), "{errors:?}");
 }
+
+/// A route regex that would stall the proxy is refused with the reason; what real
+/// routes use compiles, and matches as Linkerd's would.
+#[test]
+fn route_regexes_are_bounded() {
+    use mesh_api::profile::{anchored, compile_anchored};
+    let evil = compile_anchored(&anchored("(?:[a-z0-9/]{1,60}){200}Z"));
+    let reason = evil.expect_err("the stalling regex is refused");
+    assert!(reason.contains("compiles to more than 32 KiB"), "{reason}");
+    for (pattern, path, matches) in [
+        ("/authors/\\w+/books", "/authors/ann_2/books", true),
+        ("/books/[^/]+", "/books/12", true),
+        ("/books/[^/]+", "/books/12/x", false),
+        ("(?i)/API/.*", "/api/x", true),
+        ("/v2(/.*)?", "/v2example", false),
+        ("/\\p{Greek}+", "/abc", false),
+        ("[\\w/]{1,100}", "/a/b", true),
+        ("/", "/", true),
+    ] {
+        let re = compile_anchored(&anchored(pattern)).expect(pattern);
+        assert_eq!(re.is_match(path.as_bytes()), matches, "{pattern} on {path}");
+    }
+    let unicode = compile_anchored(&anchored("/\\p{L}+")).expect_err("too large");
+    assert!(unicode.contains("Unicode classes"), "{unicode}");
+    let invalid = compile_anchored(&anchored("/api/(unclosed")).expect_err("invalid");
+    assert!(invalid.starts_with("invalid regex"), "{invalid}");
+}

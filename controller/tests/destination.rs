@@ -271,6 +271,21 @@ async fn profiles_and_splits_follow_the_folder_and_bad_edits_keep_the_last_good(
             .is_err(),
         "a bad profile was pushed"
     );
+    // So is a regex that compiles past the bound (it would stall the proxy).
+    std::fs::write(
+        dir.path().join("profile.yaml"),
+        profile.replace(
+            "pathRegex: \"/api\"",
+            "pathRegex: \"(?:[a-z0-9/]{1,60}){200}Z\"",
+        ),
+    )
+    .expect("write");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(600), p.message())
+            .await
+            .is_err(),
+        "a stalling profile was pushed"
+    );
     // A valid edit goes through.
     std::fs::write(
         dir.path().join("profile.yaml"),

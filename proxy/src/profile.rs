@@ -53,7 +53,7 @@ enum Match {
     All(Vec<Match>),
     Any(Vec<Match>),
     Not(Box<Match>),
-    Path(regex::Regex),
+    Path(regex::bytes::Regex),
     Method(Method),
     /// A condition that could not be compiled matches nothing (the controller
     /// validates, so this only guards against a newer controller's additions).
@@ -138,7 +138,7 @@ impl Match {
             Self::All(ms) => ms.iter().all(|m| m.matches(method, path)),
             Self::Any(ms) => ms.iter().any(|m| m.matches(method, path)),
             Self::Not(m) => !m.matches(method, path),
-            Self::Path(re) => re.is_match(path),
+            Self::Path(re) => re.is_match(path.as_bytes()),
             Self::Method(m) => m == method,
             Self::Never => false,
         }
@@ -164,7 +164,9 @@ fn request_match(m: &pb::RequestMatch) -> Match {
         Some(M::Any(seq)) => Match::Any(seq.matches.iter().map(request_match).collect()),
         Some(M::Not(inner)) => Match::Not(Box::new(request_match(inner))),
         // The controller sends the regex already anchored to the whole path.
-        Some(M::PathRegex(re)) => regex::Regex::new(re).map_or(Match::Never, Match::Path),
+        Some(M::PathRegex(re)) => {
+            mesh_api::profile::compile_anchored(re).map_or(Match::Never, Match::Path)
+        }
         Some(M::Method(method)) => {
             Method::from_bytes(method.as_bytes()).map_or(Match::Never, Match::Method)
         }
