@@ -3,6 +3,7 @@
 //! service account's identity.
 
 pub mod ca;
+pub mod limit;
 pub mod server;
 pub mod service;
 pub mod tokens;

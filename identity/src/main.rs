@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use mesh_api::identity_api::identity_server::IdentityServer;
+use mesh_identity::limit::Limits;
 use mesh_identity::server::{self, IssuerSource};
 use mesh_identity::service::{Metrics, Service, Settings};
 use mesh_identity::tokens::Authenticator;
@@ -55,6 +56,15 @@ struct Config {
     /// How often the issuer files are checked for changes.
     #[arg(long, env = "MESH_IDENTITY_RELOAD_INTERVAL", default_value = "2s", value_parser = parse_duration)]
     reload_interval: Duration,
+
+    /// Certificate requests a minute one source address may make (a burst too).
+    #[arg(long, env = "MESH_IDENTITY_RATE_PER_SOURCE", default_value = "600")]
+    rate_per_source: std::num::NonZeroU32,
+
+    /// Certificate requests a minute one service-account token may make (a burst too):
+    /// a proxy needs one at start and one per renewal.
+    #[arg(long, env = "MESH_IDENTITY_RATE_PER_TOKEN", default_value = "30")]
+    rate_per_token: std::num::NonZeroU32,
 
     /// Log filter (tracing EnvFilter syntax).
     #[arg(long, env = "MESH_IDENTITY_LOG", default_value = "info")]
@@ -151,6 +161,17 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {} (identity)", config.addr))?;
     let addr = listener.local_addr()?;
+    let limits = Arc::new(Limits::new(config.rate_per_source, config.rate_per_token));
+    tokio::spawn({
+        let limits = limits.clone();
+        async move {
+            let mut every = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                every.tick().await;
+                limits.prune();
+            }
+        }
+    });
     let service = Service::new(
         issuer_rx,
         auth,
@@ -159,6 +180,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
             clock_skew: config.clock_skew,
         },
         metrics,
+        limits,
     );
     tracing::info!(identity = %addr, admin = %admin_addr, lifetime = ?config.cert_lifetime, "listening");
     tonic::transport::Server::builder()

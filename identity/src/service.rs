@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
 use crate::ca::{Issuer, Rejection};
+use crate::limit::Limits;
 use crate::tokens::{AuthError, Authenticator};
 
 /// The largest CSR or token accepted, in bytes.
@@ -86,21 +87,25 @@ pub struct Service {
     auth: Authenticator,
     settings: Settings,
     metrics: Arc<Metrics>,
+    limits: Arc<Limits>,
 }
 
 impl Service {
-    /// A service issuing with whatever issuer `issuer` holds at the time.
+    /// A service issuing with whatever issuer `issuer` holds at the time, within
+    /// `limits`.
     pub fn new(
         issuer: watch::Receiver<Arc<Issuer>>,
         auth: Authenticator,
         settings: Settings,
         metrics: Arc<Metrics>,
+        limits: Arc<Limits>,
     ) -> Self {
         Self {
             issuer,
             auth,
             settings,
             metrics,
+            limits,
         }
     }
 
@@ -121,6 +126,23 @@ impl Identity for Service {
         &self,
         request: Request<CertifyRequest>,
     ) -> Result<Response<CertifyResponse>, Status> {
+        // Before the token is checked: a flood must not reach the token reviewer.
+        let source = request
+            .extensions()
+            .get::<Option<std::net::SocketAddr>>()
+            .copied()
+            .flatten();
+        if let Some(source) = source
+            && !self.limits.allow_source(source.ip())
+        {
+            return Err(self.reject(
+                "rate_limited_source",
+                Status::resource_exhausted(format!(
+                    "too many certificate requests from {}; retry later",
+                    source.ip()
+                )),
+            ));
+        }
         let req = request.into_inner();
         if req.token.len() > MAX_INPUT || req.certificate_signing_request.len() > MAX_INPUT {
             return Err(self.reject(
@@ -138,6 +160,15 @@ impl Identity for Service {
                 return Err(self.reject(e.reason(), status));
             }
         };
+        if !self.limits.allow_token(&req.token) {
+            return Err(self.reject(
+                "rate_limited_token",
+                Status::resource_exhausted(format!(
+                    "too many certificate requests with the token of {}.{}; retry later",
+                    sa.name, sa.namespace
+                )),
+            ));
+        }
         let allowed = mesh_api::identity::dns_name(&sa.name, &sa.namespace);
         if req.identity != allowed {
             let e = Rejection::WrongIdentity {

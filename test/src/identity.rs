@@ -40,6 +40,17 @@ pub struct Identity {
 /// Starts `mesh-identity` issuing from `ca_dir` (trust anchors from `anchors`, default
 /// `ca_dir/ca.crt`) with leaves living `lifetime` (e.g. `1m`), tokens in `work`.
 pub async fn start(ca_dir: &Path, anchors: Option<&Path>, lifetime: &str, work: &Path) -> Identity {
+    start_with(ca_dir, anchors, lifetime, work, &[]).await
+}
+
+/// [`start`], with extra `MESH_IDENTITY_*` variables (`("RATE_PER_TOKEN", "3")`).
+pub async fn start_with(
+    ca_dir: &Path,
+    anchors: Option<&Path>,
+    lifetime: &str,
+    work: &Path,
+    env: &[(&str, &str)],
+) -> Identity {
     let tokens_file = work.join("tokens.yaml");
     std::fs::write(&tokens_file, "tokens: []\n").expect("write tokens");
     let anchors = anchors.map_or_else(|| ca_dir.join(ca::TRUST_ANCHORS_FILE), Path::to_path_buf);
@@ -55,7 +66,8 @@ pub async fn start(ca_dir: &Path, anchors: Option<&Path>, lifetime: &str, work: 
         )
         .env("MESH_IDENTITY_CERT_LIFETIME", lifetime)
         .env("MESH_IDENTITY_RELOAD_INTERVAL", "1s")
-        .env("MESH_IDENTITY_LOG", "info");
+        .env("MESH_IDENTITY_LOG", "info")
+        .envs(env.iter().map(|(k, v)| (format!("MESH_IDENTITY_{k}"), v)));
     let (child, line) = crate::spawn_listening(cmd, "identity").await;
     let field = |name: &str| crate::field(&line, name);
     Identity {

@@ -383,6 +383,79 @@ async fn a_server_with_the_wrong_identity_is_refused_and_reported() {
     );
 }
 
+/// One token cannot mint certificates at will, nor one source flood the token
+/// reviewer: both are rate-limited, refusals answered RESOURCE_EXHAUSTED and counted.
+#[tokio::test]
+async fn certificate_requests_are_rate_limited_per_token_and_source() {
+    let (ca, work) = (tmp(), tmp());
+    let generated = identity::new_ca(ca.path());
+    let id = identity::start_with(
+        ca.path(),
+        None,
+        "24h",
+        work.path(),
+        &[("RATE_PER_TOKEN", "3"), ("RATE_PER_SOURCE", "6")],
+    )
+    .await;
+    let mut grpc = identity::grpc_client(id.addr, generated.trust_anchor_pem.as_bytes()).await;
+    let (token_a, _) = id.token("a", "shop", false);
+    let (token_b, _) = id.token("b", "shop", false);
+    let (a, b) = (dns_name("a", "shop"), dns_name("b", "shop"));
+    let p256 = &rcgen::PKCS_ECDSA_P256_SHA256;
+    let (csr_a, csr_b) = (identity::csr(&a, p256), identity::csr(&b, p256));
+    for i in 0..3 {
+        let ok = identity::certify(&mut grpc, &token_a, &a, &csr_a).await;
+        assert!(ok.is_ok(), "request {i} within a's budget: {ok:?}");
+    }
+    let limited = identity::certify(&mut grpc, &token_a, &a, &csr_a)
+        .await
+        .expect_err("a's token is over its budget");
+    assert_eq!(
+        limited.code(),
+        tonic::Code::ResourceExhausted,
+        "{limited:?}"
+    );
+    assert!(limited.message().contains("a.shop"), "{limited:?}");
+    // Another token from the same source still has its own budget...
+    for _ in 0..2 {
+        assert!(
+            identity::certify(&mut grpc, &token_b, &b, &csr_b)
+                .await
+                .is_ok()
+        );
+    }
+    // ...until the source's is spent (6 requests): then even b is refused, before its
+    // token is looked at (an unknown token gets the same answer).
+    let limited = identity::certify(&mut grpc, &token_b, &b, &csr_b)
+        .await
+        .expect_err("the source is over its budget");
+    assert_eq!(limited.code(), tonic::Code::ResourceExhausted);
+    assert!(limited.message().contains("127.0.0.1"), "{limited:?}");
+    let unknown = identity::certify(&mut grpc, "nobody", &b, &csr_b)
+        .await
+        .expect_err("still limited");
+    assert_eq!(unknown.code(), tonic::Code::ResourceExhausted);
+    let metrics = id.metrics().await;
+    assert_eq!(
+        mesh_test::proxy::sum_metric(
+            &metrics,
+            "identity_cert_rejected_total",
+            &[("reason", "rate_limited_token")]
+        ),
+        1,
+        "{metrics}"
+    );
+    assert_eq!(
+        mesh_test::proxy::sum_metric(
+            &metrics,
+            "identity_cert_rejected_total",
+            &[("reason", "rate_limited_source")]
+        ),
+        2,
+        "{metrics}"
+    );
+}
+
 #[tokio::test]
 async fn tokens_only_buy_their_own_identity() {
     let (ca, work) = (tmp(), tmp());
