@@ -19,6 +19,15 @@ use crate::inject::{self, Config, Outcome};
 /// The largest AdmissionReview read (Kubernetes objects are at most ~1.5 MiB).
 const MAX_REVIEW: usize = 3 << 20;
 
+/// How long a client may take for each of the TLS handshake, a request's headers and
+/// its body: the API server sends a review at once, a dribbling client is cut off.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long one connection is served before it is closed gracefully (the request in
+/// flight finishes; the API server reconnects for the next): an idle or dribbling
+/// HTTP/2 client cannot hold a connection for ever.
+const MAX_CONNECTION_AGE: Duration = Duration::from_secs(60);
+
 /// Namespaces never injected, whatever they say: the mesh's own and the system's.
 pub fn excluded(namespace: &str, mesh_namespace: &str) -> bool {
     namespace == mesh_namespace || namespace == "kube-system" || namespace == "kube-public"
@@ -187,9 +196,20 @@ async fn handle(
             "text/plain",
         );
     }
-    let body = match Limited::new(req.into_body(), MAX_REVIEW).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
+    let read = Limited::new(req.into_body(), MAX_REVIEW).collect();
+    let body = match tokio::time::timeout(READ_TIMEOUT, read).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Err(_) => {
+            return reply(
+                StatusCode::REQUEST_TIMEOUT,
+                Bytes::from(format!(
+                    "the review's body did not arrive within {}s\n",
+                    READ_TIMEOUT.as_secs()
+                )),
+                "text/plain",
+            );
+        }
+        Ok(Err(e)) => {
             return reply(
                 StatusCode::BAD_REQUEST,
                 Bytes::from(format!("cannot read the review: {e}\n")),
@@ -226,7 +246,7 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, webhoo
         let (acceptor, webhook) = (acceptor.clone(), webhook.clone());
         tokio::spawn(async move {
             let tls =
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                match tokio::time::timeout(READ_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => tls,
                     _ => {
                         tracing::debug!(%client, "webhook TLS handshake failed");
@@ -238,10 +258,26 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, webhoo
                 async move { Ok::<_, Infallible>(handle(webhook, req).await) }
             });
             let io = hyper_util::rt::TokioIo::new(tls);
-            let _ =
-                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
-                    .serve_connection(io, svc)
-                    .await;
+            let mut builder =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            builder
+                .http1()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(READ_TIMEOUT);
+            builder
+                .http2()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .max_concurrent_streams(32);
+            let conn = builder.serve_connection(io, svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = tokio::time::sleep(MAX_CONNECTION_AGE) => {
+                    conn.as_mut().graceful_shutdown();
+                    // A request still dribbling is not waited for past its own timeout.
+                    let _ = tokio::time::timeout(READ_TIMEOUT, conn).await;
+                }
+            }
         });
     }
 }

@@ -294,3 +294,61 @@ async fn malformed_reviews_are_400() {
         assert!(String::from_utf8_lossy(&text).contains("AdmissionReview"));
     }
 }
+
+/// A TLS connection to the webhook, for writing raw HTTP.
+async fn tls(server: &Server) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(server.roots.clone())
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
+    let name =
+        rustls::pki_types::ServerName::try_from("mesh-proxy-injector.mesh.svc").expect("name");
+    connector.connect(name, tcp).await.expect("TLS handshake")
+}
+
+/// Clients that dribble their headers, or never send the body they announced, are cut
+/// off: they cannot hold the webhook's connections.
+#[tokio::test]
+async fn dribbling_clients_are_timed_out() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = start().await;
+    // Headers, one byte a second, never finished.
+    let dribble = {
+        let mut io = tls(&server).await;
+        tokio::spawn(async move {
+            for b in b"POST /inject HTTP/1.1\r\nhost: x\r\nx-slow: ".iter().cycle() {
+                if io.write_all(&[*b]).await.is_err() || io.flush().await.is_err() {
+                    return true;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            false
+        })
+    };
+    // A body announced and never sent.
+    let mut stalled = tls(&server).await;
+    stalled
+        .write_all(b"POST /inject HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{")
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        stalled.read_to_end(&mut answer),
+    )
+    .await;
+    assert!(read.is_ok(), "the stalled body was never answered");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    let cut = tokio::time::timeout(std::time::Duration::from_secs(30), dribble)
+        .await
+        .expect("the dribbling client was cut off")
+        .expect("join");
+    assert!(cut);
+    // The webhook still serves.
+    let (status, _) = post(&server, review("shop", json!({}), false)).await;
+    assert_eq!(status, 200);
+}
