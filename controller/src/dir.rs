@@ -52,29 +52,68 @@ pub struct Loaded {
     pub broken_files: HashSet<String>,
 }
 
-/// Reads every `.yaml`, `.yml` and `.json` file below `dir`.
+/// The largest manifest file read; a larger one is refused (and what it gave before
+/// stays), so that one stray file cannot take the controller's memory.
+pub const MAX_FILE_BYTES: u64 = 16 << 20;
+
+/// How deep below the folder files are looked for (symbolic links can make cycles).
+const MAX_DEPTH: usize = 16;
+
+/// Reads every `.yaml`, `.yml` and `.json` regular file below `dir` (symbolic links
+/// followed, as ConfigMap volumes need). This blocks: call it off the async runtime.
+/// Anything else with such a name (a FIFO, a socket, a device) is refused unread: a
+/// read from it could block for ever.
 pub fn load(dir: &Path) -> std::io::Result<Loaded> {
     let mut files = Vec::new();
-    collect(dir, &mut files)?;
-    files.sort();
     let mut loaded = Loaded::default();
+    collect(dir, 0, &mut files, &mut loaded)?;
+    files.sort();
     for file in files {
-        let text = match std::fs::read_to_string(&file) {
-            Ok(t) => t,
-            Err(e) => {
-                loaded
-                    .errors
-                    .push(doc_error(&file, 0, None, format!("cannot read: {e}")));
+        match read(&file) {
+            Ok(text) => parse(&file, &text, &mut loaded),
+            Err(reason) => {
+                loaded.errors.push(doc_error(&file, 0, None, reason));
                 loaded.broken_files.insert(file.display().to_string());
-                continue;
             }
-        };
-        parse(&file, &text, &mut loaded);
+        }
     }
     Ok(loaded)
 }
 
-fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+/// A manifest's text, if it is a regular file of at most [`MAX_FILE_BYTES`].
+fn read(file: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let meta = std::fs::metadata(file).map_err(|e| format!("cannot read: {e}"))?;
+    if !meta.is_file() {
+        return Err("not a regular file (a FIFO, socket or device?): skipped unread".into());
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(format!(
+            "{} bytes, larger than the {} MiB a manifest file may have: skipped",
+            meta.len(),
+            MAX_FILE_BYTES >> 20
+        ));
+    }
+    let f = std::fs::File::open(file).map_err(|e| format!("cannot read: {e}"))?;
+    let mut text = String::new();
+    f.take(MAX_FILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(format!(
+            "grew past the {} MiB a manifest file may have while read: skipped",
+            MAX_FILE_BYTES >> 20
+        ));
+    }
+    Ok(text)
+}
+
+fn collect(
+    dir: &Path,
+    depth: usize,
+    out: &mut Vec<PathBuf>,
+    loaded: &mut Loaded,
+) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
         let hidden = path
@@ -85,7 +124,16 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
             continue;
         }
         if path.is_dir() {
-            collect(&path, out)?;
+            if depth >= MAX_DEPTH {
+                loaded.errors.push(doc_error(
+                    &path,
+                    0,
+                    None,
+                    format!("more than {MAX_DEPTH} folders deep (a symbolic link cycle?): skipped"),
+                ));
+                continue;
+            }
+            collect(&path, depth + 1, out, loaded)?;
         } else if path
             .extension()
             .and_then(|e| e.to_str())
@@ -95,6 +143,14 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// [`load`] on a blocking thread, so that a slow disk never stalls the runtime.
+async fn load_blocking(dir: &Path) -> std::io::Result<Loaded> {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || load(&dir))
+        .await
+        .map_err(std::io::Error::other)?
 }
 
 fn doc_error(file: &Path, document: usize, at: Option<&ObjectRef>, reason: String) -> DocError {
@@ -303,10 +359,17 @@ pub async fn watch(
 ) -> std::io::Result<()> {
     use notify::Watcher;
     let mut applied = Applied::new();
-    sync(&index, load(&dir)?, &mut applied);
+    sync(&index, load_blocking(&dir).await?, &mut applied);
     synced.send_replace(true);
     let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
-    let mut watcher = notify::recommended_watcher(move |_event| {
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        // Reads (the controller's own among them) change nothing: reacting to them
+        // would re-read the folder for ever.
+        if let Ok(e) = &event
+            && matches!(e.kind, notify::EventKind::Access(_))
+        {
+            return;
+        }
         let _ = tx.try_send(());
     })
     .map_err(std::io::Error::other)?;
@@ -329,7 +392,7 @@ pub async fn watch(
                 break;
             }
         }
-        match load(&dir) {
+        match load_blocking(&dir).await {
             Ok(loaded) => {
                 sync(&index, loaded, &mut applied);
             }

@@ -245,14 +245,13 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, webhoo
         };
         let (acceptor, webhook) = (acceptor.clone(), webhook.clone());
         tokio::spawn(async move {
-            let tls =
-                match tokio::time::timeout(READ_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => tls,
-                    _ => {
-                        tracing::debug!(%client, "webhook TLS handshake failed");
-                        return;
-                    }
-                };
+            let tls = match tokio::time::timeout(READ_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                _ => {
+                    tracing::debug!(%client, "webhook TLS handshake failed");
+                    return;
+                }
+            };
             let svc = hyper::service::service_fn(move |req| {
                 let webhook = webhook.clone();
                 async move { Ok::<_, Infallible>(handle(webhook, req).await) }

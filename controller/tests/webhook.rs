@@ -319,7 +319,10 @@ async fn dribbling_clients_are_timed_out() {
     let dribble = {
         let mut io = tls(&server).await;
         tokio::spawn(async move {
-            for b in b"POST /inject HTTP/1.1\r\nhost: x\r\nx-slow: ".iter().cycle() {
+            for b in b"POST /inject HTTP/1.1\r\nhost: x\r\nx-slow: "
+                .iter()
+                .cycle()
+            {
                 if io.write_all(&[*b]).await.is_err() || io.flush().await.is_err() {
                     return true;
                 }

@@ -335,3 +335,42 @@ async fn idle_h2_connections_are_closed() {
         assert_eq!((rsp.status.as_u16(), rsp.text().as_str()), (200, "slept"));
     }
 }
+
+/// The folder source reads files off the async runtime and only regular ones: a FIFO
+/// named `*.yaml` (whose read would block for ever) and an oversized file are refused,
+/// and everything else keeps loading and reloading.
+#[tokio::test]
+async fn the_folder_source_survives_fifos_and_huge_files() {
+    use mesh_test::{controller, mesh};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fifo = dir.path().join("stuck.yaml");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    let huge = std::fs::File::create(dir.path().join("huge.yaml")).expect("create");
+    huge.set_len(17 << 20).expect("grow");
+    let ip = mesh::pod_ip();
+    mesh::write(
+        dir.path(),
+        "world",
+        &format!(
+            "{}---\n{}",
+            mesh::service_yaml("web", "shop"),
+            mesh::pod_yaml("web-0", "shop", "web", "web", ip)
+        ),
+    );
+    let ctl = controller::start(dir.path(), "127.0.0.1:0".parse().expect("addr")).await;
+    ctl.wait_for_endpoints("web.shop.svc.cluster.local:80")
+        .await;
+    // A change after start still arrives: the watch was not blocked by the FIFO.
+    mesh::write(dir.path(), "api", &mesh::service_yaml("api", "shop"));
+    mesh::write(
+        dir.path(),
+        "api-pod",
+        &mesh::pod_yaml("api-0", "shop", "api", "api", mesh::pod_ip()),
+    );
+    ctl.wait_for_endpoints("api.shop.svc.cluster.local:80")
+        .await;
+}
