@@ -63,7 +63,19 @@ fn is_tchar(b: u8) -> bool {
 /// first line that names an `HTTP/` version anywhere is a request line. Only a first
 /// line without one (a Redis inline command, say) or bytes no HTTP parser accepts
 /// (binary protocols) are opaque.
+///
+/// A decision never changes as more bytes arrive: it depends on the first
+/// [`MAX_REQUEST_LINE`] bytes alone, and is HTTP/1 when those leave it open.
 pub fn classify(buf: &[u8]) -> Option<Protocol> {
+    let decided = classify_prefix(&buf[..buf.len().min(MAX_REQUEST_LINE)]);
+    match decided {
+        None if buf.len() >= MAX_REQUEST_LINE => Some(Protocol::Http1),
+        d => d,
+    }
+}
+
+/// [`classify`] on at most [`MAX_REQUEST_LINE`] bytes: `None` while undecided.
+fn classify_prefix(buf: &[u8]) -> Option<Protocol> {
     let first = *buf.first()?;
     // A TLS handshake record: content type 22, then major version 3.
     if first == 0x16 {
@@ -82,25 +94,22 @@ pub fn classify(buf: &[u8]) -> Option<Protocol> {
         .position(|b| !matches!(b, b'\r' | b'\n' | b' ' | b'\t'))
     else {
         // Only empty lines so far: an HTTP server would keep waiting for the request.
-        return (buf.len() >= MAX_REQUEST_LINE).then_some(Protocol::Http1);
+        return None;
     };
     let rest = &buf[start..];
     let method = rest.iter().take_while(|&&b| is_tchar(b)).count();
     match rest.get(method) {
         _ if method == 0 => Some(Protocol::Opaque),
-        None if buf.len() >= MAX_REQUEST_LINE => Some(Protocol::Http1),
         None => None,
-        Some(b' ') => request_line(buf, &rest[method..]),
+        Some(b' ') => request_line(&rest[method..]),
         Some(_) => Some(Protocol::Opaque),
     }
 }
 
-/// Decides on the rest of a first line that began with a token and a space.
-fn request_line(buf: &[u8], rest: &[u8]) -> Option<Protocol> {
-    let Some(end) = rest.iter().position(|&b| b == b'\n') else {
-        // An enormous URI: let the HTTP parser answer it.
-        return (buf.len() >= MAX_REQUEST_LINE).then_some(Protocol::Http1);
-    };
+/// Decides on the rest of a first line that began with a token and a space; `None`
+/// until the line ends (an enormous URI is left to [`classify`]'s bound).
+fn request_line(rest: &[u8]) -> Option<Protocol> {
+    let end = rest.iter().position(|&b| b == b'\n')?;
     let names_http = rest[..end]
         .windows(5)
         .any(|w| w.eq_ignore_ascii_case(b"HTTP/"));

@@ -189,6 +189,21 @@ pub fn is_own(own: &[SocketAddr], addr: SocketAddr) -> bool {
         })
 }
 
+/// The port a peer proxy named in [`TARGET_PORT_HEADER`]: exactly one header, a
+/// decimal port (no sign, no spaces), or none.
+pub fn target_port(headers: &HeaderMap) -> Option<u16> {
+    let mut values = headers.get_all(TARGET_PORT_HEADER).iter();
+    let value = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    let text = value.to_str().ok()?;
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
+
 /// The request's authority: the URI's (absolute-form or `:authority`), else `Host`.
 pub fn request_authority<B>(req: &Request<B>) -> Option<&str> {
     req.uri().authority().map(|a| a.as_str()).or_else(|| {
@@ -280,10 +295,8 @@ impl Forward {
             // original destination, else the port a peer proxy named on this pod's
             // address, else the configured application address.
             Direction::Inbound => {
-                let named = req
-                    .headers_mut()
-                    .remove(TARGET_PORT_HEADER)
-                    .and_then(|v| v.to_str().ok()?.parse::<u16>().ok());
+                let named = target_port(req.headers());
+                req.headers_mut().remove(TARGET_PORT_HEADER);
                 let addr = match (&conn, named) {
                     // Only a meshed peer (or anyone, when the mesh runs without mTLS)
                     // may name a port of this pod.
@@ -450,7 +463,8 @@ async fn tunnel(client: hyper::upgrade::OnUpgrade, server: hyper::upgrade::OnUpg
     }
 }
 
-fn is_upgrade(headers: &HeaderMap) -> bool {
+/// Whether a request asks to upgrade its connection (WebSocket, say).
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE) && connection_has(headers, "upgrade")
 }
 
@@ -467,7 +481,7 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// `Connection`. An upgrade keeps `Upgrade` and `Connection: upgrade`. Requests keep
 /// `te: trailers`: the proxy forwards trailers, so it may ask for them on the client's
 /// behalf (gRPC needs it, and HTTP/1 servers only send trailers when asked).
-fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool, keep_te_trailers: bool) {
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool, keep_te_trailers: bool) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -508,7 +522,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool, keep_te_trailer
 /// Makes a request fit to send upstream (its hop-by-hop headers already removed): the
 /// URI in the form the upstream protocol needs, and `Host` consistent with the target
 /// authority.
-fn normalize_request<B>(req: &mut Request<B>, authority: Option<&str>, endpoint: SocketAddr) {
+pub fn normalize_request<B>(req: &mut Request<B>, authority: Option<&str>, endpoint: SocketAddr) {
     let h2 = req.version() == HttpVersion::HTTP_2;
     let authority = authority
         .map(str::to_owned)
@@ -675,7 +689,7 @@ struct Validate<S> {
 /// Why a request head must be refused, if it must: two `Host` headers (RFC 9112 §3.2,
 /// 400), an HTTP/2 `Host` naming another authority than `:authority` (RFC 9113
 /// §8.3.1), a path longer than `max_path_bytes` (414).
-fn invalid<B>(req: &Request<B>, max_path_bytes: usize) -> Option<ProxyError> {
+pub fn invalid<B>(req: &Request<B>, max_path_bytes: usize) -> Option<ProxyError> {
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let host = hosts.next();
     if hosts.next().is_some() {
@@ -757,16 +771,13 @@ fn destination_key<B>(req: &Request<B>, direction: Direction) -> Box<str> {
             .to_ascii_lowercase()
             .into(),
         Direction::Inbound => {
-            let named = req
-                .headers()
-                .get(TARGET_PORT_HEADER)
-                .and_then(|v| v.to_str().ok());
-            let port = req
-                .extensions()
-                .get::<ConnInfo>()
-                .and_then(|c| c.target)
-                .map(|t| t.port().to_string());
-            named.map(str::to_owned).or(port).unwrap_or_default().into()
+            let port = target_port(req.headers()).or_else(|| {
+                req.extensions()
+                    .get::<ConnInfo>()
+                    .and_then(|c| c.target)
+                    .map(|t| t.port())
+            });
+            port.map(|p| p.to_string()).unwrap_or_default().into()
         }
     }
 }

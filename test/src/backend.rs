@@ -62,7 +62,8 @@ impl Drop for CancelGuard {
     }
 }
 
-/// The test application's routes (a request header `x-status: N` answers N on any):
+/// The test application's routes (a request header `x-status: N` answers N on any;
+/// every response says the app's address in `x-served-by`):
 /// * `/echo`: the request body back, streamed;
 /// * `/size/N`: N bytes of [`pattern`];
 /// * `/sleep/MS`: answers after MS milliseconds (counts cancellations);
@@ -192,6 +193,8 @@ pub async fn http_with_delay(addr: SocketAddr, delay: Duration) -> std::io::Resu
         requests: Arc::default(),
     };
     let s = server.clone();
+    let served_by = http::HeaderValue::from_str(&server.addr.ip().to_string())
+        .unwrap_or_else(|_| http::HeaderValue::from_static("?"));
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
@@ -199,16 +202,19 @@ pub async fn http_with_delay(addr: SocketAddr, delay: Duration) -> std::io::Resu
             };
             s.connections.fetch_add(1, Ordering::SeqCst);
             let (cancelled, requests) = (s.cancelled.clone(), s.requests.clone());
+            let served_by = served_by.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| {
                     requests.fetch_add(1, Ordering::SeqCst);
-                    let cancelled = cancelled.clone();
+                    let (cancelled, served_by) = (cancelled.clone(), served_by.clone());
                     async move {
                         // Even a zero sleep waits for the timer's next millisecond tick.
                         if !delay.is_zero() {
                             tokio::time::sleep(delay).await;
                         }
-                        app(req, cancelled).await
+                        let mut rsp = app(req, cancelled).await?;
+                        rsp.headers_mut().insert("x-served-by", served_by);
+                        Ok::<_, Infallible>(rsp)
                     }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())

@@ -11,6 +11,7 @@ use tokio::process::Child;
 pub struct Controller {
     /// The destination service's address.
     pub destination: SocketAddr,
+    dir: std::path::PathBuf,
     child: Child,
 }
 
@@ -23,7 +24,11 @@ pub async fn start(dir: &Path, destination: SocketAddr) -> Controller {
         .env("MESH_CONTROLLER_LOG", "info");
     let (child, line) = crate::spawn_listening(cmd, "controller").await;
     let destination = crate::field(&line, "destination");
-    Controller { destination, child }
+    Controller {
+        destination,
+        dir: dir.to_path_buf(),
+        child,
+    }
 }
 
 impl Controller {
@@ -58,6 +63,13 @@ impl Controller {
             found == Ok(true),
             "the controller never gave {authority} an endpoint"
         );
+    }
+
+    /// Kills the controller and starts it again on the same address and folder.
+    pub async fn restart(&mut self) {
+        let _ = self.child.kill().await;
+        let again = start(&self.dir, self.destination).await;
+        *self = again;
     }
 
     /// Stops the controller.

@@ -34,7 +34,9 @@ pub struct Identity {
     /// Where tokens live: the token file and one file per token.
     pub work: PathBuf,
     tokens: Mutex<Vec<String>>,
-    child: Child,
+    lifetime: String,
+    env: Vec<(String, String)>,
+    child: tokio::sync::Mutex<Child>,
 }
 
 /// Starts `mesh-identity` issuing from `ca_dir` (trust anchors from `anchors`, default
@@ -54,34 +56,76 @@ pub async fn start_with(
     let tokens_file = work.join("tokens.yaml");
     std::fs::write(&tokens_file, "tokens: []\n").expect("write tokens");
     let anchors = anchors.map_or_else(|| ca_dir.join(ca::TRUST_ANCHORS_FILE), Path::to_path_buf);
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    let (child, addr, admin) = spawn(ca_dir, &anchors, work, lifetime, &env, any, any).await;
+    Identity {
+        addr,
+        admin,
+        ca_dir: ca_dir.to_path_buf(),
+        anchors,
+        work: work.to_path_buf(),
+        tokens: Mutex::new(Vec::new()),
+        lifetime: lifetime.to_owned(),
+        env,
+        child: tokio::sync::Mutex::new(child),
+    }
+}
+
+/// Starts the `mesh-identity` process; returns it and its two addresses.
+async fn spawn(
+    ca_dir: &Path,
+    anchors: &Path,
+    work: &Path,
+    lifetime: &str,
+    env: &[(String, String)],
+    addr: SocketAddr,
+    admin: SocketAddr,
+) -> (Child, SocketAddr, SocketAddr) {
     let mut cmd = crate::command("mesh-identity");
     cmd.env_clear()
-        .env("MESH_IDENTITY_ADDR", "127.0.0.1:0")
-        .env("MESH_IDENTITY_ADMIN_ADDR", "127.0.0.1:0")
+        .env("MESH_IDENTITY_ADDR", addr.to_string())
+        .env("MESH_IDENTITY_ADMIN_ADDR", admin.to_string())
         .env("MESH_IDENTITY_ISSUER_DIR", ca_dir)
-        .env("MESH_IDENTITY_TRUST_ANCHORS", &anchors)
+        .env("MESH_IDENTITY_TRUST_ANCHORS", anchors)
         .env(
             "MESH_IDENTITY_TOKENS",
-            format!("file:{}", tokens_file.display()),
+            format!("file:{}", work.join("tokens.yaml").display()),
         )
         .env("MESH_IDENTITY_CERT_LIFETIME", lifetime)
         .env("MESH_IDENTITY_RELOAD_INTERVAL", "1s")
         .env("MESH_IDENTITY_LOG", "info")
         .envs(env.iter().map(|(k, v)| (format!("MESH_IDENTITY_{k}"), v)));
     let (child, line) = crate::spawn_listening(cmd, "identity").await;
-    let field = |name: &str| crate::field(&line, name);
-    Identity {
-        addr: field("identity"),
-        admin: field("admin"),
-        ca_dir: ca_dir.to_path_buf(),
-        anchors,
-        work: work.to_path_buf(),
-        tokens: Mutex::new(Vec::new()),
+    (
         child,
-    }
+        crate::field(&line, "identity"),
+        crate::field(&line, "admin"),
+    )
 }
 
 impl Identity {
+    /// Kills the service and starts it again on the same addresses, with the same
+    /// tokens and settings.
+    pub async fn restart(&self) {
+        let mut child = self.child.lock().await;
+        let _ = child.kill().await;
+        let (again, _, _) = spawn(
+            &self.ca_dir,
+            &self.anchors,
+            &self.work,
+            &self.lifetime,
+            &self.env,
+            self.addr,
+            self.admin,
+        )
+        .await;
+        *child = again;
+    }
+
     /// Registers a token for service account `sa` in `ns` (optionally already expired)
     /// and returns it with the path of a file holding it.
     pub fn token(&self, sa: &str, ns: &str, expired: bool) -> (String, PathBuf) {
@@ -124,8 +168,8 @@ impl Identity {
     }
 
     /// Stops the service.
-    pub async fn kill(mut self) {
-        let _ = self.child.kill().await;
+    pub async fn kill(self) {
+        let _ = self.child.into_inner().kill().await;
     }
 }
 

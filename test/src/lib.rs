@@ -8,8 +8,10 @@
 //! ```
 
 pub mod backend;
+pub mod chaos;
 pub mod client;
 pub mod controller;
+pub mod fuzz;
 pub mod grpc;
 pub mod identity;
 pub mod images;

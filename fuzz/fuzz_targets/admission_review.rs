@@ -1,0 +1,4 @@
+//! libFuzzer target: [`mesh_test::fuzz::admission_review`].
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| mesh_test::fuzz::admission_review(data));
