@@ -47,9 +47,11 @@ pub async fn serve(listener: TcpListener, admin: Admin) {
             }
         };
         let admin = admin.clone();
+        let local = stream.local_addr().ok();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
-                let rsp = route(&req, client, &admin);
+                let relayed = local.is_some_and(|l| admin.origins.contains(client, l));
+                let rsp = route(&req, client, relayed, &admin);
                 async move { Ok::<_, Infallible>(rsp) }
             });
             let mut builder = http1::Builder::new();
@@ -63,7 +65,12 @@ pub async fn serve(listener: TcpListener, admin: Admin) {
     }
 }
 
-fn route(req: &Request<Incoming>, client: SocketAddr, admin: &Admin) -> Response<Full<Bytes>> {
+fn route(
+    req: &Request<Incoming>,
+    client: SocketAddr,
+    relayed: bool,
+    admin: &Admin,
+) -> Response<Full<Bytes>> {
     let text = |status: StatusCode, body: &str| {
         let mut rsp = Response::new(Full::new(Bytes::from(format!("{body}\n"))));
         *rsp.status_mut() = status;
@@ -71,7 +78,7 @@ fn route(req: &Request<Incoming>, client: SocketAddr, admin: &Admin) -> Response
     };
     // Relayed by this proxy's outbound side (`curl -x proxy http://0.0.0.0:4191/…`):
     // whoever asked is not the process it appears to be, so nothing is answered.
-    if admin.origins.contains(client) {
+    if relayed {
         tracing::warn!(%client, path = req.uri().path(), "admin request relayed by the proxy itself refused");
         return text(
             StatusCode::FORBIDDEN,

@@ -1,5 +1,5 @@
-//! The proxy's own outgoing connections, by their local address. A connection the
-//! proxy accepts from one of them came through the proxy itself: a loop (a request
+//! The proxy's own outgoing connections, by their two ends. A connection the proxy
+//! accepts whose ends are one of them, swapped, came through the proxy itself: a loop (a request
 //! routed back to one of its listeners under an address no list of its own names, such
 //! as `0.0.0.0`, `[::ffff:127.0.0.1]` or the pod's IP), or a request relayed to its
 //! admin server, which must never serve one.
@@ -10,9 +10,12 @@ use std::sync::{Arc, Mutex};
 
 use tokio::net::TcpStream;
 
-/// The local addresses of the connections the proxy has open to upstreams.
+/// The connections the proxy has open to upstreams, as (local, remote) address pairs.
+/// Both ends are needed: the kernel gives one local port to several connections with
+/// different remote ends, so a client of the proxy may share a port with one of the
+/// proxy's own upstream connections.
 #[derive(Debug, Default)]
-pub struct Origins(Mutex<HashSet<SocketAddr>>);
+pub struct Origins(Mutex<HashSet<(SocketAddr, SocketAddr)>>);
 
 /// One tracked connection: forgotten when dropped, so keep it as long as the
 /// connection.
@@ -20,7 +23,7 @@ pub struct Origins(Mutex<HashSet<SocketAddr>>);
 #[must_use = "the connection is only tracked while its Origin lives"]
 pub struct Origin {
     origins: Arc<Origins>,
-    addr: Option<SocketAddr>,
+    ends: Option<(SocketAddr, SocketAddr)>,
 }
 
 /// `addr` with an IPv4-mapped IPv6 address as plain IPv4, so that both spellings of
@@ -32,30 +35,34 @@ pub fn canonical(addr: SocketAddr) -> SocketAddr {
 impl Origins {
     /// Tracks `stream`, a connection the proxy opened, until the returned guard drops.
     pub fn track(self: &Arc<Self>, stream: &TcpStream) -> Origin {
-        let addr = stream.local_addr().ok().map(canonical);
-        if let Some(addr) = addr {
-            self.lock().insert(addr);
+        let ends = match (stream.local_addr(), stream.peer_addr()) {
+            (Ok(local), Ok(remote)) => Some((canonical(local), canonical(remote))),
+            _ => None,
+        };
+        if let Some(ends) = ends {
+            self.lock().insert(ends);
         }
         Origin {
             origins: self.clone(),
-            addr,
+            ends,
         }
     }
 
-    /// Whether a connection from `peer` is one the proxy itself opened.
-    pub fn contains(&self, peer: SocketAddr) -> bool {
-        self.lock().contains(&canonical(peer))
+    /// Whether an accepted connection from `peer` to `local` is one the proxy itself
+    /// opened (its local end is `peer`, its remote end `local`).
+    pub fn contains(&self, peer: SocketAddr, local: SocketAddr) -> bool {
+        self.lock().contains(&(canonical(peer), canonical(local)))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<SocketAddr>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<(SocketAddr, SocketAddr)>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
 impl Drop for Origin {
     fn drop(&mut self) {
-        if let Some(addr) = self.addr {
-            self.origins.lock().remove(&addr);
+        if let Some(ends) = self.ends {
+            self.origins.lock().remove(&ends);
         }
     }
 }
@@ -74,13 +81,17 @@ mod tests {
         let out = TcpStream::connect(addr).await.expect("connect");
         let origin = origins.track(&out);
         let (_in, peer) = listener.accept().await.expect("accept");
-        assert!(origins.contains(peer));
+        assert!(origins.contains(peer, addr));
         let mapped = SocketAddr::new(
             std::net::Ipv4Addr::LOCALHOST.to_ipv6_mapped().into(),
             peer.port(),
         );
-        assert!(origins.contains(mapped), "IPv4-mapped spelling");
+        assert!(origins.contains(mapped, addr), "IPv4-mapped spelling");
+        // Another connection from the same local port to another listener is not ours
+        // (the kernel shares ephemeral ports across remote ends).
+        let other: SocketAddr = ([127, 0, 0, 1], addr.port().wrapping_add(1)).into();
+        assert!(!origins.contains(peer, other));
         drop(origin);
-        assert!(!origins.contains(peer));
+        assert!(!origins.contains(peer, addr));
     }
 }

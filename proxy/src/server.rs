@@ -325,7 +325,8 @@ async fn handle(
     // A connection this proxy opened itself has come back to it: a request routed to
     // one of its listeners by an address it does not know as its own. Serving it
     // would recurse until every slot is taken.
-    if ctx.shared.origins.contains(client) {
+    let local = stream.local_addr().unwrap_or(ctx.listening_on(direction));
+    if ctx.shared.origins.contains(client, local) {
         tracing::warn!(%client, ?direction, "connection from this proxy itself refused: a loop");
         unserved();
         return;
@@ -335,7 +336,6 @@ async fn handle(
         Direction::Inbound => orig_dst.or(ctx.config.inbound_app_addr),
         Direction::Outbound => orig_dst,
     };
-    let local = stream.local_addr().unwrap_or(ctx.listening_on(direction));
     let mut drain = ctx.drain.clone();
     // Ports declared opaque skip detection (server-speaks-first protocols need not wait),
     // except where the mesh's mTLS must be recognised first.

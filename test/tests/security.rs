@@ -374,3 +374,50 @@ async fn the_folder_source_survives_fifos_and_huge_files() {
     ctl.wait_for_endpoints("api.shop.svc.cluster.local:80")
         .await;
 }
+
+/// A ServiceProfile whose route regex would stall the proxy is refused by the real
+/// controller (the reason names the field), so no proxy ever compiles it; a valid
+/// edit of the same profile is served.
+#[tokio::test]
+async fn a_stalling_route_regex_is_refused_by_the_controller() {
+    use mesh_api::destination::{GetDestination, destination_client::DestinationClient};
+    use mesh_test::{controller, mesh};
+    let dir = tempfile::tempdir().expect("tempdir");
+    mesh::write(dir.path(), "web", &mesh::service_yaml("web", "shop"));
+    let profile = |regex: &str| {
+        format!(
+            "apiVersion: linkerd.io/v1alpha2\nkind: ServiceProfile\n\
+             metadata: {{name: web.shop.svc.cluster.local, namespace: shop}}\n\
+             spec:\n  routes:\n  - name: evil\n    condition: {{pathRegex: '{regex}'}}\n"
+        )
+    };
+    mesh::write(dir.path(), "profile", &profile("(?:[a-z0-9/]{1,60}){200}Z"));
+    let ctl = controller::start(dir.path(), "127.0.0.1:0".parse().expect("addr")).await;
+    let mut client = DestinationClient::connect(format!("http://{}", ctl.destination))
+        .await
+        .expect("connect");
+    let mut profiles = client
+        .get_profile(GetDestination {
+            authority: "web.shop.svc.cluster.local:80".into(),
+            namespace: "shop".into(),
+        })
+        .await
+        .expect("GetProfile")
+        .into_inner();
+    let first = profiles
+        .message()
+        .await
+        .expect("stream")
+        .expect("a profile");
+    assert!(
+        first.routes.is_empty(),
+        "the stalling route was served: {first:?}"
+    );
+    mesh::write(dir.path(), "profile", &profile("/books/[^/]+"));
+    let next = tokio::time::timeout(std::time::Duration::from_secs(20), profiles.message())
+        .await
+        .expect("the valid edit arrives")
+        .expect("stream")
+        .expect("a profile");
+    assert_eq!(next.routes.len(), 1);
+}

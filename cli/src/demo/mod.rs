@@ -488,7 +488,11 @@ async fn run_in(
     println!(
         "  workloads   web → books (HTTP/1, canary 80/20 to books-v1/books-v2; flaky route retried, slow route 250ms timeout) and web → authors (gRPC); traffic → web at 20 rps"
     );
-    println!("  every pod   strict mTLS: a client without a mesh certificate reaches no demo app");
+    // Exact, not more: each app's own port stands for its pod's localhost, which on one
+    // machine without network namespaces any local process can reach.
+    println!(
+        "  every pod   strict mTLS on its inbound port (127.0.1.N:4143): a client without a mesh certificate is refused there; the apps' own ports (127.0.1.N:8080) stand for each pod's localhost and are not guarded"
+    );
     match options.duration {
         Some(d) => println!("  stopping in {}s (Ctrl-C stops sooner)", d.as_secs()),
         None => println!("  Ctrl-C stops it"),
