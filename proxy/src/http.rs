@@ -1310,6 +1310,112 @@ pub fn serve(
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn one_destination_holds_at_most_its_share() {
+        let (mock, mut handle) = tower_test::mock::pair::<Request<()>, Response<BoxBody>>();
+        let mut limit = DstLimit {
+            inner: mock,
+            direction: Direction::Outbound,
+            max: 2,
+            in_flight: Arc::default(),
+        };
+        let req = |host: &str| {
+            Request::get("/")
+                .header("host", host)
+                .body(())
+                .expect("req")
+        };
+        handle.allow(10);
+        let first = limit.ready().await.expect("ready").call(req("hung:80"));
+        let second = limit.ready().await.expect("ready").call(req("HUNG:80"));
+        let third = limit.ready().await.expect("ready").call(req("hung:80"));
+        let e = third.await.expect_err("over the share");
+        assert_eq!(e.to_string(), "too many requests in flight to hung:80");
+        // Another destination is not affected.
+        let other = tokio::spawn(limit.ready().await.expect("ready").call(req("other:80")));
+        for _ in 0..3 {
+            let (r, send) = handle.next_request().await.expect("request");
+            let status = if r.headers()[header::HOST] == "other:80" {
+                200
+            } else {
+                504
+            };
+            send.send_response(
+                Response::builder()
+                    .status(status)
+                    .body(body::empty())
+                    .expect("rsp"),
+            );
+        }
+        assert_eq!(other.await.expect("join").expect("other").status(), 200);
+        assert_eq!(first.await.expect("first").status(), 504);
+        drop(second);
+        // Both slots are back once the requests ended (or were dropped).
+        assert!(limit.in_flight.lock().expect("lock").is_empty());
+        let again = tokio::spawn(limit.ready().await.expect("ready").call(req("hung:80")));
+        let (_, send) = handle.next_request().await.expect("request");
+        send.send_response(Response::new(body::empty()));
+        assert_eq!(again.await.expect("join").expect("again").status(), 200);
+    }
+
+    #[tokio::test]
+    async fn heads_hyper_lets_through_are_refused() {
+        let (mock, mut handle) = tower_test::mock::pair::<Request<()>, Response<BoxBody>>();
+        handle.allow(10);
+        let mut validate = Validate {
+            inner: mock,
+            max_path_bytes: 16,
+        };
+        let two_hosts = Request::get("/")
+            .header("host", "a")
+            .header("host", "b")
+            .body(())
+            .expect("req");
+        let e = validate
+            .ready()
+            .await
+            .expect("ready")
+            .call(two_hosts)
+            .await
+            .expect_err("refused");
+        assert_eq!(
+            e.to_string(),
+            "malformed request: more than one Host header"
+        );
+        let long = Request::get("/0123456789abcdefg").body(()).expect("req");
+        let e = validate
+            .ready()
+            .await
+            .expect("ready")
+            .call(long)
+            .await
+            .expect_err("refused");
+        assert_eq!(e.to_string(), "request path of 18 bytes is too long");
+        let h2 = Request::get("http://a/")
+            .version(HttpVersion::HTTP_2)
+            .header("host", "b")
+            .body(())
+            .expect("req");
+        assert!(
+            validate
+                .ready()
+                .await
+                .expect("ready")
+                .call(h2)
+                .await
+                .is_err()
+        );
+        let fine = validate.ready().await.expect("ready").call(
+            Request::get("/ok")
+                .header("host", "a")
+                .body(())
+                .expect("req"),
+        );
+        let (_, send) = handle.next_request().await.expect("passed on");
+        send.send_response(Response::new(body::empty()));
+        assert_eq!(fine.await.expect("fine").status(), 200);
+    }
+
     #[test]
     fn every_spelling_of_an_own_address_is_a_loop() {
         let own: Vec<SocketAddr> = vec![
