@@ -66,7 +66,8 @@ const MAX_DEPTH: usize = 16;
 pub fn load(dir: &Path) -> std::io::Result<Loaded> {
     let mut files = Vec::new();
     let mut loaded = Loaded::default();
-    collect(dir, 0, &mut files, &mut loaded)?;
+    let mut seen = HashSet::new();
+    collect(dir, 0, &mut seen, &mut files, &mut loaded)?;
     files.sort();
     for file in files {
         match read(&file) {
@@ -94,7 +95,18 @@ fn read(file: &Path) -> Result<String, String> {
             MAX_FILE_BYTES >> 20
         ));
     }
-    let f = std::fs::File::open(file).map_err(|e| format!("cannot read: {e}"))?;
+    // Opened without blocking (a file swapped for a FIFO since the check above would
+    // block `open` until a writer came), then checked again on the open file itself.
+    use std::os::unix::fs::OpenOptionsExt;
+    const O_NONBLOCK: i32 = 0o4000; // Linux, every architecture the images are built for.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(O_NONBLOCK)
+        .open(file)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if !f.metadata().is_ok_and(|m| m.is_file()) {
+        return Err("not a regular file (a FIFO, socket or device?): skipped unread".into());
+    }
     let mut text = String::new();
     f.take(MAX_FILE_BYTES + 1)
         .read_to_string(&mut text)
@@ -111,9 +123,14 @@ fn read(file: &Path) -> Result<String, String> {
 fn collect(
     dir: &Path,
     depth: usize,
+    seen: &mut HashSet<PathBuf>,
     out: &mut Vec<PathBuf>,
     loaded: &mut Loaded,
 ) -> std::io::Result<()> {
+    // Each folder once, however many symbolic links lead to it.
+    if !seen.insert(std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf())) {
+        return Ok(());
+    }
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
         let hidden = path
@@ -133,7 +150,7 @@ fn collect(
                 ));
                 continue;
             }
-            collect(&path, depth + 1, out, loaded)?;
+            collect(&path, depth + 1, seen, out, loaded)?;
         } else if path
             .extension()
             .and_then(|e| e.to_str())

@@ -29,9 +29,17 @@ impl Limits {
         }
     }
 
-    /// Whether a request from `ip` may go on (it is counted).
+    /// Whether a request from `ip` may go on (it is counted). IPv6 sources count by
+    /// their /64, which one host usually holds whole.
     pub fn allow_source(&self, ip: IpAddr) -> bool {
-        self.source.check_key(&ip.to_canonical()).is_ok()
+        let key = match ip.to_canonical() {
+            IpAddr::V6(v6) => {
+                let bits = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(bits.into())
+            }
+            v4 => v4,
+        };
+        self.source.check_key(&key).is_ok()
     }
 
     /// Whether a request with `token` may go on (it is counted).
@@ -72,9 +80,15 @@ mod tests {
             "the same source spelled as IPv6"
         );
         assert!(limits.allow_source(b), "b is not a");
+        let v6 = |s: &str| s.parse::<IpAddr>().expect("ip");
+        assert!((0..3).all(|i| limits.allow_source(v6(&format!("2001:db8::{i}")))));
+        assert!(
+            !limits.allow_source(v6("2001:db8::ffff:1")),
+            "one /64 is one source"
+        );
         assert!(limits.allow_token(b"t1") && limits.allow_token(b"t1"));
         assert!(!limits.allow_token(b"t1"));
         assert!(limits.allow_token(b"t2"));
-        assert_eq!(limits.len(), (2, 2));
+        assert_eq!(limits.len(), (3, 2));
     }
 }

@@ -105,9 +105,16 @@ pub struct Config {
 
     /// Ports whose traffic is opaque TCP, never HTTP: connections to them (by their
     /// original destination or target port) skip protocol detection, so
-    /// server-speaks-first protocols need not wait for the detect timeout. Inbound, a
-    /// strict port still requires the mesh's mTLS.
-    #[arg(long, env = "MESH_PROXY_OPAQUE_PORTS", value_delimiter = ',')]
+    /// server-speaks-first protocols need not wait for the detect timeout, and line
+    /// protocols (memcached's `get key`) are not taken for HTTP. Inbound, a strict port
+    /// still requires the mesh's mTLS. The default is Linkerd's list: SMTP, MySQL,
+    /// Galera, PostgreSQL, Redis, Elasticsearch, memcached.
+    #[arg(
+        long,
+        env = "MESH_PROXY_OPAQUE_PORTS",
+        value_delimiter = ',',
+        default_value = "25,587,3306,4444,5432,6379,9300,11211"
+    )]
     pub opaque_ports: Vec<u16>,
 
     /// How long an HTTP/1 client may take to send a request's headers.

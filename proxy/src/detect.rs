@@ -54,15 +54,30 @@ fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
+/// Whether a lenient HTTP/1 server could take `b` for whitespace between the parts of
+/// a request line: RFC 9112's SP and HTAB, and what Python's `str.split` also splits
+/// on (`http.server`, wsgiref and werkzeug parse request lines that way).
+fn is_separator(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | 0x0b | 0x0c | 0x1c..=0x1f | 0x85 | 0xa0)
+}
+
+/// Whether a connection's first byte says binary: no text protocol starts with it.
+fn is_binary(b: u8) -> bool {
+    !(is_separator(b) || b == b'\r' || b == b'\n' || (0x20..0x7f).contains(&b))
+}
+
 /// Decides from a prefix, or returns `None` when more bytes are needed.
 ///
-/// Whatever an HTTP/1 server could take for a request is HTTP here, so that it gets
-/// the proxy's HTTP handling (header hygiene, the verified `mesh-client-id`, limits)
-/// or the HTTP parser's refusal, never a raw path to the application: leading empty
-/// lines (RFC 9112 §2.2) and whitespace are skipped, any token is a method, and a
-/// first line that names an `HTTP/` version anywhere is a request line. Only a first
-/// line without one (a Redis inline command, say) or bytes no HTTP parser accepts
-/// (binary protocols) are opaque.
+/// Whatever an HTTP/1 server, however lenient, could take for a request is HTTP here,
+/// so that it gets the proxy's HTTP handling (header hygiene, the verified
+/// `mesh-client-id`, limits) or the HTTP parser's refusal, never a raw path to the
+/// application. After any leading empty lines and whitespace, the first line is HTTP
+/// when it names an `HTTP/` version anywhere, or when it begins with a token and a
+/// separator (an HTTP/0.9-style `GET /path`: some servers still parse headers after
+/// it). Text that is neither (`PING`, Redis's `*3`) is opaque once its first line ends;
+/// so is a connection whose first byte no text protocol starts with (binary protocols:
+/// PostgreSQL, MongoDB, Kafka). Line protocols such as memcached's belong on opaque
+/// ports (`MESH_PROXY_OPAQUE_PORTS`, which lists the well-known ones by default).
 ///
 /// A decision never changes as more bytes arrive: it depends on the first
 /// [`MAX_REQUEST_LINE`] bytes alone, and is HTTP/1 when those leave it open.
@@ -89,35 +104,24 @@ fn classify_prefix(buf: &[u8]) -> Option<Protocol> {
     if buf[..n] == H2_PREFACE[..n] {
         return (n == H2_PREFACE.len()).then_some(Protocol::Http2);
     }
-    let Some(start) = buf
-        .iter()
-        .position(|b| !matches!(b, b'\r' | b'\n' | b' ' | b'\t'))
-    else {
-        // Only empty lines so far: an HTTP server would keep waiting for the request.
-        return None;
-    };
-    let rest = &buf[start..];
-    let method = rest.iter().take_while(|&&b| is_tchar(b)).count();
-    match rest.get(method) {
-        _ if method == 0 => Some(Protocol::Opaque),
-        None => None,
-        Some(b' ') => request_line(&rest[method..]),
-        Some(_) => Some(Protocol::Opaque),
+    if is_binary(first) {
+        return Some(Protocol::Opaque);
     }
-}
-
-/// Decides on the rest of a first line that began with a token and a space; `None`
-/// until the line ends (an enormous URI is left to [`classify`]'s bound).
-fn request_line(rest: &[u8]) -> Option<Protocol> {
-    let end = rest.iter().position(|&b| b == b'\n')?;
-    let names_http = rest[..end]
-        .windows(5)
-        .any(|w| w.eq_ignore_ascii_case(b"HTTP/"));
-    Some(if names_http {
-        Protocol::Http1
-    } else {
-        Protocol::Opaque
-    })
+    // Only empty lines and whitespace so far: an HTTP server would keep waiting.
+    let start = buf
+        .iter()
+        .position(|&b| !(b == b'\r' || b == b'\n' || is_separator(b)))?;
+    let rest = &buf[start..];
+    let end = rest.iter().position(|&b| b == b'\n');
+    let line = &rest[..end.unwrap_or(rest.len())];
+    if line.windows(5).any(|w| w.eq_ignore_ascii_case(b"HTTP/")) {
+        return Some(Protocol::Http1);
+    }
+    let method = line.iter().take_while(|&&b| is_tchar(b)).count();
+    if method > 0 && line.get(method).copied().is_some_and(is_separator) {
+        return Some(Protocol::Http1);
+    }
+    end.map(|_| Protocol::Opaque)
 }
 
 /// Reads from `io` until the protocol is known, or EOF. A client that sends nothing
@@ -174,19 +178,19 @@ mod tests {
         // The version decides; hyper then judges it (HTTP/9.9 gets its 400).
         assert_eq!(classify(b"GET / HTTP/9.9\r\n"), Some(Protocol::Http1));
         assert_eq!(
-            classify(b"GET / HTTP/1.1"),
-            None,
-            "the line is not finished yet"
+            classify(b"GET / HTT"),
+            Some(Protocol::Http1),
+            "a method and a separator are enough"
         );
         assert_eq!(
-            classify(b"SET key value\r\n"),
+            classify(b"*1\r\n$4\r\nPING\r\n"),
             Some(Protocol::Opaque),
-            "a Redis inline command"
+            "a Redis command (RESP)"
         );
         assert_eq!(
             classify(b"GET /\r\n"),
-            Some(Protocol::Opaque),
-            "HTTP/0.9 is not served"
+            Some(Protocol::Http1),
+            "HTTP/0.9-style: hyper refuses it, it never reaches the app raw"
         );
         let long = [b"GET /".as_slice(), &[b'a'; MAX_REQUEST_LINE]].concat();
         assert_eq!(classify(&long), Some(Protocol::Http1));
@@ -216,6 +220,14 @@ mod tests {
             b"GET / http/1.1\r\n",
             b"GET / HTTP/1.1 \r\n",
             b"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA / HTTP/1.1\n",
+            // What Python's http.server, wsgiref and werkzeug accept.
+            b"GET\t/\tHTTP/1.1\r\n",
+            b"\x0bGET / HTTP/1.1\r\n",
+            b"\x0cGET\x0c/ HTTP/1.1\r\n",
+            b"GET /secret\r\nmesh-client-id: x\r\n",
+            b"G\"ET / HTTP/1.1\r\n",
+            b"(x) / HTTP/1.1\r\n",
+            b"SET key value\r\n",
         ] {
             assert_eq!(
                 classify(prefix),
@@ -225,7 +237,7 @@ mod tests {
             );
         }
         // Still undecided: each may become a request.
-        for prefix in [b"\r\n".as_slice(), b"get", &[b'A'; 30], b"GET /very/long"] {
+        for prefix in [b"\r\n".as_slice(), b"get", &[b'A'; 30], b"(x"] {
             assert_eq!(
                 classify(prefix),
                 None,
@@ -242,9 +254,9 @@ mod tests {
     async fn a_stalled_request_line_is_an_error_not_opaque() {
         use tokio::io::AsyncWriteExt;
         let (mut client, mut server) = tokio::io::duplex(64);
-        server.write_all(b"\r\nGET / HT").await.expect("write");
+        server.write_all(b"\r\nGE").await.expect("write");
         let d = detect(&mut client, Duration::from_millis(20)).await;
-        assert!(matches!(d, Err(DetectError::Stalled(10))), "{d:?}");
+        assert!(matches!(d, Err(DetectError::Stalled(4))), "{d:?}");
     }
 
     #[tokio::test]

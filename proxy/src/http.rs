@@ -145,6 +145,7 @@ pub fn stack(shared: Arc<Shared>, direction: Direction, limits: &Limits) -> Http
         .layer_fn(|inner| DstLimit {
             inner,
             direction,
+            mtls: shared.endpoints.mtls(),
             max: limits.in_flight_per_destination,
             in_flight: Arc::default(),
         })
@@ -660,11 +661,15 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
+        // gRPC is exempt from the default: servers send a stream's headers with its
+        // first message, which may be long in coming, and clients set their own
+        // deadlines (`grpc-timeout`).
+        let default = self.default.filter(|_| !is_grpc(&req));
         let timeout = req
             .extensions()
             .get::<RouteInfo>()
             .and_then(|i| i.route.as_ref()?.timeout)
-            .or(self.default);
+            .or(default);
         let fut = self.inner.call(req);
         Box::pin(async move {
             match timeout {
@@ -740,6 +745,8 @@ type InFlight = Arc<std::sync::Mutex<std::collections::HashMap<Box<str>, usize>>
 struct DstLimit<S> {
     inner: S,
     direction: Direction,
+    /// Whether this proxy speaks mTLS (then only meshed peers may name a port).
+    mtls: bool,
     max: usize,
     in_flight: InFlight,
 }
@@ -762,22 +769,26 @@ impl Drop for DstSlot {
     }
 }
 
-/// The destination a request counts against: outbound its authority, inbound the
-/// application port it is for.
-fn destination_key<B>(req: &Request<B>, direction: Direction) -> Box<str> {
+/// The destination a request counts against: outbound its authority (else its
+/// original destination), inbound the application port it goes to, by the same rule
+/// as [`Forward`] (a named port only from whom it is honoured).
+fn destination_key<B>(req: &Request<B>, direction: Direction, mtls: bool) -> Box<str> {
+    let conn = req.extensions().get::<ConnInfo>();
+    let target = conn.and_then(|c| c.target);
     match direction {
-        Direction::Outbound => request_authority(req)
-            .unwrap_or_default()
-            .to_ascii_lowercase()
-            .into(),
+        Direction::Outbound => match request_authority(req) {
+            Some(a) => a.to_ascii_lowercase().into(),
+            None => target.map(|t| t.to_string()).unwrap_or_default().into(),
+        },
         Direction::Inbound => {
-            let port = target_port(req.headers()).or_else(|| {
-                req.extensions()
-                    .get::<ConnInfo>()
-                    .and_then(|c| c.target)
-                    .map(|t| t.port())
-            });
-            port.map(|p| p.to_string()).unwrap_or_default().into()
+            let named = conn
+                .filter(|c| !c.redirected && (c.peer.tls == Tls::Secured || !mtls))
+                .and_then(|_| target_port(req.headers()));
+            named
+                .or(target.map(|t| t.port()))
+                .map(|p| p.to_string())
+                .unwrap_or_default()
+                .into()
         }
     }
 }
@@ -797,7 +808,7 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let key = destination_key(&req, self.direction);
+        let key = destination_key(&req, self.direction, self.mtls);
         {
             let mut map = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
             let n = map.entry(key.clone()).or_insert(0);
@@ -1316,6 +1327,7 @@ mod tests {
         let mut limit = DstLimit {
             inner: mock,
             direction: Direction::Outbound,
+            mtls: false,
             max: 2,
             in_flight: Arc::default(),
         };

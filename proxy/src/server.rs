@@ -370,6 +370,14 @@ async fn handle(
         unserved();
         return;
     };
+    // Checked again now that bytes arrived: on a multi-threaded runtime the accept
+    // can run before the connecting task has recorded its connection, but not before
+    // that task has written to it.
+    if ctx.shared.origins.contains(client, local) {
+        tracing::warn!(%client, ?direction, "connection from this proxy itself refused: a loop");
+        unserved();
+        return;
+    }
     let mut prefix = detected.prefix;
     let conn = ConnInfo {
         client,

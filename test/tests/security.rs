@@ -48,6 +48,8 @@ async fn a_forged_client_id_never_reaches_the_app() {
         "\r\n\r\nGET /headers HTTP/1.1",
         "get /headers HTTP/1.1",
         "GET /headers HTTP/1.1",
+        "GET\t/headers\tHTTP/1.1",
+        "\x0bGET /headers HTTP/1.1",
     ] {
         let request = format!(
             "{request_line}\r\nhost: app\r\nmesh-client-id: {FORGED}\r\nconnection: close\r\n\r\n"
@@ -57,20 +59,26 @@ async fn a_forged_client_id_never_reaches_the_app() {
             !rsp.contains(FORGED),
             "{request_line:?}: the forged identity reached the app:\n{rsp}"
         );
-        // Served as HTTP (hyper accepts each), not dropped.
-        assert!(rsp.starts_with("HTTP/1.1 200"), "{request_line:?}:\n{rsp}");
+        // Handled as HTTP: served, or refused by the parser (hyper takes no tabs), never
+        // passed on raw.
+        assert!(rsp.starts_with("HTTP/1.1 "), "{request_line:?}:\n{rsp}");
     }
-    // Not HTTP at all (no HTTP version on the first line): still opaque TCP.
+    // Not HTTP at all: still opaque TCP (Redis's protocol, a binary one).
     let echo = backend::tcp_echo(None).await;
     let proxy = proxy::new().app(echo).run().await;
-    assert_eq!(
-        raw(proxy.inbound, b"SET key value\r\n").await,
-        "SET key value\r\n"
-    );
+    let resp = b"*1\r\n$4\r\nPING\r\n";
+    assert_eq!(raw(proxy.inbound, resp).await.as_bytes(), resp);
+    let postgres = b"\x00\x00\x00\x08\x04\xd2\x16\x2f";
+    let mut tcp = TcpStream::connect(proxy.inbound).await.expect("connect");
+    tcp.write_all(postgres).await.expect("write");
+    let mut echoed = [0u8; 8];
+    tcp.read_exact(&mut echoed).await.expect("echo");
+    assert_eq!(&echoed, postgres);
 }
 
-/// A request line held back past the detect timeout is closed, not passed on raw
-/// (where the rest of it, headers and all, would reach the app unchecked).
+/// A request line held back past the detect timeout never reaches the app raw (where
+/// the rest of it, headers and all, would go unchecked): a method alone is closed; a
+/// method and a separator are HTTP already, and get HTTP's handling when the rest comes.
 #[tokio::test]
 async fn a_stalled_request_line_is_closed_not_forwarded() {
     let app = backend::http().await;
@@ -80,11 +88,11 @@ async fn a_stalled_request_line_is_closed_not_forwarded() {
         .run()
         .await;
     let rest = format!(
-        "aders HTTP/1.1\r\nhost: app\r\nmesh-client-id: {FORGED}\r\nconnection: close\r\n\r\n"
+        " /headers HTTP/1.1\r\nhost: app\r\nmesh-client-id: {FORGED}\r\nconnection: close\r\n\r\n"
     );
     let rsp = raw_parts(
         proxy.inbound,
-        &[b"GET /he", rest.as_bytes()],
+        &[b"\r\nGE", format!("T{rest}").as_bytes()],
         Duration::from_millis(800),
     )
     .await;
@@ -94,6 +102,14 @@ async fn a_stalled_request_line_is_closed_not_forwarded() {
         0,
         "the app saw the stalled request"
     );
+    let rsp = raw_parts(
+        proxy.inbound,
+        &[b"GET ", &rest.as_bytes()[1..]],
+        Duration::from_millis(800),
+    )
+    .await;
+    assert!(rsp.starts_with("HTTP/1.1 200"), "{rsp}");
+    assert!(!rsp.contains(FORGED), "{rsp}");
     // A server-speaks-first client that sends nothing still gets opaque TCP.
     let echo = backend::tcp_echo(Some(b"220 ready\r\n")).await;
     let proxy = proxy::new()
