@@ -392,9 +392,24 @@ async fn websocket_tunnels_count_against_the_connection_limit() {
 
 #[tokio::test]
 async fn a_text_protocol_whose_first_word_looks_like_a_method_stays_opaque() {
-    // A Redis inline command: an upper-case word and a space, but no HTTP version.
+    // Redis's own protocol (RESP) on any port: a `*` line is no request line.
     let echo = backend::tcp_echo(None).await;
     let proxy = proxy::new().app(echo).run().await;
+    let mut tcp = TcpStream::connect(proxy.inbound).await.expect("connect");
+    tcp.write_all(b"*1\r\n$4\r\nPING\r\n").await.expect("write");
+    let mut line = [0u8; 14];
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_exact(&mut line))
+        .await
+        .expect("echo")
+        .expect("read");
+    assert_eq!(&line, b"*1\r\n$4\r\nPING\r\n");
+    // An inline command (an upper-case word and a space) is what a lenient HTTP server
+    // would take for an HTTP/0.9 request, so it needs an opaque port; there it passes.
+    let proxy = proxy::new()
+        .app(echo)
+        .env("OPAQUE_PORTS", echo.port())
+        .run()
+        .await;
     let mut tcp = TcpStream::connect(proxy.inbound).await.expect("connect");
     tcp.write_all(b"SET key value\r\n").await.expect("write");
     let mut line = [0u8; 15];
