@@ -1,10 +1,12 @@
-//! Compiles the gRPC API from `proto/` with protoc (Debian: `protobuf-compiler`).
+//! Compiles the gRPC API from `proto/` in pure Rust (protox parses the files, tonic's
+//! generator writes the code): building needs nothing but cargo, no `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
-    tonic_prost_build::configure().compile_protos(
-        &["proto/destination.proto", "proto/identity.proto"],
-        &["proto"],
+    let files = protox::compile(
+        ["proto/destination.proto", "proto/identity.proto"],
+        ["proto"],
     )?;
+    tonic_prost_build::configure().compile_fds(files)?;
     Ok(())
 }
