@@ -84,7 +84,16 @@ pub fn load(dir: &Path) -> std::io::Result<Loaded> {
 /// A manifest's text, if it is a regular file of at most [`MAX_FILE_BYTES`].
 fn read(file: &Path) -> Result<String, String> {
     use std::io::Read;
-    let meta = std::fs::metadata(file).map_err(|e| format!("cannot read: {e}"))?;
+    use std::os::unix::fs::OpenOptionsExt;
+    // Opened without blocking (opening a FIFO for reading blocks until a writer comes),
+    // then judged by the open file itself, so nothing can be swapped in between.
+    const O_NONBLOCK: i32 = 0o4000; // Linux, every architecture the images are built for.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(O_NONBLOCK)
+        .open(file)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    let meta = f.metadata().map_err(|e| format!("cannot read: {e}"))?;
     if !meta.is_file() {
         return Err("not a regular file (a FIFO, socket or device?): skipped unread".into());
     }
@@ -94,18 +103,6 @@ fn read(file: &Path) -> Result<String, String> {
             meta.len(),
             MAX_FILE_BYTES >> 20
         ));
-    }
-    // Opened without blocking (a file swapped for a FIFO since the check above would
-    // block `open` until a writer came), then checked again on the open file itself.
-    use std::os::unix::fs::OpenOptionsExt;
-    const O_NONBLOCK: i32 = 0o4000; // Linux, every architecture the images are built for.
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(O_NONBLOCK)
-        .open(file)
-        .map_err(|e| format!("cannot read: {e}"))?;
-    if !f.metadata().is_ok_and(|m| m.is_file()) {
-        return Err("not a regular file (a FIFO, socket or device?): skipped unread".into());
     }
     let mut text = String::new();
     f.take(MAX_FILE_BYTES + 1)

@@ -93,16 +93,7 @@ fn api_server() -> kube::Client {
 
 /// POSTs `body` to /inject over HTTPS, verifying the server's certificate.
 async fn post(server: &Server, body: Vec<u8>) -> (u16, Vec<u8>) {
-    let config = rustls::ClientConfig::builder()
-        .with_root_certificates(server.roots.clone())
-        .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect(server.addr)
-        .await
-        .expect("connect");
-    let name =
-        rustls::pki_types::ServerName::try_from("mesh-proxy-injector.mesh.svc").expect("name");
-    let tls = connector.connect(name, tcp).await.expect("TLS handshake");
+    let tls = tls(server).await;
     let (mut tx, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
         .await
         .expect("http");

@@ -811,12 +811,16 @@ where
         let key = destination_key(&req, self.direction, self.mtls);
         {
             let mut map = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-            let n = map.entry(key.clone()).or_insert(0);
-            if *n >= self.max {
-                let e = ProxyError::DestinationOverloaded(key.into());
-                return Box::pin(std::future::ready(Err(e.into())));
+            match map.get_mut(&key) {
+                Some(n) if *n >= self.max => {
+                    let e = ProxyError::DestinationOverloaded(key.into());
+                    return Box::pin(std::future::ready(Err(e.into())));
+                }
+                Some(n) => *n += 1,
+                None => {
+                    map.insert(key.clone(), 1);
+                }
             }
-            *n += 1;
         }
         let slot = DstSlot {
             in_flight: self.in_flight.clone(),

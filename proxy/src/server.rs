@@ -326,9 +326,15 @@ async fn handle(
     // one of its listeners by an address it does not know as its own. Serving it
     // would recurse until every slot is taken.
     let local = stream.local_addr().unwrap_or(ctx.listening_on(direction));
-    if ctx.shared.origins.contains(client, local) {
-        tracing::warn!(%client, ?direction, "connection from this proxy itself refused: a loop");
-        unserved();
+    let looped = || {
+        let looped = ctx.shared.origins.contains(client, local);
+        if looped {
+            tracing::warn!(%client, ?direction, "connection from this proxy itself refused: a loop");
+            unserved();
+        }
+        looped
+    };
+    if looped() {
         return;
     }
     let orig_dst = original_dst(&stream);
@@ -373,9 +379,7 @@ async fn handle(
     // Checked again now that bytes arrived: on a multi-threaded runtime the accept
     // can run before the connecting task has recorded its connection, but not before
     // that task has written to it.
-    if ctx.shared.origins.contains(client, local) {
-        tracing::warn!(%client, ?direction, "connection from this proxy itself refused: a loop");
-        unserved();
+    if looped() {
         return;
     }
     let mut prefix = detected.prefix;
