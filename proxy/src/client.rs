@@ -21,9 +21,10 @@ use crate::balance::PeakEwma;
 use crate::body::BoxBody;
 use crate::error::ProxyError;
 use crate::identity::Identity;
-use crate::metrics::{Direction, Metrics, Tls};
+use crate::metrics::Metrics;
 use crate::origins::{Origin, Origins};
 use crate::tcp::CountingIo;
+use crate::vocab::{Direction, Tls};
 
 /// Which HTTP version a pooled connection speaks.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]

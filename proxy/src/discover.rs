@@ -12,8 +12,8 @@ use mesh_api::destination::destination_client::DestinationClient;
 use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint as GrpcEndpoint};
 
-use crate::metrics::DstLabels;
 use crate::profile::Profile;
+use crate::vocab::DstLabels;
 
 /// How long a first request for a name waits for the controller's first answer, when
 /// the controller is reachable but slow (an unreachable one means DNS at once).
@@ -68,15 +68,6 @@ pub struct Discover {
     namespace: String,
     watches: Mutex<HashMap<String, watch::Receiver<Answer>>>,
     profiles: Mutex<HashMap<String, watch::Receiver<Option<Arc<Profile>>>>>,
-}
-
-/// A weighted backend authority (from a TrafficSplit or `dstOverrides`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Backend {
-    /// The backend's authority.
-    pub authority: String,
-    /// Its weight, in thousandths.
-    pub weight: u64,
 }
 
 impl Discover {
@@ -260,25 +251,6 @@ async fn follow_profile(
     }
 }
 
-/// Picks a backend with probability proportional to its weight; `None` when every
-/// weight is zero.
-pub fn pick(backends: &[Backend]) -> Option<&Backend> {
-    let total: u64 = backends
-        .iter()
-        .fold(0u64, |t, b| t.saturating_add(b.weight));
-    if total == 0 {
-        return None;
-    }
-    let mut r = fastrand::u64(0..total);
-    backends.iter().find(|b| {
-        if r < b.weight {
-            return true;
-        }
-        r -= b.weight;
-        false
-    })
-}
-
 fn socket_addr(a: &pb::SocketAddr) -> Option<SocketAddr> {
     Some(SocketAddr::new(
         a.ip.parse::<IpAddr>().ok()?,
@@ -374,23 +346,6 @@ mod tests {
                 metric_labels: Default::default(),
             })),
         }
-    }
-
-    #[test]
-    fn picks_follow_weights() {
-        let b = |a: &str, w| Backend {
-            authority: a.into(),
-            weight: w,
-        };
-        let backends = [b("v1", 800), b("v2", 200), b("v3", 0)];
-        let mut hits = [0u32; 3];
-        for _ in 0..10_000 {
-            let chosen = pick(&backends).expect("some");
-            hits[backends.iter().position(|x| x == chosen).expect("known")] += 1;
-        }
-        assert_eq!(hits[2], 0);
-        assert!((7_700..=8_300).contains(&hits[0]), "{hits:?}");
-        assert!(pick(&[b("x", 0)]).is_none());
     }
 
     #[test]

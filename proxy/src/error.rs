@@ -1,10 +1,9 @@
-//! Errors the proxy itself produces, and the one place that maps them to HTTP responses.
+//! Errors the proxy itself produces and the status each stands for. They become
+//! responses in one place, [`crate::http::rescue`].
 
-use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http::StatusCode;
 
-use crate::body::BoxBody;
+use crate::vocab::Peer;
 
 /// Name of the response header that says why the proxy, not the app, answered.
 pub const PROXY_ERROR_HEADER: &str = "mesh-proxy-error";
@@ -131,74 +130,22 @@ impl ProxyError {
     }
 }
 
-/// Turns any error from the stack into the response the client sees.
-///
-/// This is the one place that classifies causes; everything below it returns errors.
-pub fn rescue(error: BoxError, is_grpc: bool) -> Response<BoxBody> {
-    let error = match error.downcast::<ProxyError>() {
-        Ok(e) => *e,
-        Err(other) if other.is::<tower::load_shed::error::Overloaded>() => ProxyError::Overloaded,
-        Err(other) => {
-            tracing::warn!(error = %other, "unexpected proxy error");
-            return error_response(StatusCode::BAD_GATEWAY, &other.to_string(), is_grpc);
-        }
-    };
-    tracing::debug!(%error, "proxy error");
-    error_response(error.status(), &error.to_string(), is_grpc)
+/// An error met after the request reached an endpoint, and so was counted against it:
+/// the response the client gets is labelled with that endpoint.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct AtPeer {
+    /// The endpoint the request was counted against.
+    pub peer: Peer,
+    /// What went wrong.
+    pub error: ProxyError,
 }
 
-/// A response the proxy makes itself, carrying the `mesh-proxy-error` header.
-pub fn error_response(status: StatusCode, message: &str, is_grpc: bool) -> Response<BoxBody> {
-    let header = header_value(message);
-    let mut builder = Response::builder().header(PROXY_ERROR_HEADER, header.clone());
-    if is_grpc {
-        // gRPC clients read the outcome from grpc-status; a "trailers-only" response
-        // carries it in the headers with HTTP 200, as the gRPC spec asks.
-        builder = builder
-            .status(StatusCode::OK)
-            .header("content-type", "application/grpc")
-            .header("grpc-status", grpc_code(status))
-            .header("grpc-message", header);
-        return builder
-            .body(crate::body::empty())
-            .unwrap_or_else(|_| Response::new(crate::body::empty()));
-    }
-    builder
-        .status(status)
-        .header("content-type", "text/plain")
-        .body(
-            Full::new(Bytes::from(format!("{message}\n")))
-                .map_err(|never| match never {})
-                .boxed_unsync(),
-        )
-        .unwrap_or_else(|_| Response::new(crate::body::empty()))
-}
-
-/// The gRPC status code that corresponds to a proxy-made HTTP status.
-fn grpc_code(status: StatusCode) -> &'static str {
-    match status {
-        StatusCode::GATEWAY_TIMEOUT => "4",      // DEADLINE_EXCEEDED
-        StatusCode::SERVICE_UNAVAILABLE => "14", // UNAVAILABLE
-        StatusCode::BAD_REQUEST => "3",          // INVALID_ARGUMENT
-        StatusCode::BAD_GATEWAY => "14",         // UNAVAILABLE
-        _ => "2",                                // UNKNOWN
-    }
-}
-
-/// A header value made from free text: control characters are replaced.
-fn header_value(message: &str) -> HeaderValue {
-    let cleaned: String = message
-        .chars()
-        .map(|c| {
-            if c.is_ascii_graphic() || c == ' ' {
-                c
-            } else {
-                '?'
-            }
-        })
-        .take(512)
-        .collect();
-    HeaderValue::from_str(&cleaned).unwrap_or_else(|_| HeaderValue::from_static("proxy error"))
+/// The [`ProxyError`] inside a boxed error, attributed to an endpoint or not.
+pub fn cause(error: &BoxError) -> Option<&ProxyError> {
+    error
+        .downcast_ref::<ProxyError>()
+        .or_else(|| error.downcast_ref::<AtPeer>().map(|a| &a.error))
 }
 
 #[cfg(test)]
@@ -220,24 +167,5 @@ mod tests {
             .status(),
             502
         );
-    }
-
-    #[test]
-    fn rescue_maps_load_shed_to_503_with_header() {
-        let rsp = rescue(Box::new(tower::load_shed::error::Overloaded::new()), false);
-        assert_eq!(rsp.status(), 503);
-        assert_eq!(rsp.headers()[PROXY_ERROR_HEADER], "proxy overloaded");
-    }
-
-    #[test]
-    fn grpc_errors_are_trailers_only() {
-        let rsp = error_response(StatusCode::GATEWAY_TIMEOUT, "timeout", true);
-        assert_eq!(rsp.status(), 200);
-        assert_eq!(rsp.headers()["grpc-status"], "4");
-    }
-
-    #[test]
-    fn header_values_are_sanitised() {
-        assert_eq!(header_value("a\r\nb"), "a??b");
     }
 }

@@ -4,7 +4,8 @@
 //! `mesh-proxy-error` header, and keeps golden metrics with exact HDR latency
 //! histograms, served on the admin port.
 //!
-//! A request's path through the proxy reads top to bottom in [`http::stack`].
+//! A request's path through the proxy reads top to bottom in [`inbound::stack`] and
+//! [`outbound::stack`]; the layers they share are in [`http`], one per file.
 
 pub mod admin;
 pub mod balance;
@@ -17,15 +18,18 @@ pub mod error;
 pub mod http;
 pub mod identity;
 pub mod idle;
+pub mod inbound;
 pub mod init;
 pub mod io;
 pub mod metrics;
 pub mod origins;
+pub mod outbound;
 pub mod profile;
 pub mod resolve;
 pub mod server;
 pub mod tcp;
 pub mod tls;
+pub mod vocab;
 
 pub use config::Config;
 pub use error::{PROXY_ERROR_HEADER, ProxyError};

@@ -17,7 +17,35 @@ pub struct Profile {
     /// Routes in order; the first match wins.
     pub routes: Vec<Arc<Route>>,
     /// Weighted backends (TrafficSplit or dstOverrides).
-    pub backends: Vec<crate::discover::Backend>,
+    pub backends: Vec<Backend>,
+}
+
+/// A weighted backend authority (from a TrafficSplit or `dstOverrides`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Backend {
+    /// The backend's authority.
+    pub authority: String,
+    /// Its weight, in thousandths.
+    pub weight: u64,
+}
+
+/// Picks a backend with probability proportional to its weight; `None` when every
+/// weight is zero.
+pub fn pick(backends: &[Backend]) -> Option<&Backend> {
+    let total: u64 = backends
+        .iter()
+        .fold(0u64, |t, b| t.saturating_add(b.weight));
+    if total == 0 {
+        return None;
+    }
+    let mut r = fastrand::u64(0..total);
+    backends.iter().find(|b| {
+        if r < b.weight {
+            return true;
+        }
+        r -= b.weight;
+        false
+    })
 }
 
 /// One compiled route.
@@ -31,6 +59,16 @@ pub struct Route {
     pub timeout: Option<Duration>,
     /// The retry budget, for retryable routes: the route's own or the profile's.
     pub budget: Option<Arc<TpsBudget>>,
+}
+
+/// The profile and route a request was matched to (outbound), as an extension the
+/// layers below read.
+#[derive(Clone, Debug)]
+pub struct RouteInfo {
+    /// The destination's profile.
+    pub profile: Arc<Profile>,
+    /// The matching route, if any.
+    pub route: Option<Arc<Route>>,
 }
 
 /// A retry budget as the proxy keeps it; out-of-range values (the controller refuses
@@ -103,7 +141,7 @@ impl Profile {
         let backends = p
             .dst_overrides
             .iter()
-            .map(|d| crate::discover::Backend {
+            .map(|d| Backend {
                 authority: d.authority.clone(),
                 weight: d.weight,
             })
@@ -222,6 +260,23 @@ mod tests {
             routes,
             ..Default::default()
         })
+    }
+
+    #[test]
+    fn picks_follow_weights() {
+        let b = |a: &str, w| Backend {
+            authority: a.into(),
+            weight: w,
+        };
+        let backends = [b("v1", 800), b("v2", 200), b("v3", 0)];
+        let mut hits = [0u32; 3];
+        for _ in 0..10_000 {
+            let chosen = pick(&backends).expect("some");
+            hits[backends.iter().position(|x| x == chosen).expect("known")] += 1;
+        }
+        assert_eq!(hits[2], 0);
+        assert!((7_700..=8_300).contains(&hits[0]), "{hits:?}");
+        assert!(pick(&[b("x", 0)]).is_none());
     }
 
     #[test]

@@ -94,19 +94,6 @@ impl Resolve {
         }
     }
 
-    /// The endpoints a request for `dst` goes to: those of a backend picked by weight
-    /// when the profile has a TrafficSplit (or `dstOverrides`), else the service's own.
-    pub async fn route(&self, dst: &NameAddr, profile: &Profile) -> Result<Vec<Dst>, ProxyError> {
-        if !profile.backends.is_empty() {
-            let backend = crate::discover::pick(&profile.backends)
-                .ok_or_else(|| ProxyError::NoEndpoints(dst.to_string()))?;
-            return self
-                .endpoints(&NameAddr::parse(&backend.authority, dst.port)?)
-                .await;
-        }
-        self.endpoints(dst).await
-    }
-
     /// The endpoints of `dst`, from the destination service or else DNS.
     pub async fn endpoints(&self, dst: &NameAddr) -> Result<Vec<Dst>, ProxyError> {
         if let Some(discover) = &self.discover {

@@ -18,10 +18,11 @@ use crate::http::{ConnInfo, Hold, HttpService, Shared};
 use crate::identity::{ALPN_H2, ALPN_HTTP1, Identity};
 use crate::idle::{Streams, Tracked};
 use crate::io::{PrefixedIo, original_dst};
-use crate::metrics::{Direction, Metrics, Peer, Tls};
+use crate::metrics::Metrics;
 use crate::origins::Origins;
 use crate::resolve::Resolve;
 use crate::tcp::{self, CountingIo};
+use crate::vocab::{Direction, Peer, Tls};
 
 /// The largest connection or request limit honoured (tokio's semaphores cap lower).
 const MAX_LIMIT: usize = 1 << 24;
@@ -152,12 +153,12 @@ impl Proxy {
             (
                 Direction::Inbound,
                 inbound,
-                crate::http::stack(shared.clone(), Direction::Inbound, &limits),
+                crate::inbound::stack(shared.clone(), &limits),
             ),
             (
                 Direction::Outbound,
                 outbound,
-                crate::http::stack(shared.clone(), Direction::Outbound, &limits),
+                crate::outbound::stack(shared.clone(), &limits),
             ),
         ];
         let ctx = Arc::new(Ctx {

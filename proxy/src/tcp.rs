@@ -10,8 +10,9 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::metrics::{Direction, Metrics, TcpStats, Tls};
+use crate::metrics::{Metrics, TcpStats};
 use crate::origins::Origins;
+use crate::vocab::{Direction, Tls};
 
 pin_project_lite::pin_project! {
     /// A stream that counts the bytes read and written, and its close, in [`TcpStats`].

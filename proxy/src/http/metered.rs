@@ -1,0 +1,380 @@
+//! Golden metrics for every request: counted once, its response counted and timed
+//! when its body ends, labelled with its route and its peer.
+//!
+//! Where the peer is known decides where the request is counted. Inbound the peer is
+//! the client, known from the connection: the request counts as it comes in.
+//! Outbound it is the server, known only once an endpoint is connected: the endpoint
+//! level counts the request then ([`crate::outbound::concrete`]) and marks the
+//! response (or error) with the [`Peer`]; a request answered before it reached any
+//! endpoint is counted here with its response. Labels flow down as a
+//! [`RequestLabels`] extension, the peer comes back up with the response: nothing is
+//! written back into a request.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use http::{Request, Response};
+use http_body::{Body as _, Frame, SizeHint};
+use tower::{Layer, Service};
+
+use super::{BoxFuture, ConnInfo, classify, grpc_status, request_authority};
+use crate::body::{self, BoxBody};
+use crate::error::BoxError;
+use crate::metrics::{Metrics, RequestLabels};
+use crate::profile::{DEFAULT_ROUTE, Route, RouteInfo};
+use crate::vocab::{Class, Direction, Peer};
+
+/// Where a direction learns a request's peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerAt {
+    /// From the connection the request came in on (inbound: the client).
+    Connection,
+    /// From the endpoint that answers (outbound: the server), named by the response.
+    Endpoint,
+}
+
+/// Makes [`Metered`] services.
+#[derive(Clone, Debug)]
+pub struct MeteredLayer {
+    metrics: Arc<Metrics>,
+    direction: Direction,
+    mtls: bool,
+    peer_at: PeerAt,
+}
+
+impl MeteredLayer {
+    /// Records `direction`'s requests in `metrics`; `mtls` tells whether this proxy
+    /// has an identity (plaintext peers are then `no_identity`).
+    pub fn new(metrics: Arc<Metrics>, direction: Direction, mtls: bool, peer_at: PeerAt) -> Self {
+        Self {
+            metrics,
+            direction,
+            mtls,
+            peer_at,
+        }
+    }
+}
+
+impl<S> Layer<S> for MeteredLayer {
+    type Service = Metered<S>;
+
+    fn layer(&self, inner: S) -> Metered<S> {
+        Metered {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// Counts and times every request of a direction, including the ones the proxy
+/// answers itself, so that clients and metrics agree.
+#[derive(Clone, Debug)]
+pub struct Metered<S> {
+    inner: S,
+    layer: MeteredLayer,
+}
+
+impl<S, B> Service<Request<B>> for Metered<S>
+where
+    S: Service<Request<B>, Response = Response<BoxBody>, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<BoxBody>;
+    type Error = Infallible;
+    type Future = BoxFuture<Response<BoxBody>, Infallible>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let MeteredLayer {
+            metrics,
+            direction,
+            mtls,
+            peer_at,
+        } = &self.layer;
+        let route = req
+            .extensions()
+            .get::<RouteInfo>()
+            .and_then(|i| i.route.clone());
+        let route_name = route.as_ref().map_or(DEFAULT_ROUTE, |r| &r.name);
+        let peer = match (peer_at, req.extensions().get::<ConnInfo>()) {
+            (PeerAt::Connection, Some(conn)) => conn.peer.clone(),
+            _ => Peer::plaintext(*mtls),
+        };
+        let labels = metrics.labels(
+            *direction,
+            request_authority(&req).unwrap_or(""),
+            route_name,
+            &peer,
+        );
+        if *peer_at == PeerAt::Connection {
+            metrics.request(&labels);
+        }
+        req.extensions_mut().insert(labels.clone());
+        let (metrics, peer_at) = (metrics.clone(), *peer_at);
+        let start = Instant::now();
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let rsp = fut.await?;
+            let labels = match (peer_at, rsp.extensions().get::<Peer>()) {
+                (PeerAt::Connection, _) => labels,
+                // Counted by the endpoint that answered, or that the proxy answered
+                // for (a timeout while waiting on it).
+                (PeerAt::Endpoint, Some(peer)) => metrics.with_peer(&labels, peer),
+                // Answered before reaching any endpoint: counted now.
+                (PeerAt::Endpoint, None) => {
+                    metrics.request(&labels);
+                    labels
+                }
+            };
+            let latency = start.elapsed();
+            let status = rsp.status().as_u16();
+            // A trailers-only gRPC response carries its status in the headers.
+            let grpc_status = grpc_status(rsp.headers());
+            Ok(rsp.map(|inner| {
+                let metered = MeteredBody {
+                    inner,
+                    done: Some(Done {
+                        metrics,
+                        labels,
+                        status,
+                        latency,
+                        route,
+                    }),
+                    grpc_status,
+                };
+                body::boxed(metered)
+            }))
+        })
+    }
+}
+
+#[derive(Debug)]
+struct Done {
+    metrics: Arc<Metrics>,
+    labels: RequestLabels,
+    status: u16,
+    latency: Duration,
+    route: Option<Arc<Route>>,
+}
+
+impl Done {
+    fn record(self, grpc_status: Option<u32>, failed: bool) {
+        let class = if failed {
+            Class::Failure
+        } else {
+            classify(self.route.as_deref(), self.status, grpc_status)
+        };
+        self.metrics
+            .response(&self.labels, self.status, class, self.latency);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that records the response once its stream ends.
+    struct MeteredBody {
+        #[pin]
+        inner: BoxBody,
+        done: Option<Done>,
+        grpc_status: Option<u32>,
+    }
+
+    impl PinnedDrop for MeteredBody {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(done) = this.done.take() {
+                // Dropped before its end: fine if nothing was left to send (HEAD, 204),
+                // a failure if the stream was cut short.
+                let failed = !this.inner.is_end_stream();
+                done.record(*this.grpc_status, failed);
+            }
+        }
+    }
+}
+
+impl http_body::Body for MeteredBody {
+    type Data = bytes::Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let frame = match this.inner.poll_frame(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(f) => f,
+        };
+        match &frame {
+            Some(Ok(f)) => {
+                if let Some(t) = f.trailers_ref() {
+                    *this.grpc_status = grpc_status(t).or(*this.grpc_status);
+                }
+            }
+            Some(Err(_)) => {
+                if let Some(done) = this.done.take() {
+                    done.record(*this.grpc_status, true);
+                }
+            }
+            None => {
+                if let Some(done) = this.done.take() {
+                    done.record(*this.grpc_status, false);
+                }
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vocab::DstLabels;
+    use tower::ServiceExt;
+
+    fn conn(peer: Peer) -> ConnInfo {
+        ConnInfo {
+            client: ([127, 0, 0, 1], 1).into(),
+            target: None,
+            redirected: false,
+            local: ([127, 0, 0, 1], 4143).into(),
+            peer,
+            hold: super::super::Hold::new(()),
+        }
+    }
+
+    fn req(conn: ConnInfo) -> Request<()> {
+        let mut req = Request::get("/")
+            .header("host", "web:80")
+            .body(())
+            .expect("req");
+        req.extensions_mut().insert(conn);
+        req
+    }
+
+    /// The sum of the samples of `series` whose line contains `needle`.
+    fn count(metrics: &Arc<Metrics>, series: &str, needle: &str) -> u64 {
+        metrics
+            .render()
+            .lines()
+            .filter(|l| l.starts_with(series) && l.contains(needle))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    }
+
+    async fn read(rsp: Response<BoxBody>) {
+        use http_body_util::BodyExt;
+        rsp.into_body().collect().await.expect("body");
+    }
+
+    fn rescued(
+        mock: tower_test::mock::Mock<Request<()>, Response<BoxBody>>,
+    ) -> crate::http::rescue::Rescue<tower_test::mock::Mock<Request<()>, Response<BoxBody>>> {
+        crate::http::rescue::RescueLayer.layer(mock)
+    }
+
+    #[tokio::test]
+    async fn inbound_requests_count_at_once_with_their_client() {
+        let metrics = Arc::new(Metrics::default());
+        let (mock, mut handle) = tower_test::mock::pair::<Request<()>, Response<BoxBody>>();
+        handle.allow(1);
+        let layer = MeteredLayer::new(
+            metrics.clone(),
+            Direction::Inbound,
+            true,
+            PeerAt::Connection,
+        );
+        let mut svc = layer.layer(rescued(mock));
+        let client = Peer::secured("load.ns.serviceaccount.identity.mesh.cluster.local");
+        let call = svc
+            .ready()
+            .await
+            .expect("ready")
+            .call(req(conn(client.clone())));
+        let (sent, send) = handle.next_request().await.expect("request");
+        // Counted while in flight, and the labels go down with the request.
+        let id = r#"client_id="load.ns.serviceaccount.identity.mesh.cluster.local""#;
+        assert_eq!(count(&metrics, "request_total{", id), 1);
+        assert_eq!(
+            sent.extensions().get::<RequestLabels>().map(|l| &l.peer),
+            Some(&client)
+        );
+        send.send_response(
+            Response::builder()
+                .status(503)
+                .body(body::empty())
+                .expect("rsp"),
+        );
+        read(call.await.expect("rsp")).await;
+        assert_eq!(count(&metrics, "request_total{", id), 1);
+        assert_eq!(
+            count(&metrics, "response_total{", r#"classification="failure""#),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn outbound_requests_count_where_the_endpoint_is_known() {
+        let metrics = Arc::new(Metrics::default());
+        let (mock, mut handle) = tower_test::mock::pair::<Request<()>, Response<BoxBody>>();
+        handle.allow(2);
+        let layer = MeteredLayer::new(metrics.clone(), Direction::Outbound, true, PeerAt::Endpoint);
+        let mut svc = layer.layer(rescued(mock));
+        let plain = Peer::plaintext(true);
+
+        // Reached an endpoint: the level below counted it and names the peer.
+        let call = svc
+            .ready()
+            .await
+            .expect("ready")
+            .call(req(conn(plain.clone())));
+        let (sent, send) = handle.next_request().await.expect("request");
+        assert_eq!(count(&metrics, "request_total{", ""), 0, "not counted here");
+        let labels = sent
+            .extensions()
+            .get::<RequestLabels>()
+            .cloned()
+            .expect("labels");
+        let server = Peer::secured("web.ns.serviceaccount.identity.mesh.cluster.local").with_dst(
+            Some(Arc::new(DstLabels {
+                namespace: "ns".into(),
+                workload: "web".into(),
+                service: "web".into(),
+            })),
+        );
+        metrics.request(&metrics.with_peer(&labels, &server));
+        let mut rsp = Response::new(body::empty());
+        rsp.extensions_mut().insert(server.clone());
+        send.send_response(rsp);
+        read(call.await.expect("rsp")).await;
+
+        // Answered before any endpoint: counted here, once.
+        let call = svc.ready().await.expect("ready").call(req(conn(plain)));
+        let (_, send) = handle.next_request().await.expect("request");
+        send.send_error(crate::error::ProxyError::NoAuthority);
+        read(call.await.expect("rsp")).await;
+
+        let web = r#"dst_deployment="web""#;
+        assert_eq!(count(&metrics, "request_total{", web), 1);
+        assert_eq!(count(&metrics, "response_total{", web), 1);
+        let plain = r#"tls="no_identity""#;
+        assert_eq!(count(&metrics, "request_total{", plain), 1);
+        assert_eq!(
+            count(&metrics, "response_total{", r#"status_code="400""#),
+            1
+        );
+    }
+}

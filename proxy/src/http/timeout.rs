@@ -1,0 +1,148 @@
+//! The request's deadline: its route's timeout, else the default response-headers
+//! timeout. The deadline flows down with the request (a [`Deadline`] extension), so
+//! that whichever level holds the request when it passes answers for it: an endpoint
+//! the request was waiting on is named in the metrics of the timeout.
+
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{Request, Response};
+use tokio::time::Instant;
+use tower::{Layer, Service};
+
+use super::BoxFuture;
+use crate::body::BoxBody;
+use crate::error::{BoxError, ProxyError};
+use crate::profile::RouteInfo;
+
+/// When a request must have its response headers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Deadline(pub Instant);
+
+impl Deadline {
+    /// Runs `fut` until the deadline of `deadline`, if any; past it, `on_timeout`.
+    pub async fn run<T, E>(
+        deadline: Option<Self>,
+        fut: impl std::future::Future<Output = Result<T, E>>,
+        on_timeout: impl FnOnce() -> E,
+    ) -> Result<T, E> {
+        match deadline {
+            Some(Self(at)) => match tokio::time::timeout_at(at, fut).await {
+                Ok(r) => r,
+                Err(_) => Err(on_timeout()),
+            },
+            None => fut.await,
+        }
+    }
+}
+
+/// Makes [`Timeout`] services.
+#[derive(Clone, Copy, Debug)]
+pub struct TimeoutLayer {
+    default: Option<Duration>,
+}
+
+impl TimeoutLayer {
+    /// Requests whose route names no timeout get `default` (gRPC excepted).
+    pub fn new(default: Option<Duration>) -> Self {
+        Self { default }
+    }
+}
+
+impl<S> Layer<S> for TimeoutLayer {
+    type Service = Timeout<S>;
+
+    fn layer(&self, inner: S) -> Timeout<S> {
+        Timeout {
+            inner,
+            default: self.default,
+        }
+    }
+}
+
+/// Gives each request its deadline and fails it with [`ProxyError::Timeout`] when the
+/// levels below have not answered by then; dropping the request cancels it upstream.
+#[derive(Clone, Debug)]
+pub struct Timeout<S> {
+    inner: S,
+    default: Option<Duration>,
+}
+
+impl<S, B> Service<Request<B>> for Timeout<S>
+where
+    S: Service<Request<B>, Response = Response<BoxBody>>,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<BoxBody>;
+    type Error = BoxError;
+    type Future = BoxFuture<Response<BoxBody>, BoxError>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        // gRPC is exempt from the default: servers send a stream's headers with its
+        // first message, which may be long in coming, and clients set their own
+        // deadlines (`grpc-timeout`).
+        let default = self.default.filter(|_| !super::is_grpc(&req));
+        let timeout = req
+            .extensions()
+            .get::<RouteInfo>()
+            .and_then(|i| i.route.as_ref()?.timeout)
+            .or(default);
+        let deadline = timeout.map(|t| Deadline(Instant::now() + t));
+        if let Some(d) = deadline {
+            req.extensions_mut().insert(d);
+        }
+        let fut = self.inner.call(req);
+        Box::pin(Deadline::run(
+            deadline,
+            async move { fut.await.map_err(Into::into) },
+            || ProxyError::Timeout.into(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::body;
+    use tower::ServiceExt;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_goes_down_and_fails_a_late_answer() {
+        let (mock, mut handle) = tower_test::mock::pair::<Request<()>, Response<BoxBody>>();
+        handle.allow(3);
+        let mut timeout = TimeoutLayer::new(Some(Duration::from_secs(2))).layer(mock);
+        let started = Instant::now();
+        let call = timeout.ready().await.expect("ready").call(Request::new(()));
+        let (req, _send) = handle.next_request().await.expect("request");
+        assert_eq!(
+            req.extensions().get::<Deadline>(),
+            Some(&Deadline(started + Duration::from_secs(2)))
+        );
+        let e = call.await.expect_err("late");
+        assert_eq!(e.to_string(), "timeout");
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
+
+        // gRPC gets no default deadline.
+        let grpc = Request::builder()
+            .header("content-type", "application/grpc")
+            .body(())
+            .expect("req");
+        let call = timeout.ready().await.expect("ready").call(grpc);
+        let (req, send) = handle.next_request().await.expect("request");
+        assert!(req.extensions().get::<Deadline>().is_none());
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        send.send_response(Response::new(body::empty()));
+        assert_eq!(call.await.expect("in time").status(), 200);
+
+        // An answer in time passes through.
+        let call = timeout.ready().await.expect("ready").call(Request::new(()));
+        let (_, send) = handle.next_request().await.expect("request");
+        send.send_response(Response::new(body::empty()));
+        assert_eq!(call.await.expect("in time").status(), 200);
+    }
+}

@@ -1,0 +1,86 @@
+//! The inbound stack: requests from peers (meshed or not) to the pod's application.
+//!
+//! Read top to bottom, [`stack`] is the path every inbound request takes; each layer
+//! says why it sits where it does. The bottom, [`app`], sends the request to the
+//! application on the port it was meant for.
+
+use std::sync::Arc;
+
+use http::Request;
+use tower::ServiceBuilder;
+use tower::util::BoxCloneService;
+
+use crate::http::dst_limit::{DstKey, DstLimitLayer};
+use crate::http::hop_by_hop::HopByHopLayer;
+use crate::http::metered::{MeteredLayer, PeerAt};
+use crate::http::rescue::RescueLayer;
+use crate::http::timeout::TimeoutLayer;
+use crate::http::validate::ValidateLayer;
+use crate::http::{ConnInfo, HttpService, Limits, Shared, target_port};
+use crate::vocab::{Direction, Tls};
+
+pub mod app;
+
+/// Builds the stack inbound requests flow through, top to bottom.
+pub fn stack(shared: Arc<Shared>, limits: &Limits) -> HttpService {
+    let mtls = shared.endpoints.mtls();
+    let svc = ServiceBuilder::new()
+        // Count every request and time it to its response, the ones the proxy answers
+        // itself included; the client is known from the connection, so the request
+        // counts at once, labelled with who sent it.
+        .layer(MeteredLayer::new(
+            shared.metrics.clone(),
+            Direction::Inbound,
+            mtls,
+            PeerAt::Connection,
+        ))
+        // The one place errors become responses with `mesh-proxy-error`; every layer
+        // below returns errors.
+        .layer(RescueLayer)
+        // Refuse what hyper's parser lets through but no server should act on, before
+        // anything is sent on.
+        .layer(ValidateLayer::new(limits.max_path_bytes))
+        // Hop-by-hop headers go before any header is added below.
+        .layer(HopByHopLayer)
+        // One application port may hold only its share of the in-flight slots.
+        .layer(DstLimitLayer::new(
+            limits.in_flight_per_destination,
+            AppPort { mtls },
+        ))
+        // The default response-headers timeout covers everything below.
+        .layer(TimeoutLayer::new(limits.response_headers_timeout))
+        // Shed load instead of queueing when too many requests are in flight: a fast
+        // 503 lets the caller's balancer pick another replica.
+        .load_shed()
+        .concurrency_limit(limits.in_flight)
+        .service(app::App::new(shared));
+    BoxCloneService::new(svc)
+}
+
+/// The port of this pod a peer proxy named for a request (local mode, where no
+/// iptables redirect tells): honoured only from a meshed peer, or from anyone when the
+/// mesh runs without mTLS, and never on a redirected connection.
+pub fn named_port<B>(conn: &ConnInfo, req: &Request<B>, mtls: bool) -> Option<u16> {
+    (!conn.redirected && (conn.peer.tls == Tls::Secured || !mtls))
+        .then(|| target_port(req.headers()))
+        .flatten()
+}
+
+/// Inbound requests count against the application port they go to.
+#[derive(Clone, Copy, Debug)]
+pub struct AppPort {
+    /// Whether this proxy speaks mTLS (then only meshed peers may name a port).
+    pub mtls: bool,
+}
+
+impl DstKey for AppPort {
+    fn key<B>(&self, req: &Request<B>) -> Box<str> {
+        let conn = req.extensions().get::<ConnInfo>();
+        let named = conn.and_then(|c| named_port(c, req, self.mtls));
+        named
+            .or(conn.and_then(|c| c.target).map(|t| t.port()))
+            .map(|p| p.to_string())
+            .unwrap_or_default()
+            .into()
+    }
+}

@@ -1,0 +1,338 @@
+//! The concrete level: one backend's endpoints and the balancer over them, at the
+//! bottom of the outbound stack. It picks an endpoint (power of two choices over
+//! peak-EWMA load), connects (mTLS when the endpoint is meshed), and tries another
+//! endpoint when a connect fails, since nothing was sent. Once connected, the request
+//! is counted against the endpoint and sent by the endpoint level
+//! ([`crate::http::upstream`]).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{HeaderValue, Request, Response, Version as HttpVersion};
+use tower::Service;
+
+use super::split::Concrete;
+use crate::balance::p2c;
+use crate::body::BoxBody;
+use crate::client::Version;
+use crate::discover::Dst;
+use crate::error::{AtPeer, BoxError, ProxyError};
+use crate::http::timeout::Deadline;
+use crate::http::{
+    BoxFuture, ConnInfo, ORIG_PROTO_HEADER, Shared, TARGET_PORT_HEADER, is_upgrade,
+    request_authority, upstream,
+};
+use crate::metrics::RequestLabels;
+use crate::vocab::{Direction, Peer};
+
+/// Endpoints a request may try to connect to before it fails.
+const MAX_CONNECT_ATTEMPTS: usize = 3;
+
+/// Marks an attempt whose request was already counted against an endpoint by an
+/// earlier attempt (set by [`super::retry`]): a retry is not a new request.
+#[derive(Clone, Copy, Debug)]
+pub struct Counted;
+
+/// Balances each request over its [`Concrete`] backend's endpoints.
+#[derive(Clone, Debug)]
+pub struct Balance {
+    shared: Arc<Shared>,
+}
+
+impl Balance {
+    /// Balances over endpoints resolved and pooled by `shared`.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+
+    async fn send(self, mut req: Request<BoxBody>) -> Result<Response<BoxBody>, BoxError> {
+        let shared = &self.shared;
+        let conn = req.extensions_mut().remove::<ConnInfo>();
+        let dsts = match req.extensions_mut().remove::<Concrete>() {
+            Some(Concrete::Service(name)) => shared.resolve.endpoints(&name).await?,
+            Some(Concrete::Addr(addr)) => vec![Dst::direct(addr)],
+            None => return Err(ProxyError::NoAuthority.into()),
+        };
+        if dsts.iter().any(|d| shared.is_own(d.connect)) {
+            return Err(ProxyError::Loop.into());
+        }
+        // Only this proxy may mark a request's original protocol or name a peer's
+        // target port.
+        req.headers_mut().remove(ORIG_PROTO_HEADER);
+        req.headers_mut().remove(TARGET_PORT_HEADER);
+        let mtls = shared.endpoints.mtls();
+        let version = if req.version() == HttpVersion::HTTP_2 {
+            Version::Http2
+        } else {
+            Version::Http1
+        };
+        let upgrading = version == Version::Http1 && is_upgrade(req.headers());
+        let endpoints: Vec<_> = dsts
+            .iter()
+            .map(|d| {
+                // Between meshed proxies HTTP/1 rides HTTP/2 (upgrades cannot).
+                let meshed = mtls && d.identity.is_some();
+                let version = if meshed && !upgrading {
+                    Version::Http2
+                } else {
+                    version
+                };
+                let endpoint = shared.endpoints.get(
+                    d.connect,
+                    version,
+                    Direction::Outbound,
+                    d.identity.as_deref(),
+                );
+                (endpoint, d)
+            })
+            .collect();
+        let authority = request_authority(&req).map(str::to_owned);
+        // A failed connect sent nothing, so another endpoint may be tried: a pod that
+        // went away before discovery said so costs a retry, not a failed request.
+        let mut failed: Vec<SocketAddr> = Vec::new();
+        let (endpoint, dst, connection, in_flight) = loop {
+            let now = std::time::Instant::now();
+            let candidates: Vec<_> = endpoints
+                .iter()
+                .filter(|(e, _)| !failed.contains(&e.addr))
+                .collect();
+            let Some((endpoint, dst)) = p2c(&candidates, |(e, _)| e.load.load(now)) else {
+                return Err(ProxyError::NoEndpoints(authority.unwrap_or_default()).into());
+            };
+            let in_flight = endpoint.load.start();
+            match endpoint.connection().await {
+                Ok(c) => break (endpoint, dst, c, in_flight),
+                Err(e) => {
+                    in_flight.fail();
+                    failed.push(endpoint.addr);
+                    // A TLS failure sent nothing either: an address that now belongs
+                    // to another pod (stale discovery) presents the wrong identity.
+                    let retryable = matches!(
+                        e,
+                        ProxyError::Connect { .. }
+                            | ProxyError::ConnectTimeout(_)
+                            | ProxyError::Tls { .. }
+                    );
+                    if retryable && failed.len() < endpoints.len().min(MAX_CONNECT_ATTEMPTS) {
+                        tracing::debug!(error = %e, "trying another endpoint");
+                        continue;
+                    }
+                    return Err(e.into());
+                }
+            }
+        };
+        // Counted once connected (and authenticated): the labels say who answers.
+        let peer = match &endpoint.identity {
+            Some(id) => Peer::secured(id),
+            None => Peer::plaintext(mtls),
+        }
+        .with_dst(dst.labels.clone());
+        if req.extensions().get::<Counted>().is_none()
+            && let Some(labels) = req.extensions().get::<RequestLabels>()
+        {
+            shared
+                .metrics
+                .request(&shared.metrics.with_peer(labels, &peer));
+        }
+        if let Some(port) = dst.target_port {
+            req.headers_mut()
+                .insert(TARGET_PORT_HEADER, HeaderValue::from(port));
+        }
+        // The deadline passing while the endpoint is working on the request is the
+        // endpoint's timeout.
+        let deadline = req.extensions().get::<Deadline>().copied();
+        let hold = conn.map(|c| c.hold);
+        let sent = Deadline::run(
+            deadline,
+            upstream::send(endpoint, connection, req, authority.as_deref(), hold),
+            || ProxyError::Timeout,
+        )
+        .await;
+        match sent {
+            Ok(mut rsp) => {
+                in_flight.complete();
+                rsp.extensions_mut().insert(peer);
+                Ok(rsp)
+            }
+            Err(error) => {
+                // A client's own bad request says nothing about the endpoint, nor does
+                // a deadline the client's route set.
+                if !matches!(error, ProxyError::BadRequest(_) | ProxyError::Timeout) {
+                    in_flight.fail();
+                }
+                Err(AtPeer { peer, error }.into())
+            }
+        }
+    }
+}
+
+impl Service<Request<BoxBody>> for Balance {
+    type Response = Response<BoxBody>;
+    type Error = BoxError;
+    type Future = BoxFuture<Response<BoxBody>, BoxError>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<BoxBody>) -> Self::Future {
+        Box::pin(self.clone().send(req))
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::body;
+    use crate::client::{ClientConfig, Endpoints};
+    use crate::metrics::Metrics;
+    use crate::origins::Origins;
+    use crate::resolve::Resolve;
+    use std::time::Duration;
+    use tower::ServiceExt;
+
+    /// What the stacks share, without a destination service or mTLS.
+    pub(crate) fn shared() -> Arc<Shared> {
+        let metrics = Arc::new(Metrics::default());
+        let origins = Arc::new(Origins::default());
+        let config = ClientConfig {
+            connect_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(10),
+            max_pooled_per_endpoint: 4,
+        };
+        Arc::new(Shared {
+            resolve: Resolve::from_system().expect("resolver"),
+            endpoints: Endpoints::new(config, metrics.clone(), origins.clone(), None),
+            metrics,
+            own_addrs: vec![([127, 0, 0, 1], 4140).into()],
+            identity: None,
+            origins,
+        })
+    }
+
+    /// An HTTP/1 server on loopback that answers `/slow` after a second, else at once.
+    async fn backend() -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let svc =
+                    hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                        if req.uri().path() == "/slow" {
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                        Ok::<_, std::convert::Infallible>(Response::new(body::empty()))
+                    });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc),
+                );
+            }
+        });
+        addr
+    }
+
+    fn request(shared: &Shared, to: SocketAddr, path: &str) -> Request<BoxBody> {
+        let mut req = Request::get(path).body(body::empty()).expect("req");
+        req.extensions_mut().insert(Concrete::Addr(to));
+        let labels =
+            shared
+                .metrics
+                .labels(Direction::Outbound, "", "default", &Peer::plaintext(false));
+        req.extensions_mut().insert(labels);
+        req
+    }
+
+    fn requests(shared: &Shared) -> usize {
+        shared
+            .metrics
+            .render()
+            .lines()
+            .filter(|l| l.starts_with("request_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<usize>().ok())
+            .sum()
+    }
+
+    #[tokio::test]
+    async fn connected_requests_count_once_and_name_their_endpoint() {
+        let shared = shared();
+        let addr = backend().await;
+        let mut balance = Balance::new(shared.clone());
+        let rsp = balance
+            .ready()
+            .await
+            .expect("ready")
+            .call(request(&shared, addr, "/"))
+            .await
+            .expect("sent");
+        assert_eq!(rsp.status(), 200);
+        assert_eq!(
+            rsp.extensions().get::<Peer>(),
+            Some(&Peer::plaintext(false))
+        );
+        assert_eq!(requests(&shared), 1);
+
+        // A retry of a counted request is not counted again.
+        let mut again = request(&shared, addr, "/");
+        again.extensions_mut().insert(Counted);
+        balance
+            .ready()
+            .await
+            .expect("ready")
+            .call(again)
+            .await
+            .expect("sent");
+        assert_eq!(requests(&shared), 1);
+
+        // Nothing listening: nothing reached, nothing counted, nobody named.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let gone = closed.local_addr().expect("addr");
+        drop(closed);
+        let e = balance
+            .ready()
+            .await
+            .expect("ready")
+            .call(request(&shared, gone, "/"))
+            .await
+            .expect_err("refused");
+        assert!(
+            matches!(crate::error::cause(&e), Some(ProxyError::Connect { .. })),
+            "{e}"
+        );
+        assert!(e.downcast_ref::<AtPeer>().is_none());
+        assert_eq!(requests(&shared), 1);
+
+        // Looping back into the proxy is refused before connecting.
+        let e = balance
+            .ready()
+            .await
+            .expect("ready")
+            .call(request(&shared, ([0, 0, 0, 0], 4140).into(), "/"))
+            .await
+            .expect_err("loop");
+        assert!(
+            matches!(crate::error::cause(&e), Some(ProxyError::Loop)),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_deadline_passing_at_the_endpoint_is_the_endpoints_timeout() {
+        let shared = shared();
+        let addr = backend().await;
+        let mut req = request(&shared, addr, "/slow");
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(100);
+        req.extensions_mut().insert(Deadline(deadline));
+        let e = Balance::new(shared.clone())
+            .oneshot(req)
+            .await
+            .expect_err("late");
+        let at = e.downcast_ref::<AtPeer>().expect("attributed");
+        assert!(matches!(at.error, ProxyError::Timeout));
+        assert_eq!(at.peer, Peer::plaintext(false));
+        assert_eq!(requests(&shared), 1);
+    }
+}

@@ -1,0 +1,399 @@
+//! Retries of a retryable route's failures, while the route's budget allows: the
+//! request body is kept (up to a size) so that it can be sent again, each attempt
+//! goes through the split and the balancer anew, and every attempt is counted
+//! (`actual` metrics) besides the request itself.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use http_body::Frame;
+use tower::util::BoxCloneService;
+use tower::{Layer, Service};
+
+use super::concrete::Counted;
+use crate::body::{self, BoxBody};
+use crate::error::{AtPeer, BoxError, ProxyError};
+use crate::http::timeout::Deadline;
+use crate::http::{BoxFuture, classify, grpc_status, is_upgrade};
+use crate::metrics::{Metrics, RequestLabels};
+use crate::profile::RouteInfo;
+use crate::vocab::{Class, Peer};
+
+/// Request bodies up to this size are kept so that a request can be sent again.
+const MAX_REPLAY_BYTES: usize = 64 * 1024;
+/// Attempts per request, the first included: one request cannot drain a budget.
+const MAX_ATTEMPTS: usize = 3;
+
+/// What buffering a request body gave.
+enum Replay {
+    /// The whole body, small enough to send again.
+    Buffered(bytes::Bytes),
+    /// Too large (or with trailers): sent once, as it is.
+    Once(BoxBody),
+}
+
+/// Reads up to [`MAX_REPLAY_BYTES`] of `body`; a larger body is rebuilt from what was
+/// read and the rest, to be sent once.
+async fn buffer(mut body: BoxBody) -> Result<Replay, BoxError> {
+    use http_body_util::BodyExt;
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame?;
+        match frame.into_data() {
+            Ok(data) => {
+                buf.extend_from_slice(&data);
+                if buf.len() > MAX_REPLAY_BYTES {
+                    let head =
+                        http_body_util::Full::new(buf.freeze()).map_err(|never| match never {});
+                    let rest = futures_util::stream::unfold(body, |mut b| async move {
+                        b.frame().await.map(|f| (f, b))
+                    });
+                    let head = futures_util::stream::once(async move {
+                        let mut head = head;
+                        head.frame()
+                            .await
+                            .unwrap_or_else(|| Ok(Frame::data(bytes::Bytes::new())))
+                    });
+                    use futures_util::StreamExt;
+                    let stream = head.map(|f| f.map_err(BoxError::from)).chain(rest);
+                    return Ok(Replay::Once(body::boxed(http_body_util::StreamBody::new(
+                        stream,
+                    ))));
+                }
+            }
+            Err(frame) => {
+                // Trailers: rare in requests; such a request is sent once.
+                let head = http_body_util::Full::new(buf.freeze()).map_err(|never| match never {});
+                let trailers = frame.into_trailers().ok();
+                let body =
+                    http_body_util::BodyExt::with_trailers(head, async move { trailers.map(Ok) });
+                return Ok(Replay::Once(body::boxed(body)));
+            }
+        }
+    }
+    Ok(Replay::Buffered(buf.freeze()))
+}
+
+fn rebuild(parts: &http::request::Parts, body: BoxBody) -> Request<BoxBody> {
+    let mut req = Request::new(body);
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = parts.uri.clone();
+    *req.version_mut() = parts.version;
+    *req.headers_mut() = parts.headers.clone();
+    *req.extensions_mut() = parts.extensions.clone();
+    req
+}
+
+fn full(b: bytes::Bytes) -> BoxBody {
+    use http_body_util::BodyExt;
+    body::boxed(http_body_util::Full::new(b).map_err(|never| match never {}))
+}
+
+/// The services below the retry layer, type-erased so that the retry loop's future is
+/// plainly `Send`.
+type Attempts = BoxCloneService<Request<BoxBody>, Response<BoxBody>, BoxError>;
+
+/// Makes [`Retry`] services.
+#[derive(Clone, Debug)]
+pub struct RetryLayer {
+    metrics: Arc<Metrics>,
+}
+
+impl RetryLayer {
+    /// Counts attempts and skipped retries in `metrics`.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self { metrics }
+    }
+}
+
+impl<S> Layer<S> for RetryLayer
+where
+    S: Service<Request<BoxBody>, Response = Response<BoxBody>, Error = BoxError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Service = Retry;
+
+    fn layer(&self, inner: S) -> Retry {
+        Retry {
+            inner: BoxCloneService::new(inner),
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// Sends a request of a retryable route again when it fails.
+#[derive(Clone)]
+pub struct Retry {
+    inner: Attempts,
+    metrics: Arc<Metrics>,
+}
+
+/// The endpoint an attempt's outcome names: it reached that endpoint, which counted it.
+fn reached(result: &Result<Response<BoxBody>, BoxError>) -> Option<Peer> {
+    match result {
+        Ok(rsp) => rsp.extensions().get::<Peer>().cloned(),
+        Err(e) => e.downcast_ref::<AtPeer>().map(|a| a.peer.clone()),
+    }
+}
+
+/// The outcome of the last attempt, named after the endpoint an earlier one reached
+/// when it reached none itself: the request was counted there.
+fn attribute(
+    result: Result<Response<BoxBody>, BoxError>,
+    peer: Option<Peer>,
+) -> Result<Response<BoxBody>, BoxError> {
+    let Some(peer) = peer else { return result };
+    match result {
+        Ok(mut rsp) => {
+            if rsp.extensions().get::<Peer>().is_none() {
+                rsp.extensions_mut().insert(peer);
+            }
+            Ok(rsp)
+        }
+        Err(e) if e.is::<AtPeer>() => Err(e),
+        Err(e) => match e.downcast::<ProxyError>() {
+            Ok(error) => Err(AtPeer {
+                peer,
+                error: *error,
+            }
+            .into()),
+            Err(e) => Err(e),
+        },
+    }
+}
+
+/// The deadline passing between endpoints (resolving, connecting, waiting for a slot):
+/// a timeout of the endpoint an earlier attempt reached, if one did.
+fn timed_out(counted: &Option<Peer>) -> BoxError {
+    match counted {
+        Some(peer) => AtPeer {
+            peer: peer.clone(),
+            error: ProxyError::Timeout,
+        }
+        .into(),
+        None => ProxyError::Timeout.into(),
+    }
+}
+
+impl Service<Request<BoxBody>> for Retry {
+    type Response = Response<BoxBody>;
+    type Error = BoxError;
+    type Future = BoxFuture<Response<BoxBody>, BoxError>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<BoxBody>) -> Self::Future {
+        let route = req
+            .extensions()
+            .get::<RouteInfo>()
+            .and_then(|i| i.route.clone());
+        let budget = route.as_ref().and_then(|r| r.budget.clone());
+        let (Some(route), Some(budget)) = (route, budget) else {
+            // Already a boxed future: no second box.
+            return self.inner.call(req);
+        };
+        if is_upgrade(req.headers()) {
+            return self.inner.call(req);
+        }
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let metrics = self.metrics.clone();
+        let labels = req.extensions().get::<RequestLabels>().cloned();
+        let deadline = req.extensions().get::<Deadline>().copied();
+        Box::pin(async move {
+            tower::retry::budget::Budget::deposit(&*budget);
+            let (mut parts, body) = req.into_parts();
+            let body = match buffer(body).await {
+                Ok(Replay::Buffered(bytes)) => bytes,
+                Ok(Replay::Once(body)) => return inner.call(rebuild(&parts, body)).await,
+                Err(e) => return Err(e),
+            };
+            // The endpoint the latest attempt reached, which counted the request.
+            let mut counted: Option<Peer> = None;
+            let mut attempt = 1;
+            loop {
+                let call = inner.call(rebuild(&parts, full(body.clone())));
+                let result = Deadline::run(deadline, call, || timed_out(&counted)).await;
+                let peer = reached(&result);
+                // Failures worth retrying: failure responses, and endpoints that could
+                // not be reached at all (the request never got to the app).
+                let failed = match &result {
+                    Ok(rsp) => {
+                        let class = classify(
+                            Some(&route),
+                            rsp.status().as_u16(),
+                            grpc_status(rsp.headers()),
+                        );
+                        // Every attempt, the last included: actual minus effective
+                        // (Metered's count) is the number of retries.
+                        if let Some(labels) = &labels {
+                            let labels = match &peer {
+                                Some(peer) => metrics.with_peer(labels, peer),
+                                None => labels.clone(),
+                            };
+                            metrics.attempt(&labels, rsp.status().as_u16(), class);
+                        }
+                        class == Class::Failure
+                    }
+                    Err(e) => crate::error::cause(e).is_some_and(|e| {
+                        matches!(
+                            e,
+                            ProxyError::Connect { .. }
+                                | ProxyError::ConnectTimeout(_)
+                                | ProxyError::NoEndpoints(_)
+                        )
+                    }),
+                };
+                if peer.is_some() {
+                    counted = peer;
+                    parts.extensions.insert(Counted);
+                }
+                if !failed || attempt >= MAX_ATTEMPTS {
+                    return attribute(result, counted);
+                }
+                if !tower::retry::budget::Budget::withdraw(&*budget) {
+                    if let Some(labels) = &labels {
+                        let last = match &counted {
+                            Some(peer) => metrics.with_peer(labels, peer),
+                            None => labels.clone(),
+                        };
+                        metrics.retry_skipped(&last);
+                    }
+                    return attribute(result, counted);
+                }
+                attempt += 1;
+                let ready = async { tower::ServiceExt::ready(&mut inner).await.map(|_| ()) };
+                if let Err(e) = Deadline::run(deadline, ready, || timed_out(&counted)).await {
+                    return attribute(Err(e), counted);
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::profile::Profile;
+    use crate::vocab::Direction;
+    use mesh_api::destination as pb;
+    use tower::ServiceExt;
+
+    fn retryable() -> RouteInfo {
+        let profile = Profile::compile(&pb::Profile {
+            routes: vec![pb::Route {
+                name: "flaky".into(),
+                condition: Some(pb::RequestMatch {
+                    r#match: Some(pb::request_match::Match::Method("GET".into())),
+                }),
+                is_retryable: true,
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        let route = profile.route(&http::Method::GET, "/");
+        RouteInfo {
+            profile: Arc::new(profile),
+            route,
+        }
+    }
+
+    fn status(code: u16, peer: Option<&Peer>) -> Response<BoxBody> {
+        let mut rsp = Response::builder()
+            .status(code)
+            .body(body::empty())
+            .expect("rsp");
+        if let Some(p) = peer {
+            rsp.extensions_mut().insert(p.clone());
+        }
+        rsp
+    }
+
+    fn service() -> (
+        Retry,
+        tower_test::mock::Handle<Request<BoxBody>, Response<BoxBody>>,
+        Arc<Metrics>,
+    ) {
+        let (mock, handle) = tower_test::mock::pair::<Request<BoxBody>, Response<BoxBody>>();
+        let metrics = Arc::new(Metrics::default());
+        let mock = tower::ServiceBuilder::new()
+            .map_err(|e: BoxError| e)
+            .service(mock);
+        (
+            RetryLayer::new(metrics.clone()).layer(mock),
+            handle,
+            metrics,
+        )
+    }
+
+    fn request(metrics: &Metrics, route: Option<RouteInfo>) -> Request<BoxBody> {
+        let mut req = Request::get("/").body(full("hi".into())).expect("req");
+        let labels = metrics.labels(
+            Direction::Outbound,
+            "web:80",
+            "flaky",
+            &Peer::plaintext(true),
+        );
+        req.extensions_mut().insert(labels);
+        if let Some(r) = route {
+            req.extensions_mut().insert(r);
+        }
+        req
+    }
+
+    #[tokio::test]
+    async fn failures_are_sent_again_and_counted_once() {
+        let (mut retry, mut handle, metrics) = service();
+        handle.allow(5);
+        let web = Peer::secured("web.ns.serviceaccount.identity.mesh.cluster.local");
+        let call = tokio::spawn(
+            retry
+                .ready()
+                .await
+                .expect("ready")
+                .call(request(&metrics, Some(retryable()))),
+        );
+        let (first, send) = handle.next_request().await.expect("first");
+        assert!(first.extensions().get::<Counted>().is_none());
+        send.send_response(status(500, Some(&web)));
+        // The second attempt has the same body, and is known to be counted already.
+        let (second, send) = handle.next_request().await.expect("second");
+        assert!(second.extensions().get::<Counted>().is_some());
+        use http_body_util::BodyExt;
+        let bytes = second.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(&bytes[..], b"hi");
+        // No endpoint this time: the answer is still the counted endpoint's.
+        send.send_error(ProxyError::NoEndpoints("web:80".into()));
+        let (_, send) = handle.next_request().await.expect("third");
+        send.send_error(ProxyError::NoEndpoints("web:80".into()));
+        let e = call.await.expect("join").expect_err("failed thrice");
+        let at = e.downcast_ref::<AtPeer>().expect("attributed");
+        assert_eq!(at.peer, web);
+        let text = metrics.render();
+        assert!(text.contains("status_code=\"500\""), "{text}");
+    }
+
+    #[tokio::test]
+    async fn routes_without_retries_pass_through() {
+        let (mut retry, mut handle, metrics) = service();
+        handle.allow(2);
+        let call = tokio::spawn(
+            retry
+                .ready()
+                .await
+                .expect("ready")
+                .call(request(&metrics, None)),
+        );
+        let (_, send) = handle.next_request().await.expect("once");
+        send.send_response(status(500, None));
+        assert_eq!(call.await.expect("join").expect("rsp").status(), 500);
+        // Nothing is counted here: no attempts metric without retries.
+        assert!(!metrics.render().contains("actual_response_total{"));
+    }
+}

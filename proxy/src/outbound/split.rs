@@ -1,0 +1,168 @@
+//! The logical level's last layer: the backend an attempt goes to. A profile with
+//! weighted backends (a TrafficSplit, `dstOverrides`) picks one by weight per attempt;
+//! otherwise the service itself. A request that names no service goes where its
+//! connection was going.
+
+use std::net::SocketAddr;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use tower::{Layer, Service};
+
+use super::default_port;
+use super::logical::Logical;
+use crate::body::BoxBody;
+use crate::error::{BoxError, ProxyError};
+use crate::http::{BoxFuture, ConnInfo, request_authority};
+use crate::profile::{RouteInfo, pick};
+use crate::resolve::NameAddr;
+
+/// Where an attempt goes: an extension for the concrete level.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Concrete {
+    /// A backend service, resolved to its endpoints.
+    Service(NameAddr),
+    /// An address, when the request named no service (its original destination).
+    Addr(SocketAddr),
+}
+
+/// Makes [`Split`] services.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SplitLayer;
+
+impl<S> Layer<S> for SplitLayer {
+    type Service = Split<S>;
+
+    fn layer(&self, inner: S) -> Split<S> {
+        Split { inner }
+    }
+}
+
+/// Tags each attempt with its [`Concrete`] backend.
+#[derive(Clone, Debug)]
+pub struct Split<S> {
+    inner: S,
+}
+
+/// The backend of one attempt of `req`.
+pub fn concrete<B>(req: &Request<B>) -> Result<Concrete, ProxyError> {
+    let Some(Logical(name)) = req.extensions().get::<Logical>() else {
+        let conn = req.extensions().get::<ConnInfo>();
+        return match request_authority(req) {
+            // Not a name: refused with the reason.
+            Some(a) => NameAddr::parse(a, default_port(conn)).map(Concrete::Service),
+            None => conn
+                .and_then(|c| c.target)
+                .map(Concrete::Addr)
+                .ok_or(ProxyError::NoAuthority),
+        };
+    };
+    let backends = req
+        .extensions()
+        .get::<RouteInfo>()
+        .map(|i| &i.profile.backends[..])
+        .unwrap_or_default();
+    if backends.is_empty() {
+        return Ok(Concrete::Service(name.clone()));
+    }
+    let backend = pick(backends).ok_or_else(|| ProxyError::NoEndpoints(name.to_string()))?;
+    NameAddr::parse(&backend.authority, name.port).map(Concrete::Service)
+}
+
+impl<S, B> Service<Request<B>> for Split<S>
+where
+    S: Service<Request<B>, Response = Response<BoxBody>>,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<BoxBody>;
+    type Error = BoxError;
+    type Future = BoxFuture<Response<BoxBody>, BoxError>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        match concrete(&req) {
+            Ok(c) => {
+                req.extensions_mut().insert(c);
+                let fut = self.inner.call(req);
+                Box::pin(async move { fut.await.map_err(Into::into) })
+            }
+            Err(e) => Box::pin(std::future::ready(Err(e.into()))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::body;
+    use crate::profile::{Backend, Profile};
+    use std::sync::Arc;
+    use tower::ServiceExt;
+
+    fn req(host: Option<&str>, backends: Option<Vec<Backend>>) -> Request<()> {
+        let mut b = Request::get("/");
+        if let Some(h) = host {
+            b = b.header("host", h);
+        }
+        let mut req = b.body(()).expect("req");
+        if let Some(h) = host
+            && let Ok(name) = NameAddr::parse(h, 80)
+        {
+            req.extensions_mut().insert(Logical(name));
+        }
+        if let Some(backends) = backends {
+            req.extensions_mut().insert(RouteInfo {
+                profile: Arc::new(Profile {
+                    backends,
+                    ..Profile::default()
+                }),
+                route: None,
+            });
+        }
+        req
+    }
+
+    fn backend(authority: &str, weight: u64) -> Backend {
+        Backend {
+            authority: authority.into(),
+            weight,
+        }
+    }
+
+    #[tokio::test]
+    async fn each_attempt_gets_its_backend() {
+        let (mock, mut handle) = tower_test::mock::pair::<Request<()>, Response<BoxBody>>();
+        handle.allow(1);
+        let mut split = SplitLayer.layer(mock);
+        let call = split.ready().await.expect("ready").call(req(
+            Some("web:8080"),
+            Some(vec![backend("web-v1", 0), backend("web-v2", 1000)]),
+        ));
+        let (r, send) = handle.next_request().await.expect("request");
+        let v2 = NameAddr::parse("web-v2:8080", 80).expect("name");
+        assert_eq!(
+            r.extensions().get::<Concrete>(),
+            Some(&Concrete::Service(v2))
+        );
+        send.send_response(Response::new(body::empty()));
+        call.await.expect("rsp");
+
+        let svc = |r| concrete(&r);
+        assert_eq!(
+            svc(req(Some("web"), None)).expect("service"),
+            Concrete::Service(NameAddr::parse("web:80", 80).expect("name"))
+        );
+        let none = svc(req(Some("web"), Some(vec![backend("v1", 0)])));
+        assert_eq!(
+            none.expect_err("no weight").to_string(),
+            "no endpoints for web:80"
+        );
+        let bad = svc(req(Some("web:x"), None));
+        assert!(matches!(bad, Err(ProxyError::BadAuthority(_))), "{bad:?}");
+        assert!(matches!(svc(req(None, None)), Err(ProxyError::NoAuthority)));
+    }
+}
