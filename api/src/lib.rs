@@ -1,6 +1,7 @@
 //! Contracts between mesh components: the Kubernetes resource types users write
 //! (ServiceProfile, TrafficSplit) with their validation, the destination service's gRPC
-//! API, and the identity naming scheme. This crate does no I/O.
+//! API, and the identity naming scheme. This crate does no I/O, but for the `start`
+//! feature's helper that every binary starts with.
 
 pub mod duration;
 pub mod profile;
@@ -8,6 +9,9 @@ pub mod quantity;
 #[cfg(feature = "schema")]
 pub mod schema;
 pub mod split;
+#[cfg(feature = "start")]
+pub mod start;
+pub mod stats;
 
 pub use profile::ServiceProfileSpec;
 pub use quantity::Quantity;

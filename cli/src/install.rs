@@ -353,7 +353,7 @@ mod tests {
 
     /// The objects a `mesh install` leaves in a cluster, from a fresh CA.
     fn cluster() -> Cluster {
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        mesh_api::start::crypto();
         let ca =
             mesh_identity::ca::generate(Duration::from_secs(86_400), Duration::from_secs(86_400))
                 .expect("CA");

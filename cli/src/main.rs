@@ -205,7 +205,7 @@ enum IdentityCommand {
 }
 
 fn main() -> anyhow::Result<()> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    mesh_api::start::crypto();
     match Cli::parse().command {
         Command::Inject {
             inputs,
@@ -436,29 +436,14 @@ fn warn_dropped_anchors(given: &std::path::Path, installed: &install::Installed)
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?)
+    Ok(mesh_api::start::runtime(
+        mesh_api::start::Runtime::CurrentThread,
+    )?)
 }
 
-/// Parses `30s`, `5m`, `1h`.
+/// A positive duration flag in the mesh's grammar ([`mesh_api::duration`]).
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (n, unit) = s.split_at(split);
-    let n: u64 = n
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?}: use e.g. 30s, 5m"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "m" => n.saturating_mul(60),
-        "h" => n.saturating_mul(3600),
-        _ => return Err(format!("invalid duration unit in {s:?}: use s, m or h")),
-    };
-    if secs == 0 {
-        return Err("the duration must be positive".into());
-    }
-    Ok(Duration::from_secs(secs))
+    mesh_api::duration::parse_in(s, Duration::from_millis(1)..=Duration::MAX)
 }
 
 fn refuse_overwrite(out: &std::path::Path, files: &[&str], force: bool) -> anyhow::Result<()> {

@@ -1,6 +1,5 @@
 //! The `mesh-controller` binary: the destination service over a source of cluster state.
 
-use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -101,17 +100,18 @@ fn rx_ready<T: Send + Sync + 'static>(
     })
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
-        .with_context(|| format!("invalid log filter {:?}", args.log))?;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+    let workers = std::thread::available_parallelism().map_or(2, usize::from);
+    mesh_api::start::start(
+        &args.log,
+        "MESH_CONTROLLER_LOG",
+        mesh_api::start::Runtime::Workers(workers),
+    )?
+    .block_on(run(args))
+}
 
+async fn run(args: Args) -> anyhow::Result<()> {
     // Proxies must not be told "unknown" (and fall back to DNS, without identities)
     // just because the controller has not read its source yet: listen only once every
     // kind has been listed, or after SYNC_PATIENCE with whatever is known by then.
@@ -131,8 +131,6 @@ async fn main() -> anyhow::Result<()> {
             (index, task, synced)
         }
         _ if args.source == "kubernetes" => {
-            // One crypto provider for every TLS client in the process (kube's included).
-            let _ = rustls::crypto::ring::default_provider().install_default();
             let client = kube::Client::try_default().await.context(
                 "cannot reach the Kubernetes API: run in a pod, or set KUBECONFIG (or use --source dir:PATH)",
             )?;

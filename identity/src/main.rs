@@ -1,6 +1,5 @@
 //! The `mesh-identity` binary: the CA service, serving `Certify` over TLS.
 
-use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,7 +13,6 @@ use mesh_identity::server::{self, IssuerSource};
 use mesh_identity::service::{Metrics, Service, Settings};
 use mesh_identity::tokens::Authenticator;
 use tokio::sync::watch;
-use tracing_subscriber::EnvFilter;
 
 /// mesh-identity: issues short-lived mTLS certificates to proxies.
 #[derive(Debug, Parser)]
@@ -71,50 +69,27 @@ struct Config {
     log: String,
 }
 
+/// A duration flag in the mesh's grammar ([`mesh_api::duration`]), up to a year.
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (n, unit) = s.split_at(split);
-    let n: u64 = n
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 90s, 10m, 24h"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "m" => n.saturating_mul(60),
-        "h" => n.saturating_mul(3600),
-        "d" => n.saturating_mul(86_400),
-        _ => return Err(format!("invalid duration unit in {s:?}: use s, m, h or d")),
-    };
-    Ok(Duration::from_secs(secs))
+    mesh_api::duration::parse_in(s, Duration::ZERO..=Duration::from_secs(365 * 86_400))
 }
 
+/// A certificate lifetime: 10 s to 365 d.
 fn parse_lifetime(s: &str) -> Result<Duration, String> {
-    let d = parse_duration(s)?;
-    if d < Duration::from_secs(10) || d > Duration::from_secs(365 * 86_400) {
-        return Err(format!(
-            "certificate lifetime {s:?} must be between 10s and 365d"
-        ));
-    }
-    Ok(d)
+    mesh_api::duration::parse_in(
+        s,
+        Duration::from_secs(10)..=Duration::from_secs(365 * 86_400),
+    )
 }
 
 fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    let filter = EnvFilter::try_new(&config.log)
-        .with_context(|| format!("invalid MESH_IDENTITY_LOG {:?}", config.log))?;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
-    // One crypto provider for every TLS use in the process (kube's included).
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?
-        .block_on(run(config))
+    mesh_api::start::start(
+        &config.log,
+        "MESH_IDENTITY_LOG",
+        mesh_api::start::Runtime::Workers(2),
+    )?
+    .block_on(run(config))
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {

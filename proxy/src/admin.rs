@@ -97,7 +97,8 @@ fn route(
             rsp
         }
         (&Method::GET, "/stats") => {
-            let body = metrics.stats(crate::metrics::instance()).to_string();
+            let stats = metrics.stats(crate::metrics::instance());
+            let body = serde_json::to_vec(&stats).unwrap_or_else(|_| b"{}".to_vec());
             let mut rsp = Response::new(Full::new(Bytes::from(body)));
             rsp.headers_mut().insert(
                 header::CONTENT_TYPE,

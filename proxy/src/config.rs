@@ -240,35 +240,11 @@ impl Config {
     }
 }
 
-/// Parses `250ms`, `10s`, `2m`, `1h` (a bare number is seconds).
+/// Parses a duration flag in the mesh's grammar ([`mesh_api::duration`]): nothing the
+/// proxy waits for is meant to last longer than a day, and larger values would
+/// overflow deadline arithmetic.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 250ms, 10s, 2m"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "" | "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => {
-            return Err(format!(
-                "invalid duration unit {unit:?} in {s:?}: use ms, s, m or h"
-            ));
-        }
-    };
-    // Nothing the proxy waits for is meant to last longer than a day; larger values
-    // would overflow deadline arithmetic.
-    if !(0.0..=86_400.0).contains(&secs) {
-        return Err(format!(
-            "invalid duration {s:?}: must be between 0s and 24h"
-        ));
-    }
-    Duration::try_from_secs_f64(secs).map_err(|e| format!("invalid duration {s:?}: {e}"))
+    mesh_api::duration::parse_in(s, Duration::ZERO..=Duration::from_secs(86_400))
 }
 
 #[cfg(test)]
@@ -279,8 +255,9 @@ mod tests {
     fn durations() {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert!(parse_duration("2").is_err(), "a unit is needed");
         assert_eq!(parse_duration("1.5m"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
         assert!(parse_duration("ten").is_err());
         assert!(parse_duration("5d").is_err());
         assert!(parse_duration("-1s").is_err());

@@ -1,12 +1,8 @@
 //! The `mesh-proxy` binary: parses flags and environment, then runs the proxy until
 //! SIGTERM, Ctrl-C or `POST /shutdown`.
 
-use std::io::IsTerminal;
-
-use anyhow::Context;
 use clap::Parser;
 use mesh_proxy::{Config, Proxy};
-use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {
     // `mesh-proxy init`: program iptables and exit (the pod's init container).
@@ -19,29 +15,10 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let config = Config::parse();
-    // One crypto provider for every TLS use in the process.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let filter = EnvFilter::try_new(&config.log)
-        .with_context(|| format!("invalid MESH_PROXY_LOG {:?}", config.log))?;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
-
     // One worker runs on a current-thread runtime: no work stealing and no cross-thread
     // wake-ups, which is most of what a second scheduler thread would cost a sidecar.
-    let mut runtime = if config.workers == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        b.worker_threads(usize::from(config.workers));
-        b
-    };
-    let runtime = runtime
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let workers = mesh_api::start::Runtime::with_workers(usize::from(config.workers));
+    let runtime = mesh_api::start::start(&config.log, "MESH_PROXY_LOG", workers)?;
     runtime.block_on(async {
         let proxy = Proxy::bind(config).await?;
         proxy.run(shutdown_signal()).await;

@@ -317,90 +317,78 @@ impl Metrics {
     }
 
     /// Every counter and latency histogram, cumulative since the proxy started, as
-    /// JSON for mesh-viz: histograms as their recorded buckets (`[value_us, count]`),
-    /// so that merging them elsewhere stays exact. `instance` changes on restart, so
+    /// The `/stats` document for mesh-viz ([`mesh_api::stats`]): histograms as their
+    /// recorded buckets (`[value_us, count]`), so that merging them elsewhere stays exact. `instance` changes on restart, so
     /// that a reader can tell a reset from a decrease.
-    pub fn stats(&self, instance: u64) -> serde_json::Value {
-        use serde_json::{Map, Value, json};
-        fn labels(l: &RequestLabels) -> Map<String, Value> {
-            let mut m = Map::new();
-            m.insert("direction".into(), l.direction.as_str().into());
-            m.insert("authority".into(), (*l.authority).into());
-            m.insert("route".into(), (*l.route).into());
-            m.insert("tls".into(), l.peer.tls.as_str().into());
-            if let Some(id) = &l.peer.id {
-                m.insert("peer_id".into(), (**id).into());
+    pub fn stats(&self, instance: u64) -> mesh_api::stats::Stats {
+        use mesh_api::stats::{Count, Labels, Latency, Stats, Tcp};
+        fn labels(l: &RequestLabels) -> Labels {
+            let dst = l.peer.dst.as_deref();
+            Labels {
+                direction: l.direction.as_str().into(),
+                authority: (*l.authority).into(),
+                route: (*l.route).into(),
+                tls: l.peer.tls.as_str().into(),
+                peer_id: l.peer.id.as_deref().map(Into::into),
+                dst_namespace: dst.map(|d| (*d.namespace).into()),
+                dst_workload: dst.map(|d| (*d.workload).into()),
+                dst_service: dst.map(|d| (*d.service).into()),
             }
-            if let Some(dst) = &l.peer.dst {
-                m.insert("dst_namespace".into(), (*dst.namespace).into());
-                m.insert("dst_workload".into(), (*dst.workload).into());
-                m.insert("dst_service".into(), (*dst.service).into());
-            }
-            m
         }
-        let responses = |map: &HashMap<ResponseKey, u64>| -> Vec<Value> {
+        let responses = |map: &HashMap<ResponseKey, u64>| -> Vec<Count> {
             map.iter()
-                .map(|(k, n)| {
-                    let mut m = labels(&k.request);
-                    m.insert("status".into(), k.status.into());
-                    m.insert("class".into(), k.class.as_str().into());
-                    m.insert("count".into(), (*n).into());
-                    Value::Object(m)
+                .map(|(k, n)| Count {
+                    labels: labels(&k.request),
+                    status: Some(k.status),
+                    class: Some(k.class.as_str().into()),
+                    count: *n,
                 })
                 .collect()
         };
         let store = self.store();
-        let requests: Vec<Value> = store
-            .requests
-            .iter()
-            .map(|(l, n)| {
-                let mut m = labels(l);
-                m.insert("count".into(), (*n).into());
-                Value::Object(m)
-            })
-            .collect();
-        let latency: Vec<Value> = store
-            .latencies
-            .iter()
-            .map(|(k, h)| {
-                let mut m = labels(&k.request);
-                m.insert("status_class".into(), k.status_class.into());
-                m.insert("sum_us".into(), h.sum_us.into());
-                let buckets: Vec<Value> = h
-                    .histogram
-                    .iter_recorded()
-                    .map(|v| json!([v.value_iterated_to(), v.count_at_value()]))
-                    .collect();
-                m.insert("buckets".into(), buckets.into());
-                Value::Object(m)
-            })
-            .collect();
-        let out = json!({
-            "instance": instance.to_string(),
-            "started_unix_ms": started_unix_ms(),
-            "requests": requests,
-            "responses": responses(&store.responses),
-            "actual_responses": responses(&store.actual),
-            "latency": latency,
-        });
-        drop(store);
-        let tcp: Vec<Value> = {
-            let tcp = self.tcp.lock().unwrap_or_else(|e| e.into_inner());
-            tcp.iter()
-                .map(|((direction, peer, tls), s)| {
-                    json!({
-                        "direction": direction.as_str(),
-                        "peer": peer,
-                        "tls": tls.as_str(),
-                        "open": s.open.load(Ordering::Relaxed),
-                        "close": s.close.load(Ordering::Relaxed),
-                    })
+        let mut stats = Stats {
+            instance: instance.to_string(),
+            started_unix_ms: Some(started_unix_ms()),
+            requests: store
+                .requests
+                .iter()
+                .map(|(l, n)| Count {
+                    labels: labels(l),
+                    count: *n,
+                    ..Count::default()
                 })
-                .collect()
+                .collect(),
+            responses: responses(&store.responses),
+            actual_responses: responses(&store.actual),
+            latency: store
+                .latencies
+                .iter()
+                .map(|(k, h)| Latency {
+                    labels: labels(&k.request),
+                    status_class: k.status_class,
+                    sum_us: h.sum_us,
+                    buckets: h
+                        .histogram
+                        .iter_recorded()
+                        .map(|v| (v.value_iterated_to(), v.count_at_value()))
+                        .collect(),
+                })
+                .collect(),
+            tcp: Vec::new(),
         };
-        let mut out = out;
-        out["tcp"] = tcp.into();
-        out
+        drop(store);
+        let tcp = self.tcp.lock().unwrap_or_else(|e| e.into_inner());
+        stats.tcp = tcp
+            .iter()
+            .map(|((direction, peer, tls), s)| Tcp {
+                direction: direction.as_str().into(),
+                peer: (*peer).into(),
+                tls: tls.as_str().into(),
+                open: s.open.load(Ordering::Relaxed),
+                close: s.close.load(Ordering::Relaxed),
+            })
+            .collect();
+        stats
     }
 
     /// Renders every metric in the Prometheus / OpenMetrics text format.

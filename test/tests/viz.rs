@@ -46,14 +46,14 @@ async fn merged_inbound(proxies: &[&proxy::Proxy], q: f64) -> f64 {
     let mut all = hdrhistogram::Histogram::<u64>::new(2).expect("histogram");
     for p in proxies {
         let stats = client::get(p.admin, "admin", "/stats").await;
-        let v: Value = serde_json::from_str(&stats.text()).expect("json");
-        for l in v["latency"].as_array().expect("latency") {
-            if l["direction"] != "inbound" {
-                continue;
-            }
-            for b in l["buckets"].as_array().expect("buckets") {
-                let (value, count) = (b[0].as_u64().expect("v"), b[1].as_u64().expect("n"));
-                all.record_n(value, count).expect("record");
+        let stats: mesh_api::stats::Stats = serde_json::from_str(&stats.text()).expect("json");
+        for l in stats
+            .latency
+            .iter()
+            .filter(|l| l.labels.direction == "inbound")
+        {
+            for (value, count) in &l.buckets {
+                all.record_n(*value, *count).expect("record");
             }
         }
     }

@@ -1,7 +1,6 @@
 //! The `mesh-viz` binary: follows the mesh's pods, scrapes their proxies, serves the
 //! API and dashboard.
 
-use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -11,7 +10,6 @@ use anyhow::Context;
 use clap::Parser;
 use mesh_controller::Index;
 use mesh_viz::store::Store;
-use tracing_subscriber::EnvFilter;
 
 /// mesh-viz: golden metrics per edge, workload and route.
 #[derive(Debug, Parser)]
@@ -37,28 +35,19 @@ struct Config {
     log: String,
 }
 
+/// A positive duration flag in the mesh's grammar ([`mesh_api::duration`]).
 fn duration(s: &str) -> Result<Duration, String> {
-    mesh_viz::server::parse_duration(s)
-        .filter(|d| !d.is_zero())
-        .ok_or_else(|| format!("invalid duration {s:?}: use e.g. 500ms, 2s, 10m"))
+    mesh_api::duration::parse_in(s, Duration::from_millis(1)..=Duration::MAX)
 }
 
 fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    let filter = EnvFilter::try_new(&config.log)
-        .with_context(|| format!("invalid MESH_VIZ_LOG {:?}", config.log))?;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?
-        .block_on(run(config))
+    mesh_api::start::start(
+        &config.log,
+        "MESH_VIZ_LOG",
+        mesh_api::start::Runtime::Workers(2),
+    )?
+    .block_on(run(config))
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {

@@ -5,29 +5,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
-use serde::Deserialize;
+use mesh_api::stats::Stats;
 
-/// The labels a proxy keeps a series under (its `/stats` fields).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
-#[serde(default)]
-pub struct Labels {
-    /// `inbound` or `outbound`.
-    pub direction: String,
-    /// The request's authority.
-    pub authority: String,
-    /// The ServiceProfile route, or `default`.
-    pub route: String,
-    /// `true` (mTLS), `no_identity` or `disabled`.
-    pub tls: String,
-    /// The peer's verified identity (client inbound, server outbound).
-    pub peer_id: Option<String>,
-    /// Outbound: the endpoint's namespace, from discovery.
-    pub dst_namespace: Option<String>,
-    /// Outbound: the endpoint's workload.
-    pub dst_workload: Option<String>,
-    /// Outbound: the endpoint's service.
-    pub dst_service: Option<String>,
-}
+pub use mesh_api::stats::Labels;
 
 /// Why a proxy's stats could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -38,47 +18,6 @@ pub enum StatsError {
     /// A histogram could not be rebuilt.
     #[error("bad histogram in /stats: {0}")]
     Histogram(String),
-}
-
-#[derive(Deserialize)]
-struct RawCount {
-    #[serde(flatten)]
-    labels: Labels,
-    #[serde(default)]
-    status: u16,
-    #[serde(default)]
-    class: String,
-    count: u64,
-}
-
-#[derive(Deserialize)]
-struct RawLatency {
-    #[serde(flatten)]
-    labels: Labels,
-    buckets: Vec<(u64, u64)>,
-}
-
-#[derive(Deserialize)]
-struct RawTcp {
-    direction: String,
-    peer: String,
-    open: u64,
-    close: u64,
-}
-
-#[derive(Deserialize)]
-struct Raw {
-    instance: String,
-    #[serde(default)]
-    started_unix_ms: Option<u64>,
-    #[serde(default)]
-    responses: Vec<RawCount>,
-    #[serde(default)]
-    actual_responses: Vec<RawCount>,
-    #[serde(default)]
-    latency: Vec<RawLatency>,
-    #[serde(default)]
-    tcp: Vec<RawTcp>,
 }
 
 /// Response counts by labels and success.
@@ -125,16 +64,16 @@ pub struct Snapshot {
 impl Snapshot {
     /// Parses a proxy's `/stats` JSON.
     pub fn parse(json: &[u8]) -> Result<Self, StatsError> {
-        let raw: Raw = serde_json::from_slice(json)?;
+        let raw: Stats = serde_json::from_slice(json)?;
         let mut timeouts: HashMap<Labels, u64> = HashMap::new();
-        for r in raw.responses.iter().filter(|r| r.status == 504) {
+        for r in raw.responses.iter().filter(|r| r.status == Some(504)) {
             *timeouts.entry(r.labels.clone()).or_default() += r.count;
         }
-        let counts = |raw: Vec<RawCount>| {
+        let counts = |raw: Vec<mesh_api::stats::Count>| {
             let mut c = Counts::new();
             for r in raw {
                 // Responses to requests the proxy answered itself are failures too.
-                let ok = r.class == "success";
+                let ok = r.is_success();
                 *c.entry((r.labels, ok)).or_default() += r.count;
             }
             c

@@ -47,19 +47,9 @@ struct Args {
     json: bool,
 }
 
+/// A positive duration in the mesh's grammar ([`mesh_api::duration`]).
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (n, unit) = s.split_at(
-        s.find(|c: char| !c.is_ascii_digit() && c != '.')
-            .unwrap_or(s.len()),
-    );
-    let n: f64 = n.parse().map_err(|_| format!("invalid duration {s:?}"))?;
-    let secs = match unit {
-        "ms" => n / 1e3,
-        "" | "s" => n,
-        "m" => n * 60.0,
-        _ => return Err(format!("invalid duration unit in {s:?}")),
-    };
-    Ok(Duration::from_secs_f64(secs))
+    mesh_api::duration::parse_in(s, Duration::from_millis(1)..=Duration::MAX)
 }
 
 #[derive(Serialize, Debug)]
