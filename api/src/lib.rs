@@ -12,6 +12,8 @@ pub mod split;
 #[cfg(feature = "start")]
 pub mod start;
 pub mod stats;
+#[cfg(feature = "yaml")]
+pub mod yaml;
 
 pub use profile::ServiceProfileSpec;
 pub use quantity::Quantity;

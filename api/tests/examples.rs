@@ -7,14 +7,14 @@ use mesh_api::profile::RouteSpec;
 use mesh_api::{Quantity, ServiceProfileSpec, TrafficSplitSpec};
 use serde::Deserialize;
 
-fn example(name: &str) -> serde_yaml::Value {
+fn example(name: &str) -> mesh_api::yaml::Value {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/examples/").to_string() + name;
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    serde_yaml::from_str(&text).expect("yaml")
+    mesh_api::yaml::from_str(&text).expect("yaml")
 }
 
-fn spec<T: for<'de> Deserialize<'de>>(doc: &serde_yaml::Value) -> T {
-    serde_yaml::from_value(doc["spec"].clone()).expect("spec parses")
+fn spec<T: for<'de> Deserialize<'de>>(doc: &mesh_api::yaml::Value) -> T {
+    serde_json::from_value(doc["spec"].clone()).expect("spec parses")
 }
 
 #[test]
@@ -68,7 +68,7 @@ fn the_traffic_split_example_is_accepted_as_written() {
 
 #[test]
 fn later_split_versions_and_quantities_parse() {
-    let split: TrafficSplitSpec = serde_yaml::from_str(
+    let split: TrafficSplitSpec = mesh_api::yaml::from_str(
         "service: web\nbackends:\n- {service: v1, weight: 800m}\n- {service: v2, weight: 200m}\n- {service: v3, weight: 0}\nmatches: [{kind: HTTPRouteGroup, name: x}]\n",
     )
     .expect("parses, ignoring unknown fields");
@@ -78,7 +78,7 @@ fn later_split_versions_and_quantities_parse() {
 
 #[test]
 fn invalid_profiles_name_each_bad_field() {
-    let profile: ServiceProfileSpec = serde_yaml::from_str(
+    let profile: ServiceProfileSpec = mesh_api::yaml::from_str(
         r#"
 routes:
 - name: broken
@@ -116,7 +116,7 @@ unknownField: ignored
 
 #[test]
 fn invalid_splits_are_refused() {
-    let zero: TrafficSplitSpec = serde_yaml::from_str(
+    let zero: TrafficSplitSpec = mesh_api::yaml::from_str(
         "service: web\nbackends:\n- {service: a, weight: 0}\n- {service: b, weight: 0m}\n",
     )
     .expect("parses");
@@ -124,29 +124,29 @@ fn invalid_splits_are_refused() {
         zero.validate()[0].to_string(),
         "spec.backends: weights sum to zero"
     );
-    let negative = serde_yaml::from_str::<TrafficSplitSpec>(
+    let negative = mesh_api::yaml::from_str::<TrafficSplitSpec>(
         "service: web\nbackends:\n- {service: a, weight: -5}\n",
     );
     assert!(negative.is_err());
-    let none: TrafficSplitSpec = serde_yaml::from_str("service: web\n").expect("parses");
+    let none: TrafficSplitSpec = mesh_api::yaml::from_str("service: web\n").expect("parses");
     assert_eq!(none.validate()[0].path, "spec.backends");
 }
 
 #[test]
 fn huge_weights_and_deep_conditions_are_refused_not_overflowed() {
-    let huge = serde_yaml::from_str::<TrafficSplitSpec>(
+    let huge = mesh_api::yaml::from_str::<TrafficSplitSpec>(
         "service: web\nbackends:\n- {service: a, weight: 9223372036854775807}\n",
     );
     assert!(huge.is_err(), "{huge:?}");
     let big: TrafficSplitSpec =
-        serde_yaml::from_str("service: web\nbackends:\n- {service: a, weight: 2000000}\n")
+        mesh_api::yaml::from_str("service: web\nbackends:\n- {service: a, weight: 2000000}\n")
             .expect("parses");
     assert_eq!(big.validate()[0].path, "spec.backends[0].weight");
     let deep = (0..40).fold("{method: GET}".to_string(), |inner, _| {
         format!("{{not: {inner}}}")
     });
     let profile: ServiceProfileSpec =
-        serde_yaml::from_str(&format!("routes:\n- name: deep\n  condition: {deep}\n"))
+        mesh_api::yaml::from_str(&format!("routes:\n- name: deep\n  condition: {deep}\n"))
             .expect("parses");
     let errors = profile.validate();
     assert_eq!(errors.len(), 1, "{errors:?}");

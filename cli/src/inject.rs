@@ -6,8 +6,8 @@ use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+use mesh_api::yaml::Value;
 use mesh_controller::inject::{self, Config, Mode, Outcome};
-use serde_yaml::Value;
 
 /// One input document and where it came from.
 struct Doc {
@@ -48,34 +48,31 @@ fn read_inputs(inputs: &[PathBuf]) -> anyhow::Result<Vec<Doc>> {
     }
     let mut docs = Vec::new();
     for (source, text) in files {
-        for (i, de) in serde_yaml::Deserializer::from_str(&text).enumerate() {
-            let value = match serde::Deserialize::deserialize(de) {
+        for (i, value) in mesh_api::yaml::documents(&text).enumerate() {
+            let mut value = match value {
                 Ok(v) => v,
                 // The parser cannot resume after a syntax error: stop at the first.
                 Err(e) => bail!("{source}: document {}: invalid YAML: {e}", i + 1),
             };
-            if !matches!(value, Value::Null) {
-                let mut value = value;
-                restore_octal_modes(&mut value);
-                docs.push(Doc {
-                    source: source.clone(),
-                    index: i + 1,
-                    value,
-                });
-            }
+            restore_octal_modes(&mut value);
+            docs.push(Doc {
+                source: source.clone(),
+                index: i + 1,
+                value,
+            });
         }
     }
     Ok(docs)
 }
 
 /// File modes written the YAML 1.1 way (`defaultMode: 0644`, octal) are strings to
-/// serde_yaml (YAML 1.2); written back quoted, kubectl would refuse them. They become the
+/// our reader (YAML 1.2); written back quoted, kubectl would refuse them. They become the
 /// numbers they mean (0644 → 420).
 fn restore_octal_modes(v: &mut Value) {
     match v {
-        Value::Mapping(m) => {
+        Value::Object(m) => {
             for (k, v) in m.iter_mut() {
-                let is_mode = matches!(k.as_str(), Some("defaultMode" | "mode"));
+                let is_mode = matches!(k.as_str(), "defaultMode" | "mode");
                 if is_mode
                     && let Some(text) = v.as_str()
                     && text.len() > 1
@@ -88,7 +85,7 @@ fn restore_octal_modes(v: &mut Value) {
                 }
             }
         }
-        Value::Sequence(items) => items.iter_mut().for_each(restore_octal_modes),
+        Value::Array(items) => items.iter_mut().for_each(restore_octal_modes),
         _ => {}
     }
 }
@@ -130,7 +127,7 @@ pub fn run(inputs: &[PathBuf], mode: Option<Mode>, config: &Config) -> anyhow::R
         };
         let is_list = doc.value.get("kind").and_then(Value::as_str) == Some("List");
         if is_list {
-            if let Some(items) = doc.value.get_mut("items").and_then(Value::as_sequence_mut) {
+            if let Some(items) = doc.value.get_mut("items").and_then(Value::as_array_mut) {
                 for item in items {
                     apply(item);
                 }
@@ -138,9 +135,8 @@ pub fn run(inputs: &[PathBuf], mode: Option<Mode>, config: &Config) -> anyhow::R
         } else {
             apply(&mut doc.value);
         }
-        out.push(yaml11_safe(
-            &serde_yaml::to_string(&doc.value).context("cannot write YAML")?,
-        ));
+        // Strings kubectl's YAML 1.1 would misread (`yes`, `0644`) are written quoted.
+        out.push(mesh_api::yaml::to_string(&doc.value).context("cannot write YAML")?);
     }
     if !errors.is_empty() {
         for e in &errors {
@@ -158,76 +154,26 @@ pub fn run(inputs: &[PathBuf], mode: Option<Mode>, config: &Config) -> anyhow::R
     Ok(())
 }
 
-/// Words YAML 1.1 reads as booleans or null. kubectl's parser is YAML 1.1, while
-/// serde_yaml writes these bare (they are strings in YAML 1.2): quote them, or an
-/// annotation `"yes"` would reach the API server as `true`.
-const YAML11_WORDS: &[&str] = &[
-    "y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "on", "On", "ON", "off", "Off",
-    "OFF",
-];
-
-/// Quotes bare scalars YAML 1.1 would misread, outside block scalars.
-pub fn yaml11_safe(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    // The indentation of the line that opened a block scalar (`key: |`), while in it.
-    let mut block: Option<usize> = None;
-    for line in text.split_inclusive('\n') {
-        let body = line.trim_end_matches('\n');
-        let indent = body.len() - body.trim_start().len();
-        if let Some(open) = block {
-            if body.trim().is_empty() || indent > open {
-                out.push_str(line);
-                continue;
-            }
-            block = None;
-        }
-        let trimmed = body.trim_end();
-        if let Some(last) = trimmed.rsplit(' ').next()
-            && is_block_header(last)
-            && (trimmed.ends_with(&format!(": {last}")) || trimmed.ends_with(&format!("- {last}")))
-        {
-            block = Some(indent);
-            out.push_str(line);
-            continue;
-        }
-        // `key: value`, `- value` or `- key: value`: the value after the last ": " or "- ".
-        let value_at = trimmed
-            .rfind(": ")
-            .map(|i| i + 2)
-            .or_else(|| trimmed.trim_start().starts_with("- ").then_some(indent + 2));
-        match value_at {
-            Some(at) if YAML11_WORDS.contains(&&trimmed[at..]) => {
-                out.push_str(&trimmed[..at]);
-                out.push('\'');
-                out.push_str(&trimmed[at..]);
-                out.push('\'');
-                out.push_str(&line[trimmed.len()..]);
-            }
-            _ => out.push_str(line),
-        }
-    }
-    out
-}
-
-/// `|`, `>`, with an optional indentation digit and chomping indicator (`|2-`, `>+`).
-fn is_block_header(t: &str) -> bool {
-    let mut c = t.chars();
-    matches!(c.next(), Some('|' | '>')) && {
-        let rest: String = c.collect();
-        let rest = rest.trim_start_matches(|d: char| d.is_ascii_digit());
-        matches!(rest, "" | "-" | "+")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
-    fn yaml11_booleans_are_quoted_outside_block_scalars() {
-        let text =
-            "a: yes\nb:\n- on\n- 'no'\nc: |\n  d: yes\ne: off\nf: yesterday\ng: |2-\n   x: yes\n";
+    fn yaml11_words_are_written_quoted_for_kubectl() {
+        let text = "a: 'yes'\nb:\n- 'on'\n- 'no'\nc: |\n  d: yes\ne: 'off'\nf: yesterday\n";
+        let value: mesh_api::yaml::Value = mesh_api::yaml::from_str(text).expect("yaml");
+        let out = mesh_api::yaml::to_string(&value).expect("written");
+        for word in [
+            r#"a: "yes""#,
+            r#"- "on""#,
+            r#"- "no""#,
+            r#"e: "off""#,
+            "f: yesterday",
+            "  d: yes",
+        ] {
+            assert!(out.contains(word), "{word} in {out}");
+        }
         assert_eq!(
-            super::yaml11_safe(text),
-            "a: 'yes'\nb:\n- 'on'\n- 'no'\nc: |\n  d: yes\ne: 'off'\nf: yesterday\ng: |2-\n   x: yes\n"
+            mesh_api::yaml::from_str::<mesh_api::yaml::Value>(&out).expect("reads"),
+            value
         );
     }
 }

@@ -62,10 +62,9 @@ fn ok(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn docs(text: &str) -> Vec<serde_yaml::Value> {
-    serde_yaml::Deserializer::from_str(text)
-        .map(|d| serde::Deserialize::deserialize(d).expect("yaml"))
-        .filter(|v: &serde_yaml::Value| !v.is_null())
+fn docs(text: &str) -> Vec<mesh_api::yaml::Value> {
+    mesh_api::yaml::documents(text)
+        .map(|d| d.expect("yaml"))
         .map(|mut v| {
             yaml11_modes(&mut v);
             v
@@ -74,13 +73,13 @@ fn docs(text: &str) -> Vec<serde_yaml::Value> {
 }
 
 /// Reads `defaultMode: 0644` as kubectl (YAML 1.1) does: octal, 420.
-fn yaml11_modes(v: &mut serde_yaml::Value) {
+fn yaml11_modes(v: &mut mesh_api::yaml::Value) {
     match v {
-        serde_yaml::Value::Mapping(m) => {
+        serde_json::Value::Object(m) => {
             for (k, v) in m.iter_mut() {
                 match v.as_str() {
-                    Some(t) if k.as_str() == Some("defaultMode") && t.starts_with('0') => {
-                        *v = serde_yaml::Value::Number(
+                    Some(t) if k == "defaultMode" && t.starts_with('0') => {
+                        *v = mesh_api::yaml::Value::Number(
                             u32::from_str_radix(t, 8).expect("octal").into(),
                         );
                     }
@@ -88,7 +87,7 @@ fn yaml11_modes(v: &mut serde_yaml::Value) {
                 }
             }
         }
-        serde_yaml::Value::Sequence(s) => s.iter_mut().for_each(yaml11_modes),
+        serde_json::Value::Array(s) => s.iter_mut().for_each(yaml11_modes),
         _ => {}
     }
 }

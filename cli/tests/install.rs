@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 
-use serde_yaml::Value;
+use mesh_api::yaml::Value;
 
 /// `mesh ARGS` with no cluster configured (no KUBECONFIG, no ~/.kube/config, not in a
 /// pod).
@@ -33,9 +33,8 @@ fn mesh_with(args: &[&str], kubeconfig: &Path) -> std::process::Output {
 }
 
 fn docs(text: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(text)
-        .map(|d| serde::Deserialize::deserialize(d).expect("yaml"))
-        .filter(|v: &Value| !v.is_null())
+    mesh_api::yaml::documents(text)
+        .map(|d| d.expect("yaml"))
         .collect()
 }
 
@@ -397,7 +396,7 @@ fn the_viz_chart_renders_lints_and_validates() {
         let container = &deploy["spec"]["template"]["spec"]["containers"][0];
         assert_eq!(container["image"], "ghcr.io/mesh/viz:0.1.0");
         let env: Vec<(String, String)> = container["env"]
-            .as_sequence()
+            .as_array()
             .expect("env")
             .iter()
             .map(|e| {
@@ -420,24 +419,24 @@ fn the_viz_chart_renders_lints_and_validates() {
         // It may read what the destination service reads, and nothing else.
         let rules = |doc: &Value| {
             let mut r: Vec<String> = doc["rules"]
-                .as_sequence()
+                .as_array()
                 .expect("rules")
                 .iter()
                 .filter(|r| {
                     r["verbs"]
-                        .as_sequence()
+                        .as_array()
                         .is_some_and(|v| v.iter().any(|v| v == "watch"))
                 })
-                .map(|r| serde_yaml::to_string(r).expect("yaml"))
+                .map(|r| mesh_api::yaml::to_string(r).expect("yaml"))
                 .collect();
             r.sort();
             r
         };
         let viz_role = find("ClusterRole", "mesh-viz").expect("ClusterRole");
-        for rule in viz_role["rules"].as_sequence().expect("rules") {
+        for rule in viz_role["rules"].as_array().expect("rules") {
             assert_eq!(
                 rule["verbs"],
-                serde_yaml::from_str::<Value>("[get, list, watch]").expect("yaml"),
+                mesh_api::yaml::from_str::<Value>("[get, list, watch]").expect("yaml"),
                 "read-only"
             );
         }

@@ -56,9 +56,9 @@ pub fn all() -> Vec<(&'static str, CustomResourceDefinition)> {
 }
 
 /// A CRD as the YAML committed for it.
-pub fn render(crd: &CustomResourceDefinition) -> Result<String, serde_yaml::Error> {
+pub fn render(crd: &CustomResourceDefinition) -> Result<String, mesh_api::yaml::YamlError> {
     Ok(format!(
         "# Generated from the types in mesh-api by mesh-controller; do not edit.\n{}",
-        serde_yaml::to_string(crd)?
+        mesh_api::yaml::to_string(crd)?
     ))
 }

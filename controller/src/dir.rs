@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use crate::convert;
@@ -179,13 +178,12 @@ fn doc_error(file: &Path, document: usize, at: Option<&ObjectRef>, reason: Strin
 
 /// Parses one file's documents into `loaded`.
 pub fn parse(file: &Path, text: &str, loaded: &mut Loaded) {
-    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        match serde_yaml::Value::deserialize(doc) {
-            Ok(serde_yaml::Value::Null) => {}
+    for (i, doc) in mesh_api::yaml::documents(text).enumerate() {
+        match doc {
             Ok(value) => document(file, i + 1, value, loaded),
             Err(e) => {
-                // After a syntax error the parser cannot find the next document (and
-                // serde_yaml would repeat the error forever): the rest of the file is lost.
+                // After a syntax error the parser cannot find the next document: the rest
+                // of the file is lost.
                 loaded
                     .errors
                     .push(doc_error(file, i + 1, None, format!("invalid YAML: {e}")));
@@ -196,7 +194,7 @@ pub fn parse(file: &Path, text: &str, loaded: &mut Loaded) {
     }
 }
 
-fn document(file: &Path, n: usize, value: serde_yaml::Value, loaded: &mut Loaded) {
+fn document(file: &Path, n: usize, value: mesh_api::yaml::Value, loaded: &mut Loaded) {
     let kind = value
         .get("kind")
         .and_then(|k| k.as_str())
@@ -205,7 +203,7 @@ fn document(file: &Path, n: usize, value: serde_yaml::Value, loaded: &mut Loaded
     if kind == "List" {
         for item in value
             .get("items")
-            .and_then(|i| i.as_sequence())
+            .and_then(|i| i.as_array())
             .cloned()
             .unwrap_or_default()
         {
@@ -300,11 +298,11 @@ fn joined(errors: Vec<mesh_api::FieldError>) -> String {
 }
 
 /// Deserializes with the failing field's path in the error (`spec.ports[0].port: …`).
-fn typed<T: DeserializeOwned>(value: serde_yaml::Value) -> Result<T, String> {
+fn typed<T: DeserializeOwned>(value: mesh_api::yaml::Value) -> Result<T, String> {
     serde_path_to_error::deserialize(value).map_err(|e| format!("{}: {}", e.path(), e.inner()))
 }
 
-fn spec<T: DeserializeOwned>(value: serde_yaml::Value) -> Result<T, String> {
+fn spec<T: DeserializeOwned>(value: mesh_api::yaml::Value) -> Result<T, String> {
     let Some(spec) = value.get("spec").cloned() else {
         return Err("spec: missing".into());
     };

@@ -2,7 +2,7 @@
 //! from one piece of code. Works on YAML values so that everything else in an object —
 //! fields this code does not know included — passes through unchanged.
 
-use serde_yaml::{Mapping, Value};
+use mesh_api::yaml::{Mapping, Value};
 
 /// The annotation that asks for injection (`enabled` / `disabled`).
 pub const INJECT: &str = "mesh.io/inject";
@@ -130,29 +130,25 @@ fn key(s: &str) -> Value {
 }
 
 fn get_map<'a>(m: &'a Mapping, k: &str) -> Option<&'a Mapping> {
-    m.get(k).and_then(Value::as_mapping)
+    m.get(k).and_then(Value::as_object)
 }
 
 /// The mapping at `k`, created (empty) if missing.
 fn map_mut<'a>(m: &'a mut Mapping, k: &str) -> Result<&'a mut Mapping, InjectError> {
-    let v = m
-        .entry(key(k))
-        .or_insert_with(|| Value::Mapping(Mapping::new()));
+    let v = m.entry(k).or_insert_with(|| Value::Object(Mapping::new()));
     if v.is_null() {
-        *v = Value::Mapping(Mapping::new());
+        *v = Value::Object(Mapping::new());
     }
-    v.as_mapping_mut()
+    v.as_object_mut()
         .ok_or_else(|| InjectError::Malformed(format!("{k} is not a mapping")))
 }
 
 fn seq_mut<'a>(m: &'a mut Mapping, k: &str) -> Result<&'a mut Vec<Value>, InjectError> {
-    let v = m
-        .entry(key(k))
-        .or_insert_with(|| Value::Sequence(Vec::new()));
+    let v = m.entry(k).or_insert_with(|| Value::Array(Vec::new()));
     if v.is_null() {
-        *v = Value::Sequence(Vec::new());
+        *v = Value::Array(Vec::new());
     }
-    v.as_sequence_mut()
+    v.as_array_mut()
         .ok_or_else(|| InjectError::Malformed(format!("{k} is not a list")))
 }
 
@@ -162,18 +158,18 @@ fn pod_template<'a>(kind: &str, obj: &'a mut Mapping) -> Option<&'a mut Mapping>
         "Pod" => Some(obj),
         "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "Job" => obj
             .get_mut("spec")?
-            .as_mapping_mut()?
+            .as_object_mut()?
             .get_mut("template")?
-            .as_mapping_mut(),
+            .as_object_mut(),
         "CronJob" => obj
             .get_mut("spec")?
-            .as_mapping_mut()?
+            .as_object_mut()?
             .get_mut("jobTemplate")?
-            .as_mapping_mut()?
+            .as_object_mut()?
             .get_mut("spec")?
-            .as_mapping_mut()?
+            .as_object_mut()?
             .get_mut("template")?
-            .as_mapping_mut(),
+            .as_object_mut(),
         _ => None,
     }
 }
@@ -207,7 +203,7 @@ fn kind_of(obj: &Value) -> String {
 /// Injects one object (not a List) in place.
 pub fn inject(obj: &mut Value, mode: Mode, config: &Config) -> Result<Outcome, InjectError> {
     let kind = kind_of(obj);
-    let Some(map) = obj.as_mapping_mut() else {
+    let Some(map) = obj.as_object_mut() else {
         return Ok(Outcome::Skipped);
     };
     if kind == "Namespace" {
@@ -215,7 +211,7 @@ pub fn inject(obj: &mut Value, mode: Mode, config: &Config) -> Result<Outcome, I
         if inject_annotation(Some(annotations)) == Some("enabled") {
             return Ok(Outcome::AlreadyInjected);
         }
-        annotations.insert(key(INJECT), key("enabled"));
+        annotations.insert(INJECT.to_owned(), key("enabled"));
         return Ok(Outcome::Annotated);
     }
     let Some(template) = pod_template(&kind, map) else {
@@ -223,7 +219,7 @@ pub fn inject(obj: &mut Value, mode: Mode, config: &Config) -> Result<Outcome, I
     };
     let spec = template
         .get("spec")
-        .and_then(Value::as_mapping)
+        .and_then(Value::as_object)
         .ok_or_else(|| InjectError::Malformed("the pod template has no spec".into()))?;
     if spec.get("hostNetwork").and_then(Value::as_bool) == Some(true) {
         return Err(InjectError::HostNetwork);
@@ -236,7 +232,7 @@ pub fn inject(obj: &mut Value, mode: Mode, config: &Config) -> Result<Outcome, I
             {
                 return Ok(Outcome::AlreadyInjected);
             }
-            annotations.insert(key(INJECT), key("enabled"));
+            annotations.insert(INJECT.to_owned(), key("enabled"));
             Ok(Outcome::Injected)
         }
         Mode::Manual { classic } => inject_pod(template, config, classic),
@@ -275,7 +271,7 @@ pub fn inject_pod(
     }
     seq_mut(spec, "volumes")?.push(token_volume()?);
     map_mut(map_mut(pod, "metadata")?, "annotations")?
-        .insert(key(PROXY_VERSION), key(&config.version));
+        .insert(PROXY_VERSION.to_owned(), key(&config.version));
     Ok(Outcome::Injected)
 }
 
@@ -284,20 +280,18 @@ fn has_proxy(pod: &Mapping) -> bool {
         return false;
     };
     ["containers", "initContainers"].iter().any(|list| {
-        spec.get(*list)
-            .and_then(Value::as_sequence)
-            .is_some_and(|cs| {
-                cs.iter().any(|c| {
-                    c.get("name").and_then(Value::as_str) == Some(crate::convert::PROXY_CONTAINER)
-                })
+        spec.get(*list).and_then(Value::as_array).is_some_and(|cs| {
+            cs.iter().any(|c| {
+                c.get("name").and_then(Value::as_str) == Some(crate::convert::PROXY_CONTAINER)
             })
+        })
     })
 }
 
 /// Removes what [`inject`] added, giving back the original object.
 pub fn uninject(obj: &mut Value) -> Result<Outcome, InjectError> {
     let kind = kind_of(obj);
-    let Some(map) = obj.as_mapping_mut() else {
+    let Some(map) = obj.as_object_mut() else {
         return Ok(Outcome::Skipped);
     };
     if kind == "Namespace" {
@@ -319,7 +313,7 @@ pub fn uninject(obj: &mut Value) -> Result<Outcome, InjectError> {
     if !manual {
         changed |= remove_annotation(template, INJECT);
     }
-    if let Some(spec) = template.get_mut("spec").and_then(Value::as_mapping_mut) {
+    if let Some(spec) = template.get_mut("spec").and_then(Value::as_object_mut) {
         for (list, names) in [
             (
                 "initContainers",
@@ -328,7 +322,7 @@ pub fn uninject(obj: &mut Value) -> Result<Outcome, InjectError> {
             ("containers", &[crate::convert::PROXY_CONTAINER][..]),
             ("volumes", &[TOKEN_VOLUME][..]),
         ] {
-            if let Some(items) = spec.get_mut(list).and_then(Value::as_sequence_mut) {
+            if let Some(items) = spec.get_mut(list).and_then(Value::as_array_mut) {
                 let before = items.len();
                 items.retain(|c| {
                     !names.contains(&c.get("name").and_then(Value::as_str).unwrap_or(""))
@@ -349,10 +343,10 @@ pub fn uninject(obj: &mut Value) -> Result<Outcome, InjectError> {
 
 /// Removes an annotation, and the annotations (and metadata) map if that empties it.
 fn remove_annotation(obj: &mut Mapping, name: &str) -> bool {
-    let Some(meta) = obj.get_mut("metadata").and_then(Value::as_mapping_mut) else {
+    let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) else {
         return false;
     };
-    let Some(annotations) = meta.get_mut("annotations").and_then(Value::as_mapping_mut) else {
+    let Some(annotations) = meta.get_mut("annotations").and_then(Value::as_object_mut) else {
         return false;
     };
     let removed = annotations.remove(name).is_some();
@@ -389,7 +383,7 @@ impl Overrides {
     pub fn from(annotations: &Mapping) -> Result<Self, InjectError> {
         let mut o = Self::default();
         for (k, v) in annotations {
-            let (Some(k), Some(v)) = (k.as_str(), v.as_str()) else {
+            let Some(v) = v.as_str() else {
                 continue;
             };
             let Some(name) = k.strip_prefix(CONFIG_PREFIX) else {
@@ -437,7 +431,7 @@ impl Overrides {
 }
 
 fn yaml(text: &str) -> Result<Value, InjectError> {
-    serde_yaml::from_str(text)
+    mesh_api::yaml::from_str(text)
         .map_err(|e| InjectError::Malformed(format!("the sidecar does not render: {e}")))
 }
 
@@ -506,7 +500,7 @@ securityContext:
         skip_in = join(&skip_in),
     ))?;
     if !o.skip_outbound_ports.is_empty()
-        && let Some(args) = v.get_mut("args").and_then(Value::as_sequence_mut)
+        && let Some(args) = v.get_mut("args").and_then(Value::as_array_mut)
     {
         args.push(key("--skip-outbound-ports"));
         args.push(key(&join(&o.skip_outbound_ports)));
@@ -575,28 +569,28 @@ volumeMounts:
         && let Some(limits) = v
             .get_mut("resources")
             .and_then(|r| r.get_mut("limits"))
-            .and_then(Value::as_mapping_mut)
+            .and_then(Value::as_object_mut)
     {
-        limits.insert(key("cpu"), key(cpu));
+        limits.insert("cpu".to_owned(), key(cpu));
     }
     if let Some(pem) = &config.trust_anchors_pem
-        && let Some(env) = v.get_mut("env").and_then(Value::as_sequence_mut)
+        && let Some(env) = v.get_mut("env").and_then(Value::as_array_mut)
         && let Some(entry) = env
             .iter_mut()
             .find(|e| e.get("name").and_then(Value::as_str) == Some("MESH_PROXY_TRUST_ANCHORS"))
     {
         let mut literal = Mapping::new();
-        literal.insert(key("name"), key("MESH_PROXY_TRUST_ANCHORS"));
-        literal.insert(key("value"), key(pem));
-        *entry = Value::Mapping(literal);
+        literal.insert("name".to_owned(), key("MESH_PROXY_TRUST_ANCHORS"));
+        literal.insert("value".to_owned(), key(pem));
+        *entry = Value::Object(literal);
     }
-    if native && let Some(m) = v.as_mapping_mut() {
+    if native && let Some(m) = v.as_object_mut() {
         // A native sidecar: started before the app, stopped after it, and not counted
         // for Job completion. The startup probe holds the app back until the proxy is
         // ready (it has its certificate).
-        m.insert(key("restartPolicy"), key("Always"));
+        m.insert("restartPolicy".to_owned(), key("Always"));
         m.insert(
-            key("startupProbe"),
+            "startupProbe".to_owned(),
             yaml("{httpGet: {path: /ready, port: 4191}, periodSeconds: 1, failureThreshold: 120}")?,
         );
     }
@@ -619,16 +613,16 @@ mod tests {
     use super::*;
 
     fn pod(annotations: &str) -> Mapping {
-        let v: Value = serde_yaml::from_str(&format!(
+        let v: Value = mesh_api::yaml::from_str(&format!(
             "metadata: {{annotations: {annotations}}}\nspec: {{containers: [{{name: app, image: x}}]}}\n"
         ))
         .expect("yaml");
-        v.as_mapping().cloned().expect("mapping")
+        v.as_object().cloned().expect("mapping")
     }
 
     fn proxy(pod: &Mapping) -> &Value {
         pod["spec"]["initContainers"]
-            .as_sequence()
+            .as_array()
             .and_then(|s| s.iter().find(|c| c["name"] == "mesh-proxy"))
             .expect("proxy")
     }
@@ -636,7 +630,7 @@ mod tests {
     #[test]
     fn uninject_after_manual_inject_keeps_an_inject_annotation_that_was_there() {
         let text = "kind: Deployment\nmetadata: {name: w}\nspec:\n  template:\n    metadata:\n      annotations: {mesh.io/inject: enabled}\n    spec: {containers: [{name: a, image: x}]}\n";
-        let original: Value = serde_yaml::from_str(text).expect("yaml");
+        let original: Value = mesh_api::yaml::from_str(text).expect("yaml");
         let mut v = original.clone();
         let config = Config::default();
         assert_eq!(
@@ -647,7 +641,7 @@ mod tests {
         assert_eq!(v, original);
         // After the annotation mode, uninject takes the annotation away.
         let mut v: Value =
-            serde_yaml::from_str(&text.replace("{mesh.io/inject: enabled}", "{a: b}"))
+            mesh_api::yaml::from_str(&text.replace("{mesh.io/inject: enabled}", "{a: b}"))
                 .expect("yaml");
         assert_eq!(
             inject(&mut v, Mode::Annotate, &config),
@@ -656,7 +650,7 @@ mod tests {
         assert_eq!(uninject(&mut v), Ok(Outcome::Uninjected));
         assert_eq!(
             v["spec"]["template"]["metadata"]["annotations"]
-                .as_mapping()
+                .as_object()
                 .map(Mapping::len),
             Some(1)
         );
@@ -681,7 +675,7 @@ mod tests {
         assert_eq!(c["resources"]["limits"]["cpu"], "2");
         let env = |c: &Value, name: &str| {
             c["env"]
-                .as_sequence()
+                .as_array()
                 .and_then(|e| e.iter().find(|v| v["name"] == name))
                 .cloned()
                 .expect("env")

@@ -95,10 +95,10 @@ impl Webhook {
         if excluded(namespace, &self.config.mesh_namespace) {
             return (None, None);
         }
-        let annotations: Option<serde_yaml::Mapping> = pod
+        let annotations: Option<mesh_api::yaml::Mapping> = pod
             .pointer("/metadata/annotations")
-            .and_then(|a| serde_yaml::to_value(a).ok())
-            .and_then(|v| v.as_mapping().cloned());
+            .and_then(|a| serde_json::to_value(a).ok())
+            .and_then(|v| v.as_object().cloned());
         let wanted = match inject::inject_annotation(annotations.as_ref()) {
             Some("enabled") => true,
             Some(_) => false,
@@ -107,7 +107,7 @@ impl Webhook {
         if !wanted {
             return (None, None);
         }
-        let Ok(serde_yaml::Value::Mapping(mut yaml)) = serde_yaml::to_value(pod) else {
+        let Ok(serde_json::Value::Object(mut yaml)) = serde_json::to_value(pod) else {
             return (
                 None,
                 Some("mesh: the pod could not be read; not injected".into()),

@@ -64,10 +64,11 @@ fn the_examples_parse_as_the_crd_types() {
     let text =
         std::fs::read_to_string(format!("{examples}/serviceprofile-webapp.yaml")).expect("example");
     let sp: mesh_controller::crd::ServiceProfile =
-        serde_yaml::from_str(&text).expect("ServiceProfile");
+        mesh_api::yaml::from_str(&text).expect("ServiceProfile");
     assert_eq!(sp.spec.spec.routes.len(), 2);
     let text =
         std::fs::read_to_string(format!("{examples}/trafficsplit-web-svc.yaml")).expect("example");
-    let ts: mesh_controller::crd::TrafficSplit = serde_yaml::from_str(&text).expect("TrafficSplit");
+    let ts: mesh_controller::crd::TrafficSplit =
+        mesh_api::yaml::from_str(&text).expect("TrafficSplit");
     assert_eq!(ts.spec.spec.backends.len(), 2);
 }

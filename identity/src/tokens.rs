@@ -106,8 +106,9 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 impl TokenFile {
     /// Parses a token file; errors name the field.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let de = serde_yaml::Deserializer::from_str(text);
-        serde_path_to_error::deserialize(de).map_err(|e| {
+        let value: mesh_api::yaml::Value =
+            mesh_api::yaml::from_str(text).map_err(|e| format!("invalid YAML: {e}"))?;
+        serde_path_to_error::deserialize(value).map_err(|e| {
             let path = e.path().to_string();
             format!("field {path}: {}", e.into_inner())
         })
