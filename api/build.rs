@@ -4,7 +4,11 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     let files = protox::compile(
-        ["proto/destination.proto", "proto/identity.proto"],
+        [
+            "proto/destination.proto",
+            "proto/identity.proto",
+            "proto/policy.proto",
+        ],
         ["proto"],
     )?;
     tonic_prost_build::configure().compile_fds(files)?;

@@ -45,6 +45,13 @@ pub mod destination {
     tonic::include_proto!("mesh.destination");
 }
 
+/// The policy API every front-end compiles into (generated from `proto/policy.proto`):
+/// `OutboundPolicies.Watch` and `InboundPolicies.Watch`.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod policy {
+    tonic::include_proto!("mesh.policy");
+}
+
 /// The identity service's gRPC API (generated from `proto/identity.proto`).
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod identity_api {

@@ -39,8 +39,14 @@ fn the_template_is_a_profile_the_mesh_applies() {
     assert!(spec.validate().is_empty(), "{:?}", spec.validate());
 
     // What the proxy makes of it.
-    let pb = mesh_controller::convert::profile(spec, &at.name);
-    let profile = mesh_proxy::profile::Profile::compile(&pb);
+    let policy = mesh_controller::compile::outbound(&mesh_controller::compile::Outbound {
+        namespace: "shop",
+        name: "books",
+        port: 80,
+        profile: Some((&at.name, spec)),
+        split: None,
+    });
+    let profile = mesh_proxy::profile::Profile::compile(&policy).expect("the proxy applies it");
     let route = |method: Method, path: &str| profile.route(&method, path);
     let get = route(Method::GET, "/books/42").expect("GET /books/42 matches");
     assert_eq!(&*get.name, "GET /books/{id}");

@@ -1,17 +1,15 @@
 //! Translation: Kubernetes objects into the index's plain types (the only code that
-//! knows k8s-openapi's shapes, shared by every source), and validated profiles into
-//! the destination API's messages.
+//! knows k8s-openapi's shapes, shared by every source).
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use mesh_api::destination as pb;
-use mesh_api::profile::{RequestMatch, ResponseMatch, RetryBudget};
-use mesh_api::{FieldError, ServiceProfileSpec};
+use mesh_api::FieldError;
 
 use crate::index::{
-    NamespaceInfo, PodInfo, ServiceInfo, ServicePort, SliceEndpoint, SliceInfo, TargetPort,
+    InboundTls, NamespaceInfo, PodInfo, ServiceInfo, ServicePort, SliceEndpoint, SliceInfo,
+    TargetPort, TlsMode,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
@@ -32,11 +30,92 @@ pub fn inject(annotations: Option<&BTreeMap<String, String>>) -> Option<bool> {
         })
 }
 
-/// A Namespace's inject setting.
-pub fn namespace(ns: &Namespace) -> NamespaceInfo {
-    NamespaceInfo {
-        inject: inject(ns.metadata.annotations.as_ref()),
+/// The annotation that sets a pod's (or a namespace's pods') inbound mTLS mode:
+/// `strict` or `permissive`.
+pub const INBOUND_TLS: &str = "config.mesh.io/inbound-tls";
+/// The annotation listing ports that are strict whatever the mode (`8080,9090`).
+pub const INBOUND_STRICT_PORTS: &str = "config.mesh.io/inbound-strict-ports";
+/// The annotation listing ports that are permissive whatever the mode.
+pub const INBOUND_PERMISSIVE_PORTS: &str = "config.mesh.io/inbound-permissive-ports";
+/// Linkerd's default inbound policy, honoured for its TLS part: the `*-authenticated`
+/// policies (and `deny`) need mTLS, the `*-unauthenticated` ones do not.
+pub const LINKERD_DEFAULT_POLICY: &str = "config.linkerd.io/default-inbound-policy";
+
+/// The inbound-TLS annotations of a pod or namespace; a bad value is an error naming
+/// the annotation.
+pub fn inbound_tls(
+    annotations: Option<&BTreeMap<String, String>>,
+) -> Result<InboundTls, Vec<FieldError>> {
+    let Some(annotations) = annotations else {
+        return Ok(InboundTls::default());
+    };
+    let field = |name: &str| format!("metadata.annotations[{name:?}]");
+    let mut errors = Vec::new();
+    let mode = match (
+        annotations.get(INBOUND_TLS).map(String::as_str),
+        annotations.get(LINKERD_DEFAULT_POLICY).map(String::as_str),
+    ) {
+        (Some("strict"), _) => Some(TlsMode::Strict),
+        (Some("permissive"), _) => Some(TlsMode::Permissive),
+        (Some(other), _) => {
+            errors.push(FieldError::new(
+                field(INBOUND_TLS),
+                format!("{other:?}: expected strict or permissive"),
+            ));
+            None
+        }
+        (None, Some("all-authenticated" | "cluster-authenticated" | "deny")) => {
+            Some(TlsMode::Strict)
+        }
+        (None, Some("all-unauthenticated" | "cluster-unauthenticated")) => {
+            Some(TlsMode::Permissive)
+        }
+        (None, Some(other)) => {
+            errors.push(FieldError::new(
+                field(LINKERD_DEFAULT_POLICY),
+                format!("{other:?}: expected all-unauthenticated, all-authenticated, cluster-unauthenticated, cluster-authenticated or deny"),
+            ));
+            None
+        }
+        (None, None) => None,
+    };
+    let mut ports = |name: &str| -> Vec<u16> {
+        let Some(list) = annotations.get(name) else {
+            return Vec::new();
+        };
+        let parsed: Result<Vec<u16>, _> = list
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(|p| p.parse::<u16>().ok().filter(|p| *p != 0).ok_or(p))
+            .collect();
+        parsed.unwrap_or_else(|bad| {
+            errors.push(FieldError::new(
+                field(name),
+                format!("{bad:?} is not a port (expected e.g. 8080,9090)"),
+            ));
+            Vec::new()
+        })
+    };
+    let strict_ports = ports(INBOUND_STRICT_PORTS);
+    let permissive_ports = ports(INBOUND_PERMISSIVE_PORTS);
+    if !errors.is_empty() {
+        return Err(errors);
     }
+    Ok(InboundTls {
+        mode,
+        strict_ports,
+        permissive_ports,
+    })
+}
+
+/// A Namespace's inject and inbound-TLS settings.
+pub fn namespace(ns: &Namespace) -> Result<NamespaceInfo, Vec<FieldError>> {
+    let annotations = ns.metadata.annotations.as_ref();
+    Ok(NamespaceInfo {
+        inject: inject(annotations),
+        inbound_tls: inbound_tls(annotations)?,
+    })
 }
 
 /// A Service's ports and selector.
@@ -156,6 +235,7 @@ pub fn pod(pod: &Pod) -> Result<PodInfo, Vec<FieldError>> {
             .unwrap_or_else(|| "default".into()),
         ready,
         inject: inject(pod.metadata.annotations.as_ref()),
+        inbound_tls: inbound_tls(pod.metadata.annotations.as_ref())?,
         has_proxy: containers.clone().any(|c| c.name == PROXY_CONTAINER),
         named_ports,
         workload,
@@ -222,131 +302,4 @@ pub fn endpoint_slice(slice: &EndpointSlice) -> Result<SliceInfo, Vec<FieldError
         ports,
         endpoints,
     })
-}
-
-/// A validated ServiceProfile as the destination API's message.
-pub fn profile(spec: &ServiceProfileSpec, fqdn: &str) -> pb::Profile {
-    pb::Profile {
-        fully_qualified_name: fqdn.to_string(),
-        routes: spec
-            .routes
-            .iter()
-            .map(|r| pb::Route {
-                name: r.name.clone(),
-                condition: Some(request_match(&r.condition)),
-                response_classes: r
-                    .response_classes
-                    .iter()
-                    .map(|c| pb::ResponseClass {
-                        condition: Some(response_match(&c.condition)),
-                        is_failure: c.is_failure,
-                    })
-                    .collect(),
-                is_retryable: r.retryable(),
-                // 0 means no timeout, so anything shorter than 1 ms becomes 1 ms.
-                timeout_ms: r.timeout().map_or(0, |t| {
-                    u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1)
-                }),
-                retry_budget: r.retry_budget.as_ref().map(budget),
-            })
-            .collect(),
-        retry_budget: Some(budget(
-            spec.retry_budget
-                .as_ref()
-                .unwrap_or(&RetryBudget::default()),
-        )),
-        dst_overrides: spec
-            .dst_overrides
-            .iter()
-            .map(|d| pb::WeightedDst {
-                authority: d.authority.clone(),
-                weight: d.weight.0,
-            })
-            .collect(),
-        opaque_protocol: false,
-    }
-}
-
-fn budget(b: &RetryBudget) -> pb::RetryBudget {
-    pb::RetryBudget {
-        retry_ratio: b.retry_ratio,
-        min_retries_per_second: b.min_retries_per_second,
-        ttl_ms: b.ttl().map_or(10_000, |t| t.as_millis() as u64),
-    }
-}
-
-/// Several conditions in one object all hold: they become an `all`.
-fn request_match(m: &RequestMatch) -> pb::RequestMatch {
-    use pb::request_match::{Match, Seq};
-    let mut parts = Vec::new();
-    if let Some(re) = &m.path_regex {
-        parts.push(Match::PathRegex(mesh_api::profile::anchored(re)));
-    }
-    if let Some(method) = &m.method {
-        parts.push(Match::Method(method.to_ascii_uppercase()));
-    }
-    if let Some(all) = &m.all {
-        parts.push(Match::All(Seq {
-            matches: all.iter().map(request_match).collect(),
-        }));
-    }
-    if let Some(any) = &m.any {
-        parts.push(Match::Any(Seq {
-            matches: any.iter().map(request_match).collect(),
-        }));
-    }
-    if let Some(not) = &m.not {
-        parts.push(Match::Not(Box::new(request_match(not))));
-    }
-    let r#match = match parts.len() {
-        // An empty condition matches everything: an empty `all`.
-        0 => Match::All(Seq { matches: vec![] }),
-        1 => parts.remove(0),
-        _ => Match::All(Seq {
-            matches: parts
-                .into_iter()
-                .map(|m| pb::RequestMatch { r#match: Some(m) })
-                .collect(),
-        }),
-    };
-    pb::RequestMatch {
-        r#match: Some(r#match),
-    }
-}
-
-fn response_match(m: &ResponseMatch) -> pb::ResponseMatch {
-    use pb::response_match::{Match, Seq, StatusRange};
-    let mut parts = Vec::new();
-    if let Some(s) = &m.status {
-        parts.push(Match::Status(StatusRange {
-            min: s.min.unwrap_or(100),
-            max: s.max.unwrap_or(599),
-        }));
-    }
-    if let Some(all) = &m.all {
-        parts.push(Match::All(Seq {
-            matches: all.iter().map(response_match).collect(),
-        }));
-    }
-    if let Some(any) = &m.any {
-        parts.push(Match::Any(Seq {
-            matches: any.iter().map(response_match).collect(),
-        }));
-    }
-    if let Some(not) = &m.not {
-        parts.push(Match::Not(Box::new(response_match(not))));
-    }
-    let r#match = match parts.len() {
-        0 => Match::All(Seq { matches: vec![] }),
-        1 => parts.remove(0),
-        _ => Match::All(Seq {
-            matches: parts
-                .into_iter()
-                .map(|m| pb::ResponseMatch { r#match: Some(m) })
-                .collect(),
-        }),
-    };
-    pb::ResponseMatch {
-        r#match: Some(r#match),
-    }
 }

@@ -1,6 +1,6 @@
 //! The destination gRPC service over the index: `Get` streams endpoint changes for an
-//! authority, `GetProfile` its effective profile; both send the current state first and
-//! then every change, until the client goes away.
+//! authority, the current state first and then every change, until the client goes
+//! away. (What proxies do with a service's requests is the policy API's: [`crate::policy`].)
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -16,7 +16,8 @@ use tonic::{Request, Response, Status};
 
 use crate::index::{EndpointView, Index, PROXY_INBOUND_PORT, Resolution};
 
-type Updates<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+/// A stream of messages for one client.
+pub type Updates<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 /// The service; cheap to clone.
 #[derive(Clone, Debug)]
@@ -31,11 +32,11 @@ impl Service {
     }
 }
 
-fn check(req: &pb::GetDestination) -> Result<(), Status> {
-    if req.authority.parse::<http::uri::Authority>().is_err() {
+/// Refuses what is not an authority (`host[:port]`).
+pub fn check_authority(authority: &str) -> Result<(), Status> {
+    if authority.parse::<http::uri::Authority>().is_err() {
         return Err(Status::invalid_argument(format!(
-            "invalid authority {:?}",
-            req.authority
+            "invalid authority {authority:?}"
         )));
     }
     Ok(())
@@ -137,7 +138,7 @@ fn endpoint(e: &EndpointView) -> pb::Endpoint {
 
 /// Runs `next` now and after every index change, sending what it yields, until the
 /// client hangs up.
-fn follow<T, F>(index: Arc<Index>, mut next: F) -> Updates<T>
+pub fn follow<T, F>(index: Arc<Index>, mut next: F) -> Updates<T>
 where
     T: Send + 'static,
     F: FnMut(&Index) -> Vec<T> + Send + 'static,
@@ -170,30 +171,10 @@ impl Destination for Service {
         req: Request<pb::GetDestination>,
     ) -> Result<Response<Self::GetStream>, Status> {
         let req = req.into_inner();
-        check(&req)?;
+        check_authority(&req.authority)?;
         let mut sent = Sent::default();
         let stream = follow(self.index.clone(), move |index| {
             sent.diff(index.resolve(&req.authority, &req.namespace))
-        });
-        Ok(Response::new(stream))
-    }
-
-    type GetProfileStream = Updates<pb::Profile>;
-
-    async fn get_profile(
-        &self,
-        req: Request<pb::GetDestination>,
-    ) -> Result<Response<Self::GetProfileStream>, Status> {
-        let req = req.into_inner();
-        check(&req)?;
-        let mut last: Option<pb::Profile> = None;
-        let stream = follow(self.index.clone(), move |index| {
-            let now = index.profile(&req.authority, &req.namespace);
-            if last.as_ref() == Some(&now) {
-                return vec![];
-            }
-            last = Some(now.clone());
-            vec![now]
         });
         Ok(Response::new(stream))
     }

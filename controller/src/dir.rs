@@ -260,9 +260,11 @@ fn document(file: &Path, n: usize, value: mesh_api::yaml::Value, loaded: &mut Lo
         return;
     }
     let object = match kind {
-        Kind::Namespace => {
-            typed::<Namespace>(value).map(|ns| Object::Namespace(convert::namespace(&ns)))
-        }
+        Kind::Namespace => typed::<Namespace>(value).and_then(|ns| {
+            convert::namespace(&ns)
+                .map(Object::Namespace)
+                .map_err(joined)
+        }),
         Kind::Service => typed::<Service>(value)
             .and_then(|s| convert::service(&s).map(Object::Service).map_err(joined)),
         Kind::Pod => {

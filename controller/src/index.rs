@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::RwLock;
 
-use mesh_api::destination as pb;
+use mesh_api::policy as pb;
 use mesh_api::{FieldError, ServiceProfileSpec, TrafficSplitSpec};
 use tokio::sync::watch;
 
@@ -105,6 +105,41 @@ pub struct PodInfo {
     pub named_ports: HashMap<String, u16>,
     /// The workload that owns it (a Deployment's name), for metric labels.
     pub workload: Option<String>,
+    /// Its inbound-TLS annotations.
+    pub inbound_tls: InboundTls,
+}
+
+/// Inbound mTLS as a pod's or namespace's annotations set it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InboundTls {
+    /// The mode of every port not listed below.
+    pub mode: Option<TlsMode>,
+    /// Ports that are strict whatever the mode.
+    pub strict_ports: Vec<u16>,
+    /// Ports that are permissive whatever the mode.
+    pub permissive_ports: Vec<u16>,
+}
+
+/// Whether plaintext is accepted beside mTLS.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum TlsMode {
+    /// Plaintext accepted beside mTLS.
+    Permissive,
+    /// mTLS from meshed peers only.
+    Strict,
+}
+
+impl InboundTls {
+    /// The mode these annotations give `port`, if they say.
+    pub fn mode_for(&self, port: u16) -> Option<TlsMode> {
+        if self.strict_ports.contains(&port) {
+            Some(TlsMode::Strict)
+        } else if self.permissive_ports.contains(&port) {
+            Some(TlsMode::Permissive)
+        } else {
+            self.mode
+        }
+    }
 }
 
 /// An EndpointSlice as the index needs it.
@@ -134,6 +169,8 @@ pub struct SliceEndpoint {
 pub struct NamespaceInfo {
     /// Its inject annotation.
     pub inject: Option<bool>,
+    /// Its inbound-TLS annotations, for pods that set none.
+    pub inbound_tls: InboundTls,
 }
 
 /// A translated object.
@@ -380,37 +417,43 @@ impl Index {
         }
     }
 
-    /// The effective profile for `authority`: its ServiceProfile's routes and budget,
-    /// with a TrafficSplit's backends as weighted destinations.
-    pub fn profile(&self, authority: &str, caller_ns: &str) -> pb::Profile {
+    /// The client policy of the service `authority` names: compiled from its
+    /// ServiceProfile and the TrafficSplit whose apex it is. Empty for names that are
+    /// no service.
+    pub fn outbound_policy(&self, authority: &str, caller_ns: &str) -> pb::OutboundPolicy {
         let s = self.state.read().unwrap_or_else(|e| e.into_inner());
         let Some((namespace, name, port)) = s.find_service(authority, caller_ns) else {
-            return pb::Profile::default();
+            return pb::OutboundPolicy::default();
         };
         let fqdn = format!("{name}.{namespace}.svc.{CLUSTER_DOMAIN}");
-        let mut profile = s
-            .profiles
-            .get(&(namespace.clone(), fqdn.clone()))
-            .map(|spec| crate::convert::profile(spec, &fqdn))
-            .unwrap_or_default();
+        let profile = s.profiles.get_key_value(&(namespace.clone(), fqdn));
         // A split on this service decides where its traffic goes (SMI: the apex).
         let split = s
             .splits
             .iter()
             .filter(|((ns, _), sp)| *ns == namespace && sp.service == name)
             .min_by_key(|(k, _)| *k);
-        if let Some((_, split)) = split {
-            profile.fully_qualified_name = fqdn;
-            profile.dst_overrides = split
-                .backends
-                .iter()
-                .map(|b| pb::WeightedDst {
-                    authority: format!("{}.{namespace}.svc.{CLUSTER_DOMAIN}:{port}", b.service),
-                    weight: b.weight.0,
-                })
-                .collect();
-        }
-        profile
+        crate::compile::outbound(&crate::compile::Outbound {
+            namespace: &namespace,
+            name: &name,
+            port,
+            profile: profile.map(|((_, n), spec)| (n.as_str(), spec)),
+            split: split.map(|((_, n), spec)| (n.as_str(), spec)),
+        })
+    }
+
+    /// The server policy of port `port` of pod `workload` in `namespace`.
+    pub fn inbound_policy(&self, workload: &str, namespace: &str, port: u16) -> pb::InboundPolicy {
+        let s = self.state.read().unwrap_or_else(|e| e.into_inner());
+        let pod = s
+            .pods
+            .get(&(namespace.to_string(), workload.to_string()))
+            .map(|p| (namespace, workload, &p.inbound_tls));
+        let ns = s
+            .namespaces
+            .get(namespace)
+            .map(|n| (namespace, &n.inbound_tls));
+        crate::compile::inbound(port, pod, ns)
     }
 }
 
@@ -687,12 +730,12 @@ mod tests {
             Object::TrafficSplit(split),
         );
         assert!(refused.is_err());
-        assert!(index.profile("web.ns:80", "ns").dst_overrides.is_empty());
+        assert!(index.outbound_policy("web.ns:80", "ns").backends.is_empty());
         // The backend arrives later (watchers deliver kinds in any order).
         index
             .apply(&at(Kind::Service, "ns", "web-v1"), service(&[]))
             .expect("backend");
-        assert_eq!(index.profile("web.ns:80", "ns").dst_overrides.len(), 1);
+        assert_eq!(index.outbound_policy("web.ns:80", "ns").backends.len(), 1);
     }
 
     #[test]
@@ -741,7 +784,10 @@ mod tests {
             index
                 .apply(
                     &at(Kind::Namespace, "", "ns"),
-                    Object::Namespace(NamespaceInfo { inject: Some(true) }),
+                    Object::Namespace(NamespaceInfo {
+                        inject: Some(true),
+                        ..Default::default()
+                    }),
                 )
                 .expect("ns");
             index

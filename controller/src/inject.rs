@@ -423,6 +423,13 @@ impl Overrides {
                     }
                     o.log_level = Some(v.to_owned());
                 }
+                // Policy, not the sidecar's settings: the controller serves it to the
+                // proxy (InboundPolicy); checked here so that a typo fails the inject.
+                "inbound-tls" if matches!(v, "strict" | "permissive") => {}
+                "inbound-tls" => return Err(bad("expected strict or permissive")),
+                "inbound-strict-ports" | "inbound-permissive-ports" => {
+                    ports(v)?;
+                }
                 _ => return Err(bad("unknown override")),
             }
         }
@@ -526,6 +533,8 @@ env:
 - {{name: MESH_PROXY_OUTBOUND_ADDR, value: "127.0.0.1:4140"}}
 - {{name: MESH_PROXY_ADMIN_ADDR, value: "0.0.0.0:4191"}}
 - {{name: MESH_PROXY_NAMESPACE, value: $(_pod_ns)}}
+- name: MESH_PROXY_POD_NAME
+  valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
 - {{name: MESH_PROXY_DESTINATION_ADDR, value: "mesh-destination.{ns}.svc.cluster.local:8086"}}
 - {{name: MESH_PROXY_IDENTITY_ADDR, value: "mesh-identity.{ns}.svc.cluster.local:8080"}}
 - {{name: MESH_PROXY_IDENTITY_NAME, value: "$(_pod_sa).$(_pod_ns).serviceaccount.identity.mesh.cluster.local"}}

@@ -68,7 +68,7 @@ pub async fn run(
             &index,
             recorder,
             synced,
-            |n| Ok(Object::Namespace(convert::namespace(n)))
+            |n| convert::namespace(n).map(Object::Namespace).map_err(joined)
         ),
         follow(
             Api::<Service>::all(client.clone()),

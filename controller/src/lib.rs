@@ -1,10 +1,13 @@
-//! The mesh controller: the destination service that tells proxies about endpoints,
-//! identities and profiles, and the sources (Kubernetes, or a local folder of the same YAML) that feed its index.
+//! The mesh controller: the destination service that tells proxies about endpoints
+//! and identities, the policy services that give them each service's client policy and
+//! each port's server policy, and the sources (Kubernetes, or a local folder of the same
+//! YAML) that feed its index.
 //!
 //! Split by dependency: [`index`] is plain logic; [`convert`] translates Kubernetes
-//! objects into it; [`dir`] reads them from a folder; [`destination`] serves the index
-//! over gRPC.
+//! objects into it; [`dir`] reads them from a folder; [`compile`] turns users' objects
+//! into the policy model; [`destination`] and [`policy`] serve the index over gRPC.
 
+pub mod compile;
 pub mod convert;
 pub mod crd;
 pub mod destination;
@@ -12,6 +15,7 @@ pub mod dir;
 pub mod index;
 pub mod inject;
 pub mod kubernetes;
+pub mod policy;
 pub mod webhook;
 
 pub use index::Index;

@@ -1,4 +1,5 @@
-//! The `mesh-controller` binary: the destination service over a source of cluster state.
+//! The `mesh-controller` binary: the destination and policy services over a source of
+//! cluster state.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -6,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use mesh_controller::{Index, destination, dir, kubernetes};
+use mesh_controller::{Index, destination, dir, kubernetes, policy};
 
 /// The mesh controller: destination service (and, later, the proxy injector).
 #[derive(Parser, Debug)]
@@ -213,7 +214,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .max_concurrent_streams(Some(10_000))
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
-        .add_service(destination::Service::new(index))
+        // The policy services share the destination port (ARCHITECTURE.md: 8086).
+        .add_service(destination::Service::new(index.clone()))
+        .add_service(policy::Service::outbound(index.clone()))
+        .add_service(policy::Service::inbound(index))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             async {

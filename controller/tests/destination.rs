@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use mesh_api::destination as pb;
 use mesh_api::destination::destination_client::DestinationClient;
-use mesh_controller::{Index, destination, dir};
+use mesh_api::policy as policy_pb;
+use mesh_api::policy::inbound_policies_client::InboundPoliciesClient;
+use mesh_api::policy::outbound_policies_client::OutboundPoliciesClient;
+use mesh_controller::{Index, destination, dir, policy};
 use tonic::Streaming;
 
 const NS_AND_SVC: &str = r#"
@@ -45,7 +48,8 @@ status: {{podIP: "{ip}", phase: Running}}
     )
 }
 
-async fn start(dir: &Path) -> DestinationClient<tonic::transport::Channel> {
+/// The destination and policy services over a folder, as the controller serves them.
+async fn serve(dir: &Path) -> SocketAddr {
     let index = Arc::new(Index::default());
     let (synced, mut ready) = tokio::sync::watch::channel(false);
     tokio::spawn(dir::watch(dir.to_path_buf(), index.clone(), synced));
@@ -56,10 +60,16 @@ async fn start(dir: &Path) -> DestinationClient<tonic::transport::Channel> {
     let addr: SocketAddr = listener.local_addr().expect("addr");
     tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(destination::Service::new(index))
+            .add_service(destination::Service::new(index.clone()))
+            .add_service(policy::Service::outbound(index.clone()))
+            .add_service(policy::Service::inbound(index))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
-    DestinationClient::connect(format!("http://{addr}"))
+    addr
+}
+
+async fn start(dir: &Path) -> DestinationClient<tonic::transport::Channel> {
+    DestinationClient::connect(format!("http://{}", serve(dir).await))
         .await
         .expect("connect")
 }
@@ -232,16 +242,19 @@ async fn profiles_and_splits_follow_the_folder_and_bad_edits_keep_the_last_good(
     std::fs::write(dir.path().join("services.yaml"), services).expect("write");
     std::fs::write(dir.path().join("profile.yaml"), &profile).expect("write");
     std::fs::write(dir.path().join("split.yaml"), &split).expect("write");
-    let mut client = start(dir.path()).await;
+    let addr = serve(dir.path()).await;
+    let mut client = OutboundPoliciesClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect");
 
-    let req = |a: &str| pb::GetDestination {
+    let req = |a: &str| policy_pb::OutboundPolicyRequest {
         authority: a.into(),
         namespace: "default".into(),
     };
     let mut p = client
-        .get_profile(req("webapp.default.svc.cluster.local:80"))
+        .watch(req("webapp.default.svc.cluster.local:80"))
         .await
-        .expect("profile")
+        .expect("policy")
         .into_inner();
     let first = next(&mut p).await;
     assert_eq!(
@@ -252,11 +265,17 @@ async fn profiles_and_splits_follow_the_folder_and_bad_edits_keep_the_last_good(
             .collect::<Vec<_>>(),
         ["GET", "POST"]
     );
-    assert_eq!(first.routes[1].timeout_ms, 30_000);
-    assert!(first.routes[1].is_retryable && !first.routes[0].is_retryable);
+    let timeout = |r: &policy_pb::HttpRoute| r.timeouts.as_ref().map(|t| t.request_ms);
+    assert_eq!(timeout(&first.routes[1]), Some(30_000));
+    assert!(first.routes[1].retry.is_some() && first.routes[0].retry.is_none());
+    assert_eq!(first.retry_budget.as_ref().map(|b| b.ttl_ms), Some(10_000));
     assert_eq!(
-        first.routes[1].retry_budget.as_ref().map(|b| b.ttl_ms),
-        Some(10_000)
+        first
+            .sources
+            .iter()
+            .map(|s| s.kind.as_str())
+            .collect::<Vec<_>>(),
+        ["ServiceProfile"]
     );
 
     // An invalid edit is refused; the stream stays quiet and the old profile stands.
@@ -292,18 +311,21 @@ async fn profiles_and_splits_follow_the_folder_and_bad_edits_keep_the_last_good(
         profile.replace("timeout: 30s", "timeout: 5s"),
     )
     .expect("write");
-    assert_eq!(next(&mut p).await.routes[1].timeout_ms, 5_000);
+    assert_eq!(timeout(&next(&mut p).await.routes[1]), Some(5_000));
 
     // The split: 500/500, then reweighted.
     let mut s = client
-        .get_profile(req("web-svc:80"))
+        .watch(req("web-svc:80"))
         .await
-        .expect("profile")
+        .expect("policy")
         .into_inner();
-    let weights = |p: &pb::Profile| {
-        p.dst_overrides
+    let weights = |p: &policy_pb::OutboundPolicy| {
+        p.backends
             .iter()
-            .map(|d| (d.authority.clone(), d.weight))
+            .map(|d| match d.backend.as_ref().and_then(|b| b.kind.as_ref()) {
+                Some(policy_pb::backend::Kind::Authority(a)) => (a.clone(), d.weight),
+                other => panic!("not a service: {other:?}"),
+            })
             .collect::<Vec<_>>()
     };
     assert_eq!(
@@ -424,4 +446,93 @@ fn bad_documents_name_file_document_and_field() {
         errors[1].starts_with("svc.yaml document 3: invalid YAML"),
         "{errors:?}"
     );
+}
+
+#[tokio::test]
+async fn inbound_mtls_follows_the_pod_then_its_namespace_and_bad_edits_keep_the_last_good() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ns = |annotations: &str| {
+        format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: demo, annotations: {{{annotations}}}}}\n"
+        )
+    };
+    let pod = |annotations: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: web-0, namespace: demo, annotations: {{{annotations}}}}}\n\
+             spec: {{containers: [{{name: app, image: x}}]}}\nstatus: {{podIP: 127.0.1.9}}\n"
+        )
+    };
+    std::fs::write(
+        dir.path().join("ns.yaml"),
+        ns("config.linkerd.io/default-inbound-policy: all-authenticated"),
+    )
+    .expect("write");
+    std::fs::write(
+        dir.path().join("pod.yaml"),
+        pod("config.mesh.io/inbound-permissive-ports: '9090'"),
+    )
+    .expect("write");
+    let addr = serve(dir.path()).await;
+    let mut client = InboundPoliciesClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect");
+    let watch = |port: u32| policy_pb::InboundPolicyRequest {
+        workload: "web-0".into(),
+        namespace: "demo".into(),
+        port,
+    };
+    let mode = |p: &policy_pb::InboundPolicy| p.mtls();
+    // 8080: the pod says nothing of it, its namespace (Linkerd's annotation) is strict.
+    let mut web = client.watch(watch(8080)).await.expect("watch").into_inner();
+    let first = next(&mut web).await;
+    assert_eq!(mode(&first), policy_pb::MtlsMode::Strict);
+    assert_eq!(first.sources[0].kind, "Namespace");
+    // 9090: the pod's own exception.
+    let mut metrics = client.watch(watch(9090)).await.expect("watch").into_inner();
+    assert_eq!(
+        mode(&next(&mut metrics).await),
+        policy_pb::MtlsMode::Permissive
+    );
+    // The pod turns strict everywhere but 9090.
+    std::fs::write(
+        dir.path().join("pod.yaml"),
+        pod("config.mesh.io/inbound-tls: permissive, config.mesh.io/inbound-strict-ports: '8080'"),
+    )
+    .expect("write");
+    let now = next(&mut web).await;
+    assert_eq!(
+        (mode(&now), now.sources[0].kind.as_str()),
+        (policy_pb::MtlsMode::Strict, "Pod")
+    );
+    // 9090 is still the pod's permissive port: no news for its watcher.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), metrics.message())
+            .await
+            .is_err()
+    );
+    // A bad value is refused: nothing changes.
+    std::fs::write(
+        dir.path().join("pod.yaml"),
+        pod("config.mesh.io/inbound-tls: sometimes"),
+    )
+    .expect("write");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(600), web.message())
+            .await
+            .is_err(),
+        "a bad annotation changed the policy"
+    );
+    // A workload nobody knows: no decision, the proxy's own setting applies.
+    let mut other = client
+        .watch(policy_pb::InboundPolicyRequest {
+            workload: "nope".into(),
+            namespace: "elsewhere".into(),
+            port: 8080,
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    assert_eq!(mode(&next(&mut other).await), policy_pb::MtlsMode::Unset);
+    let bad = client.watch(watch(0)).await.expect_err("port 0");
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
 }

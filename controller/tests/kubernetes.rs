@@ -234,7 +234,10 @@ async fn lists_watches_restarts_and_refusals() {
         note.contains("spec.routes[0].condition.pathRegex"),
         "{note}"
     );
-    let p = index.profile("web.demo.svc.cluster.local:80", "demo");
+    let p = index.outbound_policy("web.demo.svc.cluster.local:80", "demo");
     assert_eq!(p.routes.len(), 1);
-    assert_eq!(p.routes[0].timeout_ms, 2000);
+    assert_eq!(
+        p.routes[0].timeouts.as_ref().map(|t| t.request_ms),
+        Some(2000)
+    );
 }

@@ -40,7 +40,13 @@ async fn start() -> Server {
             name: name.into(),
         };
         index
-            .apply(&at, Object::Namespace(NamespaceInfo { inject }))
+            .apply(
+                &at,
+                Object::Namespace(NamespaceInfo {
+                    inject,
+                    ..Default::default()
+                }),
+            )
             .expect("namespace");
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

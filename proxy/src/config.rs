@@ -86,6 +86,11 @@ pub struct Config {
     )]
     pub inbound_permissive_ports: Vec<u16>,
 
+    /// The pod's name: with a destination service, the proxy asks the controller for
+    /// its ports' inbound policy (mTLS mode); the flags above are the fallback.
+    #[arg(long, env = "MESH_PROXY_POD_NAME")]
+    pub pod_name: Option<String>,
+
     /// The pod's namespace, for resolving short service names.
     #[arg(long, env = "MESH_PROXY_NAMESPACE", default_value = "default")]
     pub namespace: String,

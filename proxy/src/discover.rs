@@ -1,6 +1,8 @@
-//! Discovery from the destination service: one watch per authority, fed by a `Get`
-//! stream, that keeps the last answer while the controller is away and reconnects with
-//! backoff. Names the controller does not know are resolved by DNS instead.
+//! Discovery and policy from the controller: one watch per authority for its endpoints
+//! (`Destination.Get`) and its client policy (`OutboundPolicies.Watch`), and one per
+//! application port for its server policy (`InboundPolicies.Watch`). Each keeps the
+//! last answer while the controller is away and reconnects with backoff. Names the
+//! controller does not know are resolved by DNS instead.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -9,6 +11,9 @@ use std::time::Duration;
 
 use mesh_api::destination as pb;
 use mesh_api::destination::destination_client::DestinationClient;
+use mesh_api::policy as policy_pb;
+use mesh_api::policy::inbound_policies_client::InboundPoliciesClient;
+use mesh_api::policy::outbound_policies_client::OutboundPoliciesClient;
 use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint as GrpcEndpoint};
 
@@ -61,13 +66,31 @@ pub enum Answer {
     Endpoints(Arc<Vec<Dst>>),
 }
 
-/// A client of the destination service.
+/// What the controller says about inbound mTLS on one application port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InboundTls {
+    /// No answer yet.
+    Pending,
+    /// No decision: the proxy's own setting applies.
+    Unset,
+    /// Plaintext accepted beside mTLS.
+    Permissive,
+    /// mTLS from meshed peers only.
+    Strict,
+}
+
+/// A client of the controller's destination and policy services.
 #[derive(Debug)]
 pub struct Discover {
     client: DestinationClient<Channel>,
+    outbound: OutboundPoliciesClient<Channel>,
+    inbound: InboundPoliciesClient<Channel>,
     namespace: String,
+    /// This proxy's pod, for its inbound policy.
+    workload: Option<String>,
     watches: Mutex<HashMap<String, watch::Receiver<Answer>>>,
     profiles: Mutex<HashMap<String, watch::Receiver<Option<Arc<Profile>>>>>,
+    ports: Mutex<HashMap<u16, watch::Receiver<InboundTls>>>,
 }
 
 impl Discover {
@@ -84,11 +107,54 @@ impl Discover {
             .keep_alive_while_idle(true)
             .connect_lazy();
         Ok(Self {
-            client: DestinationClient::new(channel),
+            client: DestinationClient::new(channel.clone()),
+            outbound: OutboundPoliciesClient::new(channel.clone()),
+            inbound: InboundPoliciesClient::new(channel),
             namespace: namespace.to_string(),
+            workload: None,
             watches: Mutex::default(),
             profiles: Mutex::default(),
+            ports: Mutex::default(),
         })
+    }
+
+    /// Asks for the inbound policy of pod `name` (in this client's namespace).
+    pub fn with_workload(mut self, name: &str) -> Self {
+        self.workload = Some(name.to_string());
+        self
+    }
+
+    /// The controller's inbound mTLS decision for application port `port`, waiting
+    /// briefly for the first answer; `None` when it makes none (or cannot be asked).
+    pub async fn inbound_tls(&self, port: u16) -> Option<bool> {
+        let workload = self.workload.as_ref()?;
+        let mut rx = {
+            let mut ports = self.ports.lock().unwrap_or_else(|e| e.into_inner());
+            match ports.get(&port) {
+                Some(rx) => rx.clone(),
+                None => {
+                    let (tx, rx) = watch::channel(InboundTls::Pending);
+                    ports.insert(port, rx.clone());
+                    let req = policy_pb::InboundPolicyRequest {
+                        workload: workload.clone(),
+                        namespace: self.namespace.clone(),
+                        port: port.into(),
+                    };
+                    tokio::spawn(follow_inbound(self.inbound.clone(), req, tx));
+                    rx
+                }
+            }
+        };
+        if *rx.borrow() == InboundTls::Pending {
+            let _ = tokio::time::timeout(FIRST_ANSWER, rx.wait_for(|a| *a != InboundTls::Pending))
+                .await;
+        }
+        let answer = *rx.borrow();
+        match answer {
+            InboundTls::Strict => Some(true),
+            InboundTls::Permissive => Some(false),
+            InboundTls::Pending | InboundTls::Unset => None,
+        }
     }
 
     /// The current answer for `authority`, waiting briefly for the first one.
@@ -118,11 +184,11 @@ impl Discover {
                 None if profiles.len() < MAX_WATCHES => {
                     let (tx, rx) = watch::channel(None);
                     profiles.insert(authority.to_string(), rx.clone());
-                    let req = pb::GetDestination {
+                    let req = policy_pb::OutboundPolicyRequest {
                         authority: authority.to_string(),
                         namespace: self.namespace.clone(),
                     };
-                    tokio::spawn(follow_profile(self.client.clone(), req, tx));
+                    tokio::spawn(follow_policy(self.outbound.clone(), req, tx));
                     Some(rx)
                 }
                 None => None,
@@ -211,22 +277,38 @@ async fn follow(
     }
 }
 
-/// Keeps `tx` up to date with the controller's profile for one authority; like
-/// [`follow`], the last profile stands while the controller is away.
-async fn follow_profile(
-    mut client: DestinationClient<Channel>,
-    req: pb::GetDestination,
+/// Keeps `tx` up to date with the controller's client policy for one authority; like
+/// [`follow`], the last policy stands while the controller is away, and so does it
+/// when a new one asks for what this proxy cannot do (never half-applied).
+async fn follow_policy(
+    mut client: OutboundPoliciesClient<Channel>,
+    req: policy_pb::OutboundPolicyRequest,
     tx: watch::Sender<Option<Arc<Profile>>>,
 ) {
     let mut backoff = BACKOFF_MIN;
     loop {
-        match client.get_profile(req.clone()).await {
+        match client.watch(req.clone()).await {
             Ok(rsp) => {
                 let mut stream = rsp.into_inner();
-                while let Ok(Some(profile)) = stream.message().await {
+                while let Ok(Some(policy)) = stream.message().await {
                     backoff = BACKOFF_MIN;
                     // Compiled once per update, not per request.
-                    tx.send_replace(Some(Arc::new(Profile::compile(&profile))));
+                    match Profile::compile(&policy) {
+                        Ok(profile) => {
+                            tx.send_replace(Some(Arc::new(profile)));
+                        }
+                        Err(unsupported) => {
+                            tracing::warn!(authority = %req.authority, %unsupported, "policy not applied: the last one stays");
+                            // Nothing to keep yet: the service itself, with defaults.
+                            tx.send_if_modified(|p| {
+                                let none = p.is_none();
+                                if none {
+                                    *p = Some(Arc::default());
+                                }
+                                none
+                            });
+                        }
+                    }
                 }
             }
             Err(status) if status.code() == tonic::Code::InvalidArgument => {
@@ -244,6 +326,51 @@ async fn follow_profile(
                 *p = Some(Arc::default());
             }
             none
+        });
+        let jitter = Duration::from_millis(fastrand::u64(0..=backoff.as_millis() as u64 / 2));
+        tokio::time::sleep(backoff + jitter).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// Keeps `tx` up to date with the controller's inbound mTLS decision for one port; the
+/// last decision stands while the controller is away.
+async fn follow_inbound(
+    mut client: InboundPoliciesClient<Channel>,
+    req: policy_pb::InboundPolicyRequest,
+    tx: watch::Sender<InboundTls>,
+) {
+    use policy_pb::MtlsMode;
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        match client.watch(req.clone()).await {
+            Ok(rsp) => {
+                let mut stream = rsp.into_inner();
+                while let Ok(Some(policy)) = stream.message().await {
+                    backoff = BACKOFF_MIN;
+                    let tls = match policy.mtls() {
+                        MtlsMode::Strict => InboundTls::Strict,
+                        MtlsMode::Permissive => InboundTls::Permissive,
+                        MtlsMode::Unset => InboundTls::Unset,
+                    };
+                    tx.send_replace(tls);
+                }
+            }
+            Err(status) if status.code() == tonic::Code::InvalidArgument => {
+                tx.send_replace(InboundTls::Unset);
+                return;
+            }
+            Err(status) => {
+                tracing::debug!(port = req.port, %status, "policy service unreachable");
+            }
+        }
+        // No decision yet: the proxy's own setting applies meanwhile.
+        tx.send_if_modified(|t| {
+            let pending = *t == InboundTls::Pending;
+            if pending {
+                *t = InboundTls::Unset;
+            }
+            pending
         });
         let jitter = Duration::from_millis(fastrand::u64(0..=backoff.as_millis() as u64 / 2));
         tokio::time::sleep(backoff + jitter).await;

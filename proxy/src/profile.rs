@@ -1,11 +1,13 @@
-//! ServiceProfiles as the proxy applies them: routes compiled once per profile update,
-//! matched against each request, with the route's timeout and response classes.
+//! A service's client policy (`OutboundPolicy`) as the proxy applies it: compiled once
+//! per update into routes matched against each request, each with its timeout, retry
+//! conditions and response classes, and the service's weighted backends. A policy that
+//! asks for what this proxy cannot do yet is refused whole ([`Unsupported`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Method, StatusCode};
-use mesh_api::destination as pb;
+use mesh_api::policy as pb;
 use tower::retry::budget::TpsBudget;
 
 /// The route name of requests no route matches.
@@ -59,7 +61,29 @@ pub struct Route {
     pub timeout: Option<Duration>,
     /// The retry budget, for retryable routes: the route's own or the profile's.
     pub budget: Option<Arc<TpsBudget>>,
+    /// What is retried, for retryable routes.
+    pub retry: Option<RetryOn>,
 }
+
+/// The failures a route retries, and how often.
+#[derive(Debug, Default)]
+pub struct RetryOn {
+    /// Responses the route's classes call failures.
+    pub failure_class: bool,
+    /// Responses with a status in one of these ranges.
+    pub statuses: Vec<(u16, u16)>,
+    /// gRPC responses with one of these codes.
+    pub grpc_codes: Vec<u32>,
+    /// Requests no endpoint could be connected to.
+    pub connect_failure: bool,
+    /// Attempts in all, the first included.
+    pub max_attempts: usize,
+}
+
+/// Why a policy was not applied: it asks for something this proxy does not do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unsupported in this proxy: {0}")]
+pub struct Unsupported(pub &'static str);
 
 /// The profile and route a request was matched to (outbound), as an extension the
 /// layers below read.
@@ -69,6 +93,101 @@ pub struct RouteInfo {
     pub profile: Arc<Profile>,
     /// The matching route, if any.
     pub route: Option<Arc<Route>>,
+}
+
+/// Attempts per request when the route says nothing, the first included.
+pub const DEFAULT_ATTEMPTS: usize = 3;
+/// The most attempts any route may make: one request cannot drain a budget.
+pub const MAX_ATTEMPTS: usize = 10;
+
+fn clamp16(v: u32) -> u16 {
+    u16::try_from(v).unwrap_or(u16::MAX)
+}
+
+/// The first thing in `p` this proxy does not do yet, if any: the controller's later
+/// front-ends fill these fields in as the proxy learns them.
+fn unsupported(p: &pb::OutboundPolicy) -> Result<(), Unsupported> {
+    let refuse = |what| Err(Unsupported(what));
+    if !matches!(
+        pb::RouteOrder::try_from(p.route_order),
+        Ok(pb::RouteOrder::FirstMatch)
+    ) {
+        return refuse("route order other than first match");
+    }
+    if p.protocol != pb::Protocol::Detect as i32 {
+        return refuse("a declared protocol");
+    }
+    if p.load_balancer
+        .as_ref()
+        .is_some_and(|lb| !matches!(lb.kind, None | Some(pb::load_balancer::Kind::PeakEwma(_))))
+    {
+        return refuse("a load balancer other than peak-EWMA");
+    }
+    if p.connection_pool.is_some() {
+        return refuse("connection pool limits");
+    }
+    if p.outlier_detection.is_some() {
+        return refuse("outlier detection");
+    }
+    if p.backends.iter().any(|b| {
+        !b.filters.is_empty()
+            || !matches!(
+                b.backend.as_ref().and_then(|b| b.kind.as_ref()),
+                Some(pb::backend::Kind::Authority(_))
+            )
+    }) {
+        return refuse("backends other than services, or with filters");
+    }
+    let timeouts = |t: &Option<pb::Timeouts>| {
+        t.as_ref()
+            .is_some_and(|t| t.per_try_ms > 0 || t.idle_ms > 0)
+    };
+    if timeouts(&p.timeouts) {
+        return refuse("per-try or idle timeouts");
+    }
+    for r in &p.routes {
+        if !r.filters.is_empty() {
+            return refuse("route filters");
+        }
+        if !r.backends.is_empty() {
+            return refuse("backends of a route's own");
+        }
+        if timeouts(&r.timeouts) {
+            return refuse("per-try or idle timeouts");
+        }
+        if let Some(retry) = &r.retry
+            && (retry.backoff_base_ms > 0
+                || retry.backoff_max_ms > 0
+                || retry.conditions.as_ref().is_some_and(|c| c.reset))
+        {
+            return refuse("retry backoff or retries on reset");
+        }
+        for m in &r.matches {
+            if !m.headers.is_empty() || !m.query_params.is_empty() || m.grpc.is_some() {
+                return refuse("header, query-parameter or gRPC method matches");
+            }
+            if m.path.as_ref().is_some_and(|p| p.kind.is_none()) {
+                return refuse("an empty path match");
+            }
+            if let Some(c) = &m.condition
+                && !plain(c)
+            {
+                return refuse("header or query-parameter conditions");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether a condition uses only what this proxy matches: paths and methods.
+fn plain(m: &pb::RequestMatch) -> bool {
+    use pb::request_match::Match as M;
+    match &m.r#match {
+        Some(M::All(seq) | M::Any(seq)) => seq.matches.iter().all(plain),
+        Some(M::Not(inner)) => plain(inner),
+        Some(M::PathRegex(_) | M::Method(_)) | None => true,
+        Some(M::Header(_) | M::QueryParam(_)) => false,
+    }
 }
 
 /// A retry budget as the proxy keeps it; out-of-range values (the controller refuses
@@ -92,6 +211,10 @@ enum Match {
     Any(Vec<Match>),
     Not(Box<Match>),
     Path(regex::bytes::Regex),
+    /// The whole path, exactly.
+    Exact(String),
+    /// A path prefix, element-wise (kept without its trailing `/`).
+    Prefix(String),
     Method(Method),
     /// A condition that could not be compiled matches nothing (the controller
     /// validates, so this only guards against a newer controller's additions).
@@ -108,16 +231,43 @@ enum StatusMatch {
 }
 
 impl Profile {
-    /// Compiles a profile from the destination service.
-    pub fn compile(p: &pb::Profile) -> Self {
+    /// Compiles a service's client policy, or refuses it whole.
+    pub fn compile(p: &pb::OutboundPolicy) -> Result<Self, Unsupported> {
+        unsupported(p)?;
         let shared = budget(p.retry_budget.as_ref());
+        let default_timeout = p
+            .timeouts
+            .as_ref()
+            .and_then(|t| (t.request_ms > 0).then(|| Duration::from_millis(t.request_ms)));
         let routes = p
             .routes
             .iter()
             .map(|r| {
+                let retry = r.retry.as_ref().map(|retry| {
+                    let on = retry.conditions.clone().unwrap_or_default();
+                    RetryOn {
+                        failure_class: on.failure_class,
+                        statuses: on
+                            .http_statuses
+                            .iter()
+                            .map(|s| (clamp16(s.min), clamp16(s.max)))
+                            .collect(),
+                        grpc_codes: on.grpc_codes.clone(),
+                        connect_failure: on.connect_failure,
+                        max_attempts: match retry.max_retries {
+                            0 => DEFAULT_ATTEMPTS,
+                            n => (n as usize).saturating_add(1).min(MAX_ATTEMPTS),
+                        },
+                    }
+                });
                 Arc::new(Route {
                     name: Arc::from(r.name.as_str()),
-                    condition: r.condition.as_ref().map_or(Match::Never, request_match),
+                    // Any of the matches; none matches every request.
+                    condition: if r.matches.is_empty() {
+                        Match::All(vec![])
+                    } else {
+                        Match::Any(r.matches.iter().map(route_match).collect())
+                    },
                     classes: r
                         .response_classes
                         .iter()
@@ -130,23 +280,33 @@ impl Profile {
                             )
                         })
                         .collect(),
-                    timeout: (r.timeout_ms > 0).then(|| Duration::from_millis(r.timeout_ms)),
-                    budget: r.is_retryable.then(|| match &r.retry_budget {
+                    timeout: r
+                        .timeouts
+                        .as_ref()
+                        .and_then(|t| {
+                            (t.request_ms > 0).then(|| Duration::from_millis(t.request_ms))
+                        })
+                        .or(default_timeout),
+                    budget: r.retry.as_ref().map(|retry| match &retry.budget {
                         Some(own) => budget(Some(own)),
                         None => shared.clone(),
                     }),
+                    retry,
                 })
             })
             .collect();
         let backends = p
-            .dst_overrides
+            .backends
             .iter()
-            .map(|d| Backend {
-                authority: d.authority.clone(),
-                weight: d.weight,
+            .filter_map(|b| match b.backend.as_ref()?.kind.as_ref()? {
+                pb::backend::Kind::Authority(a) => Some(Backend {
+                    authority: a.clone(),
+                    weight: b.weight,
+                }),
+                pb::backend::Kind::Subset(_) => None,
             })
             .collect();
-        Self { routes, backends }
+        Ok(Self { routes, backends })
     }
 
     /// The first route matching a request, if any.
@@ -177,6 +337,10 @@ impl Match {
             Self::Any(ms) => ms.iter().any(|m| m.matches(method, path)),
             Self::Not(m) => !m.matches(method, path),
             Self::Path(re) => re.is_match(path.as_bytes()),
+            Self::Exact(p) => path == p,
+            Self::Prefix(p) => path
+                .strip_prefix(p.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/') || p.is_empty()),
             Self::Method(m) => m == method,
             Self::Never => false,
         }
@@ -195,20 +359,44 @@ impl StatusMatch {
     }
 }
 
+/// A regex over the whole path, anchored here (the controller checked the same
+/// anchored form against the size bounds).
+fn path_regex(re: &str) -> Match {
+    let anchored = mesh_api::profile::anchored(re);
+    mesh_api::profile::compile_anchored(&anchored).map_or(Match::Never, Match::Path)
+}
+
+/// One of a route's matches: all of its parts.
+fn route_match(m: &pb::RouteMatch) -> Match {
+    use pb::path_match::Kind;
+    let mut all = Vec::new();
+    match m.path.as_ref().and_then(|p| p.kind.as_ref()) {
+        Some(Kind::Exact(p)) => all.push(Match::Exact(p.clone())),
+        Some(Kind::Prefix(p)) => all.push(Match::Prefix(p.trim_end_matches('/').to_string())),
+        Some(Kind::Regex(re)) => all.push(path_regex(re)),
+        None => {}
+    }
+    if !m.method.is_empty() {
+        all.push(Method::from_bytes(m.method.as_bytes()).map_or(Match::Never, Match::Method));
+    }
+    if let Some(c) = &m.condition {
+        all.push(request_match(c));
+    }
+    Match::All(all)
+}
+
 fn request_match(m: &pb::RequestMatch) -> Match {
     use pb::request_match::Match as M;
     match &m.r#match {
         Some(M::All(seq)) => Match::All(seq.matches.iter().map(request_match).collect()),
         Some(M::Any(seq)) => Match::Any(seq.matches.iter().map(request_match).collect()),
         Some(M::Not(inner)) => Match::Not(Box::new(request_match(inner))),
-        // The controller sends the regex already anchored to the whole path.
-        Some(M::PathRegex(re)) => {
-            mesh_api::profile::compile_anchored(re).map_or(Match::Never, Match::Path)
-        }
+        Some(M::PathRegex(re)) => path_regex(re),
         Some(M::Method(method)) => {
             Method::from_bytes(method.as_bytes()).map_or(Match::Never, Match::Method)
         }
-        None => Match::Never,
+        // Refused before compiling (see `unsupported`).
+        Some(M::Header(_) | M::QueryParam(_)) | None => Match::Never,
     }
 }
 
@@ -230,36 +418,140 @@ mod tests {
     fn profile() -> Profile {
         use pb::request_match::{Match as M, Seq};
         let m = |x: M| pb::RequestMatch { r#match: Some(x) };
+        let cond = |x: M| {
+            vec![pb::RouteMatch {
+                condition: Some(m(x)),
+                ..Default::default()
+            }]
+        };
         let routes = vec![
-            pb::Route {
+            pb::HttpRoute {
                 name: "POST /api".into(),
-                condition: Some(m(M::All(Seq {
+                matches: cond(M::All(Seq {
                     matches: vec![
                         m(M::Method("POST".into())),
                         m(M::PathRegex("^(?:/api)$".into())),
                     ],
-                }))),
-                timeout_ms: 200,
+                })),
+                timeouts: Some(pb::Timeouts {
+                    request_ms: 200,
+                    ..Default::default()
+                }),
                 response_classes: vec![pb::ResponseClass {
                     condition: Some(pb::ResponseMatch {
-                        r#match: Some(pb::response_match::Match::Status(
-                            pb::response_match::StatusRange { min: 500, max: 503 },
-                        )),
+                        r#match: Some(pb::response_match::Match::Status(pb::StatusRange {
+                            min: 500,
+                            max: 503,
+                        })),
                     }),
                     is_failure: false,
                 }],
                 ..Default::default()
             },
-            pb::Route {
+            pb::HttpRoute {
                 name: "GET".into(),
-                condition: Some(m(M::Method("GET".into()))),
+                matches: cond(M::Method("GET".into())),
                 ..Default::default()
             },
         ];
-        Profile::compile(&pb::Profile {
+        Profile::compile(&pb::OutboundPolicy {
             routes,
             ..Default::default()
         })
+        .expect("supported")
+    }
+
+    #[test]
+    fn paths_match_exactly_by_prefix_element_wise_or_by_regex() {
+        use pb::path_match::Kind;
+        let route = |name: &str, kind: Kind| pb::HttpRoute {
+            name: name.into(),
+            matches: vec![pb::RouteMatch {
+                path: Some(pb::PathMatch { kind: Some(kind) }),
+                method: "GET".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let p = Profile::compile(&pb::OutboundPolicy {
+            routes: vec![
+                route("exact", Kind::Exact("/a".into())),
+                route("prefix", Kind::Prefix("/api/".into())),
+                route("regex", Kind::Regex("/v[0-9]+".into())),
+            ],
+            ..Default::default()
+        })
+        .expect("supported");
+        let name = |method: Method, path: &str| p.route(&method, path).map(|r| r.name.to_string());
+        assert_eq!(name(Method::GET, "/a").as_deref(), Some("exact"));
+        assert_eq!(name(Method::GET, "/a/b"), None);
+        assert_eq!(name(Method::GET, "/api").as_deref(), Some("prefix"));
+        assert_eq!(name(Method::GET, "/api/x").as_deref(), Some("prefix"));
+        assert_eq!(name(Method::GET, "/apix"), None, "element-wise");
+        assert_eq!(name(Method::GET, "/v12").as_deref(), Some("regex"));
+        assert_eq!(name(Method::GET, "/v12/x"), None, "anchored");
+        assert_eq!(name(Method::POST, "/a"), None, "and the method");
+    }
+
+    #[test]
+    fn what_this_proxy_cannot_do_is_refused_whole() {
+        let filtered = pb::OutboundPolicy {
+            routes: vec![pb::HttpRoute {
+                name: "r".into(),
+                filters: vec![pb::Filter::default()],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert_eq!(
+            Profile::compile(&filtered)
+                .expect_err("refused")
+                .to_string(),
+            "unsupported in this proxy: route filters"
+        );
+        let pooled = pb::OutboundPolicy {
+            connection_pool: Some(pb::ConnectionPool::default()),
+            ..Default::default()
+        };
+        assert!(Profile::compile(&pooled).is_err());
+        let ordered = pb::OutboundPolicy {
+            route_order: pb::RouteOrder::MostSpecific.into(),
+            ..Default::default()
+        };
+        assert!(Profile::compile(&ordered).is_err());
+    }
+
+    #[test]
+    fn retries_say_what_they_retry() {
+        let p = Profile::compile(&pb::OutboundPolicy {
+            routes: vec![pb::HttpRoute {
+                name: "r".into(),
+                retry: Some(pb::Retry {
+                    max_retries: 1,
+                    conditions: Some(pb::RetryConditions {
+                        http_statuses: vec![pb::StatusRange { min: 502, max: 503 }],
+                        grpc_codes: vec![14],
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .expect("supported");
+        let r = p.route(&Method::GET, "/").expect("route");
+        let on = r.retry.as_ref().expect("retry");
+        assert_eq!(
+            (
+                on.max_attempts,
+                on.statuses.as_slice(),
+                on.grpc_codes.as_slice()
+            ),
+            (2, &[(502, 503)][..], &[14][..])
+        );
+        assert!(!on.failure_class && !on.connect_failure);
+        assert!(r.budget.is_some());
     }
 
     #[test]

@@ -81,6 +81,11 @@ impl Resolve {
         self
     }
 
+    /// The controller's client, when one is configured.
+    pub fn discovery(&self) -> Option<&Discover> {
+        self.discover.as_ref()
+    }
+
     /// Whether a destination service is configured (else no profile ever applies).
     pub fn has_discovery(&self) -> bool {
         self.discover.is_some()

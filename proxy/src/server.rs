@@ -72,6 +72,18 @@ struct Ctx {
 }
 
 impl Ctx {
+    /// Whether inbound traffic to application port `port` must be mTLS: the
+    /// controller's decision for this pod's port (its InboundPolicy), else the proxy's
+    /// own setting.
+    async fn strict_port(&self, port: Option<u16>) -> bool {
+        if let (Some(discover), Some(p)) = (self.shared.resolve.discovery(), port)
+            && let Some(strict) = discover.inbound_tls(p).await
+        {
+            return strict;
+        }
+        self.config.strict_port(port)
+    }
+
     fn listening_on(&self, direction: Direction) -> SocketAddr {
         match direction {
             Direction::Inbound => self.listening.inbound,
@@ -123,8 +135,11 @@ impl Proxy {
         );
         let mut resolve = Resolve::from_system()?;
         if let Some(addr) = &config.destination_addr {
-            let discover = Discover::new(addr, &config.namespace)
+            let mut discover = Discover::new(addr, &config.namespace)
                 .map_err(|e| StartError::Destination(e.to_string()))?;
+            if let Some(pod) = &config.pod_name {
+                discover = discover.with_workload(pod);
+            }
             resolve = resolve.with_discovery(discover);
         }
         let client = ClientConfig {
@@ -349,7 +364,7 @@ async fn handle(
     let port = target.map(|t| t.port());
     let strict = ctx.shared.identity.is_some()
         && direction == Direction::Inbound
-        && ctx.config.strict_port(port);
+        && ctx.strict_port(port).await;
     let detect_first = !ctx.config.opaque_port(port) || strict;
     let detected = if detect_first {
         tokio::select! {

@@ -73,6 +73,16 @@ pub async fn h1(addr: SocketAddr) -> http1::SendRequest<Body> {
     tx
 }
 
+/// An HTTP/1 connection to `addr`, or `None` when it cannot be made.
+pub async fn try_h1(addr: SocketAddr) -> Option<http1::SendRequest<Body>> {
+    let tcp = TcpStream::connect(addr).await.ok()?;
+    let (tx, conn) = http1::handshake(TokioIo::new(tcp)).await.ok()?;
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    Some(tx)
+}
+
 /// An HTTP/2 (prior knowledge) connection to `addr`.
 pub async fn h2(addr: SocketAddr) -> http2::SendRequest<Body> {
     let tcp = TcpStream::connect(addr).await.expect("connect");

@@ -160,7 +160,8 @@ pub fn mesh_headers(data: &[u8]) {
 
 /// Policy compilation from YAML (ServiceProfile, TrafficSplit and the objects they
 /// refer to, as the folder source reads them): what parses is applied to an index and
-/// every service's answer computed; a refusal names its document.
+/// every service's answer computed; a refusal names its document; and every policy the
+/// controller would send is one the proxy applies whole.
 pub fn manifests(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let mut loaded = mesh_controller::dir::Loaded::default();
@@ -178,7 +179,10 @@ pub fn manifests(data: &[u8]) {
     mesh_controller::dir::sync(&index, loaded, &mut applied);
     for authority in authorities.iter().take(16) {
         let _ = index.resolve(authority, "default");
-        let _ = index.profile(authority, "default");
+        let policy = index.outbound_policy(authority, "default");
+        if let Err(e) = mesh_proxy::profile::Profile::compile(&policy) {
+            panic!("the controller would send a policy the proxy refuses: {e}: {policy:?}");
+        }
     }
 }
 

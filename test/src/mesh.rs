@@ -38,8 +38,11 @@ pub struct PodSpec<'a> {
     pub mode: &'a str,
     /// Trust anchors other than the identity service's own.
     pub anchors: Option<&'a Path>,
-    /// The destination service, for a pod that calls others.
+    /// The destination service, for a pod that calls others (and asks for its own
+    /// inbound policy, with `name`).
     pub destination: Option<SocketAddr>,
+    /// The pod's name, for its inbound policy.
+    pub name: Option<&'a str>,
 }
 
 impl<'a> PodSpec<'a> {
@@ -53,6 +56,7 @@ impl<'a> PodSpec<'a> {
             mode: "permissive",
             anchors: None,
             destination: None,
+            name: None,
         }
     }
 }
@@ -117,6 +121,9 @@ async fn start_proxy(spec: &PodSpec<'_>) -> proxy::Proxy {
         }
         if let Some(dst) = spec.destination {
             builder = builder.env("DESTINATION_ADDR", dst);
+        }
+        if let Some(name) = spec.name {
+            builder = builder.env("POD_NAME", name);
         }
         let proxy = builder.run().await;
         proxy.wait_ready().await;

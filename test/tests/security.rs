@@ -396,7 +396,9 @@ async fn the_folder_source_survives_fifos_and_huge_files() {
 /// edit of the same profile is served.
 #[tokio::test]
 async fn a_stalling_route_regex_is_refused_by_the_controller() {
-    use mesh_api::destination::{GetDestination, destination_client::DestinationClient};
+    use mesh_api::policy::{
+        OutboundPolicyRequest, outbound_policies_client::OutboundPoliciesClient,
+    };
     use mesh_test::{controller, mesh};
     let dir = tempfile::tempdir().expect("tempdir");
     mesh::write(dir.path(), "web", &mesh::service_yaml("web", "shop"));
@@ -409,16 +411,16 @@ async fn a_stalling_route_regex_is_refused_by_the_controller() {
     };
     mesh::write(dir.path(), "profile", &profile("(?:[a-z0-9/]{1,60}){200}Z"));
     let ctl = controller::start(dir.path(), "127.0.0.1:0".parse().expect("addr")).await;
-    let mut client = DestinationClient::connect(format!("http://{}", ctl.destination))
+    let mut client = OutboundPoliciesClient::connect(format!("http://{}", ctl.destination))
         .await
         .expect("connect");
     let mut profiles = client
-        .get_profile(GetDestination {
+        .watch(OutboundPolicyRequest {
             authority: "web.shop.svc.cluster.local:80".into(),
             namespace: "shop".into(),
         })
         .await
-        .expect("GetProfile")
+        .expect("OutboundPolicies.Watch")
         .into_inner();
     let first = profiles
         .message()

@@ -22,8 +22,6 @@ use crate::vocab::{Class, Peer};
 
 /// Request bodies up to this size are kept so that a request can be sent again.
 const MAX_REPLAY_BYTES: usize = 64 * 1024;
-/// Attempts per request, the first included: one request cannot drain a budget.
-const MAX_ATTEMPTS: usize = 3;
 
 /// What buffering a request body gave.
 enum Replay {
@@ -194,7 +192,7 @@ impl Service<Request<BoxBody>> for Retry {
             .get::<RouteInfo>()
             .and_then(|i| i.route.clone());
         let budget = route.as_ref().and_then(|r| r.budget.clone());
-        let (Some(route), Some(budget)) = (route, budget) else {
+        let (Some(route), Some(budget)) = (route.filter(|r| r.retry.is_some()), budget) else {
             // Already a boxed future: no second box.
             return self.inner.call(req);
         };
@@ -216,6 +214,9 @@ impl Service<Request<BoxBody>> for Retry {
             };
             // The endpoint the latest attempt reached, which counted the request.
             let mut counted: Option<Peer> = None;
+            let Some(on) = route.retry.as_ref() else {
+                return inner.call(rebuild(&parts, full(body))).await;
+            };
             let mut attempt = 1;
             loop {
                 let call = inner.call(rebuild(&parts, full(body.clone())));
@@ -225,11 +226,9 @@ impl Service<Request<BoxBody>> for Retry {
                 // not be reached at all (the request never got to the app).
                 let failed = match &result {
                     Ok(rsp) => {
-                        let class = classify(
-                            Some(&route),
-                            rsp.status().as_u16(),
-                            grpc_status(rsp.headers()),
-                        );
+                        let status = rsp.status().as_u16();
+                        let grpc = grpc_status(rsp.headers());
+                        let class = classify(Some(&route), status, grpc);
                         // Every attempt, the last included: actual minus effective
                         // (Metered's count) is the number of retries.
                         if let Some(labels) = &labels {
@@ -237,24 +236,32 @@ impl Service<Request<BoxBody>> for Retry {
                                 Some(peer) => metrics.with_peer(labels, peer),
                                 None => labels.clone(),
                             };
-                            metrics.attempt(&labels, rsp.status().as_u16(), class);
+                            metrics.attempt(&labels, status, class);
                         }
-                        class == Class::Failure
+                        (on.failure_class && class == Class::Failure)
+                            || on
+                                .statuses
+                                .iter()
+                                .any(|(lo, hi)| (*lo..=*hi).contains(&status))
+                            || grpc.is_some_and(|code| on.grpc_codes.contains(&code))
                     }
-                    Err(e) => crate::error::cause(e).is_some_and(|e| {
-                        matches!(
-                            e,
-                            ProxyError::Connect { .. }
-                                | ProxyError::ConnectTimeout(_)
-                                | ProxyError::NoEndpoints(_)
-                        )
-                    }),
+                    Err(e) => {
+                        on.connect_failure
+                            && crate::error::cause(e).is_some_and(|e| {
+                                matches!(
+                                    e,
+                                    ProxyError::Connect { .. }
+                                        | ProxyError::ConnectTimeout(_)
+                                        | ProxyError::NoEndpoints(_)
+                                )
+                            })
+                    }
                 };
                 if peer.is_some() {
                     counted = peer;
                     parts.extensions.insert(Counted);
                 }
-                if !failed || attempt >= MAX_ATTEMPTS {
+                if !failed || attempt >= on.max_attempts {
                     return attribute(result, counted);
                 }
                 if !tower::retry::budget::Budget::withdraw(&*budget) {
@@ -282,21 +289,30 @@ mod tests {
     use super::*;
     use crate::profile::Profile;
     use crate::vocab::Direction;
-    use mesh_api::destination as pb;
+    use mesh_api::policy as pb;
     use tower::ServiceExt;
 
     fn retryable() -> RouteInfo {
-        let profile = Profile::compile(&pb::Profile {
-            routes: vec![pb::Route {
+        let profile = Profile::compile(&pb::OutboundPolicy {
+            routes: vec![pb::HttpRoute {
                 name: "flaky".into(),
-                condition: Some(pb::RequestMatch {
-                    r#match: Some(pb::request_match::Match::Method("GET".into())),
+                matches: vec![pb::RouteMatch {
+                    method: "GET".into(),
+                    ..Default::default()
+                }],
+                retry: Some(pb::Retry {
+                    conditions: Some(pb::RetryConditions {
+                        failure_class: true,
+                        connect_failure: true,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
                 }),
-                is_retryable: true,
                 ..Default::default()
             }],
             ..Default::default()
-        });
+        })
+        .expect("supported");
         let route = profile.route(&http::Method::GET, "/");
         RouteInfo {
             profile: Arc::new(profile),

@@ -1,0 +1,91 @@
+//! The policy gRPC services over the index: `OutboundPolicies.Watch` streams a
+//! service's client policy, `InboundPolicies.Watch` a workload port's server policy.
+//! Each sends the whole policy first and again whenever it changes, until the client
+//! goes away.
+
+use std::sync::Arc;
+
+use mesh_api::policy as pb;
+use mesh_api::policy::inbound_policies_server::{InboundPolicies, InboundPoliciesServer};
+use mesh_api::policy::outbound_policies_server::{OutboundPolicies, OutboundPoliciesServer};
+use tonic::{Request, Response, Status};
+
+use crate::destination::{Updates, follow};
+use crate::index::Index;
+
+/// Both services; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Service {
+    index: Arc<Index>,
+}
+
+impl Service {
+    /// Serves `index`'s outbound policies.
+    pub fn outbound(index: Arc<Index>) -> OutboundPoliciesServer<Self> {
+        OutboundPoliciesServer::new(Self { index })
+    }
+
+    /// Serves `index`'s inbound policies.
+    pub fn inbound(index: Arc<Index>) -> InboundPoliciesServer<Self> {
+        InboundPoliciesServer::new(Self { index })
+    }
+}
+
+/// Sends what `now` yields first, then again each time it differs from what was sent.
+fn changes<T, F>(index: Arc<Index>, mut now: F) -> Updates<T>
+where
+    T: PartialEq + Clone + Send + 'static,
+    F: FnMut(&Index) -> T + Send + 'static,
+{
+    let mut last: Option<T> = None;
+    follow(index, move |index| {
+        let policy = now(index);
+        if last.as_ref() == Some(&policy) {
+            return vec![];
+        }
+        last = Some(policy.clone());
+        vec![policy]
+    })
+}
+
+#[tonic::async_trait]
+impl OutboundPolicies for Service {
+    type WatchStream = Updates<pb::OutboundPolicy>;
+
+    async fn watch(
+        &self,
+        req: Request<pb::OutboundPolicyRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let req = req.into_inner();
+        crate::destination::check_authority(&req.authority)?;
+        let stream = changes(self.index.clone(), move |index| {
+            index.outbound_policy(&req.authority, &req.namespace)
+        });
+        Ok(Response::new(stream))
+    }
+}
+
+#[tonic::async_trait]
+impl InboundPolicies for Service {
+    type WatchStream = Updates<pb::InboundPolicy>;
+
+    async fn watch(
+        &self,
+        req: Request<pb::InboundPolicyRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let req = req.into_inner();
+        let port = u16::try_from(req.port)
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| Status::invalid_argument(format!("invalid port {}", req.port)))?;
+        if req.workload.is_empty() || req.namespace.is_empty() {
+            return Err(Status::invalid_argument(
+                "a workload and its namespace are needed",
+            ));
+        }
+        let stream = changes(self.index.clone(), move |index| {
+            index.inbound_policy(&req.workload, &req.namespace, port)
+        });
+        Ok(Response::new(stream))
+    }
+}
