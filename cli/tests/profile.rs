@@ -40,6 +40,7 @@ fn the_template_is_a_profile_the_mesh_applies() {
 
     // What the proxy makes of it.
     let policy = mesh_controller::compile::outbound(&mesh_controller::compile::Outbound {
+        domain: "cluster.local",
         namespace: "shop",
         name: "books",
         port: 80,

@@ -9,12 +9,45 @@ use mesh_api::policy as pb;
 use mesh_api::profile::{RequestMatch, ResponseMatch, RetryBudget};
 use mesh_api::{ServiceProfileSpec, TrafficSplitSpec};
 
-use crate::index::{CLUSTER_DOMAIN, InboundTls, TlsMode};
+/// Inbound mTLS as a pod's or namespace's annotations set it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InboundTls {
+    /// The mode of every port not listed below.
+    pub mode: Option<TlsMode>,
+    /// Ports that are strict whatever the mode.
+    pub strict_ports: Vec<u16>,
+    /// Ports that are permissive whatever the mode.
+    pub permissive_ports: Vec<u16>,
+}
+
+/// Whether plaintext is accepted beside mTLS.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum TlsMode {
+    /// Plaintext accepted beside mTLS.
+    Permissive,
+    /// mTLS from meshed peers only.
+    Strict,
+}
+
+impl InboundTls {
+    /// The mode these annotations give `port`, if they say.
+    pub fn mode_for(&self, port: u16) -> Option<TlsMode> {
+        if self.strict_ports.contains(&port) {
+            Some(TlsMode::Strict)
+        } else if self.permissive_ports.contains(&port) {
+            Some(TlsMode::Permissive)
+        } else {
+            self.mode
+        }
+    }
+}
 
 /// One service port's sources, as the index found them.
 #[derive(Debug, Default)]
 pub struct Outbound<'a> {
-    /// The service's namespace and name.
+    /// The cluster's DNS domain (`cluster.local`).
+    pub domain: &'a str,
+    /// The service's namespace.
     pub namespace: &'a str,
     /// The service's name.
     pub name: &'a str,
@@ -30,7 +63,7 @@ pub struct Outbound<'a> {
 /// and budget; the split's weighted backends (a split overrides `dstOverrides`, as
 /// SMI's apex service decides where its traffic goes).
 pub fn outbound(o: &Outbound<'_>) -> pb::OutboundPolicy {
-    let fqdn = format!("{}.{}.svc.{CLUSTER_DOMAIN}", o.name, o.namespace);
+    let fqdn = format!("{}.{}.svc.{}", o.name, o.namespace, o.domain);
     let mut policy = pb::OutboundPolicy {
         service: format!("{fqdn}:{}", o.port),
         ..Default::default()
@@ -49,10 +82,8 @@ pub fn outbound(o: &Outbound<'_>) -> pb::OutboundPolicy {
             .backends
             .iter()
             .map(|b| {
-                let authority = format!(
-                    "{}.{}.svc.{CLUSTER_DOMAIN}:{}",
-                    b.service, o.namespace, o.port
-                );
+                let authority =
+                    format!("{}.{}.svc.{}:{}", b.service, o.namespace, o.domain, o.port);
                 weighted(&authority, b.weight.0)
             })
             .collect();

@@ -7,9 +7,9 @@ use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use mesh_api::FieldError;
 
+use crate::compile::{InboundTls, TlsMode};
 use crate::index::{
-    InboundTls, NamespaceInfo, PodInfo, ServiceInfo, ServicePort, SliceEndpoint, SliceInfo,
-    TargetPort, TlsMode,
+    NamespaceInfo, PodInfo, ServiceInfo, ServicePort, SliceEndpoint, SliceInfo, TargetPort,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 

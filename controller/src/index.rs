@@ -7,6 +7,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::RwLock;
 
 use mesh_api::policy as pb;
+
+use crate::compile::InboundTls;
 use mesh_api::{FieldError, ServiceProfileSpec, TrafficSplitSpec};
 use tokio::sync::watch;
 
@@ -107,39 +109,6 @@ pub struct PodInfo {
     pub workload: Option<String>,
     /// Its inbound-TLS annotations.
     pub inbound_tls: InboundTls,
-}
-
-/// Inbound mTLS as a pod's or namespace's annotations set it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct InboundTls {
-    /// The mode of every port not listed below.
-    pub mode: Option<TlsMode>,
-    /// Ports that are strict whatever the mode.
-    pub strict_ports: Vec<u16>,
-    /// Ports that are permissive whatever the mode.
-    pub permissive_ports: Vec<u16>,
-}
-
-/// Whether plaintext is accepted beside mTLS.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub enum TlsMode {
-    /// Plaintext accepted beside mTLS.
-    Permissive,
-    /// mTLS from meshed peers only.
-    Strict,
-}
-
-impl InboundTls {
-    /// The mode these annotations give `port`, if they say.
-    pub fn mode_for(&self, port: u16) -> Option<TlsMode> {
-        if self.strict_ports.contains(&port) {
-            Some(TlsMode::Strict)
-        } else if self.permissive_ports.contains(&port) {
-            Some(TlsMode::Permissive)
-        } else {
-            self.mode
-        }
-    }
 }
 
 /// An EndpointSlice as the index needs it.
@@ -434,6 +403,7 @@ impl Index {
             .filter(|((ns, _), sp)| *ns == namespace && sp.service == name)
             .min_by_key(|(k, _)| *k);
         crate::compile::outbound(&crate::compile::Outbound {
+            domain: CLUSTER_DOMAIN,
             namespace: &namespace,
             name: &name,
             port,
