@@ -28,6 +28,13 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Authorities watched at once; past this, new names use DNS (bounded memory).
 const MAX_WATCHES: usize = 10_000;
+/// Application ports whose inbound policy is watched at once. Clients choose the port
+/// they connect to, so without a bound anyone could open a watch per port and fill the
+/// controller connection's streams; past it, the proxy's own setting decides, as it
+/// did before the controller decided anything.
+const MAX_INBOUND_PORTS: usize = 64;
+/// How long a first connection to a port waits for the controller's first decision.
+const INBOUND_FIRST_ANSWER: Duration = Duration::from_secs(1);
 
 /// Where to send a request for one endpoint.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -132,6 +139,10 @@ impl Discover {
             let mut ports = self.ports.lock().unwrap_or_else(|e| e.into_inner());
             match ports.get(&port) {
                 Some(rx) => rx.clone(),
+                None if ports.len() >= MAX_INBOUND_PORTS => {
+                    tracing::debug!(port, "inbound policy not asked for: too many ports watched");
+                    return None;
+                }
                 None => {
                     let (tx, rx) = watch::channel(InboundTls::Pending);
                     ports.insert(port, rx.clone());
@@ -146,8 +157,8 @@ impl Discover {
             }
         };
         if *rx.borrow() == InboundTls::Pending {
-            let _ = tokio::time::timeout(FIRST_ANSWER, rx.wait_for(|a| *a != InboundTls::Pending))
-                .await;
+            let first = rx.wait_for(|a| *a != InboundTls::Pending);
+            let _ = tokio::time::timeout(INBOUND_FIRST_ANSWER, first).await;
         }
         let answer = *rx.borrow();
         match answer {

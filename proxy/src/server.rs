@@ -72,16 +72,17 @@ struct Ctx {
 }
 
 impl Ctx {
-    /// Whether inbound traffic to application port `port` must be mTLS: the
-    /// controller's decision for this pod's port (its InboundPolicy), else the proxy's
-    /// own setting.
+    /// Whether inbound traffic to application port `port` must be mTLS: strict when
+    /// the proxy's own setting says so (a remote decision cannot loosen it), else the
+    /// controller's decision for this pod's port (its InboundPolicy), else permissive.
     async fn strict_port(&self, port: Option<u16>) -> bool {
-        if let (Some(discover), Some(p)) = (self.shared.resolve.discovery(), port)
-            && let Some(strict) = discover.inbound_tls(p).await
-        {
-            return strict;
+        if self.config.strict_port(port) {
+            return true;
         }
-        self.config.strict_port(port)
+        match (self.shared.resolve.discovery(), port) {
+            (Some(discover), Some(p)) => discover.inbound_tls(p).await.unwrap_or(false),
+            _ => false,
+        }
     }
 
     fn listening_on(&self, direction: Direction) -> SocketAddr {

@@ -73,7 +73,7 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 }
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1): the fixed set and any named in
-/// `Connection`. An upgrade keeps `Upgrade` and `Connection: upgrade`. Requests keep
+/// `Connection` (but `Host`). An upgrade keeps `Upgrade` and `Connection: upgrade`. Requests keep
 /// `te: trailers`: the proxy forwards trailers, so it may ask for them on the client's
 /// behalf (gRPC needs it, and HTTP/1 servers only send trailers when asked).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool, keep_te_trailers: bool) {
@@ -84,6 +84,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool, keep_te_tra
         .flat_map(|v| v.split(','))
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
         .filter(|n| !(keep_upgrade && n == header::UPGRADE))
+        // `Host` is not the client's to drop: the request is routed, limited and sent
+        // by it (a `Connection: host` would route by one authority and send another).
+        .filter(|n| n != header::HOST)
         .collect();
     for name in named {
         headers.remove(name);
@@ -176,6 +179,17 @@ mod tests {
         assert_eq!(h.len(), 2, "{h:?}");
         assert_eq!(h["x-app"], "kept");
         assert_eq!(h[header::TE], "trailers");
+    }
+
+    #[test]
+    fn connection_cannot_drop_host() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("host, x-a"));
+        h.insert(header::HOST, HeaderValue::from_static("web"));
+        h.insert("x-a", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false, true);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h[header::HOST], "web");
     }
 
     #[test]

@@ -15,6 +15,9 @@ use crate::body::BoxBody;
 use crate::error::{BoxError, ProxyError};
 use crate::profile::RouteInfo;
 
+/// How much later than the deadline [`Timeout`] itself gives up (see `call`).
+const BACKSTOP_DELAY: Duration = Duration::from_millis(1);
+
 /// When a request must have its response headers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Deadline(pub Instant);
@@ -97,8 +100,13 @@ where
             req.extensions_mut().insert(d);
         }
         let fut = self.inner.call(req);
+        // The levels below enforce the deadline itself, naming the endpoint they were
+        // waiting on; this one is the backstop for time spent elsewhere (reading a body
+        // to replay). A millisecond later, so that a level below that was not polled
+        // at the very instant (tokio's budget) still answers first.
+        let backstop = deadline.map(|Deadline(at)| Deadline(at + BACKSTOP_DELAY));
         Box::pin(Deadline::run(
-            deadline,
+            backstop,
             async move { fut.await.map_err(Into::into) },
             || ProxyError::Timeout.into(),
         ))
@@ -125,7 +133,7 @@ mod tests {
         );
         let e = call.await.expect_err("late");
         assert_eq!(e.to_string(), "timeout");
-        assert_eq!(started.elapsed(), Duration::from_secs(2));
+        assert_eq!(started.elapsed(), Duration::from_secs(2) + BACKSTOP_DELAY);
 
         // gRPC gets no default deadline.
         let grpc = Request::builder()

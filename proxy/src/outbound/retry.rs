@@ -153,6 +153,12 @@ fn attribute(
             Ok(rsp)
         }
         Err(e) if e.is::<AtPeer>() => Err(e),
+        // A retry shed for load: still the counted endpoint's request.
+        Err(e) if e.is::<tower::load_shed::error::Overloaded>() => Err(AtPeer {
+            peer,
+            error: ProxyError::Overloaded,
+        }
+        .into()),
         Err(e) => match e.downcast::<ProxyError>() {
             Ok(error) => Err(AtPeer {
                 peer,
@@ -393,6 +399,30 @@ mod tests {
         assert_eq!(at.peer, web);
         let text = metrics.render();
         assert!(text.contains("status_code=\"500\""), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_retry_shed_for_load_is_still_the_counted_endpoints() {
+        let (mut retry, mut handle, metrics) = service();
+        handle.allow(5);
+        let web = Peer::secured("web.ns.serviceaccount.identity.mesh.cluster.local");
+        let call = tokio::spawn(
+            retry
+                .ready()
+                .await
+                .expect("ready")
+                .call(request(&metrics, Some(retryable()))),
+        );
+        let (_, send) = handle.next_request().await.expect("first");
+        send.send_response(status(500, Some(&web)));
+        let (_, send) = handle.next_request().await.expect("second");
+        send.send_error(tower::load_shed::error::Overloaded::new());
+        let e = call.await.expect("join").expect_err("shed");
+        let at = e.downcast_ref::<AtPeer>().expect("attributed");
+        assert_eq!(
+            (&at.peer, at.error.to_string().as_str()),
+            (&web, "proxy overloaded")
+        );
     }
 
     #[tokio::test]
