@@ -275,16 +275,8 @@ async fn follow(
             }
         }
         // Keep serving the last answer; with none yet, let requests use DNS meanwhile.
-        tx.send_if_modified(|a| {
-            let pending = *a == Answer::Pending;
-            if pending {
-                *a = Answer::Unknown;
-            }
-            pending
-        });
-        let jitter = Duration::from_millis(fastrand::u64(0..=backoff.as_millis() as u64 / 2));
-        tokio::time::sleep(backoff + jitter).await;
-        backoff = (backoff * 2).min(BACKOFF_MAX);
+        settle(&tx, |a| *a == Answer::Pending, || Answer::Unknown);
+        back_off(&mut backoff).await;
     }
 }
 
@@ -311,13 +303,7 @@ async fn follow_policy(
                         Err(unsupported) => {
                             tracing::warn!(authority = %req.authority, %unsupported, "policy not applied: the last one stays");
                             // Nothing to keep yet: the service itself, with defaults.
-                            tx.send_if_modified(|p| {
-                                let none = p.is_none();
-                                if none {
-                                    *p = Some(Arc::default());
-                                }
-                                none
-                            });
+                            settle(&tx, Option::is_none, || Some(Arc::default()));
                         }
                     }
                 }
@@ -331,16 +317,8 @@ async fn follow_policy(
             }
         }
         // No profile yet: requests go to the service itself meanwhile.
-        tx.send_if_modified(|p| {
-            let none = p.is_none();
-            if none {
-                *p = Some(Arc::default());
-            }
-            none
-        });
-        let jitter = Duration::from_millis(fastrand::u64(0..=backoff.as_millis() as u64 / 2));
-        tokio::time::sleep(backoff + jitter).await;
-        backoff = (backoff * 2).min(BACKOFF_MAX);
+        settle(&tx, Option::is_none, || Some(Arc::default()));
+        back_off(&mut backoff).await;
     }
 }
 
@@ -376,17 +354,28 @@ async fn follow_inbound(
             }
         }
         // No decision yet: the proxy's own setting applies meanwhile.
-        tx.send_if_modified(|t| {
-            let pending = *t == InboundTls::Pending;
-            if pending {
-                *t = InboundTls::Unset;
-            }
-            pending
-        });
-        let jitter = Duration::from_millis(fastrand::u64(0..=backoff.as_millis() as u64 / 2));
-        tokio::time::sleep(backoff + jitter).await;
-        backoff = (backoff * 2).min(BACKOFF_MAX);
+        settle(&tx, |t| *t == InboundTls::Pending, || InboundTls::Unset);
+        back_off(&mut backoff).await;
     }
+}
+
+/// Waits out `backoff` (with up to half again of jitter) and doubles it, up to the max.
+async fn back_off(backoff: &mut Duration) {
+    let jitter = Duration::from_millis(fastrand::u64(0..=backoff.as_millis() as u64 / 2));
+    tokio::time::sleep(*backoff + jitter).await;
+    *backoff = (*backoff * 2).min(BACKOFF_MAX);
+}
+
+/// Replaces a watch's value that is still `pending` (no answer yet) with `fallback`,
+/// so that waiters go on with the proxy's defaults; an answer already given stands.
+fn settle<T>(tx: &watch::Sender<T>, pending: impl Fn(&T) -> bool, fallback: impl FnOnce() -> T) {
+    tx.send_if_modified(|value| {
+        let was = pending(value);
+        if was {
+            *value = fallback();
+        }
+        was
+    });
 }
 
 fn socket_addr(a: &pb::SocketAddr) -> Option<SocketAddr> {

@@ -62,7 +62,7 @@ pub struct Route {
     /// The retry budget, for retryable routes: the route's own or the profile's.
     pub budget: Option<Arc<TpsBudget>>,
     /// What is retried, for retryable routes.
-    pub retry: Option<RetryOn>,
+    pub retry: Option<Arc<RetryOn>>,
 }
 
 /// The failures a route retries, and how often.
@@ -245,7 +245,7 @@ impl Profile {
             .map(|r| {
                 let retry = r.retry.as_ref().map(|retry| {
                     let on = retry.conditions.clone().unwrap_or_default();
-                    RetryOn {
+                    Arc::new(RetryOn {
                         failure_class: on.failure_class,
                         statuses: on
                             .http_statuses
@@ -258,7 +258,7 @@ impl Profile {
                             0 => DEFAULT_ATTEMPTS,
                             n => (n as usize).saturating_add(1).min(MAX_ATTEMPTS),
                         },
-                    }
+                    })
                 });
                 Arc::new(Route {
                     name: Arc::from(r.name.as_str()),

@@ -198,7 +198,8 @@ impl Service<Request<BoxBody>> for Retry {
             .get::<RouteInfo>()
             .and_then(|i| i.route.clone());
         let budget = route.as_ref().and_then(|r| r.budget.clone());
-        let (Some(route), Some(budget)) = (route.filter(|r| r.retry.is_some()), budget) else {
+        let on = route.as_ref().and_then(|r| r.retry.clone());
+        let (Some(route), Some(budget), Some(on)) = (route, budget, on) else {
             // Already a boxed future: no second box.
             return self.inner.call(req);
         };
@@ -220,9 +221,6 @@ impl Service<Request<BoxBody>> for Retry {
             };
             // The endpoint the latest attempt reached, which counted the request.
             let mut counted: Option<Peer> = None;
-            let Some(on) = route.retry.as_ref() else {
-                return inner.call(rebuild(&parts, full(body))).await;
-            };
             let mut attempt = 1;
             loop {
                 let call = inner.call(rebuild(&parts, full(body.clone())));
