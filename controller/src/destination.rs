@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::index::{EndpointView, Index, PROXY_INBOUND_PORT, Resolution};
+use crate::index::{EndpointView, Index, PROXY_INBOUND_PORT, Resolution, Watch};
 
 /// A stream of messages for one client.
 pub type Updates<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -136,25 +136,24 @@ fn endpoint(e: &EndpointView) -> pb::Endpoint {
     }
 }
 
-/// Runs `next` now and after every index change, sending what it yields, until the
-/// client hangs up.
+/// Runs `next` now and again each time what its last answer read has changed (its
+/// [`Watch`]), sending what it yields, until the client hangs up.
 pub fn follow<T, F>(index: Arc<Index>, mut next: F) -> Updates<T>
 where
     T: Send + 'static,
-    F: FnMut(&Index) -> Vec<T> + Send + 'static,
+    F: FnMut(&Index, &mut Watch) -> Vec<T> + Send + 'static,
 {
     let (tx, rx) = mpsc::channel(16);
-    let mut changes = index.subscribe();
     tokio::spawn(async move {
+        let mut watch = index.watch();
         loop {
-            changes.borrow_and_update();
-            for item in next(&index) {
+            for item in next(&index, &mut watch) {
                 if tx.send(Ok(item)).await.is_err() {
                     return;
                 }
             }
             tokio::select! {
-                r = changes.changed() => if r.is_err() { return },
+                () = watch.changed() => {}
                 () = tx.closed() => return,
             }
         }
@@ -173,8 +172,8 @@ impl Destination for Service {
         let req = req.into_inner();
         check_authority(&req.authority)?;
         let mut sent = Sent::default();
-        let stream = follow(self.index.clone(), move |index| {
-            sent.diff(index.resolve(&req.authority, &req.namespace))
+        let stream = follow(self.index.clone(), move |index, watch| {
+            sent.diff(index.resolve_for(&req.authority, &req.namespace, Some(watch)))
         });
         Ok(Response::new(stream))
     }

@@ -2,15 +2,15 @@
 //! namespaces, profiles and splits, and the answers proxies ask for. Pure logic: the
 //! sources translate objects into it, the gRPC server reads from it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::RwLock;
+use std::sync::{Arc, Mutex, RwLock};
 
 use mesh_api::policy as pb;
 
 use crate::compile::InboundTls;
 use mesh_api::{FieldError, ServiceProfileSpec, TrafficSplitSpec};
-use tokio::sync::watch;
+use tokio::sync::Notify;
 
 /// The cluster's DNS domain.
 pub const CLUSTER_DOMAIN: &str = "cluster.local";
@@ -196,33 +196,182 @@ pub enum Resolution {
     Unknown,
 }
 
-/// Inserts `value`, saying whether anything changed (an identical object is no news
-/// for the streams that follow the index).
-fn replace<K: std::hash::Hash + Eq, V: PartialEq>(
+/// What an answer depends on. A watch listens to the topics its last answer read; a
+/// change to the index wakes the watches of the topics it touches, and no others.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Topic {
+    /// A service (namespace, name): the object itself (created, changed, deleted).
+    Service(String, String),
+    /// A service's endpoints: its pods or slices, and whether they are meshed.
+    Endpoints(String, String),
+    /// A service's client policy: its profile and the splits whose apex it is.
+    Policy(String, String),
+    /// Which service a cluster IP belongs to.
+    ClusterIp(IpAddr),
+    /// A pod (namespace, name): its own annotations.
+    Pod(String, String),
+    /// A namespace: its annotations.
+    Namespace(String),
+}
+
+type Key = (String, String);
+/// A label in a namespace: (namespace, key, value).
+type LabelKey = (String, String, String);
+
+/// The watches listening to each topic.
+#[derive(Debug, Default)]
+struct Registry {
+    next: u64,
+    topics: HashMap<Topic, HashMap<u64, Arc<Notify>>>,
+    /// Wake-ups sent so far, for tests and benchmarks.
+    woken: u64,
+}
+
+/// One follower of the index (a gRPC stream): woken when a topic its last answer read
+/// changes. Dropping it stops the listening.
+#[derive(Debug)]
+pub struct Watch {
+    id: u64,
+    notify: Arc<Notify>,
+    topics: Vec<Topic>,
+    registry: Arc<Mutex<Registry>>,
+}
+
+impl Watch {
+    /// Resolves once something this watch's last answer read has changed since (at
+    /// once if it already has).
+    pub async fn changed(&self) {
+        self.notify.notified().await;
+    }
+
+    /// Whether a change is waiting (and takes it).
+    pub fn take_change(&self) -> bool {
+        futures_util::FutureExt::now_or_never(self.notify.notified()).is_some()
+    }
+
+    /// Listens to `topics` from now on instead of the current ones.
+    fn listen(&mut self, mut topics: Vec<Topic>) {
+        topics.sort();
+        topics.dedup();
+        if topics == self.topics {
+            return;
+        }
+        let mut r = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        for old in self
+            .topics
+            .iter()
+            .filter(|t| topics.binary_search(t).is_err())
+        {
+            r.unlisten(old, self.id);
+        }
+        for new in topics
+            .iter()
+            .filter(|t| self.topics.binary_search(t).is_err())
+        {
+            r.topics
+                .entry(new.clone())
+                .or_default()
+                .insert(self.id, self.notify.clone());
+        }
+        self.topics = topics;
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let mut r = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        for t in &self.topics {
+            r.unlisten(t, self.id);
+        }
+    }
+}
+
+impl Registry {
+    fn unlisten(&mut self, topic: &Topic, id: u64) {
+        if let Some(watches) = self.topics.get_mut(topic) {
+            watches.remove(&id);
+            if watches.is_empty() {
+                self.topics.remove(topic);
+            }
+        }
+    }
+}
+
+/// The topics an answer read.
+#[derive(Debug, Default)]
+struct Deps(Vec<Topic>);
+
+impl Deps {
+    fn service(&mut self, namespace: &str, name: &str) {
+        self.0
+            .push(Topic::Service(namespace.to_string(), name.to_string()));
+    }
+}
+
+/// Replaces `key`'s value with `value`: `None` when they are equal (an identical object
+/// is no news), else `Some` of the value it had.
+fn swap<K: std::hash::Hash + Eq, V: PartialEq>(
     map: &mut HashMap<K, V>,
     key: K,
     value: V,
-) -> bool {
+) -> Option<Option<V>> {
     if map.get(&key) == Some(&value) {
-        return false;
+        return None;
     }
-    map.insert(key, value);
-    true
+    Some(map.insert(key, value))
 }
 
+fn link<K: std::hash::Hash + Eq, V: Ord>(map: &mut HashMap<K, BTreeSet<V>>, key: K, value: V) {
+    map.entry(key).or_default().insert(value);
+}
+
+fn unlink<K: std::hash::Hash + Eq, V: Ord>(map: &mut HashMap<K, BTreeSet<V>>, key: &K, value: &V) {
+    if let Some(set) = map.get_mut(key) {
+        set.remove(value);
+        if set.is_empty() {
+            map.remove(key);
+        }
+    }
+}
+
+fn label_key(namespace: &str, k: &str, v: &str) -> LabelKey {
+    (namespace.to_string(), k.to_string(), v.to_string())
+}
+
+/// Whether `selector` (non-empty) picks a pod with `labels`.
+fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// The index's contents, with the secondary indexes that keep every answer and every
+/// change's cost proportional to what it touches.
 #[derive(Default, Debug)]
 struct State {
     /// Whether the inject annotation alone meshes a pod (local folders), or only a
     /// running proxy does (clusters).
     annotation_meshes: bool,
-    /// Splits refused only because a backend service does not exist yet.
-    pending_splits: HashMap<(String, String), TrafficSplitSpec>,
     namespaces: HashMap<String, NamespaceInfo>,
-    services: HashMap<(String, String), ServiceInfo>,
-    pods: HashMap<(String, String), PodInfo>,
-    slices: HashMap<(String, String), SliceInfo>,
-    profiles: HashMap<(String, String), ServiceProfileSpec>,
-    splits: HashMap<(String, String), TrafficSplitSpec>,
+    services: HashMap<Key, ServiceInfo>,
+    /// Service names by namespace.
+    services_in: HashMap<String, BTreeSet<String>>,
+    /// Services by cluster IP (a set: a bad cluster could give two services one IP).
+    by_cluster_ip: HashMap<IpAddr, BTreeSet<Key>>,
+    /// Services by each label of their selector.
+    selecting: HashMap<LabelKey, BTreeSet<String>>,
+    pods: HashMap<Key, PodInfo>,
+    /// Pods by each of their labels.
+    pods_by_label: HashMap<LabelKey, BTreeSet<String>>,
+    slices: HashMap<Key, SliceInfo>,
+    /// Slice names by the service (namespace, name) they belong to.
+    slices_of: HashMap<Key, BTreeSet<String>>,
+    /// Services whose slices name a pod (namespace, pod) → (service, slice).
+    slices_naming: HashMap<Key, BTreeSet<(String, String)>>,
+    profiles: HashMap<Key, ServiceProfileSpec>,
+    splits: HashMap<Key, TrafficSplitSpec>,
+    /// Split names by apex service (namespace, name).
+    splits_of: HashMap<Key, BTreeSet<String>>,
+    /// Splits refused only because a backend service does not exist yet, by namespace.
+    pending_splits: HashMap<String, BTreeMap<String, TrafficSplitSpec>>,
 }
 
 /// A pod as mesh-viz sees it: where its proxy is, and what it belongs to.
@@ -246,7 +395,7 @@ pub struct PodView {
 #[derive(Debug)]
 pub struct Index {
     state: RwLock<State>,
-    changed: watch::Sender<u64>,
+    registry: Arc<Mutex<Registry>>,
 }
 
 impl Default for Index {
@@ -269,19 +418,83 @@ impl Index {
     fn with_state(state: State) -> Self {
         Self {
             state: RwLock::new(state),
-            changed: watch::channel(0).0,
+            registry: Arc::default(),
         }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A new follower, listening to nothing until its first answer.
+    pub fn watch(&self) -> Watch {
+        let mut r = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        r.next += 1;
+        Watch {
+            id: r.next,
+            notify: Arc::default(),
+            topics: Vec::new(),
+            registry: self.registry.clone(),
+        }
+    }
+
+    /// How many wake-ups changes have sent to watches so far.
+    pub fn wakes(&self) -> u64 {
+        self.registry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .woken
+    }
+
+    /// How many topics some watch listens to.
+    pub fn topics_listened(&self) -> usize {
+        self.registry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .topics
+            .len()
+    }
+
+    /// Computes an answer; with `watch`, it listens to what the answer read from now
+    /// on. Listening starts while the state is still read-locked, so that a change
+    /// made just after the answer is computed cannot be missed.
+    fn answer<T>(&self, watch: Option<&mut Watch>, f: impl FnOnce(&State, &mut Deps) -> T) -> T {
+        let s = self.read();
+        let mut deps = Deps::default();
+        let out = f(&s, &mut deps);
+        if let Some(w) = watch {
+            w.listen(deps.0);
+        }
+        drop(s);
+        out
+    }
+
+    /// Wakes the watches of `topics`.
+    fn wake(&self, topics: Vec<Topic>) {
+        if topics.is_empty() {
+            return;
+        }
+        let mut r = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        let mut woken = 0;
+        for t in &topics {
+            if let Some(watches) = r.topics.get(t) {
+                for n in watches.values() {
+                    n.notify_one();
+                    woken += 1;
+                }
+            }
+        }
+        r.woken += woken;
     }
 
     /// A namespace's inject annotation, or `None` if the namespace is not known yet.
     pub fn namespace_inject(&self, namespace: &str) -> Option<Option<bool>> {
-        let s = self.state.read().unwrap_or_else(|e| e.into_inner());
-        s.namespaces.get(namespace).map(|n| n.inject)
+        self.read().namespaces.get(namespace).map(|n| n.inject)
     }
 
     /// Every pod, sorted by namespace and name.
     pub fn pods(&self) -> Vec<PodView> {
-        let s = self.state.read().unwrap_or_else(|e| e.into_inner());
+        let s = self.read();
         let mut pods: Vec<PodView> = s
             .pods
             .iter()
@@ -301,23 +514,19 @@ impl Index {
     /// Applies (adds or replaces) an object, or refuses it and keeps the last good one.
     pub fn apply(&self, at: &ObjectRef, object: Object) -> Result<(), Rejected> {
         let key = (at.namespace.clone(), at.name.clone());
-        let changed = {
+        let topics = {
             let mut s = self.state.write().unwrap_or_else(|e| e.into_inner());
             match object {
-                Object::Namespace(n) => replace(&mut s.namespaces, at.name.clone(), n),
-                Object::Service(svc) => {
-                    let changed = replace(&mut s.services, key, svc);
-                    // Splits that were waiting for their backends may be complete now.
-                    s.admit_pending_splits(&at.namespace) || changed
-                }
-                Object::Pod(pod) => replace(&mut s.pods, key, pod),
-                Object::EndpointSlice(slice) => replace(&mut s.slices, key, slice),
+                Object::Namespace(n) => s.put_namespace(&at.name, Some(n)),
+                Object::Service(svc) => s.put_service(key, Some(svc)),
+                Object::Pod(pod) => s.put_pod(key, Some(pod)),
+                Object::EndpointSlice(slice) => s.put_slice(key, Some(slice)),
                 Object::ServiceProfile(spec) => {
                     let errors = spec.validate();
                     if !errors.is_empty() {
                         return Err(Rejected::Invalid(errors));
                     }
-                    replace(&mut s.profiles, key, spec)
+                    s.put_profile(key, Some(spec))
                 }
                 Object::TrafficSplit(spec) => {
                     let errors = spec.validate();
@@ -328,106 +537,383 @@ impl Index {
                     if !missing.is_empty() {
                         // Refused for now; admitted once the services exist (watchers
                         // deliver kinds in no particular order).
-                        s.pending_splits.insert(key, spec);
+                        s.pending_splits
+                            .entry(key.0)
+                            .or_default()
+                            .insert(key.1, spec);
                         return Err(Rejected::Invalid(missing));
                     }
-                    s.pending_splits.remove(&key);
-                    replace(&mut s.splits, key, spec)
+                    s.unpend(&key);
+                    s.put_split(key, Some(spec))
                 }
             }
         };
-        if changed {
-            self.changed.send_modify(|v| *v += 1);
-        }
+        self.wake(topics);
         Ok(())
     }
 
     /// Removes an object.
     pub fn delete(&self, at: &ObjectRef) {
         let key = (at.namespace.clone(), at.name.clone());
-        {
+        let topics = {
             let mut s = self.state.write().unwrap_or_else(|e| e.into_inner());
-            let removed = match at.kind {
-                Kind::Namespace => s.namespaces.remove(&at.name).is_some(),
-                Kind::Service => s.services.remove(&key).is_some(),
-                Kind::Pod => s.pods.remove(&key).is_some(),
-                Kind::EndpointSlice => s.slices.remove(&key).is_some(),
-                Kind::ServiceProfile => s.profiles.remove(&key).is_some(),
+            match at.kind {
+                Kind::Namespace => s.put_namespace(&at.name, None),
+                Kind::Service => s.put_service(key, None),
+                Kind::Pod => s.put_pod(key, None),
+                Kind::EndpointSlice => s.put_slice(key, None),
+                Kind::ServiceProfile => s.put_profile(key, None),
                 Kind::TrafficSplit => {
-                    s.pending_splits.remove(&key);
-                    s.splits.remove(&key).is_some()
+                    s.unpend(&key);
+                    s.put_split(key, None)
                 }
-            };
-            if !removed {
-                return;
             }
-        }
-        self.changed.send_modify(|v| *v += 1);
-    }
-
-    /// A receiver that changes whenever the index does.
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.changed.subscribe()
+        };
+        self.wake(topics);
     }
 
     /// Resolves `authority` (`name.ns.svc.cluster.local:port`, `name.ns:port`, `name`,
     /// or a cluster IP and port) for a caller in `caller_ns`.
     pub fn resolve(&self, authority: &str, caller_ns: &str) -> Resolution {
-        let s = self.state.read().unwrap_or_else(|e| e.into_inner());
-        let Some((namespace, name, port)) = s.find_service(authority, caller_ns) else {
-            return Resolution::Unknown;
-        };
-        let endpoints = s.endpoints(&namespace, &name, port);
-        Resolution::Service {
-            namespace,
-            name,
-            port,
-            endpoints,
-        }
+        self.resolve_for(authority, caller_ns, None)
+    }
+
+    /// [`Index::resolve`], with `watch` listening to what the answer depends on.
+    pub fn resolve_for(
+        &self,
+        authority: &str,
+        caller_ns: &str,
+        watch: Option<&mut Watch>,
+    ) -> Resolution {
+        self.answer(watch, |s, deps| {
+            let Some((namespace, name, port)) = s.find_service(authority, caller_ns, deps) else {
+                return Resolution::Unknown;
+            };
+            deps.0
+                .push(Topic::Endpoints(namespace.clone(), name.clone()));
+            let endpoints = s.endpoints(&namespace, &name, port);
+            Resolution::Service {
+                namespace,
+                name,
+                port,
+                endpoints,
+            }
+        })
     }
 
     /// The client policy of the service `authority` names: compiled from its
     /// ServiceProfile and the TrafficSplit whose apex it is. Empty for names that are
     /// no service.
     pub fn outbound_policy(&self, authority: &str, caller_ns: &str) -> pb::OutboundPolicy {
-        let s = self.state.read().unwrap_or_else(|e| e.into_inner());
-        let Some((namespace, name, port)) = s.find_service(authority, caller_ns) else {
-            return pb::OutboundPolicy::default();
-        };
-        let fqdn = format!("{name}.{namespace}.svc.{CLUSTER_DOMAIN}");
-        let profile = s.profiles.get_key_value(&(namespace.clone(), fqdn));
-        // A split on this service decides where its traffic goes (SMI: the apex).
-        let split = s
-            .splits
-            .iter()
-            .filter(|((ns, _), sp)| *ns == namespace && sp.service == name)
-            .min_by_key(|(k, _)| *k);
-        crate::compile::outbound(&crate::compile::Outbound {
-            domain: CLUSTER_DOMAIN,
-            namespace: &namespace,
-            name: &name,
-            port,
-            profile: profile.map(|((_, n), spec)| (n.as_str(), spec)),
-            split: split.map(|((_, n), spec)| (n.as_str(), spec)),
+        self.outbound_policy_for(authority, caller_ns, None)
+    }
+
+    /// [`Index::outbound_policy`], with `watch` listening to what it depends on.
+    pub fn outbound_policy_for(
+        &self,
+        authority: &str,
+        caller_ns: &str,
+        watch: Option<&mut Watch>,
+    ) -> pb::OutboundPolicy {
+        self.answer(watch, |s, deps| {
+            let Some((namespace, name, port)) = s.find_service(authority, caller_ns, deps) else {
+                return pb::OutboundPolicy::default();
+            };
+            deps.0.push(Topic::Policy(namespace.clone(), name.clone()));
+            let fqdn = format!("{name}.{namespace}.svc.{CLUSTER_DOMAIN}");
+            let profile = s.profiles.get_key_value(&(namespace.clone(), fqdn));
+            // A split on this service decides where its traffic goes (SMI: the apex);
+            // with several, the first by name.
+            let split = s
+                .splits_of
+                .get(&(namespace.clone(), name.clone()))
+                .and_then(|names| names.first())
+                .and_then(|n| s.splits.get_key_value(&(namespace.clone(), n.clone())));
+            crate::compile::outbound(&crate::compile::Outbound {
+                domain: CLUSTER_DOMAIN,
+                namespace: &namespace,
+                name: &name,
+                port,
+                profile: profile.map(|((_, n), spec)| (n.as_str(), spec)),
+                split: split.map(|((_, n), spec)| (n.as_str(), spec)),
+            })
         })
     }
 
     /// The server policy of port `port` of pod `workload` in `namespace`.
     pub fn inbound_policy(&self, workload: &str, namespace: &str, port: u16) -> pb::InboundPolicy {
-        let s = self.state.read().unwrap_or_else(|e| e.into_inner());
-        let pod = s
-            .pods
-            .get(&(namespace.to_string(), workload.to_string()))
-            .map(|p| (namespace, workload, &p.inbound_tls));
-        let ns = s
-            .namespaces
-            .get(namespace)
-            .map(|n| (namespace, &n.inbound_tls));
-        crate::compile::inbound(port, pod, ns)
+        self.inbound_policy_for(workload, namespace, port, None)
+    }
+
+    /// [`Index::inbound_policy`], with `watch` listening to what it depends on.
+    pub fn inbound_policy_for(
+        &self,
+        workload: &str,
+        namespace: &str,
+        port: u16,
+        watch: Option<&mut Watch>,
+    ) -> pb::InboundPolicy {
+        self.answer(watch, |s, deps| {
+            deps.0
+                .push(Topic::Pod(namespace.to_string(), workload.to_string()));
+            deps.0.push(Topic::Namespace(namespace.to_string()));
+            let pod = s
+                .pods
+                .get(&(namespace.to_string(), workload.to_string()))
+                .map(|p| (namespace, workload, &p.inbound_tls));
+            let ns = s
+                .namespaces
+                .get(namespace)
+                .map(|n| (namespace, &n.inbound_tls));
+            crate::compile::inbound(port, pod, ns)
+        })
     }
 }
 
+/// Writes: each replaces (or, with `None`, removes) one object, keeps the secondary
+/// indexes in step, and returns the topics whose answers may have changed (none when
+/// the object is identical to what was there).
 impl State {
+    fn put_namespace(&mut self, name: &str, new: Option<NamespaceInfo>) -> Vec<Topic> {
+        let old = match new {
+            Some(n) => match swap(&mut self.namespaces, name.to_string(), n) {
+                None => return vec![],
+                Some(old) => old,
+            },
+            None => match self.namespaces.remove(name) {
+                None => return vec![],
+                old => old,
+            },
+        };
+        let mut topics = vec![Topic::Namespace(name.to_string())];
+        let inject = |n: Option<&NamespaceInfo>| n.and_then(|n| n.inject);
+        // Locally, the namespace's inject annotation meshes its pods: every service
+        // there may now have endpoints with (or without) identities.
+        if self.annotation_meshes && inject(old.as_ref()) != inject(self.namespaces.get(name)) {
+            for svc in self.services_in.get(name).into_iter().flatten() {
+                topics.push(Topic::Endpoints(name.to_string(), svc.clone()));
+            }
+        }
+        topics
+    }
+
+    fn put_service(&mut self, key: Key, new: Option<ServiceInfo>) -> Vec<Topic> {
+        let old = match new {
+            Some(svc) => match swap(&mut self.services, key.clone(), svc) {
+                None => return vec![],
+                Some(old) => old,
+            },
+            None => match self.services.remove(&key) {
+                None => return vec![],
+                old => old,
+            },
+        };
+        let mut topics = vec![Topic::Service(key.0.clone(), key.1.clone())];
+        if let Some(old) = &old {
+            self.index_service(&key, old, false);
+            topics.extend(old.cluster_ip.map(Topic::ClusterIp));
+        }
+        if let Some(new) = self.services.get(&key).cloned() {
+            self.index_service(&key, &new, true);
+            topics.extend(new.cluster_ip.map(Topic::ClusterIp));
+            // Splits that were waiting for their backends may be complete now.
+            topics.extend(self.admit_pending_splits(&key.0));
+        }
+        topics
+    }
+
+    fn index_service(&mut self, key: &Key, svc: &ServiceInfo, add: bool) {
+        let (ns, name) = key;
+        if add {
+            link(&mut self.services_in, ns.clone(), name.clone());
+        } else {
+            unlink(&mut self.services_in, ns, name);
+        }
+        if let Some(ip) = svc.cluster_ip {
+            if add {
+                link(&mut self.by_cluster_ip, ip, key.clone());
+            } else {
+                unlink(&mut self.by_cluster_ip, &ip, key);
+            }
+        }
+        for (k, v) in &svc.selector {
+            let lk = label_key(ns, k, v);
+            if add {
+                link(&mut self.selecting, lk, name.clone());
+            } else {
+                unlink(&mut self.selecting, &lk, name);
+            }
+        }
+    }
+
+    fn put_pod(&mut self, key: Key, new: Option<PodInfo>) -> Vec<Topic> {
+        let old = match new {
+            Some(pod) => match swap(&mut self.pods, key.clone(), pod) {
+                None => return vec![],
+                Some(old) => old,
+            },
+            None => match self.pods.remove(&key) {
+                None => return vec![],
+                old => old,
+            },
+        };
+        let (ns, name) = &key;
+        let mut topics = vec![Topic::Pod(ns.clone(), name.clone())];
+        let mut services = BTreeSet::new();
+        if let Some(old) = &old {
+            for (k, v) in &old.labels {
+                unlink(&mut self.pods_by_label, &label_key(ns, k, v), name);
+            }
+            self.selecting_services(ns, &old.labels, &mut services);
+        }
+        if let Some(new) = self.pods.get(&key) {
+            let labels = new.labels.clone();
+            for (k, v) in &labels {
+                link(&mut self.pods_by_label, label_key(ns, k, v), name.clone());
+            }
+            self.selecting_services(ns, &labels, &mut services);
+        }
+        // Slices name pods: their services' endpoints wait for (and show) the pod.
+        for (svc, _) in self.slices_naming.get(&key).into_iter().flatten() {
+            services.insert(svc.clone());
+        }
+        topics.extend(
+            services
+                .into_iter()
+                .map(|svc| Topic::Endpoints(ns.clone(), svc)),
+        );
+        topics
+    }
+
+    /// Adds to `out` the services in `namespace` whose selector picks a pod with
+    /// `labels`: found through the pod's labels, never by scanning services.
+    fn selecting_services(
+        &self,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+        out: &mut BTreeSet<String>,
+    ) {
+        for (k, v) in labels {
+            let Some(candidates) = self.selecting.get(&label_key(namespace, k, v)) else {
+                continue;
+            };
+            for svc in candidates {
+                if out.contains(svc) {
+                    continue;
+                }
+                let picks = self
+                    .services
+                    .get(&(namespace.to_string(), svc.clone()))
+                    .is_some_and(|s| selects(&s.selector, labels));
+                if picks {
+                    out.insert(svc.clone());
+                }
+            }
+        }
+    }
+
+    fn put_slice(&mut self, key: Key, new: Option<SliceInfo>) -> Vec<Topic> {
+        let old = match new {
+            Some(slice) => match swap(&mut self.slices, key.clone(), slice) {
+                None => return vec![],
+                Some(old) => old,
+            },
+            None => match self.slices.remove(&key) {
+                None => return vec![],
+                old => old,
+            },
+        };
+        let mut topics = Vec::new();
+        if let Some(old) = &old {
+            self.index_slice(&key, old, false);
+            topics.push(Topic::Endpoints(key.0.clone(), old.service.clone()));
+        }
+        if let Some(new) = self.slices.get(&key).cloned() {
+            self.index_slice(&key, &new, true);
+            topics.push(Topic::Endpoints(key.0.clone(), new.service.clone()));
+        }
+        topics
+    }
+
+    fn index_slice(&mut self, key: &Key, slice: &SliceInfo, add: bool) {
+        let (ns, name) = key;
+        let service = (ns.clone(), slice.service.clone());
+        if add {
+            link(&mut self.slices_of, service, name.clone());
+        } else {
+            unlink(&mut self.slices_of, &service, name);
+        }
+        for pod in slice.endpoints.iter().filter_map(|e| e.pod.as_ref()) {
+            let pod = (ns.clone(), pod.clone());
+            let by = (slice.service.clone(), name.clone());
+            if add {
+                link(&mut self.slices_naming, pod, by);
+            } else {
+                unlink(&mut self.slices_naming, &pod, &by);
+            }
+        }
+    }
+
+    fn put_profile(&mut self, key: Key, new: Option<ServiceProfileSpec>) -> Vec<Topic> {
+        let changed = match new {
+            Some(spec) => swap(&mut self.profiles, key.clone(), spec).is_some(),
+            None => self.profiles.remove(&key).is_some(),
+        };
+        if !changed {
+            return vec![];
+        }
+        // A profile is named after the service it is for: `name.ns.svc.<domain>`, in
+        // the service's own namespace.
+        let (ns, fqdn) = &key;
+        let suffix = format!(".{ns}.svc.{CLUSTER_DOMAIN}");
+        match fqdn.strip_suffix(&suffix) {
+            Some(name) if !name.contains('.') => vec![Topic::Policy(ns.clone(), name.into())],
+            _ => vec![],
+        }
+    }
+
+    fn put_split(&mut self, key: Key, new: Option<TrafficSplitSpec>) -> Vec<Topic> {
+        let old = match new {
+            Some(spec) => match swap(&mut self.splits, key.clone(), spec) {
+                None => return vec![],
+                Some(old) => old,
+            },
+            None => match self.splits.remove(&key) {
+                None => return vec![],
+                old => old,
+            },
+        };
+        let (ns, name) = &key;
+        let mut topics = Vec::new();
+        if let Some(old) = old {
+            unlink(
+                &mut self.splits_of,
+                &(ns.clone(), old.service.clone()),
+                name,
+            );
+            topics.push(Topic::Policy(ns.clone(), old.service));
+        }
+        if let Some(new) = self.splits.get(&key) {
+            let apex = new.service.clone();
+            link(
+                &mut self.splits_of,
+                (ns.clone(), apex.clone()),
+                name.clone(),
+            );
+            topics.push(Topic::Policy(ns.clone(), apex));
+        }
+        topics
+    }
+
+    fn unpend(&mut self, (ns, name): &Key) {
+        if let Some(pending) = self.pending_splits.get_mut(ns) {
+            pending.remove(name);
+            if pending.is_empty() {
+                self.pending_splits.remove(ns);
+            }
+        }
+    }
+
     fn missing_backends(&self, namespace: &str, spec: &TrafficSplitSpec) -> Vec<FieldError> {
         spec.backends
             .iter()
@@ -446,30 +932,54 @@ impl State {
             .collect()
     }
 
-    /// Admits pending splits in `namespace` whose backends all exist now.
-    fn admit_pending_splits(&mut self, namespace: &str) -> bool {
-        let ready: Vec<_> = self
-            .pending_splits
+    /// Admits pending splits in `namespace` whose backends all exist now; returns the
+    /// topics that changed.
+    fn admit_pending_splits(&mut self, namespace: &str) -> Vec<Topic> {
+        let Some(pending) = self.pending_splits.get(namespace) else {
+            return vec![];
+        };
+        let ready: Vec<String> = pending
             .iter()
-            .filter(|((ns, _), spec)| ns == namespace && self.missing_backends(ns, spec).is_empty())
-            .map(|(k, _)| k.clone())
+            .filter(|(_, spec)| self.missing_backends(namespace, spec).is_empty())
+            .map(|(name, _)| name.clone())
             .collect();
-        for key in &ready {
-            if let Some(spec) = self.pending_splits.remove(key) {
-                tracing::info!(namespace = %key.0, split = %key.1, "TrafficSplit admitted: its backends exist now");
-                self.splits.insert(key.clone(), spec);
-            }
+        let mut topics = Vec::new();
+        for name in ready {
+            let key = (namespace.to_string(), name);
+            let Some(spec) = self
+                .pending_splits
+                .get_mut(namespace)
+                .and_then(|p| p.remove(&key.1))
+            else {
+                continue;
+            };
+            tracing::info!(namespace = %key.0, split = %key.1, "TrafficSplit admitted: its backends exist now");
+            topics.extend(self.put_split(key, Some(spec)));
         }
-        !ready.is_empty()
+        if self
+            .pending_splits
+            .get(namespace)
+            .is_some_and(BTreeMap::is_empty)
+        {
+            self.pending_splits.remove(namespace);
+        }
+        topics
     }
+}
 
-    fn find_service(&self, authority: &str, caller_ns: &str) -> Option<(String, String, u16)> {
+/// Reads.
+impl State {
+    fn find_service(
+        &self,
+        authority: &str,
+        caller_ns: &str,
+        deps: &mut Deps,
+    ) -> Option<(String, String, u16)> {
         let (host, port) = split_authority(authority)?;
         if let Ok(ip) = host.parse::<IpAddr>() {
-            let ((ns, name), _) = self
-                .services
-                .iter()
-                .find(|(_, s)| s.cluster_ip == Some(ip))?;
+            deps.0.push(Topic::ClusterIp(ip));
+            let (ns, name) = self.by_cluster_ip.get(&ip)?.first()?;
+            deps.service(ns, name);
             return Some((ns.clone(), name.clone(), port));
         }
         let host = host.trim_end_matches('.').to_ascii_lowercase();
@@ -484,6 +994,8 @@ impl State {
             Some(_) => return None,
             None => (short.to_string(), caller_ns.to_string()),
         };
+        // Listened to whether or not it exists yet: its creation is news too.
+        deps.service(&ns, &name);
         let svc = self.services.get(&(ns.clone(), name.clone()))?;
         // An ExternalName service is a DNS alias: the proxy resolves it by DNS.
         if svc.external_name {
@@ -535,6 +1047,24 @@ impl State {
         }
     }
 
+    /// The pods in `namespace` that `selector` picks, through the label index: only
+    /// the pods of the selector's rarest label are looked at.
+    fn selected<'a>(
+        &'a self,
+        namespace: &'a str,
+        selector: &'a BTreeMap<String, String>,
+    ) -> impl Iterator<Item = (&'a str, &'a PodInfo)> + 'a {
+        let rarest = selector
+            .iter()
+            .map(|(k, v)| self.pods_by_label.get(&label_key(namespace, k, v)))
+            .min_by_key(|set| set.map_or(0, BTreeSet::len))
+            .flatten();
+        rarest.into_iter().flatten().filter_map(move |name| {
+            let pod = self.pods.get(&(namespace.to_string(), name.clone()))?;
+            selects(selector, &pod.labels).then_some((name.as_str(), pod))
+        })
+    }
+
     fn endpoints(
         &self,
         namespace: &str,
@@ -542,10 +1072,8 @@ impl State {
         port: u16,
     ) -> BTreeMap<SocketAddr, EndpointView> {
         let mut out = BTreeMap::new();
-        let Some(svc) = self
-            .services
-            .get(&(namespace.to_string(), name.to_string()))
-        else {
+        let key = (namespace.to_string(), name.to_string());
+        let Some(svc) = self.services.get(&key) else {
             return out;
         };
         let Some(sp) = svc.ports.iter().find(|p| p.port == port) else {
@@ -554,14 +1082,11 @@ impl State {
         // EndpointSlices, when the service has any, are what Kubernetes decided (and
         // the only source for services without a selector); pods and the selector
         // otherwise, as in a local folder.
-        let slices: Vec<&SliceInfo> = self
-            .slices
-            .iter()
-            .filter(|((ns, _), s)| ns == namespace && s.service == name)
-            .map(|(_, s)| s)
-            .collect();
-        if !slices.is_empty() {
-            for slice in slices {
+        if let Some(slices) = self.slices_of.get(&key) {
+            for slice in slices
+                .iter()
+                .filter_map(|s| self.slices.get(&(namespace.to_string(), s.clone())))
+            {
                 let slice_port = match &sp.name {
                     Some(n) => slice
                         .ports
@@ -594,17 +1119,8 @@ impl State {
             }
             return out;
         }
-        if svc.selector.is_empty() {
-            return out;
-        }
-        for ((ns, pod_name), pod) in &self.pods {
-            if ns != namespace
-                || !pod.ready
-                || !svc
-                    .selector
-                    .iter()
-                    .all(|(k, v)| pod.labels.get(k) == Some(v))
-            {
+        for (pod_name, pod) in self.selected(namespace, &svc.selector) {
+            if !pod.ready {
                 continue;
             }
             let Some(ip) = pod.ip else { continue };
@@ -616,7 +1132,7 @@ impl State {
                 },
             };
             let addr = SocketAddr::new(ip, target);
-            out.insert(addr, self.view(ns, addr, Some((pod_name, pod))));
+            out.insert(addr, self.view(namespace, addr, Some((pod_name, pod))));
         }
         out
     }
@@ -823,15 +1339,224 @@ mod tests {
     #[test]
     fn identical_objects_are_no_news() {
         let index = Index::default();
-        let mut rx = index.subscribe();
+        let mut w = index.watch();
+        assert_eq!(
+            index.resolve_for("web.ns:80", "ns", Some(&mut w)),
+            Resolution::Unknown
+        );
         index
             .apply(&at(Kind::Service, "ns", "web"), service(&[]))
             .expect("svc");
-        assert!(rx.has_changed().expect("open"));
-        rx.borrow_and_update();
+        assert!(w.take_change(), "its creation is news");
         index
             .apply(&at(Kind::Service, "ns", "web"), service(&[]))
             .expect("svc");
-        assert!(!rx.has_changed().expect("open"));
+        assert!(!w.take_change(), "the same object again is not");
+    }
+
+    /// Watches on `n` services `svc-i` (selector app=svc-i, one pod each), resolved.
+    fn watched(index: &Index, n: usize) -> Vec<Watch> {
+        (0..n)
+            .map(|i| {
+                let name = format!("svc-{i}");
+                index
+                    .apply(&at(Kind::Service, "ns", &name), service(&[("app", &name)]))
+                    .expect("svc");
+                index
+                    .apply(
+                        &at(Kind::Pod, "ns", &format!("{name}-a")),
+                        pod(
+                            &name,
+                            &format!("10.1.{}.{}", i / 200, i % 200 + 1),
+                            Some(true),
+                            false,
+                        ),
+                    )
+                    .expect("pod");
+                let mut w = index.watch();
+                let r = index.resolve_for(&format!("{name}.ns:80"), "ns", Some(&mut w));
+                assert!(
+                    matches!(r, Resolution::Service { ref endpoints, .. } if endpoints.len() == 1),
+                    "{r:?}"
+                );
+                w
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_pod_change_wakes_only_the_watches_of_its_services() {
+        let index = Index::default();
+        let watches = watched(&index, 300);
+        let before = index.wakes();
+        // A second pod for svc-7.
+        index
+            .apply(
+                &at(Kind::Pod, "ns", "svc-7-b"),
+                pod("svc-7", "10.2.0.1", Some(true), false),
+            )
+            .expect("pod");
+        assert_eq!(index.wakes() - before, 1, "one watch woken");
+        let woken: Vec<usize> = (0..watches.len())
+            .filter(|i| watches[*i].take_change())
+            .collect();
+        assert_eq!(woken, [7]);
+        // A pod whose labels no service selects wakes nobody.
+        index
+            .apply(
+                &at(Kind::Pod, "ns", "stray"),
+                pod("nothing", "10.3.0.1", None, false),
+            )
+            .expect("pod");
+        assert_eq!(index.wakes() - before, 1);
+        // Relabelling a pod from svc-1 to svc-2 wakes both, and only them.
+        index
+            .apply(
+                &at(Kind::Pod, "ns", "svc-1-a"),
+                pod("svc-2", "10.1.0.2", Some(true), false),
+            )
+            .expect("pod");
+        let woken: Vec<usize> = (0..watches.len())
+            .filter(|i| watches[*i].take_change())
+            .collect();
+        assert_eq!(woken, [1, 2]);
+        // A dropped watch listens to nothing.
+        let listened = index.topics_listened();
+        drop(watches);
+        assert_eq!(listened, 600, "each: the service and its endpoints");
+        assert_eq!(index.topics_listened(), 0);
+    }
+
+    #[test]
+    fn cluster_ips_profiles_splits_and_namespaces_wake_their_targets() {
+        let index = Index::default();
+        let mut by_ip = index.watch();
+        assert_eq!(
+            index.resolve_for("10.96.0.9:80", "ns", Some(&mut by_ip)),
+            Resolution::Unknown
+        );
+        let mut policy = index.watch();
+        index.outbound_policy_for("web.ns:80", "ns", Some(&mut policy));
+        let mut other = index.watch();
+        index.outbound_policy_for("db.ns:80", "ns", Some(&mut other));
+        let mut inbound = index.watch();
+        index.inbound_policy_for("web-1", "ns", 8080, Some(&mut inbound));
+        let web = Object::Service(ServiceInfo {
+            cluster_ip: "10.96.0.9".parse().ok(),
+            ports: vec![ServicePort {
+                port: 80,
+                name: None,
+                target: TargetPort::Number(8080),
+            }],
+            ..Default::default()
+        });
+        index
+            .apply(&at(Kind::Service, "ns", "web"), web)
+            .expect("svc");
+        assert!(by_ip.take_change() && policy.take_change());
+        assert!(!other.take_change() && !inbound.take_change());
+        // Woken watches answer again (as the streams do), listening anew.
+        assert!(
+            matches!(index.resolve_for("10.96.0.9:80", "ns", Some(&mut by_ip)), Resolution::Service { ref name, .. } if name == "web")
+        );
+        index.outbound_policy_for("web.ns:80", "ns", Some(&mut policy));
+        let profile: ServiceProfileSpec = serde_json::from_value(serde_json::json!({
+            "routes": [{"name": "r", "condition": {"method": "GET"}}]
+        }))
+        .expect("profile");
+        index
+            .apply(
+                &at(Kind::ServiceProfile, "ns", "web.ns.svc.cluster.local"),
+                Object::ServiceProfile(profile),
+            )
+            .expect("profile");
+        assert!(policy.take_change() && !other.take_change() && !by_ip.take_change());
+        assert_eq!(
+            index
+                .outbound_policy_for("web.ns:80", "ns", Some(&mut policy))
+                .routes
+                .len(),
+            1
+        );
+        index
+            .apply(&at(Kind::Service, "ns", "web-v2"), service(&[]))
+            .expect("svc");
+        let split = TrafficSplitSpec {
+            service: "web".into(),
+            backends: vec![Backend {
+                service: "web-v2".into(),
+                weight: mesh_api::Quantity(1000),
+            }],
+        };
+        index
+            .apply(
+                &at(Kind::TrafficSplit, "ns", "s"),
+                Object::TrafficSplit(split),
+            )
+            .expect("split");
+        assert!(policy.take_change() && !other.take_change());
+        index.delete(&at(Kind::TrafficSplit, "ns", "s"));
+        assert!(policy.take_change() && !other.take_change());
+        index
+            .apply(
+                &at(Kind::Namespace, "", "ns"),
+                Object::Namespace(NamespaceInfo {
+                    inject: Some(true),
+                    ..Default::default()
+                }),
+            )
+            .expect("ns");
+        assert!(inbound.take_change());
+        // The cluster IP moves to another service: the IP's watch follows it.
+        index.delete(&at(Kind::Service, "ns", "web"));
+        assert!(by_ip.take_change());
+        assert_eq!(
+            index.resolve_for("10.96.0.9:80", "ns", Some(&mut by_ip)),
+            Resolution::Unknown
+        );
+    }
+
+    #[test]
+    fn selectors_use_the_rarest_label() {
+        let index = Index::default();
+        // Many pods share `tier: web`; one has `app: a`.
+        for i in 0..50 {
+            let mut labels = BTreeMap::from([("tier".to_string(), "web".to_string())]);
+            if i == 3 {
+                labels.insert("app".into(), "a".into());
+            }
+            let pod = Object::Pod(PodInfo {
+                ip: format!("10.0.1.{}", i + 1).parse().ok(),
+                labels,
+                ready: true,
+                ..Default::default()
+            });
+            index
+                .apply(&at(Kind::Pod, "ns", &format!("p{i}")), pod)
+                .expect("pod");
+        }
+        index
+            .apply(
+                &at(Kind::Service, "ns", "a"),
+                service(&[("tier", "web"), ("app", "a")]),
+            )
+            .expect("svc");
+        index
+            .apply(&at(Kind::Service, "ns", "all"), service(&[("tier", "web")]))
+            .expect("svc");
+        let count = |a: &str| match index.resolve(a, "ns") {
+            Resolution::Service { endpoints, .. } => endpoints.len(),
+            Resolution::Unknown => usize::MAX,
+        };
+        assert_eq!(count("a.ns:80"), 1);
+        assert_eq!(count("all.ns:80"), 50);
+        // Another namespace's pods with the same labels are not selected.
+        index
+            .apply(
+                &at(Kind::Pod, "other", "x"),
+                pod("a", "10.9.0.1", None, false),
+            )
+            .expect("pod");
+        assert_eq!(count("a.ns:80"), 1);
     }
 }

@@ -11,7 +11,7 @@ use mesh_api::policy::outbound_policies_server::{OutboundPolicies, OutboundPolic
 use tonic::{Request, Response, Status};
 
 use crate::destination::{Updates, follow};
-use crate::index::Index;
+use crate::index::{Index, Watch};
 
 /// Both services; cheap to clone.
 #[derive(Clone, Debug)]
@@ -35,11 +35,11 @@ impl Service {
 fn changes<T, F>(index: Arc<Index>, mut now: F) -> Updates<T>
 where
     T: PartialEq + Clone + Send + 'static,
-    F: FnMut(&Index) -> T + Send + 'static,
+    F: FnMut(&Index, &mut Watch) -> T + Send + 'static,
 {
     let mut last: Option<T> = None;
-    follow(index, move |index| {
-        let policy = now(index);
+    follow(index, move |index, watch| {
+        let policy = now(index, watch);
         if last.as_ref() == Some(&policy) {
             return vec![];
         }
@@ -58,8 +58,8 @@ impl OutboundPolicies for Service {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let req = req.into_inner();
         crate::destination::check_authority(&req.authority)?;
-        let stream = changes(self.index.clone(), move |index| {
-            index.outbound_policy(&req.authority, &req.namespace)
+        let stream = changes(self.index.clone(), move |index, watch| {
+            index.outbound_policy_for(&req.authority, &req.namespace, Some(watch))
         });
         Ok(Response::new(stream))
     }
@@ -83,8 +83,8 @@ impl InboundPolicies for Service {
                 "a workload and its namespace are needed",
             ));
         }
-        let stream = changes(self.index.clone(), move |index| {
-            index.inbound_policy(&req.workload, &req.namespace, port)
+        let stream = changes(self.index.clone(), move |index, watch| {
+            index.inbound_policy_for(&req.workload, &req.namespace, port, Some(watch))
         });
         Ok(Response::new(stream))
     }
