@@ -158,14 +158,6 @@ fn collect(
     Ok(())
 }
 
-/// [`load`] on a blocking thread, so that a slow disk never stalls the runtime.
-async fn load_blocking(dir: &Path) -> std::io::Result<Loaded> {
-    let dir = dir.to_path_buf();
-    tokio::task::spawn_blocking(move || load(&dir))
-        .await
-        .map_err(std::io::Error::other)?
-}
-
 fn doc_error(file: &Path, document: usize, at: Option<&ObjectRef>, reason: String) -> DocError {
     DocError {
         file: file.display().to_string(),
@@ -314,9 +306,21 @@ fn spec<T: DeserializeOwned>(value: mesh_api::yaml::Value) -> Result<T, String> 
 /// What a folder has put into the index: each object and the file it came from.
 pub type Applied = HashMap<ObjectRef, String>;
 
-/// Applies a load to the index: valid objects in dependency order, refused ones kept at
-/// their last good version, and objects no longer in the folder removed.
+/// Applies a load of the whole folder to the index: valid objects in dependency order,
+/// refused ones kept at their last good version, and objects no longer in the folder
+/// removed.
 pub fn sync(index: &Index, loaded: Loaded, applied: &mut Applied) -> Vec<DocError> {
+    sync_files(index, loaded, applied, None)
+}
+
+/// [`sync`] for a load of some files only (`Some(files)`: those read again, and those
+/// gone): objects that other files gave are left alone.
+fn sync_files(
+    index: &Index,
+    loaded: Loaded,
+    applied: &mut Applied,
+    files: Option<&HashSet<String>>,
+) -> Vec<DocError> {
     let mut errors = loaded.errors;
     let mut present: HashSet<ObjectRef> = errors.iter().filter_map(|e| e.at.clone()).collect();
     // A file that could not be read to the end keeps everything it gave before.
@@ -345,9 +349,9 @@ pub fn sync(index: &Index, loaded: Loaded, applied: &mut Applied) -> Vec<DocErro
         }
     }
     let gone: Vec<ObjectRef> = applied
-        .keys()
-        .filter(|a| !present.contains(*a))
-        .cloned()
+        .iter()
+        .filter(|(a, f)| files.is_none_or(|files| files.contains(*f)) && !present.contains(*a))
+        .map(|(a, _)| a.clone())
         .collect();
     for at in gone {
         index.delete(&at);
@@ -359,60 +363,370 @@ pub fn sync(index: &Index, loaded: Loaded, applied: &mut Applied) -> Vec<DocErro
     errors
 }
 
+/// What identifies a file's contents without reading it: device, inode, size and
+/// modification and change times (of the file a symbolic link leads to).
+type Stamp = (u64, u64, u64, i64, i64, i64, i64);
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((
+        m.dev(),
+        m.ino(),
+        m.size(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ctime(),
+        m.ctime_nsec(),
+    ))
+}
+
+/// A folder followed file by file: each scan reads only the files whose stamp changed
+/// since the last one, so an edit costs what the edited file holds, not the folder.
+#[derive(Debug)]
+pub struct Folder {
+    dir: PathBuf,
+    stamps: HashMap<PathBuf, Option<Stamp>>,
+    applied: Applied,
+}
+
+/// Which paths a scan looks at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Every file below the folder (stat only, unless changed).
+    All,
+    /// These paths only (as file events name them).
+    Paths(HashSet<PathBuf>),
+}
+
+/// What a scan found: what changed files gave, and which files it covers.
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// What the files read gave.
+    pub loaded: Loaded,
+    /// The files read again or gone, by name.
+    pub files: HashSet<String>,
+}
+
+impl Folder {
+    /// Follows `dir`; nothing is read until the first scan.
+    pub fn new(dir: PathBuf) -> Self {
+        Self {
+            dir,
+            stamps: HashMap::new(),
+            applied: Applied::new(),
+        }
+    }
+
+    /// Reads the files in `scope` that changed since the last scan. This blocks: call
+    /// it off the async runtime.
+    pub fn scan(&mut self, scope: &Scope) -> std::io::Result<Scan> {
+        let mut scan = Scan::default();
+        let candidates: Vec<PathBuf> = match scope {
+            Scope::All => {
+                let mut files = Vec::new();
+                let mut seen = HashSet::new();
+                collect(&self.dir, 0, &mut seen, &mut files, &mut scan.loaded)?;
+                let files: HashSet<PathBuf> = files.into_iter().collect();
+                // Files gone since the last scan.
+                let mut all: Vec<PathBuf> = self
+                    .stamps
+                    .keys()
+                    .filter(|f| !files.contains(*f))
+                    .cloned()
+                    .collect();
+                all.extend(files);
+                all
+            }
+            Scope::Paths(paths) => paths.iter().cloned().collect(),
+        };
+        let mut candidates = candidates;
+        candidates.sort();
+        for file in candidates {
+            let now = stamp(&file);
+            let before = self.stamps.get(&file).copied().flatten();
+            if now.is_some() && now == before {
+                continue;
+            }
+            let name = file.display().to_string();
+            if now.is_none() {
+                // Gone: what it gave goes too.
+                if self.stamps.remove(&file).is_some() {
+                    scan.files.insert(name);
+                }
+                continue;
+            }
+            self.stamps.insert(file.clone(), now);
+            scan.files.insert(name.clone());
+            match read(&file) {
+                Ok(text) => parse(&file, &text, &mut scan.loaded),
+                Err(reason) => {
+                    scan.loaded.errors.push(doc_error(&file, 0, None, reason));
+                    scan.loaded.broken_files.insert(name);
+                    // Read again next time, whatever its stamp.
+                    self.stamps.insert(file, None);
+                }
+            }
+        }
+        Ok(scan)
+    }
+
+    /// Applies a scan to `index`: what the files read gave, and nothing more of what
+    /// files no longer give.
+    pub fn apply(&mut self, index: &Index, scan: Scan) -> Vec<DocError> {
+        sync_files(index, scan.loaded, &mut self.applied, Some(&scan.files))
+    }
+
+    /// Whether a changed path can be checked alone: a manifest's name, not hidden, in
+    /// a folder that is not hidden (hidden entries are how ConfigMap volumes swap
+    /// their contents, and anything else may be a folder appearing or going).
+    fn alone(&self, path: &Path) -> bool {
+        let Ok(rel) = path.strip_prefix(&self.dir) else {
+            return false;
+        };
+        let visible = rel
+            .components()
+            .all(|c| c.as_os_str().to_str().is_some_and(|c| !c.starts_with('.')));
+        visible
+            && rel.components().count() <= MAX_DEPTH
+            && path
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
+            && !path.is_dir()
+    }
+}
+
+/// Changes noticed and not yet read: the paths events named, or the whole folder.
+#[derive(Debug, Default)]
+struct Noticed {
+    all: bool,
+    paths: HashSet<PathBuf>,
+}
+
+/// Paths remembered before a change is treated as "the whole folder".
+const MAX_NOTICED: usize = 4096;
+
 /// How long the folder must be quiet after a change before it is read again.
 const QUIET: Duration = Duration::from_millis(100);
 /// The longest a read waits for the folder to be quiet.
 const QUIET_MAX: Duration = Duration::from_secs(1);
 
-/// Loads `dir` into `index`, says so on `synced`, then reloads on every change until
-/// the process ends.
+/// How often the whole folder is checked (stat only) in case an event was missed.
+const RESCAN: Duration = Duration::from_secs(30);
+
+/// Loads `dir` into `index`, says so on `synced`, then reads again each file that
+/// changes until the process ends.
 pub async fn watch(
     dir: PathBuf,
     index: Arc<Index>,
     synced: tokio::sync::watch::Sender<bool>,
 ) -> std::io::Result<()> {
     use notify::Watcher;
-    let mut applied = Applied::new();
-    sync(&index, load_blocking(&dir).await?, &mut applied);
+    let mut folder = Folder::new(dir.clone());
+    let scan;
+    (folder, scan) = scan_blocking(folder, Scope::All).await;
+    folder.apply(&index, scan?);
     synced.send_replace(true);
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        // Reads (the controller's own among them) change nothing: reacting to them
-        // would re-read the folder for ever.
-        if let Ok(e) = &event
-            && matches!(e.kind, notify::EventKind::Access(_))
-        {
-            return;
+    let noticed = Arc::new(std::sync::Mutex::new(Noticed::default()));
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let mut watcher = notify::recommended_watcher({
+        let (noticed, wake) = (noticed.clone(), wake.clone());
+        move |event: notify::Result<notify::Event>| {
+            let mut n = noticed.lock().unwrap_or_else(|e| e.into_inner());
+            match event {
+                // Reads (the controller's own among them) change nothing: reacting to
+                // them would read the folder for ever.
+                Ok(e) if matches!(e.kind, notify::EventKind::Access(_)) => return,
+                Ok(e) if !e.need_rescan() && n.paths.len() + e.paths.len() <= MAX_NOTICED => {
+                    n.paths.extend(e.paths);
+                }
+                _ => n.all = true,
+            }
+            wake.notify_one();
         }
-        let _ = tx.try_send(());
     })
     .map_err(std::io::Error::other)?;
     watcher
         .watch(&dir, notify::RecursiveMode::Recursive)
         .map_err(std::io::Error::other)?;
     loop {
-        // A rescan every few seconds as well, in case an event was missed.
-        let _ = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
+        let rescan = tokio::time::timeout(RESCAN, wake.notified()).await.is_err();
         // Editors and tools write in several steps (truncate, then write): read once
         // the folder has been quiet for QUIET, or after QUIET_MAX of steady changes.
         let settle = tokio::time::Instant::now() + QUIET_MAX;
-        loop {
-            tokio::time::sleep(QUIET).await;
-            let mut changed = false;
-            while rx.try_recv().is_ok() {
-                changed = true;
-            }
-            if !changed || tokio::time::Instant::now() >= settle {
+        while !rescan && tokio::time::Instant::now() < settle {
+            if tokio::time::timeout(QUIET, wake.notified()).await.is_err() {
                 break;
             }
         }
-        match load_blocking(&dir).await {
-            Ok(loaded) => {
-                sync(&index, loaded, &mut applied);
+        let scope = {
+            let mut n = noticed.lock().unwrap_or_else(|e| e.into_inner());
+            let n = std::mem::take(&mut *n);
+            if rescan || n.all || !n.paths.iter().all(|p| folder.alone(p)) {
+                Scope::All
+            } else {
+                Scope::Paths(n.paths)
+            }
+        };
+        let scan;
+        (folder, scan) = scan_blocking(folder, scope).await;
+        match scan {
+            Ok(scan) => {
+                if !scan.files.is_empty() {
+                    tracing::debug!(files = scan.files.len(), "folder changed");
+                }
+                folder.apply(&index, scan);
             }
             Err(e) => {
                 tracing::error!(dir = %dir.display(), error = %e, "cannot read the folder; keeping what is known")
             }
         }
+    }
+}
+
+/// [`Folder::scan`] on a blocking thread, so that a slow disk never stalls the runtime.
+async fn scan_blocking(mut folder: Folder, scope: Scope) -> (Folder, std::io::Result<Scan>) {
+    let dir = folder.dir.clone();
+    match tokio::task::spawn_blocking(move || {
+        let scan = folder.scan(&scope);
+        (folder, scan)
+    })
+    .await
+    {
+        Ok(done) => done,
+        // The scan panicked: start over from nothing known (every file is read again).
+        Err(e) => (Folder::new(dir), Err(std::io::Error::other(e))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::Resolution;
+
+    fn service(name: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: ns}}\nspec:\n  selector: {{app: {name}}}\n  ports: [{{port: 80, targetPort: 8080}}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}-1, namespace: ns, labels: {{app: {name}}}}}\nspec: {{containers: [{{name: a, image: x}}]}}\nstatus: {{podIP: 10.0.0.1, phase: Running}}\n"
+        )
+    }
+
+    fn names(scan: &Scan) -> Vec<String> {
+        let mut files: Vec<String> = scan
+            .files
+            .iter()
+            .map(|f| {
+                Path::new(f)
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            })
+            .collect();
+        files.sort();
+        files
+    }
+
+    fn known(index: &Index, name: &str) -> bool {
+        matches!(
+            index.resolve(&format!("{name}.ns:80"), "ns"),
+            Resolution::Service { .. }
+        )
+    }
+
+    #[test]
+    fn a_scan_reads_only_the_files_that_changed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for n in ["a", "b", "c"] {
+            std::fs::write(dir.path().join(format!("{n}.yaml")), service(n)).expect("write");
+        }
+        let index = Index::default();
+        let mut folder = Folder::new(dir.path().to_path_buf());
+        let scan = folder.scan(&Scope::All).expect("scan");
+        assert_eq!(names(&scan), ["a.yaml", "b.yaml", "c.yaml"]);
+        folder.apply(&index, scan);
+        assert!(known(&index, "a") && known(&index, "b") && known(&index, "c"));
+
+        // Nothing changed: nothing is read.
+        let scan = folder.scan(&Scope::All).expect("scan");
+        assert!(scan.files.is_empty(), "{:?}", scan.files);
+
+        // One file edited (its service renamed), one removed: only they are looked at,
+        // and only what they gave changes.
+        std::fs::write(dir.path().join("b.yaml"), service("b2")).expect("write");
+        std::fs::remove_file(dir.path().join("c.yaml")).expect("rm");
+        let scan = folder.scan(&Scope::All).expect("scan");
+        assert_eq!(names(&scan), ["b.yaml", "c.yaml"]);
+        folder.apply(&index, scan);
+        assert!(known(&index, "a") && known(&index, "b2"));
+        assert!(!known(&index, "b") && !known(&index, "c"));
+
+        // The paths an event names are all a scan looks at.
+        std::fs::write(dir.path().join("a.yaml"), service("a2")).expect("write");
+        std::fs::write(dir.path().join("d.yaml"), service("d")).expect("write");
+        let only = Scope::Paths([dir.path().join("d.yaml")].into());
+        let scan = folder.scan(&only).expect("scan");
+        assert_eq!(names(&scan), ["d.yaml"]);
+        folder.apply(&index, scan);
+        assert!(known(&index, "a") && known(&index, "d") && !known(&index, "a2"));
+        let scan = folder.scan(&Scope::All).expect("scan");
+        assert_eq!(names(&scan), ["a.yaml"]);
+        folder.apply(&index, scan);
+        assert!(known(&index, "a2") && !known(&index, "a"));
+    }
+
+    #[test]
+    fn a_broken_edit_keeps_what_the_file_gave_and_other_files_are_untouched() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("a.yaml"), service("a")).expect("write");
+        std::fs::write(dir.path().join("b.yaml"), service("b")).expect("write");
+        let index = Index::default();
+        let mut folder = Folder::new(dir.path().to_path_buf());
+        let scan = folder.scan(&Scope::All).expect("scan");
+        folder.apply(&index, scan);
+        std::fs::write(dir.path().join("a.yaml"), "kind: [unclosed").expect("write");
+        let scan = folder.scan(&Scope::All).expect("scan");
+        let errors = folder.apply(&index, scan);
+        assert!(errors[0].file.ends_with("a.yaml"), "{errors:?}");
+        assert!(known(&index, "a") && known(&index, "b"));
+        // A moved object (from a.yaml to b.yaml) stays in force throughout.
+        std::fs::write(
+            dir.path().join("b.yaml"),
+            service("b") + "---\n" + &service("a"),
+        )
+        .expect("write");
+        std::fs::write(dir.path().join("a.yaml"), "").expect("write");
+        let scan = folder.scan(&Scope::All).expect("scan");
+        folder.apply(&index, scan);
+        assert!(known(&index, "a") && known(&index, "b"));
+    }
+
+    #[test]
+    fn configmap_volumes_swap_their_contents_through_hidden_links() {
+        // What the kubelet does: files are links into `..data`, itself a link to a
+        // timestamped folder that an update replaces.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let v1 = dir.path().join("..v1");
+        let v2 = dir.path().join("..v2");
+        std::fs::create_dir(&v1).expect("mkdir");
+        std::fs::create_dir(&v2).expect("mkdir");
+        std::fs::write(v1.join("s.yaml"), service("one")).expect("write");
+        std::fs::write(v2.join("s.yaml"), service("two")).expect("write");
+        std::os::unix::fs::symlink("..v1", dir.path().join("..data")).expect("link");
+        std::os::unix::fs::symlink("..data/s.yaml", dir.path().join("s.yaml")).expect("link");
+        let index = Index::default();
+        let mut folder = Folder::new(dir.path().to_path_buf());
+        let scan = folder.scan(&Scope::All).expect("scan");
+        folder.apply(&index, scan);
+        assert!(known(&index, "one"));
+        let tmp = dir.path().join("..data_tmp");
+        std::os::unix::fs::symlink("..v2", &tmp).expect("link");
+        std::fs::rename(&tmp, dir.path().join("..data")).expect("swap");
+        // The event names a hidden path: the whole folder is checked.
+        assert!(!folder.alone(&dir.path().join("..data")));
+        assert!(folder.alone(&dir.path().join("s.yaml")));
+        let scan = folder.scan(&Scope::All).expect("scan");
+        assert_eq!(names(&scan), ["s.yaml"]);
+        folder.apply(&index, scan);
+        assert!(known(&index, "two") && !known(&index, "one"));
     }
 }
