@@ -508,7 +508,7 @@ struct Noticed {
 const MAX_NOTICED: usize = 4096;
 
 /// How long the folder must be quiet after a change before it is read again.
-const QUIET: Duration = Duration::from_millis(100);
+const QUIET: Duration = Duration::from_millis(20);
 /// The longest a read waits for the folder to be quiet.
 const QUIET_MAX: Duration = Duration::from_secs(1);
 

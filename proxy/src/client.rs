@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -65,6 +66,18 @@ pub struct Endpoint {
     origins: Arc<Origins>,
     h1_pool: Mutex<Vec<(http1::SendRequest<BoxBody>, Instant)>>,
     h2: Mutex<Option<http2::SendRequest<BoxBody>>>,
+    /// When a request last asked for it (milliseconds since [`epoch`]).
+    used_ms: AtomicU64,
+}
+
+/// A fixed instant the endpoints' last use is counted from.
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn now_ms() -> u64 {
+    epoch().elapsed().as_millis() as u64
 }
 
 type EndpointKey = (SocketAddr, Version, Direction, Option<Arc<str>>);
@@ -115,7 +128,9 @@ impl Endpoints {
     ) -> Arc<Endpoint> {
         let identity: Option<Arc<str>> = identity.filter(|_| self.tls.is_some()).map(Arc::from);
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        map.entry((addr, version, direction, identity.clone()))
+        let before = map.len();
+        let endpoint = map
+            .entry((addr, version, direction, identity.clone()))
             .or_insert_with(|| {
                 Arc::new(Endpoint {
                     addr,
@@ -130,9 +145,31 @@ impl Endpoints {
                     origins: self.origins.clone(),
                     h1_pool: Mutex::new(Vec::new()),
                     h2: Mutex::new(None),
+                    used_ms: AtomicU64::new(0),
                 })
             })
-            .clone()
+            .clone();
+        endpoint.used_ms.store(now_ms(), Ordering::Relaxed);
+        if map.len() != before {
+            self.metrics
+                .held
+                .endpoints
+                .store(map.len() as u64, Ordering::Relaxed);
+        }
+        endpoint
+    }
+
+    /// Drops the endpoints (and their pooled connections) that no request has used
+    /// within `idle` and none holds now; returns how many are left.
+    pub fn sweep(&self, idle: Duration) -> usize {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let cutoff = now_ms().saturating_sub(idle.as_millis() as u64);
+        map.retain(|_, e| Arc::strong_count(e) > 1 || e.used_ms.load(Ordering::Relaxed) > cutoff);
+        self.metrics
+            .held
+            .endpoints
+            .store(map.len() as u64, Ordering::Relaxed);
+        map.len()
     }
 }
 

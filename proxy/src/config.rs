@@ -132,6 +132,12 @@ pub struct Config {
     #[arg(long, env = "MESH_PROXY_RESPONSE_HEADERS_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub response_headers_timeout: Duration,
 
+    /// How long a destination may go unused before the proxy drops what it holds for
+    /// it: its endpoint and policy watches on the controller, and its endpoints'
+    /// connection pools (`0s`: never).
+    #[arg(long, env = "MESH_PROXY_DISCOVERY_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub discovery_idle_timeout: Duration,
+
     /// How long an HTTP/2 connection a client opened may stay without a stream open
     /// (from its handshake on) before the proxy closes it with GOAWAY.
     #[arg(long, env = "MESH_PROXY_HTTP2_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]

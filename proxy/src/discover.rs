@@ -6,8 +6,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mesh_api::destination as pb;
 use mesh_api::destination::destination_client::DestinationClient;
@@ -17,6 +18,7 @@ use mesh_api::policy::outbound_policies_client::OutboundPoliciesClient;
 use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint as GrpcEndpoint};
 
+use crate::metrics::Metrics;
 use crate::profile::Profile;
 use crate::vocab::DstLabels;
 
@@ -95,9 +97,73 @@ pub struct Discover {
     namespace: String,
     /// This proxy's pod, for its inbound policy.
     workload: Option<String>,
-    watches: Mutex<HashMap<String, watch::Receiver<Answer>>>,
-    profiles: Mutex<HashMap<String, watch::Receiver<Option<Arc<Profile>>>>>,
+    watches: Mutex<HashMap<String, Watched<Answer>>>,
+    profiles: Mutex<HashMap<String, Watched<Option<Arc<Profile>>>>>,
     ports: Mutex<HashMap<u16, watch::Receiver<InboundTls>>>,
+    /// Where the number of watches held is shown.
+    metrics: Option<Arc<Metrics>>,
+}
+
+/// One authority's watch: the latest answer, when a request last asked for it, and the
+/// task that follows the controller (stopped when the watch is dropped).
+#[derive(Debug)]
+struct Watched<T> {
+    rx: watch::Receiver<T>,
+    used: Instant,
+    task: tokio::task::AbortHandle,
+}
+
+impl<T> Drop for Watched<T> {
+    fn drop(&mut self) {
+        // Ends the gRPC stream: the controller stops following it too.
+        self.task.abort();
+    }
+}
+
+/// The watch of `key` in `map`, marked used now; started by `start` when there is none
+/// and fewer than [`MAX_WATCHES`]. `None` past the bound.
+fn watched<T>(
+    map: &Mutex<HashMap<String, Watched<T>>>,
+    key: &str,
+    start: impl FnOnce() -> (watch::Receiver<T>, tokio::task::AbortHandle),
+    gauge: Option<&AtomicU64>,
+) -> Option<watch::Receiver<T>> {
+    let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
+    let now = Instant::now();
+    if let Some(w) = map.get_mut(key) {
+        w.used = now;
+        return Some(w.rx.clone());
+    }
+    if map.len() >= MAX_WATCHES {
+        return None;
+    }
+    let (rx, task) = start();
+    map.insert(
+        key.to_string(),
+        Watched {
+            rx: rx.clone(),
+            used: now,
+            task,
+        },
+    );
+    if let Some(g) = gauge {
+        g.store(map.len() as u64, Ordering::Relaxed);
+    }
+    Some(rx)
+}
+
+/// Drops the watches in `map` no request has asked for within `idle`; how many are left.
+fn sweep<T>(
+    map: &Mutex<HashMap<String, Watched<T>>>,
+    idle: Duration,
+    gauge: Option<&AtomicU64>,
+) -> usize {
+    let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
+    map.retain(|_, w| w.used.elapsed() < idle);
+    if let Some(g) = gauge {
+        g.store(map.len() as u64, Ordering::Relaxed);
+    }
+    map.len()
 }
 
 impl Discover {
@@ -122,7 +188,24 @@ impl Discover {
             watches: Mutex::default(),
             profiles: Mutex::default(),
             ports: Mutex::default(),
+            metrics: None,
         })
+    }
+
+    /// Shows the number of watches held in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Drops the watches of authorities no request has asked for within `idle`; returns
+    /// how many endpoint and policy watches are left.
+    pub fn sweep(&self, idle: Duration) -> (usize, usize) {
+        let held = self.metrics.as_deref().map(|m| &m.held);
+        (
+            sweep(&self.watches, idle, held.map(|h| &h.destination_watches)),
+            sweep(&self.profiles, idle, held.map(|h| &h.policy_watches)),
+        )
     }
 
     /// Asks for the inbound policy of pod `name` (in this client's namespace).
@@ -188,23 +271,21 @@ impl Discover {
     /// The profile for `authority` (empty when none applies). Waits briefly for the
     /// first answer.
     pub async fn profile(&self, authority: &str) -> Arc<Profile> {
-        let rx = {
-            let mut profiles = self.profiles.lock().unwrap_or_else(|e| e.into_inner());
-            match profiles.get(authority) {
-                Some(rx) => Some(rx.clone()),
-                None if profiles.len() < MAX_WATCHES => {
-                    let (tx, rx) = watch::channel(None);
-                    profiles.insert(authority.to_string(), rx.clone());
-                    let req = policy_pb::OutboundPolicyRequest {
-                        authority: authority.to_string(),
-                        namespace: self.namespace.clone(),
-                    };
-                    tokio::spawn(follow_policy(self.outbound.clone(), req, tx));
-                    Some(rx)
-                }
-                None => None,
-            }
-        };
+        let gauge = self.metrics.as_deref().map(|m| &m.held.policy_watches);
+        let rx = watched(
+            &self.profiles,
+            authority,
+            || {
+                let (tx, rx) = watch::channel(None);
+                let req = policy_pb::OutboundPolicyRequest {
+                    authority: authority.to_string(),
+                    namespace: self.namespace.clone(),
+                };
+                let task = tokio::spawn(follow_policy(self.outbound.clone(), req, tx));
+                (rx, task.abort_handle())
+            },
+            gauge,
+        );
         let Some(mut rx) = rx else {
             return Arc::default();
         };
@@ -216,21 +297,21 @@ impl Discover {
     }
 
     fn watch(&self, authority: &str) -> Option<watch::Receiver<Answer>> {
-        let mut watches = self.watches.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(rx) = watches.get(authority) {
-            return Some(rx.clone());
-        }
-        if watches.len() >= MAX_WATCHES {
-            return None;
-        }
-        let (tx, rx) = watch::channel(Answer::Pending);
-        watches.insert(authority.to_string(), rx.clone());
-        let req = pb::GetDestination {
-            authority: authority.to_string(),
-            namespace: self.namespace.clone(),
-        };
-        tokio::spawn(follow(self.client.clone(), req, tx));
-        Some(rx)
+        let gauge = self.metrics.as_deref().map(|m| &m.held.destination_watches);
+        watched(
+            &self.watches,
+            authority,
+            || {
+                let (tx, rx) = watch::channel(Answer::Pending);
+                let req = pb::GetDestination {
+                    authority: authority.to_string(),
+                    namespace: self.namespace.clone(),
+                };
+                let task = tokio::spawn(follow(self.client.clone(), req, tx));
+                (rx, task.abort_handle())
+            },
+            gauge,
+        )
     }
 }
 

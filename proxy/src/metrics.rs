@@ -202,6 +202,19 @@ type TcpKey = (Direction, &'static str, Tls);
 pub struct Metrics {
     store: Mutex<Store>,
     tcp: Mutex<HashMap<TcpKey, Arc<TcpStats>>>,
+    /// What the proxy holds for destinations it talks to.
+    pub held: Held,
+}
+
+/// Gauges of what the proxy holds on behalf of destinations; dropped once idle.
+#[derive(Debug, Default)]
+pub struct Held {
+    /// Authorities whose endpoints are watched.
+    pub destination_watches: AtomicU64,
+    /// Authorities whose client policy is watched.
+    pub policy_watches: AtomicU64,
+    /// Endpoints with a connection pool.
+    pub endpoints: AtomicU64,
 }
 
 impl Metrics {
@@ -566,6 +579,29 @@ impl prometheus_client::collector::Collector for Collector {
             let open_now = open.saturating_sub(stats.close.load(Ordering::Relaxed)) as i64;
             family.encode_family(&labels)?.encode_gauge(&open_now)?;
         }
+        let held = &self.0.held;
+        let mut family = encoder.encode_descriptor(
+            "discovery_watches",
+            "Controller watches held open, by kind",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (kind, n) in [
+            ("destination", &held.destination_watches),
+            ("policy", &held.policy_watches),
+        ] {
+            let n = n.load(Ordering::Relaxed) as i64;
+            family.encode_family(&[("kind", kind)])?.encode_gauge(&n)?;
+        }
+        let n = held.endpoints.load(Ordering::Relaxed) as i64;
+        encoder
+            .encode_descriptor(
+                "endpoint_pools",
+                "Endpoints with a connection pool",
+                None,
+                MetricType::Gauge,
+            )?
+            .encode_gauge(&n)?;
         Ok(())
     }
 }

@@ -137,7 +137,8 @@ impl Proxy {
         let mut resolve = Resolve::from_system()?;
         if let Some(addr) = &config.destination_addr {
             let mut discover = Discover::new(addr, &config.namespace)
-                .map_err(|e| StartError::Destination(e.to_string()))?;
+                .map_err(|e| StartError::Destination(e.to_string()))?
+                .with_metrics(metrics.clone());
             if let Some(pod) = &config.pod_name {
                 discover = discover.with_workload(pod);
             }
@@ -235,6 +236,12 @@ impl Proxy {
                 None
             }
         };
+        let sweeper = (!ctx.config.discovery_idle_timeout.is_zero()).then(|| {
+            tokio::spawn(sweep(
+                Arc::downgrade(&ctx.shared),
+                ctx.config.discovery_idle_timeout,
+            ))
+        });
         let admin_task = tokio::spawn(crate::admin::serve(
             admin,
             crate::admin::Admin {
@@ -270,6 +277,26 @@ impl Proxy {
         if let Some(task) = identity_task {
             task.abort();
         }
+        if let Some(task) = sweeper {
+            task.abort();
+        }
+    }
+}
+
+/// Every quarter of `idle`, drops what the proxy holds for destinations unused for
+/// `idle`: controller watches and endpoints' connection pools. A proxy that talked to
+/// many names once holds nothing for them a minute later.
+async fn sweep(shared: std::sync::Weak<Shared>, idle: std::time::Duration) {
+    let mut tick = tokio::time::interval((idle / 4).max(std::time::Duration::from_millis(100)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let watches = shared.resolve.discovery().map(|d| d.sweep(idle));
+        let endpoints = shared.endpoints.sweep(idle);
+        tracing::trace!(?watches, endpoints, "idle destinations dropped");
     }
 }
 

@@ -307,3 +307,63 @@ async fn a_traffic_split_is_followed_and_reweighted_live() {
     let after = counts(&[&v1, &v2]).await;
     assert_eq!(after[1], before[1], "a backend of weight 0 got traffic");
 }
+
+/// Watches held for `kind` (`destination` or `policy`), as the proxy's metrics say.
+async fn watches(p: &proxy::Proxy, kind: &str) -> u64 {
+    p.metric("discovery_watches", &[("kind", kind)]).await
+}
+
+#[tokio::test]
+async fn destinations_unused_for_the_idle_timeout_are_dropped_and_come_back_on_use() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("base.yaml"),
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, annotations: {mesh.io/inject: enabled}}\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\n\
+         spec: {selector: {app: web}, ports: [{port: 80, targetPort: 8080}]}\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {name: other, namespace: shop}\n\
+         spec: {selector: {app: other}, ports: [{port: 80, targetPort: 8080}]}\n",
+    )
+    .expect("write");
+    let a = pod(pod_ip(1)).await;
+    write_pod(dir.path(), "web-a", a.ip);
+    let ctl = controller::start(dir.path(), "127.0.0.1:0".parse().expect("addr")).await;
+    let p = proxy::new()
+        .env("DESTINATION_ADDR", ctl.destination)
+        .env("NAMESPACE", "shop")
+        .env("DISCOVERY_IDLE_TIMEOUT", "2s")
+        .run()
+        .await;
+    let get = |host: &'static str| client::get(p.outbound, host, "/");
+    assert_eq!(get("web.shop.svc.cluster.local").await.status, 200);
+    // A service without pods: answered, and watched too.
+    assert_eq!(get("other.shop.svc.cluster.local").await.status, 503);
+    assert_eq!(watches(&p, "destination").await, 2);
+    assert_eq!(watches(&p, "policy").await, 2);
+    assert!(p.metric("endpoint_pools", &[]).await >= 1);
+    // `web` stays in use; `other` does not.
+    mesh_test::eventually(
+        "the unused destination dropped",
+        Duration::from_secs(10),
+        || async {
+            assert_eq!(get("web.shop.svc.cluster.local").await.status, 200);
+            (watches(&p, "destination").await == 1).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(watches(&p, "policy").await, 1);
+    // Nothing used: everything goes, connection pools included.
+    mesh_test::eventually("everything dropped", Duration::from_secs(10), || async {
+        let held = watches(&p, "destination").await
+            + watches(&p, "policy").await
+            + p.metric("endpoint_pools", &[]).await;
+        (held == 0).then_some(())
+    })
+    .await;
+    // And a request afterwards watches again, and goes through the pod's proxy as
+    // the controller says.
+    let before = inbound_requests(&a).await;
+    assert_eq!(get("web.shop.svc.cluster.local").await.status, 200);
+    assert_eq!(inbound_requests(&a).await, before + 1);
+    assert_eq!(watches(&p, "destination").await, 1);
+}
