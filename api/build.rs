@@ -11,6 +11,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ],
         ["proto"],
     )?;
-    tonic_prost_build::configure().compile_fds(files)?;
+    // Small stream buffers: see `src/codec.rs`.
+    tonic_prost_build::configure()
+        .codec_path("crate::codec::SmallCodec")
+        .compile_fds(files)?;
     Ok(())
 }

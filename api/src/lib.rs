@@ -3,6 +3,7 @@
 //! API, and the identity naming scheme. This crate does no I/O, but for the `start`
 //! feature's helper that every binary starts with.
 
+pub mod codec;
 pub mod duration;
 pub mod profile;
 pub mod quantity;

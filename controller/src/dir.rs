@@ -303,8 +303,65 @@ fn spec<T: DeserializeOwned>(value: mesh_api::yaml::Value) -> Result<T, String> 
     serde_path_to_error::deserialize(spec).map_err(|e| format!("spec.{}: {}", e.path(), e.inner()))
 }
 
-/// What a folder has put into the index: each object and the file it came from.
-pub type Applied = HashMap<ObjectRef, String>;
+/// What a folder has put into the index: each object and the file it came from, and
+/// each file's objects, so that what one file gave is found without looking at others.
+#[derive(Debug, Default)]
+pub struct Applied {
+    file_of: HashMap<ObjectRef, String>,
+    of_file: HashMap<String, HashSet<ObjectRef>>,
+}
+
+impl Applied {
+    /// Nothing applied yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How many objects are applied.
+    pub fn len(&self) -> usize {
+        self.file_of.len()
+    }
+
+    /// Whether nothing is applied.
+    pub fn is_empty(&self) -> bool {
+        self.file_of.is_empty()
+    }
+
+    fn insert(&mut self, at: ObjectRef, file: String) {
+        if let Some(old) = self.file_of.get(&at) {
+            if *old == file {
+                return;
+            }
+            let old = old.clone();
+            self.forget(&at, &old);
+        }
+        self.of_file
+            .entry(file.clone())
+            .or_default()
+            .insert(at.clone());
+        self.file_of.insert(at, file);
+    }
+
+    fn remove(&mut self, at: &ObjectRef) {
+        if let Some(file) = self.file_of.remove(at) {
+            self.forget(at, &file);
+        }
+    }
+
+    fn forget(&mut self, at: &ObjectRef, file: &str) {
+        if let Some(set) = self.of_file.get_mut(file) {
+            set.remove(at);
+            if set.is_empty() {
+                self.of_file.remove(file);
+            }
+        }
+    }
+
+    /// The objects `file` gave.
+    fn of(&self, file: &str) -> impl Iterator<Item = &ObjectRef> {
+        self.of_file.get(file).into_iter().flatten()
+    }
+}
 
 /// Applies a load of the whole folder to the index: valid objects in dependency order,
 /// refused ones kept at their last good version, and objects no longer in the folder
@@ -324,12 +381,9 @@ fn sync_files(
     let mut errors = loaded.errors;
     let mut present: HashSet<ObjectRef> = errors.iter().filter_map(|e| e.at.clone()).collect();
     // A file that could not be read to the end keeps everything it gave before.
-    present.extend(
-        applied
-            .iter()
-            .filter(|(_, f)| loaded.broken_files.contains(*f))
-            .map(|(a, _)| a.clone()),
-    );
+    for f in &loaded.broken_files {
+        present.extend(applied.of(f).cloned());
+    }
     let mut objects = loaded.objects;
     // Splits check that their backends exist, so services come first.
     objects.sort_by_key(|(at, _, _)| at.kind);
@@ -348,10 +402,16 @@ fn sync_files(
             }),
         }
     }
-    let gone: Vec<ObjectRef> = applied
-        .iter()
-        .filter(|(a, f)| files.is_none_or(|files| files.contains(*f)) && !present.contains(*a))
-        .map(|(a, _)| a.clone())
+    // What the files read gave before (or, for the whole folder, everything) and no
+    // longer does.
+    let before: Vec<&ObjectRef> = match files {
+        Some(files) => files.iter().flat_map(|f| applied.of(f)).collect(),
+        None => applied.file_of.keys().collect(),
+    };
+    let gone: Vec<ObjectRef> = before
+        .into_iter()
+        .filter(|a| !present.contains(*a))
+        .cloned()
         .collect();
     for at in gone {
         index.delete(&at);

@@ -219,7 +219,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .add_service(policy::Service::outbound(index.clone()))
         .add_service(policy::Service::inbound(index))
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            // Small messages go out at once: without TCP_NODELAY a first answer can
+            // wait for the client's delayed ACK (40 ms).
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             async {
                 let _ = tokio::signal::ctrl_c().await;
             },

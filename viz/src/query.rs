@@ -237,7 +237,7 @@ pub fn edges(store: &Store, namespaces: &Namespaces, window: Duration, now: Inst
         if !namespaces.has(&t.pod.namespace) {
             continue;
         }
-        let mut dsts: BTreeMap<Key, Vec<Labels>> = BTreeMap::new();
+        let mut dsts: BTreeMap<Key, Vec<&crate::stats::Key>> = BTreeMap::new();
         for (l, _) in series.responses.keys() {
             if l.direction != "outbound" {
                 continue;
@@ -247,11 +247,11 @@ pub fn edges(store: &Store, namespaces: &Namespaces, window: Duration, now: Inst
                 _ => (host(&l.authority).to_owned(), String::new()),
             };
             let key = (t.pod.namespace.clone(), t.pod.workload.clone(), dst_ns, dst);
-            dsts.entry(key).or_default().push(l.clone());
+            dsts.entry(key).or_default().push(l);
         }
         for (key, labels) in dsts {
             let entry = acc.entry(key).or_insert((Acc::default(), None, None, None));
-            entry.0.add(series, |l| labels.contains(l));
+            entry.0.add(series, |l| labels.iter().any(|k| ***k == *l));
             for l in &labels {
                 if l.tls == "true" {
                     entry.2 = entry.2.take().or_else(|| l.peer_id.clone());

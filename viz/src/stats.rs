@@ -1,7 +1,8 @@
 //! A proxy's `/stats` (cumulative counters and HDR histograms), the change between two
 //! scrapes, and sums of changes over a window.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
@@ -20,8 +21,42 @@ pub enum StatsError {
     Histogram(String),
 }
 
+/// A series' labels, shared: every scrape of every proxy that reports the same labels
+/// holds one copy (see [`Interner`]).
+pub type Key = Arc<Labels>;
+
 /// Response counts by labels and success.
-pub type Counts = HashMap<(Labels, bool), u64>;
+pub type Counts = HashMap<(Key, bool), u64>;
+
+/// The one copy of each label set in use.
+#[derive(Debug, Default)]
+pub struct Interner(HashSet<Key>);
+
+impl Interner {
+    /// The shared copy of `labels`.
+    pub fn get(&mut self, labels: &Key) -> Key {
+        if let Some(k) = self.0.get(labels) {
+            return k.clone();
+        }
+        self.0.insert(labels.clone());
+        labels.clone()
+    }
+
+    /// Forgets label sets nothing holds any more.
+    pub fn collect(&mut self) {
+        self.0.retain(|k| Arc::strong_count(k) > 1);
+    }
+
+    /// How many label sets are held.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
 
 /// The largest latency a proxy records (an hour, in microseconds).
 pub const MAX_VALUE_US: u64 = 3_600_000_000;
@@ -43,9 +78,9 @@ pub struct Series {
     /// Every attempt's response (retries included), where the proxy kept them.
     pub actual: Counts,
     /// Latency by labels (all status classes merged).
-    pub latency: HashMap<Labels, Buckets>,
+    pub latency: HashMap<Key, Buckets>,
     /// Responses with status 504 (timeouts), by labels.
-    pub timeouts: HashMap<Labels, u64>,
+    pub timeouts: HashMap<Key, u64>,
 }
 
 /// One scrape of one proxy.
@@ -65,22 +100,27 @@ impl Snapshot {
     /// Parses a proxy's `/stats` JSON.
     pub fn parse(json: &[u8]) -> Result<Self, StatsError> {
         let raw: Stats = serde_json::from_slice(json)?;
-        let mut timeouts: HashMap<Labels, u64> = HashMap::new();
+        // One copy of each label set, whichever list it appears in.
+        let mut keys = Interner::default();
+        let mut key = |l: Labels| keys.get(&Arc::new(l));
+        let mut timeouts: HashMap<Key, u64> = HashMap::new();
         for r in raw.responses.iter().filter(|r| r.status == Some(504)) {
-            *timeouts.entry(r.labels.clone()).or_default() += r.count;
+            *timeouts.entry(key(r.labels.clone())).or_default() += r.count;
         }
-        let counts = |raw: Vec<mesh_api::stats::Count>| {
+        let mut counts = |raw: Vec<mesh_api::stats::Count>| {
             let mut c = Counts::new();
             for r in raw {
                 // Responses to requests the proxy answered itself are failures too.
                 let ok = r.is_success();
-                *c.entry((r.labels, ok)).or_default() += r.count;
+                *c.entry((key(r.labels), ok)).or_default() += r.count;
             }
             c
         };
-        let mut latency: HashMap<Labels, Buckets> = HashMap::new();
+        let responses = counts(raw.responses);
+        let actual = counts(raw.actual_responses);
+        let mut latency: HashMap<Key, Buckets> = HashMap::new();
         for l in raw.latency {
-            let b = latency.entry(l.labels).or_default();
+            let b = latency.entry(key(l.labels)).or_default();
             for (value, count) in l.buckets {
                 if value > MAX_VALUE_US {
                     return Err(StatsError::Histogram(format!("value {value} out of range")));
@@ -101,8 +141,8 @@ impl Snapshot {
                 .started_unix_ms
                 .map(|ms| UNIX_EPOCH + Duration::from_millis(ms)),
             series: Series {
-                responses: counts(raw.responses),
-                actual: counts(raw.actual_responses),
+                responses,
+                actual,
                 latency,
                 timeouts,
             },
@@ -164,6 +204,28 @@ impl Snapshot {
 }
 
 impl Series {
+    /// Replaces every label set with `interner`'s shared copy.
+    pub fn intern(&mut self, interner: &mut Interner) {
+        fn keyed<K: Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>, mut f: impl FnMut(K) -> K) {
+            *map = std::mem::take(map)
+                .into_iter()
+                .map(|(k, v)| (f(k), v))
+                .collect();
+        }
+        keyed(&mut self.responses, |(l, ok)| (interner.get(&l), ok));
+        keyed(&mut self.actual, |(l, ok)| (interner.get(&l), ok));
+        keyed(&mut self.latency, |l| interner.get(&l));
+        keyed(&mut self.timeouts, |l| interner.get(&l));
+    }
+
+    /// Whether nothing happened.
+    pub fn is_empty(&self) -> bool {
+        self.responses.is_empty()
+            && self.actual.is_empty()
+            && self.latency.is_empty()
+            && self.timeouts.is_empty()
+    }
+
     /// Adds `other` into this series.
     pub fn add(&mut self, other: &Series) {
         for (k, n) in &other.responses {
@@ -230,14 +292,14 @@ mod tests {
         );
         let b = Snapshot::parse(&stats("1", 15, 1, &[1000, 2000, 3000, 3000])).expect("b");
         let d = b.since(Some(&a));
-        assert_eq!(d.responses.get(&(labels(), true)), Some(&5));
-        assert_eq!(d.responses.get(&(labels(), false)), None);
-        assert_eq!(d.latency[&labels()].values().sum::<u64>(), 2);
+        assert_eq!(d.responses.get(&(Arc::new(labels()), true)), Some(&5));
+        assert_eq!(d.responses.get(&(Arc::new(labels()), false)), None);
+        assert_eq!(d.latency[&Arc::new(labels())].values().sum::<u64>(), 2);
         // Restarted: the new instance's counts are all new.
         let c = Snapshot::parse(&stats("2", 3, 0, &[500])).expect("c");
         let d = c.since(Some(&b));
-        assert_eq!(d.responses.get(&(labels(), true)), Some(&3));
-        assert_eq!(d.latency[&labels()].values().sum::<u64>(), 1);
+        assert_eq!(d.responses.get(&(Arc::new(labels()), true)), Some(&3));
+        assert_eq!(d.latency[&Arc::new(labels())].values().sum::<u64>(), 1);
     }
 
     #[test]
@@ -253,7 +315,7 @@ mod tests {
             all.record(*v).expect("record");
         }
         let mut m = histogram();
-        for (v, n) in &merged.latency[&labels()] {
+        for (v, n) in &merged.latency[&Arc::new(labels())] {
             m.record_n(*v, *n).expect("record");
         }
         assert_eq!(m.len(), all.len());

@@ -7,7 +7,14 @@ use std::time::{Duration, Instant, SystemTime};
 use mesh_controller::index::PodView;
 use serde::Serialize;
 
-use crate::stats::{Series, Snapshot};
+use crate::stats::{Interner, Series, Snapshot};
+
+/// How long changes are kept at scrape resolution; older ones are merged into blocks
+/// of [`BLOCK`], so that memory grows with the retention in minutes, not in scrapes.
+/// A window up to this long is exact to the scrape.
+pub const FULL_RESOLUTION: Duration = Duration::from_secs(120);
+/// The span of one merged block.
+pub const BLOCK: Duration = Duration::from_secs(60);
 
 /// A proxy viz scrapes (or scraped: a pod that went away keeps its history until it
 /// ages out, so windows that cover its traffic stay right).
@@ -18,7 +25,10 @@ pub struct Target {
     /// Whether the pod is still in the source.
     pub present: bool,
     last: Option<Snapshot>,
+    /// Changes at each scrape, for the last [`FULL_RESOLUTION`].
     deltas: VecDeque<(Instant, Series)>,
+    /// Older changes, merged per [`BLOCK`] (numbered from the store's start).
+    blocks: VecDeque<(u64, Series)>,
     /// The outcome of the latest scrape.
     pub status: ScrapeStatus,
 }
@@ -41,6 +51,11 @@ pub struct ScrapeStatus {
 /// The longest retention kept (a day).
 pub const MAX_RETENTION: Duration = Duration::from_secs(86_400);
 
+/// See [`Store::block_of`].
+fn block_index(since_start: Duration) -> u64 {
+    (since_start.as_nanos().saturating_sub(1) / BLOCK.as_nanos()) as u64
+}
+
 /// Every target, by namespace and pod name.
 #[derive(Debug)]
 pub struct Store {
@@ -49,6 +64,7 @@ pub struct Store {
     interval: Duration,
     started: Instant,
     started_wall: SystemTime,
+    labels: Interner,
 }
 
 impl Store {
@@ -60,7 +76,25 @@ impl Store {
             interval,
             started: Instant::now(),
             started_wall: SystemTime::now(),
+            labels: Interner::default(),
         }
+    }
+
+    /// The block a change made at `at` belongs to: block `n` holds the changes made
+    /// in `(start + n·BLOCK, start + (n+1)·BLOCK]`, as a window holds those in
+    /// `(now − window, now]`.
+    fn block_of(&self, at: Instant) -> u64 {
+        block_index(at.saturating_duration_since(self.started))
+    }
+
+    /// When block `n` starts.
+    fn block_start(&self, n: u64) -> Instant {
+        self.started + BLOCK * n as u32
+    }
+
+    /// How many label sets the store holds one copy of.
+    pub fn label_sets(&self) -> usize {
+        self.labels.len()
     }
 
     /// How long changes are kept: the longest window a query may ask for.
@@ -97,6 +131,7 @@ impl Store {
                             present: true,
                             last: None,
                             deltas: VecDeque::new(),
+                            blocks: VecDeque::new(),
                             status: ScrapeStatus::default(),
                         },
                     );
@@ -109,7 +144,10 @@ impl Store {
                 || t.deltas
                     .back()
                     .is_some_and(|(at, _)| now.saturating_duration_since(*at) <= retention)
+                || t.blocks.back().is_some()
         });
+        // Label sets of targets gone and changes aged out.
+        self.labels.collect();
     }
 
     /// The pods to scrape now: present, meshed, with an address.
@@ -125,11 +163,15 @@ impl Store {
     pub fn record(&mut self, pod: &PodView, at: Instant, result: Result<Snapshot, String>) {
         let (started_wall, retention) = (self.started_wall, self.retention);
         let key = (pod.namespace.clone(), pod.name.clone());
+        // No window (at most the retention) holds a block before this one whole.
+        let oldest_block = self.first_block(retention, at);
+        let started = self.started;
         let Some(t) = self.targets.get_mut(&key) else {
             return;
         };
         match result {
-            Ok(snapshot) => {
+            Ok(mut snapshot) => {
+                snapshot.series.intern(&mut self.labels);
                 if t.last
                     .as_ref()
                     .is_some_and(|l| l.instance != snapshot.instance)
@@ -148,29 +190,59 @@ impl Store {
                 t.status.error = None;
                 t.status.tcp_open_inbound = snapshot.tcp_open_inbound;
                 t.last = Some(snapshot);
-                t.deltas.push_back((at, delta));
+                if !delta.is_empty() {
+                    t.deltas.push_back((at, delta));
+                }
             }
             Err(e) => {
                 t.status.failures += 1;
                 t.status.error = Some(e);
             }
         }
-        while t
-            .deltas
-            .front()
-            .is_some_and(|(when, _)| at.saturating_duration_since(*when) > retention)
-        {
-            t.deltas.pop_front();
+        // Changes older than FULL_RESOLUTION join their block (still within the
+        // retention); blocks past the retention go.
+        while let Some((when, _)) = t.deltas.front() {
+            if at.saturating_duration_since(*when) <= FULL_RESOLUTION {
+                break;
+            }
+            let Some((when, delta)) = t.deltas.pop_front() else {
+                break;
+            };
+            let n = block_index(when.saturating_duration_since(started));
+            if n < oldest_block {
+                continue;
+            }
+            match t.blocks.back_mut() {
+                Some((b, sum)) if *b == n => sum.add(&delta),
+                _ => t.blocks.push_back((n, delta)),
+            }
+        }
+        while t.blocks.front().is_some_and(|(b, _)| *b < oldest_block) {
+            t.blocks.pop_front();
         }
     }
 
-    /// Every target with what changed within `window` before `now`.
+    /// The first block wholly within `window` before `now`: blocks from it on are
+    /// summed into the window, earlier ones are not.
+    fn first_block(&self, window: Duration, now: Instant) -> u64 {
+        let from = now.checked_sub(window).unwrap_or(self.started);
+        let from = from.saturating_duration_since(self.started);
+        from.as_secs().div_ceil(BLOCK.as_secs())
+    }
+
+    /// Every target with what changed within `window` before `now`: each scrape's
+    /// change over the last [`FULL_RESOLUTION`], whole blocks before that.
     pub fn window(&self, window: Duration, now: Instant) -> Vec<(&Target, Series)> {
         let within = |at: &Instant| *at <= now && now.duration_since(*at) < window;
+        let first = self.first_block(window, now);
+        let last = self.block_of(now);
         self.targets
             .values()
             .map(|t| {
                 let mut sum = Series::default();
+                for (_, b) in t.blocks.iter().filter(|(n, _)| *n >= first && *n <= last) {
+                    sum.add(b);
+                }
                 for (_, d) in t.deltas.iter().filter(|(at, _)| within(at)) {
                     sum.add(d);
                 }
@@ -179,17 +251,106 @@ impl Store {
             .collect()
     }
 
-    /// The seconds a window of `window` actually covers (less while viz is young).
+    /// The seconds a window of `window` actually covers: less while viz is young,
+    /// and, past [`FULL_RESOLUTION`], from the first whole block it holds.
     pub fn covered(&self, window: Duration, now: Instant) -> f64 {
         let age = now.saturating_duration_since(self.started);
-        window
-            .min(age)
-            .as_secs_f64()
-            .max(self.interval.as_secs_f64())
+        let mut covered = window.min(age);
+        if window > FULL_RESOLUTION {
+            // Changes since FULL_RESOLUTION ago are all there; before that, whole
+            // blocks from the first one the window holds.
+            let recent = now.checked_sub(FULL_RESOLUTION).unwrap_or(self.started);
+            let start = self.block_start(self.first_block(window, now)).min(recent);
+            covered = covered.min(now.saturating_duration_since(start));
+        }
+        covered.as_secs_f64().max(self.interval.as_secs_f64())
     }
 
     /// Every target.
     pub fn targets(&self) -> impl Iterator<Item = &Target> {
         self.targets.values()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(count: u64) -> Snapshot {
+        let json = serde_json::json!({
+            "instance": "1",
+            "responses": [{"direction": "inbound", "authority": "web:80", "route": "default",
+                "tls": "true", "status": 200, "class": "success", "count": count}],
+            "latency": [{"direction": "inbound", "authority": "web:80", "route": "default",
+                "tls": "true", "status_class": 2, "sum_us": count, "buckets": [[1000, count]]}],
+        });
+        Snapshot::parse(json.to_string().as_bytes()).expect("snapshot")
+    }
+
+    fn pod() -> PodView {
+        PodView {
+            namespace: "ns".into(),
+            name: "web-1".into(),
+            ip: "10.0.0.1".parse().ok(),
+            workload: "web".into(),
+            service_account: "web".into(),
+            meshed: true,
+        }
+    }
+
+    fn responses(store: &Store, window: Duration, now: Instant) -> u64 {
+        store
+            .window(window, now)
+            .iter()
+            .flat_map(|(_, s)| s.responses.values())
+            .sum()
+    }
+
+    #[test]
+    fn old_changes_merge_into_blocks_and_windows_stay_exact() {
+        let mut store = Store::new(Duration::from_secs(600), Duration::from_secs(1));
+        store.sync(vec![pod()]);
+        let t0 = store.started;
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        // One response a second for ten minutes.
+        for k in 0..=600 {
+            store.record(&pod(), at(k), Ok(snapshot(k)));
+        }
+        let now = at(600);
+        let t = store.targets().next().expect("target");
+        assert!(t.deltas.len() <= 121, "{} deltas", t.deltas.len());
+        assert!(t.blocks.len() <= 10, "{} blocks", t.blocks.len());
+        assert_eq!(store.label_sets(), 1, "one copy of the labels");
+        // Windows up to FULL_RESOLUTION count every scrape; longer ones whole blocks,
+        // with the seconds they cover to match.
+        for (window, want, secs) in [
+            (60, 60, 60.0),
+            (120, 120, 120.0),
+            (300, 300, 300.0),
+            (600, 600, 600.0),
+            (330, 300, 300.0),
+        ] {
+            let w = Duration::from_secs(window);
+            assert_eq!(responses(&store, w, now), want, "{window} s");
+            assert_eq!(store.covered(w, now), secs, "{window} s");
+        }
+        // Latency merges the same way: one value per response.
+        let lat: u64 = store
+            .window(Duration::from_secs(600), now)
+            .iter()
+            .flat_map(|(_, s)| s.latency.values().flat_map(|b| b.values()))
+            .sum();
+        assert_eq!(lat, 600);
+        // Past the retention, blocks go.
+        for k in 601..=900 {
+            store.record(&pod(), at(k), Ok(snapshot(k)));
+        }
+        let t = store.targets().next().expect("target");
+        assert!(
+            t.blocks.front().is_some_and(|(n, _)| *n >= 5),
+            "{:?}",
+            t.blocks.front().map(|b| b.0)
+        );
+        assert_eq!(responses(&store, Duration::from_secs(600), at(900)), 600);
     }
 }

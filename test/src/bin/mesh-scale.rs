@@ -45,6 +45,9 @@ struct Args {
     /// Pod changes made and timed per size.
     #[arg(long, default_value_t = 100)]
     changes: usize,
+    /// First answers asked for at once while the watches open.
+    #[arg(long, default_value_t = 8)]
+    in_flight: usize,
     /// Distinct services one mesh-proxy sends a request to (0: no proxy phase).
     #[arg(long, default_value_t = 1000)]
     proxy_authorities: usize,
@@ -210,7 +213,7 @@ struct Watches {
     updates: tokio::sync::mpsc::UnboundedReceiver<(usize, Instant)>,
 }
 
-async fn open_watches(addr: SocketAddr, count: usize) -> anyhow::Result<Watches> {
+async fn open_watches(addr: SocketAddr, count: usize, in_flight: usize) -> anyhow::Result<Watches> {
     // A connection per 2,000 services (4,000 streams), as many proxies would bring.
     let mut channels = Vec::new();
     for _ in 0..count.div_ceil(2000).max(1) {
@@ -222,8 +225,8 @@ async fn open_watches(addr: SocketAddr, count: usize) -> anyhow::Result<Watches>
     }
     let (tx, updates) = tokio::sync::mpsc::unbounded_channel();
     let (first_tx, mut first_rx) = tokio::sync::mpsc::unbounded_channel();
-    // Sixteen first answers in flight at once: latency, not queueing, is measured.
-    let permits = Arc::new(tokio::sync::Semaphore::new(16));
+    // A few first answers in flight at once: latency, not queueing, is measured.
+    let permits = Arc::new(tokio::sync::Semaphore::new(in_flight.max(1)));
     for i in 0..count {
         let channel: Channel = channels[i % channels.len()].clone();
         let permit = permits.clone().acquire_owned().await?;
@@ -292,7 +295,7 @@ async fn measure(args: &Args, services: usize) -> anyhow::Result<Row> {
     let rss_loaded_mb = rss_kb(pid) / 1024.0;
     let watched = args.watches.unwrap_or(services).min(services);
     eprintln!("{services} services: loaded in {load_s:.1} s; opening {watched} watches …");
-    let mut w = open_watches(addr, watched).await?;
+    let mut w = open_watches(addr, watched, args.in_flight).await?;
     let rss_watched_mb = rss_kb(pid) / 1024.0;
     // Settle: nothing is pending before changes are timed.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -409,7 +412,7 @@ async fn proxy_phase(controller: SocketAddr, n: usize) -> anyhow::Result<(f64, O
             ("MESH_PROXY_ADMIN_ADDR", "127.0.0.1:0".into()),
             ("MESH_PROXY_DESTINATION_ADDR", controller.to_string()),
             ("MESH_PROXY_NAMESPACE", "ns-0".into()),
-            ("MESH_PROXY_LOG", "warn".into()),
+            ("MESH_PROXY_LOG", "warn,mesh_proxy::server=info".into()),
             (
                 "MESH_PROXY_DISCOVERY_IDLE_TIMEOUT",
                 format!("{}s", idle.as_secs()),
@@ -547,19 +550,44 @@ async fn viz_phase(pods: usize) -> anyhow::Result<VizRow> {
             .with_context(|| format!("bind {ip}:{admin_port}"))?;
         let scrapes = scrapes.clone();
         tokio::spawn(async move {
-            while let Ok((mut s, _)) = listener.accept().await {
-                let n =
-                    scrapes.fetch_add(1, std::sync::atomic::Ordering::Relaxed) / pods as u64 + 1;
+            while let Ok((s, _)) = listener.accept().await {
+                let scrapes = scrapes.clone();
+                // Keep-alive, as a proxy's admin server is: viz reuses its connections.
                 tokio::spawn(async move {
-                    let metrics = viz_stats(n);
-                    let mut buf = [0u8; 4096];
-                    let _ = s.read(&mut buf).await;
-                    let head = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                        metrics.len()
-                    );
-                    let _ = s.write_all(head.as_bytes()).await;
-                    let _ = s.write_all(metrics.as_bytes()).await;
+                    let mut s = BufReader::new(s);
+                    loop {
+                        let mut line = String::new();
+                        let mut ended = false;
+                        // The request head: lines up to an empty one.
+                        loop {
+                            line.clear();
+                            match s.read_line(&mut line).await {
+                                Ok(0) | Err(_) => {
+                                    ended = true;
+                                    break;
+                                }
+                                Ok(_) if line == "\r\n" => break,
+                                Ok(_) => {}
+                            }
+                        }
+                        if ended {
+                            return;
+                        }
+                        let n = scrapes.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                            / pods as u64
+                            + 1;
+                        let body = viz_stats(n);
+                        let head = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                            body.len()
+                        );
+                        let s = s.get_mut();
+                        if s.write_all(head.as_bytes()).await.is_err()
+                            || s.write_all(body.as_bytes()).await.is_err()
+                        {
+                            return;
+                        }
+                    }
                 });
             }
         });
@@ -577,7 +605,7 @@ async fn viz_phase(pods: usize) -> anyhow::Result<VizRow> {
             ("MESH_VIZ_ADDR", "127.0.0.1:0".into()),
             ("MESH_VIZ_SCRAPE_INTERVAL", "1s".into()),
             ("MESH_VIZ_PROXY_ADMIN_PORT", admin_port.to_string()),
-            ("MESH_VIZ_LOG", "warn".into()),
+            ("MESH_VIZ_LOG", "warn,mesh_viz=info".into()),
         ],
         Duration::from_secs(60),
     )
