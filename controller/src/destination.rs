@@ -10,8 +10,6 @@ use std::sync::Arc;
 use futures_util::Stream;
 use mesh_api::destination as pb;
 use mesh_api::destination::destination_server::{Destination, DestinationServer};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::index::{EndpointView, Index, PROXY_INBOUND_PORT, Resolution, Watch};
@@ -137,28 +135,40 @@ fn endpoint(e: &EndpointView) -> pb::Endpoint {
 }
 
 /// Runs `next` now and again each time what its last answer read has changed (its
-/// [`Watch`]), sending what it yields, until the client hangs up.
-pub fn follow<T, F>(index: Arc<Index>, mut next: F) -> Updates<T>
+/// [`Watch`]), yielding what it gives, until the client hangs up. The stream is the
+/// whole follower: no task and no channel per stream, and dropping it (tonic does
+/// when the client goes away) stops the listening.
+pub fn follow<T, F>(index: Arc<Index>, next: F) -> Updates<T>
 where
     T: Send + 'static,
     F: FnMut(&Index, &mut Watch) -> Vec<T> + Send + 'static,
 {
-    let (tx, rx) = mpsc::channel(16);
-    tokio::spawn(async move {
-        let mut watch = index.watch();
+    struct Follower<T, F> {
+        index: Arc<Index>,
+        watch: Watch,
+        next: F,
+        queued: std::collections::VecDeque<T>,
+        first: bool,
+    }
+    let state = Follower {
+        watch: index.watch(),
+        index,
+        next,
+        queued: Default::default(),
+        first: true,
+    };
+    Box::pin(futures_util::stream::unfold(state, |mut s| async move {
         loop {
-            for item in next(&index, &mut watch) {
-                if tx.send(Ok(item)).await.is_err() {
-                    return;
-                }
+            if let Some(item) = s.queued.pop_front() {
+                return Some((Ok(item), s));
             }
-            tokio::select! {
-                () = watch.changed() => {}
-                () = tx.closed() => return,
+            if !std::mem::take(&mut s.first) {
+                s.watch.changed().await;
             }
+            let items = (s.next)(&s.index, &mut s.watch);
+            s.queued.extend(items);
         }
-    });
-    Box::pin(ReceiverStream::new(rx))
+    }))
 }
 
 #[tonic::async_trait]

@@ -30,17 +30,17 @@ pub async fn run(index: Arc<Index>, store: Arc<Mutex<Store>>, interval: Duration
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let pods = {
+        let (pods, parse) = {
             let mut store = store.lock().unwrap_or_else(|e| e.into_inner());
             store.sync(index.pods());
-            store.scrape_list()
+            (store.scrape_list(), Arc::new(store.parser()))
         };
         let timeout = interval.min(Duration::from_secs(2));
         let scrapes = pods.into_iter().filter_map(|pod| {
             let addr = SocketAddr::new(pod.ip?, admin_port);
-            let client = client.clone();
+            let (client, parse) = (client.clone(), parse.clone());
             Some(async move {
-                let result = tokio::time::timeout(timeout, fetch(&client, addr))
+                let result = tokio::time::timeout(timeout, fetch(&client, addr, &*parse))
                     .await
                     .unwrap_or_else(|_| Err(format!("{addr}: no answer within {timeout:?}")));
                 (pod, Instant::now(), result)
@@ -60,6 +60,7 @@ pub async fn run(index: Arc<Index>, store: Arc<Mutex<Store>>, interval: Duration
 async fn fetch(
     client: &Client<HttpConnector, Empty<Bytes>>,
     addr: SocketAddr,
+    parse: &(dyn Fn(&[u8]) -> Result<Snapshot, crate::stats::StatsError> + Send + Sync),
 ) -> Result<Snapshot, String> {
     let uri: http::Uri = format!("http://{addr}/stats")
         .parse()
@@ -73,7 +74,7 @@ async fn fetch(
         .await
         .map_err(|e| format!("{addr}: {e}"))?
         .to_bytes();
-    Snapshot::parse(&body).map_err(|e| format!("{addr}: {e}"))
+    parse(&body).map_err(|e| format!("{addr}: {e}"))
 }
 
 /// Runs futures concurrently and returns their outputs in order.

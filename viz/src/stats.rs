@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
-use mesh_api::stats::Stats;
 
 pub use mesh_api::stats::Labels;
 
@@ -34,12 +33,13 @@ pub struct Interner(HashSet<Key>);
 
 impl Interner {
     /// The shared copy of `labels`.
-    pub fn get(&mut self, labels: &Key) -> Key {
-        if let Some(k) = self.0.get(labels) {
+    pub fn get(&mut self, labels: Labels) -> Key {
+        if let Some(k) = self.0.get(&labels) {
             return k.clone();
         }
-        self.0.insert(labels.clone());
-        labels.clone()
+        let k = Arc::new(labels);
+        self.0.insert(k.clone());
+        k
     }
 
     /// Forgets label sets nothing holds any more.
@@ -55,6 +55,82 @@ impl Interner {
     /// Whether none is.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+}
+
+/// A `/stats` document as viz reads it: the fields of [`mesh_api::stats::Stats`] that
+/// viz uses, with each entry's labels read as plain fields (serde's `flatten`, which
+/// the writer's types use, buffers every entry and cost viz most of a scrape round).
+#[derive(serde::Deserialize)]
+struct FlatStats {
+    instance: String,
+    #[serde(default)]
+    started_unix_ms: Option<u64>,
+    #[serde(default)]
+    responses: Vec<FlatCount>,
+    #[serde(default)]
+    actual_responses: Vec<FlatCount>,
+    #[serde(default)]
+    latency: Vec<FlatLatency>,
+    #[serde(default)]
+    tcp: Vec<mesh_api::stats::Tcp>,
+}
+
+/// [`mesh_api::stats::Labels`]' fields, as they appear in each entry.
+macro_rules! flat {
+    ($(#[$m:meta])* struct $name:ident { $($field:ident: $ty:ty,)* }) => {
+        $(#[$m])*
+        #[derive(serde::Deserialize)]
+        struct $name {
+            #[serde(default)]
+            direction: String,
+            #[serde(default)]
+            authority: String,
+            #[serde(default)]
+            route: String,
+            #[serde(default)]
+            tls: String,
+            #[serde(default)]
+            peer_id: Option<String>,
+            #[serde(default)]
+            dst_namespace: Option<String>,
+            #[serde(default)]
+            dst_workload: Option<String>,
+            #[serde(default)]
+            dst_service: Option<String>,
+            $($field: $ty,)*
+        }
+
+        impl $name {
+            fn labels(&mut self) -> Labels {
+                Labels {
+                    direction: std::mem::take(&mut self.direction),
+                    authority: std::mem::take(&mut self.authority),
+                    route: std::mem::take(&mut self.route),
+                    tls: std::mem::take(&mut self.tls),
+                    peer_id: self.peer_id.take(),
+                    dst_namespace: self.dst_namespace.take(),
+                    dst_workload: self.dst_workload.take(),
+                    dst_service: self.dst_service.take(),
+                }
+            }
+        }
+    };
+}
+
+flat! {
+    /// A response count ([`mesh_api::stats::Count`]).
+    struct FlatCount {
+        status: Option<u16>,
+        class: Option<String>,
+        count: u64,
+    }
+}
+
+flat! {
+    /// A latency histogram ([`mesh_api::stats::Latency`]).
+    struct FlatLatency {
+        buckets: Vec<(u64, u64)>,
     }
 }
 
@@ -97,30 +173,38 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Parses a proxy's `/stats` JSON.
+    /// Parses a proxy's `/stats` JSON (label sets shared through a fresh interner).
     pub fn parse(json: &[u8]) -> Result<Self, StatsError> {
-        let raw: Stats = serde_json::from_slice(json)?;
-        // One copy of each label set, whichever list it appears in.
-        let mut keys = Interner::default();
-        let mut key = |l: Labels| keys.get(&Arc::new(l));
+        let mut interner = Interner::default();
+        Self::parse_with(json, &mut |l| interner.get(l))
+    }
+
+    /// Parses a proxy's `/stats` JSON, each label set shared through `key`.
+    pub fn parse_with(json: &[u8], key: &mut dyn FnMut(Labels) -> Key) -> Result<Self, StatsError> {
+        let raw: FlatStats = serde_json::from_slice(json)?;
         let mut timeouts: HashMap<Key, u64> = HashMap::new();
-        for r in raw.responses.iter().filter(|r| r.status == Some(504)) {
-            *timeouts.entry(key(r.labels.clone())).or_default() += r.count;
-        }
-        let mut counts = |raw: Vec<mesh_api::stats::Count>| {
+        let mut counts = |raw: Vec<FlatCount>, timeouts: Option<&mut HashMap<Key, u64>>| {
             let mut c = Counts::new();
-            for r in raw {
+            let mut timeouts = timeouts;
+            for mut r in raw {
                 // Responses to requests the proxy answered itself are failures too.
-                let ok = r.is_success();
-                *c.entry((key(r.labels), ok)).or_default() += r.count;
+                let ok = r.class.as_deref() == Some("success");
+                let status = r.status;
+                let k = key(r.labels());
+                if status == Some(504)
+                    && let Some(t) = timeouts.as_deref_mut()
+                {
+                    *t.entry(k.clone()).or_default() += r.count;
+                }
+                *c.entry((k, ok)).or_default() += r.count;
             }
             c
         };
-        let responses = counts(raw.responses);
-        let actual = counts(raw.actual_responses);
+        let responses = counts(raw.responses, Some(&mut timeouts));
+        let actual = counts(raw.actual_responses, None);
         let mut latency: HashMap<Key, Buckets> = HashMap::new();
-        for l in raw.latency {
-            let b = latency.entry(key(l.labels)).or_default();
+        for mut l in raw.latency {
+            let b = latency.entry(key(l.labels())).or_default();
             for (value, count) in l.buckets {
                 if value > MAX_VALUE_US {
                     return Err(StatsError::Histogram(format!("value {value} out of range")));
@@ -204,20 +288,6 @@ impl Snapshot {
 }
 
 impl Series {
-    /// Replaces every label set with `interner`'s shared copy.
-    pub fn intern(&mut self, interner: &mut Interner) {
-        fn keyed<K: Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>, mut f: impl FnMut(K) -> K) {
-            *map = std::mem::take(map)
-                .into_iter()
-                .map(|(k, v)| (f(k), v))
-                .collect();
-        }
-        keyed(&mut self.responses, |(l, ok)| (interner.get(&l), ok));
-        keyed(&mut self.actual, |(l, ok)| (interner.get(&l), ok));
-        keyed(&mut self.latency, |l| interner.get(&l));
-        keyed(&mut self.timeouts, |l| interner.get(&l));
-    }
-
     /// Whether nothing happened.
     pub fn is_empty(&self) -> bool {
         self.responses.is_empty()
@@ -322,6 +392,68 @@ mod tests {
         for q in [0.5, 0.9, 0.99, 1.0] {
             assert_eq!(m.value_at_quantile(q), all.value_at_quantile(q), "q{q}");
         }
+    }
+
+    #[test]
+    fn reads_every_field_the_writers_types_write() {
+        use mesh_api::stats::{Count, Latency, Stats, Tcp};
+        let labels = Labels {
+            direction: "outbound".into(),
+            authority: "web.ns.svc.cluster.local:80".into(),
+            route: "GET /".into(),
+            tls: "true".into(),
+            peer_id: Some("web.ns.serviceaccount.identity.mesh.cluster.local".into()),
+            dst_namespace: Some("ns".into()),
+            dst_workload: Some("web".into()),
+            dst_service: Some("web".into()),
+        };
+        let count = |status, class: &str, count| Count {
+            labels: labels.clone(),
+            status: Some(status),
+            class: Some(class.into()),
+            count,
+        };
+        let stats = Stats {
+            instance: "9".into(),
+            started_unix_ms: Some(5000),
+            requests: vec![Count {
+                labels: labels.clone(),
+                count: 7,
+                ..Count::default()
+            }],
+            responses: vec![count(200, "success", 4), count(504, "failure", 3)],
+            actual_responses: vec![count(200, "success", 4), count(503, "failure", 9)],
+            latency: vec![Latency {
+                labels: labels.clone(),
+                status_class: 2,
+                sum_us: 10,
+                buckets: vec![(100, 2), (200, 5)],
+            }],
+            tcp: vec![Tcp {
+                direction: "inbound".into(),
+                peer: "src".into(),
+                tls: "true".into(),
+                open: 4,
+                close: 1,
+            }],
+        };
+        let s = Snapshot::parse(&serde_json::to_vec(&stats).expect("json")).expect("parse");
+        let k = Arc::new(labels);
+        assert_eq!(s.instance, "9");
+        assert_eq!(s.started, Some(UNIX_EPOCH + Duration::from_secs(5)));
+        assert_eq!(s.series.responses[&(k.clone(), true)], 4);
+        assert_eq!(s.series.responses[&(k.clone(), false)], 3);
+        assert_eq!(s.series.actual[&(k.clone(), false)], 9);
+        assert_eq!(s.series.timeouts[&k], 3);
+        assert_eq!(s.series.latency[&k], Buckets::from([(100, 2), (200, 5)]));
+        assert_eq!(s.tcp_open_inbound, 3);
+        // One copy of the labels for all of them.
+        assert!(
+            s.series
+                .responses
+                .keys()
+                .all(|(l, _)| Arc::ptr_eq(l, s.series.latency.keys().next().expect("key")))
+        );
     }
 
     #[test]

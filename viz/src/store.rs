@@ -2,6 +2,7 @@
 //! so that any window up to it can be summed.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use mesh_controller::index::PodView;
@@ -64,7 +65,7 @@ pub struct Store {
     interval: Duration,
     started: Instant,
     started_wall: SystemTime,
-    labels: Interner,
+    labels: Arc<Mutex<Interner>>,
 }
 
 impl Store {
@@ -76,7 +77,7 @@ impl Store {
             interval,
             started: Instant::now(),
             started_wall: SystemTime::now(),
-            labels: Interner::default(),
+            labels: Arc::default(),
         }
     }
 
@@ -94,7 +95,18 @@ impl Store {
 
     /// How many label sets the store holds one copy of.
     pub fn label_sets(&self) -> usize {
-        self.labels.len()
+        self.labels.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Parses a scraped `/stats` body, sharing its label sets with every other scrape.
+    /// Needs no lock on the store: scrapes parse concurrently.
+    pub fn parser(&self) -> impl Fn(&[u8]) -> Result<Snapshot, crate::stats::StatsError> + use<> {
+        let labels = self.labels.clone();
+        move |json| {
+            Snapshot::parse_with(json, &mut |l| {
+                labels.lock().unwrap_or_else(|e| e.into_inner()).get(l)
+            })
+        }
     }
 
     /// How long changes are kept: the longest window a query may ask for.
@@ -147,7 +159,10 @@ impl Store {
                 || t.blocks.back().is_some()
         });
         // Label sets of targets gone and changes aged out.
-        self.labels.collect();
+        self.labels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .collect();
     }
 
     /// The pods to scrape now: present, meshed, with an address.
@@ -170,8 +185,7 @@ impl Store {
             return;
         };
         match result {
-            Ok(mut snapshot) => {
-                snapshot.series.intern(&mut self.labels);
+            Ok(snapshot) => {
                 if t.last
                     .as_ref()
                     .is_some_and(|l| l.instance != snapshot.instance)
@@ -276,7 +290,7 @@ impl Store {
 mod tests {
     use super::*;
 
-    fn snapshot(count: u64) -> Snapshot {
+    fn snapshot(store: &Store, count: u64) -> Snapshot {
         let json = serde_json::json!({
             "instance": "1",
             "responses": [{"direction": "inbound", "authority": "web:80", "route": "default",
@@ -284,7 +298,7 @@ mod tests {
             "latency": [{"direction": "inbound", "authority": "web:80", "route": "default",
                 "tls": "true", "status_class": 2, "sum_us": count, "buckets": [[1000, count]]}],
         });
-        Snapshot::parse(json.to_string().as_bytes()).expect("snapshot")
+        store.parser()(json.to_string().as_bytes()).expect("snapshot")
     }
 
     fn pod() -> PodView {
@@ -314,7 +328,8 @@ mod tests {
         let at = |s: u64| t0 + Duration::from_secs(s);
         // One response a second for ten minutes.
         for k in 0..=600 {
-            store.record(&pod(), at(k), Ok(snapshot(k)));
+            let s = snapshot(&store, k);
+            store.record(&pod(), at(k), Ok(s));
         }
         let now = at(600);
         let t = store.targets().next().expect("target");
@@ -343,7 +358,8 @@ mod tests {
         assert_eq!(lat, 600);
         // Past the retention, blocks go.
         for k in 601..=900 {
-            store.record(&pod(), at(k), Ok(snapshot(k)));
+            let s = snapshot(&store, k);
+            store.record(&pod(), at(k), Ok(s));
         }
         let t = store.targets().next().expect("target");
         assert!(
