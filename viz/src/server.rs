@@ -151,7 +151,10 @@ fn route<B>(req: &Request<B>, store: &Mutex<Store>) -> Response<Full<Bytes>> {
             Err(e) => return error(StatusCode::BAD_REQUEST, &e),
         };
         let ns = params.namespaces();
-        let envelope = |items: serde_json::Value| serde_json::json!({ "window_seconds": window.as_secs_f64(), "items": items });
+        // The span the rates cover: less than the window while viz is young, and
+        // whole minutes past the last two (see Store::covered).
+        let covered = store.covered(window, now);
+        let envelope = |items: serde_json::Value| serde_json::json!({ "window_seconds": window.as_secs_f64(), "covered_seconds": covered, "items": items });
         match path {
             "/api/edges" => Ok(envelope(serde_json::json!(query::edges(
                 &store, &ns, window, now
