@@ -76,9 +76,9 @@ fn epoch() -> Instant {
     *EPOCH.get_or_init(Instant::now)
 }
 
-fn now_ms() -> u64 {
-    epoch().elapsed().as_millis() as u64
-}
+/// The time requests stamp endpoints with: set by each sweep, so that a request reads
+/// an atomic instead of the clock (a quarter of the idle timeout is precision enough).
+static COARSE_NOW_MS: AtomicU64 = AtomicU64::new(0);
 
 type EndpointKey = (SocketAddr, Version, Direction, Option<Arc<str>>);
 
@@ -149,7 +149,9 @@ impl Endpoints {
                 })
             })
             .clone();
-        endpoint.used_ms.store(now_ms(), Ordering::Relaxed);
+        endpoint
+            .used_ms
+            .store(COARSE_NOW_MS.load(Ordering::Relaxed), Ordering::Relaxed);
         if map.len() != before {
             self.metrics
                 .held
@@ -162,9 +164,11 @@ impl Endpoints {
     /// Drops the endpoints (and their pooled connections) that no request has used
     /// within `idle` and none holds now; returns how many are left.
     pub fn sweep(&self, idle: Duration) -> usize {
+        let now = epoch().elapsed().as_millis() as u64;
+        COARSE_NOW_MS.store(now, Ordering::Relaxed);
+        let cutoff = now.saturating_sub(idle.as_millis() as u64);
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        let cutoff = now_ms().saturating_sub(idle.as_millis() as u64);
-        map.retain(|_, e| Arc::strong_count(e) > 1 || e.used_ms.load(Ordering::Relaxed) > cutoff);
+        map.retain(|_, e| Arc::strong_count(e) > 1 || e.used_ms.load(Ordering::Relaxed) >= cutoff);
         self.metrics
             .held
             .endpoints
