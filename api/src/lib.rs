@@ -20,6 +20,10 @@ pub use profile::ServiceProfileSpec;
 pub use quantity::Quantity;
 pub use split::TrafficSplitSpec;
 
+/// The most gRPC streams the controller serves on one connection (a proxy's watches all
+/// share one).
+pub const CONTROLLER_MAX_STREAMS: u32 = 10_000;
+
 /// A problem with one field of a resource.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{path}: {message}")]

@@ -211,7 +211,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     tracing::info!(destination = %addr, "listening");
     let server = tonic::transport::Server::builder()
         // Bounded streams per connection, and pings so that dead proxies are noticed.
-        .max_concurrent_streams(Some(10_000))
+        .max_concurrent_streams(Some(mesh_api::CONTROLLER_MAX_STREAMS))
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
         // The policy services share the destination port (ARCHITECTURE.md: 8086).

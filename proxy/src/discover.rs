@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mesh_api::destination as pb;
 use mesh_api::destination::destination_client::DestinationClient;
@@ -28,8 +28,13 @@ const FIRST_ANSWER: Duration = Duration::from_secs(5);
 /// Reconnection backoff bounds.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// Authorities watched at once; past this, new names use DNS (bounded memory).
-const MAX_WATCHES: usize = 10_000;
+/// Authorities watched at once, per kind; past this, new names use DNS (bounded
+/// memory) until idle ones are dropped. Both kinds and the inbound ports together stay
+/// under the controller's 10,000 concurrent streams per connection: past that, a new
+/// stream would wait for one to end, and its first request with it.
+const MAX_WATCHES: usize = 4_096;
+const _: () =
+    assert!(2 * MAX_WATCHES + MAX_INBOUND_PORTS < mesh_api::CONTROLLER_MAX_STREAMS as usize);
 /// Application ports whose inbound policy is watched at once. Clients choose the port
 /// they connect to, so without a bound anyone could open a watch per port and fill the
 /// controller connection's streams; past it, the proxy's own setting decides, as it
@@ -109,7 +114,7 @@ pub struct Discover {
 #[derive(Debug)]
 struct Watched<T> {
     rx: watch::Receiver<T>,
-    used: Instant,
+    used: tokio::time::Instant,
     task: tokio::task::AbortHandle,
 }
 
@@ -129,7 +134,7 @@ fn watched<T>(
     gauge: Option<&AtomicU64>,
 ) -> Option<watch::Receiver<T>> {
     let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
-    let now = Instant::now();
+    let now = tokio::time::Instant::now();
     if let Some(w) = map.get_mut(key) {
         w.used = now;
         return Some(w.rx.clone());
@@ -554,6 +559,33 @@ mod tests {
                 metric_labels: Default::default(),
             })),
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn watches_are_bounded_and_idle_ones_make_room() {
+        let map: Mutex<HashMap<String, Watched<u8>>> = Mutex::default();
+        let start = || {
+            let (_tx, rx) = watch::channel(0u8);
+            let task = tokio::spawn(std::future::pending::<()>());
+            (rx, task.abort_handle())
+        };
+        for i in 0..MAX_WATCHES {
+            assert!(watched(&map, &format!("svc-{i}:80"), start, None).is_some());
+        }
+        assert!(
+            watched(&map, "one-more:80", start, None).is_none(),
+            "bounded"
+        );
+        // A name already watched is still served, and counts as used.
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert!(watched(&map, "svc-7:80", start, None).is_some());
+        tokio::time::advance(Duration::from_secs(40)).await;
+        assert_eq!(
+            sweep(&map, Duration::from_secs(60), None),
+            1,
+            "only svc-7 was used"
+        );
+        assert!(watched(&map, "one-more:80", start, None).is_some());
     }
 
     #[test]
