@@ -321,6 +321,19 @@ fn swap<K: std::hash::Hash + Eq, V: PartialEq>(
     Some(map.insert(key, value))
 }
 
+/// Puts `new` at `key`, or removes what is there with `None`: `None` when nothing
+/// changed, else `Some` of what was there.
+fn put<K: std::hash::Hash + Eq, V: PartialEq>(
+    map: &mut HashMap<K, V>,
+    key: K,
+    new: Option<V>,
+) -> Option<Option<V>> {
+    match new {
+        Some(v) => swap(map, key, v),
+        None => map.remove(&key).map(Some),
+    }
+}
+
 fn link<K: std::hash::Hash + Eq, V: Ord>(map: &mut HashMap<K, BTreeSet<V>>, key: K, value: V) {
     map.entry(key).or_default().insert(value);
 }
@@ -675,15 +688,8 @@ impl Index {
 /// the object is identical to what was there).
 impl State {
     fn put_namespace(&mut self, name: &str, new: Option<NamespaceInfo>) -> Vec<Topic> {
-        let old = match new {
-            Some(n) => match swap(&mut self.namespaces, name.to_string(), n) {
-                None => return vec![],
-                Some(old) => old,
-            },
-            None => match self.namespaces.remove(name) {
-                None => return vec![],
-                old => old,
-            },
+        let Some(old) = put(&mut self.namespaces, name.to_string(), new) else {
+            return vec![];
         };
         let mut topics = vec![Topic::Namespace(name.to_string())];
         let inject = |n: Option<&NamespaceInfo>| n.and_then(|n| n.inject);
@@ -698,15 +704,8 @@ impl State {
     }
 
     fn put_service(&mut self, key: Key, new: Option<ServiceInfo>) -> Vec<Topic> {
-        let old = match new {
-            Some(svc) => match swap(&mut self.services, key.clone(), svc) {
-                None => return vec![],
-                Some(old) => old,
-            },
-            None => match self.services.remove(&key) {
-                None => return vec![],
-                old => old,
-            },
+        let Some(old) = put(&mut self.services, key.clone(), new) else {
+            return vec![];
         };
         let mut topics = vec![Topic::Service(key.0.clone(), key.1.clone())];
         if let Some(old) = &old {
@@ -747,15 +746,8 @@ impl State {
     }
 
     fn put_pod(&mut self, key: Key, new: Option<PodInfo>) -> Vec<Topic> {
-        let old = match new {
-            Some(pod) => match swap(&mut self.pods, key.clone(), pod) {
-                None => return vec![],
-                Some(old) => old,
-            },
-            None => match self.pods.remove(&key) {
-                None => return vec![],
-                old => old,
-            },
+        let Some(old) = put(&mut self.pods, key.clone(), new) else {
+            return vec![];
         };
         let (ns, name) = &key;
         let mut topics = vec![Topic::Pod(ns.clone(), name.clone())];
@@ -813,15 +805,8 @@ impl State {
     }
 
     fn put_slice(&mut self, key: Key, new: Option<SliceInfo>) -> Vec<Topic> {
-        let old = match new {
-            Some(slice) => match swap(&mut self.slices, key.clone(), slice) {
-                None => return vec![],
-                Some(old) => old,
-            },
-            None => match self.slices.remove(&key) {
-                None => return vec![],
-                old => old,
-            },
+        let Some(old) = put(&mut self.slices, key.clone(), new) else {
+            return vec![];
         };
         let mut topics = Vec::new();
         if let Some(old) = &old {
@@ -855,11 +840,7 @@ impl State {
     }
 
     fn put_profile(&mut self, key: Key, new: Option<ServiceProfileSpec>) -> Vec<Topic> {
-        let changed = match new {
-            Some(spec) => swap(&mut self.profiles, key.clone(), spec).is_some(),
-            None => self.profiles.remove(&key).is_some(),
-        };
-        if !changed {
+        if put(&mut self.profiles, key.clone(), new).is_none() {
             return vec![];
         }
         // A profile is named after the service it is for: `name.ns.svc.<domain>`, in
@@ -873,15 +854,8 @@ impl State {
     }
 
     fn put_split(&mut self, key: Key, new: Option<TrafficSplitSpec>) -> Vec<Topic> {
-        let old = match new {
-            Some(spec) => match swap(&mut self.splits, key.clone(), spec) {
-                None => return vec![],
-                Some(old) => old,
-            },
-            None => match self.splits.remove(&key) {
-                None => return vec![],
-                old => old,
-            },
+        let Some(old) = put(&mut self.splits, key.clone(), new) else {
+            return vec![];
         };
         let (ns, name) = &key;
         let mut topics = Vec::new();

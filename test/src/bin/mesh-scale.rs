@@ -190,19 +190,6 @@ async fn spawn_listening(
     Ok((child, line))
 }
 
-fn field(line: &str, name: &str) -> anyhow::Result<SocketAddr> {
-    let start = line
-        .find(&format!("{name}="))
-        .with_context(|| format!("no {name}= in {line:?}"))?
-        + name.len()
-        + 1;
-    line[start..]
-        .split_whitespace()
-        .next()
-        .and_then(|v| v.trim_matches('"').parse().ok())
-        .with_context(|| format!("no address after {name}= in {line:?}"))
-}
-
 fn quantile_ms(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
 }
@@ -290,7 +277,7 @@ async fn measure(args: &Args, services: usize) -> anyhow::Result<Row> {
     )
     .await?;
     let load_s = started.elapsed().as_secs_f64();
-    let addr = field(&line, "destination")?;
+    let addr = mesh_test::field(&line, "destination");
     let pid = controller.id().context("controller pid")?;
     let rss_loaded_mb = rss_kb(pid) / 1024.0;
     let watched = args.watches.unwrap_or(services).min(services);
@@ -421,8 +408,8 @@ async fn proxy_phase(controller: SocketAddr, n: usize) -> anyhow::Result<(f64, O
         Duration::from_secs(30),
     )
     .await?;
-    let outbound = field(&line, "outbound")?;
-    let admin = field(&line, "admin")?;
+    let outbound = mesh_test::field(&line, "outbound");
+    let admin = mesh_test::field(&line, "admin");
     let pid = proxy.id().context("proxy pid")?;
     // Warm up: one authority, so the baseline has the runtime, TLS and client in it.
     request(outbound, &authority(0)).await?;
