@@ -183,7 +183,7 @@ impl Destination for Service {
         check_authority(&req.authority)?;
         let mut sent = Sent::default();
         let stream = follow(self.index.clone(), move |index, watch| {
-            sent.diff(index.resolve_for(&req.authority, &req.namespace, Some(watch)))
+            sent.diff(index.resolve(&req.authority, &req.namespace, Some(watch)))
         });
         Ok(Response::new(stream))
     }

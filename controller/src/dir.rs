@@ -58,28 +58,6 @@ pub const MAX_FILE_BYTES: u64 = 16 << 20;
 /// How deep below the folder files are looked for (symbolic links can make cycles).
 const MAX_DEPTH: usize = 16;
 
-/// Reads every `.yaml`, `.yml` and `.json` regular file below `dir` (symbolic links
-/// followed, as ConfigMap volumes need). This blocks: call it off the async runtime.
-/// Anything else with such a name (a FIFO, a socket, a device) is refused unread: a
-/// read from it could block for ever.
-pub fn load(dir: &Path) -> std::io::Result<Loaded> {
-    let mut files = Vec::new();
-    let mut loaded = Loaded::default();
-    let mut seen = HashSet::new();
-    collect(dir, 0, &mut seen, &mut files, &mut loaded)?;
-    files.sort();
-    for file in files {
-        match read(&file) {
-            Ok(text) => parse(&file, &text, &mut loaded),
-            Err(reason) => {
-                loaded.errors.push(doc_error(&file, 0, None, reason));
-                loaded.broken_files.insert(file.display().to_string());
-            }
-        }
-    }
-    Ok(loaded)
-}
-
 /// A manifest's text, if it is a regular file of at most [`MAX_FILE_BYTES`].
 fn read(file: &Path) -> Result<String, String> {
     use std::io::Read;
@@ -315,16 +293,6 @@ impl Applied {
     /// Nothing applied yet.
     pub fn new() -> Self {
         Self::default()
-    }
-
-    /// How many objects are applied.
-    pub fn len(&self) -> usize {
-        self.file_of.len()
-    }
-
-    /// Whether nothing is applied.
-    pub fn is_empty(&self) -> bool {
-        self.file_of.is_empty()
     }
 
     fn insert(&mut self, at: ObjectRef, file: String) {
@@ -688,7 +656,7 @@ mod tests {
 
     fn known(index: &Index, name: &str) -> bool {
         matches!(
-            index.resolve(&format!("{name}.ns:80"), "ns"),
+            index.resolve(&format!("{name}.ns:80"), "ns", None),
             Resolution::Service { .. }
         )
     }

@@ -587,12 +587,8 @@ impl Index {
 
     /// Resolves `authority` (`name.ns.svc.cluster.local:port`, `name.ns:port`, `name`,
     /// or a cluster IP and port) for a caller in `caller_ns`.
-    pub fn resolve(&self, authority: &str, caller_ns: &str) -> Resolution {
-        self.resolve_for(authority, caller_ns, None)
-    }
-
-    /// [`Index::resolve`], with `watch` listening to what the answer depends on.
-    pub fn resolve_for(
+    /// With `watch`, it listens to what the answer read from now on.
+    pub fn resolve(
         &self,
         authority: &str,
         caller_ns: &str,
@@ -617,12 +613,8 @@ impl Index {
     /// The client policy of the service `authority` names: compiled from its
     /// ServiceProfile and the TrafficSplit whose apex it is. Empty for names that are
     /// no service.
-    pub fn outbound_policy(&self, authority: &str, caller_ns: &str) -> pb::OutboundPolicy {
-        self.outbound_policy_for(authority, caller_ns, None)
-    }
-
-    /// [`Index::outbound_policy`], with `watch` listening to what it depends on.
-    pub fn outbound_policy_for(
+    /// With `watch`, it listens to what the answer read from now on.
+    pub fn outbound_policy(
         &self,
         authority: &str,
         caller_ns: &str,
@@ -654,12 +646,8 @@ impl Index {
     }
 
     /// The server policy of port `port` of pod `workload` in `namespace`.
-    pub fn inbound_policy(&self, workload: &str, namespace: &str, port: u16) -> pb::InboundPolicy {
-        self.inbound_policy_for(workload, namespace, port, None)
-    }
-
-    /// [`Index::inbound_policy`], with `watch` listening to what it depends on.
-    pub fn inbound_policy_for(
+    /// With `watch`, it listens to what the answer read from now on.
+    pub fn inbound_policy(
         &self,
         workload: &str,
         namespace: &str,
@@ -1164,7 +1152,7 @@ mod tests {
     }
 
     fn identities(index: &Index, authority: &str) -> Vec<Option<String>> {
-        match index.resolve(authority, "ns") {
+        match index.resolve(authority, "ns", None) {
             Resolution::Service { endpoints, .. } => {
                 endpoints.values().map(|e| e.identity.clone()).collect()
             }
@@ -1190,12 +1178,23 @@ mod tests {
             Object::TrafficSplit(split),
         );
         assert!(refused.is_err());
-        assert!(index.outbound_policy("web.ns:80", "ns").backends.is_empty());
+        assert!(
+            index
+                .outbound_policy("web.ns:80", "ns", None)
+                .backends
+                .is_empty()
+        );
         // The backend arrives later (watchers deliver kinds in any order).
         index
             .apply(&at(Kind::Service, "ns", "web-v1"), service(&[]))
             .expect("backend");
-        assert_eq!(index.outbound_policy("web.ns:80", "ns").backends.len(), 1);
+        assert_eq!(
+            index
+                .outbound_policy("web.ns:80", "ns", None)
+                .backends
+                .len(),
+            1
+        );
     }
 
     #[test]
@@ -1215,15 +1214,15 @@ mod tests {
             "web",
         ] {
             assert!(
-                matches!(index.resolve(a, "ns"), Resolution::Service { .. }),
+                matches!(index.resolve(a, "ns", None), Resolution::Service { .. }),
                 "{a}"
             );
         }
         // `x.svc` is service x in namespace svc.
         assert!(
-            matches!(index.resolve("x.svc:80", "ns"), Resolution::Service { namespace, .. } if namespace == "svc")
+            matches!(index.resolve("x.svc:80", "ns", None), Resolution::Service { namespace, .. } if namespace == "svc")
         );
-        assert_eq!(index.resolve("nope.ns:80", "ns"), Resolution::Unknown);
+        assert_eq!(index.resolve("nope.ns:80", "ns", None), Resolution::Unknown);
         let external = Object::Service(ServiceInfo {
             external_name: true,
             ..Default::default()
@@ -1232,7 +1231,7 @@ mod tests {
             .apply(&at(Kind::Service, "ns", "ext"), external)
             .expect("svc");
         assert_eq!(
-            index.resolve("ext.ns:80", "ns"),
+            index.resolve("ext.ns:80", "ns", None),
             Resolution::Unknown,
             "ExternalName goes to DNS"
         );
@@ -1315,7 +1314,7 @@ mod tests {
         let index = Index::default();
         let mut w = index.watch();
         assert_eq!(
-            index.resolve_for("web.ns:80", "ns", Some(&mut w)),
+            index.resolve("web.ns:80", "ns", Some(&mut w)),
             Resolution::Unknown
         );
         index
@@ -1348,7 +1347,7 @@ mod tests {
                     )
                     .expect("pod");
                 let mut w = index.watch();
-                let r = index.resolve_for(&format!("{name}.ns:80"), "ns", Some(&mut w));
+                let r = index.resolve(&format!("{name}.ns:80"), "ns", Some(&mut w));
                 assert!(
                     matches!(r, Resolution::Service { ref endpoints, .. } if endpoints.len() == 1),
                     "{r:?}"
@@ -1406,15 +1405,15 @@ mod tests {
         let index = Index::default();
         let mut by_ip = index.watch();
         assert_eq!(
-            index.resolve_for("10.96.0.9:80", "ns", Some(&mut by_ip)),
+            index.resolve("10.96.0.9:80", "ns", Some(&mut by_ip)),
             Resolution::Unknown
         );
         let mut policy = index.watch();
-        index.outbound_policy_for("web.ns:80", "ns", Some(&mut policy));
+        index.outbound_policy("web.ns:80", "ns", Some(&mut policy));
         let mut other = index.watch();
-        index.outbound_policy_for("db.ns:80", "ns", Some(&mut other));
+        index.outbound_policy("db.ns:80", "ns", Some(&mut other));
         let mut inbound = index.watch();
-        index.inbound_policy_for("web-1", "ns", 8080, Some(&mut inbound));
+        index.inbound_policy("web-1", "ns", 8080, Some(&mut inbound));
         let web = Object::Service(ServiceInfo {
             cluster_ip: "10.96.0.9".parse().ok(),
             ports: vec![ServicePort {
@@ -1431,9 +1430,9 @@ mod tests {
         assert!(!other.take_change() && !inbound.take_change());
         // Woken watches answer again (as the streams do), listening anew.
         assert!(
-            matches!(index.resolve_for("10.96.0.9:80", "ns", Some(&mut by_ip)), Resolution::Service { ref name, .. } if name == "web")
+            matches!(index.resolve("10.96.0.9:80", "ns", Some(&mut by_ip)), Resolution::Service { ref name, .. } if name == "web")
         );
-        index.outbound_policy_for("web.ns:80", "ns", Some(&mut policy));
+        index.outbound_policy("web.ns:80", "ns", Some(&mut policy));
         let profile: ServiceProfileSpec = serde_json::from_value(serde_json::json!({
             "routes": [{"name": "r", "condition": {"method": "GET"}}]
         }))
@@ -1447,7 +1446,7 @@ mod tests {
         assert!(policy.take_change() && !other.take_change() && !by_ip.take_change());
         assert_eq!(
             index
-                .outbound_policy_for("web.ns:80", "ns", Some(&mut policy))
+                .outbound_policy("web.ns:80", "ns", Some(&mut policy))
                 .routes
                 .len(),
             1
@@ -1485,7 +1484,7 @@ mod tests {
         index.delete(&at(Kind::Service, "ns", "web"));
         assert!(by_ip.take_change());
         assert_eq!(
-            index.resolve_for("10.96.0.9:80", "ns", Some(&mut by_ip)),
+            index.resolve("10.96.0.9:80", "ns", Some(&mut by_ip)),
             Resolution::Unknown
         );
     }
@@ -1518,7 +1517,7 @@ mod tests {
         index
             .apply(&at(Kind::Service, "ns", "all"), service(&[("tier", "web")]))
             .expect("svc");
-        let count = |a: &str| match index.resolve(a, "ns") {
+        let count = |a: &str| match index.resolve(a, "ns", None) {
             Resolution::Service { endpoints, .. } => endpoints.len(),
             Resolution::Unknown => usize::MAX,
         };

@@ -59,7 +59,7 @@ impl OutboundPolicies for Service {
         let req = req.into_inner();
         crate::destination::check_authority(&req.authority)?;
         let stream = changes(self.index.clone(), move |index, watch| {
-            index.outbound_policy_for(&req.authority, &req.namespace, Some(watch))
+            index.outbound_policy(&req.authority, &req.namespace, Some(watch))
         });
         Ok(Response::new(stream))
     }
@@ -84,7 +84,7 @@ impl InboundPolicies for Service {
             ));
         }
         let stream = changes(self.index.clone(), move |index, watch| {
-            index.inbound_policy_for(&req.workload, &req.namespace, port, Some(watch))
+            index.inbound_policy(&req.workload, &req.namespace, port, Some(watch))
         });
         Ok(Response::new(stream))
     }

@@ -114,7 +114,7 @@ fn profile(path_regex: &str) -> Value {
 }
 
 fn endpoints(index: &Index) -> Vec<String> {
-    match index.resolve("web.demo.svc.cluster.local:80", "demo") {
+    match index.resolve("web.demo.svc.cluster.local:80", "demo", None) {
         Resolution::Service { endpoints, .. } => {
             endpoints.keys().map(ToString::to_string).collect()
         }
@@ -206,7 +206,8 @@ async fn lists_watches_restarts_and_refusals() {
         endpoints(&index) == ["127.0.1.3:8080"]
     })
     .await;
-    let Resolution::Service { endpoints: eps, .. } = index.resolve("10.96.0.20:80", "default")
+    let Resolution::Service { endpoints: eps, .. } =
+        index.resolve("10.96.0.20:80", "default", None)
     else {
         panic!("cluster IP")
     };
@@ -217,7 +218,7 @@ async fn lists_watches_restarts_and_refusals() {
     );
 
     eventually("the slice's endpoint", || {
-        matches!(index.resolve("db.demo:5432", "x"), Resolution::Service { endpoints, .. }
+        matches!(index.resolve("db.demo:5432", "x", None), Resolution::Service { endpoints, .. }
             if endpoints.keys().map(ToString::to_string).collect::<Vec<_>>() == ["127.0.1.9:15432"])
     })
     .await;
@@ -234,7 +235,7 @@ async fn lists_watches_restarts_and_refusals() {
         note.contains("spec.routes[0].condition.pathRegex"),
         "{note}"
     );
-    let p = index.outbound_policy("web.demo.svc.cluster.local:80", "demo");
+    let p = index.outbound_policy("web.demo.svc.cluster.local:80", "demo", None);
     assert_eq!(p.routes.len(), 1);
     assert_eq!(
         p.routes[0].timeouts.as_ref().map(|t| t.request_ms),

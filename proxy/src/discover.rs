@@ -125,14 +125,19 @@ impl<T> Drop for Watched<T> {
     }
 }
 
-/// The watch of `key` in `map`, marked used now; started by `start` when there is none
-/// and fewer than [`MAX_WATCHES`]. `None` past the bound.
-fn watched<T>(
+/// The watch of `key` in `map`, marked used now. When there is none (and fewer than
+/// [`MAX_WATCHES`]), one starts at `pending` and `follow` keeps it up to date.
+/// `None` past the bound.
+fn watched<T, F>(
     map: &Mutex<HashMap<String, Watched<T>>>,
     key: &str,
-    start: impl FnOnce() -> (watch::Receiver<T>, tokio::task::AbortHandle),
+    pending: T,
+    follow: impl FnOnce(watch::Sender<T>) -> F,
     gauge: Option<&AtomicU64>,
-) -> Option<watch::Receiver<T>> {
+) -> Option<watch::Receiver<T>>
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
     let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
     let now = tokio::time::Instant::now();
     if let Some(w) = map.get_mut(key) {
@@ -142,7 +147,8 @@ fn watched<T>(
     if map.len() >= MAX_WATCHES {
         return None;
     }
-    let (rx, task) = start();
+    let (tx, rx) = watch::channel(pending);
+    let task = tokio::spawn(follow(tx)).abort_handle();
     map.insert(
         key.to_string(),
         Watched {
@@ -277,18 +283,15 @@ impl Discover {
     /// first answer.
     pub async fn profile(&self, authority: &str) -> Arc<Profile> {
         let gauge = self.metrics.as_deref().map(|m| &m.held.policy_watches);
+        let req = || policy_pb::OutboundPolicyRequest {
+            authority: authority.to_string(),
+            namespace: self.namespace.clone(),
+        };
         let rx = watched(
             &self.profiles,
             authority,
-            || {
-                let (tx, rx) = watch::channel(None);
-                let req = policy_pb::OutboundPolicyRequest {
-                    authority: authority.to_string(),
-                    namespace: self.namespace.clone(),
-                };
-                let task = tokio::spawn(follow_policy(self.outbound.clone(), req, tx));
-                (rx, task.abort_handle())
-            },
+            None,
+            |tx| follow_policy(self.outbound.clone(), req(), tx),
             gauge,
         );
         let Some(mut rx) = rx else {
@@ -303,18 +306,15 @@ impl Discover {
 
     fn watch(&self, authority: &str) -> Option<watch::Receiver<Answer>> {
         let gauge = self.metrics.as_deref().map(|m| &m.held.destination_watches);
+        let req = || pb::GetDestination {
+            authority: authority.to_string(),
+            namespace: self.namespace.clone(),
+        };
         watched(
             &self.watches,
             authority,
-            || {
-                let (tx, rx) = watch::channel(Answer::Pending);
-                let req = pb::GetDestination {
-                    authority: authority.to_string(),
-                    namespace: self.namespace.clone(),
-                };
-                let task = tokio::spawn(follow(self.client.clone(), req, tx));
-                (rx, task.abort_handle())
-            },
+            Answer::Pending,
+            |tx| follow(self.client.clone(), req(), tx),
             gauge,
         )
     }
@@ -564,28 +564,24 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn watches_are_bounded_and_idle_ones_make_room() {
         let map: Mutex<HashMap<String, Watched<u8>>> = Mutex::default();
-        let start = || {
-            let (_tx, rx) = watch::channel(0u8);
-            let task = tokio::spawn(std::future::pending::<()>());
-            (rx, task.abort_handle())
-        };
+        let start = |_tx: watch::Sender<u8>| std::future::pending::<()>();
         for i in 0..MAX_WATCHES {
-            assert!(watched(&map, &format!("svc-{i}:80"), start, None).is_some());
+            assert!(watched(&map, &format!("svc-{i}:80"), 0, start, None).is_some());
         }
         assert!(
-            watched(&map, "one-more:80", start, None).is_none(),
+            watched(&map, "one-more:80", 0, start, None).is_none(),
             "bounded"
         );
         // A name already watched is still served, and counts as used.
         tokio::time::advance(Duration::from_secs(30)).await;
-        assert!(watched(&map, "svc-7:80", start, None).is_some());
+        assert!(watched(&map, "svc-7:80", 0, start, None).is_some());
         tokio::time::advance(Duration::from_secs(40)).await;
         assert_eq!(
             sweep(&map, Duration::from_secs(60), None),
             1,
             "only svc-7 was used"
         );
-        assert!(watched(&map, "one-more:80", start, None).is_some());
+        assert!(watched(&map, "one-more:80", 0, start, None).is_some());
     }
 
     #[test]

@@ -178,8 +178,8 @@ pub fn manifests(data: &[u8]) {
         .collect();
     mesh_controller::dir::sync(&index, loaded, &mut applied);
     for authority in authorities.iter().take(16) {
-        let _ = index.resolve(authority, "default");
-        let policy = index.outbound_policy(authority, "default");
+        let _ = index.resolve(authority, "default", None);
+        let policy = index.outbound_policy(authority, "default", None);
         if let Err(e) = mesh_proxy::profile::Profile::compile(&policy) {
             panic!("the controller would send a policy the proxy refuses: {e}: {policy:?}");
         }

@@ -17,6 +17,7 @@ pub mod identity;
 pub mod images;
 pub mod load;
 pub mod mesh;
+pub mod procfs;
 pub mod proxy;
 pub mod viz;
 

@@ -367,18 +367,29 @@ mod tests {
         req
     }
 
+    type Call = tokio::task::JoinHandle<Result<Response<BoxBody>, BoxError>>;
+
+    /// One request through the retry layer (on `route`, if any), with
+    /// `attempts` attempts allowed through to the mock below.
+    async fn calling(
+        route: Option<RouteInfo>,
+        attempts: usize,
+    ) -> (
+        Call,
+        tower_test::mock::Handle<Request<BoxBody>, Response<BoxBody>>,
+        Arc<Metrics>,
+    ) {
+        let (mut service, mut handle, metrics) = service();
+        handle.allow(attempts as u64);
+        let req = request(&metrics, route);
+        let call = tokio::spawn(service.ready().await.expect("ready").call(req));
+        (call, handle, metrics)
+    }
+
     #[tokio::test]
     async fn failures_are_sent_again_and_counted_once() {
-        let (mut retry, mut handle, metrics) = service();
-        handle.allow(5);
+        let (call, mut handle, metrics) = calling(Some(retryable()), 5).await;
         let web = Peer::secured("web.ns.serviceaccount.identity.mesh.cluster.local");
-        let call = tokio::spawn(
-            retry
-                .ready()
-                .await
-                .expect("ready")
-                .call(request(&metrics, Some(retryable()))),
-        );
         let (first, send) = handle.next_request().await.expect("first");
         assert!(first.extensions().get::<Counted>().is_none());
         send.send_response(status(500, Some(&web)));
@@ -401,16 +412,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_retry_shed_for_load_is_still_the_counted_endpoints() {
-        let (mut retry, mut handle, metrics) = service();
-        handle.allow(5);
+        let (call, mut handle, _) = calling(Some(retryable()), 5).await;
         let web = Peer::secured("web.ns.serviceaccount.identity.mesh.cluster.local");
-        let call = tokio::spawn(
-            retry
-                .ready()
-                .await
-                .expect("ready")
-                .call(request(&metrics, Some(retryable()))),
-        );
         let (_, send) = handle.next_request().await.expect("first");
         send.send_response(status(500, Some(&web)));
         let (_, send) = handle.next_request().await.expect("second");
@@ -425,15 +428,7 @@ mod tests {
 
     #[tokio::test]
     async fn routes_without_retries_pass_through() {
-        let (mut retry, mut handle, metrics) = service();
-        handle.allow(2);
-        let call = tokio::spawn(
-            retry
-                .ready()
-                .await
-                .expect("ready")
-                .call(request(&metrics, None)),
-        );
+        let (call, mut handle, metrics) = calling(None, 2).await;
         let (_, send) = handle.next_request().await.expect("once");
         send.send_response(status(500, None));
         assert_eq!(call.await.expect("join").expect("rsp").status(), 500);

@@ -92,7 +92,7 @@ impl Procs {
                 let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
                     continue;
                 };
-                if let Some(ppid) = stat_field(pid, 1)
+                if let Some(ppid) = mesh_test::procfs::stat_field(pid, 1)
                     && roots.contains(&(ppid as u32))
                 {
                     all.push(pid);
@@ -106,31 +106,16 @@ impl Procs {
         // utime + stime, in clock ticks of 1/100 s (Linux's USER_HZ).
         self.pids()
             .iter()
-            .map(|&p| {
-                (stat_field(p, 11).unwrap_or(0) + stat_field(p, 12).unwrap_or(0)) as f64 / 100.0
-            })
+            .map(|&p| mesh_test::procfs::cpu_seconds(p))
             .sum()
     }
 
     fn peak_rss_mb(&self) -> f64 {
         self.pids()
             .iter()
-            .map(|&p| vm_hwm_kb(p).unwrap_or(0) as f64 / 1024.0)
+            .map(|&p| mesh_test::procfs::status_kb(p, "VmHWM").unwrap_or(0) as f64 / 1024.0)
             .sum()
     }
-}
-
-/// Field `i` of /proc/PID/stat counted from the one after the command name.
-fn stat_field(pid: u32, i: usize) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = &stat[stat.rfind(')')? + 2..];
-    after.split_whitespace().nth(i)?.parse().ok()
-}
-
-fn vm_hwm_kb(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn free_port() -> anyhow::Result<SocketAddr> {

@@ -14,7 +14,6 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,7 +25,7 @@ use mesh_api::destination::destination_client::DestinationClient;
 use mesh_api::policy::OutboundPolicyRequest;
 use mesh_api::policy::outbound_policies_client::OutboundPoliciesClient;
 use serde::Serialize;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 use tonic::transport::Channel;
 
@@ -126,68 +125,20 @@ fn write_cluster(dir: &Path, services: usize, pods: usize) -> anyhow::Result<()>
     Ok(())
 }
 
-/// Field `i` of /proc/PID/stat counted from the one after the command name.
-fn stat_field(pid: u32, i: usize) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = &stat[stat.rfind(')')? + 2..];
-    after.split_whitespace().nth(i)?.parse().ok()
-}
-
-/// CPU seconds (user + system) a process has used.
 fn cpu_s(pid: u32) -> f64 {
-    (stat_field(pid, 11).unwrap_or(0) + stat_field(pid, 12).unwrap_or(0)) as f64 / 100.0
+    mesh_test::procfs::cpu_seconds(pid)
 }
 
 fn rss_kb(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0.0)
+    mesh_test::procfs::status_kb(pid, "VmRSS").unwrap_or(0) as f64
 }
 
-/// Starts a workspace binary and waits (up to `patience`) for its "listening" line.
-async fn spawn_listening(
-    name: &str,
-    env: &[(&str, String)],
-    patience: Duration,
-) -> anyhow::Result<(Child, String)> {
+/// Starts workspace binary `name` with only `env` and waits for its "listening" line.
+async fn spawn_listening(name: &'static str, env: &[(&str, String)]) -> (Child, String) {
     let mut cmd = Command::new(mesh_test::bin_path(name));
     cmd.env_clear()
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("cannot start {name}"))?;
-    let mut lines = BufReader::new(child.stderr.take().context("stderr")?).lines();
-    let line = tokio::time::timeout(patience, async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if line.contains("listening") {
-                return Some(line);
-            }
-            if line.contains("ERROR") {
-                eprintln!("[{name}] {line}");
-            }
-        }
-        None
-    })
-    .await
-    .with_context(|| format!("{name} did not listen within {patience:?}"))?
-    .with_context(|| format!("{name} exited before listening"))?;
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if line.contains("ERROR") || line.contains("WARN") {
-                eprintln!("[log] {line}");
-            }
-        }
-    });
-    Ok((child, line))
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+    mesh_test::spawn_listening(cmd, name).await
 }
 
 fn quantile_ms(h: &Histogram<u64>, q: f64) -> f64 {
@@ -273,9 +224,8 @@ async fn measure(args: &Args, services: usize) -> anyhow::Result<Row> {
             ("MESH_CONTROLLER_DESTINATION_ADDR", "127.0.0.1:0".into()),
             ("MESH_CONTROLLER_LOG", "warn,mesh_controller=info".into()),
         ],
-        Duration::from_secs(600),
     )
-    .await?;
+    .await;
     let load_s = started.elapsed().as_secs_f64();
     let addr = mesh_test::field(&line, "destination");
     let pid = controller.id().context("controller pid")?;
@@ -354,36 +304,12 @@ impl Drop for Cleanup {
     }
 }
 
-/// One HTTP/1 request through the proxy's outbound port to `host`; its status.
-async fn request(proxy: SocketAddr, host: &str) -> anyhow::Result<u16> {
-    let mut s = tokio::net::TcpStream::connect(proxy).await?;
-    s.write_all(format!("GET / HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n").as_bytes())
-        .await?;
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut buf)).await??;
-    let head = String::from_utf8_lossy(&buf);
-    head.split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .with_context(|| format!("no status in {head:?}"))
-}
-
-/// The value of the first sample of `name` in Prometheus text whose labels contain
-/// `labels`.
-fn sample(text: &str, name: &str, labels: &str) -> Option<u64> {
-    text.lines()
-        .filter(|l| l.starts_with(name) && l.contains(labels))
-        .find_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .map(|v| v as u64)
-}
-
-async fn scrape(admin: SocketAddr) -> anyhow::Result<String> {
-    let mut s = tokio::net::TcpStream::connect(admin).await?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n")
-        .await?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await?;
-    Ok(String::from_utf8_lossy(&buf).into_owned())
+/// Destination watches the proxy with admin address `admin` holds.
+async fn destination_watches(admin: SocketAddr) -> u64 {
+    let text = mesh_test::client::get(admin, "admin", "/metrics")
+        .await
+        .text();
+    mesh_test::proxy::sum_metric(&text, "discovery_watches", &[("kind", "destination")])
 }
 
 /// A proxy sends one request to each of `n` services: its RSS per authority watched,
@@ -405,14 +331,13 @@ async fn proxy_phase(controller: SocketAddr, n: usize) -> anyhow::Result<(f64, O
                 format!("{}s", idle.as_secs()),
             ),
         ],
-        Duration::from_secs(30),
     )
-    .await?;
+    .await;
     let outbound = mesh_test::field(&line, "outbound");
     let admin = mesh_test::field(&line, "admin");
     let pid = proxy.id().context("proxy pid")?;
     // Warm up: one authority, so the baseline has the runtime, TLS and client in it.
-    request(outbound, &authority(0)).await?;
+    mesh_test::client::get(outbound, &authority(0), "/").await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let base = rss_kb(pid);
     let permits = Arc::new(tokio::sync::Semaphore::new(32));
@@ -420,20 +345,19 @@ async fn proxy_phase(controller: SocketAddr, n: usize) -> anyhow::Result<(f64, O
     for i in 1..n {
         let permit = permits.clone().acquire_owned().await?;
         tasks.push(tokio::spawn(async move {
-            let r = request(outbound, &authority(i)).await;
+            mesh_test::client::get(outbound, &authority(i), "/").await;
             drop(permit);
-            r
         }));
     }
     for t in tasks {
-        t.await??;
+        t.await?;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let per = (rss_kb(pid) - base) / (n.max(2) - 1) as f64;
-    let held = sample(&scrape(admin).await?, "discovery_watches", "destination");
-    eprintln!("proxy holds {held:?} destination watches; waiting for them to go idle …");
+    let held = destination_watches(admin).await;
+    eprintln!("proxy holds {held} destination watches; waiting for them to go idle …");
     tokio::time::sleep(idle * 3).await;
-    let after = sample(&scrape(admin).await?, "discovery_watches", "destination");
+    let after = Some(destination_watches(admin).await);
     drop(proxy);
     Ok((per, after))
 }
@@ -594,9 +518,8 @@ async fn viz_phase(pods: usize) -> anyhow::Result<VizRow> {
             ("MESH_VIZ_PROXY_ADMIN_PORT", admin_port.to_string()),
             ("MESH_VIZ_LOG", "warn,mesh_viz=info".into()),
         ],
-        Duration::from_secs(60),
     )
-    .await?;
+    .await;
     let pid = viz.id().context("viz pid")?;
     // Let the store fill (the first rounds have no rates to keep yet).
     tokio::time::sleep(Duration::from_secs(5)).await;
