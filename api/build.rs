@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = protox::compile(
         [
             "proto/destination.proto",
+            "proto/discovery.proto",
             "proto/identity.proto",
             "proto/policy.proto",
         ],

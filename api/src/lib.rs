@@ -20,9 +20,12 @@ pub use profile::ServiceProfileSpec;
 pub use quantity::Quantity;
 pub use split::TrafficSplitSpec;
 
-/// The most gRPC streams the controller serves on one connection (a proxy's watches all
-/// share one).
+/// The most gRPC streams the controller serves on one connection.
 pub const CONTROLLER_MAX_STREAMS: u32 = 10_000;
+
+/// The most subscriptions one `Discovery.Watch` stream may hold at once (a proxy's
+/// watches all share one stream).
+pub const MAX_SUBSCRIPTIONS: usize = 40_000;
 
 /// A problem with one field of a resource.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -55,6 +58,13 @@ pub mod destination {
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod policy {
     tonic::include_proto!("mesh.policy");
+}
+
+/// One stream per proxy for all it follows (generated from `proto/discovery.proto`):
+/// `Discovery.Watch` multiplexes the destination and policy subscriptions.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod discovery {
+    tonic::include_proto!("mesh.discovery");
 }
 
 /// The identity service's gRPC API (generated from `proto/identity.proto`).

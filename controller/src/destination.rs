@@ -179,12 +179,19 @@ impl Destination for Service {
         &self,
         req: Request<pb::GetDestination>,
     ) -> Result<Response<Self::GetStream>, Status> {
-        let req = req.into_inner();
-        check_authority(&req.authority)?;
-        let mut sent = Sent::default();
-        let stream = follow(self.index.clone(), move |index, watch| {
-            sent.diff(index.resolve(&req.authority, &req.namespace, Some(watch)))
-        });
-        Ok(Response::new(stream))
+        let next = endpoints(req.into_inner())?;
+        Ok(Response::new(follow(self.index.clone(), next)))
     }
+}
+
+/// Follows the endpoints `req` asks for: each call gives what changed since the last
+/// one (the whole set first), and listens to what the answer read.
+pub fn endpoints(
+    req: pb::GetDestination,
+) -> Result<impl FnMut(&Index, &mut Watch) -> Vec<pb::Update> + Send + 'static, Status> {
+    check_authority(&req.authority)?;
+    let mut sent = Sent::default();
+    Ok(move |index: &Index, watch: &mut Watch| {
+        sent.diff(index.resolve(&req.authority, &req.namespace, Some(watch)))
+    })
 }

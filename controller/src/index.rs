@@ -218,35 +218,97 @@ type Key = (String, String);
 /// A label in a namespace: (namespace, key, value).
 type LabelKey = (String, String, String);
 
-/// The watches listening to each topic.
+/// The watches listening to each topic: where to wake each, and under which tag.
 #[derive(Debug, Default)]
 struct Registry {
     next: u64,
-    topics: HashMap<Topic, HashMap<u64, Arc<Notify>>>,
+    topics: HashMap<Topic, HashMap<u64, (Arc<Wakes>, u64)>>,
     /// Wake-ups sent so far, for tests and benchmarks.
     woken: u64,
 }
 
-/// One follower of the index (a gRPC stream): woken when a topic its last answer read
-/// changes. Dropping it stops the listening.
+/// Where the watches of one follower are woken. A stream following one target has one
+/// of its own; a stream following many (`Discovery.Watch`) shares one among its
+/// watches, each under its own tag, and learns which of them changed without looking
+/// at the others.
+#[derive(Debug, Default)]
+pub struct Wakes {
+    ready: Mutex<BTreeSet<u64>>,
+    notify: Notify,
+}
+
+impl Wakes {
+    /// An empty set of wake-ups.
+    pub fn new() -> Arc<Self> {
+        Arc::default()
+    }
+
+    /// Takes the tags of up to `max` watches woken since they were last taken (the
+    /// smallest first); the rest wait for the next call.
+    pub fn take(&self, max: usize) -> Vec<u64> {
+        let mut ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
+        if ready.len() <= max {
+            return std::mem::take(&mut *ready).into_iter().collect();
+        }
+        let rest = match ready.iter().nth(max) {
+            Some(&first_left) => ready.split_off(&first_left),
+            None => BTreeSet::new(),
+        };
+        std::mem::replace(&mut *ready, rest).into_iter().collect()
+    }
+
+    /// Resolves once some watch has been woken since its tag was last taken (at once if
+    /// one has). Cancel-safe: a wake-up is kept until taken.
+    pub async fn woken(&self) {
+        loop {
+            if !self
+                .ready
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_empty()
+            {
+                return;
+            }
+            self.notify.notified().await;
+        }
+    }
+
+    fn wake(&self, tag: u64) {
+        self.ready
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(tag);
+        self.notify.notify_one();
+    }
+}
+
+/// One follower of the index (a gRPC stream, or one subscription of one): woken when a
+/// topic its last answer read changes. Dropping it stops the listening.
 #[derive(Debug)]
 pub struct Watch {
     id: u64,
-    notify: Arc<Notify>,
+    tag: u64,
+    wakes: Arc<Wakes>,
     topics: Vec<Topic>,
     registry: Arc<Mutex<Registry>>,
 }
 
 impl Watch {
     /// Resolves once something this watch's last answer read has changed since (at
-    /// once if it already has).
+    /// once if it already has). For a watch with wake-ups of its own
+    /// ([`Index::watch`]).
     pub async fn changed(&self) {
-        self.notify.notified().await;
+        loop {
+            self.wakes.woken().await;
+            if !self.wakes.take(usize::MAX).is_empty() {
+                return;
+            }
+        }
     }
 
-    /// Whether a change is waiting (and takes it).
+    /// Whether a change is waiting (and takes it). For a watch with wake-ups of its own.
     pub fn take_change(&self) -> bool {
-        futures_util::FutureExt::now_or_never(self.notify.notified()).is_some()
+        !self.wakes.take(usize::MAX).is_empty()
     }
 
     /// Listens to `topics` from now on instead of the current ones.
@@ -271,7 +333,7 @@ impl Watch {
             r.topics
                 .entry(new.clone())
                 .or_default()
-                .insert(self.id, self.notify.clone());
+                .insert(self.id, (self.wakes.clone(), self.tag));
         }
         self.topics = topics;
     }
@@ -439,13 +501,21 @@ impl Index {
         self.state.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A new follower, listening to nothing until its first answer.
+    /// A new follower with wake-ups of its own, listening to nothing until its first
+    /// answer.
     pub fn watch(&self) -> Watch {
+        self.watch_in(&Wakes::new(), 0)
+    }
+
+    /// A new follower woken through `wakes` under `tag` (which it shares with others),
+    /// listening to nothing until its first answer.
+    pub fn watch_in(&self, wakes: &Arc<Wakes>, tag: u64) -> Watch {
         let mut r = self.registry.lock().unwrap_or_else(|e| e.into_inner());
         r.next += 1;
         Watch {
             id: r.next,
-            notify: Arc::default(),
+            tag,
+            wakes: wakes.clone(),
             topics: Vec::new(),
             registry: self.registry.clone(),
         }
@@ -491,8 +561,8 @@ impl Index {
         let mut woken = 0;
         for t in &topics {
             if let Some(watches) = r.topics.get(t) {
-                for n in watches.values() {
-                    n.notify_one();
+                for (wakes, tag) in watches.values() {
+                    wakes.wake(*tag);
                     woken += 1;
                 }
             }
@@ -1398,6 +1468,54 @@ mod tests {
         drop(watches);
         assert_eq!(listened, 600, "each: the service and its endpoints");
         assert_eq!(index.topics_listened(), 0);
+    }
+
+    #[test]
+    fn watches_sharing_wakes_are_told_apart_by_tag() {
+        let index = Index::default();
+        // Services and their pods, then one stream's worth of watches over them.
+        drop(watched(&index, 5));
+        let wakes = Wakes::new();
+        let mut watches: Vec<Watch> = (0..5)
+            .map(|i| {
+                let mut w = index.watch_in(&wakes, 100 + i);
+                index.resolve(&format!("svc-{i}.ns:80"), "ns", Some(&mut w));
+                w
+            })
+            .collect();
+        assert!(wakes.take(usize::MAX).is_empty(), "answers are no news");
+        for (svc, ip) in [
+            ("svc-3", "10.2.0.3"),
+            ("svc-1", "10.2.0.1"),
+            ("svc-4", "10.2.0.4"),
+        ] {
+            index
+                .apply(
+                    &at(Kind::Pod, "ns", &format!("{svc}-b")),
+                    pod(svc, ip, Some(true), false),
+                )
+                .expect("pod");
+        }
+        assert!(
+            futures_util::FutureExt::now_or_never(wakes.woken()).is_some(),
+            "woken"
+        );
+        // At most two at a time, smallest tag first; the rest stay for the next take.
+        assert_eq!(wakes.take(2), [101, 103]);
+        assert_eq!(wakes.take(2), [104]);
+        assert!(wakes.take(2).is_empty());
+        assert!(futures_util::FutureExt::now_or_never(wakes.woken()).is_none());
+        // A dropped watch of the group is woken no more; the others still are.
+        watches.remove(1);
+        for svc in ["svc-1", "svc-2"] {
+            index
+                .apply(
+                    &at(Kind::Pod, "ns", &format!("{svc}-c")),
+                    pod(svc, &format!("10.2.1.{}", &svc[4..]), Some(true), false),
+                )
+                .expect("pod");
+        }
+        assert_eq!(wakes.take(usize::MAX), [102]);
     }
 
     #[test]

@@ -5,13 +5,15 @@
 //!
 //! Split by dependency: [`index`] is plain logic; [`convert`] translates Kubernetes
 //! objects into it; [`dir`] reads them from a folder; [`compile`] turns users' objects
-//! into the policy model; [`destination`] and [`policy`] serve the index over gRPC.
+//! into the policy model; [`destination`] and [`policy`] serve the index over gRPC, one target per
+//! stream, and [`discovery`] many targets on one stream (what proxies use).
 
 pub mod compile;
 pub mod convert;
 pub mod crd;
 pub mod destination;
 pub mod dir;
+pub mod discovery;
 pub mod index;
 pub mod inject;
 pub mod kubernetes;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use mesh_controller::{Index, destination, dir, kubernetes, policy};
+use mesh_controller::{Index, destination, dir, discovery, kubernetes, policy};
 
 /// The mesh controller: destination service (and, later, the proxy injector).
 #[derive(Parser, Debug)]
@@ -215,6 +215,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
         // The policy services share the destination port (ARCHITECTURE.md: 8086).
+        .add_service(discovery::Service::new(index.clone()))
         .add_service(destination::Service::new(index.clone()))
         .add_service(policy::Service::outbound(index.clone()))
         .add_service(policy::Service::inbound(index))

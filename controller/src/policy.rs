@@ -31,21 +31,52 @@ impl Service {
     }
 }
 
-/// Sends what `now` yields first, then again each time it differs from what was sent.
-fn changes<T, F>(index: Arc<Index>, mut now: F) -> Updates<T>
+/// Gives what `now` yields on the first call, then again each time it differs from
+/// what was given.
+fn changes<T, F>(mut now: F) -> impl FnMut(&Index, &mut Watch) -> Vec<T> + Send + 'static
 where
     T: PartialEq + Clone + Send + 'static,
     F: FnMut(&Index, &mut Watch) -> T + Send + 'static,
 {
     let mut last: Option<T> = None;
-    follow(index, move |index, watch| {
+    move |index, watch| {
         let policy = now(index, watch);
         if last.as_ref() == Some(&policy) {
             return vec![];
         }
         last = Some(policy.clone());
         vec![policy]
-    })
+    }
+}
+
+/// Follows the client policy `req` asks for: the whole policy first, then again each
+/// time it changes.
+pub fn outbound(
+    req: pb::OutboundPolicyRequest,
+) -> Result<impl FnMut(&Index, &mut Watch) -> Vec<pb::OutboundPolicy> + Send + 'static, Status> {
+    crate::destination::check_authority(&req.authority)?;
+    Ok(changes(move |index, watch| {
+        index.outbound_policy(&req.authority, &req.namespace, Some(watch))
+    }))
+}
+
+/// Follows the server policy `req` asks for: the whole policy first, then again each
+/// time it changes.
+pub fn inbound(
+    req: pb::InboundPolicyRequest,
+) -> Result<impl FnMut(&Index, &mut Watch) -> Vec<pb::InboundPolicy> + Send + 'static, Status> {
+    let port = u16::try_from(req.port)
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| Status::invalid_argument(format!("invalid port {}", req.port)))?;
+    if req.workload.is_empty() || req.namespace.is_empty() {
+        return Err(Status::invalid_argument(
+            "a workload and its namespace are needed",
+        ));
+    }
+    Ok(changes(move |index, watch| {
+        index.inbound_policy(&req.workload, &req.namespace, port, Some(watch))
+    }))
 }
 
 #[tonic::async_trait]
@@ -56,12 +87,8 @@ impl OutboundPolicies for Service {
         &self,
         req: Request<pb::OutboundPolicyRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let req = req.into_inner();
-        crate::destination::check_authority(&req.authority)?;
-        let stream = changes(self.index.clone(), move |index, watch| {
-            index.outbound_policy(&req.authority, &req.namespace, Some(watch))
-        });
-        Ok(Response::new(stream))
+        let next = outbound(req.into_inner())?;
+        Ok(Response::new(follow(self.index.clone(), next)))
     }
 }
 
@@ -73,19 +100,7 @@ impl InboundPolicies for Service {
         &self,
         req: Request<pb::InboundPolicyRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let req = req.into_inner();
-        let port = u16::try_from(req.port)
-            .ok()
-            .filter(|p| *p != 0)
-            .ok_or_else(|| Status::invalid_argument(format!("invalid port {}", req.port)))?;
-        if req.workload.is_empty() || req.namespace.is_empty() {
-            return Err(Status::invalid_argument(
-                "a workload and its namespace are needed",
-            ));
-        }
-        let stream = changes(self.index.clone(), move |index, watch| {
-            index.inbound_policy(&req.workload, &req.namespace, port, Some(watch))
-        });
-        Ok(Response::new(stream))
+        let next = inbound(req.into_inner())?;
+        Ok(Response::new(follow(self.index.clone(), next)))
     }
 }

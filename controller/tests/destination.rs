@@ -8,10 +8,12 @@ use std::time::Duration;
 
 use mesh_api::destination as pb;
 use mesh_api::destination::destination_client::DestinationClient;
+use mesh_api::discovery as disc_pb;
+use mesh_api::discovery::discovery_client::DiscoveryClient;
 use mesh_api::policy as policy_pb;
 use mesh_api::policy::inbound_policies_client::InboundPoliciesClient;
 use mesh_api::policy::outbound_policies_client::OutboundPoliciesClient;
-use mesh_controller::{Index, destination, dir, policy};
+use mesh_controller::{Index, destination, dir, discovery, policy};
 use tonic::Streaming;
 
 const NS_AND_SVC: &str = r#"
@@ -60,6 +62,7 @@ async fn serve(dir: &Path) -> SocketAddr {
     let addr: SocketAddr = listener.local_addr().expect("addr");
     tokio::spawn(
         tonic::transport::Server::builder()
+            .add_service(discovery::Service::new(index.clone()))
             .add_service(destination::Service::new(index.clone()))
             .add_service(policy::Service::outbound(index.clone()))
             .add_service(policy::Service::inbound(index))
@@ -535,4 +538,146 @@ async fn inbound_mtls_follows_the_pod_then_its_namespace_and_bad_edits_keep_the_
     assert_eq!(mode(&next(&mut other).await), policy_pb::MtlsMode::Unset);
     let bad = client.watch(watch(0)).await.expect_err("port 0");
     assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn one_discovery_stream_follows_many_targets_each_under_its_id() {
+    use disc_pb::notice::Notice as N;
+    use disc_pb::subscription::Target;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("base.yaml"), NS_AND_SVC).expect("write");
+    std::fs::write(dir.path().join("pod-a.yaml"), pod("web-a", "127.0.1.1")).expect("write");
+    std::fs::write(
+        dir.path().join("api.yaml"),
+        "apiVersion: v1\nkind: Service\nmetadata: {name: api, namespace: demo}\n\
+         spec: {selector: {app: api}, ports: [{port: 80}]}\n",
+    )
+    .expect("write");
+    let addr = serve(dir.path()).await;
+    let mut client = DiscoveryClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect");
+    let (subscribe, subscriptions) = tokio::sync::mpsc::unbounded_channel();
+    let outgoing = futures_util::stream::unfold(subscriptions, |mut rx| async move {
+        rx.recv().await.map(|s| (s, rx))
+    });
+    let sub = |id: u64, target: Option<Target>| {
+        subscribe
+            .send(disc_pb::Subscription { id, target })
+            .expect("send");
+    };
+    let mut notices = client.watch(outgoing).await.expect("watch").into_inner();
+    sub(
+        1,
+        Some(Target::Endpoints(get("web.demo.svc.cluster.local:80"))),
+    );
+    sub(
+        2,
+        Some(Target::Outbound(policy_pb::OutboundPolicyRequest {
+            authority: "web:80".into(),
+            namespace: "demo".into(),
+        })),
+    );
+    sub(
+        3,
+        Some(Target::Endpoints(get("api.demo.svc.cluster.local:80"))),
+    );
+    sub(
+        4,
+        Some(Target::Inbound(policy_pb::InboundPolicyRequest {
+            workload: "web-a".into(),
+            namespace: "demo".into(),
+            port: 8080,
+        })),
+    );
+    sub(5, Some(Target::Endpoints(get("not an authority"))));
+    sub(6, None);
+    // Each subscription's first answer, in order, under its id.
+    let n = next(&mut notices).await;
+    assert!(
+        matches!(&n.notice, Some(N::Endpoints(u)) if addrs(u) == ["+127.0.1.1:8080"]),
+        "{n:?}"
+    );
+    assert_eq!(n.id, 1);
+    let n = next(&mut notices).await;
+    assert!(
+        matches!(&n.notice, Some(N::Outbound(p)) if p.service == "web.demo.svc.cluster.local:80"),
+        "{n:?}"
+    );
+    assert_eq!(n.id, 2);
+    let n = next(&mut notices).await;
+    assert!(
+        matches!(&n.notice, Some(N::Endpoints(u)) if addrs(u) == ["none(exists=true)"]),
+        "{n:?}"
+    );
+    assert_eq!(n.id, 3);
+    let n = next(&mut notices).await;
+    assert!(
+        matches!(&n.notice, Some(N::Inbound(p)) if p.port == 8080),
+        "{n:?}"
+    );
+    assert_eq!(n.id, 4);
+    let n = next(&mut notices).await;
+    assert!(
+        matches!(&n.notice, Some(N::Refused(r)) if r.code == tonic::Code::InvalidArgument as i32 && r.message.contains("not an authority")),
+        "{n:?}"
+    );
+    assert_eq!(n.id, 5);
+    let n = next(&mut notices).await;
+    assert!(
+        matches!(&n.notice, Some(N::Refused(r)) if r.code == tonic::Code::InvalidArgument as i32),
+        "{n:?}"
+    );
+    assert_eq!(n.id, 6);
+    // A new pod of web: news for web's endpoints only.
+    std::fs::write(dir.path().join("pod-b.yaml"), pod("web-b", "127.0.1.2")).expect("write");
+    let n = next(&mut notices).await;
+    assert_eq!(n.id, 1);
+    assert!(
+        matches!(&n.notice, Some(N::Endpoints(u)) if addrs(u) == ["+127.0.1.2:8080"]),
+        "{n:?}"
+    );
+    // Unsubscribed, web's endpoints say nothing more; a new subscription to the same
+    // service (id 7) sees the next pod, and nothing for id 1 comes before it.
+    sub(1, Some(Target::Unsubscribe(disc_pb::Unsubscribe {})));
+    sub(
+        7,
+        Some(Target::Endpoints(get("web.demo.svc.cluster.local:80"))),
+    );
+    let n = next(&mut notices).await;
+    assert_eq!(n.id, 7);
+    std::fs::write(dir.path().join("pod-c.yaml"), pod("web-c", "127.0.1.3")).expect("write");
+    let n = next(&mut notices).await;
+    assert_eq!(n.id, 7, "{n:?}");
+    assert!(
+        matches!(&n.notice, Some(N::Endpoints(u)) if addrs(u) == ["+127.0.1.3:8080"]),
+        "{n:?}"
+    );
+    // Subscribing again under a followed id replaces what it follows.
+    sub(
+        7,
+        Some(Target::Endpoints(get("api.demo.svc.cluster.local:80"))),
+    );
+    let n = next(&mut notices).await;
+    assert!(
+        matches!(&n.notice, Some(N::Endpoints(u)) if addrs(u) == ["none(exists=true)"]),
+        "{n:?}"
+    );
+    std::fs::write(dir.path().join("pod-d.yaml"), pod("web-d", "127.0.1.4")).expect("write");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), notices.message())
+            .await
+            .is_err(),
+        "nothing follows web any more"
+    );
+    // The client stops subscribing: the stream goes on for what it holds, and ends
+    // once that is unsubscribed too.
+    for id in [2, 3, 4, 7] {
+        sub(id, Some(Target::Unsubscribe(disc_pb::Unsubscribe {})));
+    }
+    drop(subscribe);
+    let end = tokio::time::timeout(Duration::from_secs(1), notices.message())
+        .await
+        .expect("ends");
+    assert!(matches!(end, Ok(None)), "{end:?}");
 }

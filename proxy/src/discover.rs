@@ -1,8 +1,9 @@
-//! Discovery and policy from the controller: one watch per authority for its endpoints
-//! (`Destination.Get`) and its client policy (`OutboundPolicies.Watch`), and one per
-//! application port for its server policy (`InboundPolicies.Watch`). Each keeps the
-//! last answer while the controller is away and reconnects with backoff. Names the
-//! controller does not know are resolved by DNS instead.
+//! Discovery and policy from the controller: for each authority its endpoints and its
+//! client policy, and for each application port its server policy, all followed on one
+//! `Discovery.Watch` stream that one task drives (a watched authority costs a map entry
+//! and what the controller told about it, not streams and tasks of its own). The last
+//! answers stand while the controller is away; the stream reconnects with backoff and
+//! subscribes again. Names the controller does not know are resolved by DNS instead.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -11,11 +12,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mesh_api::destination as pb;
-use mesh_api::destination::destination_client::DestinationClient;
+use mesh_api::discovery as disc_pb;
+use mesh_api::discovery::discovery_client::DiscoveryClient;
 use mesh_api::policy as policy_pb;
-use mesh_api::policy::inbound_policies_client::InboundPoliciesClient;
-use mesh_api::policy::outbound_policies_client::OutboundPoliciesClient;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tonic::transport::{Channel, Endpoint as GrpcEndpoint};
 
 use crate::metrics::Metrics;
@@ -29,16 +29,14 @@ const FIRST_ANSWER: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Authorities watched at once, per kind; past this, new names use DNS (bounded
-/// memory) until idle ones are dropped. Both kinds and the inbound ports together stay
-/// under the controller's 10,000 concurrent streams per connection: past that, a new
-/// stream would wait for one to end, and its first request with it.
-const MAX_WATCHES: usize = 4_096;
-const _: () =
-    assert!(2 * MAX_WATCHES + MAX_INBOUND_PORTS < mesh_api::CONTROLLER_MAX_STREAMS as usize);
+/// memory) until idle ones are dropped. All of a proxy's subscriptions fit the
+/// controller's bound for one stream.
+const MAX_WATCHES: usize = 16_384;
+const _: () = assert!(2 * MAX_WATCHES + MAX_INBOUND_PORTS <= mesh_api::MAX_SUBSCRIPTIONS);
 /// Application ports whose inbound policy is watched at once. Clients choose the port
-/// they connect to, so without a bound anyone could open a watch per port and fill the
-/// controller connection's streams; past it, the proxy's own setting decides, as it
-/// did before the controller decided anything.
+/// they connect to, so without a bound anyone could make the proxy follow a policy per
+/// port; past it, the proxy's own setting decides, as it did before the controller
+/// decided anything.
 const MAX_INBOUND_PORTS: usize = 64;
 /// How long a first connection to a port waits for the controller's first decision.
 const INBOUND_FIRST_ANSWER: Duration = Duration::from_secs(1);
@@ -93,51 +91,85 @@ pub enum InboundTls {
     Strict,
 }
 
-/// A client of the controller's destination and policy services.
+/// A client of the controller's discovery service.
 #[derive(Debug)]
 pub struct Discover {
-    client: DestinationClient<Channel>,
-    outbound: OutboundPoliciesClient<Channel>,
-    inbound: InboundPoliciesClient<Channel>,
     namespace: String,
     /// This proxy's pod, for its inbound policy.
     workload: Option<String>,
+    /// To the task that drives the stream.
+    commands: mpsc::UnboundedSender<Command>,
+    /// The last subscription id given out.
+    ids: AtomicU64,
     watches: Mutex<HashMap<String, Watched<Answer>>>,
     profiles: Mutex<HashMap<String, Watched<Option<Arc<Profile>>>>>,
     ports: Mutex<HashMap<u16, watch::Receiver<InboundTls>>>,
     /// Where the number of watches held is shown.
     metrics: Option<Arc<Metrics>>,
+    driver: tokio::task::AbortHandle,
 }
 
-/// One authority's watch: the latest answer, when a request last asked for it, and the
-/// task that follows the controller (stopped when the watch is dropped).
+impl Drop for Discover {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+/// One authority's watch: the latest answer, and when a request last asked for it.
+/// Dropping it ends its subscription.
 #[derive(Debug)]
 struct Watched<T> {
     rx: watch::Receiver<T>,
     used: tokio::time::Instant,
-    task: tokio::task::AbortHandle,
+    id: u64,
+    commands: mpsc::UnboundedSender<Command>,
 }
 
 impl<T> Drop for Watched<T> {
     fn drop(&mut self) {
-        // Ends the gRPC stream: the controller stops following it too.
-        self.task.abort();
+        // The controller stops following it too. (Gone only with the driver.)
+        let _ = self.commands.send(Command::Unfollow(self.id));
     }
 }
 
+/// What the driver is asked to do.
+#[derive(Debug)]
+enum Command {
+    /// Subscribe to a target under an id.
+    Follow(u64, Follower),
+    /// End a subscription.
+    Unfollow(u64),
+}
+
+/// One subscription, as the driver keeps it: what it asks for and where answers go.
+#[derive(Debug)]
+enum Follower {
+    Endpoints {
+        req: pb::GetDestination,
+        tx: watch::Sender<Answer>,
+        /// What this stream has said so far, by application address.
+        endpoints: BTreeMap<SocketAddr, Dst>,
+    },
+    Outbound {
+        req: policy_pb::OutboundPolicyRequest,
+        tx: watch::Sender<Option<Arc<Profile>>>,
+    },
+    Inbound {
+        req: policy_pb::InboundPolicyRequest,
+        tx: watch::Sender<InboundTls>,
+    },
+}
+
 /// The watch of `key` in `map`, marked used now. When there is none (and fewer than
-/// [`MAX_WATCHES`]), one starts at `pending` and `follow` keeps it up to date.
-/// `None` past the bound.
-fn watched<T, F>(
+/// [`MAX_WATCHES`]), one starts at `pending` and `follow` turns its sender into the
+/// subscription that keeps it up to date. `None` past the bound.
+fn watched<T>(
     map: &Mutex<HashMap<String, Watched<T>>>,
     key: &str,
     pending: T,
-    follow: impl FnOnce(watch::Sender<T>) -> F,
+    subscribe: impl FnOnce(watch::Sender<T>) -> (u64, mpsc::UnboundedSender<Command>),
     gauge: Option<&AtomicU64>,
-) -> Option<watch::Receiver<T>>
-where
-    F: std::future::Future<Output = ()> + Send + 'static,
-{
+) -> Option<watch::Receiver<T>> {
     let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
     let now = tokio::time::Instant::now();
     if let Some(w) = map.get_mut(key) {
@@ -148,13 +180,14 @@ where
         return None;
     }
     let (tx, rx) = watch::channel(pending);
-    let task = tokio::spawn(follow(tx)).abort_handle();
+    let (id, commands) = subscribe(tx);
     map.insert(
         key.to_string(),
         Watched {
             rx: rx.clone(),
             used: now,
-            task,
+            id,
+            commands,
         },
     );
     if let Some(g) = gauge {
@@ -178,28 +211,31 @@ fn sweep<T>(
 }
 
 impl Discover {
-    /// A client for the destination service at `addr` (`host:port`), asking on behalf of
-    /// a pod in `namespace`. Connects lazily.
+    /// A client for the discovery service at `addr` (`host:port`), asking on behalf of a
+    /// pod in `namespace`. Connects lazily; must be called within a tokio runtime (it
+    /// starts the task that drives the stream).
     pub fn new(addr: &str, namespace: &str) -> Result<Self, tonic::transport::Error> {
         let channel = GrpcEndpoint::from_shared(format!("http://{addr}"))?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
-            // A controller whose node died must not leave streams half-open for the
+            // A controller whose node died must not leave the stream half-open for the
             // TCP timeout: ping, and give up on a silent peer.
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5))
             .keep_alive_while_idle(true)
             .connect_lazy();
+        let (commands, rx) = mpsc::unbounded_channel();
+        let driver = tokio::spawn(drive(DiscoveryClient::new(channel), rx)).abort_handle();
         Ok(Self {
-            client: DestinationClient::new(channel.clone()),
-            outbound: OutboundPoliciesClient::new(channel.clone()),
-            inbound: InboundPoliciesClient::new(channel),
             namespace: namespace.to_string(),
             workload: None,
+            commands,
+            ids: AtomicU64::new(0),
             watches: Mutex::default(),
             profiles: Mutex::default(),
             ports: Mutex::default(),
             metrics: None,
+            driver,
         })
     }
 
@@ -225,6 +261,15 @@ impl Discover {
         self
     }
 
+    /// Hands `follower` to the driver under a new id.
+    fn follow(&self, follower: Follower) -> (u64, mpsc::UnboundedSender<Command>) {
+        let id = self.ids.fetch_add(1, Ordering::Relaxed) + 1;
+        // Fails only once the driver is gone (the runtime shutting down): answers then
+        // stay pending and requests fall back after the first-answer wait.
+        let _ = self.commands.send(Command::Follow(id, follower));
+        (id, self.commands.clone())
+    }
+
     /// The controller's inbound mTLS decision for application port `port`, waiting
     /// briefly for the first answer; `None` when it makes none (or cannot be asked).
     pub async fn inbound_tls(&self, port: u16) -> Option<bool> {
@@ -245,7 +290,7 @@ impl Discover {
                         namespace: self.namespace.clone(),
                         port: port.into(),
                     };
-                    tokio::spawn(follow_inbound(self.inbound.clone(), req, tx));
+                    self.follow(Follower::Inbound { req, tx });
                     rx
                 }
             }
@@ -264,7 +309,25 @@ impl Discover {
 
     /// The current answer for `authority`, waiting briefly for the first one.
     pub async fn resolve(&self, authority: &str) -> Answer {
-        let Some(mut rx) = self.watch(authority) else {
+        let gauge = self.metrics.as_deref().map(|m| &m.held.destination_watches);
+        let rx = watched(
+            &self.watches,
+            authority,
+            Answer::Pending,
+            |tx| {
+                let req = pb::GetDestination {
+                    authority: authority.to_string(),
+                    namespace: self.namespace.clone(),
+                };
+                self.follow(Follower::Endpoints {
+                    req,
+                    tx,
+                    endpoints: BTreeMap::new(),
+                })
+            },
+            gauge,
+        );
+        let Some(mut rx) = rx else {
             return Answer::Unknown;
         };
         if *rx.borrow() == Answer::Pending {
@@ -283,15 +346,17 @@ impl Discover {
     /// first answer.
     pub async fn profile(&self, authority: &str) -> Arc<Profile> {
         let gauge = self.metrics.as_deref().map(|m| &m.held.policy_watches);
-        let req = || policy_pb::OutboundPolicyRequest {
-            authority: authority.to_string(),
-            namespace: self.namespace.clone(),
-        };
         let rx = watched(
             &self.profiles,
             authority,
             None,
-            |tx| follow_policy(self.outbound.clone(), req(), tx),
+            |tx| {
+                let req = policy_pb::OutboundPolicyRequest {
+                    authority: authority.to_string(),
+                    namespace: self.namespace.clone(),
+                };
+                self.follow(Follower::Outbound { req, tx })
+            },
             gauge,
         );
         let Some(mut rx) = rx else {
@@ -303,145 +368,222 @@ impl Discover {
         let profile = rx.borrow().clone();
         profile.unwrap_or_default()
     }
+}
 
-    fn watch(&self, authority: &str) -> Option<watch::Receiver<Answer>> {
-        let gauge = self.metrics.as_deref().map(|m| &m.held.destination_watches);
-        let req = || pb::GetDestination {
-            authority: authority.to_string(),
-            namespace: self.namespace.clone(),
+impl Follower {
+    /// Its subscription, as sent to the controller.
+    fn subscription(&self, id: u64) -> disc_pb::Subscription {
+        use disc_pb::subscription::Target;
+        let target = match self {
+            Self::Endpoints { req, .. } => Target::Endpoints(req.clone()),
+            Self::Outbound { req, .. } => Target::Outbound(req.clone()),
+            Self::Inbound { req, .. } => Target::Inbound(req.clone()),
         };
-        watched(
-            &self.watches,
-            authority,
-            Answer::Pending,
-            |tx| follow(self.client.clone(), req(), tx),
-            gauge,
-        )
+        disc_pb::Subscription {
+            id,
+            target: Some(target),
+        }
     }
-}
 
-/// Keeps `tx` up to date with the controller's answers for one authority.
-async fn follow(
-    mut client: DestinationClient<Channel>,
-    req: pb::GetDestination,
-    tx: watch::Sender<Answer>,
-) {
-    let mut backoff = BACKOFF_MIN;
-    loop {
-        match client.get(req.clone()).await {
-            Ok(rsp) => {
-                let mut stream = rsp.into_inner();
-                // Each stream starts from the full state, so start from empty.
-                let mut endpoints = BTreeMap::new();
-                loop {
-                    match stream.message().await {
-                        Ok(Some(update)) => {
-                            backoff = BACKOFF_MIN;
-                            let answer = apply(&mut endpoints, update);
-                            tx.send_if_modified(|a| {
-                                let changed = *a != answer;
-                                *a = answer;
-                                changed
-                            });
-                        }
-                        Ok(None) => break,
-                        Err(status) => {
-                            tracing::debug!(authority = %req.authority, %status, "destination stream ended");
-                            break;
-                        }
-                    }
-                }
+    /// A new stream is starting: its first message is the whole state again.
+    fn restart(&mut self) {
+        if let Self::Endpoints { endpoints, .. } = self {
+            endpoints.clear();
+        }
+    }
+
+    /// The controller is away: keep serving the last answer; with none yet, let
+    /// requests use the proxy's defaults (DNS, the service itself, its own mTLS
+    /// setting) meanwhile.
+    fn settle(&self) {
+        match self {
+            Self::Endpoints { tx, .. } => settle(tx, |a| *a == Answer::Pending, || Answer::Unknown),
+            Self::Outbound { tx, .. } => settle(tx, Option::is_none, || Some(Arc::default())),
+            Self::Inbound { tx, .. } => {
+                settle(tx, |t| *t == InboundTls::Pending, || InboundTls::Unset)
             }
-            Err(status) if status.code() == tonic::Code::InvalidArgument => {
+        }
+    }
+
+    /// The controller refused the subscription for good (a malformed name): the
+    /// defaults, from now on.
+    fn refused(&self, refusal: &disc_pb::Refusal) {
+        tracing::debug!(target = ?self.subscription(0).target, code = refusal.code, message = %refusal.message, "subscription refused");
+        match self {
+            Self::Endpoints { tx, .. } => {
                 tx.send_replace(Answer::Unknown);
-                return;
             }
-            Err(status) => {
-                tracing::debug!(authority = %req.authority, %status, "destination service unreachable");
+            Self::Outbound { tx, .. } => {
+                tx.send_replace(Some(Arc::default()));
+            }
+            Self::Inbound { tx, .. } => {
+                tx.send_replace(InboundTls::Unset);
             }
         }
-        // Keep serving the last answer; with none yet, let requests use DNS meanwhile.
-        settle(&tx, |a| *a == Answer::Pending, || Answer::Unknown);
-        back_off(&mut backoff).await;
     }
-}
 
-/// Keeps `tx` up to date with the controller's client policy for one authority; like
-/// [`follow`], the last policy stands while the controller is away, and so does it
-/// when a new one asks for what this proxy cannot do (never half-applied).
-async fn follow_policy(
-    mut client: OutboundPoliciesClient<Channel>,
-    req: policy_pb::OutboundPolicyRequest,
-    tx: watch::Sender<Option<Arc<Profile>>>,
-) {
-    let mut backoff = BACKOFF_MIN;
-    loop {
-        match client.watch(req.clone()).await {
-            Ok(rsp) => {
-                let mut stream = rsp.into_inner();
-                while let Ok(Some(policy)) = stream.message().await {
-                    backoff = BACKOFF_MIN;
-                    // Compiled once per update, not per request.
-                    match Profile::compile(&policy) {
-                        Ok(profile) => {
-                            tx.send_replace(Some(Arc::new(profile)));
-                        }
-                        Err(unsupported) => {
-                            tracing::warn!(authority = %req.authority, %unsupported, "policy not applied: the last one stays");
-                            // Nothing to keep yet: the service itself, with defaults.
-                            settle(&tx, Option::is_none, || Some(Arc::default()));
-                        }
+    /// Applies one message of its subscription.
+    fn apply(&mut self, notice: disc_pb::notice::Notice) {
+        use disc_pb::notice::Notice as N;
+        match (self, notice) {
+            (Self::Endpoints { tx, endpoints, .. }, N::Endpoints(update)) => {
+                let answer = apply(endpoints, update);
+                tx.send_if_modified(|a| {
+                    let changed = *a != answer;
+                    *a = answer;
+                    changed
+                });
+            }
+            (Self::Outbound { req, tx }, N::Outbound(policy)) => {
+                // Compiled once per update, not per request; never half-applied.
+                match Profile::compile(&policy) {
+                    Ok(profile) => {
+                        tx.send_replace(Some(Arc::new(profile)));
+                    }
+                    Err(unsupported) => {
+                        tracing::warn!(authority = %req.authority, %unsupported, "policy not applied: the last one stays");
+                        // Nothing to keep yet: the service itself, with defaults.
+                        settle(tx, Option::is_none, || Some(Arc::default()));
                     }
                 }
             }
-            Err(status) if status.code() == tonic::Code::InvalidArgument => {
-                tx.send_replace(Some(Arc::default()));
-                return;
+            (Self::Inbound { tx, .. }, N::Inbound(policy)) => {
+                use policy_pb::MtlsMode;
+                let tls = match policy.mtls() {
+                    MtlsMode::Strict => InboundTls::Strict,
+                    MtlsMode::Permissive => InboundTls::Permissive,
+                    MtlsMode::Unset => InboundTls::Unset,
+                };
+                tx.send_replace(tls);
             }
-            Err(status) => {
-                tracing::debug!(authority = %req.authority, %status, "destination service unreachable")
+            (this, N::Refused(refusal)) => this.refused(&refusal),
+            (this, other) => {
+                tracing::debug!(target = ?this.subscription(0).target, notice = ?other, "notice of another kind ignored");
             }
         }
-        // No profile yet: requests go to the service itself meanwhile.
-        settle(&tx, Option::is_none, || Some(Arc::default()));
-        back_off(&mut backoff).await;
     }
 }
 
-/// Keeps `tx` up to date with the controller's inbound mTLS decision for one port; the
-/// last decision stands while the controller is away.
-async fn follow_inbound(
-    mut client: InboundPoliciesClient<Channel>,
-    req: policy_pb::InboundPolicyRequest,
-    tx: watch::Sender<InboundTls>,
-) {
-    use policy_pb::MtlsMode;
-    let mut backoff = BACKOFF_MIN;
-    loop {
-        match client.watch(req.clone()).await {
-            Ok(rsp) => {
-                let mut stream = rsp.into_inner();
-                while let Ok(Some(policy)) = stream.message().await {
-                    backoff = BACKOFF_MIN;
-                    let tls = match policy.mtls() {
-                        MtlsMode::Strict => InboundTls::Strict,
-                        MtlsMode::Permissive => InboundTls::Permissive,
-                        MtlsMode::Unset => InboundTls::Unset,
-                    };
-                    tx.send_replace(tls);
+/// The subscriptions the driver holds, and the stream they are on (when connected).
+#[derive(Default)]
+struct Subscriptions {
+    followed: HashMap<u64, Follower>,
+    /// Ids the controller refused: not asked for again on a new stream.
+    refused: std::collections::HashSet<u64>,
+    out: Option<mpsc::UnboundedSender<disc_pb::Subscription>>,
+}
+
+impl Subscriptions {
+    fn command(&mut self, command: Command) {
+        match command {
+            Command::Follow(id, follower) => {
+                match &self.out {
+                    Some(out) => {
+                        let _ = out.send(follower.subscription(id));
+                    }
+                    // Away: the defaults at once, the controller's answer once back.
+                    None => follower.settle(),
+                }
+                self.followed.insert(id, follower);
+            }
+            Command::Unfollow(id) => {
+                self.followed.remove(&id);
+                if !self.refused.remove(&id)
+                    && let Some(out) = &self.out
+                {
+                    let target = Some(disc_pb::subscription::Target::Unsubscribe(
+                        disc_pb::Unsubscribe {},
+                    ));
+                    let _ = out.send(disc_pb::Subscription { id, target });
                 }
             }
-            Err(status) if status.code() == tonic::Code::InvalidArgument => {
-                tx.send_replace(InboundTls::Unset);
-                return;
-            }
-            Err(status) => {
-                tracing::debug!(port = req.port, %status, "policy service unreachable");
+        }
+    }
+
+    fn notice(&mut self, notice: disc_pb::Notice) {
+        let Some(n) = notice.notice else { return };
+        let Some(follower) = self.followed.get_mut(&notice.id) else {
+            // Unfollowed meanwhile.
+            return;
+        };
+        if matches!(n, disc_pb::notice::Notice::Refused(_)) {
+            self.refused.insert(notice.id);
+        }
+        follower.apply(n);
+    }
+
+    /// A new stream: every subscription not refused, from its whole state again.
+    fn connect(&mut self) -> impl futures_util::Stream<Item = disc_pb::Subscription> + use<> {
+        let (out, rx) = mpsc::unbounded_channel();
+        for (id, f) in &mut self.followed {
+            if !self.refused.contains(id) {
+                f.restart();
+                let _ = out.send(f.subscription(*id));
             }
         }
-        // No decision yet: the proxy's own setting applies meanwhile.
-        settle(&tx, |t| *t == InboundTls::Pending, || InboundTls::Unset);
-        back_off(&mut backoff).await;
+        self.out = Some(out);
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|s| (s, rx)) })
+    }
+
+    fn disconnect(&mut self) {
+        self.out = None;
+        for f in self.followed.values() {
+            f.settle();
+        }
+    }
+}
+
+/// Drives the discovery stream: sends `commands`' subscriptions, hands the notices to
+/// their followers, and when the stream breaks, subscribes again on a new one (after a
+/// backoff during which new subscriptions get the defaults). Ends when the last
+/// command sender is gone.
+async fn drive(
+    mut client: DiscoveryClient<Channel>,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+) {
+    let mut subs = Subscriptions::default();
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let outgoing = subs.connect();
+        match client.watch(outgoing).await {
+            Ok(rsp) => {
+                let mut stream = rsp.into_inner();
+                loop {
+                    tokio::select! {
+                        command = commands.recv() => match command {
+                            Some(c) => subs.command(c),
+                            None => return,
+                        },
+                        message = stream.message() => match message {
+                            Ok(Some(notice)) => {
+                                backoff = BACKOFF_MIN;
+                                subs.notice(notice);
+                            }
+                            Ok(None) => break,
+                            Err(status) => {
+                                tracing::debug!(%status, "discovery stream ended");
+                                break;
+                            }
+                        },
+                    }
+                }
+            }
+            Err(status) => {
+                tracing::debug!(%status, "discovery service unreachable");
+            }
+        }
+        subs.disconnect();
+        let wait = back_off(&mut backoff);
+        tokio::pin!(wait);
+        loop {
+            tokio::select! {
+                () = &mut wait => break,
+                command = commands.recv() => match command {
+                    Some(c) => subs.command(c),
+                    None => return,
+                },
+            }
+        }
     }
 }
 
@@ -564,7 +706,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn watches_are_bounded_and_idle_ones_make_room() {
         let map: Mutex<HashMap<String, Watched<u8>>> = Mutex::default();
-        let start = |_tx: watch::Sender<u8>| std::future::pending::<()>();
+        let (commands, mut driver) = mpsc::unbounded_channel();
+        let start = |_tx: watch::Sender<u8>| (7, commands.clone());
         for i in 0..MAX_WATCHES {
             assert!(watched(&map, &format!("svc-{i}:80"), 0, start, None).is_some());
         }
@@ -581,7 +724,73 @@ mod tests {
             1,
             "only svc-7 was used"
         );
+        // Each dropped watch ended its subscription.
+        let mut ended = 0;
+        while let Ok(c) = driver.try_recv() {
+            assert!(matches!(c, Command::Unfollow(7)), "{c:?}");
+            ended += 1;
+        }
+        assert_eq!(ended, MAX_WATCHES - 1);
         assert!(watched(&map, "one-more:80", 0, start, None).is_some());
+    }
+
+    #[test]
+    fn subscriptions_are_sent_again_on_a_new_stream_but_not_refused_ones() {
+        use disc_pb::notice::Notice as N;
+        let mut subs = Subscriptions::default();
+        let (tx, rx) = watch::channel(Answer::Pending);
+        let req = |a: &str| pb::GetDestination {
+            authority: a.into(),
+            namespace: "ns".into(),
+        };
+        let endpoints = |tx| Follower::Endpoints {
+            req: req("web:80"),
+            tx,
+            endpoints: BTreeMap::new(),
+        };
+        // Away: the defaults at once.
+        subs.command(Command::Follow(1, endpoints(tx)));
+        assert_eq!(*rx.borrow(), Answer::Unknown);
+        let (tx2, rx2) = watch::channel(Answer::Pending);
+        subs.command(Command::Follow(2, endpoints(tx2)));
+        let outgoing = subs.connect();
+        subs.notice(disc_pb::Notice {
+            id: 1,
+            notice: Some(N::Endpoints(add("127.0.1.1", 8080, None))),
+        });
+        assert!(matches!(*rx.borrow(), Answer::Endpoints(ref e) if e.len() == 1));
+        subs.notice(disc_pb::Notice {
+            id: 2,
+            notice: Some(N::Refused(disc_pb::Refusal {
+                code: 3,
+                message: "bad".into(),
+            })),
+        });
+        assert_eq!(*rx2.borrow(), Answer::Unknown);
+        // A notice for an id no longer followed is dropped.
+        subs.command(Command::Unfollow(9));
+        subs.notice(disc_pb::Notice {
+            id: 9,
+            notice: Some(N::Endpoints(add("127.0.1.9", 80, None))),
+        });
+        // The controller goes away: the last answer stands.
+        subs.disconnect();
+        assert!(matches!(*rx.borrow(), Answer::Endpoints(_)));
+        drop(outgoing);
+        let again = subs.connect();
+        let sent: Vec<_> = futures_util::FutureExt::now_or_never(
+            futures_util::StreamExt::collect::<Vec<_>>(futures_util::StreamExt::take(again, 1)),
+        )
+        .expect("queued");
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].id, 1, "the refused one is not asked for again");
+        let Follower::Endpoints { endpoints, .. } = &subs.followed[&1] else {
+            panic!()
+        };
+        assert!(
+            endpoints.is_empty(),
+            "a new stream starts from its whole state"
+        );
     }
 
     #[test]

@@ -1,0 +1,183 @@
+//! The discovery gRPC service: `Discovery.Watch` carries all of a proxy's
+//! subscriptions (endpoints, client policies, server policies) on one stream. Each
+//! subscription is followed by the same code as its single-target call
+//! ([`crate::destination::endpoints`], [`crate::policy::outbound`],
+//! [`crate::policy::inbound`]); the stream's watches share one set of wake-ups, so a
+//! change costs what the subscriptions it touches cost, however many the stream holds.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use futures_util::{Stream, StreamExt};
+use mesh_api::discovery as pb;
+use mesh_api::discovery::discovery_server::{Discovery, DiscoveryServer};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::destination::Updates;
+use crate::index::{Index, Wakes, Watch};
+
+/// Subscriptions answered before the stream looks at its client again, so that a
+/// burst of changes or of subscriptions cannot hold the runtime for long.
+const BATCH: usize = 256;
+
+/// The service; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Service {
+    index: Arc<Index>,
+}
+
+impl Service {
+    /// Serves `index`.
+    pub fn new(index: Arc<Index>) -> DiscoveryServer<Self> {
+        DiscoveryServer::new(Self { index })
+    }
+}
+
+#[tonic::async_trait]
+impl Discovery for Service {
+    type WatchStream = Updates<pb::Notice>;
+
+    async fn watch(
+        &self,
+        req: Request<Streaming<pb::Subscription>>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        Ok(Response::new(mux(self.index.clone(), req.into_inner())))
+    }
+}
+
+/// What one subscription gives each time its watch wakes.
+type Next = Box<dyn FnMut(&Index, &mut Watch) -> Vec<pb::Notice> + Send>;
+
+struct Subscribed {
+    watch: Watch,
+    next: Next,
+}
+
+/// The state of one `Discovery.Watch` stream.
+struct Mux<S> {
+    index: Arc<Index>,
+    wakes: Arc<Wakes>,
+    subscribed: HashMap<u64, Subscribed>,
+    incoming: S,
+    /// The client will subscribe to nothing more.
+    closed: bool,
+    queued: VecDeque<pb::Notice>,
+}
+
+/// Follows the subscriptions `incoming` makes, as one stream of notices; it ends when
+/// the client stops sending and has nothing left subscribed, or sends garbage.
+pub fn mux<S>(index: Arc<Index>, incoming: S) -> Updates<pb::Notice>
+where
+    S: Stream<Item = Result<pb::Subscription, Status>> + Send + Unpin + 'static,
+{
+    let state = Mux {
+        index,
+        wakes: Wakes::new(),
+        subscribed: HashMap::new(),
+        incoming,
+        closed: false,
+        queued: VecDeque::new(),
+    };
+    Box::pin(futures_util::stream::unfold(state, |mut s| async move {
+        loop {
+            if let Some(notice) = s.queued.pop_front() {
+                return Some((Ok(notice), s));
+            }
+            let woken = s.wakes.take(BATCH);
+            if !woken.is_empty() {
+                s.answer(&woken);
+                continue;
+            }
+            if s.closed && s.subscribed.is_empty() {
+                return None;
+            }
+            tokio::select! {
+                biased;
+                next = s.incoming.next(), if !s.closed => match next {
+                    Some(Ok(sub)) => s.subscribe(sub),
+                    None => s.closed = true,
+                    Some(Err(status)) => {
+                        tracing::debug!(%status, "discovery stream ended");
+                        return None;
+                    }
+                },
+                () = s.wakes.woken() => {}
+            }
+        }
+    }))
+}
+
+impl<S> Mux<S> {
+    /// Queues what the subscriptions `ids` have to say since they last spoke.
+    fn answer(&mut self, ids: &[u64]) {
+        for id in ids {
+            if let Some(sub) = self.subscribed.get_mut(id) {
+                let notices = (sub.next)(&self.index, &mut sub.watch);
+                self.queued.extend(notices);
+            }
+        }
+    }
+
+    fn refuse(&mut self, id: u64, status: &Status) {
+        self.queued.push_back(pb::Notice {
+            id,
+            notice: Some(pb::notice::Notice::Refused(pb::Refusal {
+                code: status.code() as i32,
+                message: status.message().to_string(),
+            })),
+        });
+    }
+
+    /// Starts (or replaces, or ends) subscription `sub.id`, queueing its first answer.
+    fn subscribe(&mut self, sub: pb::Subscription) {
+        use pb::notice::Notice as N;
+        use pb::subscription::Target;
+        let id = sub.id;
+        // What was followed under this id is over either way.
+        self.subscribed.remove(&id);
+        let next: Result<Next, Status> = match sub.target {
+            Some(Target::Unsubscribe(_)) => return,
+            None => Err(Status::invalid_argument("a subscription needs a target")),
+            Some(_) if self.subscribed.len() >= mesh_api::MAX_SUBSCRIPTIONS => {
+                Err(Status::resource_exhausted(format!(
+                    "a stream holds at most {} subscriptions",
+                    mesh_api::MAX_SUBSCRIPTIONS
+                )))
+            }
+            Some(Target::Endpoints(req)) => {
+                crate::destination::endpoints(req).map(|f| tag(id, f, N::Endpoints))
+            }
+            Some(Target::Outbound(req)) => {
+                crate::policy::outbound(req).map(|f| tag(id, f, N::Outbound))
+            }
+            Some(Target::Inbound(req)) => {
+                crate::policy::inbound(req).map(|f| tag(id, f, N::Inbound))
+            }
+        };
+        match next {
+            Ok(next) => {
+                let watch = self.index.watch_in(&self.wakes, id);
+                self.subscribed.insert(id, Subscribed { watch, next });
+                self.answer(&[id]);
+            }
+            Err(status) => self.refuse(id, &status),
+        }
+    }
+}
+
+/// `f`'s messages as notices of subscription `id`.
+fn tag<T: 'static>(
+    id: u64,
+    mut f: impl FnMut(&Index, &mut Watch) -> Vec<T> + Send + 'static,
+    wrap: fn(T) -> pb::notice::Notice,
+) -> Next {
+    Box::new(move |index, watch| {
+        f(index, watch)
+            .into_iter()
+            .map(|m| pb::Notice {
+                id,
+                notice: Some(wrap(m)),
+            })
+            .collect()
+    })
+}
