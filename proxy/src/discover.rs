@@ -5,7 +5,7 @@
 //! answers stand while the controller is away; the stream reconnects with backoff and
 //! subscribes again. Names the controller does not know are resolved by DNS instead.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -147,8 +147,9 @@ enum Follower {
     Endpoints {
         req: pb::GetDestination,
         tx: watch::Sender<Answer>,
-        /// What this stream has said so far, by application address.
-        endpoints: BTreeMap<SocketAddr, Dst>,
+        /// A new stream started: its next update is the whole set, not a change to
+        /// the answer held.
+        fresh: bool,
     },
     Outbound {
         req: policy_pb::OutboundPolicyRequest,
@@ -322,7 +323,7 @@ impl Discover {
                 self.follow(Follower::Endpoints {
                     req,
                     tx,
-                    endpoints: BTreeMap::new(),
+                    fresh: true,
                 })
             },
             gauge,
@@ -387,8 +388,8 @@ impl Follower {
 
     /// A new stream is starting: its first message is the whole state again.
     fn restart(&mut self) {
-        if let Self::Endpoints { endpoints, .. } = self {
-            endpoints.clear();
+        if let Self::Endpoints { fresh, .. } = self {
+            *fresh = true;
         }
     }
 
@@ -426,8 +427,16 @@ impl Follower {
     fn apply(&mut self, notice: disc_pb::notice::Notice) {
         use disc_pb::notice::Notice as N;
         match (self, notice) {
-            (Self::Endpoints { tx, endpoints, .. }, N::Endpoints(update)) => {
-                let answer = apply(endpoints, update);
+            (Self::Endpoints { tx, fresh, .. }, N::Endpoints(update)) => {
+                let answer = {
+                    let now = tx.borrow();
+                    let current = match &*now {
+                        Answer::Endpoints(e) if !*fresh => e.as_slice(),
+                        _ => &[],
+                    };
+                    apply(current, update)
+                };
+                *fresh = false;
                 tx.send_if_modified(|a| {
                     let changed = *a != answer;
                     *a = answer;
@@ -613,31 +622,56 @@ fn socket_addr(a: &pb::SocketAddr) -> Option<SocketAddr> {
     ))
 }
 
-/// Applies one update to the endpoints (keyed by application address).
-fn apply(endpoints: &mut BTreeMap<SocketAddr, Dst>, update: pb::Update) -> Answer {
+/// The application address an endpoint stands for (what updates name it by).
+fn app_addr(d: &Dst) -> SocketAddr {
+    match d.target_port {
+        Some(port) => SocketAddr::new(d.connect.ip(), port),
+        None => d.connect,
+    }
+}
+
+/// The endpoints after one update to `current` (sorted by application address, as the
+/// result is). The answer is the only copy the proxy keeps.
+fn apply(current: &[Dst], update: pb::Update) -> Answer {
     use pb::update::Update;
+    let mut endpoints = current.to_vec();
     match update.update {
         Some(Update::Add(add)) => {
             let set = &add.metric_labels;
+            // Endpoints of one set mostly share their labels: one copy for all.
+            let mut shared: Option<Arc<DstLabels>> = None;
             for e in add.endpoints {
-                let label = |k: &str| -> Arc<str> {
-                    Arc::from(
-                        e.metric_labels
-                            .get(k)
-                            .or_else(|| set.get(k))
-                            .map_or("", String::as_str),
-                    )
+                let label = |k: &str| -> &str {
+                    e.metric_labels
+                        .get(k)
+                        .or_else(|| set.get(k))
+                        .map_or("", String::as_str)
                 };
-                let labels = DstLabels {
-                    namespace: label("namespace"),
-                    workload: label("deployment"),
-                    service: label("service"),
-                };
+                let (namespace, workload, service) =
+                    (label("namespace"), label("deployment"), label("service"));
                 // Endpoints discovery says nothing about get no dst_* labels.
-                let labels = (!labels.namespace.is_empty()
-                    || !labels.workload.is_empty()
-                    || !labels.service.is_empty())
-                .then(|| Arc::new(labels));
+                let labels = if namespace.is_empty() && workload.is_empty() && service.is_empty() {
+                    None
+                } else {
+                    match &shared {
+                        Some(l)
+                            if *l.namespace == *namespace
+                                && *l.workload == *workload
+                                && *l.service == *service =>
+                        {
+                            Some(l.clone())
+                        }
+                        _ => {
+                            let l = Arc::new(DstLabels {
+                                namespace: namespace.into(),
+                                workload: workload.into(),
+                                service: service.into(),
+                            });
+                            shared = Some(l.clone());
+                            Some(l)
+                        }
+                    }
+                };
                 let Some(addr) = e.addr.as_ref().and_then(socket_addr) else {
                     continue;
                 };
@@ -658,23 +692,26 @@ fn apply(endpoints: &mut BTreeMap<SocketAddr, Dst>, update: pb::Update) -> Answe
                         ..Dst::direct(addr)
                     },
                 };
-                endpoints.insert(addr, dst);
+                match endpoints.binary_search_by_key(&addr, app_addr) {
+                    Ok(i) => endpoints[i] = dst,
+                    Err(i) => endpoints.insert(i, dst),
+                }
             }
         }
         Some(Update::Remove(remove)) => {
-            for a in remove.addrs.iter().filter_map(socket_addr) {
-                endpoints.remove(&a);
-            }
+            let gone: Vec<SocketAddr> = remove.addrs.iter().filter_map(socket_addr).collect();
+            endpoints.retain(|d| !gone.contains(&app_addr(d)));
         }
         Some(Update::NoEndpoints(n)) => {
-            endpoints.clear();
             if !n.exists {
                 return Answer::Unknown;
             }
+            endpoints.clear();
         }
         None => {}
     }
-    Answer::Endpoints(Arc::new(endpoints.values().cloned().collect()))
+    endpoints.shrink_to_fit();
+    Answer::Endpoints(Arc::new(endpoints))
 }
 
 #[cfg(test)]
@@ -746,7 +783,7 @@ mod tests {
         let endpoints = |tx| Follower::Endpoints {
             req: req("web:80"),
             tx,
-            endpoints: BTreeMap::new(),
+            fresh: true,
         };
         // Away: the defaults at once.
         subs.command(Command::Follow(1, endpoints(tx)));
@@ -784,25 +821,31 @@ mod tests {
         .expect("queued");
         assert_eq!(sent.len(), 1);
         assert_eq!(sent[0].id, 1, "the refused one is not asked for again");
-        let Follower::Endpoints { endpoints, .. } = &subs.followed[&1] else {
+        let Follower::Endpoints { fresh, .. } = &subs.followed[&1] else {
             panic!()
         };
-        assert!(
-            endpoints.is_empty(),
-            "a new stream starts from its whole state"
-        );
+        assert!(*fresh, "a new stream starts from its whole state");
     }
 
     #[test]
     fn updates_build_the_endpoint_set() {
-        let mut eps = BTreeMap::new();
-        let a = apply(&mut eps, add("127.0.1.1", 8080, Some(4143)));
+        // The answer held is what the next update applies to.
+        let mut eps: Vec<Dst> = Vec::new();
+        let mut step = |update| {
+            let answer = apply(&eps, update);
+            eps = match &answer {
+                Answer::Endpoints(e) => e.to_vec(),
+                _ => Vec::new(),
+            };
+            answer
+        };
+        let a = step(add("127.0.1.1", 8080, Some(4143)));
         let Answer::Endpoints(list) = a else {
             panic!("{a:?}")
         };
         assert_eq!(list[0].connect, "127.0.1.1:4143".parse().expect("addr"));
         assert_eq!(list[0].target_port, Some(8080));
-        apply(&mut eps, add("127.0.1.2", 8080, None));
+        step(add("127.0.1.2", 8080, None));
         let remove = pb::Update {
             update: Some(pb::update::Update::Remove(pb::RemoveSet {
                 addrs: vec![pb::SocketAddr {
@@ -811,7 +854,7 @@ mod tests {
                 }],
             })),
         };
-        let Answer::Endpoints(list) = apply(&mut eps, remove) else {
+        let Answer::Endpoints(list) = step(remove) else {
             panic!()
         };
         assert_eq!(
@@ -823,7 +866,7 @@ mod tests {
                 exists: false,
             })),
         };
-        assert_eq!(apply(&mut eps, gone), Answer::Unknown);
+        assert_eq!(step(gone), Answer::Unknown);
         let bad = pb::Update {
             update: Some(pb::update::Update::Add(pb::AddSet {
                 endpoints: vec![pb::Endpoint {
@@ -836,6 +879,6 @@ mod tests {
                 metric_labels: Default::default(),
             })),
         };
-        assert_eq!(apply(&mut eps, bad), Answer::Endpoints(Arc::new(vec![])));
+        assert_eq!(step(bad), Answer::Endpoints(Arc::new(vec![])));
     }
 }

@@ -1,7 +1,8 @@
 //! mesh-scale: the control plane at scale. For each cluster size it writes N services ×
 //! M pods into a folder, starts the release `mesh-controller` over it, opens W watches
-//! (a `Destination.Get` and an `OutboundPolicies.Watch` per service, as proxies do) over
-//! the real gRPC API, then changes one pod at a time and times how long each change
+//! (each service's endpoints and client policy) over the real gRPC API — as proxies do,
+//! on `Discovery.Watch` streams of `--watches-per-stream` services each, or with
+//! `--api single` a `Destination.Get` and an `OutboundPolicies.Watch` per service — then changes one pod at a time and times how long each change
 //! takes to reach the watchers of its service. A `mesh-proxy` then sends one request to
 //! each of P services, so that its cost per watched authority shows, and must drop
 //! those watches once they go unused. With `--viz-pods`, mesh-viz follows that many
@@ -44,6 +45,14 @@ struct Args {
     /// Pod changes made and timed per size.
     #[arg(long, default_value_t = 100)]
     changes: usize,
+    /// How the watches are opened: `discovery` (many per stream, as proxies do) or
+    /// `single` (two streams per service).
+    #[arg(long, default_value = "discovery")]
+    api: Api,
+    /// Services per `Discovery.Watch` stream (one proxy's worth), each stream on its
+    /// own connection.
+    #[arg(long, default_value_t = 100)]
+    watches_per_stream: usize,
     /// First answers asked for at once while the watches open.
     #[arg(long, default_value_t = 8)]
     in_flight: usize,
@@ -56,6 +65,13 @@ struct Args {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+}
+
+/// The API the watches use.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Api {
+    Discovery,
+    Single,
 }
 
 /// Namespaces the services are spread over.
@@ -149,9 +165,115 @@ fn quantile_ms(h: &Histogram<u64>, q: f64) -> f64 {
 struct Watches {
     first: Histogram<u64>,
     updates: tokio::sync::mpsc::UnboundedReceiver<(usize, Instant)>,
+    /// What keeps `Discovery.Watch` streams open (dropped, a stream ends).
+    _subscribe: Vec<tokio::sync::mpsc::UnboundedSender<mesh_api::discovery::Subscription>>,
 }
 
-async fn open_watches(addr: SocketAddr, count: usize, in_flight: usize) -> anyhow::Result<Watches> {
+async fn open_watches(args: &Args, addr: SocketAddr, count: usize) -> anyhow::Result<Watches> {
+    match args.api {
+        Api::Single => open_single_watches(addr, count, args.in_flight).await,
+        Api::Discovery => {
+            open_discovery_watches(addr, count, args.watches_per_stream, args.in_flight).await
+        }
+    }
+}
+
+/// Watches on `Discovery.Watch` streams of `per_stream` services each (ids `2i` for
+/// service `i`'s endpoints, `2i + 1` for its policy).
+async fn open_discovery_watches(
+    addr: SocketAddr,
+    count: usize,
+    per_stream: usize,
+    in_flight: usize,
+) -> anyhow::Result<Watches> {
+    use mesh_api::discovery::discovery_client::DiscoveryClient;
+    use mesh_api::discovery::subscription::Target;
+    use mesh_api::discovery::{Subscription, notice::Notice};
+    type Pending = HashMap<usize, (Instant, u8, tokio::sync::OwnedSemaphorePermit)>;
+    let (tx, updates) = tokio::sync::mpsc::unbounded_channel();
+    let (first_tx, mut first_rx) = tokio::sync::mpsc::unbounded_channel();
+    let permits = Arc::new(tokio::sync::Semaphore::new(in_flight.max(1)));
+    let mut streams = Vec::new();
+    for _ in 0..count.div_ceil(per_stream.max(1)) {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+            .tcp_nodelay(true)
+            .connect()
+            .await?;
+        let (out, rx) = tokio::sync::mpsc::unbounded_channel::<Subscription>();
+        let outgoing =
+            futures_util::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|s| (s, rx)) },
+            );
+        let mut notices = DiscoveryClient::new(channel)
+            .watch(outgoing)
+            .await?
+            .into_inner();
+        let pending: Arc<std::sync::Mutex<Pending>> = Arc::default();
+        let (tx, first_tx, waiting) = (tx.clone(), first_tx.clone(), pending.clone());
+        tokio::spawn(async move {
+            while let Ok(Some(n)) = notices.message().await {
+                let i = (n.id / 2) as usize;
+                if matches!(n.notice, Some(Notice::Refused(_))) {
+                    let _ = first_tx.send(None);
+                    continue;
+                }
+                let mut waiting = waiting.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some((start, seen, _)) = waiting.get_mut(&i) {
+                    *seen |= 1 << (n.id % 2);
+                    if *seen == 3 {
+                        let _ = first_tx.send(Some(start.elapsed()));
+                        waiting.remove(&i);
+                    }
+                } else if n.id % 2 == 0 && tx.send((i, Instant::now())).is_err() {
+                    return;
+                }
+            }
+        });
+        streams.push((out, pending));
+    }
+    for i in 0..count {
+        let permit = permits.clone().acquire_owned().await?;
+        let (out, pending) = &streams[i / per_stream.max(1)];
+        pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(i, (Instant::now(), 0, permit));
+        let endpoints = Target::Endpoints(GetDestination {
+            authority: authority(i),
+            namespace: "ns-0".into(),
+        });
+        let policy = Target::Outbound(OutboundPolicyRequest {
+            authority: authority(i),
+            namespace: "ns-0".into(),
+        });
+        for (id, target) in [(2 * i, endpoints), (2 * i + 1, policy)] {
+            out.send(Subscription {
+                id: id as u64,
+                target: Some(target),
+            })?;
+        }
+    }
+    let mut first = Histogram::<u64>::new(3)?;
+    for _ in 0..count {
+        match first_rx.recv().await {
+            Some(Some(latency)) => first.record(latency.as_micros() as u64)?,
+            _ => bail!("a watch got no first answer"),
+        }
+    }
+    Ok(Watches {
+        first,
+        updates,
+        _subscribe: streams.into_iter().map(|(out, _)| out).collect(),
+    })
+}
+
+/// Watches on two streams per service.
+async fn open_single_watches(
+    addr: SocketAddr,
+    count: usize,
+    in_flight: usize,
+) -> anyhow::Result<Watches> {
     // A connection per 2,000 services (4,000 streams), as many proxies would bring.
     let mut channels = Vec::new();
     for _ in 0..count.div_ceil(2000).max(1) {
@@ -207,7 +329,11 @@ async fn open_watches(addr: SocketAddr, count: usize, in_flight: usize) -> anyho
             _ => bail!("a watch got no first answer"),
         }
     }
-    Ok(Watches { first, updates })
+    Ok(Watches {
+        first,
+        updates,
+        _subscribe: Vec::new(),
+    })
 }
 
 async fn measure(args: &Args, services: usize) -> anyhow::Result<Row> {
@@ -232,7 +358,7 @@ async fn measure(args: &Args, services: usize) -> anyhow::Result<Row> {
     let rss_loaded_mb = rss_kb(pid) / 1024.0;
     let watched = args.watches.unwrap_or(services).min(services);
     eprintln!("{services} services: loaded in {load_s:.1} s; opening {watched} watches …");
-    let mut w = open_watches(addr, watched, args.in_flight).await?;
+    let mut w = open_watches(args, addr, watched).await?;
     let rss_watched_mb = rss_kb(pid) / 1024.0;
     // Settle: nothing is pending before changes are timed.
     tokio::time::sleep(Duration::from_millis(500)).await;
