@@ -1,7 +1,8 @@
 //! A proxy's `/stats` (cumulative counters and HDR histograms), the change between two
 //! scrapes, and sums of changes over a window.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -21,35 +22,152 @@ pub enum StatsError {
 }
 
 /// A series' labels, shared: every scrape of every proxy that reports the same labels
-/// holds one copy (see [`Interner`]).
-pub type Key = Arc<Labels>;
+/// holds one copy (see [`Interner`]). Hashed by a hash of its labels computed once, and
+/// compared by pointer first: the maps of a scrape round never rehash eight strings.
+/// One pointer wide (the hash lives beside the labels), as the maps of a window hold
+/// millions.
+#[derive(Clone, Debug)]
+pub struct Key(Arc<Hashed>);
+
+/// Labels with their hash.
+#[derive(Debug)]
+struct Hashed {
+    hash: u64,
+    labels: Labels,
+}
+
+impl Key {
+    /// A key of its own for `labels` (not shared: see [`Interner::get`]).
+    pub fn new(labels: Labels) -> Self {
+        let hash = View::of(&labels).hash();
+        Self(Arc::new(Hashed { hash, labels }))
+    }
+
+    fn hash(&self) -> u64 {
+        self.0.hash
+    }
+}
+
+impl std::ops::Deref for Key {
+    type Target = Labels;
+
+    fn deref(&self) -> &Labels {
+        &self.0.labels
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+            || (self.hash() == other.hash() && self.0.labels == other.0.labels)
+    }
+}
+
+impl Eq for Key {}
+
+impl std::hash::Hash for Key {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.0.hash);
+    }
+}
+
+impl PartialOrd for Key {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Key {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.labels.cmp(&other.0.labels)
+    }
+}
+
+/// A label set as it appears in a `/stats` body, borrowed: looked up without
+/// allocating, copied only the first time it is seen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct View<'a> {
+    direction: &'a str,
+    authority: &'a str,
+    route: &'a str,
+    tls: &'a str,
+    peer_id: Option<&'a str>,
+    dst_namespace: Option<&'a str>,
+    dst_workload: Option<&'a str>,
+    dst_service: Option<&'a str>,
+}
+
+impl<'a> View<'a> {
+    /// `labels`, borrowed.
+    pub fn of(labels: &'a Labels) -> Self {
+        Self {
+            direction: &labels.direction,
+            authority: &labels.authority,
+            route: &labels.route,
+            tls: &labels.tls,
+            peer_id: labels.peer_id.as_deref(),
+            dst_namespace: labels.dst_namespace.as_deref(),
+            dst_workload: labels.dst_workload.as_deref(),
+            dst_service: labels.dst_service.as_deref(),
+        }
+    }
+
+    /// The same hash for the same labels (`DefaultHasher::new` has fixed keys).
+    fn hash(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        Hash::hash(self, &mut h);
+        h.finish()
+    }
+
+    fn owned(&self) -> Labels {
+        Labels {
+            direction: self.direction.to_string(),
+            authority: self.authority.to_string(),
+            route: self.route.to_string(),
+            tls: self.tls.to_string(),
+            peer_id: self.peer_id.map(str::to_string),
+            dst_namespace: self.dst_namespace.map(str::to_string),
+            dst_workload: self.dst_workload.map(str::to_string),
+            dst_service: self.dst_service.map(str::to_string),
+        }
+    }
+}
 
 /// Response counts by labels and success.
 pub type Counts = HashMap<(Key, bool), u64>;
 
-/// The one copy of each label set in use.
+/// The one copy of each label set in use, by hash.
 #[derive(Debug, Default)]
-pub struct Interner(HashSet<Key>);
+pub struct Interner(HashMap<u64, Vec<Key>>);
 
 impl Interner {
-    /// The shared copy of `labels`.
-    pub fn get(&mut self, labels: Labels) -> Key {
-        if let Some(k) = self.0.get(&labels) {
+    /// The shared copy of the labels `view` shows.
+    pub fn get(&mut self, view: &View<'_>) -> Key {
+        let hash = view.hash();
+        let same = self.0.entry(hash).or_default();
+        if let Some(k) = same.iter().find(|k| View::of(k) == *view) {
             return k.clone();
         }
-        let k = Arc::new(labels);
-        self.0.insert(k.clone());
+        let k = Key(Arc::new(Hashed {
+            hash,
+            labels: view.owned(),
+        }));
+        same.push(k.clone());
         k
     }
 
     /// Forgets label sets nothing holds any more.
     pub fn collect(&mut self) {
-        self.0.retain(|k| Arc::strong_count(k) > 1);
+        self.0.retain(|_, same| {
+            same.retain(|k| Arc::strong_count(&k.0) > 1);
+            !same.is_empty()
+        });
     }
 
     /// How many label sets are held.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.0.values().map(Vec::len).sum()
     }
 
     /// Whether none is.
@@ -62,56 +180,57 @@ impl Interner {
 /// viz uses, with each entry's labels read as plain fields (serde's `flatten`, which
 /// the writer's types use, buffers every entry and cost viz most of a scrape round).
 #[derive(serde::Deserialize)]
-struct FlatStats {
+struct FlatStats<'a> {
     instance: String,
     #[serde(default)]
     started_unix_ms: Option<u64>,
-    #[serde(default)]
-    responses: Vec<FlatCount>,
-    #[serde(default)]
-    actual_responses: Vec<FlatCount>,
-    #[serde(default)]
-    latency: Vec<FlatLatency>,
+    #[serde(default, borrow)]
+    responses: Vec<FlatCount<'a>>,
+    #[serde(default, borrow)]
+    actual_responses: Vec<FlatCount<'a>>,
+    #[serde(default, borrow)]
+    latency: Vec<FlatLatency<'a>>,
     #[serde(default)]
     tcp: Vec<mesh_api::stats::Tcp>,
 }
 
-/// [`mesh_api::stats::Labels`]' fields, as they appear in each entry.
+/// [`mesh_api::stats::Labels`]' fields, as they appear in each entry: borrowed from
+/// the body (copied only where JSON escapes make them differ from it).
 macro_rules! flat {
-    ($(#[$m:meta])* struct $name:ident { $($field:ident: $ty:ty,)* }) => {
+    ($(#[$m:meta])* struct $name:ident { $($(#[$fm:meta])* $field:ident: $ty:ty,)* }) => {
         $(#[$m])*
         #[derive(serde::Deserialize)]
-        struct $name {
-            #[serde(default)]
-            direction: String,
-            #[serde(default)]
-            authority: String,
-            #[serde(default)]
-            route: String,
-            #[serde(default)]
-            tls: String,
-            #[serde(default)]
-            peer_id: Option<String>,
-            #[serde(default)]
-            dst_namespace: Option<String>,
-            #[serde(default)]
-            dst_workload: Option<String>,
-            #[serde(default)]
-            dst_service: Option<String>,
-            $($field: $ty,)*
+        struct $name<'a> {
+            #[serde(default, borrow)]
+            direction: Cow<'a, str>,
+            #[serde(default, borrow)]
+            authority: Cow<'a, str>,
+            #[serde(default, borrow)]
+            route: Cow<'a, str>,
+            #[serde(default, borrow)]
+            tls: Cow<'a, str>,
+            #[serde(default, borrow)]
+            peer_id: Option<Cow<'a, str>>,
+            #[serde(default, borrow)]
+            dst_namespace: Option<Cow<'a, str>>,
+            #[serde(default, borrow)]
+            dst_workload: Option<Cow<'a, str>>,
+            #[serde(default, borrow)]
+            dst_service: Option<Cow<'a, str>>,
+            $($(#[$fm])* $field: $ty,)*
         }
 
-        impl $name {
-            fn labels(&mut self) -> Labels {
-                Labels {
-                    direction: std::mem::take(&mut self.direction),
-                    authority: std::mem::take(&mut self.authority),
-                    route: std::mem::take(&mut self.route),
-                    tls: std::mem::take(&mut self.tls),
-                    peer_id: self.peer_id.take(),
-                    dst_namespace: self.dst_namespace.take(),
-                    dst_workload: self.dst_workload.take(),
-                    dst_service: self.dst_service.take(),
+        impl $name<'_> {
+            fn view(&self) -> View<'_> {
+                View {
+                    direction: &self.direction,
+                    authority: &self.authority,
+                    route: &self.route,
+                    tls: &self.tls,
+                    peer_id: self.peer_id.as_deref(),
+                    dst_namespace: self.dst_namespace.as_deref(),
+                    dst_workload: self.dst_workload.as_deref(),
+                    dst_service: self.dst_service.as_deref(),
                 }
             }
         }
@@ -122,7 +241,8 @@ flat! {
     /// A response count ([`mesh_api::stats::Count`]).
     struct FlatCount {
         status: Option<u16>,
-        class: Option<String>,
+        #[serde(borrow)]
+        class: Option<Cow<'a, str>>,
         count: u64,
     }
 }
@@ -180,17 +300,20 @@ impl Snapshot {
     }
 
     /// Parses a proxy's `/stats` JSON, each label set shared through `key`.
-    pub fn parse_with(json: &[u8], key: &mut dyn FnMut(Labels) -> Key) -> Result<Self, StatsError> {
+    pub fn parse_with(
+        json: &[u8],
+        key: &mut dyn FnMut(&View<'_>) -> Key,
+    ) -> Result<Self, StatsError> {
         let raw: FlatStats = serde_json::from_slice(json)?;
         let mut timeouts: HashMap<Key, u64> = HashMap::new();
         let mut counts = |raw: Vec<FlatCount>, timeouts: Option<&mut HashMap<Key, u64>>| {
             let mut c = Counts::new();
             let mut timeouts = timeouts;
-            for mut r in raw {
+            for r in raw {
                 // Responses to requests the proxy answered itself are failures too.
                 let ok = r.class.as_deref() == Some("success");
                 let status = r.status;
-                let k = key(r.labels());
+                let k = key(&r.view());
                 if status == Some(504)
                     && let Some(t) = timeouts.as_deref_mut()
                 {
@@ -203,8 +326,8 @@ impl Snapshot {
         let responses = counts(raw.responses, Some(&mut timeouts));
         let actual = counts(raw.actual_responses, None);
         let mut latency: HashMap<Key, Buckets> = HashMap::new();
-        for mut l in raw.latency {
-            let b = latency.entry(key(l.labels())).or_default();
+        for l in raw.latency {
+            let b = latency.entry(key(&l.view())).or_default();
             for (value, count) in l.buckets {
                 if value > MAX_VALUE_US {
                     return Err(StatsError::Histogram(format!("value {value} out of range")));
@@ -362,14 +485,14 @@ mod tests {
         );
         let b = Snapshot::parse(&stats("1", 15, 1, &[1000, 2000, 3000, 3000])).expect("b");
         let d = b.since(Some(&a));
-        assert_eq!(d.responses.get(&(Arc::new(labels()), true)), Some(&5));
-        assert_eq!(d.responses.get(&(Arc::new(labels()), false)), None);
-        assert_eq!(d.latency[&Arc::new(labels())].values().sum::<u64>(), 2);
+        assert_eq!(d.responses.get(&(Key::new(labels()), true)), Some(&5));
+        assert_eq!(d.responses.get(&(Key::new(labels()), false)), None);
+        assert_eq!(d.latency[&Key::new(labels())].values().sum::<u64>(), 2);
         // Restarted: the new instance's counts are all new.
         let c = Snapshot::parse(&stats("2", 3, 0, &[500])).expect("c");
         let d = c.since(Some(&b));
-        assert_eq!(d.responses.get(&(Arc::new(labels()), true)), Some(&3));
-        assert_eq!(d.latency[&Arc::new(labels())].values().sum::<u64>(), 1);
+        assert_eq!(d.responses.get(&(Key::new(labels()), true)), Some(&3));
+        assert_eq!(d.latency[&Key::new(labels())].values().sum::<u64>(), 1);
     }
 
     #[test]
@@ -385,7 +508,7 @@ mod tests {
             all.record(*v).expect("record");
         }
         let mut m = histogram();
-        for (v, n) in &merged.latency[&Arc::new(labels())] {
+        for (v, n) in &merged.latency[&Key::new(labels())] {
             m.record_n(*v, *n).expect("record");
         }
         assert_eq!(m.len(), all.len());
@@ -438,7 +561,7 @@ mod tests {
             }],
         };
         let s = Snapshot::parse(&serde_json::to_vec(&stats).expect("json")).expect("parse");
-        let k = Arc::new(labels);
+        let k = Key::new(labels);
         assert_eq!(s.instance, "9");
         assert_eq!(s.started, Some(UNIX_EPOCH + Duration::from_secs(5)));
         assert_eq!(s.series.responses[&(k.clone(), true)], 4);
@@ -452,8 +575,41 @@ mod tests {
             s.series
                 .responses
                 .keys()
-                .all(|(l, _)| Arc::ptr_eq(l, s.series.latency.keys().next().expect("key")))
+                .all(|(l, _)| Arc::ptr_eq(&l.0, &s.series.latency.keys().next().expect("key").0))
         );
+    }
+
+    #[test]
+    fn escaped_labels_are_the_same_labels_and_one_copy() {
+        let body = |authority: &str| {
+            format!(
+                r#"{{"instance":"i","responses":[{{"direction":"outbound","authority":{authority},"route":"default","tls":"true","status":200,"class":"success","count":1}}]}}"#
+            )
+        };
+        let mut interner = Interner::default();
+        let mut parse = |json: String| {
+            Snapshot::parse_with(json.as_bytes(), &mut |v| interner.get(v)).expect("parse")
+        };
+        let plain = parse(body(r#""web:80""#));
+        // The same string written with an escape: not borrowed, still the same labels.
+        let escaped = parse(body(r#""web:80""#));
+        let (a, b) = (
+            plain.series.responses.keys().next().expect("key"),
+            escaped.series.responses.keys().next().expect("key"),
+        );
+        assert_eq!(a.0.authority, "web:80");
+        assert!(Arc::ptr_eq(&(a.0).0, &(b.0).0), "one copy");
+        let other = parse(body(r#""api:80""#));
+        let c = other.series.responses.keys().next().expect("key");
+        assert_ne!(a.0, c.0);
+        assert_eq!(interner.len(), 2);
+        // A key made on its own equals the shared one (and hashes alike).
+        let own = Key::new((*a.0).clone());
+        assert_eq!(own, a.0);
+        assert_eq!(plain.series.responses.get(&(own, true)), Some(&1));
+        drop((plain, escaped, other));
+        interner.collect();
+        assert!(interner.is_empty());
     }
 
     #[test]
