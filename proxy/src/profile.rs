@@ -163,31 +163,15 @@ fn unsupported(p: &pb::OutboundPolicy) -> Result<(), Unsupported> {
             return refuse("retry backoff or retries on reset");
         }
         for m in &r.matches {
-            if !m.headers.is_empty() || !m.query_params.is_empty() || m.grpc.is_some() {
-                return refuse("header, query-parameter or gRPC method matches");
+            if m.grpc.is_some() {
+                return refuse("gRPC method matches");
             }
             if m.path.as_ref().is_some_and(|p| p.kind.is_none()) {
                 return refuse("an empty path match");
             }
-            if let Some(c) = &m.condition
-                && !plain(c)
-            {
-                return refuse("header or query-parameter conditions");
-            }
         }
     }
     Ok(())
-}
-
-/// Whether a condition uses only what this proxy matches: paths and methods.
-fn plain(m: &pb::RequestMatch) -> bool {
-    use pb::request_match::Match as M;
-    match &m.r#match {
-        Some(M::All(seq) | M::Any(seq)) => seq.matches.iter().all(plain),
-        Some(M::Not(inner)) => plain(inner),
-        Some(M::PathRegex(_) | M::Method(_)) | None => true,
-        Some(M::Header(_) | M::QueryParam(_)) => false,
-    }
 }
 
 /// A retry budget as the proxy keeps it; out-of-range values (the controller refuses
@@ -216,9 +200,32 @@ enum Match {
     /// A path prefix, element-wise (kept without its trailing `/`).
     Prefix(String),
     Method(Method),
+    /// A header: any of its values (case-insensitive name).
+    Header(http::HeaderName, Value),
+    /// A query parameter: its first occurrence (case-sensitive name, raw bytes as
+    /// the request sent them).
+    Query(String, Value),
     /// A condition that could not be compiled matches nothing (the controller
     /// validates, so this only guards against a newer controller's additions).
     Never,
+}
+
+/// How a header's or query parameter's value is matched.
+#[derive(Debug)]
+enum Value {
+    Exact(Vec<u8>),
+    Regex(regex::bytes::Regex),
+    Present,
+}
+
+impl Value {
+    fn matches(&self, v: &[u8]) -> bool {
+        match self {
+            Self::Exact(e) => v == e.as_slice(),
+            Self::Regex(re) => re.is_match(v),
+            Self::Present => true,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -310,10 +317,10 @@ impl Profile {
     }
 
     /// The first route matching a request, if any.
-    pub fn route(&self, method: &Method, path: &str) -> Option<Arc<Route>> {
+    pub fn route<B>(&self, req: &http::Request<B>) -> Option<Arc<Route>> {
         self.routes
             .iter()
-            .find(|r| r.condition.matches(method, path))
+            .find(|r| r.condition.matches(req))
             .cloned()
     }
 }
@@ -331,20 +338,38 @@ impl Route {
 }
 
 impl Match {
-    fn matches(&self, method: &Method, path: &str) -> bool {
+    fn matches<B>(&self, req: &http::Request<B>) -> bool {
+        let path = req.uri().path();
         match self {
-            Self::All(ms) => ms.iter().all(|m| m.matches(method, path)),
-            Self::Any(ms) => ms.iter().any(|m| m.matches(method, path)),
-            Self::Not(m) => !m.matches(method, path),
+            Self::All(ms) => ms.iter().all(|m| m.matches(req)),
+            Self::Any(ms) => ms.iter().any(|m| m.matches(req)),
+            Self::Not(m) => !m.matches(req),
             Self::Path(re) => re.is_match(path.as_bytes()),
             Self::Exact(p) => path == p,
             Self::Prefix(p) => path
                 .strip_prefix(p.as_str())
                 .is_some_and(|rest| rest.is_empty() || rest.starts_with('/') || p.is_empty()),
-            Self::Method(m) => m == method,
+            Self::Method(m) => m == req.method(),
+            Self::Header(name, value) => req
+                .headers()
+                .get_all(name)
+                .iter()
+                .any(|v| value.matches(v.as_bytes())),
+            Self::Query(name, value) => {
+                query_param(req.uri().query(), name).is_some_and(|v| value.matches(v.as_bytes()))
+            }
             Self::Never => false,
         }
     }
+}
+
+/// The first value of parameter `name` in `query` (`a=1&b&c=3`; a parameter without
+/// `=` has an empty value).
+fn query_param<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
+    query?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then_some(v)
+    })
 }
 
 impl StatusMatch {
@@ -379,10 +404,53 @@ fn route_match(m: &pb::RouteMatch) -> Match {
     if !m.method.is_empty() {
         all.push(Method::from_bytes(m.method.as_bytes()).map_or(Match::Never, Match::Method));
     }
+    all.extend(m.headers.iter().map(header_match));
+    all.extend(m.query_params.iter().map(query_match));
     if let Some(c) = &m.condition {
         all.push(request_match(c));
     }
     Match::All(all)
+}
+
+/// A value match; a regex is anchored at both ends, as paths' are.
+fn value(exact: Option<&str>, regex: Option<&str>, present: bool) -> Option<Value> {
+    match (exact, regex) {
+        (Some(e), _) => Some(Value::Exact(e.as_bytes().to_vec())),
+        (None, Some(re)) => mesh_api::profile::compile_anchored(&mesh_api::profile::anchored(re))
+            .ok()
+            .map(Value::Regex),
+        (None, None) => present.then_some(Value::Present),
+    }
+}
+
+fn header_match(h: &pb::HeaderMatch) -> Match {
+    use pb::header_match::Value as V;
+    let v = match &h.value {
+        Some(V::Exact(e)) => value(Some(e), None, false),
+        Some(V::Regex(re)) => value(None, Some(re), false),
+        Some(V::Present(p)) => value(None, None, *p),
+        None => None,
+    };
+    match (http::HeaderName::from_bytes(h.name.as_bytes()), v) {
+        (Ok(name), Some(v)) if h.invert => Match::Not(Box::new(Match::Header(name, v))),
+        (Ok(name), Some(v)) => Match::Header(name, v),
+        // What could not be compiled matches nothing, inverted or not.
+        _ => Match::Never,
+    }
+}
+
+fn query_match(q: &pb::QueryParamMatch) -> Match {
+    use pb::query_param_match::Value as V;
+    let v = match &q.value {
+        Some(V::Exact(e)) => value(Some(e), None, false),
+        Some(V::Regex(re)) => value(None, Some(re), false),
+        Some(V::Present(p)) => value(None, None, *p),
+        None => None,
+    };
+    match v {
+        Some(v) if !q.name.is_empty() => Match::Query(q.name.clone(), v),
+        _ => Match::Never,
+    }
 }
 
 fn request_match(m: &pb::RequestMatch) -> Match {
@@ -395,8 +463,9 @@ fn request_match(m: &pb::RequestMatch) -> Match {
         Some(M::Method(method)) => {
             Method::from_bytes(method.as_bytes()).map_or(Match::Never, Match::Method)
         }
-        // Refused before compiling (see `unsupported`).
-        Some(M::Header(_) | M::QueryParam(_)) | None => Match::Never,
+        Some(M::Header(h)) => header_match(h),
+        Some(M::QueryParam(q)) => query_match(q),
+        None => Match::Never,
     }
 }
 
@@ -414,6 +483,14 @@ fn status_match(m: &pb::ResponseMatch) -> StatusMatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn req(method: Method, uri: &str) -> http::Request<()> {
+        http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(())
+            .expect("request")
+    }
 
     fn profile() -> Profile {
         use pb::request_match::{Match as M, Seq};
@@ -482,7 +559,8 @@ mod tests {
             ..Default::default()
         })
         .expect("supported");
-        let name = |method: Method, path: &str| p.route(&method, path).map(|r| r.name.to_string());
+        let name =
+            |method: Method, path: &str| p.route(&req(method, path)).map(|r| r.name.to_string());
         assert_eq!(name(Method::GET, "/a").as_deref(), Some("exact"));
         assert_eq!(name(Method::GET, "/a/b"), None);
         assert_eq!(name(Method::GET, "/api").as_deref(), Some("prefix"));
@@ -491,6 +569,125 @@ mod tests {
         assert_eq!(name(Method::GET, "/v12").as_deref(), Some("regex"));
         assert_eq!(name(Method::GET, "/v12/x"), None, "anchored");
         assert_eq!(name(Method::POST, "/a"), None, "and the method");
+    }
+
+    #[test]
+    fn headers_and_query_parameters_are_matched() {
+        use pb::header_match::Value as H;
+        use pb::query_param_match::Value as Q;
+        let header = |name: &str, value: H, invert: bool| pb::HeaderMatch {
+            name: name.into(),
+            value: Some(value),
+            invert,
+        };
+        let query = |name: &str, value: Q| pb::QueryParamMatch {
+            name: name.into(),
+            value: Some(value),
+        };
+        let route = |name: &str, m: pb::RouteMatch| pb::HttpRoute {
+            name: name.into(),
+            matches: vec![m],
+            ..Default::default()
+        };
+        let p = Profile::compile(&pb::OutboundPolicy {
+            routes: vec![
+                // The examples' canary: a header, exactly (names case-insensitive).
+                route(
+                    "jason",
+                    pb::RouteMatch {
+                        headers: vec![header("End-User", H::Exact("jason".into()), false)],
+                        ..Default::default()
+                    },
+                ),
+                // A regex over the whole value, and a parameter that must be there.
+                route(
+                    "v2-beta",
+                    pb::RouteMatch {
+                        headers: vec![header("x-version", H::Regex("v2|v3".into()), false)],
+                        query_params: vec![query("beta", Q::Present(true))],
+                        ..Default::default()
+                    },
+                ),
+                route(
+                    "debug",
+                    pb::RouteMatch {
+                        query_params: vec![query("debug", Q::Exact("1".into()))],
+                        ..Default::default()
+                    },
+                ),
+                // Absent: an inverted presence.
+                route(
+                    "anonymous",
+                    pb::RouteMatch {
+                        headers: vec![header("authorization", H::Present(true), true)],
+                        ..Default::default()
+                    },
+                ),
+            ],
+            ..Default::default()
+        })
+        .expect("supported");
+        let name = |uri: &str, headers: &[(&str, &str)]| {
+            let mut r = req(Method::GET, uri);
+            for (k, v) in headers {
+                r.headers_mut().append(
+                    http::HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                    http::HeaderValue::from_str(v).expect("value"),
+                );
+            }
+            p.route(&r).map(|r| r.name.to_string())
+        };
+        let auth = ("authorization", "Bearer x");
+        assert_eq!(
+            name("/", &[("end-user", "jason"), auth]).as_deref(),
+            Some("jason")
+        );
+        assert_eq!(name("/", &[("end-user", "jasonx"), auth]), None, "exactly");
+        // Any of a repeated header's values.
+        assert_eq!(
+            name("/", &[("end-user", "bob"), ("end-user", "jason"), auth]).as_deref(),
+            Some("jason")
+        );
+        assert_eq!(
+            name("/?beta", &[("x-version", "v3"), auth]).as_deref(),
+            Some("v2-beta")
+        );
+        assert_eq!(
+            name("/?beta=", &[("x-version", "v22"), auth]),
+            None,
+            "anchored"
+        );
+        assert_eq!(
+            name("/", &[("x-version", "v2"), auth]),
+            None,
+            "beta is needed"
+        );
+        assert_eq!(name("/x?a=1&debug=1", &[auth]).as_deref(), Some("debug"));
+        // The first occurrence decides; names are case-sensitive.
+        assert_eq!(name("/x?debug=0&debug=1", &[auth]), None);
+        assert_eq!(name("/x?Debug=1", &[auth]), None);
+        assert_eq!(name("/x", &[]).as_deref(), Some("anonymous"));
+    }
+
+    #[test]
+    fn a_header_match_that_cannot_compile_matches_nothing_even_inverted() {
+        let p = Profile::compile(&pb::OutboundPolicy {
+            routes: vec![pb::HttpRoute {
+                name: "bad".into(),
+                matches: vec![pb::RouteMatch {
+                    headers: vec![pb::HeaderMatch {
+                        name: "not a header name".into(),
+                        value: Some(pb::header_match::Value::Present(true)),
+                        invert: true,
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .expect("supported");
+        assert!(p.route(&req(Method::GET, "/")).is_none());
     }
 
     #[test]
@@ -540,7 +737,7 @@ mod tests {
             ..Default::default()
         })
         .expect("supported");
-        let r = p.route(&Method::GET, "/").expect("route");
+        let r = p.route(&req(Method::GET, "/")).expect("route");
         let on = r.retry.as_ref().expect("retry");
         assert_eq!(
             (
@@ -574,24 +771,24 @@ mod tests {
     #[test]
     fn the_first_matching_route_wins_and_paths_match_whole() {
         let p = profile();
-        let api = p.route(&Method::POST, "/api").expect("route");
+        let api = p.route(&req(Method::POST, "/api")).expect("route");
         assert_eq!(&*api.name, "POST /api");
         assert_eq!(api.timeout, Some(Duration::from_millis(200)));
         assert!(
-            p.route(&Method::POST, "/api/x").is_none(),
+            p.route(&req(Method::POST, "/api/x")).is_none(),
             "pathRegex must match the whole path"
         );
         assert_eq!(
-            &*p.route(&Method::GET, "/anything").expect("GET").name,
+            &*p.route(&req(Method::GET, "/anything")).expect("GET").name,
             "GET"
         );
-        assert!(p.route(&Method::DELETE, "/").is_none());
+        assert!(p.route(&req(Method::DELETE, "/")).is_none());
     }
 
     #[test]
     fn response_classes_decide_failure() {
         let p = profile();
-        let api = p.route(&Method::POST, "/api").expect("route");
+        let api = p.route(&req(Method::POST, "/api")).expect("route");
         assert_eq!(api.is_failure(StatusCode::SERVICE_UNAVAILABLE), Some(false));
         assert_eq!(api.is_failure(StatusCode::GATEWAY_TIMEOUT), None);
     }

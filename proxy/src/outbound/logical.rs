@@ -82,16 +82,15 @@ where
         if !shared.resolve.has_discovery() || req.uri().path().len() > self.layer.max_path_bytes {
             return Box::pin(self.inner.call(req));
         }
-        // What the lookup needs, taken before awaiting: the body need not be Sync, so
-        // no borrow of the request may be held across an await.
-        let (method, path) = (req.method().clone(), req.uri().path().to_owned());
         let shared = shared.clone();
         // The inner service was made ready for this call: take it, leave a clone.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
             let profile = shared.resolve.profile(&name).await;
-            let route = profile.route(&method, &path);
+            // Matched after the await: the body need not be Sync, so no borrow of the
+            // request may be held across one.
+            let route = profile.route(&req);
             req.extensions_mut().insert(RouteInfo { profile, route });
             inner.call(req).await
         })

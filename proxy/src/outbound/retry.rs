@@ -317,7 +317,7 @@ mod tests {
             ..Default::default()
         })
         .expect("supported");
-        let route = profile.route(&http::Method::GET, "/");
+        let route = profile.route(&http::Request::new(()));
         RouteInfo {
             profile: Arc::new(profile),
             route,
