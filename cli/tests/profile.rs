@@ -48,7 +48,14 @@ fn the_template_is_a_profile_the_mesh_applies() {
         split: None,
     });
     let profile = mesh_proxy::profile::Profile::compile(&policy).expect("the proxy applies it");
-    let route = |method: Method, path: &str| profile.route(&method, path);
+    let route = |method: Method, path: &str| {
+        let req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .body(())
+            .expect("request");
+        profile.route(&req)
+    };
     let get = route(Method::GET, "/books/42").expect("GET /books/42 matches");
     assert_eq!(&*get.name, "GET /books/{id}");
     assert_eq!(get.timeout, Some(Duration::from_secs(2)));

@@ -86,6 +86,21 @@ where
             let woken = s.wakes.take(BATCH);
             if !woken.is_empty() {
                 s.answer(&woken);
+                // Others' turn, then the client's: a flood of changes must neither hold
+                // the worker nor keep new subscriptions waiting.
+                tokio::task::yield_now().await;
+                if !s.closed
+                    && let Some(next) = futures_util::FutureExt::now_or_never(s.incoming.next())
+                {
+                    match next {
+                        Some(Ok(sub)) => s.subscribe(sub),
+                        None => s.closed = true,
+                        Some(Err(status)) => {
+                            tracing::debug!(%status, "discovery stream ended");
+                            return None;
+                        }
+                    }
+                }
                 continue;
             }
             if s.closed && s.subscribed.is_empty() {

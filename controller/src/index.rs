@@ -233,8 +233,17 @@ struct Registry {
 /// at the others.
 #[derive(Debug, Default)]
 pub struct Wakes {
-    ready: Mutex<BTreeSet<u64>>,
+    ready: Mutex<Ready>,
     notify: Notify,
+}
+
+/// Tags woken and not yet taken, and where the last take stopped.
+#[derive(Debug, Default)]
+struct Ready {
+    tags: BTreeSet<u64>,
+    /// Takes resume after this tag (then wrap around), so that tags woken again and
+    /// again cannot keep others waiting.
+    after: u64,
 }
 
 impl Wakes {
@@ -243,18 +252,33 @@ impl Wakes {
         Arc::default()
     }
 
-    /// Takes the tags of up to `max` watches woken since they were last taken (the
-    /// smallest first); the rest wait for the next call.
+    /// Takes the tags of up to `max` watches woken since they were last taken, in
+    /// turn: from just after where the last take stopped, wrapping around; the rest
+    /// wait for the next call.
     pub fn take(&self, max: usize) -> Vec<u64> {
         let mut ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
-        if ready.len() <= max {
-            return std::mem::take(&mut *ready).into_iter().collect();
+        if ready.tags.len() <= max {
+            let all: Vec<u64> = std::mem::take(&mut ready.tags).into_iter().collect();
+            if let Some(last) = all.last() {
+                ready.after = *last;
+            }
+            return all;
         }
-        let rest = match ready.iter().nth(max) {
-            Some(&first_left) => ready.split_off(&first_left),
-            None => BTreeSet::new(),
-        };
-        std::mem::replace(&mut *ready, rest).into_iter().collect()
+        let after = ready.after;
+        let taken: Vec<u64> = ready
+            .tags
+            .range(after.saturating_add(1)..)
+            .chain(ready.tags.range(..=after))
+            .take(max)
+            .copied()
+            .collect();
+        for t in &taken {
+            ready.tags.remove(t);
+        }
+        if let Some(last) = taken.last() {
+            ready.after = *last;
+        }
+        taken
     }
 
     /// Resolves once some watch has been woken since its tag was last taken (at once if
@@ -265,6 +289,7 @@ impl Wakes {
                 .ready
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
+                .tags
                 .is_empty()
             {
                 return;
@@ -277,6 +302,7 @@ impl Wakes {
         self.ready
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .tags
             .insert(tag);
         self.notify.notify_one();
     }
@@ -1500,8 +1526,20 @@ mod tests {
             futures_util::FutureExt::now_or_never(wakes.woken()).is_some(),
             "woken"
         );
-        // At most two at a time, smallest tag first; the rest stay for the next take.
+        // At most two at a time, in turn; the rest stay for the next take.
         assert_eq!(wakes.take(2), [101, 103]);
+        assert_eq!(wakes.take(2), [104]);
+        // Turns go on from where the last take stopped: a tag woken again and again
+        // cannot keep the others waiting.
+        for svc in ["svc-0", "svc-2", "svc-4"] {
+            index
+                .apply(
+                    &at(Kind::Pod, "ns", &format!("{svc}-x")),
+                    pod(svc, &format!("10.2.2.{}", &svc[4..]), Some(true), false),
+                )
+                .expect("pod");
+        }
+        assert_eq!(wakes.take(2), [100, 102], "after 104: wrap around");
         assert_eq!(wakes.take(2), [104]);
         assert!(wakes.take(2).is_empty());
         assert!(futures_util::FutureExt::now_or_never(wakes.woken()).is_none());

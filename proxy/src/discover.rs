@@ -38,6 +38,8 @@ const _: () = assert!(2 * MAX_WATCHES + MAX_INBOUND_PORTS <= mesh_api::MAX_SUBSC
 /// port; past it, the proxy's own setting decides, as it did before the controller
 /// decided anything.
 const MAX_INBOUND_PORTS: usize = 64;
+/// The largest message the discovery stream takes (an endpoint set of ~500,000).
+const MAX_MESSAGE_BYTES: usize = 64 << 20;
 /// How long a first connection to a port waits for the controller's first decision.
 const INBOUND_FIRST_ANSWER: Duration = Duration::from_secs(1);
 
@@ -226,7 +228,10 @@ impl Discover {
             .keep_alive_while_idle(true)
             .connect_lazy();
         let (commands, rx) = mpsc::unbounded_channel();
-        let driver = tokio::spawn(drive(DiscoveryClient::new(channel), rx)).abort_handle();
+        // One stream carries every target: a large endpoint set must not break it for
+        // all of them (tonic's default is 4 MiB per message).
+        let client = DiscoveryClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let driver = tokio::spawn(drive(client, rx)).abort_handle();
         Ok(Self {
             namespace: namespace.to_string(),
             workload: None,
@@ -515,7 +520,11 @@ impl Subscriptions {
             // Unfollowed meanwhile.
             return;
         };
-        if matches!(n, disc_pb::notice::Notice::Refused(_)) {
+        // A malformed target is refused for good; anything else (a bound) is asked
+        // for again on the next stream.
+        if let disc_pb::notice::Notice::Refused(r) = &n
+            && r.code == tonic::Code::InvalidArgument as i32
+        {
             self.refused.insert(notice.id);
         }
         follower.apply(n);

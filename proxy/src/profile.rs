@@ -419,20 +419,31 @@ fn value(exact: Option<&str>, regex: Option<&str>, present: bool) -> Option<Valu
         (None, Some(re)) => mesh_api::profile::compile_anchored(&mesh_api::profile::anchored(re))
             .ok()
             .map(Value::Regex),
+        // `present: false` cannot be a value match: the callers make it "absent".
         (None, None) => present.then_some(Value::Present),
     }
 }
 
+/// `present: false` asks for the header (or parameter) to be absent.
+fn absent(present: Option<bool>) -> bool {
+    present == Some(false)
+}
+
 fn header_match(h: &pb::HeaderMatch) -> Match {
     use pb::header_match::Value as V;
+    let present = match &h.value {
+        Some(V::Present(p)) => Some(*p),
+        _ => None,
+    };
     let v = match &h.value {
         Some(V::Exact(e)) => value(Some(e), None, false),
         Some(V::Regex(re)) => value(None, Some(re), false),
-        Some(V::Present(p)) => value(None, None, *p),
+        Some(V::Present(_)) => value(None, None, true),
         None => None,
     };
+    let invert = h.invert != absent(present);
     match (http::HeaderName::from_bytes(h.name.as_bytes()), v) {
-        (Ok(name), Some(v)) if h.invert => Match::Not(Box::new(Match::Header(name, v))),
+        (Ok(name), Some(v)) if invert => Match::Not(Box::new(Match::Header(name, v))),
         (Ok(name), Some(v)) => Match::Header(name, v),
         // What could not be compiled matches nothing, inverted or not.
         _ => Match::Never,
@@ -441,13 +452,20 @@ fn header_match(h: &pb::HeaderMatch) -> Match {
 
 fn query_match(q: &pb::QueryParamMatch) -> Match {
     use pb::query_param_match::Value as V;
+    let present = match &q.value {
+        Some(V::Present(p)) => Some(*p),
+        _ => None,
+    };
     let v = match &q.value {
         Some(V::Exact(e)) => value(Some(e), None, false),
         Some(V::Regex(re)) => value(None, Some(re), false),
-        Some(V::Present(p)) => value(None, None, *p),
+        Some(V::Present(_)) => value(None, None, true),
         None => None,
     };
     match v {
+        Some(v) if !q.name.is_empty() && absent(present) => {
+            Match::Not(Box::new(Match::Query(q.name.clone(), v)))
+        }
         Some(v) if !q.name.is_empty() => Match::Query(q.name.clone(), v),
         _ => Match::Never,
     }
@@ -667,6 +685,30 @@ mod tests {
         assert_eq!(name("/x?debug=0&debug=1", &[auth]), None);
         assert_eq!(name("/x?Debug=1", &[auth]), None);
         assert_eq!(name("/x", &[]).as_deref(), Some("anonymous"));
+        // `present: false` is "absent", for headers and parameters alike.
+        let absent = Profile::compile(&pb::OutboundPolicy {
+            routes: vec![route(
+                "no-trace-no-debug",
+                pb::RouteMatch {
+                    headers: vec![header("x-trace", H::Present(false), false)],
+                    query_params: vec![query("debug", Q::Present(false))],
+                    ..Default::default()
+                },
+            )],
+            ..Default::default()
+        })
+        .expect("supported");
+        let hit = |uri: &str, trace: bool| {
+            let mut r = req(Method::GET, uri);
+            if trace {
+                r.headers_mut()
+                    .insert("x-trace", http::HeaderValue::from_static("1"));
+            }
+            absent.route(&r).is_some()
+        };
+        assert!(hit("/", false));
+        assert!(!hit("/", true));
+        assert!(!hit("/?debug", false));
     }
 
     #[test]
