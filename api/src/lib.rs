@@ -23,8 +23,8 @@ pub use split::TrafficSplitSpec;
 /// The most gRPC streams the controller serves on one connection.
 pub const CONTROLLER_MAX_STREAMS: u32 = 10_000;
 
-/// The most subscriptions one `Discovery.Watch` stream may hold at once (a proxy's
-/// watches all share one stream).
+/// The most subscriptions one connection's `Discovery.Watch` streams may hold at once
+/// (a proxy's watches all share one stream).
 pub const MAX_SUBSCRIPTIONS: usize = 40_000;
 
 /// A problem with one field of a resource.

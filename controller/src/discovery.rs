@@ -6,7 +6,8 @@
 //! change costs what the subscriptions it touches cost, however many the stream holds.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 
 use futures_util::{Stream, StreamExt};
 use mesh_api::discovery as pb;
@@ -24,12 +25,75 @@ const BATCH: usize = 256;
 #[derive(Clone, Debug)]
 pub struct Service {
     index: Arc<Index>,
+    /// Subscriptions held per connection, across all its streams.
+    held: Arc<Mutex<HashMap<SocketAddr, usize>>>,
+    limit: usize,
 }
 
 impl Service {
-    /// Serves `index`.
+    /// Serves `index`; a connection holds at most [`mesh_api::MAX_SUBSCRIPTIONS`]
+    /// subscriptions, however many streams it opens.
     pub fn new(index: Arc<Index>) -> DiscoveryServer<Self> {
-        DiscoveryServer::new(Self { index })
+        Self::with_limit(index, mesh_api::MAX_SUBSCRIPTIONS)
+    }
+
+    /// Serves `index` with at most `limit` subscriptions per connection.
+    pub fn with_limit(index: Arc<Index>, limit: usize) -> DiscoveryServer<Self> {
+        DiscoveryServer::new(Self {
+            index,
+            held: Arc::default(),
+            limit,
+        })
+    }
+}
+
+/// One stream's share of its connection's subscriptions; given back when dropped.
+struct Budget {
+    peer: Option<SocketAddr>,
+    held: Arc<Mutex<HashMap<SocketAddr, usize>>>,
+    limit: usize,
+    /// This stream's subscriptions (its count when the peer is unknown).
+    mine: usize,
+}
+
+impl Budget {
+    /// Takes one subscription's room; false past the connection's limit.
+    fn take(&mut self) -> bool {
+        let Some(peer) = self.peer else {
+            if self.mine >= self.limit {
+                return false;
+            }
+            self.mine += 1;
+            return true;
+        };
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let n = held.entry(peer).or_default();
+        if *n >= self.limit {
+            return false;
+        }
+        *n += 1;
+        self.mine += 1;
+        true
+    }
+
+    /// Gives back `n` subscriptions' room.
+    fn give(&mut self, n: usize) {
+        let n = n.min(self.mine);
+        self.mine -= n;
+        let Some(peer) = self.peer else { return };
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = held.get_mut(&peer) {
+            *c = c.saturating_sub(n);
+            if *c == 0 {
+                held.remove(&peer);
+            }
+        }
+    }
+}
+
+impl Drop for Budget {
+    fn drop(&mut self) {
+        self.give(self.mine);
     }
 }
 
@@ -41,7 +105,17 @@ impl Discovery for Service {
         &self,
         req: Request<Streaming<pb::Subscription>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        Ok(Response::new(mux(self.index.clone(), req.into_inner())))
+        let budget = Budget {
+            peer: req.remote_addr(),
+            held: self.held.clone(),
+            limit: self.limit,
+            mine: 0,
+        };
+        Ok(Response::new(mux(
+            self.index.clone(),
+            req.into_inner(),
+            budget,
+        )))
     }
 }
 
@@ -61,12 +135,13 @@ struct Mux<S> {
     incoming: S,
     /// The client will subscribe to nothing more.
     closed: bool,
+    budget: Budget,
     queued: VecDeque<pb::Notice>,
 }
 
 /// Follows the subscriptions `incoming` makes, as one stream of notices; it ends when
 /// the client stops sending and has nothing left subscribed, or sends garbage.
-pub fn mux<S>(index: Arc<Index>, incoming: S) -> Updates<pb::Notice>
+fn mux<S>(index: Arc<Index>, incoming: S, budget: Budget) -> Updates<pb::Notice>
 where
     S: Stream<Item = Result<pb::Subscription, Status>> + Send + Unpin + 'static,
 {
@@ -76,6 +151,7 @@ where
         subscribed: HashMap::new(),
         incoming,
         closed: false,
+        budget,
         queued: VecDeque::new(),
     };
     Box::pin(futures_util::stream::unfold(state, |mut s| async move {
@@ -149,16 +225,16 @@ impl<S> Mux<S> {
         use pb::subscription::Target;
         let id = sub.id;
         // What was followed under this id is over either way.
-        self.subscribed.remove(&id);
+        if self.subscribed.remove(&id).is_some() {
+            self.budget.give(1);
+        }
         let next: Result<Next, Status> = match sub.target {
             Some(Target::Unsubscribe(_)) => return,
             None => Err(Status::invalid_argument("a subscription needs a target")),
-            Some(_) if self.subscribed.len() >= mesh_api::MAX_SUBSCRIPTIONS => {
-                Err(Status::resource_exhausted(format!(
-                    "a stream holds at most {} subscriptions",
-                    mesh_api::MAX_SUBSCRIPTIONS
-                )))
-            }
+            Some(_) if !self.budget.take() => Err(Status::resource_exhausted(format!(
+                "a connection holds at most {} subscriptions",
+                self.budget.limit
+            ))),
             Some(Target::Endpoints(req)) => {
                 crate::destination::endpoints(req).map(|f| tag(id, f, N::Endpoints))
             }
@@ -175,7 +251,13 @@ impl<S> Mux<S> {
                 self.subscribed.insert(id, Subscribed { watch, next });
                 self.answer(&[id]);
             }
-            Err(status) => self.refuse(id, &status),
+            Err(status) => {
+                // A refused target holds no room (what the guard took is given back).
+                if status.code() != tonic::Code::ResourceExhausted {
+                    self.budget.give(1);
+                }
+                self.refuse(id, &status)
+            }
         }
     }
 }

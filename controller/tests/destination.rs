@@ -681,3 +681,95 @@ async fn one_discovery_stream_follows_many_targets_each_under_its_id() {
         .expect("ends");
     assert!(matches!(end, Ok(None)), "{end:?}");
 }
+
+#[tokio::test]
+async fn a_connection_holds_a_bounded_number_of_subscriptions_across_its_streams() {
+    use disc_pb::notice::Notice as N;
+    use disc_pb::subscription::Target;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("base.yaml"), NS_AND_SVC).expect("write");
+    let index = Arc::new(Index::default());
+    let (synced, mut ready) = tokio::sync::watch::channel(false);
+    tokio::spawn(dir::watch(dir.path().to_path_buf(), index.clone(), synced));
+    ready.wait_for(|r| *r).await.expect("first sync");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(discovery::Service::with_limit(index, 3))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    // One connection, two streams on it.
+    let client = DiscoveryClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect");
+    let open = || {
+        let mut client = client.clone();
+        async move {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<disc_pb::Subscription>();
+            let outgoing = futures_util::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|s| (s, rx))
+            });
+            let notices = client.watch(outgoing).await.expect("watch").into_inner();
+            (tx, notices)
+        }
+    };
+    let web = |id: u64| disc_pb::Subscription {
+        id,
+        target: Some(Target::Endpoints(get("web.demo.svc.cluster.local:80"))),
+    };
+    let refused = |n: &disc_pb::Notice| match &n.notice {
+        Some(N::Refused(r)) => Some(r.code),
+        _ => None,
+    };
+    let (a, mut a_notices) = open().await;
+    let (b, mut b_notices) = open().await;
+    for id in [1, 2] {
+        a.send(web(id)).expect("send");
+        assert_eq!(refused(&next(&mut a_notices).await), None);
+    }
+    // A malformed target takes no room.
+    b.send(disc_pb::Subscription {
+        id: 9,
+        target: None,
+    })
+    .expect("send");
+    assert_eq!(
+        refused(&next(&mut b_notices).await),
+        Some(tonic::Code::InvalidArgument as i32)
+    );
+    b.send(web(1)).expect("send");
+    assert_eq!(refused(&next(&mut b_notices).await), None, "the third");
+    b.send(web(2)).expect("send");
+    assert_eq!(
+        refused(&next(&mut b_notices).await),
+        Some(tonic::Code::ResourceExhausted as i32),
+        "a fourth on the same connection, even on another stream"
+    );
+    // Room given back by an unsubscription, and by a stream that ends.
+    a.send(disc_pb::Subscription {
+        id: 1,
+        target: Some(Target::Unsubscribe(disc_pb::Unsubscribe {})),
+    })
+    .expect("send");
+    // The unsubscription is taken before the next subscription on the same stream.
+    a.send(web(3)).expect("send");
+    assert_eq!(refused(&next(&mut a_notices).await), None);
+    drop((a, a_notices));
+    let mut id = 10;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        b.send(web(id)).expect("send");
+        if refused(&next(&mut b_notices).await).is_none() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a closed stream gave its room back"
+        );
+        id += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
