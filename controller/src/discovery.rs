@@ -167,15 +167,9 @@ where
                 tokio::task::yield_now().await;
                 if !s.closed
                     && let Some(next) = futures_util::FutureExt::now_or_never(s.incoming.next())
+                    && !s.receive(next)
                 {
-                    match next {
-                        Some(Ok(sub)) => s.subscribe(sub),
-                        None => s.closed = true,
-                        Some(Err(status)) => {
-                            tracing::debug!(%status, "discovery stream ended");
-                            return None;
-                        }
-                    }
+                    return None;
                 }
                 continue;
             }
@@ -184,13 +178,8 @@ where
             }
             tokio::select! {
                 biased;
-                next = s.incoming.next(), if !s.closed => match next {
-                    Some(Ok(sub)) => s.subscribe(sub),
-                    None => s.closed = true,
-                    Some(Err(status)) => {
-                        tracing::debug!(%status, "discovery stream ended");
-                        return None;
-                    }
+                next = s.incoming.next(), if !s.closed => if !s.receive(next) {
+                    return None;
                 },
                 () = s.wakes.woken() => {}
             }
@@ -199,6 +188,20 @@ where
 }
 
 impl<S> Mux<S> {
+    /// Takes what the client sent next; false when the stream must end (the client
+    /// sent garbage or broke off).
+    fn receive(&mut self, next: Option<Result<pb::Subscription, Status>>) -> bool {
+        match next {
+            Some(Ok(sub)) => self.subscribe(sub),
+            None => self.closed = true,
+            Some(Err(status)) => {
+                tracing::debug!(%status, "discovery stream ended");
+                return false;
+            }
+        }
+        true
+    }
+
     /// Queues what the subscriptions `ids` have to say since they last spoke.
     fn answer(&mut self, ids: &[u64]) {
         for id in ids {

@@ -412,61 +412,55 @@ fn route_match(m: &pb::RouteMatch) -> Match {
     Match::All(all)
 }
 
-/// A value match; a regex is anchored at both ends, as paths' are.
-fn value(exact: Option<&str>, regex: Option<&str>, present: bool) -> Option<Value> {
-    match (exact, regex) {
-        (Some(e), _) => Some(Value::Exact(e.as_bytes().to_vec())),
-        (None, Some(re)) => mesh_api::profile::compile_anchored(&mesh_api::profile::anchored(re))
+/// A header's or query parameter's value condition, as either message writes it.
+enum Spec<'a> {
+    Exact(&'a str),
+    Regex(&'a str),
+    /// `false`: absent.
+    Present(bool),
+}
+
+/// The value match of `spec` and whether it is negated (`present: false` is "absent");
+/// a regex is anchored at both ends, as paths' are. `None` when it does not compile.
+fn value(spec: Spec<'_>) -> Option<(Value, bool)> {
+    match spec {
+        Spec::Exact(e) => Some((Value::Exact(e.as_bytes().to_vec()), false)),
+        Spec::Regex(re) => mesh_api::profile::compile_anchored(&mesh_api::profile::anchored(re))
             .ok()
-            .map(Value::Regex),
-        // `present: false` cannot be a value match: the callers make it "absent".
-        (None, None) => present.then_some(Value::Present),
+            .map(|re| (Value::Regex(re), false)),
+        Spec::Present(present) => Some((Value::Present, !present)),
     }
 }
 
-/// `present: false` asks for the header (or parameter) to be absent.
-fn absent(present: Option<bool>) -> bool {
-    present == Some(false)
+/// `m`, or its negation. What could not be compiled (`Never`) stays matching nothing.
+fn negated(m: Match, negate: bool) -> Match {
+    if negate { Match::Not(Box::new(m)) } else { m }
 }
 
 fn header_match(h: &pb::HeaderMatch) -> Match {
     use pb::header_match::Value as V;
-    let present = match &h.value {
-        Some(V::Present(p)) => Some(*p),
-        _ => None,
+    let spec = match &h.value {
+        Some(V::Exact(e)) => Spec::Exact(e),
+        Some(V::Regex(re)) => Spec::Regex(re),
+        Some(V::Present(p)) => Spec::Present(*p),
+        None => return Match::Never,
     };
-    let v = match &h.value {
-        Some(V::Exact(e)) => value(Some(e), None, false),
-        Some(V::Regex(re)) => value(None, Some(re), false),
-        Some(V::Present(_)) => value(None, None, true),
-        None => None,
-    };
-    let invert = h.invert != absent(present);
-    match (http::HeaderName::from_bytes(h.name.as_bytes()), v) {
-        (Ok(name), Some(v)) if invert => Match::Not(Box::new(Match::Header(name, v))),
-        (Ok(name), Some(v)) => Match::Header(name, v),
-        // What could not be compiled matches nothing, inverted or not.
+    match (http::HeaderName::from_bytes(h.name.as_bytes()), value(spec)) {
+        (Ok(name), Some((v, absent))) => negated(Match::Header(name, v), h.invert != absent),
         _ => Match::Never,
     }
 }
 
 fn query_match(q: &pb::QueryParamMatch) -> Match {
     use pb::query_param_match::Value as V;
-    let present = match &q.value {
-        Some(V::Present(p)) => Some(*p),
-        _ => None,
+    let spec = match &q.value {
+        Some(V::Exact(e)) => Spec::Exact(e),
+        Some(V::Regex(re)) => Spec::Regex(re),
+        Some(V::Present(p)) => Spec::Present(*p),
+        None => return Match::Never,
     };
-    let v = match &q.value {
-        Some(V::Exact(e)) => value(Some(e), None, false),
-        Some(V::Regex(re)) => value(None, Some(re), false),
-        Some(V::Present(_)) => value(None, None, true),
-        None => None,
-    };
-    match v {
-        Some(v) if !q.name.is_empty() && absent(present) => {
-            Match::Not(Box::new(Match::Query(q.name.clone(), v)))
-        }
-        Some(v) if !q.name.is_empty() => Match::Query(q.name.clone(), v),
+    match value(spec) {
+        Some((v, absent)) if !q.name.is_empty() => negated(Match::Query(q.name.clone(), v), absent),
         _ => Match::Never,
     }
 }

@@ -178,6 +178,22 @@ async fn open_watches(args: &Args, addr: SocketAddr, count: usize) -> anyhow::Re
     }
 }
 
+/// The first-answer latencies of `count` watches, as they report them (`None`: no
+/// answer).
+async fn first_answers(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Option<Duration>>,
+    count: usize,
+) -> anyhow::Result<Histogram<u64>> {
+    let mut first = Histogram::<u64>::new(3)?;
+    for _ in 0..count {
+        match rx.recv().await {
+            Some(Some(latency)) => first.record(latency.as_micros() as u64)?,
+            _ => bail!("a watch got no first answer"),
+        }
+    }
+    Ok(first)
+}
+
 /// Watches on `Discovery.Watch` streams of `per_stream` services each (ids `2i` for
 /// service `i`'s endpoints, `2i + 1` for its policy).
 async fn open_discovery_watches(
@@ -254,13 +270,7 @@ async fn open_discovery_watches(
             })?;
         }
     }
-    let mut first = Histogram::<u64>::new(3)?;
-    for _ in 0..count {
-        match first_rx.recv().await {
-            Some(Some(latency)) => first.record(latency.as_micros() as u64)?,
-            _ => bail!("a watch got no first answer"),
-        }
-    }
+    let first = first_answers(&mut first_rx, count).await?;
     Ok(Watches {
         first,
         updates,
@@ -322,13 +332,7 @@ async fn open_single_watches(
             }
         });
     }
-    let mut first = Histogram::<u64>::new(3)?;
-    for _ in 0..count {
-        match first_rx.recv().await {
-            Some(Some(latency)) => first.record(latency.as_micros() as u64)?,
-            _ => bail!("a watch got no first answer"),
-        }
-    }
+    let first = first_answers(&mut first_rx, count).await?;
     Ok(Watches {
         first,
         updates,
