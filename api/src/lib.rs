@@ -1,10 +1,11 @@
 //! Contracts between mesh components: the Kubernetes resource types users write
-//! (ServiceProfile, TrafficSplit) with their validation, the destination service's gRPC
+//! (ServiceProfile, TrafficSplit, the Gateway API's HTTPRoute and GRPCRoute) with their validation, the destination service's gRPC
 //! API, and the identity naming scheme. This crate does no I/O, but for the `start`
 //! feature's helper that every binary starts with.
 
 pub mod codec;
 pub mod duration;
+pub mod gateway;
 pub mod profile;
 pub mod quantity;
 #[cfg(feature = "schema")]

@@ -13,6 +13,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::de::DeserializeOwned;
 
 use crate::convert;
+use crate::gateway::{GatewayRoute, RouteSpec};
 use crate::index::{Index, Kind, Object, ObjectRef};
 
 /// A document that could not be used, and why.
@@ -203,6 +204,10 @@ fn document(file: &Path, n: usize, value: mesh_api::yaml::Value, loaded: &mut Lo
         ("EndpointSlice", "discovery.k8s.io/v1") => Kind::EndpointSlice,
         ("ServiceProfile", v) if v.starts_with("linkerd.io/") => Kind::ServiceProfile,
         ("TrafficSplit", v) if v.starts_with("split.smi-spec.io/") => Kind::TrafficSplit,
+        ("HTTPRoute", "gateway.networking.k8s.io/v1" | "gateway.networking.k8s.io/v1beta1") => {
+            Kind::HttpRoute
+        }
+        ("GRPCRoute", "gateway.networking.k8s.io/v1") => Kind::GrpcRoute,
         ("", _) => {
             loaded
                 .errors
@@ -229,6 +234,10 @@ fn document(file: &Path, n: usize, value: mesh_api::yaml::Value, loaded: &mut Lo
         ));
         return;
     }
+    let created = meta
+        .and_then(|m| m.get("creationTimestamp"))
+        .and_then(|c| c.as_str())
+        .map(str::to_string);
     let object = match kind {
         Kind::Namespace => typed::<Namespace>(value).and_then(|ns| {
             convert::namespace(&ns)
@@ -247,6 +256,18 @@ fn document(file: &Path, n: usize, value: mesh_api::yaml::Value, loaded: &mut Lo
         }),
         Kind::ServiceProfile => spec(value).map(Object::ServiceProfile),
         Kind::TrafficSplit => spec(value).map(Object::TrafficSplit),
+        Kind::HttpRoute => spec(value).map(|spec| {
+            Object::Route(GatewayRoute {
+                spec: RouteSpec::Http(spec),
+                created,
+            })
+        }),
+        Kind::GrpcRoute => spec(value).map(|spec| {
+            Object::Route(GatewayRoute {
+                spec: RouteSpec::Grpc(spec),
+                created,
+            })
+        }),
     };
     match object {
         Ok(object) => loaded.objects.push((

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use mesh_api::policy as pb;
 
 use crate::compile::InboundTls;
+use crate::gateway::{Attached, GatewayRoute, Report, Resolved};
 use mesh_api::{FieldError, ServiceProfileSpec, TrafficSplitSpec};
 use tokio::sync::Notify;
 
@@ -32,6 +33,10 @@ pub enum Kind {
     ServiceProfile,
     /// split.smi-spec.io TrafficSplit.
     TrafficSplit,
+    /// gateway.networking.k8s.io/v1 HTTPRoute.
+    HttpRoute,
+    /// gateway.networking.k8s.io/v1 GRPCRoute.
+    GrpcRoute,
 }
 
 /// A kind, namespace and name.
@@ -157,6 +162,8 @@ pub enum Object {
     ServiceProfile(ServiceProfileSpec),
     /// A TrafficSplit's spec.
     TrafficSplit(TrafficSplitSpec),
+    /// An HTTPRoute or a GRPCRoute (the kind as its [`ObjectRef`] says).
+    Route(GatewayRoute),
 }
 
 /// Why an object was refused; the last good version of it stays in force.
@@ -215,6 +222,8 @@ pub enum Topic {
 }
 
 type Key = (String, String);
+/// A Gateway API route: its kind, namespace and name.
+type RouteKey = (Kind, String, String);
 /// A label in a namespace: (namespace, key, value).
 type LabelKey = (String, String, String);
 
@@ -473,6 +482,10 @@ struct State {
     splits_of: HashMap<Key, BTreeSet<String>>,
     /// Splits refused only because a backend service does not exist yet, by namespace.
     pending_splits: HashMap<String, BTreeMap<String, TrafficSplitSpec>>,
+    /// HTTPRoutes and GRPCRoutes.
+    routes: HashMap<RouteKey, GatewayRoute>,
+    /// Routes by each Service (namespace, name) they attach to.
+    routes_of: HashMap<Key, BTreeSet<RouteKey>>,
 }
 
 /// A pod as mesh-viz sees it: where its proxy is, and what it belongs to.
@@ -655,6 +668,13 @@ impl Index {
                     s.unpend(&key);
                     s.put_split(key, Some(spec))
                 }
+                Object::Route(route) => {
+                    let errors = route.validate();
+                    if !errors.is_empty() {
+                        return Err(Rejected::Invalid(errors));
+                    }
+                    s.put_route((at.kind, key.0, key.1), Some(route))
+                }
             }
         };
         self.wake(topics);
@@ -676,6 +696,7 @@ impl Index {
                     s.unpend(&key);
                     s.put_split(key, None)
                 }
+                Kind::HttpRoute | Kind::GrpcRoute => s.put_route((at.kind, key.0, key.1), None),
             }
         };
         self.wake(topics);
@@ -730,15 +751,60 @@ impl Index {
                 .get(&(namespace.clone(), name.clone()))
                 .and_then(|names| names.first())
                 .and_then(|n| s.splits.get_key_value(&(namespace.clone(), n.clone())));
-            crate::compile::outbound(&crate::compile::Outbound {
+            let mut policy = crate::compile::outbound(&crate::compile::Outbound {
                 domain: CLUSTER_DOMAIN,
                 namespace: &namespace,
                 name: &name,
                 port,
                 profile: profile.map(|((_, n), spec)| (n.as_str(), spec)),
                 split: split.map(|((_, n), spec)| (n.as_str(), spec)),
-            })
+            });
+            // A ServiceProfile takes precedence over the Gateway API's routes (as in
+            // Linkerd); they are reported, not applied.
+            if profile.is_none() {
+                s.gateway(&namespace, &name, port, caller_ns, deps, &mut policy);
+            }
+            policy
         })
+    }
+
+    /// What the compilation says about a Gateway API route, per Service it attaches
+    /// to: its `Accepted` and `ResolvedRefs` conditions (for its status, the log and
+    /// `mesh check`). Empty when the index has no such route.
+    pub fn route_reports(&self, at: &ObjectRef) -> Vec<((String, String), Report)> {
+        let s = self.read();
+        let key = (at.kind, at.namespace.clone(), at.name.clone());
+        let Some(route) = s.routes.get(&key) else {
+            return vec![];
+        };
+        let parents: BTreeSet<(String, String)> = route
+            .services(&at.namespace)
+            .map(|(ns, n)| (ns.to_string(), n.to_string()))
+            .collect();
+        let mut deps = Deps::default();
+        parents
+            .into_iter()
+            .map(|(ns, svc)| {
+                let report = s.report(&key, route, &ns, &svc, &mut deps);
+                ((ns, svc), report)
+            })
+            .collect()
+    }
+
+    /// Every Gateway API route the index holds, sorted.
+    pub fn routes(&self) -> Vec<ObjectRef> {
+        let mut out: Vec<ObjectRef> = self
+            .read()
+            .routes
+            .keys()
+            .map(|(kind, namespace, name)| ObjectRef {
+                kind: *kind,
+                namespace: namespace.clone(),
+                name: name.clone(),
+            })
+            .collect();
+        out.sort();
+        out
     }
 
     /// The server policy of port `port` of pod `workload` in `namespace`.
@@ -963,6 +1029,32 @@ impl State {
         topics
     }
 
+    fn put_route(&mut self, key: RouteKey, new: Option<GatewayRoute>) -> Vec<Topic> {
+        let Some(old) = put(&mut self.routes, key.clone(), new) else {
+            return vec![];
+        };
+        let ns = key.1.clone();
+        let mut topics = BTreeSet::new();
+        if let Some(old) = &old {
+            for (pns, pname) in old.services(&ns) {
+                let parent = (pns.to_string(), pname.to_string());
+                unlink(&mut self.routes_of, &parent, &key);
+                topics.insert(Topic::Policy(parent.0, parent.1));
+            }
+        }
+        if let Some(new) = self.routes.get(&key) {
+            let parents: Vec<Key> = new
+                .services(&ns)
+                .map(|(n, s)| (n.to_string(), s.to_string()))
+                .collect();
+            for parent in parents {
+                link(&mut self.routes_of, parent.clone(), key.clone());
+                topics.insert(Topic::Policy(parent.0, parent.1));
+            }
+        }
+        topics.into_iter().collect()
+    }
+
     fn unpend(&mut self, (ns, name): &Key) {
         if let Some(pending) = self.pending_splits.get_mut(ns) {
             pending.remove(name);
@@ -1027,6 +1119,143 @@ impl State {
 
 /// Reads.
 impl State {
+    /// The Gateway API routes of port `port` of Service `namespace/name` as a caller
+    /// in `caller_ns` sees them: the caller's own namespace's routes (consumer
+    /// routes) when it has any, else the Service's namespace's (producer routes).
+    fn attached<'a>(
+        &'a self,
+        namespace: &str,
+        name: &str,
+        port: Option<u16>,
+        caller_ns: &str,
+    ) -> Vec<(&'a RouteKey, Attached<'a>)> {
+        let Some(keys) = self.routes_of.get(&(namespace.to_string(), name.to_string())) else {
+            return vec![];
+        };
+        let attached = |k: &'a RouteKey| {
+            let route = self.routes.get(k)?;
+            let on = match port {
+                Some(p) => route.attaches(&k.1, namespace, name, p),
+                None => true,
+            };
+            on.then_some((
+                k,
+                Attached {
+                    namespace: &k.1,
+                    name: &k.2,
+                    route,
+                },
+            ))
+        };
+        let of = |ns: &str| -> Vec<_> {
+            keys.iter()
+                .filter(|k| k.1 == ns)
+                .filter_map(attached)
+                .collect()
+        };
+        if caller_ns != namespace {
+            let consumer = of(caller_ns);
+            if !consumer.is_empty() {
+                return consumer;
+            }
+        }
+        of(namespace)
+    }
+
+    /// Whether port `port` of Service `ns/name` exists, listening to the Service.
+    fn resolver<'a>(&'a self, deps: &'a mut Deps) -> impl FnMut(&str, &str, u16) -> Resolved + 'a {
+        move |ns, name, port| {
+            deps.service(ns, name);
+            match self.services.get(&(ns.to_string(), name.to_string())) {
+                None => Resolved::NoService,
+                Some(svc) if svc.ports.iter().any(|p| p.port == port) => Resolved::Found,
+                Some(_) => Resolved::NoPort,
+            }
+        }
+    }
+
+    /// Compiles the Gateway API routes of a Service port into `policy`.
+    fn gateway(
+        &self,
+        namespace: &str,
+        name: &str,
+        port: u16,
+        caller_ns: &str,
+        deps: &mut Deps,
+        policy: &mut pb::OutboundPolicy,
+    ) {
+        let attached: Vec<Attached<'_>> = self
+            .attached(namespace, name, Some(port), caller_ns)
+            .into_iter()
+            .map(|(_, a)| a)
+            .collect();
+        if attached.is_empty() {
+            return;
+        }
+        let (apply, _conflicted) = crate::gateway::order(attached);
+        let mut resolve = self.resolver(deps);
+        crate::gateway::compile(&apply, namespace, CLUSTER_DOMAIN, &mut resolve, policy);
+    }
+
+    /// The conditions of route `key` on its parent Service `ns/svc`.
+    fn report(
+        &self,
+        key: &RouteKey,
+        route: &GatewayRoute,
+        ns: &str,
+        svc: &str,
+        deps: &mut Deps,
+    ) -> Report {
+        let me = Attached {
+            namespace: &key.1,
+            name: &key.2,
+            route,
+        };
+        if !self.services.contains_key(&(ns.to_string(), svc.to_string())) {
+            return crate::gateway::refused(
+                &me,
+                "NoMatchingParent",
+                &format!("no Service {ns}/{svc}"),
+            );
+        }
+        let fqdn = format!("{svc}.{ns}.svc.{CLUSTER_DOMAIN}");
+        if self.profiles.contains_key(&(ns.to_string(), fqdn.clone())) {
+            return crate::gateway::refused(
+                &me,
+                "Overridden",
+                &format!("ServiceProfile {ns}/{fqdn} takes precedence over routes"),
+            );
+        }
+        // Seen as a caller in the route's own namespace sees it.
+        let (_, conflicted) = crate::gateway::order(
+            self.attached(ns, svc, None, &key.1)
+                .into_iter()
+                .map(|(_, a)| a)
+                .collect(),
+        );
+        if conflicted.iter().any(|c| c.namespace == key.1 && c.name == key.2) {
+            return crate::gateway::refused(
+                &me,
+                "Conflicted",
+                "a GRPCRoute attached to the same Service takes precedence",
+            );
+        }
+        let mut resolve = self.resolver(deps);
+        let mut scratch = pb::OutboundPolicy::default();
+        let reports = crate::gateway::compile(
+            std::slice::from_ref(&me),
+            ns,
+            CLUSTER_DOMAIN,
+            &mut resolve,
+            &mut scratch,
+        );
+        // One report per route compiled.
+        reports
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| crate::gateway::refused(&me, "Invalid", "not compiled"))
+    }
+
     fn find_service(
         &self,
         authority: &str,

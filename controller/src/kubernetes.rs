@@ -1,5 +1,5 @@
 //! The Kubernetes source: kube-runtime watchers for Namespaces, Services, Pods,
-//! EndpointSlices, ServiceProfiles and TrafficSplits, translated by the same code as the dir source. A
+//! EndpointSlices, ServiceProfiles, TrafficSplits, HTTPRoutes and GRPCRoutes, translated by the same code as the dir source. A
 //! refused object is logged and reported as a Warning Event on it; its last good
 //! version stays in force. After a watch restart (a relist), objects that are gone are
 //! removed.
@@ -18,6 +18,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
 use crate::convert;
+use crate::gateway::{GatewayRoute, RouteSpec};
 use crate::index::{Index, Kind, Object, ObjectRef};
 
 /// The ServiceProfile API this source watches.
@@ -38,8 +39,26 @@ pub fn traffic_splits() -> ApiResource {
     ))
 }
 
+/// The Gateway API's HTTPRoute, as this source watches it.
+pub fn http_routes() -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk(
+        mesh_api::gateway::GROUP,
+        "v1",
+        "HTTPRoute",
+    ))
+}
+
+/// The Gateway API's GRPCRoute, as this source watches it.
+pub fn grpc_routes() -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk(
+        mesh_api::gateway::GROUP,
+        "v1",
+        "GRPCRoute",
+    ))
+}
+
 /// The kinds this source watches; `run` counts them on `synced` as each is first listed.
-pub const KINDS: usize = 6;
+pub const KINDS: usize = 8;
 
 /// Watches every kind the index needs until the process ends, counting on `synced` the
 /// kinds listed so far. Watch errors are retried with backoff by kube-runtime. Objects
@@ -61,6 +80,7 @@ pub async fn run(
     });
     let recorder = recorder.as_ref();
     let (sp, ts) = (service_profiles(), traffic_splits());
+    let (hr, gr) = (http_routes(), grpc_routes());
     tokio::join!(
         follow(
             Api::<Namespace>::all(client.clone()),
@@ -114,6 +134,24 @@ pub async fn run(
             |o| spec(o).map(Object::TrafficSplit),
             ts.clone()
         ),
+        follow_with(
+            Api::<DynamicObject>::all_with(client.clone(), &hr),
+            Kind::HttpRoute,
+            &index,
+            recorder,
+            synced,
+            |o| route(o, RouteSpec::Http),
+            hr.clone()
+        ),
+        follow_with(
+            Api::<DynamicObject>::all_with(client.clone(), &gr),
+            Kind::GrpcRoute,
+            &index,
+            recorder,
+            synced,
+            |o| route(o, RouteSpec::Grpc),
+            gr.clone()
+        ),
     );
 }
 
@@ -131,6 +169,19 @@ fn spec<T: DeserializeOwned>(o: &DynamicObject) -> Result<T, String> {
         return Err("spec: missing".into());
     };
     serde_path_to_error::deserialize(spec).map_err(|e| format!("spec.{}: {}", e.path(), e.inner()))
+}
+
+/// A Gateway API route, with its age (precedence goes to the oldest).
+fn route<T: DeserializeOwned>(o: &DynamicObject, kind: fn(T) -> RouteSpec) -> Result<Object, String> {
+    let created = o
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| t.0.to_string());
+    Ok(Object::Route(GatewayRoute {
+        spec: kind(spec(o)?),
+        created,
+    }))
 }
 
 fn object_ref<K: Resource>(kind: Kind, o: &K) -> ObjectRef {

@@ -4,7 +4,7 @@
 //! YAML) that feed its index.
 //!
 //! Split by dependency: [`index`] is plain logic; [`convert`] translates Kubernetes
-//! objects into it; [`dir`] reads them from a folder; [`compile`] turns users' objects
+//! objects into it; [`dir`] reads them from a folder; [`compile`] and [`gateway`] turn users' objects
 //! into the policy model; [`destination`] and [`policy`] serve the index over gRPC, one target per
 //! stream, and [`discovery`] many targets on one stream (what proxies use).
 
@@ -14,6 +14,7 @@ pub mod crd;
 pub mod destination;
 pub mod dir;
 pub mod discovery;
+pub mod gateway;
 pub mod index;
 pub mod inject;
 pub mod kubernetes;

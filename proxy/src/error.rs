@@ -93,6 +93,10 @@ pub enum ProxyError {
     /// The proxy has no certificate yet, so it cannot reach meshed endpoints.
     #[error("no mTLS identity yet: the identity service has not issued a certificate")]
     NoIdentity,
+    /// The service's policy answers the request itself with a failure: no route
+    /// matches it (404), or its backend does not resolve (500).
+    #[error("{1}")]
+    Refused(StatusCode, std::sync::Arc<str>),
 }
 
 impl ProxyError {
@@ -126,6 +130,7 @@ impl ProxyError {
             | Self::Upstream { .. }
             | Self::Loop
             | Self::Tls { .. } => StatusCode::BAD_GATEWAY,
+            Self::Refused(status, _) => *status,
         }
     }
 }

@@ -10,25 +10,55 @@ use http::{Method, StatusCode};
 use mesh_api::policy as pb;
 use tower::retry::budget::TpsBudget;
 
+use crate::outbound::filter::Filter;
+
 /// The route name of requests no route matches.
 pub const DEFAULT_ROUTE: &str = "default";
 
 /// A profile ready to match requests.
 #[derive(Debug, Default)]
 pub struct Profile {
-    /// Routes in order; the first match wins.
+    /// Routes as the policy lists them.
     pub routes: Vec<Arc<Route>>,
+    /// Every match of every route, in the order they are tried (the policy's order,
+    /// or most specific first), with the index of its route.
+    order: Vec<(Match, usize)>,
     /// Weighted backends (TrafficSplit or dstOverrides).
     pub backends: Vec<Backend>,
+    /// Whether a request no route matches is answered 404 (the Gateway API's routes)
+    /// instead of going to the default backends.
+    pub not_found: bool,
 }
 
-/// A weighted backend authority (from a TrafficSplit or `dstOverrides`).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A weighted backend (from a TrafficSplit, `dstOverrides` or a route's rule).
+#[derive(Clone, Debug)]
 pub struct Backend {
-    /// The backend's authority.
-    pub authority: String,
-    /// Its weight, in thousandths.
+    /// Where requests go.
+    pub target: Target,
+    /// Its weight relative to the others.
     pub weight: u64,
+    /// Applied to the requests sent to it (header changes only).
+    pub filters: Arc<[Filter]>,
+}
+
+/// Where a backend's requests go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// A service's authority.
+    Authority(String),
+    /// Nowhere: the proxy answers with this status (a backend that did not resolve).
+    Fail(StatusCode, Arc<str>),
+}
+
+impl Backend {
+    /// A service backend without filters.
+    pub fn service(authority: &str, weight: u64) -> Self {
+        Self {
+            target: Target::Authority(authority.into()),
+            weight,
+            filters: Arc::new([]),
+        }
+    }
 }
 
 /// Picks a backend with probability proportional to its weight; `None` when every
@@ -51,14 +81,21 @@ pub fn pick(backends: &[Backend]) -> Option<&Backend> {
 }
 
 /// One compiled route.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Route {
     /// Its name, the `route` metric label.
     pub name: Arc<str>,
-    condition: Match,
     classes: Vec<(StatusMatch, bool)>,
     /// Its timeout, covering the whole request.
     pub timeout: Option<Duration>,
+    /// The timeout of each attempt (the Gateway API's `backendRequest`).
+    pub per_try: Option<Duration>,
+    /// Its own backends; empty: the profile's.
+    pub backends: Vec<Backend>,
+    /// Its filters, applied in order.
+    pub filters: Vec<Filter>,
+    /// The path prefix its match took, which a `ReplacePrefixMatch` replaces.
+    pub prefix: String,
     /// The retry budget, for retryable routes: the route's own or the profile's.
     pub budget: Option<Arc<TpsBudget>>,
     /// What is retried, for retryable routes.
@@ -108,11 +145,11 @@ fn clamp16(v: u32) -> u16 {
 /// front-ends fill these fields in as the proxy learns them.
 fn unsupported(p: &pb::OutboundPolicy) -> Result<(), Unsupported> {
     let refuse = |what| Err(Unsupported(what));
-    if !matches!(
-        pb::RouteOrder::try_from(p.route_order),
-        Ok(pb::RouteOrder::FirstMatch)
-    ) {
-        return refuse("route order other than first match");
+    if pb::RouteOrder::try_from(p.route_order).is_err() {
+        return refuse("an unknown route order");
+    }
+    if pb::Unmatched::try_from(p.unmatched).is_err() {
+        return refuse("an unknown fate for unmatched requests");
     }
     if p.protocol != pb::Protocol::Detect as i32 {
         return refuse("a declared protocol");
@@ -129,31 +166,32 @@ fn unsupported(p: &pb::OutboundPolicy) -> Result<(), Unsupported> {
     if p.outlier_detection.is_some() {
         return refuse("outlier detection");
     }
-    if p.backends.iter().any(|b| {
-        !b.filters.is_empty()
-            || !matches!(
+    let backends = |bs: &[pb::WeightedBackend]| {
+        bs.iter().any(|b| {
+            matches!(
                 b.backend.as_ref().and_then(|b| b.kind.as_ref()),
-                Some(pb::backend::Kind::Authority(_))
-            )
-    }) {
-        return refuse("backends other than services, or with filters");
-    }
-    let timeouts = |t: &Option<pb::Timeouts>| {
-        t.as_ref()
-            .is_some_and(|t| t.per_try_ms > 0 || t.idle_ms > 0)
+                None | Some(pb::backend::Kind::Subset(_))
+            ) || b.filters.iter().any(|f| {
+                !matches!(
+                    f.kind,
+                    Some(pb::filter::Kind::RequestHeaders(_) | pb::filter::Kind::ResponseHeaders(_))
+                )
+            })
+        })
     };
-    if timeouts(&p.timeouts) {
-        return refuse("per-try or idle timeouts");
+    if backends(&p.backends) {
+        return refuse("subset backends, or backend filters other than header changes");
+    }
+    let timeouts = |t: &Option<pb::Timeouts>| t.as_ref().is_some_and(|t| t.idle_ms > 0);
+    if timeouts(&p.timeouts) || p.timeouts.as_ref().is_some_and(|t| t.per_try_ms > 0) {
+        return refuse("idle timeouts, or a per-try timeout for the whole service");
     }
     for r in &p.routes {
-        if !r.filters.is_empty() {
-            return refuse("route filters");
-        }
-        if !r.backends.is_empty() {
-            return refuse("backends of a route's own");
+        if backends(&r.backends) {
+            return refuse("subset backends, or backend filters other than header changes");
         }
         if timeouts(&r.timeouts) {
-            return refuse("per-try or idle timeouts");
+            return refuse("idle timeouts");
         }
         if let Some(retry) = &r.retry
             && (retry.backoff_base_ms > 0
@@ -163,9 +201,6 @@ fn unsupported(p: &pb::OutboundPolicy) -> Result<(), Unsupported> {
             return refuse("retry backoff or retries on reset");
         }
         for m in &r.matches {
-            if m.grpc.is_some() {
-                return refuse("gRPC method matches");
-            }
             if m.path.as_ref().is_some_and(|p| p.kind.is_none()) {
                 return refuse("an empty path match");
             }
@@ -208,6 +243,38 @@ enum Match {
     /// A condition that could not be compiled matches nothing (the controller
     /// validates, so this only guards against a newer controller's additions).
     Never,
+    /// A gRPC call's service and method (the request's path `/service/method`).
+    Grpc(Name, Name),
+}
+
+/// A gRPC service's or method's name condition.
+#[derive(Debug)]
+enum Name {
+    Any,
+    Exact(String),
+    Regex(regex::bytes::Regex),
+}
+
+impl Name {
+    fn compile(name: &str, regex: bool) -> Option<Self> {
+        match (name, regex) {
+            ("", _) => Some(Self::Any),
+            (n, false) => Some(Self::Exact(n.into())),
+            (re, true) => {
+                mesh_api::profile::compile_anchored(&mesh_api::profile::anchored(re))
+                    .ok()
+                    .map(Self::Regex)
+            }
+        }
+    }
+
+    fn matches(&self, v: &str) -> bool {
+        match self {
+            Self::Any => true,
+            Self::Exact(e) => e == v,
+            Self::Regex(re) => re.is_match(v.as_bytes()),
+        }
+    }
 }
 
 /// How a header's or query parameter's value is matched.
@@ -246,83 +313,169 @@ impl Profile {
             .timeouts
             .as_ref()
             .and_then(|t| (t.request_ms > 0).then(|| Duration::from_millis(t.request_ms)));
-        let routes = p
-            .routes
-            .iter()
-            .map(|r| {
-                let retry = r.retry.as_ref().map(|retry| {
-                    let on = retry.conditions.clone().unwrap_or_default();
-                    Arc::new(RetryOn {
-                        failure_class: on.failure_class,
-                        statuses: on
-                            .http_statuses
-                            .iter()
-                            .map(|s| (clamp16(s.min), clamp16(s.max)))
-                            .collect(),
-                        grpc_codes: on.grpc_codes.clone(),
-                        connect_failure: on.connect_failure,
-                        max_attempts: match retry.max_retries {
-                            0 => DEFAULT_ATTEMPTS,
-                            n => (n as usize).saturating_add(1).min(MAX_ATTEMPTS),
-                        },
-                    })
-                });
-                Arc::new(Route {
-                    name: Arc::from(r.name.as_str()),
-                    // Any of the matches; none matches every request.
-                    condition: if r.matches.is_empty() {
-                        Match::All(vec![])
-                    } else {
-                        Match::Any(r.matches.iter().map(route_match).collect())
-                    },
-                    classes: r
-                        .response_classes
+        let most_specific = p.route_order == pb::RouteOrder::MostSpecific as i32;
+        let mut routes = Vec::with_capacity(p.routes.len());
+        let mut order = Vec::new();
+        for (i, r) in p.routes.iter().enumerate() {
+            let retry = r.retry.as_ref().map(|retry| {
+                let on = retry.conditions.clone().unwrap_or_default();
+                Arc::new(RetryOn {
+                    failure_class: on.failure_class,
+                    statuses: on
+                        .http_statuses
                         .iter()
-                        .map(|c| {
-                            (
-                                c.condition
-                                    .as_ref()
-                                    .map_or(StatusMatch::Never, status_match),
-                                c.is_failure,
-                            )
-                        })
+                        .map(|s| (clamp16(s.min), clamp16(s.max)))
                         .collect(),
-                    timeout: r
-                        .timeouts
-                        .as_ref()
-                        .and_then(|t| {
-                            (t.request_ms > 0).then(|| Duration::from_millis(t.request_ms))
-                        })
-                        .or(default_timeout),
-                    budget: r.retry.as_ref().map(|retry| match &retry.budget {
-                        Some(own) => budget(Some(own)),
-                        None => shared.clone(),
-                    }),
-                    retry,
+                    grpc_codes: on.grpc_codes.clone(),
+                    connect_failure: on.connect_failure,
+                    max_attempts: match retry.max_retries {
+                        0 => DEFAULT_ATTEMPTS,
+                        n => (n as usize).saturating_add(1).min(MAX_ATTEMPTS),
+                    },
                 })
-            })
-            .collect();
-        let backends = p
-            .backends
-            .iter()
-            .filter_map(|b| match b.backend.as_ref()?.kind.as_ref()? {
-                pb::backend::Kind::Authority(a) => Some(Backend {
-                    authority: a.clone(),
-                    weight: b.weight,
+            });
+            let millis = |ms: u64| (ms > 0).then(|| Duration::from_millis(ms));
+            // A rule that rewrites a prefix has exactly one prefix match (checked by
+            // the controller); none means the whole path.
+            let prefix = r
+                .matches
+                .iter()
+                .find_map(|m| match m.path.as_ref().and_then(|p| p.kind.as_ref()) {
+                    Some(pb::path_match::Kind::Prefix(p)) => Some(p.clone()),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            routes.push(Arc::new(Route {
+                name: Arc::from(r.name.as_str()),
+                classes: r
+                    .response_classes
+                    .iter()
+                    .map(|c| {
+                        (
+                            c.condition
+                                .as_ref()
+                                .map_or(StatusMatch::Never, status_match),
+                            c.is_failure,
+                        )
+                    })
+                    .collect(),
+                timeout: r
+                    .timeouts
+                    .as_ref()
+                    .and_then(|t| millis(t.request_ms))
+                    .or(default_timeout),
+                per_try: r.timeouts.as_ref().and_then(|t| millis(t.per_try_ms)),
+                backends: weighted(&r.backends)?,
+                filters: r
+                    .filters
+                    .iter()
+                    .map(Filter::compile)
+                    .collect::<Result<_, _>>()?,
+                prefix,
+                budget: r.retry.as_ref().map(|retry| match &retry.budget {
+                    Some(own) => budget(Some(own)),
+                    None => shared.clone(),
                 }),
-                pb::backend::Kind::Subset(_) => None,
-            })
-            .collect();
-        Ok(Self { routes, backends })
+                retry,
+            }));
+            if most_specific {
+                // Each match on its own, ranked; ties keep the policy's order.
+                order.extend(r.matches.iter().map(|m| (route_match(m), i, rank(m))));
+            } else {
+                // Any of the matches; none matches every request.
+                let condition = if r.matches.is_empty() {
+                    Match::All(vec![])
+                } else {
+                    Match::Any(r.matches.iter().map(route_match).collect())
+                };
+                order.push((condition, i, Rank::default()));
+            }
+        }
+        // Stable: equal ranks stay in the policy's order (oldest route, then name,
+        // then rule), as the Gateway API breaks ties.
+        order.sort_by(|a, b| b.2.cmp(&a.2));
+        Ok(Self {
+            routes,
+            order: order.into_iter().map(|(m, i, _)| (m, i)).collect(),
+            backends: weighted(&p.backends)?,
+            not_found: p.unmatched == pb::Unmatched::NotFound as i32,
+        })
     }
 
-    /// The first route matching a request, if any.
+    /// A profile with no routes that sends requests to `backends`.
+    pub fn with_backends(backends: Vec<Backend>) -> Self {
+        Self {
+            backends,
+            ..Self::default()
+        }
+    }
+
+    /// The route a request takes, if any: the first of the matches, in order, that
+    /// it meets.
     pub fn route<B>(&self, req: &http::Request<B>) -> Option<Arc<Route>> {
-        self.routes
+        self.order
             .iter()
-            .find(|r| r.condition.matches(req))
+            .find(|(m, _)| m.matches(req))
+            .and_then(|(_, i)| self.routes.get(*i))
             .cloned()
     }
+}
+
+/// How specific a match is, as the Gateway API ranks them (greater wins): an exact
+/// path, then a regex (where the Gateway API leaves it to implementations: a regex
+/// over any prefix, as Envoy Gateway ranks it, so that a catch-all `/` never hides
+/// one), then a prefix; a longer path over a shorter, then a method, then
+/// more header matches, then more query-parameter matches. gRPC matches rank by the
+/// length of their service, then of their method, then by header matches.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+struct Rank(u8, usize, usize, usize, usize);
+
+fn rank(m: &pb::RouteMatch) -> Rank {
+    use pb::path_match::Kind;
+    if let Some(g) = &m.grpc {
+        return Rank(0, g.service.len(), g.method.len(), m.headers.len(), 0);
+    }
+    let (kind, len) = match m.path.as_ref().and_then(|p| p.kind.as_ref()) {
+        Some(Kind::Exact(p)) => (3, p.len()),
+        Some(Kind::Regex(re)) => (2, re.len()),
+        Some(Kind::Prefix(p)) => (1, p.trim_end_matches('/').len().max(1)),
+        None => (1, 1),
+    };
+    Rank(
+        kind,
+        len,
+        usize::from(!m.method.is_empty()),
+        m.headers.len(),
+        m.query_params.len(),
+    )
+}
+
+/// A policy's weighted backends as the proxy keeps them.
+fn weighted(backends: &[pb::WeightedBackend]) -> Result<Vec<Backend>, Unsupported> {
+    backends
+        .iter()
+        .filter_map(|b| {
+            let target = match b.backend.as_ref()?.kind.as_ref()? {
+                pb::backend::Kind::Authority(a) => Target::Authority(a.clone()),
+                pb::backend::Kind::Failure(f) => Target::Fail(
+                    u16::try_from(f.status)
+                        .ok()
+                        .and_then(|s| StatusCode::from_u16(s).ok())
+                        .filter(|s| s.is_client_error() || s.is_server_error())
+                        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                    Arc::from(f.message.as_str()),
+                ),
+                // Refused by `unsupported`.
+                pb::backend::Kind::Subset(_) => return None,
+            };
+            let filters: Result<Vec<Filter>, _> = b.filters.iter().map(Filter::compile).collect();
+            Some(filters.map(|filters| Backend {
+                target,
+                weight: b.weight,
+                filters: filters.into(),
+            }))
+        })
+        .collect()
 }
 
 impl Route {
@@ -359,6 +512,12 @@ impl Match {
                 query_param(req.uri().query(), name).is_some_and(|v| value.matches(v.as_bytes()))
             }
             Self::Never => false,
+            Self::Grpc(service, method) => path
+                .strip_prefix('/')
+                .and_then(|p| p.split_once('/'))
+                .is_some_and(|(s, m)| {
+                    !m.contains('/') && service.matches(s) && method.matches(m)
+                }),
         }
     }
 }
@@ -403,6 +562,17 @@ fn route_match(m: &pb::RouteMatch) -> Match {
     }
     if !m.method.is_empty() {
         all.push(Method::from_bytes(m.method.as_bytes()).map_or(Match::Never, Match::Method));
+    }
+    if let Some(g) = &m.grpc {
+        all.push(
+            match (
+                Name::compile(&g.service, g.regex),
+                Name::compile(&g.method, g.regex),
+            ) {
+                (Some(s), Some(m)) => Match::Grpc(s, m),
+                _ => Match::Never,
+            },
+        );
     }
     all.extend(m.headers.iter().map(header_match));
     all.extend(m.query_params.iter().map(query_match));
@@ -740,7 +910,7 @@ mod tests {
             Profile::compile(&filtered)
                 .expect_err("refused")
                 .to_string(),
-            "unsupported in this proxy: route filters"
+            "unsupported in this proxy: an empty filter"
         );
         let pooled = pb::OutboundPolicy {
             connection_pool: Some(pb::ConnectionPool::default()),
@@ -748,10 +918,114 @@ mod tests {
         };
         assert!(Profile::compile(&pooled).is_err());
         let ordered = pb::OutboundPolicy {
-            route_order: pb::RouteOrder::MostSpecific.into(),
+            route_order: 7,
             ..Default::default()
         };
         assert!(Profile::compile(&ordered).is_err());
+    }
+
+    #[test]
+    fn the_most_specific_match_wins_across_routes() {
+        use pb::path_match::Kind;
+        let m = |path: Option<Kind>, method: &str, headers: usize, queries: usize| pb::RouteMatch {
+            path: path.map(|k| pb::PathMatch { kind: Some(k) }),
+            method: method.into(),
+            headers: (0..headers)
+                .map(|i| pb::HeaderMatch {
+                    name: format!("h{i}"),
+                    value: Some(pb::header_match::Value::Exact("1".into())),
+                    invert: false,
+                })
+                .collect(),
+            query_params: (0..queries)
+                .map(|i| pb::QueryParamMatch {
+                    name: format!("q{i}"),
+                    value: Some(pb::query_param_match::Value::Exact("1".into())),
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let route = |name: &str, matches| pb::HttpRoute {
+            name: name.into(),
+            matches,
+            ..Default::default()
+        };
+        let prefix = |p: &str| Some(Kind::Prefix(p.into()));
+        let p = Profile::compile(&pb::OutboundPolicy {
+            route_order: pb::RouteOrder::MostSpecific.into(),
+            unmatched: pb::Unmatched::NotFound.into(),
+            routes: vec![
+                // Listed first, so it wins ties.
+                route("root", vec![m(prefix("/"), "", 0, 0)]),
+                route("root-too", vec![m(prefix("/"), "", 0, 0)]),
+                route("regex", vec![m(Some(Kind::Regex("/v2e.*".into())), "", 0, 0)]),
+                route("v2", vec![m(prefix("/v2"), "", 0, 0), m(Some(Kind::Exact("/x".into())), "", 0, 0)]),
+                route("v2-get", vec![m(prefix("/v2"), "GET", 0, 0)]),
+                route("v2-headers", vec![m(prefix("/v2"), "", 2, 0)]),
+                route("v2-header-query", vec![m(prefix("/v2"), "", 1, 3)]),
+                route("v2-exact", vec![m(Some(Kind::Exact("/v2".into())), "", 0, 0)]),
+            ],
+            ..Default::default()
+        })
+        .expect("supported");
+        assert!(p.not_found);
+        let name = |method: Method, uri: &str, headers: &[&str]| {
+            let mut r = req(method, uri);
+            for h in headers {
+                r.headers_mut().insert(
+                    http::HeaderName::from_bytes(h.as_bytes()).expect("name"),
+                    http::HeaderValue::from_static("1"),
+                );
+            }
+            p.route(&r).map(|r| r.name.to_string()).unwrap_or_default()
+        };
+        assert_eq!(name(Method::GET, "/other", &[]), "root", "ties: the first listed");
+        assert_eq!(name(Method::POST, "/v2example", &[]), "regex", "a regex over a prefix");
+        assert_eq!(name(Method::POST, "/v2x", &[]), "root", "whole segments");
+        assert_eq!(name(Method::POST, "/v2/a", &[]), "v2");
+        assert_eq!(name(Method::GET, "/v2/a", &["h0"]), "v2-get", "a method over headers");
+        assert_eq!(name(Method::POST, "/v2/a", &["h0", "h1"]), "v2-headers");
+        assert_eq!(
+            name(Method::POST, "/v2/a?q0=1&q1=1&q2=1", &["h0", "h1"]),
+            "v2-headers",
+            "more headers over more query parameters"
+        );
+        assert_eq!(name(Method::POST, "/v2/a?q0=1&q1=1&q2=1", &["h0"]), "v2-header-query");
+        assert_eq!(name(Method::GET, "/v2", &["h0", "h1"]), "v2-exact", "exact first");
+        assert_eq!(name(Method::GET, "/x", &[]), "v2", "any of a rule's matches");
+    }
+
+    #[test]
+    fn grpc_methods_match_by_service_and_method() {
+        let g = |service: &str, method: &str, regex: bool| pb::RouteMatch {
+            grpc: Some(pb::GrpcMethodMatch {
+                service: service.into(),
+                method: method.into(),
+                regex,
+            }),
+            ..Default::default()
+        };
+        let route = |name: &str, m| pb::HttpRoute {
+            name: name.into(),
+            matches: vec![m],
+            ..Default::default()
+        };
+        let p = Profile::compile(&pb::OutboundPolicy {
+            route_order: pb::RouteOrder::MostSpecific.into(),
+            routes: vec![
+                route("any", g("", "", false)),
+                route("service", g("pkg.Greeter", "", false)),
+                route("method", g("pkg.Greeter", "SayHello", false)),
+                route("regex", g("pkg\\..*", "Say.*", true)),
+            ],
+            ..Default::default()
+        })
+        .expect("supported");
+        let name = |path: &str| p.route(&req(Method::POST, path)).map(|r| r.name.to_string());
+        assert_eq!(name("/pkg.Greeter/SayHello").as_deref(), Some("method"));
+        assert_eq!(name("/pkg.Greeter/Other").as_deref(), Some("service"));
+        assert_eq!(name("/pkg.Other/SayBye").as_deref(), Some("regex"));
+        assert_eq!(name("/other.Svc/SayBye").as_deref(), Some("any"));
     }
 
     #[test]
@@ -789,15 +1063,15 @@ mod tests {
 
     #[test]
     fn picks_follow_weights() {
-        let b = |a: &str, w| Backend {
-            authority: a.into(),
-            weight: w,
-        };
+        let b = Backend::service;
         let backends = [b("v1", 800), b("v2", 200), b("v3", 0)];
         let mut hits = [0u32; 3];
         for _ in 0..10_000 {
             let chosen = pick(&backends).expect("some");
-            hits[backends.iter().position(|x| x == chosen).expect("known")] += 1;
+            hits[backends
+                .iter()
+                .position(|x| std::ptr::eq(x, chosen))
+                .expect("known")] += 1;
         }
         assert_eq!(hits[2], 0);
         assert!((7_700..=8_300).contains(&hits[0]), "{hits:?}");

@@ -4,8 +4,9 @@
 //! levels:
 //!
 //! * **logical** — the service the application asked for: its route ([`logical`]),
-//!   metrics, validation, limits, the deadline, retries, and the split that picks a
-//!   backend for each attempt ([`split`]). Route filters and mirroring belong here.
+//!   metrics, validation, the route's filters and mirrors ([`filter`]), limits, the
+//!   deadline, retries, and the split that picks a backend for each attempt
+//!   ([`split`]).
 //! * **concrete** — one backend service: its endpoints and the balancer that picks one
 //!   and connects, trying another when a connect fails ([`concrete`]). Connection
 //!   pool limits and outlier detection belong here.
@@ -28,6 +29,7 @@ use crate::http::{ConnInfo, HttpService, Limits, Shared, request_authority};
 use crate::vocab::Direction;
 
 pub mod concrete;
+pub mod filter;
 pub mod logical;
 pub mod retry;
 pub mod split;
@@ -60,6 +62,9 @@ pub fn stack(shared: Arc<Shared>, limits: &Limits) -> HttpService {
         .layer(ValidateLayer::new(limits.max_path_bytes))
         // Hop-by-hop headers go before any header is added below.
         .layer(HopByHopLayer)
+        // The route's filters: header changes, redirects, rewrites, mirrors; and 404
+        // for requests no route of a Gateway API policy matches.
+        .layer(filter::FilterLayer)
         // One destination may hold only its share of the in-flight slots: a hung
         // backend gets 503s of its own instead of starving every other destination.
         .layer(DstLimitLayer::new(

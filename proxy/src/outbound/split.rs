@@ -1,7 +1,9 @@
-//! The logical level's last layer: the backend an attempt goes to. A profile with
-//! weighted backends (a TrafficSplit, `dstOverrides`) picks one by weight per attempt;
+//! The logical level's last layer: the backend an attempt goes to. A route with
+//! backends of its own (the Gateway API's `backendRefs`), else a profile with weighted
+//! backends (a TrafficSplit, `dstOverrides`), picks one by weight per attempt;
 //! otherwise the service itself. A request that names no service goes where its
-//! connection was going.
+//! connection was going. The backend's own filters and the route's per-attempt
+//! timeout (`backendRequest`) apply here, once per attempt.
 
 use std::net::SocketAddr;
 use std::task::{Context, Poll};
@@ -14,7 +16,9 @@ use super::logical::Logical;
 use crate::body::BoxBody;
 use crate::error::{BoxError, ProxyError};
 use crate::http::{BoxFuture, ConnInfo, request_authority};
-use crate::profile::{RouteInfo, pick};
+use crate::http::timeout::Deadline;
+use crate::outbound::filter::Filter;
+use crate::profile::{Backend, RouteInfo, Target, pick};
 use crate::resolve::NameAddr;
 
 /// Where an attempt goes: an extension for the concrete level.
@@ -44,29 +48,36 @@ pub struct Split<S> {
     inner: S,
 }
 
-/// The backend of one attempt of `req`.
-pub fn concrete<B>(req: &Request<B>) -> Result<Concrete, ProxyError> {
+/// The backend of one attempt of `req`, and the backend policy picked, if any.
+pub fn concrete<B>(req: &Request<B>) -> Result<(Concrete, Option<Backend>), ProxyError> {
     let Some(Logical(name)) = req.extensions().get::<Logical>() else {
         let conn = req.extensions().get::<ConnInfo>();
         return match request_authority(req) {
             // Not a name: refused with the reason.
-            Some(a) => NameAddr::parse(a, default_port(conn)).map(Concrete::Service),
+            Some(a) => NameAddr::parse(a, default_port(conn)).map(|n| (Concrete::Service(n), None)),
             None => conn
                 .and_then(|c| c.target)
-                .map(Concrete::Addr)
+                .map(|a| (Concrete::Addr(a), None))
                 .ok_or(ProxyError::NoAuthority),
         };
     };
-    let backends = req
-        .extensions()
-        .get::<RouteInfo>()
-        .map(|i| &i.profile.backends[..])
+    let info = req.extensions().get::<RouteInfo>();
+    let backends = info
+        .map(|i| match &i.route {
+            Some(r) if !r.backends.is_empty() => &r.backends[..],
+            _ => &i.profile.backends[..],
+        })
         .unwrap_or_default();
     if backends.is_empty() {
-        return Ok(Concrete::Service(name.clone()));
+        return Ok((Concrete::Service(name.clone()), None));
     }
     let backend = pick(backends).ok_or_else(|| ProxyError::NoEndpoints(name.to_string()))?;
-    NameAddr::parse(&backend.authority, name.port).map(Concrete::Service)
+    match &backend.target {
+        Target::Authority(a) => {
+            NameAddr::parse(a, name.port).map(|n| (Concrete::Service(n), Some(backend.clone())))
+        }
+        Target::Fail(status, why) => Err(ProxyError::Refused(*status, why.clone())),
+    }
 }
 
 impl<S, B> Service<Request<B>> for Split<S>
@@ -84,14 +95,47 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        match concrete(&req) {
-            Ok(c) => {
-                req.extensions_mut().insert(c);
-                let fut = self.inner.call(req);
-                Box::pin(async move { fut.await.map_err(Into::into) })
+        let (c, backend) = match concrete(&req) {
+            Ok(picked) => picked,
+            Err(e) => return Box::pin(std::future::ready(Err(e.into()))),
+        };
+        req.extensions_mut().insert(c);
+        let filters = backend.map(|b| b.filters).filter(|f| !f.is_empty());
+        if let Some(filters) = &filters {
+            for f in filters.iter() {
+                if let Filter::RequestHeaders(m) = f {
+                    m.apply(req.headers_mut());
+                }
             }
-            Err(e) => Box::pin(std::future::ready(Err(e.into()))),
         }
+        // Each attempt within its own timeout, inside the request's: the tighter
+        // deadline travels down.
+        let per_try = req
+            .extensions()
+            .get::<RouteInfo>()
+            .and_then(|i| i.route.as_ref())
+            .and_then(|r| r.per_try)
+            .map(|t| {
+                let at = Deadline(tokio::time::Instant::now() + t);
+                match req.extensions().get::<Deadline>() {
+                    Some(d) if d.0 < at.0 => *d,
+                    _ => at,
+                }
+            });
+        if let Some(d) = per_try {
+            req.extensions_mut().insert(d);
+        }
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let mut rsp = Deadline::run(per_try, async { fut.await.map_err(Into::into) }, || {
+                ProxyError::Timeout.into()
+            })
+            .await?;
+            if let Some(filters) = &filters {
+                super::filter::response(filters, &mut rsp);
+            }
+            Ok(rsp)
+        })
     }
 }
 
@@ -99,7 +143,7 @@ where
 mod tests {
     use super::*;
     use crate::body;
-    use crate::profile::{Backend, Profile};
+    use crate::profile::Profile;
     use std::sync::Arc;
     use tower::ServiceExt;
 
@@ -116,10 +160,7 @@ mod tests {
         }
         if let Some(backends) = backends {
             req.extensions_mut().insert(RouteInfo {
-                profile: Arc::new(Profile {
-                    backends,
-                    ..Profile::default()
-                }),
+                profile: Arc::new(Profile::with_backends(backends)),
                 route: None,
             });
         }
@@ -127,10 +168,7 @@ mod tests {
     }
 
     fn backend(authority: &str, weight: u64) -> Backend {
-        Backend {
-            authority: authority.into(),
-            weight,
-        }
+        Backend::service(authority, weight)
     }
 
     #[tokio::test]
@@ -151,7 +189,7 @@ mod tests {
         send.send_response(Response::new(body::empty()));
         call.await.expect("rsp");
 
-        let svc = |r| concrete(&r);
+        let svc = |r| concrete(&r).map(|(c, _)| c);
         assert_eq!(
             svc(req(Some("web"), None)).expect("service"),
             Concrete::Service(NameAddr::parse("web:80", 80).expect("name"))
