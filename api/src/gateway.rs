@@ -572,8 +572,17 @@ impl GrpcRouteSpec {
                 }
                 values(&m.headers, &format!("{at}.headers"), true, &mut errors);
             }
-            filters(&rule.filters, &format!("{at}.filters"), Some(false), &mut errors);
-            backends(&rule.backend_refs, &format!("{at}.backendRefs"), &mut errors);
+            filters(
+                &rule.filters,
+                &format!("{at}.filters"),
+                Some(false),
+                &mut errors,
+            );
+            backends(
+                &rule.backend_refs,
+                &format!("{at}.backendRefs"),
+                &mut errors,
+            );
             if rule.session_persistence.is_some() {
                 errors.push(FieldError::new(
                     format!("{at}.sessionPersistence"),
@@ -783,14 +792,25 @@ fn grpc_method(m: &GrpcMethodMatch, at: &str, errors: &mut Vec<FieldError>) {
 
 /// `http` tells an `HTTPRoute`'s filters (which may redirect and rewrite) from a
 /// `GRPCRoute`'s; `None` for a backend's own filters, which are an `HTTPRoute`'s.
-fn filters(filters: &[HttpRouteFilter], at: &str, http: Option<bool>, errors: &mut Vec<FieldError>) {
+fn filters(
+    filters: &[HttpRouteFilter],
+    at: &str,
+    http: Option<bool>,
+    errors: &mut Vec<FieldError>,
+) {
     bounded(filters, at, errors);
     let mut seen = std::collections::HashSet::new();
     for (k, f) in filters.iter().enumerate() {
         let at = format!("{at}[{k}]");
         let set = [
-            (FilterType::RequestHeaderModifier, f.request_header_modifier.is_some()),
-            (FilterType::ResponseHeaderModifier, f.response_header_modifier.is_some()),
+            (
+                FilterType::RequestHeaderModifier,
+                f.request_header_modifier.is_some(),
+            ),
+            (
+                FilterType::ResponseHeaderModifier,
+                f.response_header_modifier.is_some(),
+            ),
             (FilterType::RequestRedirect, f.request_redirect.is_some()),
             (FilterType::UrlRewrite, f.url_rewrite.is_some()),
             (FilterType::RequestMirror, f.request_mirror.is_some()),
@@ -1045,9 +1065,12 @@ fn backends(refs: &[HttpBackendRef], at: &str, errors: &mut Vec<FieldError>) {
 
 fn timeouts(t: &HttpRouteTimeouts, at: &str, errors: &mut Vec<FieldError>) {
     let mut parsed = [None, None];
-    for (i, (field, value)) in [("request", &t.request), ("backendRequest", &t.backend_request)]
-        .into_iter()
-        .enumerate()
+    for (i, (field, value)) in [
+        ("request", &t.request),
+        ("backendRequest", &t.backend_request),
+    ]
+    .into_iter()
+    .enumerate()
     {
         let Some(v) = value else { continue };
         match crate::duration::parse(v) {
@@ -1105,7 +1128,10 @@ rules:
         assert_eq!(spec.validate(), vec![]);
         assert!(spec.parent_refs[0].is_service());
         let m = &spec.rules[0].matches[0];
-        assert_eq!(m.path.as_ref().map(|p| p.kind), Some(PathMatchType::PathPrefix));
+        assert_eq!(
+            m.path.as_ref().map(|p| p.kind),
+            Some(PathMatchType::PathPrefix)
+        );
         assert_eq!(m.headers[0].kind, StringMatchType::Exact);
         assert_eq!(spec.rules[1].backend_refs[0].weight(), 1);
         let t = spec.rules[0].timeouts.as_ref().expect("timeouts");

@@ -11,9 +11,8 @@
 //! GRPCRoute wins (GEP-1426).
 
 use mesh_api::gateway::{
-    BackendObjectRef, FilterType, GrpcRouteSpec, HttpBackendRef, HttpPathModifier,
-    HttpRouteFilter, HttpRouteSpec, PathMatchType, PathModifierType, StringMatchType,
-    ValueMatch,
+    BackendObjectRef, FilterType, GrpcRouteSpec, HttpBackendRef, HttpPathModifier, HttpRouteFilter,
+    HttpRouteSpec, PathMatchType, PathModifierType, StringMatchType, ValueMatch,
 };
 use mesh_api::policy as pb;
 
@@ -244,7 +243,12 @@ pub fn compile(
             }
         }
         let resolved = match refs.problems.first() {
-            None => condition("ResolvedRefs", true, "ResolvedRefs", "all references resolved"),
+            None => condition(
+                "ResolvedRefs",
+                true,
+                "ResolvedRefs",
+                "all references resolved",
+            ),
             Some((reason, _)) => condition(
                 "ResolvedRefs",
                 false,
@@ -299,7 +303,9 @@ fn rule_name(route: &str, rule: Option<&str>, i: usize) -> String {
 
 fn millis(d: Option<std::time::Duration>) -> u64 {
     // 0 means unset, so anything shorter than 1 ms becomes 1 ms.
-    d.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1))
+    d.map_or(0, |d| {
+        u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+    })
 }
 
 fn prefix(p: &str) -> pb::PathMatch {
@@ -398,7 +404,12 @@ impl Refs<'_, '_> {
         Err(message)
     }
 
-    fn backends(&mut self, refs: &[HttpBackendRef], redirects: bool, rule: usize) -> Vec<pb::WeightedBackend> {
+    fn backends(
+        &mut self,
+        refs: &[HttpBackendRef],
+        redirects: bool,
+        rule: usize,
+    ) -> Vec<pb::WeightedBackend> {
         if refs.is_empty() {
             // A redirect answers before any backend is needed.
             return if redirects {
@@ -429,7 +440,10 @@ impl Refs<'_, '_> {
             })
             .collect();
         if out.iter().all(|b| b.weight == 0) {
-            out = vec![failure(500, "every backend of the route's rule has weight 0")];
+            out = vec![failure(
+                500,
+                "every backend of the route's rule has weight 0",
+            )];
         }
         out
     }
@@ -611,8 +625,14 @@ mod tests {
         let older_report = &reports[0];
         assert_eq!(older_report.name, "older");
         let resolved = &older_report.conditions[1];
-        assert_eq!((resolved.status, resolved.reason), (false, "BackendNotFound"));
-        assert!(resolved.message.contains("no Service shop/gone"), "{resolved:?}");
+        assert_eq!(
+            (resolved.status, resolved.reason),
+            (false, "BackendNotFound")
+        );
+        assert!(
+            resolved.message.contains("no Service shop/gone"),
+            "{resolved:?}"
+        );
         assert!(resolved.message.contains("has no port 81"), "{resolved:?}");
         assert!(reports[1].conditions.iter().all(|c| c.status));
     }

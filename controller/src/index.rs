@@ -1129,7 +1129,10 @@ impl State {
         port: Option<u16>,
         caller_ns: &str,
     ) -> Vec<(&'a RouteKey, Attached<'a>)> {
-        let Some(keys) = self.routes_of.get(&(namespace.to_string(), name.to_string())) else {
+        let Some(keys) = self
+            .routes_of
+            .get(&(namespace.to_string(), name.to_string()))
+        else {
             return vec![];
         };
         let attached = |k: &'a RouteKey| {
@@ -1211,7 +1214,10 @@ impl State {
             name: &key.2,
             route,
         };
-        if !self.services.contains_key(&(ns.to_string(), svc.to_string())) {
+        if !self
+            .services
+            .contains_key(&(ns.to_string(), svc.to_string()))
+        {
             return crate::gateway::refused(
                 &me,
                 "NoMatchingParent",
@@ -1233,7 +1239,10 @@ impl State {
                 .map(|(_, a)| a)
                 .collect(),
         );
-        if conflicted.iter().any(|c| c.namespace == key.1 && c.name == key.2) {
+        if conflicted
+            .iter()
+            .any(|c| c.namespace == key.1 && c.name == key.2)
+        {
             return crate::gateway::refused(
                 &me,
                 "Conflicted",

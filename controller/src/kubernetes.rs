@@ -172,7 +172,10 @@ fn spec<T: DeserializeOwned>(o: &DynamicObject) -> Result<T, String> {
 }
 
 /// A Gateway API route, with its age (precedence goes to the oldest).
-fn route<T: DeserializeOwned>(o: &DynamicObject, kind: fn(T) -> RouteSpec) -> Result<Object, String> {
+fn route<T: DeserializeOwned>(
+    o: &DynamicObject,
+    kind: fn(T) -> RouteSpec,
+) -> Result<Object, String> {
     let created = o
         .metadata
         .creation_timestamp

@@ -174,7 +174,9 @@ fn unsupported(p: &pb::OutboundPolicy) -> Result<(), Unsupported> {
             ) || b.filters.iter().any(|f| {
                 !matches!(
                     f.kind,
-                    Some(pb::filter::Kind::RequestHeaders(_) | pb::filter::Kind::ResponseHeaders(_))
+                    Some(
+                        pb::filter::Kind::RequestHeaders(_) | pb::filter::Kind::ResponseHeaders(_)
+                    )
                 )
             })
         })
@@ -260,11 +262,9 @@ impl Name {
         match (name, regex) {
             ("", _) => Some(Self::Any),
             (n, false) => Some(Self::Exact(n.into())),
-            (re, true) => {
-                mesh_api::profile::compile_anchored(&mesh_api::profile::anchored(re))
-                    .ok()
-                    .map(Self::Regex)
-            }
+            (re, true) => mesh_api::profile::compile_anchored(&mesh_api::profile::anchored(re))
+                .ok()
+                .map(Self::Regex),
         }
     }
 
@@ -393,7 +393,7 @@ impl Profile {
         }
         // Stable: equal ranks stay in the policy's order (oldest route, then name,
         // then rule), as the Gateway API breaks ties.
-        order.sort_by(|a, b| b.2.cmp(&a.2));
+        order.sort_by_key(|e| std::cmp::Reverse(e.2));
         Ok(Self {
             routes,
             order: order.into_iter().map(|(m, i, _)| (m, i)).collect(),
@@ -515,9 +515,7 @@ impl Match {
             Self::Grpc(service, method) => path
                 .strip_prefix('/')
                 .and_then(|p| p.split_once('/'))
-                .is_some_and(|(s, m)| {
-                    !m.contains('/') && service.matches(s) && method.matches(m)
-                }),
+                .is_some_and(|(s, m)| !m.contains('/') && service.matches(s) && method.matches(m)),
         }
     }
 }
@@ -958,12 +956,24 @@ mod tests {
                 // Listed first, so it wins ties.
                 route("root", vec![m(prefix("/"), "", 0, 0)]),
                 route("root-too", vec![m(prefix("/"), "", 0, 0)]),
-                route("regex", vec![m(Some(Kind::Regex("/v2e.*".into())), "", 0, 0)]),
-                route("v2", vec![m(prefix("/v2"), "", 0, 0), m(Some(Kind::Exact("/x".into())), "", 0, 0)]),
+                route(
+                    "regex",
+                    vec![m(Some(Kind::Regex("/v2e.*".into())), "", 0, 0)],
+                ),
+                route(
+                    "v2",
+                    vec![
+                        m(prefix("/v2"), "", 0, 0),
+                        m(Some(Kind::Exact("/x".into())), "", 0, 0),
+                    ],
+                ),
                 route("v2-get", vec![m(prefix("/v2"), "GET", 0, 0)]),
                 route("v2-headers", vec![m(prefix("/v2"), "", 2, 0)]),
                 route("v2-header-query", vec![m(prefix("/v2"), "", 1, 3)]),
-                route("v2-exact", vec![m(Some(Kind::Exact("/v2".into())), "", 0, 0)]),
+                route(
+                    "v2-exact",
+                    vec![m(Some(Kind::Exact("/v2".into())), "", 0, 0)],
+                ),
             ],
             ..Default::default()
         })
@@ -979,20 +989,43 @@ mod tests {
             }
             p.route(&r).map(|r| r.name.to_string()).unwrap_or_default()
         };
-        assert_eq!(name(Method::GET, "/other", &[]), "root", "ties: the first listed");
-        assert_eq!(name(Method::POST, "/v2example", &[]), "regex", "a regex over a prefix");
+        assert_eq!(
+            name(Method::GET, "/other", &[]),
+            "root",
+            "ties: the first listed"
+        );
+        assert_eq!(
+            name(Method::POST, "/v2example", &[]),
+            "regex",
+            "a regex over a prefix"
+        );
         assert_eq!(name(Method::POST, "/v2x", &[]), "root", "whole segments");
         assert_eq!(name(Method::POST, "/v2/a", &[]), "v2");
-        assert_eq!(name(Method::GET, "/v2/a", &["h0"]), "v2-get", "a method over headers");
+        assert_eq!(
+            name(Method::GET, "/v2/a", &["h0"]),
+            "v2-get",
+            "a method over headers"
+        );
         assert_eq!(name(Method::POST, "/v2/a", &["h0", "h1"]), "v2-headers");
         assert_eq!(
             name(Method::POST, "/v2/a?q0=1&q1=1&q2=1", &["h0", "h1"]),
             "v2-headers",
             "more headers over more query parameters"
         );
-        assert_eq!(name(Method::POST, "/v2/a?q0=1&q1=1&q2=1", &["h0"]), "v2-header-query");
-        assert_eq!(name(Method::GET, "/v2", &["h0", "h1"]), "v2-exact", "exact first");
-        assert_eq!(name(Method::GET, "/x", &[]), "v2", "any of a rule's matches");
+        assert_eq!(
+            name(Method::POST, "/v2/a?q0=1&q1=1&q2=1", &["h0"]),
+            "v2-header-query"
+        );
+        assert_eq!(
+            name(Method::GET, "/v2", &["h0", "h1"]),
+            "v2-exact",
+            "exact first"
+        );
+        assert_eq!(
+            name(Method::GET, "/x", &[]),
+            "v2",
+            "any of a rule's matches"
+        );
     }
 
     #[test]
@@ -1021,7 +1054,10 @@ mod tests {
             ..Default::default()
         })
         .expect("supported");
-        let name = |path: &str| p.route(&req(Method::POST, path)).map(|r| r.name.to_string());
+        let name = |path: &str| {
+            p.route(&req(Method::POST, path))
+                .map(|r| r.name.to_string())
+        };
         assert_eq!(name("/pkg.Greeter/SayHello").as_deref(), Some("method"));
         assert_eq!(name("/pkg.Greeter/Other").as_deref(), Some("service"));
         assert_eq!(name("/pkg.Other/SayBye").as_deref(), Some("regex"));

@@ -195,7 +195,14 @@ impl Filter {
                 };
                 let (numerator, denominator) = match &m.fraction {
                     None => (1, 1),
-                    Some(f) => (f.numerator, if f.denominator == 0 { 100 } else { f.denominator }),
+                    Some(f) => (
+                        f.numerator,
+                        if f.denominator == 0 {
+                            100
+                        } else {
+                            f.denominator
+                        },
+                    ),
                 };
                 Self::Mirror(Mirror {
                     authority: Authority::try_from(a.as_str()).map_err(bad)?,
@@ -246,7 +253,11 @@ pub fn response(filters: &[Filter], rsp: &mut Response<BoxBody>) {
 }
 
 impl Redirect {
-    fn answer(&self, req: &Request<BoxBody>, prefix: &str) -> Result<Response<BoxBody>, ProxyError> {
+    fn answer(
+        &self,
+        req: &Request<BoxBody>,
+        prefix: &str,
+    ) -> Result<Response<BoxBody>, ProxyError> {
         let authority = request_authority(req)
             .and_then(|a| a.parse::<Authority>().ok())
             .ok_or(ProxyError::NoAuthority)?;
@@ -261,9 +272,7 @@ impl Redirect {
         let port = self
             .port
             .or(if self.scheme.is_some() { None } else { port })
-            .filter(|p| {
-                !matches!((scheme.as_str(), *p), ("http", 80) | ("https", 443))
-            });
+            .filter(|p| !matches!((scheme.as_str(), *p), ("http", 80) | ("https", 443)));
         let host = self.host.as_deref().unwrap_or(host);
         let path = match &self.path {
             Some(m) => with_path(req.uri(), m, prefix)?,
@@ -540,7 +549,8 @@ mod tests {
 
     #[test]
     fn prefixes_are_replaced_as_the_gateway_api_says() {
-        let p = |with: &str, prefix: &str, path: &str| PathMod::Prefix(with.into()).apply(path, prefix);
+        let p =
+            |with: &str, prefix: &str, path: &str| PathMod::Prefix(with.into()).apply(path, prefix);
         assert_eq!(p("/xyz", "/foo", "/foo/bar"), "/xyz/bar");
         assert_eq!(p("/xyz", "/foo", "/foo"), "/xyz");
         assert_eq!(p("/xyz", "/foo/", "/foo/bar"), "/xyz/bar");
@@ -587,7 +597,12 @@ mod tests {
         );
         assert_eq!(
             location(
-                redirect("", "other.example", 9090, Some(PathMod::Prefix("/new".into()))),
+                redirect(
+                    "",
+                    "other.example",
+                    9090,
+                    Some(PathMod::Prefix("/new".into()))
+                ),
                 get("/old/x?y", "web")
             ),
             "http://other.example:9090/new/x?y"
@@ -606,7 +621,10 @@ mod tests {
         };
         let mut req = get("/v2/list?x=1", "books:8080");
         r.apply(&mut req, "/v2").expect("rewrite");
-        assert_eq!(req.uri().path_and_query().map(|p| p.as_str()), Some("/list?x=1"));
+        assert_eq!(
+            req.uri().path_and_query().map(|p| p.as_str()),
+            Some("/list?x=1")
+        );
         assert_eq!(request_authority(&req), Some("books-v2:8080"));
         // HTTP/2 style: the authority is in the URI.
         let mut req = Request::get("http://books/v2")
