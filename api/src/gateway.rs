@@ -527,6 +527,55 @@ pub struct GrpcMethodMatch {
     pub method: Option<String>,
 }
 
+/// The `controllerName` the mesh writes route statuses under.
+pub const CONTROLLER_NAME: &str = "mesh.io/mesh-controller";
+
+/// A route's status: each implementation's word on each parent.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct RouteStatus {
+    /// Per parent and implementation.
+    #[serde(default)]
+    pub parents: Vec<RouteParentStatus>,
+}
+
+/// One implementation's conditions for one parent of a route.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct RouteParentStatus {
+    /// The parent.
+    pub parent_ref: ParentRef,
+    /// Who wrote this entry (the mesh: [`CONTROLLER_NAME`]).
+    pub controller_name: String,
+    /// `Accepted`, `ResolvedRefs`.
+    #[serde(default)]
+    pub conditions: Vec<StatusCondition>,
+}
+
+/// A condition, as Kubernetes writes them (`metav1.Condition`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct StatusCondition {
+    /// Its type (`Accepted`).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    /// A CamelCase reason.
+    pub reason: String,
+    /// In words.
+    #[serde(default)]
+    pub message: String,
+    /// When the status last changed (RFC 3339).
+    pub last_transition_time: String,
+    /// The generation of the spec it speaks of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
 /// The methods an `HTTPRoute` match may name (the upstream CRD's enum).
 const METHODS: [&str; 9] = [
     "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",

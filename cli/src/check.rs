@@ -1,5 +1,6 @@
 //! `mesh check [--pre]`: checks against the cluster of the current kubeconfig, each
-//! printed `√` or `×` with a hint. Before install: the API, the Kubernetes version, the
+//! printed `√` or `×` with a hint; `mesh check --dir FOLDER` checks a folder of YAML
+//! as the controller's folder source reads it (refused objects, route conditions). Before install: the API, the Kubernetes version, the
 //! rights install needs, and no mesh there yet. After: the CRDs, the control plane's
 //! Deployments, the webhook and its CA bundle, the trust anchors and the issuer.
 
@@ -195,6 +196,61 @@ pub async fn run(client: kube::Client, pre: bool) -> Vec<Check> {
     out
 }
 
+/// One check per Gateway API route in `index` and Service it attaches to: accepted,
+/// and every reference resolved (what the controller writes into the route's status).
+pub fn routes(index: &mesh_controller::Index) -> Vec<Check> {
+    let mut out = Vec::new();
+    for at in index.routes() {
+        for ((ns, svc), report) in index.route_reports(&at) {
+            let title = format!(
+                "{} {}/{} on Service {ns}/{svc} is accepted and its references resolve",
+                report.kind, at.namespace, at.name
+            );
+            let problems: Vec<String> = report
+                .conditions
+                .iter()
+                .filter(|c| !c.status)
+                .map(|c| format!("{} is False ({}): {}", c.kind, c.reason, c.message))
+                .collect();
+            out.push(if problems.is_empty() {
+                pass(title)
+            } else {
+                fail(title, problems.join("; "))
+            });
+        }
+    }
+    out
+}
+
+/// `mesh check --dir FOLDER`: the folder as the controller reads it: every object it
+/// refuses (naming the file and field) and every route's conditions.
+pub fn folder(dir: &std::path::Path) -> Vec<Check> {
+    use mesh_controller::dir::{Folder, Scope};
+    let index = mesh_controller::Index::default();
+    let mut folder = Folder::new(dir.to_path_buf());
+    let scan = match folder.scan(&Scope::All) {
+        Ok(scan) => scan,
+        Err(e) => return vec![fail(format!("can read {}", dir.display()), e.to_string())],
+    };
+    let errors = folder.apply(&index, scan);
+    let mut out = vec![if errors.is_empty() {
+        pass(format!("every object in {} is accepted", dir.display()))
+    } else {
+        fail(
+            format!("every object in {} is accepted", dir.display()),
+            format!("{} refused", errors.len()),
+        )
+    }];
+    for e in errors {
+        out.push(fail(
+            format!("{} document {}{} is refused", e.file, e.document, e.object),
+            e.reason,
+        ));
+    }
+    out.extend(routes(&index));
+    out
+}
+
 async fn can_create(client: &kube::Client, group: &str, resource: &str) -> Check {
     let review = SelfSubjectAccessReview {
         spec: SelfSubjectAccessReviewSpec {
@@ -240,6 +296,41 @@ mod tests {
     use http::{Request, Response};
     use kube::client::Body;
     use serde_json::{Value, json};
+
+    #[test]
+    fn a_folder_is_checked_as_the_controller_reads_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join("shop.yaml"),
+            "apiVersion: v1\nkind: Service\nmetadata: {name: books, namespace: shop}\n\
+             spec: {ports: [{port: 80}]}\n---\n\
+             apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+             metadata: {name: good, namespace: shop}\n\
+             spec: {parentRefs: [{group: '', kind: Service, name: books}], rules: [{backendRefs: [{name: books, port: 80}]}]}\n---\n\
+             apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+             metadata: {name: dangling, namespace: shop}\n\
+             spec: {parentRefs: [{group: '', kind: Service, name: books}, {group: '', kind: Service, name: gone}], rules: [{backendRefs: [{name: books-v9, port: 80}]}]}\n---\n\
+             apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+             metadata: {name: bad, namespace: shop}\n\
+             spec: {rules: [{matches: [{path: {type: RegularExpression, value: '('}}]}]}\n",
+        )
+        .expect("write");
+        let checks = folder(dir.path());
+        let failed: Vec<_> = checks
+            .iter()
+            .filter(|c| !c.ok)
+            .map(|c| format!("{}: {}", c.name, c.hint.clone().unwrap_or_default()))
+            .collect();
+        let passed: Vec<_> = checks.iter().filter(|c| c.ok).map(|c| c.name.as_str()).collect();
+        assert_eq!(
+            passed,
+            ["HTTPRoute shop/good on Service shop/books is accepted and its references resolve"]
+        );
+        assert_eq!(failed.len(), 4, "{failed:#?}");
+        assert!(failed[1].contains("(HTTPRoute shop/bad) is refused: spec.rules[0].matches[0].path.value"), "{failed:#?}");
+        assert!(failed[2].contains("dangling on Service shop/books") && failed[2].contains("ResolvedRefs is False (BackendNotFound): spec.rules[0].backendRefs[0]: no Service shop/books-v9"), "{failed:#?}");
+        assert!(failed[3].contains("on Service shop/gone") && failed[3].contains("Accepted is False (NoMatchingParent)"), "{failed:#?}");
+    }
 
     fn version(minor: &str) -> (&'static str, Value) {
         (

@@ -15,11 +15,20 @@ pub const CRDS: [&str; 2] = [
     include_str!("../../charts/mesh/crds/trafficsplits.split.smi-spec.io.yaml"),
 ];
 
+/// The Gateway API's route CRDs (the versions the mesh serves), for clusters that have
+/// none yet.
+pub const GATEWAY_API_CRDS: [&str; 2] = [
+    include_str!("../../charts/mesh/gateway-api/httproutes.gateway.networking.k8s.io.yaml"),
+    include_str!("../../charts/mesh/gateway-api/grpcroutes.gateway.networking.k8s.io.yaml"),
+];
+
 /// What `mesh install` was asked.
 #[derive(Debug, Clone)]
 pub struct Options {
     /// Only the CRDs.
     pub crds_only: bool,
+    /// With the Gateway API's route CRDs (leave them out where the cluster has them).
+    pub gateway_api_crds: bool,
     /// The trust anchors (PEM); generated with the issuer when absent.
     pub trust_anchors: Option<PathBuf>,
     /// The issuer certificate (PEM).
@@ -223,7 +232,12 @@ fn fnv1a<const N: usize>(parts: [&str; N]) -> u64 {
 
 /// The manifests, as one multi-document YAML text.
 pub fn render(o: &Options) -> anyhow::Result<String> {
-    let mut docs: Vec<String> = CRDS.iter().map(|c| c.trim_end().to_owned()).collect();
+    let gateway = GATEWAY_API_CRDS.iter().filter(|_| o.gateway_api_crds);
+    let mut docs: Vec<String> = CRDS
+        .iter()
+        .chain(gateway)
+        .map(|c| c.trim_end().to_owned())
+        .collect();
     if o.crds_only {
         return Ok(docs.join("\n---\n") + "\n");
     }
@@ -297,7 +311,7 @@ pub fn render(o: &Options) -> anyhow::Result<String> {
         "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: mesh-identity\nrules:\n- apiGroups: [authentication.k8s.io]\n  resources: [tokenreviews]\n  verbs: [create]".into(),
     );
     docs.push(
-        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: mesh-controller\nrules:\n- apiGroups: [\"\"]\n  resources: [namespaces, services, pods]\n  verbs: [get, list, watch]\n- apiGroups: [discovery.k8s.io]\n  resources: [endpointslices]\n  verbs: [get, list, watch]\n- apiGroups: [linkerd.io]\n  resources: [serviceprofiles]\n  verbs: [get, list, watch]\n- apiGroups: [split.smi-spec.io]\n  resources: [trafficsplits]\n  verbs: [get, list, watch]\n- apiGroups: [\"\", events.k8s.io]\n  resources: [events]\n  verbs: [create, patch]".into(),
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: mesh-controller\nrules:\n- apiGroups: [\"\"]\n  resources: [namespaces, services, pods]\n  verbs: [get, list, watch]\n- apiGroups: [discovery.k8s.io]\n  resources: [endpointslices]\n  verbs: [get, list, watch]\n- apiGroups: [linkerd.io]\n  resources: [serviceprofiles]\n  verbs: [get, list, watch]\n- apiGroups: [split.smi-spec.io]\n  resources: [trafficsplits]\n  verbs: [get, list, watch]\n- apiGroups: [gateway.networking.k8s.io]\n  resources: [httproutes, grpcroutes]\n  verbs: [get, list, watch]\n- apiGroups: [gateway.networking.k8s.io]\n  resources: [httproutes/status, grpcroutes/status]\n  verbs: [get, patch, update]\n- apiGroups: [\"\", events.k8s.io]\n  resources: [events]\n  verbs: [create, patch]".into(),
     );
     for name in ["mesh-identity", "mesh-controller"] {
         docs.push(format!(
@@ -399,6 +413,7 @@ mod tests {
     fn options(installed: Option<Installed>) -> Options {
         Options {
             crds_only: false,
+            gateway_api_crds: true,
             trust_anchors: None,
             issuer_cert: None,
             issuer_key: None,

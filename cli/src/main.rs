@@ -54,6 +54,10 @@ enum Command {
         /// Only the CRDs.
         #[arg(long)]
         crds: bool,
+        /// Leave out the Gateway API's HTTPRoute and GRPCRoute CRDs: the cluster
+        /// already has them (from an ingress controller, say).
+        #[arg(long)]
+        skip_gateway_api_crds: bool,
         /// Trust anchors (PEM); with the issuer files. Generated when none are given.
         #[arg(long)]
         identity_trust_anchors_file: Option<PathBuf>,
@@ -81,8 +85,12 @@ enum Command {
     /// Checks the cluster of the current kubeconfig: `--pre` before installing.
     Check {
         /// Pre-install checks.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "dir")]
         pre: bool,
+        /// Check a folder of YAML (what `mesh-controller --dir` serves) instead of the
+        /// cluster: objects refused, and each Gateway API route's conditions.
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
     /// Removes what `mesh inject` added.
     Uninject {
@@ -239,6 +247,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Install {
             crds,
+            skip_gateway_api_crds,
             identity_trust_anchors_file,
             identity_issuer_certificate_file,
             identity_issuer_key_file,
@@ -260,6 +269,7 @@ fn main() -> anyhow::Result<()> {
             }
             let text = install::render(&install::Options {
                 crds_only: crds,
+                gateway_api_crds: !skip_gateway_api_crds,
                 trust_anchors: identity_trust_anchors_file,
                 issuer_cert: identity_issuer_certificate_file,
                 issuer_key: identity_issuer_key_file,
@@ -271,7 +281,14 @@ fn main() -> anyhow::Result<()> {
             print!("{text}");
             Ok(())
         }
-        Command::Check { pre } => runtime()?.block_on(async {
+        Command::Check { dir: Some(dir), .. } => {
+            if check::print(&check::folder(&dir)) {
+                Ok(())
+            } else {
+                anyhow::bail!("some checks failed")
+            }
+        }
+        Command::Check { pre, dir: None } => runtime()?.block_on(async {
             let checks = match kube::Client::try_default().await {
                 Ok(client) => check::run(client, pre).await,
                 Err(e) => vec![check::Check {

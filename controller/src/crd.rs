@@ -36,7 +36,64 @@ pub struct TrafficSplitCrdSpec {
     pub spec: mesh_api::TrafficSplitSpec,
 }
 
-/// Every CRD the mesh installs, with the file name each is committed under.
+/// The Gateway API's HTTPRoute spec, as the CRD the mesh installs (where the cluster
+/// has none) sees it.
+#[derive(CustomResource, Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "gateway.networking.k8s.io",
+    version = "v1",
+    kind = "HTTPRoute",
+    plural = "httproutes",
+    namespaced,
+    status = "mesh_api::gateway::RouteStatus"
+)]
+pub struct HttpRouteCrdSpec {
+    /// The spec.
+    #[serde(flatten)]
+    pub spec: mesh_api::gateway::HttpRouteSpec,
+}
+
+/// The Gateway API's GRPCRoute spec, as the CRD the mesh installs sees it.
+#[derive(CustomResource, Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "gateway.networking.k8s.io",
+    version = "v1",
+    kind = "GRPCRoute",
+    plural = "grpcroutes",
+    namespaced,
+    status = "mesh_api::gateway::RouteStatus"
+)]
+pub struct GrpcRouteCrdSpec {
+    /// The spec.
+    #[serde(flatten)]
+    pub spec: mesh_api::gateway::GrpcRouteSpec,
+}
+
+/// The Gateway API's CRDs the mesh serves (the standard channel's route kinds), with
+/// the file each is committed under: installed unless the cluster already has them.
+pub fn gateway_api() -> Vec<(&'static str, CustomResourceDefinition)> {
+    let mut http = HTTPRoute::crd();
+    // v1beta1 has the same fields; v1 is stored.
+    if let Some(v1) = http.spec.versions.first().cloned() {
+        let mut beta = v1;
+        beta.name = "v1beta1".into();
+        beta.storage = false;
+        http.spec.versions.push(beta);
+    }
+    let mut grpc = GRPCRoute::crd();
+    // Kept when the chart is uninstalled: other controllers' routes may use them.
+    for crd in [&mut http, &mut grpc] {
+        crd.metadata.annotations = Some(
+            [("helm.sh/resource-policy".to_string(), "keep".to_string())].into(),
+        );
+    }
+    vec![
+        ("httproutes.gateway.networking.k8s.io.yaml", http),
+        ("grpcroutes.gateway.networking.k8s.io.yaml", grpc),
+    ]
+}
+
+/// Every CRD of the mesh's own kinds, with the file name each is committed under.
 pub fn all() -> Vec<(&'static str, CustomResourceDefinition)> {
     let mut split = TrafficSplit::crd();
     // SMI's v1alpha1 to v1alpha4 share the fields the mesh reads (weights as quantities

@@ -230,7 +230,7 @@ fn document(file: &Path, n: usize, value: mesh_api::yaml::Value, loaded: &mut Lo
             file,
             n,
             None,
-            format!("{kind:?} without metadata.name"),
+            format!("{} without metadata.name", kind.as_str()),
         ));
         return;
     }

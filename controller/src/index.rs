@@ -50,12 +50,28 @@ pub struct ObjectRef {
     pub name: String,
 }
 
+impl Kind {
+    /// The kind as Kubernetes spells it (`HTTPRoute`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Namespace => "Namespace",
+            Self::Service => "Service",
+            Self::Pod => "Pod",
+            Self::EndpointSlice => "EndpointSlice",
+            Self::ServiceProfile => "ServiceProfile",
+            Self::TrafficSplit => "TrafficSplit",
+            Self::HttpRoute => "HTTPRoute",
+            Self::GrpcRoute => "GRPCRoute",
+        }
+    }
+}
+
 impl std::fmt::Display for ObjectRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if self.namespace.is_empty() {
-            write!(f, "{:?} {}", self.kind, self.name)
+            write!(f, "{} {}", self.kind.as_str(), self.name)
         } else {
-            write!(f, "{:?} {}/{}", self.kind, self.namespace, self.name)
+            write!(f, "{} {}/{}", self.kind.as_str(), self.namespace, self.name)
         }
     }
 }

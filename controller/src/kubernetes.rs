@@ -273,7 +273,24 @@ async fn follow_with<K>(
                 index.delete(&at);
                 known.remove(&at);
             }
-            Err(error) => tracing::warn!(?kind, %error, "watch failed; retrying"),
+                Err(error) => {
+                // The Gateway API's CRDs are optional: a cluster without them has no
+                // routes, which must not keep the controller from serving.
+                let absent = matches!(
+                    &error,
+                    watcher::Error::InitialListFailed(kube::Error::Api(s)) if s.code == 404
+                );
+                if absent && matches!(kind, Kind::HttpRoute | Kind::GrpcRoute) && !listed_once {
+                    listed_once = true;
+                    synced.send_modify(|n| *n += 1);
+                    tracing::warn!(
+                        ?kind,
+                        "the cluster has no CRD for this kind: none are followed until it \
+                         is installed (`mesh install --crds`)"
+                    );
+                }
+                tracing::warn!(?kind, %error, "watch failed; retrying");
+            }
         }
     }
 }

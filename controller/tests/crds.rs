@@ -8,14 +8,25 @@ fn crds_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../charts/mesh/crds")
 }
 
+/// The Gateway API's CRDs: a template installs them only where the cluster has none.
+fn gateway_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../charts/mesh/gateway-api")
+}
+
 #[test]
 fn committed_crds_match_the_types() {
     let update = std::env::var_os("MESH_UPDATE_CRDS").is_some();
-    for (file, crd) in mesh_controller::crd::all() {
+    let ours = mesh_controller::crd::all()
+        .into_iter()
+        .map(|(f, c)| (crds_dir(), f, c));
+    let gateway = mesh_controller::crd::gateway_api()
+        .into_iter()
+        .map(|(f, c)| (gateway_dir(), f, c));
+    for (dir, file, crd) in ours.chain(gateway) {
         let want = mesh_controller::crd::render(&crd).expect("render");
-        let path = crds_dir().join(file);
+        let path = dir.join(file);
         if update {
-            std::fs::create_dir_all(crds_dir()).expect("mkdir");
+            std::fs::create_dir_all(&dir).expect("mkdir");
             std::fs::write(&path, &want).expect("write");
             continue;
         }
@@ -47,7 +58,7 @@ fn the_crds_are_structural_and_serve_every_smi_version() {
             ("v1alpha4", true, false)
         ]
     );
-    for (_, crd) in &all {
+    for (_, crd) in all.iter().chain(&mesh_controller::crd::gateway_api()) {
         let text = serde_json::to_string(crd).expect("json");
         // Structural schemas: no references, no unresolved recursion.
         assert!(!text.contains("$ref"), "{text}");

@@ -30,6 +30,7 @@ const PODS: &str = "/api/v1/pods";
 const SLICES: &str = "/apis/discovery.k8s.io/v1/endpointslices";
 const PROFILES: &str = "/apis/linkerd.io/v1alpha2/serviceprofiles";
 const SPLITS: &str = "/apis/split.smi-spec.io/v1alpha2/trafficsplits";
+const HTTP_ROUTES: &str = "/apis/gateway.networking.k8s.io/v1/httproutes";
 
 fn list(items: &[Value]) -> Vec<u8> {
     serde_json::to_vec(&json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": items}))
@@ -57,14 +58,19 @@ async fn serve(mut handle: Handle, mut script: Script, events: mpsc::UnboundedSe
             );
             continue;
         }
-        let key = [NAMESPACES, SERVICES, PODS, SLICES, PROFILES, SPLITS]
+        // GRPCRoutes are not served: the cluster has no CRD for them (404).
+        let key = [NAMESPACES, SERVICES, PODS, SLICES, PROFILES, SPLITS, HTTP_ROUTES]
             .into_iter()
             .find(|k| *k == path);
         let Some(key) = key else {
+            // As an API server answers for a kind it does not serve.
+            let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+                "status": "Failure", "message": "the server could not find the requested resource",
+                "reason": "NotFound", "details": {}, "code": 404});
             respond.send_response(
                 Response::builder()
                     .status(StatusCode::NOT_FOUND)
-                    .body(Body::from(b"{}".to_vec()))
+                    .body(Body::from(serde_json::to_vec(&status).expect("json")))
                     .expect("rsp"),
             );
             continue;
@@ -111,6 +117,15 @@ fn profile(path_regex: &str) -> Value {
     json!({"apiVersion": "linkerd.io/v1alpha2", "kind": "ServiceProfile",
         "metadata": {"name": "web.demo.svc.cluster.local", "namespace": "demo", "resourceVersion": "3", "uid": "p1"},
         "spec": {"routes": [{"name": "api", "condition": {"method": "GET", "pathRegex": path_regex}, "timeout": "2s"}]}})
+}
+
+fn route(path: &str) -> Value {
+    json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"name": "db-route", "namespace": "demo", "resourceVersion": "4", "uid": "r1",
+            "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "db"}],
+            "rules": [{"matches": [{"path": {"type": "RegularExpression", "value": path}}],
+                "backendRefs": [{"name": "db", "port": 5432}]}]}})
 }
 
 fn endpoints(index: &Index) -> Vec<String> {
@@ -174,6 +189,12 @@ async fn lists_watches_restarts_and_refusals() {
         .into(),
     );
     script.lists.insert(SPLITS, [vec![]].into());
+    // An HTTPRoute listed, then an edit that does not compile.
+    script.lists.insert(HTTP_ROUTES, [vec![route("/q/.*")]].into());
+    script.watches.insert(
+        HTTP_ROUTES,
+        [vec![json!({"type": "MODIFIED", "object": route("/q/(")})]].into(),
+    );
     // A selector-less service whose endpoints only an EndpointSlice gives.
     script.lists.get_mut(SERVICES).expect("services")[0]
         .push(json!({"apiVersion": "v1", "kind": "Service",
@@ -223,17 +244,32 @@ async fn lists_watches_restarts_and_refusals() {
     })
     .await;
 
-    // The bad edit is refused with a Warning Event; the good profile stays.
-    let event = tokio::time::timeout(Duration::from_secs(10), events.recv())
-        .await
-        .expect("an Event")
-        .expect("event");
-    assert_eq!(event["type"], "Warning");
-    assert_eq!(event["regarding"]["name"], "web.demo.svc.cluster.local");
-    let note = event["note"].as_str().unwrap_or_default();
+    // The bad edits are refused with Warning Events; the good versions stay.
+    let mut notes = HashMap::new();
+    for _ in 0..2 {
+        let event = tokio::time::timeout(Duration::from_secs(10), events.recv())
+            .await
+            .expect("an Event")
+            .expect("event");
+        assert_eq!(event["type"], "Warning");
+        let name = event["regarding"]["name"].as_str().unwrap_or_default().to_string();
+        notes.insert(name, event["note"].as_str().unwrap_or_default().to_string());
+    }
+    let note = &notes["web.demo.svc.cluster.local"];
     assert!(
         note.contains("spec.routes[0].condition.pathRegex"),
         "{note}"
+    );
+    let note = &notes["db-route"];
+    assert!(note.contains("spec.rules[0].matches[0].path.value"), "{note}");
+    let db = index.outbound_policy("db.demo.svc.cluster.local:5432", "demo", None);
+    assert_eq!(db.sources[0].kind, "HTTPRoute");
+    assert!(
+        matches!(
+            db.routes[0].matches[0].path.as_ref().and_then(|p| p.kind.as_ref()),
+            Some(mesh_api::policy::path_match::Kind::Regex(re)) if re == "/q/.*"
+        ),
+        "{db:?}"
     );
     let p = index.outbound_policy("web.demo.svc.cluster.local:80", "demo", None);
     assert_eq!(p.routes.len(), 1);
