@@ -155,6 +155,7 @@ pub async fn run(client: kube::Client, pre: bool) -> Vec<Check> {
         Ok(None) => fail(title, "run `mesh install | kubectl apply -f -`"),
         Err(e) => fail(title, e.to_string()),
     });
+    out.extend(cluster_routes(&client).await);
     let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), "mesh");
     let secrets: Api<Secret> = Api::namespaced(client, "mesh");
     let anchors = configmaps
@@ -196,12 +197,94 @@ pub async fn run(client: kube::Client, pre: bool) -> Vec<Check> {
     out
 }
 
+/// The Gateway API's route CRDs are installed, and each route attached to a Service
+/// is accepted with its references resolved, as the controller wrote into its status.
+async fn cluster_routes(client: &kube::Client) -> Vec<Check> {
+    use kube::api::{DynamicObject, ListParams};
+    use mesh_api::gateway::{CONTROLLER_NAME, RouteStatus};
+    let mut out = Vec::new();
+    for (resource, plural) in [
+        (mesh_controller::kubernetes::http_routes(), "httproutes"),
+        (mesh_controller::kubernetes::grpc_routes(), "grpcroutes"),
+    ] {
+        let title = format!("CRD {plural}.gateway.networking.k8s.io is installed");
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+        let routes = match api.list(&ListParams::default()).await {
+            Ok(list) => {
+                out.push(pass(title));
+                list.items
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 => {
+                out.push(fail(
+                    title,
+                    "run `mesh install --crds | kubectl apply -f -` (or install the Gateway API's standard channel)",
+                ));
+                continue;
+            }
+            Err(e) => {
+                out.push(fail(title, e.to_string()));
+                continue;
+            }
+        };
+        for route in routes {
+            let ns = route.metadata.namespace.clone().unwrap_or_default();
+            let name = route.metadata.name.clone().unwrap_or_default();
+            let on_service = route.data["spec"]["parentRefs"]
+                .as_array()
+                .is_some_and(|ps| ps.iter().any(|p| p["kind"] == "Service"));
+            if !on_service {
+                continue;
+            }
+            let status: RouteStatus = route
+                .data
+                .get("status")
+                .cloned()
+                .and_then(|s| serde_json::from_value(s).ok())
+                .unwrap_or_default();
+            let ours: Vec<_> = status
+                .parents
+                .iter()
+                .filter(|p| p.controller_name == CONTROLLER_NAME)
+                .collect();
+            let kind = &resource.kind;
+            if ours.is_empty() {
+                out.push(fail(
+                    format!("{kind} {ns}/{name} has the mesh's status"),
+                    "mesh-controller has not written it: is it running? (`kubectl -n mesh logs deploy/mesh-controller`)",
+                ));
+            }
+            for parent in ours {
+                let svc = format!(
+                    "{}/{}",
+                    parent.parent_ref.namespace.as_deref().unwrap_or(&ns),
+                    parent.parent_ref.name
+                );
+                let title = format!(
+                    "{kind} {ns}/{name} on Service {svc} is accepted and its references resolve"
+                );
+                let problems: Vec<String> = parent
+                    .conditions
+                    .iter()
+                    .filter(|c| c.status != "True")
+                    .map(|c| format!("{} is {} ({}): {}", c.kind, c.status, c.reason, c.message))
+                    .collect();
+                out.push(if problems.is_empty() {
+                    pass(title)
+                } else {
+                    fail(title, problems.join("; "))
+                });
+            }
+        }
+    }
+    out
+}
+
 /// One check per Gateway API route in `index` and Service it attaches to: accepted,
 /// and every reference resolved (what the controller writes into the route's status).
 pub fn routes(index: &mesh_controller::Index) -> Vec<Check> {
     let mut out = Vec::new();
-    for at in index.routes() {
-        for ((ns, svc), report) in index.route_reports(&at) {
+    for at in index.routes(None) {
+        for ((ns, svc), report) in index.route_reports(&at, None) {
             let title = format!(
                 "{} {}/{} on Service {ns}/{svc} is accepted and its references resolve",
                 report.kind, at.namespace, at.name
@@ -321,15 +404,27 @@ mod tests {
             .filter(|c| !c.ok)
             .map(|c| format!("{}: {}", c.name, c.hint.clone().unwrap_or_default()))
             .collect();
-        let passed: Vec<_> = checks.iter().filter(|c| c.ok).map(|c| c.name.as_str()).collect();
+        let passed: Vec<_> = checks
+            .iter()
+            .filter(|c| c.ok)
+            .map(|c| c.name.as_str())
+            .collect();
         assert_eq!(
             passed,
             ["HTTPRoute shop/good on Service shop/books is accepted and its references resolve"]
         );
         assert_eq!(failed.len(), 4, "{failed:#?}");
-        assert!(failed[1].contains("(HTTPRoute shop/bad) is refused: spec.rules[0].matches[0].path.value"), "{failed:#?}");
+        assert!(
+            failed[1]
+                .contains("(HTTPRoute shop/bad) is refused: spec.rules[0].matches[0].path.value"),
+            "{failed:#?}"
+        );
         assert!(failed[2].contains("dangling on Service shop/books") && failed[2].contains("ResolvedRefs is False (BackendNotFound): spec.rules[0].backendRefs[0]: no Service shop/books-v9"), "{failed:#?}");
-        assert!(failed[3].contains("on Service shop/gone") && failed[3].contains("Accepted is False (NoMatchingParent)"), "{failed:#?}");
+        assert!(
+            failed[3].contains("on Service shop/gone")
+                && failed[3].contains("Accepted is False (NoMatchingParent)"),
+            "{failed:#?}"
+        );
     }
 
     fn version(minor: &str) -> (&'static str, Value) {
@@ -424,15 +519,44 @@ mod tests {
                 json!({"apiVersion": "v1", "kind": "Secret", "metadata": meta("mesh-identity-issuer"), "data": {"tls.crt": b64(&ca.issuer_cert_pem), "tls.key": b64(&ca.issuer_key_pem)}}),
             ),
         ];
+        let list = |items: Value| json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": items});
+        let route = |accepted: &str| {
+            json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": "canary", "namespace": "shop"},
+            "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "books"}]},
+            "status": {"parents": [{"parentRef": {"group": "", "kind": "Service", "name": "books"},
+                "controllerName": "mesh.io/mesh-controller",
+                "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"},
+                    {"type": "ResolvedRefs", "status": accepted, "reason": "BackendNotFound", "message": "no Service shop/books-v9", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}]}})
+        };
+        let mut healthy = healthy;
+        healthy.push((
+            "/apis/gateway.networking.k8s.io/v1/httproutes",
+            list(json!([route("True")])),
+        ));
+        healthy.push((
+            "/apis/gateway.networking.k8s.io/v1/grpcroutes",
+            list(json!([])),
+        ));
         let c = checks(healthy.clone(), true, false).await;
         assert!(c.iter().all(|c| c.ok), "{c:#?}");
+        assert!(
+            names(&c, true).contains(&"HTTPRoute shop/canary on Service shop/books is accepted and its references resolve".to_string()),
+            "{c:#?}"
+        );
 
         // The controller has no available replica, and the webhook and CRDs are gone.
         let broken: Vec<_> = healthy
             .into_iter()
-            .filter(|(p, _)| !p.contains("mutatingwebhook") && !p.contains("trafficsplits"))
+            .filter(|(p, _)| {
+                !p.contains("mutatingwebhook")
+                    && !p.contains("trafficsplits")
+                    && !p.contains("grpcroutes")
+            })
             .map(|(p, v)| {
-                if p.ends_with("mesh-controller") {
+                if p.ends_with("/httproutes") {
+                    (p, list(json!([route("False")])))
+                } else if p.ends_with("mesh-controller") {
                     (p, deployment("mesh-controller", 0))
                 } else {
                     (p, v)
@@ -447,6 +571,8 @@ mod tests {
                 "CRD trafficsplits.split.smi-spec.io is installed",
                 "mesh-controller is running",
                 "the proxy injector webhook is registered with a CA bundle",
+                "HTTPRoute shop/canary on Service shop/books is accepted and its references resolve",
+                "CRD grpcroutes.gateway.networking.k8s.io is installed",
             ],
             "{c:#?}"
         );

@@ -194,8 +194,14 @@ fn crds_only_and_given_issuers() {
     let crds = docs(&String::from_utf8_lossy(&out.stdout));
     assert_eq!(crds.len(), 4, "the mesh's two and the Gateway API's two");
     assert!(crds.iter().all(|d| d["kind"] == "CustomResourceDefinition"));
-    let names: Vec<_> = crds.iter().map(|d| d["metadata"]["name"].as_str().unwrap_or("")).collect();
-    assert!(names.contains(&"httproutes.gateway.networking.k8s.io"), "{names:?}");
+    let names: Vec<_> = crds
+        .iter()
+        .map(|d| d["metadata"]["name"].as_str().unwrap_or(""))
+        .collect();
+    assert!(
+        names.contains(&"httproutes.gateway.networking.k8s.io"),
+        "{names:?}"
+    );
     // Where the cluster has the Gateway API's CRDs already, they are left out.
     let out = mesh(&["install", "--crds", "--skip-gateway-api-crds"]);
     assert!(out.status.success());

@@ -83,9 +83,8 @@ pub fn gateway_api() -> Vec<(&'static str, CustomResourceDefinition)> {
     let mut grpc = GRPCRoute::crd();
     // Kept when the chart is uninstalled: other controllers' routes may use them.
     for crd in [&mut http, &mut grpc] {
-        crd.metadata.annotations = Some(
-            [("helm.sh/resource-policy".to_string(), "keep".to_string())].into(),
-        );
+        crd.metadata.annotations =
+            Some([("helm.sh/resource-policy".to_string(), "keep".to_string())].into());
     }
     vec![
         ("httproutes.gateway.networking.k8s.io.yaml", http),

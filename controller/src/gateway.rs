@@ -128,6 +128,9 @@ pub struct Report {
     pub conditions: Vec<Condition>,
 }
 
+/// A route's reports, one per parent Service (namespace, name).
+pub type ParentReports = Vec<((String, String), Report)>;
+
 /// Finds whether a Service (namespace, name) has a port.
 pub type Resolver<'r> = dyn FnMut(&str, &str, u16) -> Resolved + 'r;
 

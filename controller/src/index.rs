@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use mesh_api::policy as pb;
 
 use crate::compile::InboundTls;
-use crate::gateway::{Attached, GatewayRoute, Report, Resolved};
+use crate::gateway::{Attached, GatewayRoute, ParentReports, Report, Resolved};
 use mesh_api::{FieldError, ServiceProfileSpec, TrafficSplitSpec};
 use tokio::sync::Notify;
 
@@ -235,6 +235,10 @@ pub enum Topic {
     Pod(String, String),
     /// A namespace: its annotations.
     Namespace(String),
+    /// A Gateway API route (kind, namespace, name): the object itself.
+    Route(Kind, String, String),
+    /// Which Gateway API routes exist (one is added or removed).
+    Routes,
 }
 
 type Key = (String, String);
@@ -787,40 +791,48 @@ impl Index {
     /// What the compilation says about a Gateway API route, per Service it attaches
     /// to: its `Accepted` and `ResolvedRefs` conditions (for its status, the log and
     /// `mesh check`). Empty when the index has no such route.
-    pub fn route_reports(&self, at: &ObjectRef) -> Vec<((String, String), Report)> {
-        let s = self.read();
-        let key = (at.kind, at.namespace.clone(), at.name.clone());
-        let Some(route) = s.routes.get(&key) else {
-            return vec![];
-        };
-        let parents: BTreeSet<(String, String)> = route
-            .services(&at.namespace)
-            .map(|(ns, n)| (ns.to_string(), n.to_string()))
-            .collect();
-        let mut deps = Deps::default();
-        parents
-            .into_iter()
-            .map(|(ns, svc)| {
-                let report = s.report(&key, route, &ns, &svc, &mut deps);
-                ((ns, svc), report)
-            })
-            .collect()
+    /// With `watch`, it listens to what the answer read from now on.
+    pub fn route_reports(&self, at: &ObjectRef, watch: Option<&mut Watch>) -> ParentReports {
+        self.answer(watch, |s, deps| {
+            let key = (at.kind, at.namespace.clone(), at.name.clone());
+            deps.0
+                .push(Topic::Route(key.0, key.1.clone(), key.2.clone()));
+            let Some(route) = s.routes.get(&key) else {
+                return vec![];
+            };
+            let parents: BTreeSet<(String, String)> = route
+                .services(&at.namespace)
+                .map(|(ns, n)| (ns.to_string(), n.to_string()))
+                .collect();
+            parents
+                .into_iter()
+                .map(|(ns, svc)| {
+                    deps.service(&ns, &svc);
+                    deps.0.push(Topic::Policy(ns.clone(), svc.clone()));
+                    let report = s.report(&key, route, &ns, &svc, deps);
+                    ((ns, svc), report)
+                })
+                .collect()
+        })
     }
 
-    /// Every Gateway API route the index holds, sorted.
-    pub fn routes(&self) -> Vec<ObjectRef> {
-        let mut out: Vec<ObjectRef> = self
-            .read()
-            .routes
-            .keys()
-            .map(|(kind, namespace, name)| ObjectRef {
-                kind: *kind,
-                namespace: namespace.clone(),
-                name: name.clone(),
-            })
-            .collect();
-        out.sort();
-        out
+    /// Every Gateway API route the index holds, sorted. With `watch`, it listens to
+    /// routes being added and removed from now on.
+    pub fn routes(&self, watch: Option<&mut Watch>) -> Vec<ObjectRef> {
+        self.answer(watch, |s, deps| {
+            deps.0.push(Topic::Routes);
+            let mut out: Vec<ObjectRef> = s
+                .routes
+                .keys()
+                .map(|(kind, namespace, name)| ObjectRef {
+                    kind: *kind,
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                })
+                .collect();
+            out.sort();
+            out
+        })
     }
 
     /// The server policy of port `port` of pod `workload` in `namespace`.
@@ -1050,7 +1062,11 @@ impl State {
             return vec![];
         };
         let ns = key.1.clone();
-        let mut topics = BTreeSet::new();
+        let mut topics = BTreeSet::from([Topic::Route(key.0, key.1.clone(), key.2.clone())]);
+        // Added (nothing before, something now) or removed (the reverse).
+        if old.is_none() == self.routes.contains_key(&key) {
+            topics.insert(Topic::Routes);
+        }
         if let Some(old) = &old {
             for (pns, pname) in old.services(&ns) {
                 let parent = (pns.to_string(), pname.to_string());

@@ -273,7 +273,7 @@ async fn follow_with<K>(
                 index.delete(&at);
                 known.remove(&at);
             }
-                Err(error) => {
+            Err(error) => {
                 // The Gateway API's CRDs are optional: a cluster without them has no
                 // routes, which must not keep the controller from serving.
                 let absent = matches!(

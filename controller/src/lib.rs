@@ -19,6 +19,7 @@ pub mod index;
 pub mod inject;
 pub mod kubernetes;
 pub mod policy;
+pub mod status;
 pub mod webhook;
 
 pub use index::Index;

@@ -156,6 +156,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     {
         tracing::warn!(patience = ?SYNC_PATIENCE, "the source is not fully read yet; serving what is known");
     }
+    // Each Gateway API route's conditions, into the log and (in a cluster) its status.
+    tokio::spawn(mesh_controller::status::run(
+        index.clone(),
+        api_client.clone(),
+    ));
     let webhook = match (&args.webhook_cert, &args.webhook_key) {
         (Some(cert), Some(key)) => {
             let read = |p: &PathBuf| {

@@ -37,12 +37,41 @@ fn list(items: &[Value]) -> Vec<u8> {
         .expect("json")
 }
 
-/// Serves requests from `script`; Event POSTs are reported on `events`.
-async fn serve(mut handle: Handle, mut script: Script, events: mpsc::UnboundedSender<Value>) {
+const ROUTE: &str = "/apis/gateway.networking.k8s.io/v1/namespaces/demo/httproutes/db-route";
+
+/// Serves requests from `script`; Event POSTs are reported on `events`, route status
+/// patches on `patches`.
+async fn serve(
+    mut handle: Handle,
+    mut script: Script,
+    events: mpsc::UnboundedSender<Value>,
+    patches: mpsc::UnboundedSender<Value>,
+) {
     let mut held = Vec::new();
     while let Some((req, respond)) = handle.next_request().await {
         let path = req.uri().path().to_string();
         let watch = req.uri().query().unwrap_or_default().contains("watch=true");
+        if path == ROUTE || path == format!("{ROUTE}/status") {
+            let patch = req.method() == http::Method::PATCH;
+            let body = http_body_util::BodyExt::collect(req.into_body())
+                .await
+                .expect("body")
+                .to_bytes();
+            if patch {
+                let _ = patches.send(serde_json::from_slice(&body).expect("patch json"));
+            }
+            // Another controller's entry is there already.
+            let mut object = route("/q/.*");
+            object["status"] = json!({"parents": [{"parentRef": {"name": "gw"},
+                "controllerName": "example.com/gateway", "conditions": []}]});
+            object["metadata"]["generation"] = json!(2);
+            respond.send_response(
+                Response::builder()
+                    .body(Body::from(serde_json::to_vec(&object).expect("json")))
+                    .expect("rsp"),
+            );
+            continue;
+        }
         if req.method() == http::Method::POST && path.contains("/events") {
             let body = http_body_util::BodyExt::collect(req.into_body())
                 .await
@@ -59,9 +88,17 @@ async fn serve(mut handle: Handle, mut script: Script, events: mpsc::UnboundedSe
             continue;
         }
         // GRPCRoutes are not served: the cluster has no CRD for them (404).
-        let key = [NAMESPACES, SERVICES, PODS, SLICES, PROFILES, SPLITS, HTTP_ROUTES]
-            .into_iter()
-            .find(|k| *k == path);
+        let key = [
+            NAMESPACES,
+            SERVICES,
+            PODS,
+            SLICES,
+            PROFILES,
+            SPLITS,
+            HTTP_ROUTES,
+        ]
+        .into_iter()
+        .find(|k| *k == path);
         let Some(key) = key else {
             // As an API server answers for a kind it does not serve.
             let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
@@ -190,7 +227,9 @@ async fn lists_watches_restarts_and_refusals() {
     );
     script.lists.insert(SPLITS, [vec![]].into());
     // An HTTPRoute listed, then an edit that does not compile.
-    script.lists.insert(HTTP_ROUTES, [vec![route("/q/.*")]].into());
+    script
+        .lists
+        .insert(HTTP_ROUTES, [vec![route("/q/.*")]].into());
     script.watches.insert(
         HTTP_ROUTES,
         [vec![json!({"type": "MODIFIED", "object": route("/q/(")})]].into(),
@@ -204,15 +243,17 @@ async fn lists_watches_restarts_and_refusals() {
         "addressType": "IPv4", "ports": [{"port": 15432}], "endpoints": [{"addresses": ["127.0.1.9"]}]})]].into());
 
     let (events_tx, mut events) = mpsc::unbounded_channel();
-    tokio::spawn(serve(handle, script, events_tx));
+    let (patches_tx, mut patches) = mpsc::unbounded_channel();
+    tokio::spawn(serve(handle, script, events_tx, patches_tx));
     let index = Arc::new(Index::for_cluster());
     let (synced, mut listed) = tokio::sync::watch::channel(0);
     tokio::spawn(mesh_controller::kubernetes::run(
-        client,
+        client.clone(),
         index.clone(),
         synced,
         Some("mesh-controller"),
     ));
+    tokio::spawn(mesh_controller::status::run(index.clone(), Some(client)));
     // Every kind is listed once (the sync the controller waits for before serving).
     tokio::time::timeout(
         Duration::from_secs(10),
@@ -252,7 +293,10 @@ async fn lists_watches_restarts_and_refusals() {
             .expect("an Event")
             .expect("event");
         assert_eq!(event["type"], "Warning");
-        let name = event["regarding"]["name"].as_str().unwrap_or_default().to_string();
+        let name = event["regarding"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         notes.insert(name, event["note"].as_str().unwrap_or_default().to_string());
     }
     let note = &notes["web.demo.svc.cluster.local"];
@@ -261,7 +305,10 @@ async fn lists_watches_restarts_and_refusals() {
         "{note}"
     );
     let note = &notes["db-route"];
-    assert!(note.contains("spec.rules[0].matches[0].path.value"), "{note}");
+    assert!(
+        note.contains("spec.rules[0].matches[0].path.value"),
+        "{note}"
+    );
     let db = index.outbound_policy("db.demo.svc.cluster.local:5432", "demo", None);
     assert_eq!(db.sources[0].kind, "HTTPRoute");
     assert!(
@@ -277,4 +324,33 @@ async fn lists_watches_restarts_and_refusals() {
         p.routes[0].timeouts.as_ref().map(|t| t.request_ms),
         Some(2000)
     );
+
+    // The route's status, through the status subresource: the mesh's entry for its
+    // parent Service beside the other controller's.
+    let patch = tokio::time::timeout(Duration::from_secs(10), patches.recv())
+        .await
+        .expect("a status patch")
+        .expect("patch");
+    let parents = patch["status"]["parents"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(parents.len(), 2, "{patch}");
+    assert_eq!(parents[0]["controllerName"], "example.com/gateway");
+    assert_eq!(parents[1]["controllerName"], "mesh.io/mesh-controller");
+    assert_eq!(parents[1]["parentRef"]["name"], "db");
+    let conditions = parents[1]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let of = |t: &str| {
+        conditions
+            .iter()
+            .find(|c| c["type"] == t)
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert_eq!(of("Accepted")["status"], "True", "{patch}");
+    assert_eq!(of("ResolvedRefs")["status"], "True", "{patch}");
+    assert_eq!(of("Accepted")["observedGeneration"], 2);
 }
