@@ -167,6 +167,13 @@ pub fn service(svc: &Service) -> Result<ServiceInfo, Vec<FieldError>> {
             target,
         });
     }
+    let client = match crate::annotations::parse(svc.metadata.annotations.as_ref(), true) {
+        Ok(c) => c,
+        Err(e) => {
+            errors.extend(e);
+            Default::default()
+        }
+    };
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -175,6 +182,7 @@ pub fn service(svc: &Service) -> Result<ServiceInfo, Vec<FieldError>> {
         ports,
         selector: spec.selector.unwrap_or_default(),
         external_name: spec.type_.as_deref() == Some("ExternalName"),
+        client,
     })
 }
 

@@ -238,6 +238,10 @@ fn document(file: &Path, n: usize, value: mesh_api::yaml::Value, loaded: &mut Lo
         .and_then(|m| m.get("creationTimestamp"))
         .and_then(|c| c.as_str())
         .map(str::to_string);
+    let annotations: Option<std::collections::BTreeMap<String, String>> = meta
+        .and_then(|m| m.get("annotations"))
+        .and_then(|a| serde_json::from_value(a.clone()).ok());
+    let client = || crate::annotations::parse(annotations.as_ref(), false).map_err(joined);
     let object = match kind {
         Kind::Namespace => typed::<Namespace>(value).and_then(|ns| {
             convert::namespace(&ns)
@@ -256,16 +260,22 @@ fn document(file: &Path, n: usize, value: mesh_api::yaml::Value, loaded: &mut Lo
         }),
         Kind::ServiceProfile => spec(value).map(Object::ServiceProfile),
         Kind::TrafficSplit => spec(value).map(Object::TrafficSplit),
-        Kind::HttpRoute => spec(value).map(|spec| {
-            Object::Route(GatewayRoute {
-                spec: RouteSpec::Http(spec),
-                created,
+        Kind::HttpRoute => client().and_then(|client| {
+            spec(value).map(|spec| {
+                Object::Route(GatewayRoute {
+                    spec: RouteSpec::Http(spec),
+                    created,
+                    client,
+                })
             })
         }),
-        Kind::GrpcRoute => spec(value).map(|spec| {
-            Object::Route(GatewayRoute {
-                spec: RouteSpec::Grpc(spec),
-                created,
+        Kind::GrpcRoute => client().and_then(|client| {
+            spec(value).map(|spec| {
+                Object::Route(GatewayRoute {
+                    spec: RouteSpec::Grpc(spec),
+                    created,
+                    client,
+                })
             })
         }),
     };

@@ -16,6 +16,8 @@ use mesh_api::gateway::{
 };
 use mesh_api::policy as pb;
 
+use crate::annotations::{ClientPolicy, RetryPolicy, TimeoutPolicy};
+
 /// An `HTTPRoute` or a `GRPCRoute` and when it was made.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GatewayRoute {
@@ -24,6 +26,8 @@ pub struct GatewayRoute {
     /// `metadata.creationTimestamp` (RFC 3339, as the API server writes it); objects
     /// from a folder have none and tie on age.
     pub created: Option<String>,
+    /// Its retry and timeout annotations (Linkerd's).
+    pub client: ClientPolicy,
 }
 
 /// The two route kinds.
@@ -158,6 +162,7 @@ pub fn order<'a>(mut routes: Vec<Attached<'a>>) -> (Vec<Attached<'a>>, Vec<Attac
 /// per route.
 pub fn compile(
     routes: &[Attached<'_>],
+    service: &ClientPolicy,
     namespace: &str,
     domain: &str,
     resolve: &mut Resolver<'_>,
@@ -172,6 +177,21 @@ pub fn compile(
             namespace: r.namespace.into(),
             name: r.name.into(),
         });
+        // Annotations on the route replace the Service's, retries and timeouts each
+        // as a whole (as Linkerd reads them).
+        let retry = r
+            .route
+            .client
+            .retry
+            .as_ref()
+            .or(service.retry.as_ref())
+            .and_then(retry);
+        let annotated = r
+            .route
+            .client
+            .timeouts
+            .as_ref()
+            .or(service.timeouts.as_ref());
         let mut refs = Refs {
             route_ns: r.namespace,
             parent_ns: namespace,
@@ -194,17 +214,25 @@ pub fn compile(
                         .filters
                         .iter()
                         .any(|f| f.kind == FilterType::RequestRedirect);
-                    let timeouts = rule.timeouts.as_ref().map(|t| pb::Timeouts {
-                        request_ms: millis(t.request()),
-                        per_try_ms: millis(t.backend_request()),
-                        idle_ms: 0,
-                    });
+                    // The rule's own timeouts (request, backendRequest) over the
+                    // annotations' (request, response).
+                    let mut timeouts = annotated.map(timeouts_of);
+                    if let Some(t) = &rule.timeouts {
+                        let out = timeouts.get_or_insert_with(Default::default);
+                        if t.request.is_some() {
+                            out.request_ms = millis(t.request());
+                        }
+                        if t.backend_request.is_some() {
+                            out.per_try_ms = millis(t.backend_request());
+                        }
+                    }
                     policy.routes.push(pb::HttpRoute {
                         name: rule_name(r.name, rule.name.as_deref(), i),
                         matches,
                         filters: refs.filters(&rule.filters, &format!("spec.rules[{i}]")),
                         backends: refs.backends(&rule.backend_refs, redirects, i),
                         timeouts,
+                        retry: retry.clone(),
                         ..Default::default()
                     });
                 }
@@ -240,6 +268,8 @@ pub fn compile(
                         matches,
                         filters: refs.filters(&rule.filters, &format!("spec.rules[{i}]")),
                         backends: refs.backends(&rule.backend_refs, false, i),
+                        timeouts: annotated.map(timeouts_of),
+                        retry: retry.clone(),
                         ..Default::default()
                     });
                 }
@@ -275,6 +305,64 @@ pub fn compile(
         });
     }
     reports
+}
+
+/// The policy's retry of Linkerd's retry annotations; a limit of 0 retries nothing.
+/// Requests no endpoint took are retried too (nothing was sent).
+pub fn retry(p: &RetryPolicy) -> Option<pb::Retry> {
+    (p.limit > 0).then(|| pb::Retry {
+        max_retries: p.limit,
+        conditions: Some(pb::RetryConditions {
+            http_statuses: p
+                .http
+                .iter()
+                .map(|(lo, hi)| pb::StatusRange {
+                    min: (*lo).into(),
+                    max: (*hi).into(),
+                })
+                .collect(),
+            grpc_codes: p.grpc.clone(),
+            connect_failure: true,
+            ..Default::default()
+        }),
+        timeout_ms: millis(p.timeout),
+        ..Default::default()
+    })
+}
+
+/// The policy's timeouts of Linkerd's timeout annotations: `request` the whole
+/// request, `response` each backend response, `idle` idle streams.
+pub fn timeouts_of(t: &TimeoutPolicy) -> pb::Timeouts {
+    pb::Timeouts {
+        request_ms: millis(t.request),
+        per_try_ms: millis(t.response),
+        idle_ms: millis(t.idle),
+    }
+}
+
+/// The route a Service's annotations give it when no route is attached (and no
+/// ServiceProfile): every request, with the annotated retries and timeouts.
+pub fn annotated_default(service: &ClientPolicy) -> Option<pb::HttpRoute> {
+    if service.retry.is_none() && service.timeouts.is_none() {
+        return None;
+    }
+    Some(pb::HttpRoute {
+        name: "default".into(),
+        retry: service.retry.as_ref().and_then(retry),
+        timeouts: service.timeouts.as_ref().map(timeouts_of),
+        ..Default::default()
+    })
+}
+
+/// The outlier detection of Linkerd's consecutive failure accrual.
+pub fn accrual(a: &crate::annotations::FailureAccrual) -> pb::OutlierDetection {
+    pb::OutlierDetection {
+        consecutive_failures: a.max_failures,
+        base_ejection_ms: millis(Some(a.min_penalty)),
+        max_ejection_ms: millis(Some(a.max_penalty)),
+        jitter_percent: a.jitter_percent,
+        ..Default::default()
+    }
 }
 
 /// A report for a route that does not apply: `Accepted` false with the reason.
@@ -564,6 +652,7 @@ mod tests {
         GatewayRoute {
             spec: RouteSpec::Http(mesh_api::yaml::from_str(yaml).expect("route")),
             created: created.map(Into::into),
+            client: ClientPolicy::default(),
         }
     }
 
@@ -603,7 +692,14 @@ mod tests {
             ("books", _) => Resolved::NoPort,
             _ => Resolved::NoService,
         };
-        let reports = compile(&apply, "shop", "cluster.local", &mut resolve, &mut policy);
+        let reports = compile(
+            &apply,
+            &ClientPolicy::default(),
+            "shop",
+            "cluster.local",
+            &mut resolve,
+            &mut policy,
+        );
         let names: Vec<_> = policy.routes.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(names, ["older/0", "older/1", "newer/0"]);
         assert_eq!(policy.unmatched, pb::Unmatched::NotFound as i32);
@@ -641,6 +737,92 @@ mod tests {
     }
 
     #[test]
+    fn annotations_on_the_route_replace_the_services_and_rule_timeouts_win() {
+        use crate::annotations::parse;
+        let of = |pairs: &[(&str, &str)]| -> std::collections::BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let service = parse(
+            Some(&of(&[
+                ("retry.linkerd.io/http", "5xx"),
+                ("retry.linkerd.io/limit", "2"),
+                ("timeout.linkerd.io/request", "5s"),
+                ("timeout.linkerd.io/response", "1s"),
+            ])),
+            true,
+        )
+        .expect("service");
+        let mut plain = route(
+            "parentRefs: [{kind: Service, group: '', name: books}]\n\
+             rules: [{timeouts: {backendRequest: 200ms}, backendRefs: [{name: books, port: 80}]}]",
+            None,
+        );
+        let mut annotated = route(
+            "parentRefs: [{kind: Service, group: '', name: books}]\n\
+             rules: [{backendRefs: [{name: books, port: 80}]}]",
+            None,
+        );
+        annotated.client = parse(
+            Some(&of(&[
+                ("retry.linkerd.io/grpc", "unavailable"),
+                ("timeout.linkerd.io/idle", "1m"),
+            ])),
+            false,
+        )
+        .expect("route");
+        plain.client = ClientPolicy::default();
+        let attached = [
+            Attached {
+                namespace: "shop",
+                name: "a-plain",
+                route: &plain,
+            },
+            Attached {
+                namespace: "shop",
+                name: "b-annotated",
+                route: &annotated,
+            },
+        ];
+        let mut policy = pb::OutboundPolicy::default();
+        let mut resolve = |_: &str, _: &str, _: u16| Resolved::Found;
+        compile(
+            &attached,
+            &service,
+            "shop",
+            "cluster.local",
+            &mut resolve,
+            &mut policy,
+        );
+        // The plain route: the Service's retries; its rule's backendRequest over the
+        // Service's response timeout, the Service's request timeout kept.
+        let plain = &policy.routes[0];
+        let retry = plain.retry.as_ref().expect("retry");
+        assert_eq!(retry.max_retries, 2);
+        let statuses = &retry.conditions.as_ref().expect("conditions").http_statuses;
+        assert_eq!((statuses[0].min, statuses[0].max), (500, 599));
+        let t = plain.timeouts.as_ref().expect("timeouts");
+        assert_eq!((t.request_ms, t.per_try_ms, t.idle_ms), (5000, 200, 0));
+        // The annotated one: its own retries (gRPC only, Linkerd's default limit) and
+        // only its own timeouts.
+        let annotated = &policy.routes[1];
+        let retry = annotated.retry.as_ref().expect("retry");
+        assert_eq!(retry.max_retries, 1);
+        let c = retry.conditions.as_ref().expect("conditions");
+        assert!(c.http_statuses.is_empty());
+        assert_eq!(c.grpc_codes, [14]);
+        let t = annotated.timeouts.as_ref().expect("timeouts");
+        assert_eq!((t.request_ms, t.per_try_ms, t.idle_ms), (0, 0, 60_000));
+        // No route: the Service's annotations make a default route.
+        let default = annotated_default(&service).expect("default route");
+        assert_eq!(default.name, "default");
+        assert!(default.matches.is_empty());
+        assert!(annotated_default(&ClientPolicy::default()).is_none());
+    }
+
+    #[test]
     fn a_grpc_route_beside_an_http_route_wins() {
         let http = route("parentRefs: [{kind: Service, group: '', name: g}]", None);
         let grpc = GatewayRoute {
@@ -649,6 +831,7 @@ mod tests {
                     .expect("grpc"),
             ),
             created: None,
+            client: ClientPolicy::default(),
         };
         let (apply, conflicted) = order(vec![
             Attached {

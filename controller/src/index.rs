@@ -87,6 +87,8 @@ pub struct ServiceInfo {
     pub selector: BTreeMap<String, String>,
     /// An ExternalName service: a DNS alias, not a set of endpoints.
     pub external_name: bool,
+    /// Its retry, timeout and failure-accrual annotations.
+    pub client: crate::annotations::ClientPolicy,
 }
 
 /// A service port and where it leads on the pods.
@@ -779,10 +781,31 @@ impl Index {
                 profile: profile.map(|((_, n), spec)| (n.as_str(), spec)),
                 split: split.map(|((_, n), spec)| (n.as_str(), spec)),
             });
-            // A ServiceProfile takes precedence over the Gateway API's routes (as in
-            // Linkerd); they are reported, not applied.
+            // A ServiceProfile takes precedence over the Gateway API's routes and the
+            // retry and timeout annotations (as in Linkerd); they are reported, not
+            // applied.
+            let client = s
+                .services
+                .get(&(namespace.clone(), name.clone()))
+                .map(|svc| &svc.client);
             if profile.is_none() {
-                s.gateway(&namespace, &name, port, caller_ns, deps, &mut policy);
+                let empty = Default::default();
+                let client = client.unwrap_or(&empty);
+                s.gateway(
+                    (&namespace, &name, port),
+                    caller_ns,
+                    client,
+                    deps,
+                    &mut policy,
+                );
+                if policy.routes.is_empty() {
+                    policy
+                        .routes
+                        .extend(crate::gateway::annotated_default(client));
+                }
+            }
+            if let Some(a) = client.and_then(|c| c.accrual.as_ref()) {
+                policy.outlier_detection = Some(crate::gateway::accrual(a));
             }
             policy
         })
@@ -1212,10 +1235,9 @@ impl State {
     /// Compiles the Gateway API routes of a Service port into `policy`.
     fn gateway(
         &self,
-        namespace: &str,
-        name: &str,
-        port: u16,
+        (namespace, name, port): (&str, &str, u16),
         caller_ns: &str,
+        client: &crate::annotations::ClientPolicy,
         deps: &mut Deps,
         policy: &mut pb::OutboundPolicy,
     ) {
@@ -1229,7 +1251,14 @@ impl State {
         }
         let (apply, _conflicted) = crate::gateway::order(attached);
         let mut resolve = self.resolver(deps);
-        crate::gateway::compile(&apply, namespace, CLUSTER_DOMAIN, &mut resolve, policy);
+        crate::gateway::compile(
+            &apply,
+            client,
+            namespace,
+            CLUSTER_DOMAIN,
+            &mut resolve,
+            policy,
+        );
     }
 
     /// The conditions of route `key` on its parent Service `ns/svc`.
@@ -1285,6 +1314,7 @@ impl State {
         let mut scratch = pb::OutboundPolicy::default();
         let reports = crate::gateway::compile(
             std::slice::from_ref(&me),
+            &Default::default(),
             ns,
             CLUSTER_DOMAIN,
             &mut resolve,

@@ -181,9 +181,12 @@ fn route<T: DeserializeOwned>(
         .creation_timestamp
         .as_ref()
         .map(|t| t.0.to_string());
+    let client =
+        crate::annotations::parse(o.metadata.annotations.as_ref(), false).map_err(joined)?;
     Ok(Object::Route(GatewayRoute {
         spec: kind(spec(o)?),
         created,
+        client,
     }))
 }
 

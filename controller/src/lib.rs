@@ -8,6 +8,7 @@
 //! into the policy model; [`destination`] and [`policy`] serve the index over gRPC, one target per
 //! stream, and [`discovery`] many targets on one stream (what proxies use).
 
+pub mod annotations;
 pub mod compile;
 pub mod convert;
 pub mod crd;

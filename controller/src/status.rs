@@ -294,6 +294,7 @@ mod tests {
         let route = GatewayRoute {
             spec: RouteSpec::Http(spec),
             created: None,
+            client: Default::default(),
         };
         // Routes added after the follower starts are followed too.
         let (tx, mut rx) = mpsc::channel(16);

@@ -93,6 +93,10 @@ pub enum ProxyError {
     /// The proxy has no certificate yet, so it cannot reach meshed endpoints.
     #[error("no mTLS identity yet: the identity service has not issued a certificate")]
     NoIdentity,
+    /// Every endpoint of the backend is out of the balancer for failing (failure
+    /// accrual): failing at once beats queueing for endpoints that are down.
+    #[error("unavailable")]
+    Unavailable,
     /// The service's policy answers the request itself with a failure: no route
     /// matches it (404), or its backend does not resolve (500).
     #[error("{1}")]
@@ -123,7 +127,8 @@ impl ProxyError {
             | Self::Resolve { .. }
             | Self::Overloaded
             | Self::DestinationOverloaded(_)
-            | Self::NoIdentity => StatusCode::SERVICE_UNAVAILABLE,
+            | Self::NoIdentity
+            | Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::ConnectTimeout(_) | Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Self::Connect { .. }
             | Self::Handshake { .. }

@@ -204,6 +204,8 @@ pub struct Metrics {
     tcp: Mutex<HashMap<TcpKey, Arc<TcpStats>>>,
     /// What the proxy holds for destinations it talks to.
     pub held: Held,
+    /// The endpoints failure accrual took out, whose states it reports.
+    pub accrual: crate::accrual::Accrual,
 }
 
 /// Gauges of what the proxy holds on behalf of destinations; dropped once idle.
@@ -499,6 +501,32 @@ impl prometheus_client::collector::Collector for Collector {
         )?;
         let mut skipped: Vec<_> = store.retries_skipped.iter().collect();
         skipped.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let now = tokio::time::Instant::now();
+        let backends = self.0.accrual.snapshot(now);
+        let mut family = encoder.encode_descriptor(
+            "outbound_endpoints",
+            "Endpoints of backends with failure accrual, by state",
+            None,
+            MetricType::Gauge,
+        )?;
+        for b in &backends {
+            for (state, n) in &b.states {
+                family
+                    .encode_family(&[("backend", &*b.backend), ("state", state.as_str())])?
+                    .encode_gauge(&(*n as i64))?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "outbound_endpoint_ejections",
+            "Endpoints taken out of a backend's balancer for failing",
+            None,
+            MetricType::Counter,
+        )?;
+        for b in &backends {
+            family
+                .encode_family(&[("backend", &*b.backend)])?
+                .encode_counter::<NoLabelSet, _, u64>(&b.ejections, None)?;
+        }
         let mut family = encoder.encode_descriptor(
             "retry_skipped",
             "Retries not made because the retry budget was spent",

@@ -28,6 +28,8 @@ pub struct Profile {
     /// Whether a request no route matches is answered 404 (the Gateway API's routes)
     /// instead of going to the default backends.
     pub not_found: bool,
+    /// When endpoints that keep failing leave the balancer.
+    pub accrual: Option<crate::accrual::Policy>,
 }
 
 /// A weighted backend (from a TrafficSplit, `dstOverrides` or a route's rule).
@@ -90,6 +92,8 @@ pub struct Route {
     pub timeout: Option<Duration>,
     /// The timeout of each attempt (the Gateway API's `backendRequest`).
     pub per_try: Option<Duration>,
+    /// How long a response may go without data before it is given up.
+    pub idle: Option<Duration>,
     /// Its own backends; empty: the profile's.
     pub backends: Vec<Backend>,
     /// Its filters, applied in order.
@@ -115,6 +119,8 @@ pub struct RetryOn {
     pub connect_failure: bool,
     /// Attempts in all, the first included.
     pub max_attempts: usize,
+    /// Each attempt's timeout: an attempt that takes longer is given up and retried.
+    pub attempt_timeout: Option<Duration>,
 }
 
 /// Why a policy was not applied: it asks for something this proxy does not do.
@@ -163,9 +169,6 @@ fn unsupported(p: &pb::OutboundPolicy) -> Result<(), Unsupported> {
     if p.connection_pool.is_some() {
         return refuse("connection pool limits");
     }
-    if p.outlier_detection.is_some() {
-        return refuse("outlier detection");
-    }
     let backends = |bs: &[pb::WeightedBackend]| {
         bs.iter().any(|b| {
             matches!(
@@ -184,16 +187,12 @@ fn unsupported(p: &pb::OutboundPolicy) -> Result<(), Unsupported> {
     if backends(&p.backends) {
         return refuse("subset backends, or backend filters other than header changes");
     }
-    let timeouts = |t: &Option<pb::Timeouts>| t.as_ref().is_some_and(|t| t.idle_ms > 0);
-    if timeouts(&p.timeouts) || p.timeouts.as_ref().is_some_and(|t| t.per_try_ms > 0) {
-        return refuse("idle timeouts, or a per-try timeout for the whole service");
+    if p.timeouts.as_ref().is_some_and(|t| t.per_try_ms > 0) {
+        return refuse("a per-try timeout for the whole service");
     }
     for r in &p.routes {
         if backends(&r.backends) {
             return refuse("subset backends, or backend filters other than header changes");
-        }
-        if timeouts(&r.timeouts) {
-            return refuse("idle timeouts");
         }
         if let Some(retry) = &r.retry
             && (retry.backoff_base_ms > 0
@@ -314,6 +313,10 @@ impl Profile {
             .as_ref()
             .and_then(|t| (t.request_ms > 0).then(|| Duration::from_millis(t.request_ms)));
         let most_specific = p.route_order == pb::RouteOrder::MostSpecific as i32;
+        let default_idle = p
+            .timeouts
+            .as_ref()
+            .and_then(|t| (t.idle_ms > 0).then(|| Duration::from_millis(t.idle_ms)));
         let mut routes = Vec::with_capacity(p.routes.len());
         let mut order = Vec::new();
         for (i, r) in p.routes.iter().enumerate() {
@@ -332,6 +335,8 @@ impl Profile {
                         0 => DEFAULT_ATTEMPTS,
                         n => (n as usize).saturating_add(1).min(MAX_ATTEMPTS),
                     },
+                    attempt_timeout: (retry.timeout_ms > 0)
+                        .then(|| Duration::from_millis(retry.timeout_ms)),
                 })
             });
             let millis = |ms: u64| (ms > 0).then(|| Duration::from_millis(ms));
@@ -365,6 +370,11 @@ impl Profile {
                     .and_then(|t| millis(t.request_ms))
                     .or(default_timeout),
                 per_try: r.timeouts.as_ref().and_then(|t| millis(t.per_try_ms)),
+                idle: r
+                    .timeouts
+                    .as_ref()
+                    .and_then(|t| millis(t.idle_ms))
+                    .or(default_idle),
                 backends: weighted(&r.backends)?,
                 filters: r
                     .filters
@@ -399,6 +409,10 @@ impl Profile {
             order: order.into_iter().map(|(m, i, _)| (m, i)).collect(),
             backends: weighted(&p.backends)?,
             not_found: p.unmatched == pb::Unmatched::NotFound as i32,
+            accrual: p
+                .outlier_detection
+                .as_ref()
+                .and_then(crate::accrual::Policy::compile),
         })
     }
 

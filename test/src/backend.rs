@@ -30,6 +30,9 @@ pub struct Http {
     pub cancelled: Arc<AtomicUsize>,
     /// Requests received.
     pub requests: Arc<AtomicUsize>,
+    /// When not 0, every request is answered with this status (a replica that starts
+    /// failing, and recovers when set back to 0).
+    pub failing: Arc<std::sync::atomic::AtomicU16>,
 }
 
 impl Http {
@@ -62,6 +65,18 @@ impl Drop for CancelGuard {
     }
 }
 
+/// Whether this is the first request for `key` in `space`, process-wide.
+fn first_time(space: &str, key: &str) -> bool {
+    static SEEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let key = format!("{space}/{key}");
+    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    let first = !seen.contains(&key);
+    if first {
+        seen.push(key);
+    }
+    first
+}
+
 /// The test application's routes (a request header `x-status: N` answers N on any;
 /// every response says the app's address in `x-served-by`):
 /// * `/echo`: the request body back, streamed;
@@ -71,6 +86,8 @@ impl Drop for CancelGuard {
 /// * `/trailers`: a streamed body followed by trailers `x-checksum`;
 /// * `/consume/N`: reads the whole body, then answers with status N;
 /// * `/fail-once/KEY`: 503 the first time for KEY, 200 afterwards;
+/// * `/sleep-once/KEY`: 2 s late the first time for KEY, at once afterwards;
+/// * `/grpc-fail-once/KEY`: `grpc-status: 14` the first time for KEY, 0 afterwards;
 /// * `/headers`: the request's headers, one `name: value` a line;
 /// * `/version`: the request's HTTP version (`HTTP/1.1`, `HTTP/2.0`);
 /// * anything else: `hello`.
@@ -157,6 +174,23 @@ async fn app(
             }
             rsp
         }
+        ("sleep-once", Some(key)) => {
+            // The first request for a key takes 2 s, every later one answers at once.
+            if first_time("sleep", key) {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            Response::new(full("awake"))
+        }
+        ("grpc-fail-once", Some(key)) => {
+            // gRPC: UNAVAILABLE the first time for a key (trailers-only), OK afterwards.
+            let code = if first_time("grpc", key) { "14" } else { "0" };
+            let mut rsp = Response::new(full(""));
+            rsp.headers_mut()
+                .insert("content-type", "application/grpc".parse().expect("ascii"));
+            rsp.headers_mut()
+                .insert("grpc-status", code.parse().expect("ascii"));
+            rsp
+        }
         ("headers", _) => {
             let text: String = req
                 .headers()
@@ -191,6 +225,7 @@ pub async fn http_with_delay(addr: SocketAddr, delay: Duration) -> std::io::Resu
         connections: Arc::default(),
         cancelled: Arc::default(),
         requests: Arc::default(),
+        failing: Arc::default(),
     };
     let s = server.clone();
     let served_by = http::HeaderValue::from_str(&server.addr.ip().to_string())
@@ -202,17 +237,26 @@ pub async fn http_with_delay(addr: SocketAddr, delay: Duration) -> std::io::Resu
             };
             s.connections.fetch_add(1, Ordering::SeqCst);
             let (cancelled, requests) = (s.cancelled.clone(), s.requests.clone());
+            let failing = s.failing.clone();
             let served_by = served_by.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| {
                     requests.fetch_add(1, Ordering::SeqCst);
                     let (cancelled, served_by) = (cancelled.clone(), served_by.clone());
+                    let failing = failing.load(Ordering::SeqCst);
                     async move {
                         // Even a zero sleep waits for the timer's next millisecond tick.
                         if !delay.is_zero() {
                             tokio::time::sleep(delay).await;
                         }
-                        let mut rsp = app(req, cancelled).await?;
+                        let mut rsp = match StatusCode::from_u16(failing) {
+                            Ok(code) if failing != 0 => {
+                                let mut rsp = Response::new(full(format!("failing {code}")));
+                                *rsp.status_mut() = code;
+                                rsp
+                            }
+                            _ => app(req, cancelled).await?,
+                        };
                         rsp.headers_mut().insert("x-served-by", served_by);
                         Ok::<_, Infallible>(rsp)
                     }

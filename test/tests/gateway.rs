@@ -22,6 +22,8 @@ const HOST: &str = "books.default.svc.cluster.local";
 /// `nowhere`, a Service whose only pod listens nowhere.
 struct Shop {
     v1: backend::Http,
+    /// More replicas of `books`, beside v1.
+    replicas: Vec<backend::Http>,
     v2: backend::Http,
     shadow: backend::Http,
     dir: tempfile::TempDir,
@@ -31,20 +33,38 @@ struct Shop {
 
 impl Shop {
     async fn start(routes: &str) -> Self {
+        Self::start_with(routes, "{}", 0).await
+    }
+
+    /// With annotations on Service `books` (a YAML flow map) and `replicas` more pods
+    /// behind it.
+    async fn start_with(routes: &str, annotations: &str, replicas: usize) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut yaml = String::new();
         let mut apps = Vec::new();
+        let pod = |name: &str, app: &str, ip| {
+            format!(
+                "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default, labels: {{app: {app}}}}}\n\
+                 spec: {{containers: [{{name: app, image: x}}]}}\nstatus: {{podIP: \"{ip}\"}}\n"
+            )
+        };
         for name in ["books", "books-v2", "shadow", "nowhere"] {
             let ip = pod_ip();
+            let annotations = if name == "books" { annotations } else { "{}" };
             yaml.push_str(&format!(
-                "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\n\
-                 spec: {{selector: {{app: {name}}}, ports: [{{port: 80, targetPort: 8080}}]}}\n\
-                 ---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}-1, namespace: default, labels: {{app: {name}}}}}\n\
-                 spec: {{containers: [{{name: app, image: x}}]}}\nstatus: {{podIP: \"{ip}\"}}\n"
+                "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default, annotations: {annotations}}}\n\
+                 spec: {{selector: {{app: {name}}}, ports: [{{port: 80, targetPort: 8080}}]}}\n"
             ));
+            yaml.push_str(&pod(&format!("{name}-1"), name, ip));
             if name != "nowhere" {
                 apps.push(backend::http_on(SocketAddr::new(ip, 8080)).await);
             }
+        }
+        let mut more = Vec::new();
+        for i in 0..replicas {
+            let ip = pod_ip();
+            yaml.push_str(&pod(&format!("books-r{i}"), "books", ip));
+            more.push(backend::http_on(SocketAddr::new(ip, 8080)).await);
         }
         write(dir.path(), "shop", &yaml);
         write(dir.path(), "routes", routes);
@@ -60,6 +80,7 @@ impl Shop {
         };
         Self {
             v1,
+            replicas: more,
             v2,
             shadow,
             dir,
@@ -553,4 +574,163 @@ async fn grpc_routes_match_services_methods_and_headers() {
         call("/other.Svc/List", true).await.header("x-served-by"),
         v1
     );
+}
+
+#[tokio::test]
+async fn linkerd_retry_and_timeout_annotations_apply_with_linkerd_precedence() {
+    // On the Service: retries of 5xx and UNAVAILABLE, twice, each attempt within
+    // 300 ms; requests within 1 s.
+    let annotations = r#"{"retry.linkerd.io/http": "5xx", "retry.linkerd.io/grpc": "unavailable", "retry.linkerd.io/limit": "2", "retry.linkerd.io/timeout": "300ms", "timeout.linkerd.io/request": "1s"}"#;
+    // One route overrides the Service's retries with none and its timeouts with an
+    // idle timeout only; another's rule sets its own request timeout.
+    let routes = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata:
+  name: books-no-retries
+  namespace: default
+  annotations: {retry.linkerd.io/limit: "0", timeout.linkerd.io/idle: 300ms}
+spec:
+  parentRefs: [{group: "", kind: Service, name: books}]
+  rules:
+  - matches: [{path: {value: /no-retry}}, {path: {type: Exact, value: /sleep/2000}}]
+    backendRefs: [{name: books, port: 80}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: books-rest, namespace: default}
+spec:
+  parentRefs: [{group: "", kind: Service, name: books}]
+  rules:
+  - matches: [{path: {value: /slow}}]
+    timeouts: {request: 3s}
+    backendRefs: [{name: books, port: 80}]
+  - backendRefs: [{name: books, port: 80}]
+"#;
+    let shop = Shop::start_with(routes, annotations, 0).await;
+    shop.until("/", &[], "v1").await;
+    let key = format!("k{}", std::process::id());
+
+    // The Service's retries: a 503 is sent again.
+    let rsp = shop.send("GET", &format!("/fail-once/{key}"), &[]).await;
+    assert_eq!((rsp.status.as_u16(), rsp.text().as_str()), (200, "ok now"));
+    // gRPC's UNAVAILABLE too.
+    let req = Request::post(format!("http://{HOST}/grpc-fail-once/{key}"))
+        .header("content-type", "application/grpc")
+        .body(client::body(Bytes::new()))
+        .expect("request");
+    let rsp = client::read(
+        client::h2(shop.proxy.outbound)
+            .await
+            .send_request(req)
+            .await
+            .expect("response"),
+    )
+    .await;
+    assert_eq!(rsp.header("grpc-status"), "0", "{rsp:?}");
+    // An attempt slower than 300 ms is given up and sent again.
+    let rsp = shop.send("GET", &format!("/sleep-once/{key}"), &[]).await;
+    assert_eq!((rsp.status.as_u16(), rsp.text().as_str()), (200, "awake"));
+    // The Service's request timeout.
+    let rsp = shop.send("GET", "/sleep/1500", &[]).await;
+    assert_eq!(
+        (rsp.status.as_u16(), rsp.header("mesh-proxy-error").as_str()),
+        (504, "timeout")
+    );
+    // A rule's own request timeout wins over the annotation's (its attempts still
+    // time out at 300 ms: 3 attempts, then the last one's timeout).
+    let rsp = shop.send("GET", "/slow/x", &[]).await;
+    assert_eq!(rsp.status, 200);
+
+    // The route's annotations replace the Service's: no retries, an idle timeout.
+    let rsp = shop
+        .send("GET", &format!("/no-retry/fail-once/{key}"), &[])
+        .await;
+    assert_eq!(rsp.status, 200, "the app's /no-retry/... is `hello`");
+    let before = shop.v1.requests.load(Ordering::SeqCst);
+    let rsp = shop.send("GET", "/no-retry", &[("x-status", "503")]).await;
+    assert_eq!(rsp.status, 503);
+    assert_eq!(
+        shop.v1.requests.load(Ordering::SeqCst) - before,
+        1,
+        "not retried"
+    );
+    // Its idle timeout: no headers for 300 ms is a timeout, though it has no request
+    // timeout of its own any more.
+    let started = std::time::Instant::now();
+    let rsp = shop.send("GET", "/sleep/2000", &[]).await;
+    assert_eq!(
+        (rsp.status.as_u16(), rsp.header("mesh-proxy-error").as_str()),
+        (504, "timeout")
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(1900),
+        "the idle timeout, not the sleep"
+    );
+}
+
+#[tokio::test]
+async fn failure_accrual_ejects_a_failing_replica_and_restores_it() {
+    let annotations = r#"{"balancer.linkerd.io/failure-accrual": "consecutive", "balancer.linkerd.io/failure-accrual-consecutive-max-failures": "3", "balancer.linkerd.io/failure-accrual-consecutive-min-penalty": "500ms", "balancer.linkerd.io/failure-accrual-consecutive-max-penalty": "2s", "balancer.linkerd.io/failure-accrual-consecutive-jitter-ratio": "0", "retry.linkerd.io/http": "5xx", "retry.linkerd.io/limit": "3"}"#;
+    let shop = Shop::start_with("", annotations, 1).await;
+    let flaky = &shop.replicas[0];
+    mesh_test::eventually("both replicas in use", Duration::from_secs(15), || async {
+        let _ = shop.send("GET", "/", &[]).await;
+        (flaky.requests.load(Ordering::SeqCst) > 0 && shop.v1.requests.load(Ordering::SeqCst) > 0)
+            .then_some(())
+    })
+    .await;
+
+    // The replica starts failing: under load, no request fails (retries go to the
+    // healthy one) and the replica is ejected.
+    flaky.failing.store(503, Ordering::SeqCst);
+    let backend = [("backend", "books.default.svc.cluster.local:80")];
+    let mut tx = client::h1(shop.proxy.outbound).await;
+    for round in 0.. {
+        for _ in 0..50 {
+            let rsp = client::get_on(&mut tx, HOST, "/").await;
+            assert_eq!(rsp.status, 200, "{rsp:?}");
+        }
+        let text = shop.proxy.metrics().await;
+        if proxy::sum_metric(&text, "outbound_endpoint_ejections_total", &backend) >= 1 {
+            break;
+        }
+        // The balancer shuns a failing endpoint by itself: it may take a while to fail
+        // three times in a row.
+        assert!(round < 100, "never ejected: {text}");
+    }
+    // Ejected, it gets (almost) nothing: only probation requests once its penalty is
+    // over, each ejecting it again for longer.
+    let tried = flaky.requests.load(Ordering::SeqCst);
+    for _ in 0..100 {
+        assert_eq!(client::get_on(&mut tx, HOST, "/").await.status, 200);
+    }
+    let more = flaky.requests.load(Ordering::SeqCst) - tried;
+    assert!(more <= 5, "the ejected replica got {more} of 100 requests");
+
+    // It recovers: after its penalty, one success on probation restores it.
+    flaky.failing.store(0, Ordering::SeqCst);
+    mesh_test::eventually("the replica restored", Duration::from_secs(15), || async {
+        let before = flaky.requests.load(Ordering::SeqCst);
+        for _ in 0..20 {
+            let _ = shop.send("GET", "/", &[]).await;
+        }
+        let text = shop.proxy.metrics().await;
+        let available = proxy::sum_metric(
+            &text,
+            "outbound_endpoints",
+            &[backend[0], ("state", "available")],
+        );
+        (available == 2 && flaky.requests.load(Ordering::SeqCst) > before + 2).then_some(())
+    })
+    .await;
+
+    // Both fail: once both are out, requests fail at once with 503 `unavailable`.
+    flaky.failing.store(500, Ordering::SeqCst);
+    shop.v1.failing.store(500, Ordering::SeqCst);
+    mesh_test::eventually("every replica out", Duration::from_secs(15), || async {
+        let rsp = shop.send("GET", "/", &[]).await;
+        (rsp.status == 503 && rsp.header("mesh-proxy-error") == "unavailable").then_some(())
+    })
+    .await;
 }

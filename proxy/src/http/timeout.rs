@@ -10,6 +10,8 @@ use http::{Request, Response};
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
+use std::future::Future;
+
 use super::BoxFuture;
 use crate::body::BoxBody;
 use crate::error::{BoxError, ProxyError};
@@ -99,17 +101,88 @@ where
         if let Some(d) = deadline {
             req.extensions_mut().insert(d);
         }
+        let idle = req
+            .extensions()
+            .get::<RouteInfo>()
+            .and_then(|i| i.route.as_ref()?.idle);
+        // Waiting for the headers is idle too: an idle timeout bounds it.
+        let deadline = match (deadline, idle.map(|i| Deadline(Instant::now() + i))) {
+            (Some(d), Some(i)) if i.0 < d.0 => {
+                req.extensions_mut().insert(i);
+                Some(i)
+            }
+            (None, Some(i)) => {
+                req.extensions_mut().insert(i);
+                Some(i)
+            }
+            (d, _) => d,
+        };
         let fut = self.inner.call(req);
         // The levels below enforce the deadline itself, naming the endpoint they were
         // waiting on; this one is the backstop for time spent elsewhere (reading a body
         // to replay). A millisecond later, so that a level below that was not polled
         // at the very instant (tokio's budget) still answers first.
         let backstop = deadline.map(|Deadline(at)| Deadline(at + BACKSTOP_DELAY));
-        Box::pin(Deadline::run(
+        let rsp = Deadline::run(
             backstop,
             async move { fut.await.map_err(Into::into) },
             || ProxyError::Timeout.into(),
-        ))
+        );
+        match idle {
+            None => Box::pin(rsp),
+            Some(idle) => Box::pin(async move {
+                let rsp = rsp.await?;
+                Ok(rsp.map(|b| crate::body::boxed(Idle::new(b, idle))))
+            }),
+        }
+    }
+}
+
+/// A response body that fails when no frame comes for `idle` (Linkerd's idle
+/// timeout): a stalled stream is reset instead of holding its connection forever.
+struct Idle {
+    inner: BoxBody,
+    idle: Duration,
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Idle {
+    fn new(inner: BoxBody, idle: Duration) -> Self {
+        Self {
+            inner,
+            idle,
+            timer: Box::pin(tokio::time::sleep(idle)),
+        }
+    }
+}
+
+impl http_body::Body for Idle {
+    type Data = bytes::Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, BoxError>>> {
+        match std::pin::Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let next = Instant::now() + self.idle;
+                self.timer.as_mut().reset(next);
+                Poll::Ready(frame)
+            }
+            Poll::Pending => match self.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(ProxyError::Timeout.into()))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

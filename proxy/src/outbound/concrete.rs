@@ -24,6 +24,7 @@ use crate::http::{
     request_authority, upstream,
 };
 use crate::metrics::RequestLabels;
+use crate::profile::RouteInfo;
 use crate::vocab::{Direction, Peer};
 
 /// Endpoints a request may try to connect to before it fails.
@@ -49,11 +50,25 @@ impl Balance {
     async fn send(self, mut req: Request<BoxBody>) -> Result<Response<BoxBody>, BoxError> {
         let shared = &self.shared;
         let conn = req.extensions_mut().remove::<ConnInfo>();
-        let dsts = match req.extensions_mut().remove::<Concrete>() {
-            Some(Concrete::Service(name)) => shared.resolve.endpoints(&name).await?,
-            Some(Concrete::Addr(addr)) => vec![Dst::direct(addr)],
+        let (dsts, backend) = match req.extensions_mut().remove::<Concrete>() {
+            Some(Concrete::Service(name)) => (
+                shared.resolve.endpoints(&name).await?,
+                Some(name.to_string()),
+            ),
+            Some(Concrete::Addr(addr)) => (vec![Dst::direct(addr)], None),
             None => return Err(ProxyError::NoAuthority.into()),
         };
+        // Failure accrual, when the service's policy asks for it: per backend.
+        let profile = req
+            .extensions()
+            .get::<RouteInfo>()
+            .filter(|i| i.profile.accrual.is_some())
+            .map(|i| i.profile.clone());
+        let accrual = profile
+            .as_ref()
+            .and_then(|p| p.accrual.as_ref())
+            .zip(backend.as_deref());
+        let accrued = &shared.metrics.accrual;
         if dsts.iter().any(|d| shared.is_own(d.connect)) {
             return Err(ProxyError::Loop.into());
         }
@@ -88,6 +103,29 @@ impl Balance {
             })
             .collect();
         let authority = request_authority(&req).map(str::to_owned);
+        let addrs: Vec<SocketAddr> = endpoints.iter().map(|(e, _)| e.addr).collect();
+        let available = match accrual {
+            Some((_, backend)) => accrued.available(backend, &addrs, tokio::time::Instant::now()),
+            None => vec![true; endpoints.len()],
+        };
+        if !endpoints.is_empty() && !available.contains(&true) {
+            return Err(ProxyError::Unavailable.into());
+        }
+        let outcome = |addr: SocketAddr, failed: bool| {
+            if let Some((policy, backend)) = accrual {
+                if failed {
+                    accrued.failure(
+                        backend,
+                        addr,
+                        addrs.len(),
+                        policy,
+                        tokio::time::Instant::now(),
+                    );
+                } else {
+                    accrued.success(backend, addr);
+                }
+            }
+        };
         // A failed connect sent nothing, so another endpoint may be tried: a pod that
         // went away before discovery said so costs a retry, not a failed request.
         let mut failed: Vec<SocketAddr> = Vec::new();
@@ -95,7 +133,9 @@ impl Balance {
             let now = std::time::Instant::now();
             let candidates: Vec<_> = endpoints
                 .iter()
-                .filter(|(e, _)| !failed.contains(&e.addr))
+                .zip(&available)
+                .filter(|((e, _), ok)| **ok && !failed.contains(&e.addr))
+                .map(|(e, _)| e)
                 .collect();
             let Some((endpoint, dst)) = p2c(&candidates, |(e, _)| e.load.load(now)) else {
                 return Err(ProxyError::NoEndpoints(authority.unwrap_or_default()).into());
@@ -105,6 +145,7 @@ impl Balance {
                 Ok(c) => break (endpoint, dst, c, in_flight),
                 Err(e) => {
                     in_flight.fail();
+                    outcome(endpoint.addr, true);
                     failed.push(endpoint.addr);
                     // A TLS failure sent nothing either: an address that now belongs
                     // to another pod (stale discovery) presents the wrong identity.
@@ -149,9 +190,19 @@ impl Balance {
             || ProxyError::Timeout,
         )
         .await;
+        let addr = endpoint.addr;
+        let gateway_only = accrual.is_some_and(|(p, _)| p.gateway_only);
         match sent {
             Ok(mut rsp) => {
                 in_flight.complete();
+                let status = rsp.status();
+                let failure = if gateway_only {
+                    matches!(status.as_u16(), 502..=504)
+                } else {
+                    status.is_server_error()
+                        || crate::http::grpc_status(rsp.headers()).is_some_and(|c| c != 0)
+                };
+                outcome(addr, failure);
                 rsp.extensions_mut().insert(peer);
                 Ok(rsp)
             }
@@ -160,6 +211,7 @@ impl Balance {
                 // a deadline the client's route set.
                 if !matches!(error, ProxyError::BadRequest(_) | ProxyError::Timeout) {
                     in_flight.fail();
+                    outcome(addr, true);
                 }
                 Err(AtPeer { peer, error }.into())
             }

@@ -223,8 +223,25 @@ impl Service<Request<BoxBody>> for Retry {
             let mut counted: Option<Peer> = None;
             let mut attempt = 1;
             loop {
-                let call = inner.call(rebuild(&parts, full(body.clone())));
-                let result = Deadline::run(deadline, call, || timed_out(&counted)).await;
+                // Each attempt within its own timeout, if the route sets one, inside the
+                // request's deadline.
+                let attempt_at = on
+                    .attempt_timeout
+                    .map(|t| Deadline(tokio::time::Instant::now() + t));
+                let tighter = match (deadline, attempt_at) {
+                    (Some(d), Some(a)) => Some(if a.0 < d.0 { a } else { d }),
+                    (d, a) => d.or(a),
+                };
+                let mut req = rebuild(&parts, full(body.clone()));
+                if let Some(t) = tighter {
+                    req.extensions_mut().insert(t);
+                }
+                let call = inner.call(req);
+                let result = Deadline::run(tighter, call, || timed_out(&counted)).await;
+                // The attempt's own timeout passed, not the request's: worth retrying.
+                let attempt_timed_out = attempt_at.is_some()
+                    && deadline.is_none_or(|d| tokio::time::Instant::now() < d.0)
+                    && matches!(&result, Err(e) if matches!(crate::error::cause(e), Some(ProxyError::Timeout)));
                 let peer = reached(&result);
                 // Failures worth retrying: failure responses, and endpoints that could
                 // not be reached at all (the request never got to the app).
@@ -249,6 +266,7 @@ impl Service<Request<BoxBody>> for Retry {
                                 .any(|(lo, hi)| (*lo..=*hi).contains(&status))
                             || grpc.is_some_and(|code| on.grpc_codes.contains(&code))
                     }
+                    Err(_) if attempt_timed_out => true,
                     Err(e) => {
                         on.connect_failure
                             && crate::error::cause(e).is_some_and(|e| {
