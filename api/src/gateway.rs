@@ -15,8 +15,10 @@ pub const GROUP: &str = "gateway.networking.k8s.io";
 
 /// The most rules a route may have (the upstream CRD's bound).
 pub const MAX_RULES: usize = 16;
-/// The most matches, filters or backends a rule may have.
-pub const MAX_PER_RULE: usize = 64;
+/// The most matches a rule may have (the upstream CRD's bound).
+pub const MAX_MATCHES: usize = 64;
+/// The most filters or backends a rule (or a backend) may have.
+pub const MAX_PER_RULE: usize = 16;
 /// The most header or query-parameter matches one match may have.
 pub const MAX_CONDITIONS: usize = 16;
 /// The largest backend weight.
@@ -596,6 +598,7 @@ impl HttpRouteSpec {
             let at = format!("spec.rules[{i}]");
             rule.validate(&at, &mut errors);
         }
+        rule_names(self.rules.iter().map(|r| r.name.as_deref()), &mut errors);
         errors
     }
 }
@@ -613,7 +616,12 @@ impl GrpcRouteSpec {
         }
         for (i, rule) in self.rules.iter().enumerate() {
             let at = format!("spec.rules[{i}]");
-            bounded(&rule.matches, &format!("{at}.matches"), &mut errors);
+            bounded(
+                &rule.matches,
+                MAX_MATCHES,
+                &format!("{at}.matches"),
+                &mut errors,
+            );
             for (j, m) in rule.matches.iter().enumerate() {
                 let at = format!("{at}.matches[{j}]");
                 if let Some(method) = &m.method {
@@ -639,13 +647,14 @@ impl GrpcRouteSpec {
                 ));
             }
         }
+        rule_names(self.rules.iter().map(|r| r.name.as_deref()), &mut errors);
         errors
     }
 }
 
 impl HttpRouteRule {
     fn validate(&self, at: &str, errors: &mut Vec<FieldError>) {
-        bounded(&self.matches, &format!("{at}.matches"), errors);
+        bounded(&self.matches, MAX_MATCHES, &format!("{at}.matches"), errors);
         for (j, m) in self.matches.iter().enumerate() {
             let at = format!("{at}.matches[{j}]");
             if let Some(path) = &m.path {
@@ -690,6 +699,17 @@ impl HttpRouteRule {
         }
         filters(&self.filters, &format!("{at}.filters"), Some(true), errors);
         backends(&self.backend_refs, &format!("{at}.backendRefs"), errors);
+        if !self.backend_refs.is_empty()
+            && self
+                .filters
+                .iter()
+                .any(|f| f.kind == FilterType::RequestRedirect)
+        {
+            errors.push(FieldError::new(
+                format!("{at}.backendRefs"),
+                "a rule that redirects has no backends",
+            ));
+        }
         if let Some(t) = &self.timeouts {
             timeouts(t, &format!("{at}.timeouts"), errors);
         }
@@ -704,6 +724,26 @@ impl HttpRouteRule {
             errors.push(FieldError::new(
                 format!("{at}.sessionPersistence"),
                 "not supported (an experimental-channel field)",
+            ));
+        }
+    }
+}
+
+/// Rule names are unique in a route (they name its routes' metrics).
+fn rule_names<'a>(names: impl Iterator<Item = Option<&'a str>>, errors: &mut Vec<FieldError>) {
+    let mut seen = std::collections::HashSet::new();
+    for (i, name) in names.enumerate() {
+        let Some(name) = name else { continue };
+        let label = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-';
+        if name.is_empty() || name.len() > 253 || !name.chars().all(label) {
+            errors.push(FieldError::new(
+                format!("spec.rules[{i}].name"),
+                format!("{name:?} is not a lower-case DNS label"),
+            ));
+        } else if !seen.insert(name) {
+            errors.push(FieldError::new(
+                format!("spec.rules[{i}].name"),
+                format!("{name:?} names two rules"),
             ));
         }
     }
@@ -729,9 +769,9 @@ fn parent_refs(refs: &[ParentRef], errors: &mut Vec<FieldError>) {
     }
 }
 
-fn bounded<T>(items: &[T], at: &str, errors: &mut Vec<FieldError>) {
-    if items.len() > MAX_PER_RULE {
-        errors.push(FieldError::new(at, format!("more than {MAX_PER_RULE}")));
+fn bounded<T>(items: &[T], max: usize, at: &str, errors: &mut Vec<FieldError>) {
+    if items.len() > max {
+        errors.push(FieldError::new(at, format!("more than {max}")));
     }
 }
 
@@ -847,7 +887,7 @@ fn filters(
     http: Option<bool>,
     errors: &mut Vec<FieldError>,
 ) {
-    bounded(filters, at, errors);
+    bounded(filters, MAX_PER_RULE, at, errors);
     let mut seen = std::collections::HashSet::new();
     for (k, f) in filters.iter().enumerate() {
         let at = format!("{at}[{k}]");
@@ -895,6 +935,10 @@ fn filters(
                     header_modifier(m, &format!("{at}.{}", f.kind.field()), errors);
                 }
             }
+            FilterType::RequestMirror if http.is_none() => errors.push(FieldError::new(
+                format!("{at}.type"),
+                "\"requestMirror\" is not supported in a backend's filters: mirror in the rule's",
+            )),
             FilterType::RequestRedirect | FilterType::UrlRewrite if http != Some(true) => {
                 let whose = if http.is_none() {
                     "a backend's filters"
@@ -1098,7 +1142,7 @@ fn backend_ref(b: &BackendObjectRef, at: &str, errors: &mut Vec<FieldError>) {
 }
 
 fn backends(refs: &[HttpBackendRef], at: &str, errors: &mut Vec<FieldError>) {
-    bounded(refs, at, errors);
+    bounded(refs, MAX_PER_RULE, at, errors);
     for (k, b) in refs.iter().enumerate() {
         let at = format!("{at}[{k}]");
         backend_ref(&b.backend, &at, errors);
@@ -1127,9 +1171,11 @@ fn timeouts(t: &HttpRouteTimeouts, at: &str, errors: &mut Vec<FieldError>) {
             Err(e) => errors.push(FieldError::new(format!("{at}.{field}"), e.to_string())),
         }
     }
+    // 0s disables a timeout; a backend request may not outlast the request.
     if let [Some(request), Some(backend)] = parsed
         && !request.is_zero()
-        && (backend.is_zero() || backend > request)
+        && !backend.is_zero()
+        && backend > request
     {
         errors.push(FieldError::new(
             format!("{at}.backendRequest"),
@@ -1221,6 +1267,7 @@ rules:
                 "spec.rules[0].filters[1].type",
                 "spec.rules[0].backendRefs[0].port",
                 "spec.rules[0].backendRefs[0].weight",
+                "spec.rules[0].backendRefs",
                 "spec.rules[0].timeouts.backendRequest",
                 "spec.rules[0].retry",
             ]

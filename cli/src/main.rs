@@ -98,7 +98,7 @@ enum Command {
         #[arg(required = true)]
         inputs: Vec<PathBuf>,
     },
-    /// A whole mesh on this machine: control plane, five workloads behind strict mTLS
+    /// A whole mesh on this machine: control plane, six workloads behind strict mTLS
     /// proxies, a canary split, retries and timeouts, live metrics and a dashboard.
     Demo {
         /// Stop after this long (e.g. 30s, 5m); without it, Ctrl-C stops the demo.
@@ -129,6 +129,9 @@ enum Command {
         /// Requests per second (traffic).
         #[arg(long, default_value_t = 20)]
         rps: u32,
+        /// books: fail every request during the last third of each such cycle.
+        #[arg(long, value_parser = parse_duration)]
+        fail_cycle: Option<Duration>,
     },
     /// Golden metrics from mesh-viz: `edges deployment`, `stat deploy`, `routes svc/NAME`.
     Viz {
@@ -323,6 +326,7 @@ fn main() -> anyhow::Result<()> {
             proxy,
             version,
             rps,
+            fail_cycle,
         } => {
             let need = |a: Option<std::net::SocketAddr>, flag: &str| {
                 a.ok_or_else(|| anyhow::anyhow!("{role} needs --{flag}"))
@@ -333,7 +337,11 @@ fn main() -> anyhow::Result<()> {
                     need(listen, "listen")?,
                     need(proxy, "proxy")?,
                 )),
-                "books" => rt.block_on(demo::app::books(need(listen, "listen")?, version)),
+                "books" => rt.block_on(demo::app::books(
+                    need(listen, "listen")?,
+                    version,
+                    fail_cycle,
+                )),
                 "authors" => rt.block_on(demo::app::authors(need(listen, "listen")?)),
                 "traffic" => rt.block_on(demo::app::traffic(need(proxy, "proxy")?, rps)),
                 other => anyhow::bail!("unknown demo workload {other:?}"),

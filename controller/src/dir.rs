@@ -242,6 +242,9 @@ fn document(file: &Path, n: usize, value: mesh_api::yaml::Value, loaded: &mut Lo
         .and_then(|m| m.get("annotations"))
         .and_then(|a| serde_json::from_value(a.clone()).ok());
     let client = || crate::annotations::parse(annotations.as_ref(), false).map_err(joined);
+    let generation = meta
+        .and_then(|m| m.get("generation"))
+        .and_then(|g| g.as_i64());
     let object = match kind {
         Kind::Namespace => typed::<Namespace>(value).and_then(|ns| {
             convert::namespace(&ns)
@@ -266,6 +269,7 @@ fn document(file: &Path, n: usize, value: mesh_api::yaml::Value, loaded: &mut Lo
                     spec: RouteSpec::Http(spec),
                     created,
                     client,
+                    generation,
                 })
             })
         }),
@@ -275,6 +279,7 @@ fn document(file: &Path, n: usize, value: mesh_api::yaml::Value, loaded: &mut Lo
                     spec: RouteSpec::Grpc(spec),
                     created,
                     client,
+                    generation,
                 })
             })
         }),

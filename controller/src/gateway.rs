@@ -28,6 +28,8 @@ pub struct GatewayRoute {
     pub created: Option<String>,
     /// Its retry and timeout annotations (Linkerd's).
     pub client: ClientPolicy,
+    /// `metadata.generation`: which version of the spec this is.
+    pub generation: Option<i64>,
 }
 
 /// The two route kinds.
@@ -130,6 +132,8 @@ pub struct Report {
     pub name: String,
     /// Its `Accepted` and `ResolvedRefs` conditions.
     pub conditions: Vec<Condition>,
+    /// The generation of the route they speak of (its `observedGeneration`).
+    pub generation: Option<i64>,
 }
 
 /// A route's reports, one per parent Service (namespace, name).
@@ -302,6 +306,7 @@ pub fn compile(
                 condition("Accepted", true, "Accepted", "attached to the Service"),
                 resolved,
             ],
+            generation: r.route.generation,
         });
     }
     reports
@@ -372,6 +377,7 @@ pub fn refused(r: &Attached<'_>, reason: &'static str, message: &str) -> Report 
         namespace: r.namespace.into(),
         name: r.name.into(),
         conditions: vec![condition("Accepted", false, reason, message)],
+        generation: r.route.generation,
     }
 }
 
@@ -653,6 +659,7 @@ mod tests {
             spec: RouteSpec::Http(mesh_api::yaml::from_str(yaml).expect("route")),
             created: created.map(Into::into),
             client: ClientPolicy::default(),
+            generation: None,
         }
     }
 
@@ -832,6 +839,7 @@ mod tests {
             ),
             created: None,
             client: ClientPolicy::default(),
+            generation: None,
         };
         let (apply, conflicted) = order(vec![
             Attached {

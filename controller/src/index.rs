@@ -1275,14 +1275,29 @@ impl State {
             name: &key.2,
             route,
         };
-        if !self
-            .services
-            .contains_key(&(ns.to_string(), svc.to_string()))
-        {
+        let Some(service) = self.services.get(&(ns.to_string(), svc.to_string())) else {
             return crate::gateway::refused(
                 &me,
                 "NoMatchingParent",
                 &format!("no Service {ns}/{svc}"),
+            );
+        };
+        // Ports a parentRef names must be the Service's.
+        let has = |p: u16| service.ports.iter().any(|sp| sp.port == p);
+        let missing: Vec<String> = route
+            .parent_refs()
+            .iter()
+            .filter(|p| {
+                p.is_service() && p.namespace.as_deref().unwrap_or(&key.1) == ns && p.name == svc
+            })
+            .filter_map(|p| p.port.filter(|p| !has(*p)))
+            .map(|p| p.to_string())
+            .collect();
+        if !missing.is_empty() {
+            return crate::gateway::refused(
+                &me,
+                "NoMatchingParent",
+                &format!("Service {ns}/{svc} has no port {}", missing.join(", ")),
             );
         }
         let fqdn = format!("{svc}.{ns}.svc.{CLUSTER_DOMAIN}");
@@ -1293,17 +1308,26 @@ impl State {
                 &format!("ServiceProfile {ns}/{fqdn} takes precedence over routes"),
             );
         }
-        // Seen as a caller in the route's own namespace sees it.
-        let (_, conflicted) = crate::gateway::order(
-            self.attached(ns, svc, None, &key.1)
-                .into_iter()
-                .map(|(_, a)| a)
-                .collect(),
-        );
-        if conflicted
+        // Seen as a caller in the route's own namespace sees it, port by port: the
+        // route is conflicted when a GRPCRoute wins on every port it attaches to.
+        let ports: Vec<u16> = service
+            .ports
             .iter()
-            .any(|c| c.namespace == key.1 && c.name == key.2)
-        {
+            .map(|p| p.port)
+            .filter(|p| route.attaches(&key.1, ns, svc, *p))
+            .collect();
+        let conflicted_on = |port: u16| {
+            let (_, conflicted) = crate::gateway::order(
+                self.attached(ns, svc, Some(port), &key.1)
+                    .into_iter()
+                    .map(|(_, a)| a)
+                    .collect(),
+            );
+            conflicted
+                .iter()
+                .any(|c| c.namespace == key.1 && c.name == key.2)
+        };
+        if !ports.is_empty() && ports.iter().all(|p| conflicted_on(*p)) {
             return crate::gateway::refused(
                 &me,
                 "Conflicted",

@@ -187,6 +187,7 @@ fn route<T: DeserializeOwned>(
         spec: kind(spec(o)?),
         created,
         client,
+        generation: o.metadata.generation,
     }))
 }
 

@@ -125,28 +125,35 @@ fn api(client: &Client, route: &ObjectRef) -> Option<Api<DynamicObject>> {
     ))
 }
 
-/// The route's status with the mesh's entries replaced by `reports` (other
-/// controllers' entries kept); a condition that did not change keeps its transition
-/// time.
+/// The route's status with the mesh's entries replaced by `reports`, one per Service
+/// parent in `parents` (the spec's, echoed as written; other controllers' entries
+/// kept); a condition that did not change keeps its transition time. No reports: the
+/// mesh's entries go.
 pub fn merged(
     current: &RouteStatus,
     reports: &[((String, String), Report)],
+    parents: &[ParentRef],
     route_ns: &str,
-    generation: Option<i64>,
     now: &str,
 ) -> RouteStatus {
-    let mut parents: Vec<RouteParentStatus> = current
+    let mut out: Vec<RouteParentStatus> = current
         .parents
         .iter()
         .filter(|p| p.controller_name != CONTROLLER_NAME)
         .cloned()
         .collect();
-    for ((ns, svc), report) in reports {
-        let previous = current.parents.iter().find(|p| {
-            p.controller_name == CONTROLLER_NAME
-                && p.parent_ref.name == *svc
-                && p.parent_ref.namespace.as_deref().unwrap_or(route_ns) == ns
-        });
+    for parent in parents.iter().filter(|p| p.is_service()) {
+        let ns = parent.namespace.as_deref().unwrap_or(route_ns);
+        let Some((_, report)) = reports
+            .iter()
+            .find(|((rns, svc), _)| rns == ns && *svc == parent.name)
+        else {
+            continue;
+        };
+        let previous = current
+            .parents
+            .iter()
+            .find(|p| p.controller_name == CONTROLLER_NAME && p.parent_ref == *parent);
         let conditions = report
             .conditions
             .iter()
@@ -162,63 +169,72 @@ pub fn merged(
                     reason: c.reason.into(),
                     message: c.message.clone(),
                     last_transition_time: since,
-                    observed_generation: generation,
+                    observed_generation: report.generation,
                 }
             })
             .collect();
-        parents.push(RouteParentStatus {
-            parent_ref: ParentRef {
-                group: Some(String::new()),
-                kind: Some("Service".into()),
-                namespace: (ns != route_ns).then(|| ns.clone()),
-                name: svc.clone(),
-                section_name: None,
-                port: None,
-            },
+        out.push(RouteParentStatus {
+            parent_ref: parent.clone(),
             controller_name: CONTROLLER_NAME.into(),
             conditions,
         });
     }
-    RouteStatus { parents }
+    RouteStatus { parents: out }
 }
 
-/// Writes a change into the route's status (a merge patch of `status.parents`).
+/// Writes a change into the route's status: a merge patch of `status.parents`,
+/// conditional on the version read (another controller writing meanwhile makes it
+/// read and merge again).
 pub async fn write(client: &Client, change: &Change) -> Result<(), kube::Error> {
     let Some(api) = api(client, &change.route) else {
         return Ok(());
     };
-    if change.reports.is_empty() {
-        // The route is gone (or no longer attaches to a Service): nothing to write.
-        return Ok(());
+    let mut tries = 0;
+    loop {
+        let Some(object) = api.get_opt(&change.route.name).await? else {
+            return Ok(());
+        };
+        let current: RouteStatus = object
+            .data
+            .get("status")
+            .cloned()
+            .and_then(|s| serde_json::from_value(s).ok())
+            .unwrap_or_default();
+        let parents: Vec<ParentRef> = object.data["spec"]["parentRefs"]
+            .as_array()
+            .map(|ps| {
+                ps.iter()
+                    .filter_map(|p| serde_json::from_value(p.clone()).ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let now = k8s_openapi::jiff::Timestamp::now().to_string();
+        let status = merged(
+            &current,
+            &change.reports,
+            &parents,
+            &change.route.namespace,
+            &now,
+        );
+        if status == current {
+            return Ok(());
+        }
+        let patch = json!({
+            "metadata": {"resourceVersion": object.metadata.resource_version},
+            "status": status,
+        });
+        match api
+            .patch_status(
+                &change.route.name,
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            Err(kube::Error::Api(s)) if s.code == 409 && tries < 3 => tries += 1,
+            other => return other.map(|_| ()),
+        }
     }
-    let Some(object) = api.get_opt(&change.route.name).await? else {
-        return Ok(());
-    };
-    let current: RouteStatus = object
-        .data
-        .get("status")
-        .cloned()
-        .and_then(|s| serde_json::from_value(s).ok())
-        .unwrap_or_default();
-    let now = k8s_openapi::jiff::Timestamp::now().to_string();
-    let status = merged(
-        &current,
-        &change.reports,
-        &change.route.namespace,
-        object.metadata.generation,
-        &now,
-    );
-    if status == current {
-        return Ok(());
-    }
-    let patch = json!({ "status": status });
-    api.patch_status(
-        &change.route.name,
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await?;
-    Ok(())
 }
 
 /// Follows route conditions into the log and, with `client`, into each route's status.
@@ -295,6 +311,7 @@ mod tests {
             spec: RouteSpec::Http(spec),
             created: None,
             client: Default::default(),
+            generation: Some(1),
         };
         // Routes added after the follower starts are followed too.
         let (tx, mut rx) = mpsc::channel(16);
@@ -308,8 +325,14 @@ mod tests {
         let resolved = &first.reports[0].1.conditions[1];
         assert_eq!((resolved.kind, resolved.status), ("ResolvedRefs", false));
 
-        // Another Service changes nothing; the backend appearing resolves it.
+        // Another Service wakes nothing; the backend appearing resolves it.
+        let woken = index.wakes();
         service(&index, "unrelated");
+        assert_eq!(
+            index.wakes(),
+            woken,
+            "an unrelated Service woke a route follower"
+        );
         service(&index, "books-v2");
         let second = next(&mut rx).await;
         assert!(
@@ -333,7 +356,7 @@ mod tests {
             controller_name: "example.com/gateway".into(),
             conditions: vec![],
         };
-        let report = |ok: bool| Report {
+        let report = |ok: bool, generation| Report {
             kind: "HTTPRoute",
             namespace: "shop".into(),
             name: "canary".into(),
@@ -343,36 +366,53 @@ mod tests {
                 reason: if ok { "Accepted" } else { "NoMatchingParent" },
                 message: "m".into(),
             }],
+            generation: Some(generation),
         };
+        let spec = vec![
+            other.parent_ref.clone(),
+            ParentRef {
+                group: Some(String::new()),
+                kind: Some("Service".into()),
+                name: "books".into(),
+                port: Some(80),
+                ..Default::default()
+            },
+        ];
         let parent = ("shop".to_string(), "books".to_string());
         let first = merged(
             &RouteStatus {
                 parents: vec![other.clone()],
             },
-            &[(parent.clone(), report(true))],
+            &[(parent.clone(), report(true, 3))],
+            &spec,
             "shop",
-            Some(3),
             "T1",
         );
         assert_eq!(first.parents.len(), 2);
         assert_eq!(first.parents[0], other);
         let ours = &first.parents[1];
         assert_eq!(ours.controller_name, CONTROLLER_NAME);
-        assert_eq!(ours.parent_ref.kind.as_deref(), Some("Service"));
+        assert_eq!(
+            ours.parent_ref, spec[1],
+            "the spec's parentRef, port and all"
+        );
         assert_eq!(ours.conditions[0].last_transition_time, "T1");
         assert_eq!(ours.conditions[0].observed_generation, Some(3));
         // Unchanged: the time stays; changed: it moves.
         let again = merged(
             &first,
-            &[(parent.clone(), report(true))],
+            &[(parent.clone(), report(true, 3))],
+            &spec,
             "shop",
-            Some(3),
             "T2",
         );
         assert_eq!(again, first);
-        let flipped = merged(&first, &[(parent, report(false))], "shop", Some(4), "T3");
+        let flipped = merged(&first, &[(parent, report(false, 4))], &spec, "shop", "T3");
         assert_eq!(flipped.parents.len(), 2);
         assert_eq!(flipped.parents[1].conditions[0].status, "False");
         assert_eq!(flipped.parents[1].conditions[0].last_transition_time, "T3");
+        // No reports (the route left its Services): the mesh's entry goes.
+        let gone = merged(&flipped, &[], &spec, "shop", "T4");
+        assert_eq!(gone.parents, [other]);
     }
 }

@@ -64,7 +64,6 @@ async fn serve(
             let mut object = route("/q/.*");
             object["status"] = json!({"parents": [{"parentRef": {"name": "gw"},
                 "controllerName": "example.com/gateway", "conditions": []}]});
-            object["metadata"]["generation"] = json!(2);
             respond.send_response(
                 Response::builder()
                     .body(Body::from(serde_json::to_vec(&object).expect("json")))
@@ -159,7 +158,7 @@ fn profile(path_regex: &str) -> Value {
 fn route(path: &str) -> Value {
     json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
         "metadata": {"name": "db-route", "namespace": "demo", "resourceVersion": "4", "uid": "r1",
-            "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "creationTimestamp": "2026-01-01T00:00:00Z", "generation": 2},
         "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "db"}],
             "rules": [{"matches": [{"path": {"type": "RegularExpression", "value": path}}],
                 "backendRefs": [{"name": "db", "port": 5432}]}]}})
@@ -353,4 +352,6 @@ async fn lists_watches_restarts_and_refusals() {
     assert_eq!(of("Accepted")["status"], "True", "{patch}");
     assert_eq!(of("ResolvedRefs")["status"], "True", "{patch}");
     assert_eq!(of("Accepted")["observedGeneration"], 2);
+    // Conditional on the version read.
+    assert_eq!(patch["metadata"]["resourceVersion"], "4", "{patch}");
 }

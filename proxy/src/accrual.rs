@@ -144,13 +144,20 @@ impl Accrual {
             .collect()
     }
 
-    /// Records a success of `addr`: it is healthy again.
-    pub fn success(&self, backend: &str, addr: SocketAddr) {
+    /// Records a success of `addr`: it is healthy again (unless it is out: an answer
+    /// to a request sent before its ejection does not bring it back early).
+    pub fn success(&self, backend: &str, addr: SocketAddr, now: Instant) {
         let mut all = self.lock();
-        if let Some(b) = all.get_mut(backend)
-            && b.states.remove(&addr).is_some()
-            && b.states.is_empty()
+        let Some(b) = all.get_mut(backend) else {
+            return;
+        };
+        if b.states
+            .get(&addr)
+            .is_some_and(|s| s.ejected_until.is_some_and(|u| u > now))
         {
+            return;
+        }
+        if b.states.remove(&addr).is_some() && b.states.is_empty() {
             // Keep the backend's count of ejections: only its endpoints are forgotten.
             b.states.shrink_to_fit();
         }
@@ -257,10 +264,13 @@ mod tests {
         assert!(!a.failure("b", e1, 2, &p, now));
         assert!(!a.failure("b", e1, 2, &p, now));
         // A success in between starts the count again.
-        a.success("b", e1);
+        a.success("b", e1, now);
         assert!(!a.failure("b", e1, 2, &p, now));
         assert!(!a.failure("b", e1, 2, &p, now));
         assert!(a.failure("b", e1, 2, &p, now), "three in a row");
+        assert_eq!(a.available("b", &all, now), [false, true]);
+        // An answer to a request sent before the ejection does not end it.
+        a.success("b", e1, now);
         assert_eq!(a.available("b", &all, now), [false, true]);
         let snap = a.snapshot(now);
         assert_eq!(snap[0].states[1], (Health::Ejected, 1));
@@ -278,7 +288,7 @@ mod tests {
         let back = later + Duration::from_secs(2);
         assert_eq!(a.available("b", &all, back), [true, true]);
         // One success restores it.
-        a.success("b", e1);
+        a.success("b", e1, back);
         assert_eq!(a.snapshot(back)[0].states[0], (Health::Available, 2));
         assert!(!a.failure("b", e1, 2, &p, back), "counting from zero again");
 

@@ -389,7 +389,17 @@ impl Profile {
                 retry,
             }));
             if most_specific {
-                // Each match on its own, ranked; ties keep the policy's order.
+                // Each match on its own, ranked; ties keep the policy's order. No
+                // match is every request: the least specific prefix, `/`.
+                if r.matches.is_empty() {
+                    let all = pb::RouteMatch {
+                        path: Some(pb::PathMatch {
+                            kind: Some(pb::path_match::Kind::Prefix("/".into())),
+                        }),
+                        ..Default::default()
+                    };
+                    order.push((route_match(&all), i, rank(&all)));
+                }
                 order.extend(r.matches.iter().map(|m| (route_match(m), i, rank(m))));
             } else {
                 // Any of the matches; none matches every request.

@@ -30,6 +30,8 @@ pub struct Http {
     pub cancelled: Arc<AtomicUsize>,
     /// Requests received.
     pub requests: Arc<AtomicUsize>,
+    /// Bytes of request bodies `/consume/N` read whole (an aborted body adds nothing).
+    pub consumed: Arc<AtomicUsize>,
     /// When not 0, every request is answered with this status (a replica that starts
     /// failing, and recovers when set back to 0).
     pub failing: Arc<std::sync::atomic::AtomicU16>,
@@ -94,6 +96,7 @@ fn first_time(space: &str, key: &str) -> bool {
 async fn app(
     req: Request<Incoming>,
     cancelled: Arc<AtomicUsize>,
+    consumed: Arc<AtomicUsize>,
 ) -> Result<Response<Body>, Infallible> {
     // `x-status: N` answers N on any path, after reading the body: failures on demand.
     let forced = req
@@ -149,6 +152,7 @@ async fn app(
                 .await
                 .map(|b| b.to_bytes().len())
                 .unwrap_or(0);
+            consumed.fetch_add(read, Ordering::SeqCst);
             let mut rsp = Response::new(full(format!("read {read} bytes")));
             *rsp.status_mut() = code
                 .parse::<u16>()
@@ -226,6 +230,7 @@ pub async fn http_with_delay(addr: SocketAddr, delay: Duration) -> std::io::Resu
         cancelled: Arc::default(),
         requests: Arc::default(),
         failing: Arc::default(),
+        consumed: Arc::default(),
     };
     let s = server.clone();
     let served_by = http::HeaderValue::from_str(&server.addr.ip().to_string())
@@ -238,12 +243,14 @@ pub async fn http_with_delay(addr: SocketAddr, delay: Duration) -> std::io::Resu
             s.connections.fetch_add(1, Ordering::SeqCst);
             let (cancelled, requests) = (s.cancelled.clone(), s.requests.clone());
             let failing = s.failing.clone();
+            let consumed = s.consumed.clone();
             let served_by = served_by.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| {
                     requests.fetch_add(1, Ordering::SeqCst);
                     let (cancelled, served_by) = (cancelled.clone(), served_by.clone());
                     let failing = failing.load(Ordering::SeqCst);
+                    let consumed = consumed.clone();
                     async move {
                         // Even a zero sleep waits for the timer's next millisecond tick.
                         if !delay.is_zero() {
@@ -255,7 +262,7 @@ pub async fn http_with_delay(addr: SocketAddr, delay: Duration) -> std::io::Resu
                                 *rsp.status_mut() = code;
                                 rsp
                             }
-                            _ => app(req, cancelled).await?,
+                            _ => app(req, cancelled, consumed).await?,
                         };
                         rsp.headers_mut().insert("x-served-by", served_by);
                         Ok::<_, Infallible>(rsp)

@@ -1,6 +1,7 @@
 //! `mesh demo` end to end: the whole mesh on this machine for about 20 seconds, checked
 //! through `mesh viz … -o json`: every edge mTLS with the expected identities, the
-//! canary near 80/20, retries visible on the flaky route, timeouts on the slow one;
+//! canary near 80/20, retries visible on the flaky route, timeouts on the slow one, the
+//! Gateway API route's header canary;
 //! then Ctrl-C leaves no process and no port behind.
 
 use std::net::{SocketAddr, TcpListener};
@@ -173,6 +174,27 @@ fn the_demo_runs_a_secured_mesh_and_cleans_up() {
     );
     let slow = route("GET /books/slow");
     assert!(slow["timeouts"].as_u64() > Some(0), "{slow:#}");
+
+    // The Gateway API route: its rules are routes of their own; the header canary is
+    // answered (by books-v2).
+    let api = mesh(
+        &[
+            &["viz", "routes", "svc/books-api", "-n", "demo", "-o", "json"][..],
+            &viz,
+        ]
+        .concat(),
+    );
+    let api = api.as_array().expect("routes");
+    let canary = api
+        .iter()
+        .find(|r| r["route"] == "books-api/canary")
+        .unwrap_or_else(|| panic!("no canary route: {api:#?}"));
+    assert!(canary["requests"].as_u64() > Some(0), "{canary:#}");
+    assert_eq!(
+        canary["effective_success"].as_f64(),
+        Some(1.0),
+        "{canary:#}"
+    );
 
     // Strict: a plaintext client reaches no app through a pod's proxy.
     {

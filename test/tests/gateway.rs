@@ -354,7 +354,7 @@ spec:
         hostname: books-v2.default.svc.cluster.local
         path: {type: ReplacePrefixMatch, replacePrefixMatch: /}
     backendRefs: [{name: books-v2, port: 80}]
-  - matches: [{path: {value: /mirrored}}, {path: {value: /echo}}]
+  - matches: [{path: {value: /mirrored}}, {path: {value: /echo}}, {path: {value: /consume}}]
     filters:
     - type: RequestMirror
       requestMirror: {backendRef: {name: shadow, port: 80}}
@@ -415,8 +415,8 @@ async fn filters_change_redirect_rewrite_and_mirror() {
         (shop.shadow.requests.load(Ordering::SeqCst) - before == 20).then_some(())
     })
     .await;
-    // A large body is copied as it streams and arrives whole upstream.
-    let before = shop.shadow.requests.load(Ordering::SeqCst);
+    // A large body is copied as it streams: it arrives whole upstream and at the
+    // mirror, over HTTP/1 (a length) and HTTP/2 alike.
     let body = backend::pattern(300_000);
     let req = Request::post("/echo")
         .header("host", HOST)
@@ -425,10 +425,28 @@ async fn filters_change_redirect_rewrite_and_mirror() {
     let rsp = client::send(&mut client::h1(shop.proxy.outbound).await, req).await;
     assert_eq!(rsp.status, 200);
     assert_eq!(rsp.body.as_ref(), body.as_slice());
-    mesh_test::eventually("the echo mirrored", Duration::from_secs(10), || async {
-        (shop.shadow.requests.load(Ordering::SeqCst) > before).then_some(())
-    })
-    .await;
+    for h2 in [false, true] {
+        let before = shop.shadow.consumed.load(Ordering::SeqCst);
+        let req = Request::post(format!("http://{HOST}/consume/200"))
+            .header("host", HOST)
+            .body(client::body(body.clone()))
+            .expect("request");
+        let rsp = if h2 {
+            let mut tx = client::h2(shop.proxy.outbound).await;
+            client::read(tx.send_request(req).await.expect("response")).await
+        } else {
+            client::send(&mut client::h1(shop.proxy.outbound).await, req).await
+        };
+        assert_eq!(rsp.text(), "read 300000 bytes", "h2: {h2}");
+        mesh_test::eventually(
+            "the whole body mirrored",
+            Duration::from_secs(10),
+            || async {
+                (shop.shadow.consumed.load(Ordering::SeqCst) - before == 300_000).then_some(())
+            },
+        )
+        .await;
+    }
 
     // A fraction: about a quarter of the requests are copied.
     let before = shop.shadow.requests.load(Ordering::SeqCst);

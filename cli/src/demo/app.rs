@@ -21,6 +21,8 @@ mod pb {
 
 /// The service names the workloads call, in the demo's namespace.
 pub const BOOKS: &str = "books.demo.svc.cluster.local";
+/// The books replicas behind the Gateway API route, as web calls them.
+pub const BOOKS_API: &str = "books-api.demo.svc.cluster.local";
 /// The authors service.
 pub const AUTHORS: &str = "authors.demo.svc.cluster.local";
 /// The front end.
@@ -59,11 +61,24 @@ where
 }
 
 /// `books`: `/books` answers, `/books/flaky` fails 30% of the time, `/books/slow`
-/// takes 50–350 ms.
-pub async fn books(addr: SocketAddr, version: String) -> anyhow::Result<()> {
+/// takes 50–350 ms. With `fail_cycle`, every request fails (500) during the last third
+/// of each cycle: a replica that keeps going bad and recovering.
+pub async fn books(
+    addr: SocketAddr,
+    version: String,
+    fail_cycle: Option<Duration>,
+) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
     serve(addr, move |req: Request<hyper::body::Incoming>| {
         let version = version.clone();
+        let failing = fail_cycle.is_some_and(|cycle| {
+            let cycle = cycle.as_millis().max(3);
+            started.elapsed().as_millis() % cycle >= cycle * 2 / 3
+        });
         async move {
+            if failing {
+                return text(StatusCode::INTERNAL_SERVER_ERROR, "replica failing\n");
+            }
             match req.uri().path() {
                 "/books" => text(StatusCode::OK, format!("books {version}: Dune, Solaris\n")),
                 "/books/flaky" if fastrand::u8(0..10) < 3 => {
@@ -118,13 +133,22 @@ fn client(proxy: SocketAddr) -> ProxyClient {
     Client::builder(TokioExecutor::new()).build(ProxyConnector { proxy, inner })
 }
 
-/// GET `path` from `authority` through the app's proxy: the status.
-async fn get(client: &ProxyClient, authority: &str, path: &str) -> StatusCode {
+/// GET `path` from `authority` through the app's proxy, with `headers`: the status.
+async fn get(
+    client: &ProxyClient,
+    authority: &str,
+    path: &str,
+    headers: &[(&'static str, &'static str)],
+) -> StatusCode {
     let Ok(uri) = format!("http://{authority}{path}").parse::<http::Uri>() else {
         return StatusCode::BAD_REQUEST;
     };
     let mut req = Request::new(Empty::new());
     *req.uri_mut() = uri;
+    for (name, value) in headers {
+        req.headers_mut()
+            .insert(*name, http::HeaderValue::from_static(value));
+    }
     match tokio::time::timeout(Duration::from_secs(5), client.request(req)).await {
         Ok(Ok(rsp)) => {
             let status = rsp.status();
@@ -135,7 +159,8 @@ async fn get(client: &ProxyClient, authority: &str, path: &str) -> StatusCode {
     }
 }
 
-/// `web`: `/` calls books and authors, `/flaky` and `/slow` call those books routes.
+/// `web`: `/` calls books and authors, `/flaky` and `/slow` call those books routes;
+/// `/api` calls books-api, `/canary` too with `x-canary: true`.
 pub async fn web(addr: SocketAddr, proxy: SocketAddr) -> anyhow::Result<()> {
     let http = client(proxy);
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{proxy}"))?
@@ -145,17 +170,19 @@ pub async fn web(addr: SocketAddr, proxy: SocketAddr) -> anyhow::Result<()> {
     serve(addr, move |req: Request<hyper::body::Incoming>| {
         let (http, mut authors) = (http.clone(), authors.clone());
         async move {
-            let path = match req.uri().path() {
-                "/" => "/books",
-                "/flaky" => "/books/flaky",
-                "/slow" => "/books/slow",
+            let (service, path, headers): (&str, &str, &[(&str, &str)]) = match req.uri().path() {
+                "/" => (BOOKS, "/books", &[]),
+                "/flaky" => (BOOKS, "/books/flaky", &[]),
+                "/slow" => (BOOKS, "/books/slow", &[]),
+                "/api" => (BOOKS_API, "/books", &[]),
+                "/canary" => (BOOKS_API, "/books", &[("x-canary", "true")]),
                 _ => return text(StatusCode::NOT_FOUND, "not found\n"),
             };
-            let books = get(&http, &format!("{BOOKS}:80"), path).await;
+            let books = get(&http, &format!("{service}:80"), path, headers).await;
             if !books.is_success() {
                 return text(StatusCode::BAD_GATEWAY, format!("books answered {books}\n"));
             }
-            if path != "/books" {
+            if path != "/books" || service != BOOKS {
                 return text(StatusCode::OK, "ok\n");
             }
             match authors
@@ -182,14 +209,16 @@ pub async fn traffic(proxy: SocketAddr, rps: u32) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(Duration::from_secs(1) / rps.max(1));
     loop {
         tick.tick().await;
-        let path = match fastrand::u8(0..20) {
-            0..12 => "/",
-            12..17 => "/flaky",
-            _ => "/slow",
+        let path = match fastrand::u8(0..40) {
+            0..24 => "/",
+            24..34 => "/flaky",
+            34..38 => "/slow",
+            38 => "/api",
+            _ => "/canary",
         };
         let http = http.clone();
         tokio::spawn(async move {
-            let _ = get(&http, &format!("{WEB}:80"), path).await;
+            let _ = get(&http, &format!("{WEB}:80"), path, &[]).await;
         });
     }
 }

@@ -1,6 +1,6 @@
 //! `mesh demo`: a whole mesh on this machine. The control plane in local mode
 //! (mesh-identity with a fresh CA, mesh-controller over manifests the demo writes,
-//! mesh-viz), five workloads each behind its own strict mTLS proxy on its own loopback
+//! mesh-viz), six workloads each behind its own strict mTLS proxy on its own loopback
 //! address, and traffic; a live summary until `--duration` passes or Ctrl-C.
 
 pub mod app;
@@ -23,7 +23,8 @@ const NAMESPACE: &str = "demo";
 struct Workload {
     name: &'static str,
     ip: IpAddr,
-    /// Pod labels: `app` names the workload, `svc` groups the books versions.
+    /// Pod labels: `app` names the workload, `svc` groups the books versions, `api`
+    /// the replicas behind the Gateway API route's `books-api`.
     labels: &'static str,
     /// `mesh demo-app` arguments; `{ip}` and `{proxy}` are filled in.
     args: &'static [&'static str],
@@ -44,14 +45,30 @@ fn workloads() -> Vec<Workload> {
         Workload {
             name: "books-v1",
             ip: pod_ip(2),
-            labels: "{app: books-v1, svc: books}",
+            labels: "{app: books-v1, svc: books, api: books}",
             args: &["books", "--listen", "{ip}:8080", "--version", "v1"],
         },
         Workload {
             name: "books-v2",
             ip: pod_ip(3),
-            labels: "{app: books-v2, svc: books}",
+            labels: "{app: books-v2, svc: books, api: books}",
             args: &["books", "--listen", "{ip}:8080", "--version", "v2"],
+        },
+        // A replica of books-api that fails for 10 s of every 30: the circuit breaker
+        // (failure accrual) takes it out, retries hide it from callers.
+        Workload {
+            name: "books-v1-b",
+            ip: pod_ip(6),
+            labels: "{app: books-v1-b, api: books}",
+            args: &[
+                "books",
+                "--listen",
+                "{ip}:8080",
+                "--version",
+                "v1",
+                "--fail-cycle",
+                "30s",
+            ],
         },
         Workload {
             name: "authors",
@@ -175,15 +192,23 @@ fn write_manifests(dir: &Path, workloads: &[Workload]) -> anyhow::Result<()> {
     let mut docs = vec![format!(
         "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}, annotations: {{mesh.io/inject: enabled}}}}\n"
     )];
-    for (name, selector) in [
-        ("web", "{app: web}"),
-        ("books", "{svc: books}"),
-        ("books-v1", "{app: books-v1}"),
-        ("books-v2", "{app: books-v2}"),
-        ("authors", "{app: authors}"),
+    // books-api: the Gateway API's way in — a header-routed canary, retries and a
+    // circuit breaker, from Linkerd's annotations.
+    let api = "{retry.linkerd.io/http: 5xx, retry.linkerd.io/limit: \"2\", \
+               balancer.linkerd.io/failure-accrual: consecutive, \
+               balancer.linkerd.io/failure-accrual-consecutive-max-failures: \"3\", \
+               balancer.linkerd.io/failure-accrual-consecutive-min-penalty: 2s, \
+               balancer.linkerd.io/failure-accrual-consecutive-max-penalty: 20s}";
+    for (name, selector, annotations) in [
+        ("web", "{app: web}", "{}"),
+        ("books", "{svc: books}", "{}"),
+        ("books-v1", "{app: books-v1}", "{}"),
+        ("books-v2", "{app: books-v2}", "{}"),
+        ("books-api", "{api: books}", api),
+        ("authors", "{app: authors}", "{}"),
     ] {
         docs.push(format!(
-            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}}}\n\
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}, annotations: {annotations}}}\n\
              spec: {{selector: {selector}, ports: [{{port: 80, targetPort: 8080}}]}}\n"
         ));
     }
@@ -214,6 +239,21 @@ fn write_manifests(dir: &Path, workloads: &[Workload]) -> anyhow::Result<()> {
              \x20   condition: {{method: GET, pathRegex: /books/slow}}\n\
              \x20   timeout: 250ms\n\
              \x20 retryBudget: {{retryRatio: 0.2, minRetriesPerSecond: 10, ttl: 10s}}\n"
+        ),
+    )?;
+    std::fs::write(
+        dir.join("books-api-route.yaml"),
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+             metadata: {{name: books-api, namespace: {ns}}}\n\
+             spec:\n\
+             \x20 parentRefs: [{{group: \"\", kind: Service, name: books-api, port: 80}}]\n\
+             \x20 rules:\n\
+             \x20 - name: canary\n\
+             \x20   matches: [{{headers: [{{name: x-canary, value: \"true\"}}]}}]\n\
+             \x20   backendRefs: [{{name: books-v2, port: 80}}]\n\
+             \x20 - name: all\n\
+             \x20   backendRefs: [{{name: books-api, port: 80}}]\n"
         ),
     )?;
     std::fs::write(
@@ -485,8 +525,12 @@ async fn run_in(
     println!("  dashboard   http://{VIZ}/");
     println!("  edges       mesh viz edges deployment -n {NAMESPACE}");
     println!("  routes      mesh viz routes svc/books -n {NAMESPACE} -o wide");
+    println!("              mesh viz routes svc/books-api -n {NAMESPACE} -o wide");
     println!(
         "  workloads   web → books (HTTP/1, canary 80/20 to books-v1/books-v2; flaky route retried, slow route 250ms timeout) and web → authors (gRPC); traffic → web at 20 rps"
+    );
+    println!(
+        "  books-api   an HTTPRoute: `x-canary: true` goes to books-v2, the rest to books-v1, books-v2 and books-v1-b, which fails 10 s of every 30: failure accrual ejects it (outbound_endpoint_ejections_total at web's proxy) and retries hide it"
     );
     // Exact, not more: each app's own port stands for its pod's localhost, which on one
     // machine without network namespaces any local process can reach.

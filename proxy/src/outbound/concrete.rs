@@ -113,16 +113,11 @@ impl Balance {
         }
         let outcome = |addr: SocketAddr, failed: bool| {
             if let Some((policy, backend)) = accrual {
+                let now = tokio::time::Instant::now();
                 if failed {
-                    accrued.failure(
-                        backend,
-                        addr,
-                        addrs.len(),
-                        policy,
-                        tokio::time::Instant::now(),
-                    );
+                    accrued.failure(backend, addr, addrs.len(), policy, now);
                 } else {
-                    accrued.success(backend, addr);
+                    accrued.success(backend, addr, now);
                 }
             }
         };
@@ -208,9 +203,19 @@ impl Balance {
             }
             Err(error) => {
                 // A client's own bad request says nothing about the endpoint, nor does
-                // a deadline the client's route set.
+                // a deadline the client's route set, for the load estimate.
                 if !matches!(error, ProxyError::BadRequest(_) | ProxyError::Timeout) {
                     in_flight.fail();
+                }
+                // Failure accrual counts a timeout (the endpoint was the one waited on:
+                // a hung endpoint is what circuit breaking is for); counting gateway
+                // errors only, what stands for a 502 or a 504.
+                let failure = if gateway_only {
+                    matches!(error, ProxyError::Timeout | ProxyError::Upstream { .. })
+                } else {
+                    !matches!(error, ProxyError::BadRequest(_))
+                };
+                if failure {
                     outcome(addr, true);
                 }
                 Err(AtPeer { peer, error }.into())

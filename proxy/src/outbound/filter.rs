@@ -417,6 +417,11 @@ impl Body for Tee {
                     // The mirror is slow or gone: its copy is given up, never waited for.
                     self.give_up();
                 }
+                // The last frame (hyper stops polling a body that says so): the copy
+                // ends complete.
+                if self.inner.is_end_stream() {
+                    self.tx = None;
+                }
             }
             Poll::Ready(Some(Err(_))) => self.give_up(),
             // The end: the mirror's copy ends complete.
@@ -439,7 +444,7 @@ impl Drop for Tee {
     fn drop(&mut self) {
         // Dropped before its end (the request failed or was cancelled): the copy is
         // incomplete.
-        if self.tx.is_some() {
+        if self.tx.is_some() && !self.inner.is_end_stream() {
             self.give_up();
         }
     }

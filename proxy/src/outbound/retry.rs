@@ -170,6 +170,14 @@ fn attribute(
     }
 }
 
+/// The earlier of two deadlines, either of which may be unset.
+fn earlier(a: Option<Deadline>, b: Option<Deadline>) -> Option<Deadline> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if b.0 < a.0 { b } else { a }),
+        (a, b) => a.or(b),
+    }
+}
+
 /// The deadline passing between endpoints (resolving, connecting, waiting for a slot):
 /// a timeout of the endpoint an earlier attempt reached, if one did.
 fn timed_out(counted: &Option<Peer>) -> BoxError {
@@ -216,7 +224,19 @@ impl Service<Request<BoxBody>> for Retry {
             let (mut parts, body) = req.into_parts();
             let body = match buffer(body).await {
                 Ok(Replay::Buffered(bytes)) => bytes,
-                Ok(Replay::Once(body)) => return inner.call(rebuild(&parts, body)).await,
+                Ok(Replay::Once(body)) => {
+                    // Sent once, but still within its attempt's timeout.
+                    let mut req = rebuild(&parts, body);
+                    let attempt = on
+                        .attempt_timeout
+                        .map(|t| Deadline(tokio::time::Instant::now() + t));
+                    let tighter = earlier(deadline, attempt);
+                    if let Some(t) = tighter {
+                        req.extensions_mut().insert(t);
+                    }
+                    return Deadline::run(tighter, inner.call(req), || ProxyError::Timeout.into())
+                        .await;
+                }
                 Err(e) => return Err(e),
             };
             // The endpoint the latest attempt reached, which counted the request.
@@ -228,19 +248,18 @@ impl Service<Request<BoxBody>> for Retry {
                 let attempt_at = on
                     .attempt_timeout
                     .map(|t| Deadline(tokio::time::Instant::now() + t));
-                let tighter = match (deadline, attempt_at) {
-                    (Some(d), Some(a)) => Some(if a.0 < d.0 { a } else { d }),
-                    (d, a) => d.or(a),
-                };
+                let tighter = earlier(deadline, attempt_at);
                 let mut req = rebuild(&parts, full(body.clone()));
                 if let Some(t) = tighter {
                     req.extensions_mut().insert(t);
                 }
                 let call = inner.call(req);
                 let result = Deadline::run(tighter, call, || timed_out(&counted)).await;
-                // The attempt's own timeout passed, not the request's: worth retrying.
-                let attempt_timed_out = attempt_at.is_some()
-                    && deadline.is_none_or(|d| tokio::time::Instant::now() < d.0)
+                // The attempt's own timeout passed (not the request's, nor a shorter
+                // per-backend timeout, which is not retried): worth retrying.
+                let now = tokio::time::Instant::now();
+                let attempt_timed_out = attempt_at.is_some_and(|a| now >= a.0)
+                    && deadline.is_none_or(|d| now < d.0)
                     && matches!(&result, Err(e) if matches!(crate::error::cause(e), Some(ProxyError::Timeout)));
                 let peer = reached(&result);
                 // Failures worth retrying: failure responses, and endpoints that could
