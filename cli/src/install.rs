@@ -102,6 +102,33 @@ pub fn bundle_includes(given: &str, installed: &str) -> bool {
 /// Reads what a mesh installed in the cluster uses: `None` if there is no issuer
 /// Secret; an error if the API cannot say, or ([`Broken`]) what it holds does not
 /// check out. The webhook certificate is best effort: unreadable, a new one is made.
+/// Whether the cluster has the Gateway API's route CRDs from elsewhere (an ingress
+/// controller's, the upstream release): `mesh install` then leaves them out rather
+/// than replace them. The mesh's own (labelled) are updated as usual.
+pub async fn foreign_gateway_api_crds(client: kube::Client) -> anyhow::Result<bool> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let crds: kube::Api<CustomResourceDefinition> = kube::Api::all(client);
+    let (key, value) = mesh_controller::crd::GATEWAY_API_LABEL;
+    for name in [
+        "httproutes.gateway.networking.k8s.io",
+        "grpcroutes.gateway.networking.k8s.io",
+    ] {
+        let found = crds
+            .get_opt(name)
+            .await
+            .with_context(|| format!("cannot read CustomResourceDefinition {name}"))?;
+        if found.is_some_and(|crd| {
+            crd.metadata
+                .labels
+                .is_none_or(|l| l.get(key).map(String::as_str) != Some(value))
+        }) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// The mesh already installed in the cluster, if any.
 pub async fn installed(client: kube::Client) -> anyhow::Result<Option<Installed>> {
     use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
     use k8s_openapi::api::core::v1::{ConfigMap, Secret};

@@ -270,9 +270,11 @@ fn main() -> anyhow::Result<()> {
             if let (Some(given), Some(installed)) = (&identity_trust_anchors_file, &installed) {
                 warn_dropped_anchors(given, installed);
             }
+            let gateway_api_crds =
+                !skip_gateway_api_crds && !runtime()?.block_on(foreign_gateway_api_crds());
             let text = install::render(&install::Options {
                 crds_only: crds,
-                gateway_api_crds: !skip_gateway_api_crds,
+                gateway_api_crds,
                 trust_anchors: identity_trust_anchors_file,
                 issuer_cert: identity_issuer_certificate_file,
                 issuer_key: identity_issuer_key_file,
@@ -407,6 +409,42 @@ fn cluster_configured() -> bool {
         || std::env::var_os("KUBECONFIG").is_some_and(|v| !v.is_empty())
         || std::env::var_os("HOME")
             .is_some_and(|h| std::path::Path::new(&h).join(".kube/config").exists())
+}
+
+/// Whether the cluster of the current kubeconfig has the Gateway API's route CRDs from
+/// elsewhere (then they are left out, with a note). No cluster, or one that cannot say:
+/// no, and they are included.
+async fn foreign_gateway_api_crds() -> bool {
+    if !cluster_configured() {
+        return false;
+    }
+    let Ok(client) = kube::Client::try_default().await else {
+        return false;
+    };
+    match tokio::time::timeout(
+        Duration::from_secs(10),
+        install::foreign_gateway_api_crds(client),
+    )
+    .await
+    {
+        Ok(Ok(true)) => {
+            eprintln!(
+                "the cluster has the Gateway API's HTTPRoute and GRPCRoute CRDs already (not the mesh's): leaving them out"
+            );
+            true
+        }
+        Ok(Ok(false)) => false,
+        Ok(Err(e)) => {
+            eprintln!("warning: {e:#}: including the Gateway API's CRDs");
+            false
+        }
+        Err(_) => {
+            eprintln!(
+                "warning: the Kubernetes API did not answer in 10s: including the Gateway API's CRDs"
+            );
+            false
+        }
+    }
 }
 
 /// The mesh already installed in the cluster of the current kubeconfig, if any. With no

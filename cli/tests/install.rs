@@ -202,11 +202,35 @@ fn crds_only_and_given_issuers() {
         names.contains(&"httproutes.gateway.networking.k8s.io"),
         "{names:?}"
     );
-    // Where the cluster has the Gateway API's CRDs already, they are left out.
+    // Where the cluster has the Gateway API's CRDs already, they are left out: when
+    // asked, and when the cluster has ones that are not the mesh's.
     let out = mesh(&["install", "--crds", "--skip-gateway-api-crds"]);
     assert!(out.status.success());
     let crds = docs(&String::from_utf8_lossy(&out.stdout));
     assert_eq!(crds.len(), 2);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let crd = |labels: &str| {
+        format!(
+            r#"{{"apiVersion":"apiextensions.k8s.io/v1","kind":"CustomResourceDefinition","metadata":{{"name":"httproutes.gateway.networking.k8s.io"{labels}}},"spec":{{"group":"gateway.networking.k8s.io","names":{{"kind":"HTTPRoute","plural":"httproutes"}},"scope":"Namespaced","versions":[]}}}}"#
+        )
+    };
+    let path = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/httproutes.gateway.networking.k8s.io";
+    for (labels, want) in [("", 2), (r#","labels":{"mesh.io/crd":"gateway-api"}"#, 4)] {
+        let kubeconfig = fake_api(dir.path(), vec![(path.to_string(), crd(labels))], None);
+        let out = mesh_with(&["install", "--crds"], &kubeconfig);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let crds = docs(&String::from_utf8_lossy(&out.stdout));
+        assert_eq!(
+            crds.len(),
+            want,
+            "labels {labels}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 
     // A given issuer is used as given (and checked first).
     let dir = tempfile::tempdir().expect("tempdir");

@@ -69,6 +69,9 @@ pub struct GrpcRouteCrdSpec {
     pub spec: mesh_api::gateway::GrpcRouteSpec,
 }
 
+/// The label on the Gateway API CRDs the mesh generates.
+pub const GATEWAY_API_LABEL: (&str, &str) = ("mesh.io/crd", "gateway-api");
+
 /// The Gateway API's CRDs the mesh serves (the standard channel's route kinds), with
 /// the file each is committed under: installed unless the cluster already has them.
 pub fn gateway_api() -> Vec<(&'static str, CustomResourceDefinition)> {
@@ -81,10 +84,14 @@ pub fn gateway_api() -> Vec<(&'static str, CustomResourceDefinition)> {
         http.spec.versions.push(beta);
     }
     let mut grpc = GRPCRoute::crd();
-    // Kept when the chart is uninstalled: other controllers' routes may use them.
+    // Kept when the chart is uninstalled: other controllers' routes may use them. The
+    // label tells the mesh's own from the upstream CRDs (which `mesh install` leaves
+    // alone).
+    let (key, value) = GATEWAY_API_LABEL;
     for crd in [&mut http, &mut grpc] {
         crd.metadata.annotations =
             Some([("helm.sh/resource-policy".to_string(), "keep".to_string())].into());
+        crd.metadata.labels = Some([(key.to_string(), value.to_string())].into());
     }
     vec![
         ("httproutes.gateway.networking.k8s.io.yaml", http),
