@@ -1156,6 +1156,28 @@ fn backends(refs: &[HttpBackendRef], at: &str, errors: &mut Vec<FieldError>) {
     }
 }
 
+/// Whether `v` is a duration in the Gateway API's grammar (GEP-2257,
+/// `^([0-9]{1,5}(h|m|s|ms)){1,4}$`), which the upstream CRD enforces: a folder is held
+/// to what a cluster accepts.
+fn gep_2257(v: &str) -> bool {
+    let mut rest = v;
+    let mut parts = 0;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if !(1..=5).contains(&digits) {
+            return false;
+        }
+        rest = &rest[digits..];
+        let unit = ["ms", "h", "m", "s"]
+            .into_iter()
+            .find(|u| rest.starts_with(u));
+        let Some(unit) = unit else { return false };
+        rest = &rest[unit.len()..];
+        parts += 1;
+    }
+    (1..=4).contains(&parts)
+}
+
 fn timeouts(t: &HttpRouteTimeouts, at: &str, errors: &mut Vec<FieldError>) {
     let mut parsed = [None, None];
     for (i, (field, value)) in [
@@ -1166,6 +1188,16 @@ fn timeouts(t: &HttpRouteTimeouts, at: &str, errors: &mut Vec<FieldError>) {
     .enumerate()
     {
         let Some(v) = value else { continue };
+        if !gep_2257(v) {
+            errors.push(FieldError::new(
+                format!("{at}.{field}"),
+                format!(
+                    "{v:?} is not a Gateway API duration (GEP-2257: up to four parts of \
+                     1-5 digits and h, m, s or ms, as `1h30m` or `500ms`)"
+                ),
+            ));
+            continue;
+        }
         match crate::duration::parse(v) {
             Ok(d) => parsed[i] = Some(d),
             Err(e) => errors.push(FieldError::new(format!("{at}.{field}"), e.to_string())),
@@ -1276,6 +1308,16 @@ rules:
         let e = crate::yaml::from_str::<HttpRouteSpec>("rules: [{filters: [{type: Nope}]}]")
             .expect_err("unknown filter");
         assert!(e.to_string().contains("Nope"), "{e}");
+    }
+
+    #[test]
+    fn timeouts_take_the_gateway_api_grammar_only() {
+        for ok in ["10s", "500ms", "1h30m", "0s", "1h2m3s4ms", "99999ms"] {
+            assert!(gep_2257(ok), "{ok}");
+        }
+        for bad in ["", "1.5s", "1d", "10", "100000s", "1h2m3s4ms5s", "s", "10us", "-1s"] {
+            assert!(!gep_2257(bad), "{bad}");
+        }
     }
 
     #[test]
