@@ -1315,7 +1315,17 @@ rules:
         for ok in ["10s", "500ms", "1h30m", "0s", "1h2m3s4ms", "99999ms"] {
             assert!(gep_2257(ok), "{ok}");
         }
-        for bad in ["", "1.5s", "1d", "10", "100000s", "1h2m3s4ms5s", "s", "10us", "-1s"] {
+        for bad in [
+            "",
+            "1.5s",
+            "1d",
+            "10",
+            "100000s",
+            "1h2m3s4ms5s",
+            "s",
+            "10us",
+            "-1s",
+        ] {
             assert!(!gep_2257(bad), "{bad}");
         }
     }

@@ -167,13 +167,13 @@ pub fn service(svc: &Service) -> Result<ServiceInfo, Vec<FieldError>> {
             target,
         });
     }
-    let client = match crate::annotations::parse(svc.metadata.annotations.as_ref(), true) {
-        Ok(c) => c,
-        Err(e) => {
-            errors.extend(e);
-            Default::default()
-        }
-    };
+    // Bad client-policy annotations do not refuse the Service (its endpoints still
+    // serve): the index keeps their last good values and reports them.
+    let (client, client_errors) =
+        match crate::annotations::parse(svc.metadata.annotations.as_ref(), true) {
+            Ok(c) => (c, vec![]),
+            Err(e) => (Default::default(), e),
+        };
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -183,6 +183,7 @@ pub fn service(svc: &Service) -> Result<ServiceInfo, Vec<FieldError>> {
         selector: spec.selector.unwrap_or_default(),
         external_name: spec.type_.as_deref() == Some("ExternalName"),
         client,
+        client_errors,
     })
 }
 

@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 
 use crate::convert;
 use crate::gateway::{GatewayRoute, RouteSpec};
-use crate::index::{Index, Kind, Object, ObjectRef};
+use crate::index::{Index, Kind, Object, ObjectRef, Rejected};
 
 /// A document that could not be used, and why.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -30,6 +30,8 @@ pub struct DocError {
     pub reason: String,
     /// The object it was meant to be, when known: its last good version stays.
     pub at: Option<ObjectRef>,
+    /// Whether the rest of the object was applied (only some annotations refused).
+    pub partly: bool,
 }
 
 /// Where an object came from.
@@ -144,6 +146,7 @@ fn doc_error(file: &Path, document: usize, at: Option<&ObjectRef>, reason: Strin
         object: at.map(|a| format!(" ({a})")).unwrap_or_default(),
         reason,
         at: at.cloned(),
+        partly: false,
     }
 }
 
@@ -397,13 +400,20 @@ fn sync_files(
             Ok(()) => {
                 applied.insert(at, origin.file);
             }
-            Err(rejected) => errors.push(DocError {
-                file: origin.file,
-                document: origin.document,
-                object: format!(" ({at})"),
-                reason: rejected.to_string(),
-                at: Some(at),
-            }),
+            Err(rejected) => {
+                let partly = matches!(rejected, Rejected::Partly(_));
+                errors.push(DocError {
+                    file: origin.file.clone(),
+                    document: origin.document,
+                    object: format!(" ({at})"),
+                    reason: rejected.to_string(),
+                    at: Some(at.clone()),
+                    partly,
+                });
+                if partly {
+                    applied.insert(at, origin.file);
+                }
+            }
         }
     }
     // What the files read gave before (or, for the whole folder, everything) and no
@@ -422,7 +432,11 @@ fn sync_files(
         applied.remove(&at);
     }
     for e in &errors {
-        tracing::error!("refused {e}; the last good version, if any, stays in force");
+        if e.partly {
+            tracing::error!("{e}");
+        } else {
+            tracing::error!("refused {e}; the last good version, if any, stays in force");
+        }
     }
     errors
 }
@@ -695,6 +709,63 @@ mod tests {
             index.resolve(&format!("{name}.ns:80"), "ns", None),
             Resolution::Service { .. }
         )
+    }
+
+    #[test]
+    fn a_bad_annotation_keeps_the_service_and_its_last_good_client_policy() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("svc.yaml");
+        let annotated = |limit: &str| {
+            service("web").replacen(
+                "namespace: ns}",
+                &format!("namespace: ns, annotations: {{retry.linkerd.io/http: 5xx, retry.linkerd.io/limit: \"{limit}\"}}}}"),
+                1,
+            )
+        };
+        let index = Index::default();
+        let mut folder = Folder::new(dir.path().to_path_buf());
+        std::fs::write(&file, annotated("3")).expect("write");
+        let scan = folder.scan(&Scope::All).expect("scan");
+        assert_eq!(folder.apply(&index, scan), vec![]);
+        let retries = |index: &Index| {
+            index
+                .outbound_policy("web.ns:80", "ns", None)
+                .routes
+                .first()
+                .and_then(|r| r.retry.as_ref().map(|r| r.max_retries))
+        };
+        assert_eq!(retries(&index), Some(3));
+        // A typo: reported naming the annotation; the Service stays, with its last
+        // good retries.
+        std::fs::write(&file, annotated("many")).expect("write");
+        let scan = folder.scan(&Scope::All).expect("scan");
+        let errors = folder.apply(&index, scan);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].partly);
+        assert!(
+            errors[0].reason.contains("retry.linkerd.io/limit"),
+            "{errors:?}"
+        );
+        assert!(known(&index, "web"));
+        assert_eq!(retries(&index), Some(3));
+        // A new Service with a typo is known at once, without the bad policy.
+        std::fs::write(
+            dir.path().join("other.yaml"),
+            annotated("x").replace("web", "api"),
+        )
+        .expect("write");
+        let scan = folder.scan(&Scope::All).expect("scan");
+        assert_eq!(folder.apply(&index, scan).len(), 1);
+        assert!(known(&index, "api"));
+        assert_eq!(retries_of(&index, "api"), None);
+    }
+
+    fn retries_of(index: &Index, name: &str) -> Option<u32> {
+        index
+            .outbound_policy(&format!("{name}.ns:80"), "ns", None)
+            .routes
+            .first()
+            .and_then(|r| r.retry.as_ref().map(|r| r.max_retries))
     }
 
     #[test]

@@ -89,6 +89,9 @@ pub struct ServiceInfo {
     pub external_name: bool,
     /// Its retry, timeout and failure-accrual annotations.
     pub client: crate::annotations::ClientPolicy,
+    /// Client-policy annotations that did not parse: the index keeps their last good
+    /// values and reports them (never stored).
+    pub client_errors: Vec<FieldError>,
 }
 
 /// A service port and where it leads on the pods.
@@ -190,6 +193,14 @@ pub enum Rejected {
     /// Fields are invalid.
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     Invalid(Vec<FieldError>),
+    /// Some annotations are invalid: the object is applied without them, and what they
+    /// set keeps its last good value (a Service with a typo in a retry annotation
+    /// still has its endpoints).
+    #[error(
+        "{}; applied without these annotations, which keep their last good values",
+        .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+    )]
+    Partly(Vec<FieldError>),
 }
 
 /// One endpoint of a service port.
@@ -658,11 +669,24 @@ impl Index {
     /// Applies (adds or replaces) an object, or refuses it and keeps the last good one.
     pub fn apply(&self, at: &ObjectRef, object: Object) -> Result<(), Rejected> {
         let key = (at.namespace.clone(), at.name.clone());
+        let mut partly = None;
         let topics = {
             let mut s = self.state.write().unwrap_or_else(|e| e.into_inner());
             match object {
                 Object::Namespace(n) => s.put_namespace(&at.name, Some(n)),
-                Object::Service(svc) => s.put_service(key, Some(svc)),
+                Object::Service(mut svc) => {
+                    let errors = std::mem::take(&mut svc.client_errors);
+                    if !errors.is_empty() {
+                        // The last good client policy stays; the rest applies.
+                        svc.client = s
+                            .services
+                            .get(&key)
+                            .map(|old| old.client.clone())
+                            .unwrap_or_default();
+                        partly = Some(errors);
+                    }
+                    s.put_service(key, Some(svc))
+                }
                 Object::Pod(pod) => s.put_pod(key, Some(pod)),
                 Object::EndpointSlice(slice) => s.put_slice(key, Some(slice)),
                 Object::ServiceProfile(spec) => {
@@ -700,7 +724,10 @@ impl Index {
             }
         };
         self.wake(topics);
-        Ok(())
+        match partly {
+            Some(errors) => Err(Rejected::Partly(errors)),
+            None => Ok(()),
+        }
     }
 
     /// Removes an object.

@@ -19,7 +19,7 @@ use serde::de::DeserializeOwned;
 
 use crate::convert;
 use crate::gateway::{GatewayRoute, RouteSpec};
-use crate::index::{Index, Kind, Object, ObjectRef};
+use crate::index::{Index, Kind, Object, ObjectRef, Rejected};
 
 /// The ServiceProfile API this source watches.
 pub fn service_profiles() -> ApiResource {
@@ -309,9 +309,17 @@ async fn apply<K>(
 ) where
     K: Resource,
 {
-    let result = translate(o).and_then(|object| index.apply(at, object).map_err(|r| r.to_string()));
+    let result = translate(o).and_then(|object| {
+        index.apply(at, object).map_err(|r| match r {
+            // Applied, but for the annotations named.
+            Rejected::Partly(_) => format!("{r}"),
+            Rejected::Invalid(_) => {
+                format!("{r}; refused, the last good version (if any) stays in force")
+            }
+        })
+    });
     let Err(reason) = result else { return };
-    tracing::error!("refused {at}: {reason}; the last good version, if any, stays in force");
+    tracing::error!("{at}: {reason}");
     let event = KubeEvent {
         type_: EventType::Warning,
         reason: "Invalid".into(),
