@@ -529,6 +529,88 @@ pub struct GrpcMethodMatch {
     pub method: Option<String>,
 }
 
+/// A `ReferenceGrant`'s spec (`gateway.networking.k8s.io/v1beta1`): which objects of
+/// other namespaces may refer to which objects of the grant's own.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct ReferenceGrantSpec {
+    /// Who may refer: a kind of a namespace.
+    #[serde(default)]
+    pub from: Vec<GrantFrom>,
+    /// To what: a kind, perhaps one name.
+    #[serde(default)]
+    pub to: Vec<GrantTo>,
+}
+
+/// Objects that may refer, by group, kind and namespace.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct GrantFrom {
+    /// Their group (`gateway.networking.k8s.io`).
+    #[serde(default)]
+    pub group: String,
+    /// Their kind (`HTTPRoute`).
+    pub kind: String,
+    /// Their namespace.
+    pub namespace: String,
+}
+
+/// Objects that may be referred to, by group and kind, and perhaps name.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct GrantTo {
+    /// Their group (`""` for Services).
+    #[serde(default)]
+    pub group: String,
+    /// Their kind (`Service`).
+    pub kind: String,
+    /// Only this one; every object of the kind when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl ReferenceGrantSpec {
+    /// Every problem with the spec, each naming its field.
+    pub fn validate(&self) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        for (list, len) in [("spec.from", self.from.len()), ("spec.to", self.to.len())] {
+            if !(1..=16).contains(&len) {
+                errors.push(FieldError::new(list, "needs 1 to 16 entries"));
+            }
+        }
+        for (i, f) in self.from.iter().enumerate() {
+            if f.kind.is_empty() {
+                errors.push(FieldError::new(format!("spec.from[{i}].kind"), "required"));
+            }
+            if f.namespace.is_empty() {
+                errors.push(FieldError::new(
+                    format!("spec.from[{i}].namespace"),
+                    "required",
+                ));
+            }
+        }
+        for (i, t) in self.to.iter().enumerate() {
+            if t.kind.is_empty() {
+                errors.push(FieldError::new(format!("spec.to[{i}].kind"), "required"));
+            }
+        }
+        errors
+    }
+
+    /// Whether it lets a `kind` (of the Gateway API's group) in `namespace` refer to
+    /// Service `service` of the grant's namespace.
+    pub fn allows(&self, kind: &str, namespace: &str, service: &str) -> bool {
+        self.from
+            .iter()
+            .any(|f| f.group == GROUP && f.kind == kind && f.namespace == namespace)
+            && self.to.iter().any(|t| {
+                matches!(t.group.as_str(), "" | "core")
+                    && t.kind == "Service"
+                    && t.name.as_deref().is_none_or(|n| n == service)
+            })
+    }
+}
+
 /// The `controllerName` the mesh writes route statuses under.
 pub const CONTROLLER_NAME: &str = "mesh.io/mesh-controller";
 

@@ -17,9 +17,10 @@ pub const CRDS: [&str; 2] = [
 
 /// The Gateway API's route CRDs (the versions the mesh serves), for clusters that have
 /// none yet.
-pub const GATEWAY_API_CRDS: [&str; 2] = [
+pub const GATEWAY_API_CRDS: [&str; 3] = [
     include_str!("../../charts/mesh/gateway-api/httproutes.gateway.networking.k8s.io.yaml"),
     include_str!("../../charts/mesh/gateway-api/grpcroutes.gateway.networking.k8s.io.yaml"),
+    include_str!("../../charts/mesh/gateway-api/referencegrants.gateway.networking.k8s.io.yaml"),
 ];
 
 /// What `mesh install` was asked.
@@ -112,6 +113,7 @@ pub async fn foreign_gateway_api_crds(client: kube::Client) -> anyhow::Result<bo
     for name in [
         "httproutes.gateway.networking.k8s.io",
         "grpcroutes.gateway.networking.k8s.io",
+        "referencegrants.gateway.networking.k8s.io",
     ] {
         let found = crds
             .get_opt(name)
@@ -338,7 +340,7 @@ pub fn render(o: &Options) -> anyhow::Result<String> {
         "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: mesh-identity\nrules:\n- apiGroups: [authentication.k8s.io]\n  resources: [tokenreviews]\n  verbs: [create]".into(),
     );
     docs.push(
-        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: mesh-controller\nrules:\n- apiGroups: [\"\"]\n  resources: [namespaces, services, pods]\n  verbs: [get, list, watch]\n- apiGroups: [discovery.k8s.io]\n  resources: [endpointslices]\n  verbs: [get, list, watch]\n- apiGroups: [linkerd.io]\n  resources: [serviceprofiles]\n  verbs: [get, list, watch]\n- apiGroups: [split.smi-spec.io]\n  resources: [trafficsplits]\n  verbs: [get, list, watch]\n- apiGroups: [gateway.networking.k8s.io]\n  resources: [httproutes, grpcroutes]\n  verbs: [get, list, watch]\n- apiGroups: [gateway.networking.k8s.io]\n  resources: [httproutes/status, grpcroutes/status]\n  verbs: [get, patch, update]\n- apiGroups: [\"\", events.k8s.io]\n  resources: [events]\n  verbs: [create, patch]".into(),
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: mesh-controller\nrules:\n- apiGroups: [\"\"]\n  resources: [namespaces, services, pods]\n  verbs: [get, list, watch]\n- apiGroups: [discovery.k8s.io]\n  resources: [endpointslices]\n  verbs: [get, list, watch]\n- apiGroups: [linkerd.io]\n  resources: [serviceprofiles]\n  verbs: [get, list, watch]\n- apiGroups: [split.smi-spec.io]\n  resources: [trafficsplits]\n  verbs: [get, list, watch]\n- apiGroups: [gateway.networking.k8s.io]\n  resources: [httproutes, grpcroutes, referencegrants]\n  verbs: [get, list, watch]\n- apiGroups: [gateway.networking.k8s.io]\n  resources: [httproutes/status, grpcroutes/status]\n  verbs: [get, patch, update]\n- apiGroups: [\"\", events.k8s.io]\n  resources: [events]\n  verbs: [create, patch]".into(),
     );
     for name in ["mesh-identity", "mesh-controller"] {
         docs.push(format!(

@@ -192,7 +192,7 @@ fn crds_only_and_given_issuers() {
     let out = mesh(&["install", "--crds"]);
     assert!(out.status.success());
     let crds = docs(&String::from_utf8_lossy(&out.stdout));
-    assert_eq!(crds.len(), 4, "the mesh's two and the Gateway API's two");
+    assert_eq!(crds.len(), 5, "the mesh's two and the Gateway API's three");
     assert!(crds.iter().all(|d| d["kind"] == "CustomResourceDefinition"));
     let names: Vec<_> = crds
         .iter()
@@ -215,7 +215,7 @@ fn crds_only_and_given_issuers() {
         )
     };
     let path = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/httproutes.gateway.networking.k8s.io";
-    for (labels, want) in [("", 2), (r#","labels":{"mesh.io/crd":"gateway-api"}"#, 4)] {
+    for (labels, want) in [("", 2), (r#","labels":{"mesh.io/crd":"gateway-api"}"#, 5)] {
         let kubeconfig = fake_api(dir.path(), vec![(path.to_string(), crd(labels))], None);
         let out = mesh_with(&["install", "--crds"], &kubeconfig);
         assert!(

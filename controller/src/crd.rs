@@ -72,6 +72,21 @@ pub struct GrpcRouteCrdSpec {
 /// The label on the Gateway API CRDs the mesh generates.
 pub const GATEWAY_API_LABEL: (&str, &str) = ("mesh.io/crd", "gateway-api");
 
+/// The Gateway API's ReferenceGrant spec, as the CRD the mesh installs sees it.
+#[derive(CustomResource, Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "gateway.networking.k8s.io",
+    version = "v1beta1",
+    kind = "ReferenceGrant",
+    plural = "referencegrants",
+    namespaced
+)]
+pub struct ReferenceGrantCrdSpec {
+    /// The spec.
+    #[serde(flatten)]
+    pub spec: mesh_api::gateway::ReferenceGrantSpec,
+}
+
 /// The Gateway API's CRDs the mesh serves (the standard channel's route kinds), with
 /// the file each is committed under: installed unless the cluster already has them.
 pub fn gateway_api() -> Vec<(&'static str, CustomResourceDefinition)> {
@@ -84,11 +99,12 @@ pub fn gateway_api() -> Vec<(&'static str, CustomResourceDefinition)> {
         http.spec.versions.push(beta);
     }
     let mut grpc = GRPCRoute::crd();
+    let mut grant = ReferenceGrant::crd();
     // Kept when the chart is uninstalled: other controllers' routes may use them. The
     // label tells the mesh's own from the upstream CRDs (which `mesh install` leaves
     // alone).
     let (key, value) = GATEWAY_API_LABEL;
-    for crd in [&mut http, &mut grpc] {
+    for crd in [&mut http, &mut grpc, &mut grant] {
         crd.metadata.annotations =
             Some([("helm.sh/resource-policy".to_string(), "keep".to_string())].into());
         crd.metadata.labels = Some([(key.to_string(), value.to_string())].into());
@@ -96,6 +112,7 @@ pub fn gateway_api() -> Vec<(&'static str, CustomResourceDefinition)> {
     vec![
         ("httproutes.gateway.networking.k8s.io.yaml", http),
         ("grpcroutes.gateway.networking.k8s.io.yaml", grpc),
+        ("referencegrants.gateway.networking.k8s.io.yaml", grant),
     ]
 }
 

@@ -211,6 +211,10 @@ fn document(file: &Path, n: usize, value: mesh_api::yaml::Value, loaded: &mut Lo
             Kind::HttpRoute
         }
         ("GRPCRoute", "gateway.networking.k8s.io/v1") => Kind::GrpcRoute,
+        (
+            "ReferenceGrant",
+            "gateway.networking.k8s.io/v1beta1" | "gateway.networking.k8s.io/v1",
+        ) => Kind::ReferenceGrant,
         ("", _) => {
             loaded
                 .errors
@@ -266,6 +270,7 @@ fn document(file: &Path, n: usize, value: mesh_api::yaml::Value, loaded: &mut Lo
         }),
         Kind::ServiceProfile => spec(value).map(Object::ServiceProfile),
         Kind::TrafficSplit => spec(value).map(Object::TrafficSplit),
+        Kind::ReferenceGrant => spec(value).map(Object::ReferenceGrant),
         Kind::HttpRoute => client().and_then(|client| {
             spec(value).map(|spec| {
                 Object::Route(GatewayRoute {
@@ -758,6 +763,63 @@ mod tests {
         assert_eq!(folder.apply(&index, scan).len(), 1);
         assert!(known(&index, "api"));
         assert_eq!(retries_of(&index, "api"), None);
+    }
+
+    #[test]
+    fn a_reference_grant_opens_a_backend_in_another_namespace() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let services = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: ns}\n\
+             spec: {ports: [{port: 80}]}\n---\n\
+             apiVersion: v1\nkind: Service\nmetadata: {name: store, namespace: other}\n\
+             spec: {ports: [{port: 80}]}\n---\n\
+             apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+             metadata: {name: r, namespace: ns}\n\
+             spec: {parentRefs: [{group: '', kind: Service, name: web}], \
+             rules: [{backendRefs: [{name: store, namespace: other, port: 80}]}]}\n";
+        std::fs::write(dir.path().join("a.yaml"), services).expect("write");
+        let index = Index::default();
+        let mut folder = Folder::new(dir.path().to_path_buf());
+        let scan = folder.scan(&Scope::All).expect("scan");
+        assert_eq!(folder.apply(&index, scan), vec![]);
+        let backend = |index: &Index| {
+            let p = index.outbound_policy("web.ns:80", "ns", None);
+            p.routes[0].backends[0]
+                .backend
+                .as_ref()
+                .and_then(|b| b.kind.clone())
+        };
+        assert!(
+            matches!(backend(&index), Some(mesh_api::policy::backend::Kind::Failure(f)) if f.message.contains("no ReferenceGrant")),
+            "{:?}",
+            backend(&index)
+        );
+        let route = ObjectRef {
+            kind: Kind::HttpRoute,
+            namespace: "ns".into(),
+            name: "r".into(),
+        };
+        let mut watch = index.watch();
+        let reports = index.route_reports(&route, Some(&mut watch));
+        assert_eq!(reports[0].1.conditions[1].reason, "RefNotPermitted");
+        // A grant in the Service's namespace, for HTTPRoutes of `ns`: it resolves, and
+        // the route's conditions are woken.
+        std::fs::write(
+            dir.path().join("grant.yaml"),
+            "apiVersion: gateway.networking.k8s.io/v1beta1\nkind: ReferenceGrant\n\
+             metadata: {name: g, namespace: other}\n\
+             spec: {from: [{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: ns}], \
+             to: [{group: '', kind: Service}]}\n",
+        )
+        .expect("write");
+        let scan = folder.scan(&Scope::All).expect("scan");
+        assert_eq!(folder.apply(&index, scan), vec![]);
+        assert!(watch.take_change(), "the grant woke the route's conditions");
+        assert_eq!(
+            backend(&index),
+            Some(mesh_api::policy::backend::Kind::Authority(
+                "store.other.svc.cluster.local:80".into()
+            ))
+        );
     }
 
     fn retries_of(index: &Index, name: &str) -> Option<u32> {

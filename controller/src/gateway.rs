@@ -106,6 +106,23 @@ pub enum Resolved {
     NoService,
     /// The Service has no such port.
     NoPort,
+    /// The Service is in another namespace, and no ReferenceGrant there lets the route
+    /// refer to it.
+    NotPermitted,
+}
+
+/// A backend reference to look up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lookup<'a> {
+    /// The Service's namespace.
+    pub namespace: &'a str,
+    /// Its name.
+    pub name: &'a str,
+    /// The port.
+    pub port: u16,
+    /// For a reference across namespaces, the referring route's kind and namespace,
+    /// which a ReferenceGrant in the Service's namespace must allow.
+    pub from: Option<(&'static str, &'a str)>,
 }
 
 /// A condition of a route's status, as the Gateway API names them.
@@ -140,7 +157,7 @@ pub struct Report {
 pub type ParentReports = Vec<((String, String), Report)>;
 
 /// Finds whether a Service (namespace, name) has a port.
-pub type Resolver<'r> = dyn FnMut(&str, &str, u16) -> Resolved + 'r;
+pub type Resolver<'r> = dyn FnMut(Lookup<'_>) -> Resolved + 'r;
 
 /// The routes that apply, in precedence order: GRPCRoutes when any attach (an
 /// HTTPRoute beside one is conflicted), else HTTPRoutes; the oldest first, then by
@@ -197,6 +214,7 @@ pub fn compile(
             .as_ref()
             .or(service.timeouts.as_ref());
         let mut refs = Refs {
+            kind: r.route.kind(),
             route_ns: r.namespace,
             parent_ns: namespace,
             domain,
@@ -453,6 +471,7 @@ fn header(h: &ValueMatch) -> pb::HeaderMatch {
 
 /// Resolves a route's references, collecting what did not resolve.
 struct Refs<'a, 'r> {
+    kind: &'static str,
     route_ns: &'a str,
     parent_ns: &'a str,
     domain: &'a str,
@@ -473,16 +492,26 @@ impl Refs<'_, '_> {
                     b.kind.as_deref().unwrap_or("")
                 ),
             ))
-        } else if ns != self.route_ns && ns != self.parent_ns {
-            // Without ReferenceGrants, a route reaches Services of its own namespace and
-            // (a consumer route) of its parent's.
-            Some((
-                "RefNotPermitted",
-                format!("{at}: Service {ns}/{} is in another namespace", b.name),
-            ))
         } else {
             let port = b.port.unwrap_or(0);
-            match (self.resolve)(ns, &b.name, port) {
+            // A route reaches Services of its own namespace and (a consumer route) of
+            // its parent's; others only where a ReferenceGrant there allows it.
+            let from =
+                (ns != self.route_ns && ns != self.parent_ns).then_some((self.kind, self.route_ns));
+            let lookup = Lookup {
+                namespace: ns,
+                name: &b.name,
+                port,
+                from,
+            };
+            match (self.resolve)(lookup) {
+                Resolved::NotPermitted => Some((
+                    "RefNotPermitted",
+                    format!(
+                        "{at}: Service {ns}/{} is in another namespace, and no ReferenceGrant there allows it",
+                        b.name
+                    ),
+                )),
                 Resolved::Found => {
                     return Ok(format!("{}.{ns}.svc.{}:{port}", b.name, self.domain));
                 }
@@ -694,7 +723,7 @@ mod tests {
         let (apply, conflicted) = order(attached);
         assert!(conflicted.is_empty());
         let mut policy = pb::OutboundPolicy::default();
-        let mut resolve = |_: &str, name: &str, port: u16| match (name, port) {
+        let mut resolve = |l: Lookup<'_>| match (l.name, l.port) {
             ("books", 80) => Resolved::Found,
             ("books", _) => Resolved::NoPort,
             _ => Resolved::NoService,
@@ -794,7 +823,7 @@ mod tests {
             },
         ];
         let mut policy = pb::OutboundPolicy::default();
-        let mut resolve = |_: &str, _: &str, _: u16| Resolved::Found;
+        let mut resolve = |_: Lookup<'_>| Resolved::Found;
         compile(
             &attached,
             &service,

@@ -37,6 +37,8 @@ pub enum Kind {
     HttpRoute,
     /// gateway.networking.k8s.io/v1 GRPCRoute.
     GrpcRoute,
+    /// gateway.networking.k8s.io/v1beta1 ReferenceGrant.
+    ReferenceGrant,
 }
 
 /// A kind, namespace and name.
@@ -62,6 +64,7 @@ impl Kind {
             Self::TrafficSplit => "TrafficSplit",
             Self::HttpRoute => "HTTPRoute",
             Self::GrpcRoute => "GRPCRoute",
+            Self::ReferenceGrant => "ReferenceGrant",
         }
     }
 }
@@ -185,6 +188,8 @@ pub enum Object {
     TrafficSplit(TrafficSplitSpec),
     /// An HTTPRoute or a GRPCRoute (the kind as its [`ObjectRef`] says).
     Route(GatewayRoute),
+    /// A ReferenceGrant's spec.
+    ReferenceGrant(mesh_api::gateway::ReferenceGrantSpec),
 }
 
 /// Why an object was refused; the last good version of it stays in force.
@@ -252,6 +257,8 @@ pub enum Topic {
     Route(Kind, String, String),
     /// Which Gateway API routes exist (one is added or removed).
     Routes,
+    /// The ReferenceGrants of a namespace.
+    Grants(String),
 }
 
 type Key = (String, String);
@@ -519,6 +526,8 @@ struct State {
     routes: HashMap<RouteKey, GatewayRoute>,
     /// Routes by each Service (namespace, name) they attach to.
     routes_of: HashMap<Key, BTreeSet<RouteKey>>,
+    /// ReferenceGrants by namespace, then name.
+    grants: HashMap<String, BTreeMap<String, mesh_api::gateway::ReferenceGrantSpec>>,
 }
 
 /// A pod as mesh-viz sees it: where its proxy is, and what it belongs to.
@@ -721,6 +730,13 @@ impl Index {
                     }
                     s.put_route((at.kind, key.0, key.1), Some(route))
                 }
+                Object::ReferenceGrant(spec) => {
+                    let errors = spec.validate();
+                    if !errors.is_empty() {
+                        return Err(Rejected::Invalid(errors));
+                    }
+                    s.put_grant(key, Some(spec))
+                }
             }
         };
         self.wake(topics);
@@ -746,6 +762,7 @@ impl Index {
                     s.put_split(key, None)
                 }
                 Kind::HttpRoute | Kind::GrpcRoute => s.put_route((at.kind, key.0, key.1), None),
+                Kind::ReferenceGrant => s.put_grant(key, None),
             }
         };
         self.wake(topics);
@@ -1137,6 +1154,26 @@ impl State {
         topics.into_iter().collect()
     }
 
+    fn put_grant(
+        &mut self,
+        (ns, name): Key,
+        new: Option<mesh_api::gateway::ReferenceGrantSpec>,
+    ) -> Vec<Topic> {
+        let grants = self.grants.entry(ns.clone()).or_default();
+        let changed = match new {
+            Some(spec) => grants.insert(name, spec.clone()).as_ref() != Some(&spec),
+            None => grants.remove(&name).is_some(),
+        };
+        if grants.is_empty() {
+            self.grants.remove(&ns);
+        }
+        if changed {
+            vec![Topic::Grants(ns)]
+        } else {
+            vec![]
+        }
+    }
+
     fn unpend(&mut self, (ns, name): &Key) {
         if let Some(pending) = self.pending_splits.get_mut(ns) {
             pending.remove(name);
@@ -1247,13 +1284,30 @@ impl State {
         of(namespace)
     }
 
-    /// Whether port `port` of Service `ns/name` exists, listening to the Service.
-    fn resolver<'a>(&'a self, deps: &'a mut Deps) -> impl FnMut(&str, &str, u16) -> Resolved + 'a {
-        move |ns, name, port| {
-            deps.service(ns, name);
-            match self.services.get(&(ns.to_string(), name.to_string())) {
+    /// Whether a backend reference resolves (the Service, its port, and across
+    /// namespaces a ReferenceGrant), listening to what it read.
+    fn resolver<'a>(
+        &'a self,
+        deps: &'a mut Deps,
+    ) -> impl FnMut(crate::gateway::Lookup<'_>) -> Resolved + 'a {
+        move |l| {
+            if let Some((kind, from)) = l.from {
+                deps.0.push(Topic::Grants(l.namespace.to_string()));
+                let granted = self
+                    .grants
+                    .get(l.namespace)
+                    .is_some_and(|g| g.values().any(|g| g.allows(kind, from, l.name)));
+                if !granted {
+                    return Resolved::NotPermitted;
+                }
+            }
+            deps.service(l.namespace, l.name);
+            match self
+                .services
+                .get(&(l.namespace.to_string(), l.name.to_string()))
+            {
                 None => Resolved::NoService,
-                Some(svc) if svc.ports.iter().any(|p| p.port == port) => Resolved::Found,
+                Some(svc) if svc.ports.iter().any(|p| p.port == l.port) => Resolved::Found,
                 Some(_) => Resolved::NoPort,
             }
         }

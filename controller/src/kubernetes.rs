@@ -57,8 +57,17 @@ pub fn grpc_routes() -> ApiResource {
     ))
 }
 
+/// The Gateway API's ReferenceGrant, as this source watches it.
+pub fn reference_grants() -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk(
+        mesh_api::gateway::GROUP,
+        "v1beta1",
+        "ReferenceGrant",
+    ))
+}
+
 /// The kinds this source watches; `run` counts them on `synced` as each is first listed.
-pub const KINDS: usize = 8;
+pub const KINDS: usize = 9;
 
 /// Watches every kind the index needs until the process ends, counting on `synced` the
 /// kinds listed so far. Watch errors are retried with backoff by kube-runtime. Objects
@@ -80,7 +89,7 @@ pub async fn run(
     });
     let recorder = recorder.as_ref();
     let (sp, ts) = (service_profiles(), traffic_splits());
-    let (hr, gr) = (http_routes(), grpc_routes());
+    let (hr, gr, rg) = (http_routes(), grpc_routes(), reference_grants());
     tokio::join!(
         follow(
             Api::<Namespace>::all(client.clone()),
@@ -151,6 +160,15 @@ pub async fn run(
             synced,
             |o| route(o, RouteSpec::Grpc),
             gr.clone()
+        ),
+        follow_with(
+            Api::<DynamicObject>::all_with(client.clone(), &rg),
+            Kind::ReferenceGrant,
+            &index,
+            recorder,
+            synced,
+            |o| spec(o).map(Object::ReferenceGrant),
+            rg.clone()
         ),
     );
 }
@@ -284,7 +302,11 @@ async fn follow_with<K>(
                     &error,
                     watcher::Error::InitialListFailed(kube::Error::Api(s)) if s.code == 404
                 );
-                if absent && matches!(kind, Kind::HttpRoute | Kind::GrpcRoute) && !listed_once {
+                let optional = matches!(
+                    kind,
+                    Kind::HttpRoute | Kind::GrpcRoute | Kind::ReferenceGrant
+                );
+                if absent && optional && !listed_once {
                     listed_once = true;
                     synced.send_modify(|n| *n += 1);
                     tracing::warn!(
