@@ -16,6 +16,7 @@ pub mod config;
 pub mod detect;
 pub mod discover;
 pub mod error;
+pub mod filters;
 pub mod http;
 pub mod identity;
 pub mod idle;

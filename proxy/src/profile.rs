@@ -10,7 +10,7 @@ use http::{Method, StatusCode};
 use mesh_api::policy as pb;
 use tower::retry::budget::TpsBudget;
 
-use crate::outbound::filter::Filter;
+use crate::filters::Filter;
 
 /// The route name of requests no route matches.
 pub const DEFAULT_ROUTE: &str = "default";
@@ -379,7 +379,7 @@ impl Profile {
                 filters: r
                     .filters
                     .iter()
-                    .map(Filter::compile)
+                    .map(|f| Filter::compile(f).map_err(Unsupported))
                     .collect::<Result<_, _>>()?,
                 prefix,
                 budget: r.retry.as_ref().map(|retry| match &retry.budget {
@@ -492,7 +492,11 @@ fn weighted(backends: &[pb::WeightedBackend]) -> Result<Vec<Backend>, Unsupporte
                 // Refused by `unsupported`.
                 pb::backend::Kind::Subset(_) => return None,
             };
-            let filters: Result<Vec<Filter>, _> = b.filters.iter().map(Filter::compile).collect();
+            let filters: Result<Vec<Filter>, _> = b
+                .filters
+                .iter()
+                .map(|f| Filter::compile(f).map_err(Unsupported))
+                .collect();
             Some(filters.map(|filters| Backend {
                 target,
                 weight: b.weight,

@@ -15,9 +15,9 @@ use super::default_port;
 use super::logical::Logical;
 use crate::body::BoxBody;
 use crate::error::{BoxError, ProxyError};
+use crate::filters::Filter;
 use crate::http::timeout::Deadline;
 use crate::http::{BoxFuture, ConnInfo, request_authority};
-use crate::outbound::filter::Filter;
 use crate::profile::{Backend, RouteInfo, Target, pick};
 use crate::resolve::NameAddr;
 
@@ -132,7 +132,7 @@ where
             })
             .await?;
             if let Some(filters) = &filters {
-                super::filter::response(filters, &mut rsp);
+                crate::filters::response(filters, &mut rsp);
             }
             Ok(rsp)
         })
