@@ -259,24 +259,29 @@ async fn cluster_routes(client: &kube::Client) -> Vec<Check> {
                     parent.parent_ref.namespace.as_deref().unwrap_or(&ns),
                     parent.parent_ref.name
                 );
-                let title = format!(
-                    "{kind} {ns}/{name} on Service {svc} is accepted and its references resolve"
-                );
                 let problems: Vec<String> = parent
                     .conditions
                     .iter()
                     .filter(|c| c.status != "True")
                     .map(|c| format!("{} is {} ({}): {}", c.kind, c.status, c.reason, c.message))
                     .collect();
-                out.push(if problems.is_empty() {
-                    pass(title)
-                } else {
-                    fail(title, problems.join("; "))
-                });
+                out.push(route_check(kind, &ns, &name, &svc, &problems));
             }
         }
     }
     out
+}
+
+/// The check of one route on one parent Service (`ns/name`): passed when nothing is
+/// wrong.
+fn route_check(kind: &str, ns: &str, name: &str, svc: &str, problems: &[String]) -> Check {
+    let title =
+        format!("{kind} {ns}/{name} on Service {svc} is accepted and its references resolve");
+    if problems.is_empty() {
+        pass(title)
+    } else {
+        fail(title, problems.join("; "))
+    }
 }
 
 /// One check per Gateway API route in `index` and Service it attaches to: accepted,
@@ -285,21 +290,14 @@ pub fn routes(index: &mesh_controller::Index) -> Vec<Check> {
     let mut out = Vec::new();
     for at in index.routes(None) {
         for ((ns, svc), report) in index.route_reports(&at, None) {
-            let title = format!(
-                "{} {}/{} on Service {ns}/{svc} is accepted and its references resolve",
-                report.kind, at.namespace, at.name
-            );
-            let problems: Vec<String> = report
-                .conditions
-                .iter()
-                .filter(|c| !c.status)
-                .map(|c| format!("{} is False ({}): {}", c.kind, c.reason, c.message))
-                .collect();
-            out.push(if problems.is_empty() {
-                pass(title)
-            } else {
-                fail(title, problems.join("; "))
-            });
+            let svc = format!("{ns}/{svc}");
+            out.push(route_check(
+                report.kind,
+                &at.namespace,
+                &at.name,
+                &svc,
+                &report.problems(),
+            ));
         }
     }
     out

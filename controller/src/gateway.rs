@@ -153,6 +153,18 @@ pub struct Report {
     pub generation: Option<i64>,
 }
 
+impl Report {
+    /// Each condition that does not hold, in words (`ResolvedRefs is False
+    /// (BackendNotFound): …`); none when the route is accepted and resolved.
+    pub fn problems(&self) -> Vec<String> {
+        self.conditions
+            .iter()
+            .filter(|c| !c.status)
+            .map(|c| format!("{} is False ({}): {}", c.kind, c.reason, c.message))
+            .collect()
+    }
+}
+
 /// A route's reports, one per parent Service (namespace, name).
 pub type ParentReports = Vec<((String, String), Report)>;
 

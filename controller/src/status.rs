@@ -101,12 +101,7 @@ pub async fn follow(index: Arc<Index>, tx: mpsc::Sender<Change>) {
 /// Logs a change: a warning for each condition that does not hold.
 pub fn log(change: &Change) {
     for ((ns, svc), report) in &change.reports {
-        let bad: Vec<String> = report
-            .conditions
-            .iter()
-            .filter(|c| !c.status)
-            .map(|c| format!("{} is False ({}): {}", c.kind, c.reason, c.message))
-            .collect();
+        let bad = report.problems();
         if bad.is_empty() {
             tracing::info!(route = %change.route, service = %format!("{ns}/{svc}"), "route accepted, references resolved");
         } else {

@@ -25,6 +25,29 @@ const BACKSTOP_DELAY: Duration = Duration::from_millis(1);
 pub struct Deadline(pub Instant);
 
 impl Deadline {
+    /// `timeout` from now.
+    pub fn after(timeout: Duration) -> Self {
+        Self(Instant::now() + timeout)
+    }
+
+    /// The earlier of two deadlines, either of which may be unset.
+    pub fn earlier(a: Option<Self>, b: Option<Self>) -> Option<Self> {
+        match (a, b) {
+            (Some(a), Some(b)) => Some(if b.0 < a.0 { b } else { a }),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Puts on `req` the earlier of its deadline and `other`, for the levels below;
+    /// returns it.
+    pub fn tighten<B>(req: &mut Request<B>, other: Option<Self>) -> Option<Self> {
+        let tighter = Self::earlier(req.extensions().get::<Self>().copied(), other);
+        if let Some(t) = tighter {
+            req.extensions_mut().insert(t);
+        }
+        tighter
+    }
+
     /// Runs `fut` until the deadline of `deadline`, if any; past it, `on_timeout`.
     pub async fn run<T, E>(
         deadline: Option<Self>,
@@ -97,26 +120,15 @@ where
             .get::<RouteInfo>()
             .and_then(|i| i.route.as_ref()?.timeout)
             .or(default);
-        let deadline = timeout.map(|t| Deadline(Instant::now() + t));
-        if let Some(d) = deadline {
-            req.extensions_mut().insert(d);
+        if let Some(t) = timeout {
+            req.extensions_mut().insert(Deadline::after(t));
         }
         let idle = req
             .extensions()
             .get::<RouteInfo>()
             .and_then(|i| i.route.as_ref()?.idle);
         // Waiting for the headers is idle too: an idle timeout bounds it.
-        let deadline = match (deadline, idle.map(|i| Deadline(Instant::now() + i))) {
-            (Some(d), Some(i)) if i.0 < d.0 => {
-                req.extensions_mut().insert(i);
-                Some(i)
-            }
-            (None, Some(i)) => {
-                req.extensions_mut().insert(i);
-                Some(i)
-            }
-            (d, _) => d,
-        };
+        let deadline = Deadline::tighten(&mut req, idle.map(Deadline::after));
         let fut = self.inner.call(req);
         // The levels below enforce the deadline itself, naming the endpoint they were
         // waiting on; this one is the backstop for time spent elsewhere (reading a body

@@ -103,19 +103,20 @@ impl Balance {
             })
             .collect();
         let authority = request_authority(&req).map(str::to_owned);
-        let addrs: Vec<SocketAddr> = endpoints.iter().map(|(e, _)| e.addr).collect();
-        let available = match accrual {
-            Some((_, backend)) => accrued.available(backend, &addrs, tokio::time::Instant::now()),
-            None => vec![true; endpoints.len()],
-        };
-        if !endpoints.is_empty() && !available.contains(&true) {
+        // Only a policy with failure accrual pays for the lookup.
+        let available = accrual.map(|(_, backend)| {
+            let addrs: Vec<SocketAddr> = endpoints.iter().map(|(e, _)| e.addr).collect();
+            accrued.available(backend, &addrs, tokio::time::Instant::now())
+        });
+        if !endpoints.is_empty() && available.as_ref().is_some_and(|a| !a.contains(&true)) {
             return Err(ProxyError::Unavailable.into());
         }
+        let size = endpoints.len();
         let outcome = |addr: SocketAddr, failed: bool| {
             if let Some((policy, backend)) = accrual {
                 let now = tokio::time::Instant::now();
                 if failed {
-                    accrued.failure(backend, addr, addrs.len(), policy, now);
+                    accrued.failure(backend, addr, size, policy, now);
                 } else {
                     accrued.success(backend, addr, now);
                 }
@@ -128,9 +129,12 @@ impl Balance {
             let now = std::time::Instant::now();
             let candidates: Vec<_> = endpoints
                 .iter()
-                .zip(&available)
-                .filter(|((e, _), ok)| **ok && !failed.contains(&e.addr))
-                .map(|(e, _)| e)
+                .enumerate()
+                .filter(|(i, (e, _))| {
+                    available.as_ref().is_none_or(|a| a.get(*i) == Some(&true))
+                        && !failed.contains(&e.addr)
+                })
+                .map(|(_, e)| e)
                 .collect();
             let Some((endpoint, dst)) = p2c(&candidates, |(e, _)| e.load.load(now)) else {
                 return Err(ProxyError::NoEndpoints(authority.unwrap_or_default()).into());

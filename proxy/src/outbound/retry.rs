@@ -170,14 +170,6 @@ fn attribute(
     }
 }
 
-/// The earlier of two deadlines, either of which may be unset.
-fn earlier(a: Option<Deadline>, b: Option<Deadline>) -> Option<Deadline> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(if b.0 < a.0 { b } else { a }),
-        (a, b) => a.or(b),
-    }
-}
-
 /// The deadline passing between endpoints (resolving, connecting, waiting for a slot):
 /// a timeout of the endpoint an earlier attempt reached, if one did.
 fn timed_out(counted: &Option<Peer>) -> BoxError {
@@ -227,13 +219,8 @@ impl Service<Request<BoxBody>> for Retry {
                 Ok(Replay::Once(body)) => {
                     // Sent once, but still within its attempt's timeout.
                     let mut req = rebuild(&parts, body);
-                    let attempt = on
-                        .attempt_timeout
-                        .map(|t| Deadline(tokio::time::Instant::now() + t));
-                    let tighter = earlier(deadline, attempt);
-                    if let Some(t) = tighter {
-                        req.extensions_mut().insert(t);
-                    }
+                    let tighter =
+                        Deadline::tighten(&mut req, on.attempt_timeout.map(Deadline::after));
                     return Deadline::run(tighter, inner.call(req), || ProxyError::Timeout.into())
                         .await;
                 }
@@ -245,14 +232,9 @@ impl Service<Request<BoxBody>> for Retry {
             loop {
                 // Each attempt within its own timeout, if the route sets one, inside the
                 // request's deadline.
-                let attempt_at = on
-                    .attempt_timeout
-                    .map(|t| Deadline(tokio::time::Instant::now() + t));
-                let tighter = earlier(deadline, attempt_at);
+                let attempt_at = on.attempt_timeout.map(Deadline::after);
                 let mut req = rebuild(&parts, full(body.clone()));
-                if let Some(t) = tighter {
-                    req.extensions_mut().insert(t);
-                }
+                let tighter = Deadline::tighten(&mut req, attempt_at);
                 let call = inner.call(req);
                 let result = Deadline::run(tighter, call, || timed_out(&counted)).await;
                 // The attempt's own timeout passed (not the request's, nor a shorter

@@ -113,18 +113,8 @@ where
         let per_try = req
             .extensions()
             .get::<RouteInfo>()
-            .and_then(|i| i.route.as_ref())
-            .and_then(|r| r.per_try)
-            .map(|t| {
-                let at = Deadline(tokio::time::Instant::now() + t);
-                match req.extensions().get::<Deadline>() {
-                    Some(d) if d.0 < at.0 => *d,
-                    _ => at,
-                }
-            });
-        if let Some(d) = per_try {
-            req.extensions_mut().insert(d);
-        }
+            .and_then(|i| i.route.as_ref()?.per_try)
+            .and_then(|t| Deadline::tighten(&mut req, Some(Deadline::after(t))));
         let fut = self.inner.call(req);
         Box::pin(async move {
             let mut rsp = Deadline::run(per_try, async { fut.await.map_err(Into::into) }, || {
