@@ -18,6 +18,7 @@ use mesh_api::policy as policy_pb;
 use tokio::sync::{mpsc, watch};
 use tonic::transport::{Channel, Endpoint as GrpcEndpoint};
 
+use crate::authz::PortPolicy;
 use crate::metrics::Metrics;
 use crate::profile::Profile;
 use crate::vocab::DstLabels;
@@ -80,19 +81,6 @@ pub enum Answer {
     Endpoints(Arc<Vec<Dst>>),
 }
 
-/// What the controller says about inbound mTLS on one application port.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum InboundTls {
-    /// No answer yet.
-    Pending,
-    /// No decision: the proxy's own setting applies.
-    Unset,
-    /// Plaintext accepted beside mTLS.
-    Permissive,
-    /// mTLS from meshed peers only.
-    Strict,
-}
-
 /// A client of the controller's discovery service.
 #[derive(Debug)]
 pub struct Discover {
@@ -105,7 +93,8 @@ pub struct Discover {
     ids: AtomicU64,
     watches: Mutex<HashMap<String, Watched<Answer>>>,
     profiles: Mutex<HashMap<String, Watched<Option<Arc<Profile>>>>>,
-    ports: Mutex<HashMap<u16, watch::Receiver<InboundTls>>>,
+    /// Inbound policies by application port: `None` until the first answer.
+    ports: Mutex<HashMap<u16, watch::Receiver<Option<Arc<PortPolicy>>>>>,
     /// Where the number of watches held is shown.
     metrics: Option<Arc<Metrics>>,
     driver: tokio::task::AbortHandle,
@@ -159,7 +148,7 @@ enum Follower {
     },
     Inbound {
         req: policy_pb::InboundPolicyRequest,
-        tx: watch::Sender<InboundTls>,
+        tx: watch::Sender<Option<Arc<PortPolicy>>>,
     },
 }
 
@@ -276,9 +265,10 @@ impl Discover {
         (id, self.commands.clone())
     }
 
-    /// The controller's inbound mTLS decision for application port `port`, waiting
-    /// briefly for the first answer; `None` when it makes none (or cannot be asked).
-    pub async fn inbound_tls(&self, port: u16) -> Option<bool> {
+    /// The controller's policy for application port `port`, waiting briefly for the
+    /// first answer; `None` when it has none (or cannot be asked), and then the proxy's
+    /// own settings apply.
+    pub async fn inbound_policy(&self, port: u16) -> Option<Arc<PortPolicy>> {
         let workload = self.workload.as_ref()?;
         let mut rx = {
             let mut ports = self.ports.lock().unwrap_or_else(|e| e.into_inner());
@@ -289,7 +279,7 @@ impl Discover {
                     return None;
                 }
                 None => {
-                    let (tx, rx) = watch::channel(InboundTls::Pending);
+                    let (tx, rx) = watch::channel(None);
                     ports.insert(port, rx.clone());
                     let req = policy_pb::InboundPolicyRequest {
                         workload: workload.clone(),
@@ -301,16 +291,11 @@ impl Discover {
                 }
             }
         };
-        if *rx.borrow() == InboundTls::Pending {
-            let first = rx.wait_for(|a| *a != InboundTls::Pending);
+        if rx.borrow().is_none() {
+            let first = rx.wait_for(Option::is_some);
             let _ = tokio::time::timeout(INBOUND_FIRST_ANSWER, first).await;
         }
-        let answer = *rx.borrow();
-        match answer {
-            InboundTls::Strict => Some(true),
-            InboundTls::Permissive => Some(false),
-            InboundTls::Pending | InboundTls::Unset => None,
-        }
+        rx.borrow().clone()
     }
 
     /// The current answer for `authority`, waiting briefly for the first one.
@@ -405,9 +390,7 @@ impl Follower {
         match self {
             Self::Endpoints { tx, .. } => settle(tx, |a| *a == Answer::Pending, || Answer::Unknown),
             Self::Outbound { tx, .. } => settle(tx, Option::is_none, || Some(Arc::default())),
-            Self::Inbound { tx, .. } => {
-                settle(tx, |t| *t == InboundTls::Pending, || InboundTls::Unset)
-            }
+            Self::Inbound { tx, .. } => settle(tx, Option::is_none, || Some(Arc::default())),
         }
     }
 
@@ -423,7 +406,7 @@ impl Follower {
                 tx.send_replace(Some(Arc::default()));
             }
             Self::Inbound { tx, .. } => {
-                tx.send_replace(InboundTls::Unset);
+                tx.send_replace(Some(Arc::default()));
             }
         }
     }
@@ -462,13 +445,8 @@ impl Follower {
                 }
             }
             (Self::Inbound { tx, .. }, N::Inbound(policy)) => {
-                use policy_pb::MtlsMode;
-                let tls = match policy.mtls() {
-                    MtlsMode::Strict => InboundTls::Strict,
-                    MtlsMode::Permissive => InboundTls::Permissive,
-                    MtlsMode::Unset => InboundTls::Unset,
-                };
-                tx.send_replace(tls);
+                // Compiled once per update; requests from now on see the new one.
+                tx.send_replace(Some(Arc::new(PortPolicy::compile(&policy))));
             }
             (this, N::Refused(refusal)) => this.refused(&refusal),
             (this, other) => {

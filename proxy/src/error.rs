@@ -101,6 +101,9 @@ pub enum ProxyError {
     /// matches it (404), or its backend does not resolve (500).
     #[error("{1}")]
     Refused(StatusCode, std::sync::Arc<str>),
+    /// A rate limit of the port refused the request: 429, with when to try again.
+    #[error("rate limited")]
+    RateLimited(std::time::Duration),
 }
 
 impl ProxyError {
@@ -136,6 +139,7 @@ impl ProxyError {
             | Self::Loop
             | Self::Tls { .. } => StatusCode::BAD_GATEWAY,
             Self::Refused(status, _) => *status,
+            Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 }

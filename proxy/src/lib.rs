@@ -9,6 +9,7 @@
 
 pub mod accrual;
 pub mod admin;
+pub mod authz;
 pub mod balance;
 pub mod body;
 pub mod client;

@@ -206,6 +206,8 @@ pub struct Metrics {
     pub held: Held,
     /// The endpoints failure accrual took out, whose states it reports.
     pub accrual: crate::accrual::Accrual,
+    /// Inbound authorization outcomes.
+    pub authz: crate::authz::metrics::AuthzMetrics,
 }
 
 /// Gauges of what the proxy holds on behalf of destinations; dropped once idle.
@@ -527,6 +529,7 @@ impl prometheus_client::collector::Collector for Collector {
                 .encode_family(&[("backend", &*b.backend)])?
                 .encode_counter::<NoLabelSet, _, u64>(&b.ejections, None)?;
         }
+        self.0.authz.encode(&mut encoder)?;
         let mut family = encoder.encode_descriptor(
             "retry_skipped",
             "Retries not made because the retry budget was spent",

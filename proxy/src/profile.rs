@@ -576,6 +576,23 @@ fn path_regex(re: &str) -> Match {
     mesh_api::profile::compile_anchored(&anchored).map_or(Match::Never, Match::Path)
 }
 
+/// One compiled route match (path, method, headers, query parameters, gRPC method),
+/// for other stages that match requests as routes do (inbound authorization).
+#[derive(Debug)]
+pub struct RequestMatcher(Match);
+
+impl RequestMatcher {
+    /// Compiles `m`; what cannot be compiled matches nothing.
+    pub fn compile(m: &pb::RouteMatch) -> Self {
+        Self(route_match(m))
+    }
+
+    /// Whether `req` meets every part of the match.
+    pub fn matches<B>(&self, req: &http::Request<B>) -> bool {
+        self.0.matches(req)
+    }
+}
+
 /// One of a route's matches: all of its parts.
 fn route_match(m: &pb::RouteMatch) -> Match {
     use pb::path_match::Kind;

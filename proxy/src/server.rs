@@ -10,6 +10,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, watch};
 
+use crate::authz::PortPolicy;
 use crate::client::{ClientConfig, Endpoints};
 use crate::config::Config;
 use crate::detect::{Protocol, detect};
@@ -73,16 +74,11 @@ struct Ctx {
 
 impl Ctx {
     /// Whether inbound traffic to application port `port` must be mTLS: strict when
-    /// the proxy's own setting says so (a remote decision cannot loosen it), else the
-    /// controller's decision for this pod's port (its InboundPolicy), else permissive.
-    async fn strict_port(&self, port: Option<u16>) -> bool {
-        if self.config.strict_port(port) {
-            return true;
-        }
-        match (self.shared.resolve.discovery(), port) {
-            (Some(discover), Some(p)) => discover.inbound_tls(p).await.unwrap_or(false),
-            _ => false,
-        }
+    /// the proxy's own setting says so (a remote decision cannot loosen it), else as
+    /// the port's policy says, else permissive.
+    fn strict_port(&self, port: Option<u16>, policy: Option<&PortPolicy>) -> bool {
+        self.config.strict_port(port)
+            || policy.is_some_and(|p| p.mtls == mesh_api::policy::MtlsMode::Strict)
     }
 
     fn listening_on(&self, direction: Direction) -> SocketAddr {
@@ -390,10 +386,15 @@ async fn handle(
     // Ports declared opaque skip detection (server-speaks-first protocols need not wait),
     // except where the mesh's mTLS must be recognised first.
     let port = target.map(|t| t.port());
+    let policy = match (direction, port) {
+        (Direction::Inbound, Some(p)) => crate::inbound::port_policy(&ctx.shared, p).await,
+        _ => None,
+    };
     let strict = ctx.shared.identity.is_some()
         && direction == Direction::Inbound
-        && ctx.strict_port(port).await;
-    let detect_first = !ctx.config.opaque_port(port) || strict;
+        && ctx.strict_port(port, policy.as_deref());
+    let opaque = ctx.config.opaque_port(port) || policy.as_ref().is_some_and(|p| p.opaque);
+    let detect_first = !opaque || strict;
     let detected = if detect_first {
         tokio::select! {
             d = detect(&mut stream, ctx.config.detect_timeout) => match d {
@@ -560,6 +561,12 @@ async fn serve<I>(
         // TLS that is not the mesh's is the application's own: bytes, passed through.
         Protocol::Opaque | Protocol::Tls => match conn.target {
             Some(target) if !ctx.shared.is_own(target) => {
+                if direction == Direction::Inbound
+                    && !crate::inbound::authorize_connection(&ctx.shared, &conn, target).await
+                {
+                    // Denied: closed at once, nothing forwarded.
+                    return;
+                }
                 let metrics = &ctx.shared.metrics;
                 let tls = Peer::plaintext(ctx.shared.identity.is_some()).tls;
                 if let Err(error) = tcp::forward(

@@ -74,6 +74,12 @@ pub fn rescue(error: BoxError, is_grpc: bool) -> Response<BoxBody> {
     };
     tracing::debug!(%error, "proxy error");
     let mut rsp = error_response(error.status(), &error.to_string(), is_grpc);
+    if let ProxyError::RateLimited(wait) = error {
+        // Whole seconds, rounded up: a client that waits that long finds a token.
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        rsp.headers_mut()
+            .insert(http::header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+    }
     if let Some(peer) = peer {
         rsp.extensions_mut().insert(peer);
     }
@@ -114,6 +120,10 @@ fn grpc_code(status: StatusCode) -> &'static str {
         StatusCode::SERVICE_UNAVAILABLE => "14", // UNAVAILABLE
         StatusCode::BAD_REQUEST => "3",          // INVALID_ARGUMENT
         StatusCode::BAD_GATEWAY => "14",         // UNAVAILABLE
+        StatusCode::UNAUTHORIZED => "16",        // UNAUTHENTICATED
+        StatusCode::FORBIDDEN => "7",            // PERMISSION_DENIED
+        StatusCode::TOO_MANY_REQUESTS => "8",    // RESOURCE_EXHAUSTED
+        StatusCode::NOT_FOUND => "12",           // UNIMPLEMENTED
         _ => "2",                                // UNKNOWN
     }
 }

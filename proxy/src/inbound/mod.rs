@@ -4,12 +4,14 @@
 //! says why it sits where it does. The bottom, [`app`], sends the request to the
 //! application on the port it was meant for.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::Request;
 use tower::ServiceBuilder;
 use tower::util::BoxCloneService;
 
+use crate::authz::{Client, PortPolicy};
 use crate::http::dst_limit::{DstKey, DstLimitLayer};
 use crate::http::hop_by_hop::HopByHopLayer;
 use crate::http::metered::{MeteredLayer, PeerAt};
@@ -20,6 +22,7 @@ use crate::http::{ConnInfo, HttpService, Limits, Shared, target_port};
 use crate::vocab::{Direction, Tls};
 
 pub mod app;
+pub mod authorize;
 
 /// Builds the stack inbound requests flow through, top to bottom.
 pub fn stack(shared: Arc<Shared>, limits: &Limits) -> HttpService {
@@ -42,6 +45,10 @@ pub fn stack(shared: Arc<Shared>, limits: &Limits) -> HttpService {
         .layer(ValidateLayer::new(limits.max_path_bytes))
         // Hop-by-hop headers go before any header is added below.
         .layer(HopByHopLayer)
+        // Who may ask what, before anything is spent on the request: the port's
+        // routes (404), its JWTs (401), its authorizations (403), its rate limits
+        // (429). Denials are still counted and timed above, as responses.
+        .layer(authorize::AuthorizeLayer::new(shared.clone()))
         // One application port may hold only its share of the in-flight slots.
         .layer(DstLimitLayer::new(
             limits.in_flight_per_destination,
@@ -83,4 +90,37 @@ impl DstKey for AppPort {
             .unwrap_or_default()
             .into()
     }
+}
+
+/// The controller's policy for application port `port`, if it has one (else the
+/// proxy's own settings apply and everyone is admitted).
+pub async fn port_policy(shared: &Shared, port: u16) -> Option<Arc<PortPolicy>> {
+    shared.resolve.discovery()?.inbound_policy(port).await
+}
+
+/// Decides a connection to an opaque port by the port's policy, counting the outcome;
+/// `false`: it is to be closed at once.
+pub async fn authorize_connection(shared: &Shared, conn: &ConnInfo, target: SocketAddr) -> bool {
+    let Some(policy) = port_policy(shared, target.port()).await else {
+        return true;
+    };
+    let client = Client {
+        addr: conn.client.ip(),
+        identity: conn.peer.id.as_deref(),
+        dst: SocketAddr::new(conn.local.ip(), target.port()),
+    };
+    let (decision, audits) = policy.decide::<()>(&client, None);
+    authorize::record(
+        shared,
+        &policy,
+        &client,
+        conn.peer.id.as_ref(),
+        false,
+        &decision,
+        &audits,
+    );
+    if !decision.allowed() {
+        tracing::info!(client = %conn.client, client_id = ?conn.peer.id, port = target.port(), by = %decision.label(), "connection denied");
+    }
+    decision.allowed()
 }
