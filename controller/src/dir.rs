@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 
 use crate::convert;
 use crate::gateway::{GatewayRoute, RouteSpec};
-use crate::index::{Index, Kind, Object, ObjectRef, Rejected};
+use crate::index::{Index, Kind, Object, ObjectRef, Rejected, SecuritySpec};
 
 /// A document that could not be used, and why.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -215,6 +215,18 @@ fn document(file: &Path, n: usize, value: mesh_api::yaml::Value, loaded: &mut Lo
             "ReferenceGrant",
             "gateway.networking.k8s.io/v1beta1" | "gateway.networking.k8s.io/v1",
         ) => Kind::ReferenceGrant,
+        ("PeerAuthentication", v) if istio_version(v, mesh_api::istio::SECURITY_GROUP) => {
+            Kind::PeerAuthentication
+        }
+        ("AuthorizationPolicy", v) if istio_version(v, mesh_api::istio::SECURITY_GROUP) => {
+            Kind::IstioAuthorizationPolicy
+        }
+        ("RequestAuthentication", v) if istio_version(v, mesh_api::istio::SECURITY_GROUP) => {
+            Kind::RequestAuthentication
+        }
+        ("EnvoyFilter", v) if istio_version(v, mesh_api::istio::NETWORKING_GROUP) => {
+            Kind::EnvoyFilter
+        }
         ("", _) => {
             loaded
                 .errors
@@ -271,6 +283,18 @@ fn document(file: &Path, n: usize, value: mesh_api::yaml::Value, loaded: &mut Lo
         Kind::ServiceProfile => spec(value).map(Object::ServiceProfile),
         Kind::TrafficSplit => spec(value).map(Object::TrafficSplit),
         Kind::ReferenceGrant => spec(value).map(Object::ReferenceGrant),
+        Kind::PeerAuthentication => {
+            spec(value).map(|s| Object::Security(SecuritySpec::Peer(s), created))
+        }
+        Kind::IstioAuthorizationPolicy => {
+            spec(value).map(|s| Object::Security(SecuritySpec::Authorization(s), created))
+        }
+        Kind::RequestAuthentication => {
+            spec(value).map(|s| Object::Security(SecuritySpec::RequestAuthentication(s), created))
+        }
+        Kind::EnvoyFilter => {
+            spec(value).map(|s| Object::Security(SecuritySpec::EnvoyFilter(s), created))
+        }
         Kind::HttpRoute => client().and_then(|client| {
             spec(value).map(|spec| {
                 Object::Route(GatewayRoute {
@@ -316,6 +340,14 @@ fn joined(errors: Vec<mesh_api::FieldError>) -> String {
 /// Deserializes with the failing field's path in the error (`spec.ports[0].port: …`).
 fn typed<T: DeserializeOwned>(value: mesh_api::yaml::Value) -> Result<T, String> {
     serde_path_to_error::deserialize(value).map_err(|e| format!("{}: {}", e.path(), e.inner()))
+}
+
+/// Whether `api_version` is one of the versions Istio serves of `group`.
+fn istio_version(api_version: &str, group: &str) -> bool {
+    api_version
+        .strip_prefix(group)
+        .and_then(|v| v.strip_prefix('/'))
+        .is_some_and(|v| matches!(v, "v1" | "v1beta1" | "v1alpha3"))
 }
 
 fn spec<T: DeserializeOwned>(value: mesh_api::yaml::Value) -> Result<T, String> {

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use mesh_api::policy as pb;
 
+use crate::authz::Security;
 use crate::compile::InboundTls;
 use crate::gateway::{Attached, GatewayRoute, ParentReports, Report, Resolved};
 use mesh_api::{FieldError, ServiceProfileSpec, TrafficSplitSpec};
@@ -39,6 +40,14 @@ pub enum Kind {
     GrpcRoute,
     /// gateway.networking.k8s.io/v1beta1 ReferenceGrant.
     ReferenceGrant,
+    /// security.istio.io PeerAuthentication.
+    PeerAuthentication,
+    /// security.istio.io AuthorizationPolicy.
+    IstioAuthorizationPolicy,
+    /// security.istio.io RequestAuthentication.
+    RequestAuthentication,
+    /// networking.istio.io EnvoyFilter (the local rate limit).
+    EnvoyFilter,
 }
 
 /// A kind, namespace and name.
@@ -65,6 +74,10 @@ impl Kind {
             Self::HttpRoute => "HTTPRoute",
             Self::GrpcRoute => "GRPCRoute",
             Self::ReferenceGrant => "ReferenceGrant",
+            Self::PeerAuthentication => "PeerAuthentication",
+            Self::IstioAuthorizationPolicy => "AuthorizationPolicy",
+            Self::RequestAuthentication => "RequestAuthentication",
+            Self::EnvoyFilter => "EnvoyFilter",
         }
     }
 }
@@ -190,6 +203,49 @@ pub enum Object {
     Route(GatewayRoute),
     /// A ReferenceGrant's spec.
     ReferenceGrant(mesh_api::gateway::ReferenceGrantSpec),
+    /// One of Istio's security objects (the kind as its [`ObjectRef`] says), not yet
+    /// validated, with when it was made.
+    Security(SecuritySpec, Option<String>),
+}
+
+/// A namespace's Istio security objects by kind and name, with when each was made.
+type SecurityObjects = BTreeMap<(Kind, String), (Option<String>, Security)>;
+
+/// An Istio security object's spec as read, before validation.
+#[derive(Clone, Debug)]
+pub enum SecuritySpec {
+    /// PeerAuthentication.
+    Peer(mesh_api::istio::PeerAuthenticationSpec),
+    /// AuthorizationPolicy.
+    Authorization(mesh_api::istio::AuthorizationPolicySpec),
+    /// RequestAuthentication.
+    RequestAuthentication(mesh_api::istio::RequestAuthenticationSpec),
+    /// EnvoyFilter.
+    EnvoyFilter(mesh_api::istio::EnvoyFilterSpec),
+}
+
+impl SecuritySpec {
+    /// Validates it into what the compiler takes.
+    pub fn validate(self) -> Result<Security, Vec<FieldError>> {
+        let checked = |errors: Vec<FieldError>, ok: Security| {
+            if errors.is_empty() {
+                Ok(ok)
+            } else {
+                Err(errors)
+            }
+        };
+        match self {
+            Self::Peer(p) => checked(p.validate(), Security::Peer(p)),
+            Self::Authorization(a) => checked(a.validate(), Security::Authorization(a)),
+            Self::RequestAuthentication(r) => {
+                checked(r.validate(), Security::RequestAuthentication(r))
+            }
+            Self::EnvoyFilter(f) => {
+                let limit = f.local_rate_limit()?;
+                Ok(Security::RateLimit(f, limit))
+            }
+        }
+    }
 }
 
 /// Why an object was refused; the last good version of it stays in force.
@@ -259,6 +315,8 @@ pub enum Topic {
     Routes,
     /// The ReferenceGrants of a namespace.
     Grants(String),
+    /// The Istio security objects of a namespace.
+    Security(String),
 }
 
 type Key = (String, String);
@@ -528,6 +586,10 @@ struct State {
     routes_of: HashMap<Key, BTreeSet<RouteKey>>,
     /// ReferenceGrants by namespace, then name.
     grants: HashMap<String, BTreeMap<String, mesh_api::gateway::ReferenceGrantSpec>>,
+    /// Istio security objects by namespace, then kind and name, with when each was made.
+    security: HashMap<String, SecurityObjects>,
+    /// Fetched JWKS documents by URI.
+    jwks: crate::authz::JwksCache,
 }
 
 /// A pod as mesh-viz sees it: where its proxy is, and what it belongs to.
@@ -737,6 +799,10 @@ impl Index {
                     }
                     s.put_grant(key, Some(spec))
                 }
+                Object::Security(spec, created) => {
+                    let object = spec.validate().map_err(Rejected::Invalid)?;
+                    s.put_security(at.kind, key, Some((created, object)))
+                }
             }
         };
         self.wake(topics);
@@ -763,6 +829,10 @@ impl Index {
                 }
                 Kind::HttpRoute | Kind::GrpcRoute => s.put_route((at.kind, key.0, key.1), None),
                 Kind::ReferenceGrant => s.put_grant(key, None),
+                Kind::PeerAuthentication
+                | Kind::IstioAuthorizationPolicy
+                | Kind::RequestAuthentication
+                | Kind::EnvoyFilter => s.put_security(at.kind, key, None),
             }
         };
         self.wake(topics);
@@ -915,15 +985,56 @@ impl Index {
             deps.0
                 .push(Topic::Pod(namespace.to_string(), workload.to_string()));
             deps.0.push(Topic::Namespace(namespace.to_string()));
-            let pod = s
-                .pods
-                .get(&(namespace.to_string(), workload.to_string()))
-                .map(|p| (namespace, workload, &p.inbound_tls));
+            let info = s.pods.get(&(namespace.to_string(), workload.to_string()));
+            let pod = info.map(|p| (namespace, workload, &p.inbound_tls));
             let ns = s
                 .namespaces
                 .get(namespace)
                 .map(|n| (namespace, &n.inbound_tls));
-            crate::compile::inbound(port, pod, ns)
+            let mut policy = crate::compile::inbound(port, pod, ns);
+            // A pod's own annotation is the most specific setting: it stands over
+            // PeerAuthentication's modes.
+            let pod_decided = info.is_some_and(|p| p.inbound_tls.mode_for(port).is_some());
+            let annotated = policy.mtls;
+            let mut objects = Vec::new();
+            for ns in [
+                namespace,
+                crate::authz::MESH_ROOT_NAMESPACE,
+                crate::authz::ISTIO_ROOT_NAMESPACE,
+            ] {
+                if objects
+                    .iter()
+                    .any(|(o, _): &(crate::authz::Stored<'_>, bool)| o.namespace == ns)
+                {
+                    continue;
+                }
+                deps.0.push(Topic::Security(ns.to_string()));
+                let root = ns != namespace
+                    || ns == crate::authz::MESH_ROOT_NAMESPACE
+                    || ns == crate::authz::ISTIO_ROOT_NAMESPACE;
+                for ((_, name), (created, object)) in s.security.get(ns).into_iter().flatten() {
+                    objects.push((
+                        crate::authz::Stored {
+                            namespace: ns,
+                            name,
+                            created: created.as_deref(),
+                            object,
+                        },
+                        root,
+                    ));
+                }
+            }
+            let empty = BTreeMap::new();
+            let target = crate::authz::Pod {
+                namespace,
+                labels: info.map_or(&empty, |p| &p.labels),
+            };
+            crate::authz::apply(&mut policy, &target, port, &objects, &s.jwks);
+            if pod_decided {
+                policy.mtls = annotated;
+                policy.sources.retain(|o| o.kind != "PeerAuthentication");
+            }
+            policy
         })
     }
 }
@@ -932,6 +1043,28 @@ impl Index {
 /// indexes in step, and returns the topics whose answers may have changed (none when
 /// the object is identical to what was there).
 impl State {
+    fn put_security(
+        &mut self,
+        kind: Kind,
+        key: Key,
+        new: Option<(Option<String>, Security)>,
+    ) -> Vec<Topic> {
+        let (ns, name) = key;
+        let objects = self.security.entry(ns.clone()).or_default();
+        let changed = match new {
+            Some(o) => objects.insert((kind, name), o.clone()).as_ref() != Some(&o),
+            None => objects.remove(&(kind, name)).is_some(),
+        };
+        if objects.is_empty() {
+            self.security.remove(&ns);
+        }
+        if changed {
+            vec![Topic::Security(ns)]
+        } else {
+            vec![]
+        }
+    }
+
     fn put_namespace(&mut self, name: &str, new: Option<NamespaceInfo>) -> Vec<Topic> {
         let Some(old) = put(&mut self.namespaces, name.to_string(), new) else {
             return vec![];

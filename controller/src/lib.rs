@@ -9,6 +9,7 @@
 //! stream, and [`discovery`] many targets on one stream (what proxies use).
 
 pub mod annotations;
+pub mod authz;
 pub mod compile;
 pub mod convert;
 pub mod crd;

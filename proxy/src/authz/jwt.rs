@@ -47,6 +47,9 @@ impl Verified {
     }
 }
 
+/// One verification key: its id, the key, and the algorithm it is for.
+type Key = (Option<String>, DecodingKey, Option<Algorithm>);
+
 /// Where a token may be.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Location {
@@ -59,7 +62,7 @@ struct Provider {
     issuer: String,
     audiences: Vec<String>,
     /// The keys, or why there are none.
-    keys: Result<Vec<(Option<String>, DecodingKey, Option<Algorithm>)>, String>,
+    keys: Result<Vec<Key>, String>,
     locations: Vec<Location>,
     forward: bool,
     payload_header: Option<HeaderName>,
@@ -86,9 +89,7 @@ pub struct Verifier {
     providers: Vec<Provider>,
 }
 
-fn keys(
-    p: &pb::JwtProvider,
-) -> Result<Vec<(Option<String>, DecodingKey, Option<Algorithm>)>, String> {
+fn keys(p: &pb::JwtProvider) -> Result<Vec<Key>, String> {
     if !p.jwks_error.is_empty() {
         return Err(format!(
             "no keys for issuer {:?}: {}",
