@@ -317,7 +317,7 @@ fn ports(ps: &[u32]) -> Vec<u16> {
 
 /// The request's host, without a port.
 fn host<B>(req: &http::Request<B>) -> Option<&str> {
-    let authority = crate::http::request_authority(req)?;
+    let authority = crate::http::headers::request_authority(req)?;
     // `[::1]:80`, `a.b:80`, `a.b`.
     Some(match authority.rsplit_once(':') {
         Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(':') => h,
