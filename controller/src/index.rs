@@ -1009,8 +1009,7 @@ impl Index {
                     continue;
                 }
                 deps.0.push(Topic::Security(ns.to_string()));
-                let root = ns != namespace
-                    || ns == crate::authz::MESH_ROOT_NAMESPACE
+                let root = ns == crate::authz::MESH_ROOT_NAMESPACE
                     || ns == crate::authz::ISTIO_ROOT_NAMESPACE;
                 for ((_, name), (created, object)) in s.security.get(ns).into_iter().flatten() {
                     objects.push((

@@ -550,7 +550,7 @@ impl Match {
 
 /// The first value of parameter `name` in `query` (`a=1&b&c=3`; a parameter without
 /// `=` has an empty value).
-fn query_param<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
+pub(crate) fn query_param<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
     query?.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         (k == name).then_some(v)

@@ -140,14 +140,6 @@ fn locations(p: &pb::JwtProvider) -> Vec<Location> {
     out
 }
 
-/// The value of query parameter `name`, if present.
-fn param<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
-    query?.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (k == name).then_some(v)
-    })
-}
-
 fn cookie<'h, B>(req: &'h Request<B>, name: &str) -> Option<&'h str> {
     req.headers()
         .get_all(http::header::COOKIE)
@@ -174,7 +166,9 @@ fn find<B>(req: &Request<B>, loc: &Location) -> Option<String> {
             }?;
             Some(token.trim().to_string())
         }
-        Location::Param(name) => param(req.uri().query(), name).map(str::to_string),
+        Location::Param(name) => {
+            crate::profile::query_param(req.uri().query(), name).map(str::to_string)
+        }
         Location::Cookie(name) => cookie(req, name).map(str::to_string),
     }
 }
