@@ -7,6 +7,7 @@ pub mod codec;
 pub mod duration;
 pub mod gateway;
 pub mod istio;
+pub mod linkerd;
 pub mod net;
 pub mod profile;
 pub mod quantity;

@@ -42,6 +42,9 @@ pub struct Options {
     pub version: String,
     /// Controller replicas.
     pub replicas: u32,
+    /// The default inbound policy of pods and namespaces that set none
+    /// (`all-unauthenticated`, …, `deny`, `audit`).
+    pub default_inbound_policy: String,
     /// What the mesh already in the cluster uses, kept when no files are given.
     pub installed: Option<Installed>,
 }
@@ -310,6 +313,9 @@ pub fn render(o: &Options) -> anyhow::Result<String> {
             None => webhook_tls()?,
         };
     let (reg, ver, replicas) = (&o.registry, &o.version, o.replicas);
+    let default_policy = mesh_api::linkerd::DefaultPolicy::parse(&o.default_inbound_policy)
+        .map(|_| o.default_inbound_policy.as_str())
+        .map_err(|e| anyhow::anyhow!("--default-inbound-policy {e}"))?;
     // The controller reads its webhook certificate and the trust anchors at start: a
     // change to either rolls it.
     let checksum = format!("{:016x}", fnv1a([&webhook_cert, &anchors]));
@@ -352,7 +358,7 @@ pub fn render(o: &Options) -> anyhow::Result<String> {
         "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: mesh-identity\n  namespace: mesh\n  labels:\n    app.kubernetes.io/name: mesh-identity\nspec:\n  replicas: 1\n  selector:\n    matchLabels:\n      app.kubernetes.io/name: mesh-identity\n  template:\n    metadata:\n      labels:\n        app.kubernetes.io/name: mesh-identity\n    spec:\n      serviceAccountName: mesh-identity\n      containers:\n      - name: identity\n        image: {reg}/identity:{ver}\n        env:\n        - name: MESH_IDENTITY_ISSUER_DIR\n          value: /var/run/mesh/issuer\n        - name: MESH_IDENTITY_TOKENS\n          value: kubernetes\n        - name: MESH_IDENTITY_NAMESPACE\n          value: mesh\n        ports:\n        - name: grpc\n          containerPort: 8080\n        - name: admin\n          containerPort: 9990\n        readinessProbe:\n          httpGet:\n            path: /ready\n            port: 9990\n        livenessProbe:\n          httpGet:\n            path: /live\n            port: 9990\n        resources:\n          requests:\n            cpu: 50m\n            memory: 20Mi\n          limits:\n            memory: 250Mi\n        {security}\n        volumeMounts:\n        - name: issuer\n          mountPath: /var/run/mesh/issuer\n          readOnly: true\n      volumes:\n      - name: issuer\n        secret:\n          secretName: mesh-identity-issuer"
     ));
     docs.push(format!(
-        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: mesh-controller\n  namespace: mesh\n  labels:\n    app.kubernetes.io/name: mesh-controller\nspec:\n  replicas: {replicas}\n  selector:\n    matchLabels:\n      app.kubernetes.io/name: mesh-controller\n  template:\n    metadata:\n      labels:\n        app.kubernetes.io/name: mesh-controller\n      annotations:\n        mesh.io/config-checksum: \"{checksum}\"\n    spec:\n      serviceAccountName: mesh-controller\n      containers:\n      - name: controller\n        image: {reg}/controller:{ver}\n        env:\n        - name: MESH_CONTROLLER_SOURCE\n          value: kubernetes\n        - name: MESH_CONTROLLER_WEBHOOK_CERT\n          value: /var/run/mesh/webhook/tls.crt\n        - name: MESH_CONTROLLER_WEBHOOK_KEY\n          value: /var/run/mesh/webhook/tls.key\n        - name: MESH_CONTROLLER_TRUST_ANCHORS\n          value: /var/run/mesh/trust/ca-bundle.crt\n        - name: MESH_CONTROLLER_PROXY_IMAGE\n          value: {reg}/proxy\n        - name: MESH_CONTROLLER_PROXY_VERSION\n          value: \"{ver}\"\n        ports:\n        - name: grpc\n          containerPort: 8086\n        - name: webhook\n          containerPort: 8443\n        resources:\n          requests:\n            cpu: 100m\n            memory: 50Mi\n          limits:\n            memory: 500Mi\n        {security}\n        volumeMounts:\n        - name: webhook-tls\n          mountPath: /var/run/mesh/webhook\n          readOnly: true\n        - name: trust-anchors\n          mountPath: /var/run/mesh/trust\n          readOnly: true\n      volumes:\n      - name: webhook-tls\n        secret:\n          secretName: mesh-proxy-injector-tls\n      - name: trust-anchors\n        configMap:\n          name: mesh-identity-trust-anchors"
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: mesh-controller\n  namespace: mesh\n  labels:\n    app.kubernetes.io/name: mesh-controller\nspec:\n  replicas: {replicas}\n  selector:\n    matchLabels:\n      app.kubernetes.io/name: mesh-controller\n  template:\n    metadata:\n      labels:\n        app.kubernetes.io/name: mesh-controller\n      annotations:\n        mesh.io/config-checksum: \"{checksum}\"\n    spec:\n      serviceAccountName: mesh-controller\n      containers:\n      - name: controller\n        image: {reg}/controller:{ver}\n        env:\n        - name: MESH_CONTROLLER_SOURCE\n          value: kubernetes\n        - name: MESH_CONTROLLER_WEBHOOK_CERT\n          value: /var/run/mesh/webhook/tls.crt\n        - name: MESH_CONTROLLER_WEBHOOK_KEY\n          value: /var/run/mesh/webhook/tls.key\n        - name: MESH_CONTROLLER_TRUST_ANCHORS\n          value: /var/run/mesh/trust/ca-bundle.crt\n        - name: MESH_CONTROLLER_PROXY_IMAGE\n          value: {reg}/proxy\n        - name: MESH_CONTROLLER_PROXY_VERSION\n          value: \"{ver}\"\n        - name: MESH_CONTROLLER_DEFAULT_INBOUND_POLICY\n          value: {default_policy}\n        ports:\n        - name: grpc\n          containerPort: 8086\n        - name: webhook\n          containerPort: 8443\n        resources:\n          requests:\n            cpu: 100m\n            memory: 50Mi\n          limits:\n            memory: 500Mi\n        {security}\n        volumeMounts:\n        - name: webhook-tls\n          mountPath: /var/run/mesh/webhook\n          readOnly: true\n        - name: trust-anchors\n          mountPath: /var/run/mesh/trust\n          readOnly: true\n      volumes:\n      - name: webhook-tls\n        secret:\n          secretName: mesh-proxy-injector-tls\n      - name: trust-anchors\n        configMap:\n          name: mesh-identity-trust-anchors"
     ));
     for (name, app, port, target) in [
         ("mesh-identity", "mesh-identity", 8080, "grpc"),
@@ -449,6 +455,7 @@ mod tests {
             registry: "r".into(),
             version: "v".into(),
             replicas: 1,
+            default_inbound_policy: "all-unauthenticated".into(),
             installed,
         }
     }

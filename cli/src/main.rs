@@ -76,6 +76,12 @@ enum Command {
         /// Controller replicas.
         #[arg(long, default_value_t = 1)]
         controller_replicas: u32,
+        /// What admits requests to ports no policy decides, for pods and namespaces
+        /// that set no `config.linkerd.io/default-inbound-policy`: all-unauthenticated,
+        /// all-authenticated, cluster-unauthenticated, cluster-authenticated, deny or
+        /// audit.
+        #[arg(long, default_value = "all-unauthenticated")]
+        default_inbound_policy: String,
         /// Do not look in the cluster of the current kubeconfig for a mesh already
         /// installed (whose trust anchors, issuer and webhook certificate are otherwise
         /// kept): render as for a new cluster.
@@ -257,6 +263,7 @@ fn main() -> anyhow::Result<()> {
             registry,
             version,
             controller_replicas,
+            default_inbound_policy,
             ignore_cluster,
         } => {
             let files_given = identity_trust_anchors_file.is_some()
@@ -281,6 +288,7 @@ fn main() -> anyhow::Result<()> {
                 registry,
                 version,
                 replicas: controller_replicas,
+                default_inbound_policy,
                 installed,
             })?;
             print!("{text}");

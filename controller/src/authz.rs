@@ -9,6 +9,7 @@ use mesh_api::istio::{
     Action, AuthorizationPolicySpec, EnvoyFilterSpec, LocalRateLimit, MtlsMode,
     PeerAuthenticationSpec, RequestAuthenticationSpec, Wildcard, WorkloadSelector,
 };
+use mesh_api::linkerd;
 use mesh_api::policy as pb;
 
 /// The mesh's own namespace: its objects apply mesh-wide (Istio's root namespace).
@@ -27,6 +28,16 @@ pub enum Security {
     RequestAuthentication(RequestAuthenticationSpec),
     /// An `EnvoyFilter` that is a local rate limit.
     RateLimit(EnvoyFilterSpec, LocalRateLimit),
+    /// Linkerd's `Server`.
+    Server(linkerd::ServerSpec),
+    /// Linkerd's `AuthorizationPolicy`.
+    LinkerdAuthorization(linkerd::AuthorizationPolicySpec),
+    /// `MeshTLSAuthentication`.
+    MeshTls(linkerd::MeshTlsAuthenticationSpec),
+    /// `NetworkAuthentication`.
+    Network(linkerd::NetworkAuthenticationSpec),
+    /// `HTTPLocalRateLimitPolicy`.
+    LinkerdRateLimit(linkerd::HttpLocalRateLimitPolicySpec),
 }
 
 impl Security {
@@ -37,6 +48,11 @@ impl Security {
             Self::Authorization(_) => "AuthorizationPolicy",
             Self::RequestAuthentication(_) => "RequestAuthentication",
             Self::RateLimit(..) => "EnvoyFilter",
+            Self::Server(_) => "Server",
+            Self::LinkerdAuthorization(_) => "AuthorizationPolicy",
+            Self::MeshTls(_) => "MeshTLSAuthentication",
+            Self::Network(_) => "NetworkAuthentication",
+            Self::LinkerdRateLimit(_) => "HTTPLocalRateLimitPolicy",
         }
     }
 
@@ -50,6 +66,12 @@ impl Security {
                 .workload_selector
                 .as_ref()
                 .map(|w| w.labels.iter().all(|(k, v)| labels.get(k) == Some(v))),
+            // Linkerd's kinds are not Istio's scopes: crate::servers applies them.
+            Self::Server(_)
+            | Self::LinkerdAuthorization(_)
+            | Self::MeshTls(_)
+            | Self::Network(_)
+            | Self::LinkerdRateLimit(_) => Some(false),
         }
     }
 }
@@ -100,7 +122,7 @@ fn scope(o: &Stored<'_>, pod: &Pod<'_>, root: bool) -> Option<Scope> {
     }
 }
 
-fn object_ref(o: &Stored<'_>) -> pb::ObjectRef {
+pub(crate) fn object_ref(o: &Stored<'_>) -> pb::ObjectRef {
     pb::ObjectRef {
         kind: o.object.kind().into(),
         namespace: o.namespace.into(),
@@ -337,7 +359,12 @@ pub fn apply(
     let mut any_allow = false;
     for (o, _) in &scoped {
         match o.object {
-            Security::Peer(_) => {}
+            Security::Peer(_)
+            | Security::Server(_)
+            | Security::LinkerdAuthorization(_)
+            | Security::MeshTls(_)
+            | Security::Network(_)
+            | Security::LinkerdRateLimit(_) => {}
             Security::Authorization(spec) => {
                 any_allow |= spec.action() == Action::Allow;
                 policy.authorizations.push(authorization(o, spec));

@@ -18,6 +18,9 @@ pub struct InboundTls {
     pub strict_ports: Vec<u16>,
     /// Ports that are permissive whatever the mode.
     pub permissive_ports: Vec<u16>,
+    /// The default inbound policy (`config.linkerd.io/default-inbound-policy`, or the
+    /// mesh's alias).
+    pub default_policy: Option<mesh_api::linkerd::DefaultPolicy>,
 }
 
 /// Whether plaintext is accepted beside mTLS.
@@ -91,12 +94,15 @@ pub fn outbound(o: &Outbound<'_>) -> pb::OutboundPolicy {
     policy
 }
 
-/// The server policy of one port of a pod: the pod's inbound-TLS annotations, else
-/// its namespace's; with neither, no decision (the proxy's own setting applies).
+/// The server policy of one port of a pod: the pod's inbound-TLS and default-policy
+/// annotations, else its namespace's, else (for the default policy) the mesh's
+/// `installed` one; with no TLS annotation, no TLS decision (the proxy's own setting
+/// applies).
 pub fn inbound(
     port: u16,
     pod: Option<(&str, &str, &InboundTls)>,
     namespace: Option<(&str, &InboundTls)>,
+    installed: mesh_api::linkerd::DefaultPolicy,
 ) -> pb::InboundPolicy {
     let mut policy = pb::InboundPolicy {
         port: port.into(),
@@ -107,6 +113,11 @@ pub fn inbound(
         .or_else(|| {
             namespace.and_then(|(ns, tls)| Some((tls.mode_for(port)?, source("Namespace", "", ns))))
         });
+    let default = pod
+        .and_then(|(ns, name, tls)| Some((tls.default_policy?, source("Pod", ns, name))))
+        .or_else(|| {
+            namespace.and_then(|(ns, tls)| Some((tls.default_policy?, source("Namespace", "", ns))))
+        });
     if let Some((mode, from)) = decided {
         policy.mtls = match mode {
             TlsMode::Strict => pb::MtlsMode::Strict,
@@ -115,7 +126,30 @@ pub fn inbound(
         .into();
         policy.sources.push(from);
     }
+    let default_policy = match default {
+        Some((p, from)) => {
+            if !policy.sources.contains(&from) {
+                policy.sources.push(from);
+            }
+            p
+        }
+        None => installed,
+    };
+    policy.default_policy = default_policy_pb(default_policy).into();
     policy
+}
+
+/// Linkerd's default policy as the proxy's.
+pub fn default_policy_pb(p: mesh_api::linkerd::DefaultPolicy) -> pb::DefaultPolicy {
+    use mesh_api::linkerd::DefaultPolicy as D;
+    match p {
+        D::AllUnauthenticated => pb::DefaultPolicy::AllUnauthenticated,
+        D::AllAuthenticated => pb::DefaultPolicy::AllAuthenticated,
+        D::ClusterUnauthenticated => pb::DefaultPolicy::ClusterUnauthenticated,
+        D::ClusterAuthenticated => pb::DefaultPolicy::ClusterAuthenticated,
+        D::Deny => pb::DefaultPolicy::Deny,
+        D::Audit => pb::DefaultPolicy::Audit,
+    }
 }
 
 fn source(kind: &str, namespace: &str, name: &str) -> pb::ObjectRef {

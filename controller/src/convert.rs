@@ -37,9 +37,12 @@ pub const INBOUND_TLS: &str = "config.mesh.io/inbound-tls";
 pub const INBOUND_STRICT_PORTS: &str = "config.mesh.io/inbound-strict-ports";
 /// The annotation listing ports that are permissive whatever the mode.
 pub const INBOUND_PERMISSIVE_PORTS: &str = "config.mesh.io/inbound-permissive-ports";
-/// Linkerd's default inbound policy, honoured for its TLS part: the `*-authenticated`
-/// policies (and `deny`) need mTLS, the `*-unauthenticated` ones do not.
+/// Linkerd's default inbound policy annotation: what admits requests no authorization
+/// does. It leaves the TLS mode alone: unmeshed clients of an `*-authenticated` port
+/// are refused by the policy (403), so that the kubelet's plaintext probes still pass.
 pub const LINKERD_DEFAULT_POLICY: &str = "config.linkerd.io/default-inbound-policy";
+/// The mesh's name for the same annotation (it wins over Linkerd's when both are set).
+pub const DEFAULT_POLICY: &str = "config.mesh.io/default-inbound-policy";
 
 /// The inbound-TLS annotations of a pod or namespace; a bad value is an error naming
 /// the annotation.
@@ -51,33 +54,29 @@ pub fn inbound_tls(
     };
     let field = |name: &str| format!("metadata.annotations[{name:?}]");
     let mut errors = Vec::new();
-    let mode = match (
-        annotations.get(INBOUND_TLS).map(String::as_str),
-        annotations.get(LINKERD_DEFAULT_POLICY).map(String::as_str),
-    ) {
-        (Some("strict"), _) => Some(TlsMode::Strict),
-        (Some("permissive"), _) => Some(TlsMode::Permissive),
-        (Some(other), _) => {
+    let default_policy = [DEFAULT_POLICY, LINKERD_DEFAULT_POLICY]
+        .into_iter()
+        .find_map(|k| Some((k, annotations.get(k)?)))
+        .and_then(
+            |(k, v)| match mesh_api::linkerd::DefaultPolicy::parse(v.trim()) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    errors.push(FieldError::new(field(k), e));
+                    None
+                }
+            },
+        );
+    let mode = match annotations.get(INBOUND_TLS).map(String::as_str) {
+        Some("strict") => Some(TlsMode::Strict),
+        Some("permissive") => Some(TlsMode::Permissive),
+        Some(other) => {
             errors.push(FieldError::new(
                 field(INBOUND_TLS),
                 format!("{other:?}: expected strict or permissive"),
             ));
             None
         }
-        (None, Some("all-authenticated" | "cluster-authenticated" | "deny")) => {
-            Some(TlsMode::Strict)
-        }
-        (None, Some("all-unauthenticated" | "cluster-unauthenticated")) => {
-            Some(TlsMode::Permissive)
-        }
-        (None, Some(other)) => {
-            errors.push(FieldError::new(
-                field(LINKERD_DEFAULT_POLICY),
-                format!("{other:?}: expected all-unauthenticated, all-authenticated, cluster-unauthenticated, cluster-authenticated or deny"),
-            ));
-            None
-        }
-        (None, None) => None,
+        None => None,
     };
     let mut ports = |name: &str| -> Vec<u16> {
         let Some(list) = annotations.get(name) else {
@@ -106,6 +105,7 @@ pub fn inbound_tls(
         mode,
         strict_ports,
         permissive_ports,
+        default_policy,
     })
 }
 
@@ -217,6 +217,28 @@ pub fn pod(pod: &Pod) -> Result<PodInfo, Vec<FieldError>> {
             }
         }
     }
+    // The kubelet's HTTP probes, by the port they hit: admitted whatever the policy.
+    let mut probes = Vec::new();
+    for c in containers.clone() {
+        for probe in [&c.liveness_probe, &c.readiness_probe, &c.startup_probe]
+            .into_iter()
+            .flatten()
+        {
+            let Some(get) = &probe.http_get else {
+                continue;
+            };
+            let port = match &get.port {
+                IntOrString::Int(n) => u16::try_from(*n).ok(),
+                IntOrString::String(name) => named_ports.get(name).copied(),
+            };
+            if let Some(port) = port {
+                let path = get.path.clone().unwrap_or_else(|| "/".into());
+                if !probes.contains(&(port, path.clone())) {
+                    probes.push((port, path));
+                }
+            }
+        }
+    }
     let labels = pod.metadata.labels.clone().unwrap_or_default();
     let workload = pod
         .metadata
@@ -247,6 +269,7 @@ pub fn pod(pod: &Pod) -> Result<PodInfo, Vec<FieldError>> {
         inbound_tls: inbound_tls(pod.metadata.annotations.as_ref())?,
         has_proxy: containers.clone().any(|c| c.name == PROXY_CONTAINER),
         named_ports,
+        probes,
         workload,
         labels,
     })

@@ -210,7 +210,23 @@ fn document(file: &Path, n: usize, value: mesh_api::yaml::Value, loaded: &mut Lo
         ("HTTPRoute", "gateway.networking.k8s.io/v1" | "gateway.networking.k8s.io/v1beta1") => {
             Kind::HttpRoute
         }
+        ("HTTPRoute", v) if mesh_api::linkerd::served("HTTPRoute", v) => Kind::HttpRoute,
         ("GRPCRoute", "gateway.networking.k8s.io/v1") => Kind::GrpcRoute,
+        ("Server", v) if mesh_api::linkerd::served("Server", v) => Kind::Server,
+        ("AuthorizationPolicy", v) if mesh_api::linkerd::served("AuthorizationPolicy", v) => {
+            Kind::LinkerdAuthorizationPolicy
+        }
+        ("MeshTLSAuthentication", v) if mesh_api::linkerd::served("MeshTLSAuthentication", v) => {
+            Kind::MeshTlsAuthentication
+        }
+        ("NetworkAuthentication", v) if mesh_api::linkerd::served("NetworkAuthentication", v) => {
+            Kind::NetworkAuthentication
+        }
+        ("HTTPLocalRateLimitPolicy", v)
+            if mesh_api::linkerd::served("HTTPLocalRateLimitPolicy", v) =>
+        {
+            Kind::HttpLocalRateLimitPolicy
+        }
         (
             "ReferenceGrant",
             "gateway.networking.k8s.io/v1beta1" | "gateway.networking.k8s.io/v1",
@@ -264,58 +280,70 @@ fn document(file: &Path, n: usize, value: mesh_api::yaml::Value, loaded: &mut Lo
     let generation = meta
         .and_then(|m| m.get("generation"))
         .and_then(|g| g.as_i64());
-    let object = match kind {
-        Kind::Namespace => typed::<Namespace>(value).and_then(|ns| {
-            convert::namespace(&ns)
-                .map(Object::Namespace)
-                .map_err(joined)
-        }),
-        Kind::Service => typed::<Service>(value)
-            .and_then(|s| convert::service(&s).map(Object::Service).map_err(joined)),
-        Kind::Pod => {
-            typed::<Pod>(value).and_then(|p| convert::pod(&p).map(Object::Pod).map_err(joined))
-        }
-        Kind::EndpointSlice => typed::<EndpointSlice>(value).and_then(|s| {
-            convert::endpoint_slice(&s)
-                .map(Object::EndpointSlice)
-                .map_err(joined)
-        }),
-        Kind::ServiceProfile => spec(value).map(Object::ServiceProfile),
-        Kind::TrafficSplit => spec(value).map(Object::TrafficSplit),
-        Kind::ReferenceGrant => spec(value).map(Object::ReferenceGrant),
-        Kind::PeerAuthentication => {
-            spec(value).map(|s| Object::Security(SecuritySpec::Peer(s), created))
-        }
-        Kind::IstioAuthorizationPolicy => {
-            spec(value).map(|s| Object::Security(SecuritySpec::Authorization(s), created))
-        }
-        Kind::RequestAuthentication => {
-            spec(value).map(|s| Object::Security(SecuritySpec::RequestAuthentication(s), created))
-        }
-        Kind::EnvoyFilter => {
-            spec(value).map(|s| Object::Security(SecuritySpec::EnvoyFilter(s), created))
-        }
-        Kind::HttpRoute => client().and_then(|client| {
-            spec(value).map(|spec| {
-                Object::Route(GatewayRoute {
-                    spec: RouteSpec::Http(spec),
-                    created,
-                    client,
-                    generation,
+    let object =
+        match kind {
+            Kind::Namespace => typed::<Namespace>(value).and_then(|ns| {
+                convert::namespace(&ns)
+                    .map(Object::Namespace)
+                    .map_err(joined)
+            }),
+            Kind::Service => typed::<Service>(value)
+                .and_then(|s| convert::service(&s).map(Object::Service).map_err(joined)),
+            Kind::Pod => {
+                typed::<Pod>(value).and_then(|p| convert::pod(&p).map(Object::Pod).map_err(joined))
+            }
+            Kind::EndpointSlice => typed::<EndpointSlice>(value).and_then(|s| {
+                convert::endpoint_slice(&s)
+                    .map(Object::EndpointSlice)
+                    .map_err(joined)
+            }),
+            Kind::ServiceProfile => spec(value).map(Object::ServiceProfile),
+            Kind::TrafficSplit => spec(value).map(Object::TrafficSplit),
+            Kind::ReferenceGrant => spec(value).map(Object::ReferenceGrant),
+            Kind::PeerAuthentication => {
+                spec(value).map(|s| Object::Security(SecuritySpec::Peer(s), created))
+            }
+            Kind::IstioAuthorizationPolicy => {
+                spec(value).map(|s| Object::Security(SecuritySpec::Authorization(s), created))
+            }
+            Kind::RequestAuthentication => spec(value)
+                .map(|s| Object::Security(SecuritySpec::RequestAuthentication(s), created)),
+            Kind::EnvoyFilter => {
+                spec(value).map(|s| Object::Security(SecuritySpec::EnvoyFilter(s), created))
+            }
+            Kind::Server => spec(value).map(|s| Object::Security(SecuritySpec::Server(s), created)),
+            Kind::LinkerdAuthorizationPolicy => spec(value)
+                .map(|s| Object::Security(SecuritySpec::LinkerdAuthorization(s), created)),
+            Kind::MeshTlsAuthentication => {
+                spec(value).map(|s| Object::Security(SecuritySpec::MeshTls(s), created))
+            }
+            Kind::NetworkAuthentication => {
+                spec(value).map(|s| Object::Security(SecuritySpec::Network(s), created))
+            }
+            Kind::HttpLocalRateLimitPolicy => {
+                spec(value).map(|s| Object::Security(SecuritySpec::LinkerdRateLimit(s), created))
+            }
+            Kind::HttpRoute => client().and_then(|client| {
+                spec(value).map(|spec| {
+                    Object::Route(GatewayRoute {
+                        spec: RouteSpec::Http(spec),
+                        created,
+                        client,
+                        generation,
+                    })
                 })
-            })
-        }),
-        Kind::GrpcRoute => client().and_then(|client| {
-            spec(value).map(|spec| {
-                Object::Route(GatewayRoute {
-                    spec: RouteSpec::Grpc(spec),
-                    created,
-                    client,
-                    generation,
+            }),
+            Kind::GrpcRoute => client().and_then(|client| {
+                spec(value).map(|spec| {
+                    Object::Route(GatewayRoute {
+                        spec: RouteSpec::Grpc(spec),
+                        created,
+                        client,
+                        generation,
+                    })
                 })
-            })
-        }),
-    };
+            }),
+        };
     match object {
         Ok(object) => loaded.objects.push((
             at,

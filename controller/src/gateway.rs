@@ -75,6 +75,14 @@ impl GatewayRoute {
             .map(move |p| (p.namespace.as_deref().unwrap_or(namespace), p.name.as_str()))
     }
 
+    /// The Linkerd Servers (namespace, name) this route attaches to.
+    pub fn servers<'a>(&'a self, namespace: &'a str) -> impl Iterator<Item = (&'a str, &'a str)> {
+        self.parent_refs()
+            .iter()
+            .filter(|p| p.is_server())
+            .map(move |p| (p.namespace.as_deref().unwrap_or(namespace), p.name.as_str()))
+    }
+
     /// Whether it attaches to port `port` of Service `namespace/name`.
     pub fn attaches(&self, route_ns: &str, namespace: &str, name: &str, port: u16) -> bool {
         self.parent_refs().iter().any(|p| {
@@ -280,22 +288,7 @@ pub fn compile(
                             ..Default::default()
                         }]
                     } else {
-                        rule.matches
-                            .iter()
-                            .map(|m| pb::RouteMatch {
-                                // No method: any call (ranked as a gRPC match still).
-                                grpc: Some(m.method.as_ref().map_or_else(
-                                    pb::GrpcMethodMatch::default,
-                                    |g| pb::GrpcMethodMatch {
-                                        service: g.service.clone().unwrap_or_default(),
-                                        method: g.method.clone().unwrap_or_default(),
-                                        regex: g.kind == StringMatchType::RegularExpression,
-                                    },
-                                )),
-                                headers: m.headers.iter().map(header).collect(),
-                                ..Default::default()
-                            })
-                            .collect()
+                        rule.matches.iter().map(grpc_match).collect()
                     };
                     policy.routes.push(pb::HttpRoute {
                         name: rule_name(r.name, rule.name.as_deref(), i),
@@ -438,6 +431,52 @@ fn millis(d: Option<std::time::Duration>) -> u64 {
 fn prefix(p: &str) -> pb::PathMatch {
     pb::PathMatch {
         kind: Some(pb::path_match::Kind::Prefix(p.into())),
+    }
+}
+
+/// The requests a route's rules take, all together (a rule with no matches takes
+/// every request): what a Linkerd Server's routes admit.
+pub fn route_matches(route: &GatewayRoute) -> Vec<pb::RouteMatch> {
+    match &route.spec {
+        RouteSpec::Http(spec) => spec
+            .rules
+            .iter()
+            .flat_map(|rule| {
+                if rule.matches.is_empty() {
+                    vec![pb::RouteMatch::default()]
+                } else {
+                    rule.matches.iter().map(http_match).collect()
+                }
+            })
+            .collect(),
+        RouteSpec::Grpc(spec) => spec
+            .rules
+            .iter()
+            .flat_map(|rule| {
+                if rule.matches.is_empty() {
+                    vec![pb::RouteMatch::default()]
+                } else {
+                    rule.matches.iter().map(grpc_match).collect()
+                }
+            })
+            .collect(),
+    }
+}
+
+fn grpc_match(m: &mesh_api::gateway::GrpcRouteMatch) -> pb::RouteMatch {
+    pb::RouteMatch {
+        // No method: any call (ranked as a gRPC match still).
+        grpc: Some(
+            m.method
+                .as_ref()
+                .map_or_else(pb::GrpcMethodMatch::default, |g| pb::GrpcMethodMatch {
+                    service: g.service.clone().unwrap_or_default(),
+                    method: g.method.clone().unwrap_or_default(),
+                    regex: g.kind == StringMatchType::RegularExpression,
+                }),
+        ),
+        headers: m.headers.iter().map(header).collect(),
+        ..Default::default()
     }
 }
 

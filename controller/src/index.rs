@@ -48,6 +48,16 @@ pub enum Kind {
     RequestAuthentication,
     /// networking.istio.io EnvoyFilter (the local rate limit).
     EnvoyFilter,
+    /// policy.linkerd.io Server.
+    Server,
+    /// policy.linkerd.io AuthorizationPolicy.
+    LinkerdAuthorizationPolicy,
+    /// policy.linkerd.io MeshTLSAuthentication.
+    MeshTlsAuthentication,
+    /// policy.linkerd.io NetworkAuthentication.
+    NetworkAuthentication,
+    /// policy.linkerd.io HTTPLocalRateLimitPolicy.
+    HttpLocalRateLimitPolicy,
 }
 
 /// A kind, namespace and name.
@@ -78,6 +88,11 @@ impl Kind {
             Self::IstioAuthorizationPolicy => "AuthorizationPolicy",
             Self::RequestAuthentication => "RequestAuthentication",
             Self::EnvoyFilter => "EnvoyFilter",
+            Self::Server => "Server",
+            Self::LinkerdAuthorizationPolicy => "AuthorizationPolicy",
+            Self::MeshTlsAuthentication => "MeshTLSAuthentication",
+            Self::NetworkAuthentication => "NetworkAuthentication",
+            Self::HttpLocalRateLimitPolicy => "HTTPLocalRateLimitPolicy",
         }
     }
 }
@@ -147,6 +162,8 @@ pub struct PodInfo {
     pub has_proxy: bool,
     /// Named container ports.
     pub named_ports: HashMap<String, u16>,
+    /// The kubelet's HTTP probes: the port and path of each.
+    pub probes: Vec<(u16, String)>,
     /// The workload that owns it (a Deployment's name), for metric labels.
     pub workload: Option<String>,
     /// Its inbound-TLS annotations.
@@ -203,12 +220,13 @@ pub enum Object {
     Route(GatewayRoute),
     /// A ReferenceGrant's spec.
     ReferenceGrant(mesh_api::gateway::ReferenceGrantSpec),
-    /// One of Istio's security objects (the kind as its [`ObjectRef`] says), not yet
-    /// validated, with when it was made.
+    /// One of Istio's security objects or Linkerd's policy objects (the kind as its
+    /// [`ObjectRef`] says), not yet validated, with when it was made.
     Security(SecuritySpec, Option<String>),
 }
 
-/// A namespace's Istio security objects by kind and name, with when each was made.
+/// A namespace's Istio security and Linkerd policy objects by kind and name, with when
+/// each was made.
 type SecurityObjects = BTreeMap<(Kind, String), (Option<String>, Security)>;
 
 /// An Istio security object's spec as read, before validation.
@@ -222,6 +240,16 @@ pub enum SecuritySpec {
     RequestAuthentication(mesh_api::istio::RequestAuthenticationSpec),
     /// EnvoyFilter.
     EnvoyFilter(mesh_api::istio::EnvoyFilterSpec),
+    /// Linkerd's Server.
+    Server(mesh_api::linkerd::ServerSpec),
+    /// Linkerd's AuthorizationPolicy.
+    LinkerdAuthorization(mesh_api::linkerd::AuthorizationPolicySpec),
+    /// MeshTLSAuthentication.
+    MeshTls(mesh_api::linkerd::MeshTlsAuthenticationSpec),
+    /// NetworkAuthentication.
+    Network(mesh_api::linkerd::NetworkAuthenticationSpec),
+    /// HTTPLocalRateLimitPolicy.
+    LinkerdRateLimit(mesh_api::linkerd::HttpLocalRateLimitPolicySpec),
 }
 
 impl SecuritySpec {
@@ -244,6 +272,13 @@ impl SecuritySpec {
                 let limit = f.local_rate_limit()?;
                 Ok(Security::RateLimit(f, limit))
             }
+            Self::Server(x) => checked(x.validate(), Security::Server(x)),
+            Self::LinkerdAuthorization(x) => {
+                checked(x.validate(), Security::LinkerdAuthorization(x))
+            }
+            Self::MeshTls(x) => checked(x.validate(), Security::MeshTls(x)),
+            Self::Network(x) => checked(x.validate(), Security::Network(x)),
+            Self::LinkerdRateLimit(x) => checked(x.validate(), Security::LinkerdRateLimit(x)),
         }
     }
 }
@@ -315,7 +350,8 @@ pub enum Topic {
     Routes,
     /// The ReferenceGrants of a namespace.
     Grants(String),
-    /// The Istio security objects of a namespace.
+    /// The Istio security and Linkerd policy objects of a namespace, and the routes
+    /// attached to its Servers.
     Security(String),
 }
 
@@ -584,6 +620,10 @@ struct State {
     routes: HashMap<RouteKey, GatewayRoute>,
     /// Routes by each Service (namespace, name) they attach to.
     routes_of: HashMap<Key, BTreeSet<RouteKey>>,
+    /// Routes by each Linkerd Server (namespace, name) they attach to.
+    routes_of_server: HashMap<Key, BTreeSet<RouteKey>>,
+    /// The default inbound policy of pods and namespaces that set none.
+    default_inbound: mesh_api::linkerd::DefaultPolicy,
     /// ReferenceGrants by namespace, then name.
     grants: HashMap<String, BTreeMap<String, mesh_api::gateway::ReferenceGrantSpec>>,
     /// Istio security objects by namespace, then kind and name, with when each was made.
@@ -631,6 +671,16 @@ impl Index {
     /// created before its namespace was annotated has none).
     pub fn for_cluster() -> Self {
         Self::with_state(State::default())
+    }
+
+    /// The default inbound policy of pods and namespaces that set none (the install's
+    /// `default-inbound-policy`; `all-unauthenticated` unless set).
+    pub fn with_default_inbound_policy(self, policy: mesh_api::linkerd::DefaultPolicy) -> Self {
+        self.state
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .default_inbound = policy;
+        self
     }
 
     fn with_state(state: State) -> Self {
@@ -832,7 +882,12 @@ impl Index {
                 Kind::PeerAuthentication
                 | Kind::IstioAuthorizationPolicy
                 | Kind::RequestAuthentication
-                | Kind::EnvoyFilter => s.put_security(at.kind, key, None),
+                | Kind::EnvoyFilter
+                | Kind::Server
+                | Kind::LinkerdAuthorizationPolicy
+                | Kind::MeshTlsAuthentication
+                | Kind::NetworkAuthentication
+                | Kind::HttpLocalRateLimitPolicy => s.put_security(at.kind, key, None),
             }
         };
         self.wake(topics);
@@ -991,7 +1046,7 @@ impl Index {
                 .namespaces
                 .get(namespace)
                 .map(|n| (namespace, &n.inbound_tls));
-            let mut policy = crate::compile::inbound(port, pod, ns);
+            let mut policy = crate::compile::inbound(port, pod, ns, s.default_inbound);
             // A pod's own annotation is the most specific setting: it stands over
             // PeerAuthentication's modes.
             let pod_decided = info.is_some_and(|p| p.inbound_tls.mode_for(port).is_some());
@@ -1024,10 +1079,34 @@ impl Index {
                 }
             }
             let empty = BTreeMap::new();
-            let target = crate::authz::Pod {
-                namespace,
-                labels: info.map_or(&empty, |p| &p.labels),
-            };
+            let no_ports = HashMap::new();
+            let labels = info.map_or(&empty, |p| &p.labels);
+            // Linkerd's Servers first: Istio's ALLOW policies then still make requests
+            // need an ALLOW.
+            let own: Vec<crate::authz::Stored<'_>> = objects
+                .iter()
+                .filter(|(o, _)| o.namespace == namespace)
+                .map(|(o, _)| *o)
+                .collect();
+            crate::servers::apply(
+                &mut policy,
+                &crate::servers::Workload {
+                    namespace,
+                    labels,
+                    named_ports: info.map_or(&no_ports, |p| &p.named_ports),
+                },
+                port,
+                &own,
+                &mut Lookups { state: s, deps },
+            );
+            // The kubelet's probes stay admitted whatever the policy says.
+            policy.probe_paths = info
+                .into_iter()
+                .flat_map(|p| &p.probes)
+                .filter(|(p, _)| *p == port)
+                .map(|(_, path)| path.clone())
+                .collect();
+            let target = crate::authz::Pod { namespace, labels };
             crate::authz::apply(&mut policy, &target, port, &objects, &s.jwks);
             if pod_decided {
                 policy.mtls = annotated;
@@ -1035,6 +1114,50 @@ impl Index {
             }
             policy
         })
+    }
+}
+
+/// What Linkerd's policy compiler looks up, recorded as the answer's topics.
+struct Lookups<'a, 'd> {
+    state: &'a State,
+    deps: &'d mut Deps,
+}
+
+impl<'a> crate::servers::Lookup<'a> for Lookups<'a, '_> {
+    fn object(&mut self, namespace: &str, kind: &str, name: &str) -> Option<&'a Security> {
+        self.deps.0.push(Topic::Security(namespace.to_string()));
+        let kind = [
+            Kind::MeshTlsAuthentication,
+            Kind::NetworkAuthentication,
+            Kind::Server,
+            Kind::LinkerdAuthorizationPolicy,
+            Kind::HttpLocalRateLimitPolicy,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == kind)?;
+        self.state
+            .security
+            .get(namespace)?
+            .get(&(kind, name.to_string()))
+            .map(|(_, o)| o)
+    }
+
+    fn routes(&mut self, namespace: &str, server: &str) -> Vec<crate::servers::ServerRoute> {
+        let key = (namespace.to_string(), server.to_string());
+        self.state
+            .routes_of_server
+            .get(&key)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| {
+                let route = self.state.routes.get(k)?;
+                Some(crate::servers::ServerRoute {
+                    kind: k.0.as_str(),
+                    name: k.2.clone(),
+                    matches: crate::gateway::route_matches(route),
+                })
+            })
+            .collect()
     }
 }
 
@@ -1272,6 +1395,11 @@ impl State {
                 unlink(&mut self.routes_of, &parent, &key);
                 topics.insert(Topic::Policy(parent.0, parent.1));
             }
+            for (pns, pname) in old.servers(&ns) {
+                let parent = (pns.to_string(), pname.to_string());
+                unlink(&mut self.routes_of_server, &parent, &key);
+                topics.insert(Topic::Security(parent.0));
+            }
         }
         if let Some(new) = self.routes.get(&key) {
             let parents: Vec<Key> = new
@@ -1281,6 +1409,14 @@ impl State {
             for parent in parents {
                 link(&mut self.routes_of, parent.clone(), key.clone());
                 topics.insert(Topic::Policy(parent.0, parent.1));
+            }
+            let servers: Vec<Key> = new
+                .servers(&ns)
+                .map(|(n, s)| (n.to_string(), s.to_string()))
+                .collect();
+            for parent in servers {
+                link(&mut self.routes_of_server, parent.clone(), key.clone());
+                topics.insert(Topic::Security(parent.0));
             }
         }
         topics.into_iter().collect()

@@ -21,6 +21,7 @@ pub mod index;
 pub mod inject;
 pub mod kubernetes;
 pub mod policy;
+pub mod servers;
 pub mod status;
 pub mod webhook;
 

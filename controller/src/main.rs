@@ -83,6 +83,15 @@ struct Args {
     /// clusters older than Kubernetes 1.29).
     #[arg(long, env = "MESH_CONTROLLER_CLASSIC_SIDECAR")]
     classic_sidecar: bool,
+    /// What admits requests to ports no policy decides, for pods and namespaces that
+    /// set no default-inbound-policy annotation: all-unauthenticated,
+    /// all-authenticated, cluster-unauthenticated, cluster-authenticated, deny or audit.
+    #[arg(
+        long,
+        env = "MESH_CONTROLLER_DEFAULT_INBOUND_POLICY",
+        default_value = "all-unauthenticated"
+    )]
+    default_inbound_policy: String,
     /// Log filter, in tracing's EnvFilter syntax.
     #[arg(long, env = "MESH_CONTROLLER_LOG", default_value = "info")]
     log: String,
@@ -116,6 +125,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // Proxies must not be told "unknown" (and fall back to DNS, without identities)
     // just because the controller has not read its source yet: listen only once every
     // kind has been listed, or after SYNC_PATIENCE with whatever is known by then.
+    let default_policy = mesh_api::linkerd::DefaultPolicy::parse(&args.default_inbound_policy)
+        .map_err(|e| anyhow::anyhow!("--default-inbound-policy {e}"))?;
     let mut api_client: Option<kube::Client> = None;
     let (index, source, mut synced) = match args.source.split_once(':') {
         Some(("dir", path)) => {
@@ -125,7 +136,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 "--source dir:{}: not a folder",
                 path.display()
             );
-            let index = Arc::new(Index::default());
+            let index = Arc::new(Index::default().with_default_inbound_policy(default_policy));
             let (tx, rx) = tokio::sync::watch::channel(false);
             let task = tokio::spawn(dir::watch(path, index.clone(), tx));
             let synced = rx_ready(rx, |done| *done);
@@ -135,7 +146,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let client = kube::Client::try_default().await.context(
                 "cannot reach the Kubernetes API: run in a pod, or set KUBECONFIG (or use --source dir:PATH)",
             )?;
-            let index = Arc::new(Index::for_cluster());
+            let index = Arc::new(Index::for_cluster().with_default_inbound_policy(default_policy));
             api_client = Some(client.clone());
             let (tx, rx) = tokio::sync::watch::channel(0usize);
             let task = {

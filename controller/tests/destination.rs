@@ -467,7 +467,7 @@ async fn inbound_mtls_follows_the_pod_then_its_namespace_and_bad_edits_keep_the_
     };
     std::fs::write(
         dir.path().join("ns.yaml"),
-        ns("config.linkerd.io/default-inbound-policy: all-authenticated"),
+        ns("config.mesh.io/inbound-tls: strict, config.linkerd.io/default-inbound-policy: all-authenticated"),
     )
     .expect("write");
     std::fs::write(
@@ -485,11 +485,16 @@ async fn inbound_mtls_follows_the_pod_then_its_namespace_and_bad_edits_keep_the_
         port,
     };
     let mode = |p: &policy_pb::InboundPolicy| p.mtls();
-    // 8080: the pod says nothing of it, its namespace (Linkerd's annotation) is strict.
+    // 8080: the pod says nothing of it, its namespace is strict, and admits meshed
+    // clients only (Linkerd's annotation: the default policy, not the TLS mode).
     let mut web = client.watch(watch(8080)).await.expect("watch").into_inner();
     let first = next(&mut web).await;
     assert_eq!(mode(&first), policy_pb::MtlsMode::Strict);
     assert_eq!(first.sources[0].kind, "Namespace");
+    assert_eq!(
+        first.default_policy(),
+        policy_pb::DefaultPolicy::AllAuthenticated
+    );
     // 9090: the pod's own exception.
     let mut metrics = client.watch(watch(9090)).await.expect("watch").into_inner();
     assert_eq!(

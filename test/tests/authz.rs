@@ -35,7 +35,11 @@ const PODS: [(&str, &str, &str, &str); 6] = [
     ("api-gateway-0", "production", "api-gateway", "api-gateway"),
 ];
 
+/// A pod: (name, namespace, app label, service account).
+type PodRow = (&'static str, &'static str, &'static str, &'static str);
+
 struct World {
+    rows: &'static [PodRow],
     _ca: tempfile::TempDir,
     _work: tempfile::TempDir,
     dir: tempfile::TempDir,
@@ -45,7 +49,26 @@ struct World {
 }
 
 impl World {
+    /// The examples' world: their pods, `security.yaml` and the rate-limit EnvoyFilter.
     async fn start() -> Self {
+        Self::start_with(
+            &PODS,
+            mesh::pod_yaml,
+            &[
+                ("security", example("security.yaml")),
+                ("ratelimit", example("ratelimit-envoyfilter.yaml")),
+            ],
+        )
+        .await
+    }
+
+    /// `rows` as pods (each's YAML from `pod_yaml`) behind Services on port 80, in
+    /// meshed namespaces, with `files` beside them.
+    async fn start_with(
+        rows: &'static [PodRow],
+        pod_yaml: fn(&str, &str, &str, &str, IpAddr) -> String,
+        files: &[(&str, String)],
+    ) -> Self {
         let (ca, work, dir) = (
             tempfile::tempdir().expect("tmp"),
             tempfile::tempdir().expect("tmp"),
@@ -53,34 +76,35 @@ impl World {
         );
         identity::new_ca(ca.path());
         let id = identity::start(ca.path(), None, "24h", work.path()).await;
-        let ips: Vec<IpAddr> = PODS.iter().map(|_| pod_ip()).collect();
+        let ips: Vec<IpAddr> = rows.iter().map(|_| pod_ip()).collect();
         let mut yaml = String::new();
-        for ns in ["default", "production", "dev"] {
+        let mut namespaces: Vec<&str> = rows.iter().map(|r| r.1).collect();
+        namespaces.push("dev");
+        namespaces.sort_unstable();
+        namespaces.dedup();
+        for ns in namespaces {
             yaml.push_str(&format!(
                 "---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}, annotations: {{mesh.io/inject: enabled}}}}\n"
             ));
         }
-        for ((name, ns, app, sa), ip) in PODS.iter().zip(&ips) {
+        for ((name, ns, app, sa), ip) in rows.iter().zip(&ips) {
             yaml.push_str(&format!(
                 "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {app}, namespace: {ns}}}\n\
                  spec: {{selector: {{app: {app}}}, ports: [{{port: 80, targetPort: 8080}}]}}\n---\n{}",
-                mesh::pod_yaml(name, ns, app, sa, *ip)
+                pod_yaml(name, ns, app, sa, *ip)
             ));
         }
         mesh::write(dir.path(), "world", &yaml);
-        mesh::write(dir.path(), "security", &example("security.yaml"));
-        mesh::write(
-            dir.path(),
-            "ratelimit",
-            &example("ratelimit-envoyfilter.yaml"),
-        );
+        for (name, text) in files {
+            mesh::write(dir.path(), name, text);
+        }
         let ctl = controller::start(dir.path(), "127.0.0.1:0".parse().expect("addr")).await;
-        for (_, ns, app, _) in PODS {
+        for (_, ns, app, _) in rows {
             ctl.wait_for_endpoints(&format!("{app}.{ns}.svc.cluster.local:80"))
                 .await;
         }
         let mut pods = Vec::new();
-        for ((name, ns, _, sa), ip) in PODS.iter().zip(ips) {
+        for ((name, ns, _, sa), ip) in rows.iter().zip(ips) {
             pods.push(
                 Pod::start(PodSpec {
                     identity: Some(&id),
@@ -92,6 +116,7 @@ impl World {
             );
         }
         Self {
+            rows,
             _ca: ca,
             _work: work,
             dir,
@@ -102,7 +127,8 @@ impl World {
     }
 
     fn pod(&self, name: &str) -> &Pod {
-        let i = PODS
+        let i = self
+            .rows
             .iter()
             .position(|(n, ..)| n.starts_with(name))
             .expect("a pod of that name");
@@ -111,7 +137,8 @@ impl World {
 
     /// `from`'s app calls `to`'s Service through `from`'s proxy (mTLS between them).
     async fn call(&self, from: &str, method: &str, to: &str, path: &str) -> client::Reply {
-        let (_, ns, app, _) = PODS
+        let (_, ns, app, _) = self
+            .rows
             .iter()
             .find(|(n, ..)| n.starts_with(to))
             .expect("a pod of that name");
@@ -344,4 +371,198 @@ async fn the_examples_envoyfilter_rate_limit_bites_with_429() {
         ),
         "{metrics}"
     );
+}
+
+/// Linkerd's world: emojivoto's pods, `web` serving a port named `http` with a
+/// readiness probe on it.
+const EMOJIVOTO: [PodRow; 4] = [
+    ("web-0", "emojivoto", "web", "web"),
+    ("voting-0", "emojivoto", "voting", "voting"),
+    ("emoji-0", "emojivoto", "emoji", "emoji"),
+    ("vote-bot-0", "emojivoto", "vote-bot", "vote-bot"),
+];
+
+fn emojivoto_pod(name: &str, ns: &str, app: &str, sa: &str, ip: IpAddr) -> String {
+    // `emoji` admits meshed clients only, by its own annotation.
+    let annotations = if app == "emoji" {
+        ", annotations: {config.linkerd.io/default-inbound-policy: all-authenticated}"
+    } else {
+        ""
+    };
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, labels: {{app: {app}}}{annotations}}}\n\
+         spec:\n  serviceAccountName: {sa}\n  containers:\n  - name: app\n    image: x\n    ports: [{{name: http, containerPort: 8080}}]\n    readinessProbe: {{httpGet: {{path: /ready, port: http}}}}\n\
+         status: {{podIP: \"{ip}\"}}\n"
+    )
+}
+
+/// Linkerd's policy objects, as Linkerd's docs write them.
+const LINKERD_POLICY: &str = r#"
+apiVersion: policy.linkerd.io/v1beta3
+kind: Server
+metadata: {name: web-http, namespace: emojivoto}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  port: http
+  proxyProtocol: HTTP/1
+---
+apiVersion: policy.linkerd.io/v1beta3
+kind: HTTPRoute
+metadata: {name: web-api, namespace: emojivoto}
+spec:
+  parentRefs: [{name: web-http, kind: Server, group: policy.linkerd.io}]
+  rules: [{matches: [{path: {type: PathPrefix, value: /api}}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: web-health, namespace: emojivoto}
+spec:
+  parentRefs: [{name: web-http, kind: Server, group: policy.linkerd.io}]
+  rules: [{matches: [{path: {type: Exact, value: /healthz}}]}]
+---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: MeshTLSAuthentication
+metadata: {name: vote-bot, namespace: emojivoto}
+spec:
+  identities: ["vote-bot.emojivoto.serviceaccount.identity.linkerd.cluster.local"]
+---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: web-api, namespace: emojivoto}
+spec:
+  targetRef: {group: policy.linkerd.io, kind: HTTPRoute, name: web-api}
+  requiredAuthenticationRefs:
+  - {group: policy.linkerd.io, kind: MeshTLSAuthentication, name: vote-bot}
+---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: NetworkAuthentication
+metadata: {name: loopback, namespace: emojivoto}
+spec:
+  networks: [{cidr: 127.0.0.0/8, except: [127.255.255.0/24]}]
+---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: web-health, namespace: emojivoto}
+spec:
+  targetRef: {group: gateway.networking.k8s.io, kind: HTTPRoute, name: web-health}
+  requiredAuthenticationRefs:
+  - {group: policy.linkerd.io, kind: NetworkAuthentication, name: loopback}
+---
+apiVersion: policy.linkerd.io/v1beta3
+kind: Server
+metadata: {name: voting, namespace: emojivoto}
+spec:
+  podSelector: {matchLabels: {app: voting}}
+  port: 8080
+  accessPolicy: all-authenticated
+---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: HTTPLocalRateLimitPolicy
+metadata: {name: voting, namespace: emojivoto}
+spec:
+  targetRef: {group: policy.linkerd.io, kind: Server, name: voting}
+  identity: {requestsPerSecond: 5}
+  overrides:
+  - requestsPerSecond: 1000
+    clientRefs: [{kind: ServiceAccount, name: web}]
+"#;
+
+#[tokio::test]
+async fn linkerds_policy_objects_decide_who_calls_whom() {
+    let w = World::start_with(
+        &EMOJIVOTO,
+        emojivoto_pod,
+        &[("linkerd", LINKERD_POLICY.to_string())],
+    )
+    .await;
+
+    // `web-http` (accessPolicy deny by default): `/api` is vote-bot's alone (by its
+    // Linkerd identity, mapped to the mesh's); `/healthz` anyone on loopback's; a
+    // path no route of the Server takes is 404; the readiness probe passes.
+    assert_eq!(w.status("vote-bot", "GET", "web", "/api/vote").await, 200);
+    assert_eq!(w.status("voting", "GET", "web", "/api/vote").await, 403);
+    assert_eq!(w.status("voting", "GET", "web", "/healthz").await, 200);
+    assert_eq!(w.plaintext("web", "/healthz").await, Some(200));
+    assert_eq!(w.plaintext("web", "/api/vote").await, Some(403));
+    assert_eq!(w.status("vote-bot", "GET", "web", "/elsewhere").await, 404);
+
+    // `voting` (all-authenticated): meshed clients pass, plaintext is refused (403).
+    assert_eq!(w.status("emoji", "GET", "voting", "/").await, 200);
+    assert_eq!(w.plaintext("voting", "/").await, Some(403));
+
+    // `emoji`'s own annotation (all-authenticated, no Server): the same, but its
+    // kubelet probe still passes in plaintext.
+    assert_eq!(w.status("web", "GET", "emoji", "/list").await, 200);
+    assert_eq!(w.plaintext("emoji", "/list").await, Some(403));
+    assert_eq!(w.plaintext("emoji", "/ready").await, Some(200), "the probe");
+    // `vote-bot` decides nothing: everyone passes.
+    assert_eq!(w.plaintext("vote-bot", "/").await, Some(200));
+
+    // `voting`'s rate limit: 5 per second per identity, 1000 for web. A burst of 20
+    // from emoji is cut to about 5; web's 20 all pass.
+    let mut limited = 0;
+    for _ in 0..20 {
+        if w.status("emoji", "GET", "voting", "/").await == 429 {
+            limited += 1;
+        }
+    }
+    assert!(limited >= 10, "only {limited} of 20 limited");
+    for _ in 0..20 {
+        assert_eq!(w.status("web", "GET", "voting", "/").await, 200);
+    }
+
+    let metrics = w.pod("web").proxy.metrics().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("inbound_http_authz_deny_total")
+                && l.contains(
+                    "client_id=\"voting.emojivoto.serviceaccount.identity.mesh.cluster.local\""
+                )),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn linkerd_policy_changes_apply_and_bad_objects_keep_the_last_good() {
+    let w = World::start_with(
+        &EMOJIVOTO,
+        emojivoto_pod,
+        &[("linkerd", LINKERD_POLICY.to_string())],
+    )
+    .await;
+    assert_eq!(w.status("voting", "GET", "web", "/api/vote").await, 403);
+
+    // voting joins the MeshTLSAuthentication (by ServiceAccount reference).
+    let both = LINKERD_POLICY.replace(
+        "identities: [\"vote-bot.emojivoto.serviceaccount.identity.linkerd.cluster.local\"]",
+        "identityRefs: [{kind: ServiceAccount, name: vote-bot}, {kind: ServiceAccount, name: voting}]",
+    );
+    let file = w.dir.path().join("linkerd.yaml");
+    mesh::replace(&file, &both);
+    mesh_test::eventually("voting is admitted", Duration::from_secs(10), || async {
+        (w.status("voting", "GET", "web", "/api/vote").await == 200).then_some(())
+    })
+    .await;
+
+    // A bad version (identities and identityRefs both) is refused: the last good
+    // one stays.
+    mesh::replace(
+        &file,
+        &both.replace("identityRefs:", "identities: [\"*\"]\n  identityRefs:"),
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(w.status("voting", "GET", "web", "/api/vote").await, 200);
+    assert_eq!(w.status("emoji", "GET", "web", "/api/vote").await, 403);
+
+    // The route's AuthorizationPolicy gone: the Server's `deny` refuses everyone.
+    let without: Vec<&str> = both
+        .split("\n---\n")
+        .filter(|d| !(d.contains("kind: AuthorizationPolicy") && d.contains("name: web-api,")))
+        .collect();
+    mesh::replace(&file, &without.join("\n---\n"));
+    mesh_test::eventually("web-api is gone", Duration::from_secs(10), || async {
+        (w.status("vote-bot", "GET", "web", "/api/vote").await == 403).then_some(())
+    })
+    .await;
 }
