@@ -630,6 +630,12 @@ struct State {
     security: HashMap<String, SecurityObjects>,
     /// Fetched JWKS documents by URI.
     jwks: crate::authz::JwksCache,
+    /// The namespaces whose RequestAuthentications name each JWKS URI.
+    jwks_users: HashMap<String, BTreeSet<String>>,
+    /// The JWKS URIs each namespace's objects name.
+    jwks_of_namespace: HashMap<String, BTreeSet<String>>,
+    /// Whether a URI was named or dropped since the fetcher last looked.
+    jwks_set_changed: bool,
 }
 
 /// A pod as mesh-viz sees it: where its proxy is, and what it belongs to.
@@ -654,6 +660,8 @@ pub struct PodView {
 pub struct Index {
     state: RwLock<State>,
     registry: Arc<Mutex<Registry>>,
+    /// Woken when the JWKS URIs objects name change (for the fetcher).
+    jwks_wanted: Arc<Notify>,
 }
 
 impl Default for Index {
@@ -687,6 +695,7 @@ impl Index {
         Self {
             state: RwLock::new(state),
             registry: Arc::default(),
+            jwks_wanted: Arc::default(),
         }
     }
 
@@ -761,6 +770,57 @@ impl Index {
             }
         }
         r.woken += woken;
+    }
+
+    fn notify_jwks(&self) {
+        if !self.read().jwks_set_changed {
+            return;
+        }
+        let changed = {
+            let mut s = self.state.write().unwrap_or_else(|e| e.into_inner());
+            std::mem::take(&mut s.jwks_set_changed)
+        };
+        if changed {
+            self.jwks_wanted.notify_one();
+        }
+    }
+
+    /// What wakes the JWKS fetcher: a URI was named or dropped.
+    pub fn jwks_wanted(&self) -> Arc<Notify> {
+        self.jwks_wanted.clone()
+    }
+
+    /// The JWKS URIs RequestAuthentications name, sorted.
+    pub fn jwks_uris(&self) -> Vec<String> {
+        let mut uris: Vec<String> = self.read().jwks_users.keys().cloned().collect();
+        uris.sort();
+        uris
+    }
+
+    /// A fetched JWKS document: the policies of the namespaces naming `uri` change.
+    pub fn set_jwks(&self, uri: &str, document: Result<String, String>) {
+        let topics = {
+            let mut s = self.state.write().unwrap_or_else(|e| e.into_inner());
+            let Some(users) = s.jwks_users.get(uri) else {
+                return;
+            };
+            let topics: Vec<Topic> = users.iter().map(|ns| Topic::Security(ns.clone())).collect();
+            if s.jwks.get(uri) == Some(&document) {
+                return;
+            }
+            s.jwks.insert(uri.to_string(), document);
+            topics
+        };
+        self.wake(topics);
+    }
+
+    /// A fetch of `uri` failed: reported in the policies, unless a document fetched
+    /// before is at hand (it stays).
+    pub fn set_jwks_error(&self, uri: &str, error: String) {
+        let kept = matches!(self.read().jwks.get(uri), Some(Ok(_)));
+        if !kept {
+            self.set_jwks(uri, Err(error));
+        }
     }
 
     /// A namespace's inject annotation, or `None` if the namespace is not known yet.
@@ -856,6 +916,7 @@ impl Index {
             }
         };
         self.wake(topics);
+        self.notify_jwks();
         match partly {
             Some(errors) => Err(Rejected::Partly(errors)),
             None => Ok(()),
@@ -891,6 +952,7 @@ impl Index {
             }
         };
         self.wake(topics);
+        self.notify_jwks();
     }
 
     /// Resolves `authority` (`name.ns.svc.cluster.local:port`, `name.ns:port`, `name`,
@@ -1173,17 +1235,71 @@ impl State {
     ) -> Vec<Topic> {
         let (ns, name) = key;
         let objects = self.security.entry(ns.clone()).or_default();
-        let changed = match new {
-            Some(o) => objects.insert((kind, name), o.clone()).as_ref() != Some(&o),
-            None => objects.remove(&(kind, name)).is_some(),
+        let new_uris = new
+            .as_ref()
+            .map(|(_, o)| crate::authz::jwks_uris([o]))
+            .unwrap_or_default();
+        let old = match new {
+            Some(o) => {
+                let old = objects.insert((kind, name), o.clone());
+                if old.as_ref() == Some(&o) {
+                    return vec![];
+                }
+                old
+            }
+            None => match objects.remove(&(kind, name)) {
+                Some(old) => Some(old),
+                None => return vec![],
+            },
         };
         if objects.is_empty() {
             self.security.remove(&ns);
         }
-        if changed {
-            vec![Topic::Security(ns)]
+        let old_uris = old
+            .as_ref()
+            .map(|(_, o)| crate::authz::jwks_uris([o]))
+            .unwrap_or_default();
+        if old_uris != new_uris {
+            self.relink_jwks(&ns);
+        }
+        vec![Topic::Security(ns)]
+    }
+
+    /// Recomputes which JWKS URIs namespace `ns`'s objects name (after one of them
+    /// changed): only that namespace's objects are read.
+    fn relink_jwks(&mut self, ns: &str) {
+        let now: BTreeSet<String> = crate::authz::jwks_uris(
+            self.security
+                .get(ns)
+                .into_iter()
+                .flat_map(|o| o.values().map(|(_, o)| o)),
+        )
+        .into_iter()
+        .collect();
+        let before: Vec<String> = self
+            .jwks_of_namespace
+            .get(ns)
+            .map(|b| b.iter().cloned().collect())
+            .unwrap_or_default();
+        for uri in &before {
+            if !now.contains(uri) {
+                unlink(&mut self.jwks_users, uri, &ns.to_string());
+                if !self.jwks_users.contains_key(uri) {
+                    self.jwks.remove(uri);
+                    self.jwks_set_changed = true;
+                }
+            }
+        }
+        for uri in &now {
+            if !self.jwks_users.contains_key(uri) {
+                self.jwks_set_changed = true;
+            }
+            link(&mut self.jwks_users, uri.clone(), ns.to_string());
+        }
+        if now.is_empty() {
+            self.jwks_of_namespace.remove(ns);
         } else {
-            vec![]
+            self.jwks_of_namespace.insert(ns.to_string(), now);
         }
     }
 
@@ -1927,6 +2043,64 @@ mod tests {
             }
             Resolution::Unknown => vec![],
         }
+    }
+
+    fn request_authentication(uri: &str) -> Object {
+        Object::Security(
+            SecuritySpec::RequestAuthentication(
+                mesh_api::yaml::from_str(&format!(
+                    "jwtRules: [{{issuer: iss, jwksUri: \"{uri}\"}}]"
+                ))
+                .expect("spec"),
+            ),
+            None,
+        )
+    }
+
+    #[test]
+    fn jwks_documents_follow_the_uris_named_and_wake_only_their_namespaces() {
+        let index = Index::default();
+        let uri = "https://issuer.example/jwks.json";
+        let jwt = |ns: &str| {
+            index
+                .inbound_policy("web-0", ns, 8080, None)
+                .jwt_providers
+                .into_iter()
+                .next()
+                .expect("a provider")
+        };
+        index
+            .apply(
+                &at(Kind::RequestAuthentication, "a", "ra"),
+                request_authentication(uri),
+            )
+            .expect("apply");
+        assert_eq!(index.jwks_uris(), [uri]);
+        assert!(jwt("a").jwks_error.contains("not fetched yet"));
+        let mut a = index.watch();
+        let mut b = index.watch();
+        index.inbound_policy("web-0", "a", 8080, Some(&mut a));
+        index.inbound_policy("web-0", "b", 8080, Some(&mut b));
+        // A failure is reported; then the document replaces it.
+        index.set_jwks_error(uri, "cannot resolve issuer.example".into());
+        assert!(a.take_change() && !b.take_change());
+        assert!(jwt("a").jwks_error.contains("cannot resolve"));
+        index.set_jwks(uri, Ok("{\"keys\": [{}]}".into()));
+        assert_eq!(jwt("a").jwks, "{\"keys\": [{}]}");
+        assert!(jwt("a").jwks_error.is_empty());
+        // A failed refresh keeps the last good document.
+        index.set_jwks_error(uri, "timeout".into());
+        assert_eq!(jwt("a").jwks, "{\"keys\": [{}]}");
+        // Unnamed: dropped, and the fetcher no longer asks for it.
+        index.delete(&at(Kind::RequestAuthentication, "a", "ra"));
+        assert!(index.jwks_uris().is_empty());
+        index
+            .apply(
+                &at(Kind::RequestAuthentication, "a", "ra"),
+                request_authentication(uri),
+            )
+            .expect("apply");
+        assert!(jwt("a").jwks_error.contains("not fetched yet"), "forgotten");
     }
 
     #[test]

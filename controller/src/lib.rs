@@ -19,6 +19,7 @@ pub mod discovery;
 pub mod gateway;
 pub mod index;
 pub mod inject;
+pub mod jwks;
 pub mod kubernetes;
 pub mod policy;
 pub mod servers;

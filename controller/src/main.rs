@@ -92,6 +92,17 @@ struct Args {
         default_value = "all-unauthenticated"
     )]
     default_inbound_policy: String,
+    /// Extra trust roots (PEM) for fetching RequestAuthentications' `jwksUri`, beside
+    /// the system's.
+    #[arg(long, env = "MESH_CONTROLLER_JWKS_ROOTS")]
+    jwks_roots: Option<PathBuf>,
+    /// `HOST:PORT=ADDRESS`: fetch JWKS documents of HOST:PORT from ADDRESS instead of
+    /// resolving HOST (as curl's `--resolve`); repeatable, or comma-separated.
+    #[arg(long, env = "MESH_CONTROLLER_JWKS_RESOLVE", value_delimiter = ',')]
+    jwks_resolve: Vec<String>,
+    /// How often fetched JWKS documents are fetched again.
+    #[arg(long, env = "MESH_CONTROLLER_JWKS_REFRESH", default_value = "20m")]
+    jwks_refresh: String,
     /// Log filter, in tracing's EnvFilter syntax.
     #[arg(long, env = "MESH_CONTROLLER_LOG", default_value = "info")]
     log: String,
@@ -108,6 +119,37 @@ fn rx_ready<T: Send + Sync + 'static>(
     Box::pin(async move {
         let _ = rx.wait_for(ready).await;
     })
+}
+
+/// The JWKS fetcher the arguments describe.
+fn jwks_fetcher(args: &Args) -> anyhow::Result<mesh_controller::jwks::Fetcher> {
+    let roots = match &args.jwks_roots {
+        Some(p) => Some(std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?),
+        None => None,
+    };
+    let mut resolve = std::collections::HashMap::new();
+    for r in args.jwks_resolve.iter().filter(|r| !r.trim().is_empty()) {
+        let (from, to) = r
+            .trim()
+            .split_once('=')
+            .with_context(|| format!("--jwks-resolve {r:?}: expected HOST:PORT=ADDRESS"))?;
+        let to: SocketAddr = to
+            .parse()
+            .with_context(|| format!("--jwks-resolve {r:?}: {to:?} is not IP:PORT"))?;
+        anyhow::ensure!(
+            from.rsplit_once(':')
+                .is_some_and(|(_, p)| p.parse::<u16>().is_ok()),
+            "--jwks-resolve {r:?}: expected HOST:PORT=ADDRESS"
+        );
+        resolve.insert(from.to_string(), to);
+    }
+    let refresh = mesh_api::duration::parse_in(
+        &args.jwks_refresh,
+        std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(86_400),
+    )
+    .map_err(|e| anyhow::anyhow!("--jwks-refresh: {e}"))?;
+    mesh_controller::jwks::Fetcher::new(roots.as_deref(), resolve, refresh)
+        .map_err(|e| anyhow::anyhow!(e))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -167,6 +209,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     {
         tracing::warn!(patience = ?SYNC_PATIENCE, "the source is not fully read yet; serving what is known");
     }
+    let fetcher = jwks_fetcher(&args)?;
+    tokio::spawn(mesh_controller::jwks::run(index.clone(), fetcher));
     // Each Gateway API route's conditions, into the log and (in a cluster) its status.
     tokio::spawn(mesh_controller::status::run(
         index.clone(),

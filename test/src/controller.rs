@@ -12,21 +12,33 @@ pub struct Controller {
     /// The destination service's address.
     pub destination: SocketAddr,
     dir: std::path::PathBuf,
+    env: Vec<(String, String)>,
     child: Child,
 }
 
 /// Starts `mesh-controller --source dir:DIR` on `destination` (port 0 for any).
 pub async fn start(dir: &Path, destination: SocketAddr) -> Controller {
+    start_with(dir, destination, &[]).await
+}
+
+/// [`start`], with more of the controller's settings (`MESH_CONTROLLER_…`) in `env`.
+pub async fn start_with(
+    dir: &Path,
+    destination: SocketAddr,
+    env: &[(String, String)],
+) -> Controller {
     let mut cmd = crate::command("mesh-controller");
     cmd.env_clear()
         .env("MESH_CONTROLLER_SOURCE", format!("dir:{}", dir.display()))
         .env("MESH_CONTROLLER_DESTINATION_ADDR", destination.to_string())
-        .env("MESH_CONTROLLER_LOG", "info");
+        .env("MESH_CONTROLLER_LOG", "info")
+        .envs(env.iter().map(|(k, v)| (k, v)));
     let (child, line) = crate::spawn_listening(cmd, "controller").await;
     let destination = crate::field(&line, "destination");
     Controller {
         destination,
         dir: dir.to_path_buf(),
+        env: env.to_vec(),
         child,
     }
 }
@@ -68,7 +80,7 @@ impl Controller {
     /// Kills the controller and starts it again on the same address and folder.
     pub async fn restart(&mut self) {
         let _ = self.child.kill().await;
-        let again = start(&self.dir, self.destination).await;
+        let again = start_with(&self.dir, self.destination, &self.env).await;
         *self = again;
     }
 

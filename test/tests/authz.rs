@@ -38,8 +38,124 @@ const PODS: [(&str, &str, &str, &str); 6] = [
 /// A pod: (name, namespace, app label, service account).
 type PodRow = (&'static str, &'static str, &'static str, &'static str);
 
+/// An issuer's JWKS served over HTTPS on loopback, as `raw.githubusercontent.com` (the
+/// examples' `jwksUri`), and a signer for its key.
+struct Issuer {
+    /// Signs tokens the served keys verify.
+    signer: jsonwebtoken::EncodingKey,
+    /// The controller's settings that make it fetch from here.
+    env: Vec<(String, String)>,
+    /// How many times the document was fetched.
+    fetches: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    _roots: tempfile::TempDir,
+}
+
+const JWKS_HOST: &str = "raw.githubusercontent.com";
+const JWKS_PATH: &str = "/istio/istio/release-1.14/security/tools/jwt/samples/jwks.json";
+
+impl Issuer {
+    async fn start() -> Self {
+        use base64::Engine;
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let raw = pair.public_key_raw();
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let jwks = serde_json::json!({"keys": [{
+            "kty": "EC", "crv": "P-256", "kid": "k1", "alg": "ES256",
+            "x": b64(&raw[1..33]), "y": b64(&raw[33..65]),
+        }]})
+        .to_string();
+        let signer = jsonwebtoken::EncodingKey::from_ec_der(&pair.serialize_der());
+        // The server's certificate, self-signed, is the controller's extra root.
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec![JWKS_HOST.into()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert");
+        let roots = tempfile::tempdir().expect("tmp");
+        let roots_file = roots.path().join("roots.pem");
+        std::fs::write(&roots_file, cert.pem()).expect("write roots");
+        let tls = mesh_controller::webhook::tls_config(
+            cert.pem().as_bytes(),
+            key.serialize_pem().as_bytes(),
+        )
+        .expect("tls");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let fetches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = fetches.clone();
+        tokio::spawn(async move {
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, jwks, counted) = (acceptor.clone(), jwks.clone(), counted.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let svc = hyper::service::service_fn(move |req: http::Request<_>| {
+                        let ok = req.uri().path() == JWKS_PATH;
+                        if ok {
+                            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
+                        let rsp = http::Response::builder()
+                            .status(if ok { 200 } else { 404 })
+                            .body(http_body_util::Full::new(bytes::Bytes::from(if ok {
+                                jwks.clone()
+                            } else {
+                                String::new()
+                            })));
+                        async move { rsp }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                        .await;
+                });
+            }
+        });
+        Self {
+            signer,
+            env: vec![
+                (
+                    "MESH_CONTROLLER_JWKS_RESOLVE".into(),
+                    format!("{JWKS_HOST}:443={addr}"),
+                ),
+                (
+                    "MESH_CONTROLLER_JWKS_ROOTS".into(),
+                    roots_file.display().to_string(),
+                ),
+            ],
+            fetches,
+            _roots: roots,
+        }
+    }
+
+    /// A token of the examples' issuer, expiring in `ttl_s` seconds (negative: expired).
+    fn token(&self, groups: &[&str], ttl_s: i64) -> String {
+        token(&self.signer, groups, ttl_s)
+    }
+}
+
+fn token(signer: &jsonwebtoken::EncodingKey, groups: &[&str], ttl_s: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("time")
+        .as_secs() as i64;
+    let claims = serde_json::json!({
+        "iss": "testing@secure.istio.io",
+        "sub": "testing@secure.istio.io",
+        "groups": groups,
+        "exp": now + ttl_s,
+    });
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some("k1".into());
+    jsonwebtoken::encode(&header, &claims, signer).expect("token")
+}
+
 struct World {
     rows: &'static [PodRow],
+    issuer: Option<Issuer>,
     _ca: tempfile::TempDir,
     _work: tempfile::TempDir,
     dir: tempfile::TempDir,
@@ -51,15 +167,19 @@ struct World {
 impl World {
     /// The examples' world: their pods, `security.yaml` and the rate-limit EnvoyFilter.
     async fn start() -> Self {
-        Self::start_with(
+        let issuer = Issuer::start().await;
+        let mut w = Self::start_with(
             &PODS,
             mesh::pod_yaml,
             &[
                 ("security", example("security.yaml")),
                 ("ratelimit", example("ratelimit-envoyfilter.yaml")),
             ],
+            &issuer.env,
         )
-        .await
+        .await;
+        w.issuer = Some(issuer);
+        w
     }
 
     /// `rows` as pods (each's YAML from `pod_yaml`) behind Services on port 80, in
@@ -68,6 +188,7 @@ impl World {
         rows: &'static [PodRow],
         pod_yaml: fn(&str, &str, &str, &str, IpAddr) -> String,
         files: &[(&str, String)],
+        controller_env: &[(String, String)],
     ) -> Self {
         let (ca, work, dir) = (
             tempfile::tempdir().expect("tmp"),
@@ -98,7 +219,12 @@ impl World {
         for (name, text) in files {
             mesh::write(dir.path(), name, text);
         }
-        let ctl = controller::start(dir.path(), "127.0.0.1:0".parse().expect("addr")).await;
+        let ctl = controller::start_with(
+            dir.path(),
+            "127.0.0.1:0".parse().expect("addr"),
+            controller_env,
+        )
+        .await;
         for (_, ns, app, _) in rows {
             ctl.wait_for_endpoints(&format!("{app}.{ns}.svc.cluster.local:80"))
                 .await;
@@ -117,6 +243,7 @@ impl World {
         }
         Self {
             rows,
+            issuer: None,
             _ca: ca,
             _work: work,
             dir,
@@ -203,15 +330,52 @@ async fn the_examples_security_objects_decide_who_calls_whom() {
         denied.text()
     );
 
-    // `jwt-auth`: a token that does not verify is 401 (its keys are at a URI this
-    // machine cannot reach, so no token can verify), even for an allowed call.
-    let req = http::Request::get("/info")
-        .header("host", "httpbin.default.svc.cluster.local")
-        .header("authorization", "Bearer not.a.token")
-        .body(client::body(bytes::Bytes::new()))
-        .expect("request");
-    let rsp = client::send(&mut client::h1(w.pod("sleep").proxy.outbound).await, req).await;
-    assert_eq!(rsp.status, 401);
+    // `jwt-auth` and `require-jwt`: the controller fetched the issuer's keys from its
+    // `jwksUri` (served on loopback); a valid token of group1 admits any call, even
+    // from a workload `httpbin`'s own ALLOW does not admit.
+    let issuer = w.issuer.as_ref().expect("the examples' issuer");
+    let with_token = |token: String, path: &'static str| {
+        let outbound = w.pod("other").proxy.outbound;
+        async move {
+            let req = http::Request::get(path)
+                .header("host", "httpbin.default.svc.cluster.local")
+                .header("authorization", format!("Bearer {token}"))
+                .body(client::body(bytes::Bytes::new()))
+                .expect("request");
+            client::send(&mut client::h1(outbound).await, req)
+                .await
+                .status
+                .as_u16()
+        }
+    };
+    mesh_test::eventually("the JWKS is fetched", Duration::from_secs(20), || async {
+        (with_token(issuer.token(&["group1"], 300), "/status/200").await == 200).then_some(())
+    })
+    .await;
+    assert!(issuer.fetches.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    // Valid, but not of group1: no ALLOW admits it.
+    assert_eq!(
+        with_token(issuer.token(&["group2"], 300), "/status/200").await,
+        403
+    );
+    // Expired, garbled, or signed by a key the issuer does not publish: 401.
+    assert_eq!(
+        with_token(issuer.token(&["group1"], -120), "/status/200").await,
+        401
+    );
+    assert_eq!(with_token("not.a.token".into(), "/info").await, 401);
+    let stranger = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let forged = token(
+        &jsonwebtoken::EncodingKey::from_ec_der(&stranger.serialize_der()),
+        &["group1"],
+        300,
+    );
+    assert_eq!(with_token(forged, "/status/200").await, 401);
+    // No token: only httpbin's own ALLOW could admit, and it does not for `other`.
+    assert_eq!(
+        w.status("other", "GET", "httpbin", "/status/200").await,
+        403
+    );
 
     // `order-service-policy`: GET and POST from api-gateway only; the namespace is
     // STRICT (`production/default`), so plaintext is refused outright.
@@ -473,6 +637,7 @@ async fn linkerds_policy_objects_decide_who_calls_whom() {
         &EMOJIVOTO,
         emojivoto_pod,
         &[("linkerd", LINKERD_POLICY.to_string())],
+        &[],
     )
     .await;
 
@@ -529,6 +694,7 @@ async fn linkerd_policy_changes_apply_and_bad_objects_keep_the_last_good() {
         &EMOJIVOTO,
         emojivoto_pod,
         &[("linkerd", LINKERD_POLICY.to_string())],
+        &[],
     )
     .await;
     assert_eq!(w.status("voting", "GET", "web", "/api/vote").await, 403);
