@@ -21,6 +21,9 @@ pub struct InboundTls {
     /// The default inbound policy (`config.linkerd.io/default-inbound-policy`, or the
     /// mesh's alias).
     pub default_policy: Option<mesh_api::linkerd::DefaultPolicy>,
+    /// Opaque ports (`config.linkerd.io/opaque-ports`, or the mesh's alias): ranges,
+    /// inclusive; `None` when the annotation is absent.
+    pub opaque_ports: Option<Vec<(u16, u16)>>,
 }
 
 /// Whether plaintext is accepted beside mTLS.
@@ -30,6 +33,11 @@ pub enum TlsMode {
     Permissive,
     /// mTLS from meshed peers only.
     Strict,
+}
+
+/// Whether `port` is in one of `ranges`.
+pub fn in_ranges(ranges: &[(u16, u16)], port: u16) -> bool {
+    ranges.iter().any(|(lo, hi)| (*lo..=*hi).contains(&port))
 }
 
 impl InboundTls {
@@ -136,6 +144,13 @@ pub fn inbound(
         None => installed,
     };
     policy.default_policy = default_policy_pb(default_policy).into();
+    // Opaque ports: the pod's annotation, else its namespace's.
+    let opaque = pod
+        .and_then(|(_, _, a)| a.opaque_ports.as_deref())
+        .or_else(|| namespace.and_then(|(_, a)| a.opaque_ports.as_deref()));
+    if opaque.is_some_and(|r| in_ranges(r, port)) {
+        policy.protocol = pb::Protocol::Opaque.into();
+    }
     policy
 }
 

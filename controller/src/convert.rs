@@ -43,6 +43,45 @@ pub const INBOUND_PERMISSIVE_PORTS: &str = "config.mesh.io/inbound-permissive-po
 pub const LINKERD_DEFAULT_POLICY: &str = "config.linkerd.io/default-inbound-policy";
 /// The mesh's name for the same annotation (it wins over Linkerd's when both are set).
 pub const DEFAULT_POLICY: &str = "config.mesh.io/default-inbound-policy";
+/// Ports (and ranges, `4000-4100`) whose traffic is opaque TCP, on a Service, pod or
+/// namespace: the mesh's name, then Linkerd's.
+pub const OPAQUE_PORTS: [&str; 2] = [
+    "config.mesh.io/opaque-ports",
+    "config.linkerd.io/opaque-ports",
+];
+
+/// The opaque-ports annotation: `None` when absent; a bad value is an error naming it.
+pub fn opaque_ports(
+    annotations: Option<&BTreeMap<String, String>>,
+) -> Result<Option<Vec<(u16, u16)>>, FieldError> {
+    let Some((key, value)) =
+        annotations.and_then(|a| OPAQUE_PORTS.iter().find_map(|k| Some((*k, a.get(*k)?))))
+    else {
+        return Ok(None);
+    };
+    let mut ranges = Vec::new();
+    for part in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let bad = || {
+            FieldError::new(
+                format!("metadata.annotations[{key:?}]"),
+                format!("{part:?} is not a port or a range (expected e.g. 25,3306,4000-4100)"),
+            )
+        };
+        let port = |s: &str| s.trim().parse::<u16>().ok().filter(|p| *p != 0);
+        let range = match part.split_once('-') {
+            Some((lo, hi)) => (port(lo).ok_or_else(bad)?, port(hi).ok_or_else(bad)?),
+            None => {
+                let p = port(part).ok_or_else(bad)?;
+                (p, p)
+            }
+        };
+        if range.0 > range.1 {
+            return Err(bad());
+        }
+        ranges.push(range);
+    }
+    Ok(Some(ranges))
+}
 
 /// The inbound-TLS annotations of a pod or namespace; a bad value is an error naming
 /// the annotation.
@@ -78,6 +117,10 @@ pub fn inbound_tls(
         }
         None => None,
     };
+    let opaque = opaque_ports(Some(annotations)).unwrap_or_else(|e| {
+        errors.push(e);
+        None
+    });
     let mut ports = |name: &str| -> Vec<u16> {
         let Some(list) = annotations.get(name) else {
             return Vec::new();
@@ -106,6 +149,7 @@ pub fn inbound_tls(
         strict_ports,
         permissive_ports,
         default_policy,
+        opaque_ports: opaque,
     })
 }
 
@@ -169,11 +213,18 @@ pub fn service(svc: &Service) -> Result<ServiceInfo, Vec<FieldError>> {
     }
     // Bad client-policy annotations do not refuse the Service (its endpoints still
     // serve): the index keeps their last good values and reports them.
-    let (client, client_errors) =
+    let (client, mut client_errors) =
         match crate::annotations::parse(svc.metadata.annotations.as_ref(), true) {
             Ok(c) => (c, vec![]),
             Err(e) => (Default::default(), e),
         };
+    let opaque = match opaque_ports(svc.metadata.annotations.as_ref()) {
+        Ok(o) => o.unwrap_or_default(),
+        Err(e) => {
+            client_errors.push(e);
+            Vec::new()
+        }
+    };
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -184,6 +235,7 @@ pub fn service(svc: &Service) -> Result<ServiceInfo, Vec<FieldError>> {
         external_name: spec.type_.as_deref() == Some("ExternalName"),
         client,
         client_errors,
+        opaque_ports: opaque,
     })
 }
 

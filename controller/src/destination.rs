@@ -53,6 +53,14 @@ impl Sent {
         use pb::update::Update as U;
         let (known, endpoints, labels) = match now {
             Resolution::Unknown => (false, BTreeMap::new(), Default::default()),
+            Resolution::Pod {
+                namespace,
+                endpoint,
+            } => (
+                true,
+                BTreeMap::from([(endpoint.addr, endpoint)]),
+                [("namespace".to_string(), namespace)].into(),
+            ),
             Resolution::Service {
                 namespace,
                 name,
@@ -125,12 +133,20 @@ fn endpoint(e: &EndpointView) -> pb::Endpoint {
         weight: 10_000,
         metric_labels: e.labels.clone().into_iter().collect(),
         tls_identity: e.identity.clone().unwrap_or_default(),
-        // A meshed endpoint's proxy takes peers on its inbound port, over HTTP/2.
-        protocol_hint: e.identity.as_ref().map(|_| pb::ProtocolHint {
-            h2: true,
-            inbound_port: PROXY_INBOUND_PORT.into(),
-            opaque: false,
-        }),
+        // A meshed endpoint's proxy takes peers on its inbound port, over HTTP/2 (or,
+        // for an opaque port, over mTLS with a transport header).
+        protocol_hint: match &e.identity {
+            Some(_) => Some(pb::ProtocolHint {
+                h2: true,
+                inbound_port: PROXY_INBOUND_PORT.into(),
+                opaque: e.opaque,
+            }),
+            None => e.opaque.then_some(pb::ProtocolHint {
+                h2: false,
+                inbound_port: 0,
+                opaque: true,
+            }),
+        },
     }
 }
 

@@ -123,6 +123,8 @@ pub struct ServiceInfo {
     /// Client-policy annotations that did not parse: the index keeps their last good
     /// values and reports them (never stored).
     pub client_errors: Vec<FieldError>,
+    /// Service ports whose traffic is opaque TCP (ranges, inclusive).
+    pub opaque_ports: Vec<(u16, u16)>,
 }
 
 /// A service port and where it leads on the pods.
@@ -308,6 +310,9 @@ pub struct EndpointView {
     pub labels: BTreeMap<String, String>,
     /// The identity its proxy presents, when meshed.
     pub identity: Option<String>,
+    /// Whether its port is opaque TCP (the pod's, its namespace's or the service's
+    /// opaque-ports annotation).
+    pub opaque: bool,
 }
 
 /// What an authority resolves to.
@@ -323,6 +328,13 @@ pub enum Resolution {
         port: u16,
         /// Its endpoints, keyed by address.
         endpoints: BTreeMap<SocketAddr, EndpointView>,
+    },
+    /// A pod's own address and port (an opaque connection straight to a pod, say).
+    Pod {
+        /// The pod's namespace.
+        namespace: String,
+        /// The endpoint.
+        endpoint: EndpointView,
     },
     /// Nothing the index knows: the proxy falls back to DNS.
     Unknown,
@@ -340,6 +352,8 @@ pub enum Topic {
     Policy(String, String),
     /// Which service a cluster IP belongs to.
     ClusterIp(IpAddr),
+    /// Which pod has an IP.
+    PodIp(IpAddr),
     /// A pod (namespace, name): its own annotations.
     Pod(String, String),
     /// A namespace: its annotations.
@@ -603,6 +617,8 @@ struct State {
     /// Services by each label of their selector.
     selecting: HashMap<LabelKey, BTreeSet<String>>,
     pods: HashMap<Key, PodInfo>,
+    /// Pods by IP (a set: a pod that ended and one that started may share one).
+    pods_by_ip: HashMap<IpAddr, BTreeSet<Key>>,
     /// Pods by each of their labels.
     pods_by_label: HashMap<LabelKey, BTreeSet<String>>,
     slices: HashMap<Key, SliceInfo>,
@@ -859,11 +875,10 @@ impl Index {
                     let errors = std::mem::take(&mut svc.client_errors);
                     if !errors.is_empty() {
                         // The last good client policy stays; the rest applies.
-                        svc.client = s
-                            .services
-                            .get(&key)
-                            .map(|old| old.client.clone())
-                            .unwrap_or_default();
+                        let old = s.services.get(&key);
+                        svc.client = old.map(|old| old.client.clone()).unwrap_or_default();
+                        svc.opaque_ports =
+                            old.map(|old| old.opaque_ports.clone()).unwrap_or_default();
                         partly = Some(errors);
                     }
                     s.put_service(key, Some(svc))
@@ -966,7 +981,7 @@ impl Index {
     ) -> Resolution {
         self.answer(watch, |s, deps| {
             let Some((namespace, name, port)) = s.find_service(authority, caller_ns, deps) else {
-                return Resolution::Unknown;
+                return s.find_pod(authority, deps).unwrap_or(Resolution::Unknown);
             };
             deps.0
                 .push(Topic::Endpoints(namespace.clone(), name.clone()));
@@ -1368,6 +1383,14 @@ impl State {
         let (ns, name) = &key;
         let mut topics = vec![Topic::Pod(ns.clone(), name.clone())];
         let mut services = BTreeSet::new();
+        if let Some(ip) = old.as_ref().and_then(|o| o.ip) {
+            unlink(&mut self.pods_by_ip, &ip, &key);
+            topics.push(Topic::PodIp(ip));
+        }
+        if let Some(ip) = self.pods.get(&key).and_then(|p| p.ip) {
+            link(&mut self.pods_by_ip, ip, key.clone());
+            topics.push(Topic::PodIp(ip));
+        }
         if let Some(old) = &old {
             for (k, v) in &old.labels {
                 unlink(&mut self.pods_by_label, &label_key(ns, k, v), name);
@@ -1851,6 +1874,22 @@ impl State {
         Some((ns, name, port))
     }
 
+    /// The pod whose IP `authority` names, as one endpoint.
+    fn find_pod(&self, authority: &str, deps: &mut Deps) -> Option<Resolution> {
+        let (host, port) = split_authority(authority)?;
+        let ip = host.parse::<IpAddr>().ok()?;
+        deps.0.push(Topic::PodIp(ip));
+        let (ns, name) = self.pods_by_ip.get(&ip)?.first()?;
+        let pod = self.pods.get(&(ns.clone(), name.clone()))?;
+        // Its namespace's annotations decide whether it is meshed and opaque ports.
+        deps.0.push(Topic::Namespace(ns.clone()));
+        let addr = SocketAddr::new(ip, port);
+        Some(Resolution::Pod {
+            namespace: ns.clone(),
+            endpoint: self.view(ns, addr, Some((name, pod))),
+        })
+    }
+
     fn meshed(&self, namespace: &str, pod: &PodInfo) -> bool {
         if pod.has_proxy {
             return true;
@@ -1877,7 +1916,14 @@ impl State {
     ) -> EndpointView {
         let mut labels = BTreeMap::from([("namespace".to_string(), namespace.to_string())]);
         let mut identity = None;
+        let mut opaque = false;
         if let Some((name, pod)) = pod {
+            let ranges = pod.inbound_tls.opaque_ports.as_deref().or_else(|| {
+                self.namespaces
+                    .get(namespace)
+                    .and_then(|n| n.inbound_tls.opaque_ports.as_deref())
+            });
+            opaque = ranges.is_some_and(|r| crate::compile::in_ranges(r, addr.port()));
             labels.insert("pod".to_string(), name.to_string());
             labels.insert("serviceaccount".to_string(), pod.service_account.clone());
             if let Some(w) = &pod.workload {
@@ -1891,6 +1937,7 @@ impl State {
             addr,
             labels,
             identity,
+            opaque,
         }
     }
 
@@ -1918,6 +1965,27 @@ impl State {
         name: &str,
         port: u16,
     ) -> BTreeMap<SocketAddr, EndpointView> {
+        let mut out = self.endpoints_of(namespace, name, port);
+        // The Service's opaque-ports annotation marks all of its endpoints.
+        let key = (namespace.to_string(), name.to_string());
+        if self
+            .services
+            .get(&key)
+            .is_some_and(|svc| crate::compile::in_ranges(&svc.opaque_ports, port))
+        {
+            for e in out.values_mut() {
+                e.opaque = true;
+            }
+        }
+        out
+    }
+
+    fn endpoints_of(
+        &self,
+        namespace: &str,
+        name: &str,
+        port: u16,
+    ) -> BTreeMap<SocketAddr, EndpointView> {
         let mut out = BTreeMap::new();
         let key = (namespace.to_string(), name.to_string());
         let Some(svc) = self.services.get(&key) else {
@@ -1926,6 +1994,7 @@ impl State {
         let Some(sp) = svc.ports.iter().find(|p| p.port == port) else {
             return out;
         };
+
         // EndpointSlices, when the service has any, are what Kubernetes decided (and
         // the only source for services without a selector); pods and the selector
         // otherwise, as in a local folder.
@@ -2041,6 +2110,7 @@ mod tests {
             Resolution::Service { endpoints, .. } => {
                 endpoints.values().map(|e| e.identity.clone()).collect()
             }
+            Resolution::Pod { endpoint, .. } => vec![endpoint.identity],
             Resolution::Unknown => vec![],
         }
     }
@@ -2101,6 +2171,74 @@ mod tests {
             )
             .expect("apply");
         assert!(jwt("a").jwks_error.contains("not fetched yet"), "forgotten");
+    }
+
+    #[test]
+    fn pod_addresses_resolve_to_the_pod_with_its_identity_and_opaque_ports() {
+        let index = Index::default();
+        index
+            .apply(
+                &at(Kind::Namespace, "", "ns"),
+                Object::Namespace(NamespaceInfo {
+                    inject: Some(true),
+                    inbound_tls: InboundTls {
+                        opaque_ports: Some(vec![(5432, 5432)]),
+                        ..Default::default()
+                    },
+                }),
+            )
+            .expect("ns");
+        let mut watch = index.watch();
+        assert_eq!(
+            index.resolve("10.0.0.7:5432", "ns", Some(&mut watch)),
+            Resolution::Unknown
+        );
+        index
+            .apply(
+                &at(Kind::Pod, "ns", "db-0"),
+                pod("db", "10.0.0.7", None, false),
+            )
+            .expect("pod");
+        assert!(watch.take_change(), "the pod's arrival is news");
+        let Resolution::Pod {
+            namespace,
+            endpoint,
+        } = index.resolve("10.0.0.7:5432", "ns", None)
+        else {
+            panic!("not the pod");
+        };
+        assert_eq!(namespace, "ns");
+        assert_eq!(
+            endpoint.identity.as_deref(),
+            Some("sa.ns.serviceaccount.identity.mesh.cluster.local")
+        );
+        assert!(endpoint.opaque, "the namespace's opaque port");
+        let Resolution::Pod { endpoint, .. } = index.resolve("10.0.0.7:8080", "ns", None) else {
+            panic!("not the pod");
+        };
+        assert!(!endpoint.opaque);
+        // Its inbound policy for the opaque port reads it as opaque TCP.
+        assert_eq!(
+            index.inbound_policy("db-0", "ns", 5432, None).protocol(),
+            pb::Protocol::Opaque
+        );
+        // A service's own annotation marks its port.
+        index
+            .apply(
+                &at(Kind::Service, "ns", "db"),
+                Object::Service(ServiceInfo {
+                    opaque_ports: vec![(80, 80)],
+                    ..match service(&[("app", "db")]) {
+                        Object::Service(s) => s,
+                        _ => unreachable!(),
+                    }
+                }),
+            )
+            .expect("svc");
+        let Resolution::Service { endpoints, .. } = index.resolve("db.ns:80", "ns", None) else {
+            panic!("not the service");
+        };
+        assert!(endpoints.values().all(|e| e.opaque));
     }
 
     #[test]
@@ -2522,7 +2660,7 @@ mod tests {
             .expect("svc");
         let count = |a: &str| match index.resolve(a, "ns", None) {
             Resolution::Service { endpoints, .. } => endpoints.len(),
-            Resolution::Unknown => usize::MAX,
+            Resolution::Pod { .. } | Resolution::Unknown => usize::MAX,
         };
         assert_eq!(count("a.ns:80"), 1);
         assert_eq!(count("all.ns:80"), 50);

@@ -169,7 +169,7 @@ fn endpoints(index: &Index) -> Vec<String> {
         Resolution::Service { endpoints, .. } => {
             endpoints.keys().map(ToString::to_string).collect()
         }
-        Resolution::Unknown => vec!["unknown".into()],
+        Resolution::Pod { .. } | Resolution::Unknown => vec!["unknown".into()],
     }
 }
 

@@ -55,6 +55,8 @@ pub struct Dst {
     pub identity: Option<String>,
     /// What discovery says the endpoint belongs to, for metric labels.
     pub labels: Option<Arc<DstLabels>>,
+    /// Whether its port is opaque TCP (no protocol detection).
+    pub opaque: bool,
 }
 
 impl Dst {
@@ -65,6 +67,7 @@ impl Dst {
             target_port: None,
             identity: None,
             labels: None,
+            opaque: false,
         }
     }
 }
@@ -667,15 +670,18 @@ fn apply(current: &[Dst], update: pb::Update) -> Answer {
                     .as_ref()
                     .and_then(|h| u16::try_from(h.inbound_port).ok())
                     .filter(|p| *p != 0);
+                let opaque = e.protocol_hint.as_ref().is_some_and(|h| h.opaque);
                 let dst = match inbound {
                     Some(port) => Dst {
                         connect: SocketAddr::new(addr.ip(), port),
                         target_port: Some(addr.port()),
                         identity: Some(e.tls_identity).filter(|i| !i.is_empty()),
                         labels,
+                        opaque,
                     },
                     None => Dst {
                         labels,
+                        opaque,
                         ..Dst::direct(addr)
                     },
                 };

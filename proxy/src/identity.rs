@@ -23,6 +23,9 @@ use tokio::sync::watch;
 pub const ALPN_H2: &[u8] = b"h2";
 /// HTTP/1.1 over TLS: upgrades (WebSocket) that cannot ride HTTP/2.
 pub const ALPN_HTTP1: &[u8] = b"http/1.1";
+/// Opaque TCP between proxies: a transport header naming the target port, then the
+/// connection's bytes ([`crate::tcp::TRANSPORT_MAGIC`]).
+pub const ALPN_OPAQUE: &[u8] = b"mesh.tcp/1";
 
 /// Why the identity could not be set up or renewed.
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +92,7 @@ pub struct Identity {
     server: Arc<ServerConfig>,
     client_h2: Arc<ClientConfig>,
     client_h1: Arc<ClientConfig>,
+    client_opaque: Arc<ClientConfig>,
     roots: Arc<RootCertStore>,
     provider: Arc<CryptoProvider>,
 }
@@ -144,7 +148,7 @@ impl Identity {
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(verifier)
             .with_cert_resolver(current.clone());
-        server.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()];
+        server.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec(), ALPN_OPAQUE.to_vec()];
         let client = |alpn: &[u8]| -> Result<Arc<ClientConfig>, IdentityError> {
             let mut c = ClientConfig::builder_with_provider(provider.clone())
                 .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -158,6 +162,7 @@ impl Identity {
             name: name.to_owned(),
             client_h2: client(ALPN_H2)?,
             client_h1: client(ALPN_HTTP1)?,
+            client_opaque: client(ALPN_OPAQUE)?,
             server: Arc::new(server),
             current,
             ready,
@@ -193,6 +198,11 @@ impl Identity {
         } else {
             self.client_h1.clone()
         }
+    }
+
+    /// The TLS settings for carrying an opaque connection to a peer.
+    pub fn client_config_opaque(&self) -> Arc<ClientConfig> {
+        self.client_opaque.clone()
     }
 
     /// Installs a certificate chain for `key`, after checking that it chains to the

@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::detect::{Protocol, detect};
 use crate::discover::Discover;
 use crate::http::{ConnInfo, Hold, HttpService, Shared};
-use crate::identity::{ALPN_H2, ALPN_HTTP1, Identity};
+use crate::identity::{ALPN_H2, ALPN_HTTP1, ALPN_OPAQUE, Identity};
 use crate::idle::{Streams, Tracked};
 use crate::io::{PrefixedIo, original_dst};
 use crate::metrics::Metrics;
@@ -393,7 +393,13 @@ async fn handle(
     let strict = ctx.shared.identity.is_some()
         && direction == Direction::Inbound
         && ctx.strict_port(port, policy.as_deref());
-    let opaque = ctx.config.opaque_port(port) || policy.as_ref().is_some_and(|p| p.opaque);
+    let opaque = ctx.config.opaque_port(port)
+        || policy.as_ref().is_some_and(|p| p.opaque)
+        || match (direction, orig_dst) {
+            // A redirected connection: discovery may say its destination is opaque.
+            (Direction::Outbound, Some(t)) => opaque_target(t, ctx).await,
+            _ => false,
+        };
     let detect_first = !opaque || strict;
     let detected = if detect_first {
         tokio::select! {
@@ -523,6 +529,7 @@ async fn serve_mtls(
     let protocol = match session.alpn_protocol() {
         Some(ALPN_H2) => Protocol::Http2,
         Some(ALPN_HTTP1) => Protocol::Http1,
+        Some(ALPN_OPAQUE) => Protocol::Opaque,
         other => {
             tracing::info!(%client, %peer, alpn = ?other.map(String::from_utf8_lossy), "mTLS peer negotiated no mesh protocol (ALPN); closing");
             unserved();
@@ -531,10 +538,28 @@ async fn serve_mtls(
     };
     conn.peer = Peer::secured(&peer);
     // Counted above TLS: the bytes of the peer's requests and responses.
-    let tls = CountingIo::new(
+    let mut tls = CountingIo::new(
         tls,
         metrics.tcp_open(Direction::Inbound, "src", Tls::Secured),
     );
+    if protocol == Protocol::Opaque {
+        // A peer's opaque connection names the application port it is for.
+        let port = match crate::tcp::read_transport_header(&mut tls, ctx.config.detect_timeout)
+            .await
+        {
+            Ok(port) => port,
+            Err(error) => {
+                tracing::info!(%error, %client, %peer, "opaque mTLS connection without a valid transport header; closing");
+                return;
+            }
+        };
+        let target = SocketAddr::new(conn.local.ip(), port);
+        if ctx.shared.own_addrs.iter().any(|o| o.port() == port) || ctx.shared.is_own(target) {
+            tracing::info!(%client, %peer, port, "opaque connection to the proxy's own port refused");
+            return;
+        }
+        conn.target = Some(target);
+    }
     serve(
         PrefixedIo::new(bytes::BytesMut::new(), tls),
         protocol,
@@ -567,19 +592,22 @@ async fn serve<I>(
                     // Denied: closed at once, nothing forwarded.
                     return;
                 }
-                let metrics = &ctx.shared.metrics;
-                let tls = Peer::plaintext(ctx.shared.identity.is_some()).tls;
-                if let Err(error) = tcp::forward(
-                    io,
-                    target,
-                    ctx.config.connect_timeout,
-                    metrics,
-                    &ctx.shared.origins,
-                    direction,
-                    tls,
-                )
-                .await
-                {
+                let result = if direction == Direction::Outbound {
+                    forward_outbound(io, target, ctx).await
+                } else {
+                    let tls = Peer::plaintext(ctx.shared.identity.is_some()).tls;
+                    tcp::forward(
+                        io,
+                        target,
+                        ctx.config.connect_timeout,
+                        &ctx.shared.metrics,
+                        &ctx.shared.origins,
+                        direction,
+                        tls,
+                    )
+                    .await
+                };
+                if let Err(error) = result {
                     tracing::debug!(%error, client = %conn.client, %target, "opaque connection ended");
                 }
             }
@@ -588,6 +616,75 @@ async fn serve<I>(
             }
         },
     }
+}
+
+/// Where discovery says an outbound connection to `target` goes: the endpoint that is
+/// `target` itself (a pod's address), else one of the service's (a cluster IP), picked
+/// at random. `None`: discovery knows nothing of it.
+async fn discovered(target: SocketAddr, ctx: &Ctx) -> Option<crate::discover::Dst> {
+    let discover = ctx.shared.resolve.discovery()?;
+    let crate::discover::Answer::Endpoints(list) = discover.resolve(&target.to_string()).await
+    else {
+        return None;
+    };
+    let app = |d: &crate::discover::Dst| match d.target_port {
+        Some(p) => SocketAddr::new(d.connect.ip(), p),
+        None => d.connect,
+    };
+    list.iter()
+        .find(|d| app(d) == target)
+        .or_else(|| list.get(fastrand::usize(..list.len().max(1))))
+        .cloned()
+}
+
+/// Whether discovery marks `target`'s port opaque (then no detection waits for a
+/// client that speaks first).
+async fn opaque_target(target: SocketAddr, ctx: &Ctx) -> bool {
+    discovered(target, ctx).await.is_some_and(|d| d.opaque)
+}
+
+/// Forwards an outbound opaque connection: over mTLS to the peer's proxy when discovery
+/// says `target` is (or is a service of) a meshed pod, else to the endpoint (or
+/// `target`) in plaintext.
+async fn forward_outbound<I>(io: I, target: SocketAddr, ctx: &Ctx) -> std::io::Result<()>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let shared = &ctx.shared;
+    let dst = discovered(target, ctx).await;
+    if let (Some(tls), Some(d)) = (&shared.identity, &dst)
+        && let (Some(id), Some(port)) = (&d.identity, d.target_port)
+    {
+        if shared.is_own(d.connect) {
+            return Err(std::io::Error::other("discovery points back at this proxy"));
+        }
+        return tcp::forward_mtls(
+            io,
+            d.connect,
+            id,
+            port,
+            tls,
+            ctx.config.connect_timeout,
+            &shared.metrics,
+            &shared.origins,
+        )
+        .await;
+    }
+    let to = match &dst {
+        Some(d) if d.target_port.is_none() => d.connect,
+        _ => target,
+    };
+    let tls = Peer::plaintext(shared.identity.is_some()).tls;
+    tcp::forward(
+        io,
+        to,
+        ctx.config.connect_timeout,
+        &shared.metrics,
+        &shared.origins,
+        Direction::Outbound,
+        tls,
+    )
+    .await
 }
 
 async fn serve_http<I>(io: I, protocol: Protocol, conn: ConnInfo, stack: HttpService, ctx: &Ctx)

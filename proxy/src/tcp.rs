@@ -1,4 +1,5 @@
-//! Opaque TCP: bytes forwarded both ways with half-close honoured, and byte counting.
+//! Opaque TCP: bytes forwarded both ways with half-close honoured, and byte counting;
+//! between meshed proxies, over mTLS with a transport header naming the target port.
 
 use std::io;
 use std::net::SocketAddr;
@@ -116,4 +117,123 @@ where
     // half-close travels through and the other direction keeps flowing.
     tokio::io::copy_bidirectional(&mut client, &mut server).await?;
     Ok(())
+}
+
+/// What an opaque connection between proxies starts with (after the mTLS handshake,
+/// ALPN [`crate::identity::ALPN_OPAQUE`]): these four bytes, then the target port
+/// (big-endian `u16`), then the client's bytes.
+pub const TRANSPORT_MAGIC: &[u8; 4] = b"MTH1";
+
+/// The transport header for `port`.
+pub fn transport_header(port: u16) -> [u8; 6] {
+    let [hi, lo] = port.to_be_bytes();
+    let m = TRANSPORT_MAGIC;
+    [m[0], m[1], m[2], m[3], hi, lo]
+}
+
+/// Reads a transport header within `timeout`: the target port, or why not.
+pub async fn read_transport_header<I: AsyncRead + Unpin>(
+    io: &mut I,
+    timeout: Duration,
+) -> io::Result<u16> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 6];
+    tokio::time::timeout(timeout, io.read_exact(&mut buf))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no transport header in time"))??;
+    if &buf[..4] != TRANSPORT_MAGIC {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a mesh transport header",
+        ));
+    }
+    let port = u16::from_be_bytes([buf[4], buf[5]]);
+    if port == 0 {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "target port 0"));
+    }
+    Ok(port)
+}
+
+/// Forwards `client` over mTLS to a meshed peer's proxy at `connect`, which must
+/// present `identity`, naming `target_port` in the transport header; both directions
+/// until closed.
+#[allow(clippy::too_many_arguments)]
+pub async fn forward_mtls<I>(
+    mut client: I,
+    connect: SocketAddr,
+    identity: &str,
+    target_port: u16,
+    tls: &crate::identity::Identity,
+    connect_timeout: Duration,
+    metrics: &Metrics,
+    origins: &Arc<Origins>,
+) -> io::Result<()>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncWriteExt;
+    let timed_out = || {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("connect to {connect} timed out"),
+        )
+    };
+    let tcp = tokio::time::timeout(connect_timeout, TcpStream::connect(connect))
+        .await
+        .map_err(|_| timed_out())??;
+    let _origin = origins.track(&tcp);
+    let _ = tcp.set_nodelay(true);
+    let name = rustls::pki_types::ServerName::try_from(identity.to_string())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "invalid peer identity"))?;
+    let io = CountingIo::new(
+        tcp,
+        metrics.tcp_open(Direction::Outbound, "dst", Tls::Secured),
+    );
+    let connector = tokio_rustls::TlsConnector::from(tls.client_config_opaque());
+    let mut server = tokio::time::timeout(connect_timeout, connector.connect(name, io))
+        .await
+        .map_err(|_| timed_out())??;
+    if server.get_ref().1.alpn_protocol() != Some(crate::identity::ALPN_OPAQUE) {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("{connect}: the peer's proxy does not carry opaque TCP"),
+        ));
+    }
+    server.write_all(&transport_header(target_port)).await?;
+    tokio::io::copy_bidirectional(&mut client, &mut server).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn transport_headers_round_trip_and_garbage_is_refused() {
+        let mut ok: &[u8] = &transport_header(8080);
+        assert_eq!(
+            read_transport_header(&mut ok, Duration::from_secs(1))
+                .await
+                .expect("header"),
+            8080
+        );
+        let mut bad: &[u8] = b"GET / HTTP/1.1";
+        assert!(
+            read_transport_header(&mut bad, Duration::from_secs(1))
+                .await
+                .is_err()
+        );
+        let mut zero: &[u8] = &transport_header(0);
+        assert!(
+            read_transport_header(&mut zero, Duration::from_secs(1))
+                .await
+                .is_err()
+        );
+        let mut short: &[u8] = b"MTH";
+        assert!(
+            read_transport_header(&mut short, Duration::from_secs(1))
+                .await
+                .is_err()
+        );
+    }
 }

@@ -248,3 +248,237 @@ fn mesh_proxy_init_sends_a_pods_traffic_through_the_proxy() {
     }
     drop(client);
 }
+
+/// A process in `ns` from a folder the proxies' UID can read.
+fn in_ns(ns: &Netns, program: &std::path::Path) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new("ip");
+    cmd.args(["netns", "exec", &ns.name])
+        .arg(program)
+        .kill_on_drop(true);
+    cmd
+}
+
+/// Makes `path` (and what is in it) readable by the proxies' own UID.
+fn readable(path: &std::path::Path) {
+    run(Command::new("chmod").args(["-R", "a+rX"]).arg(path));
+}
+
+/// Opaque TCP between two meshed pods, each with `mesh-proxy init`'s iptables: the
+/// client's bytes go to its proxy, which learns from the controller that the address
+/// is a meshed pod and carries them over mTLS to the peer's proxy (its inbound port,
+/// the target port in a transport header); the peer's proxy authenticates the client
+/// and forwards to its app. The port is strict: a plaintext client is refused. A
+/// Server and AuthorizationPolicy then decide who may connect; a denied client's
+/// connection is closed at once.
+#[tokio::test]
+async fn opaque_tcp_between_meshed_pods_rides_mtls_through_strict_ports() {
+    let ctl = Netns::new("octl");
+    let mut client = Netns::new("ocli");
+    let mut db = Netns::new("odb");
+    let pid = std::process::id();
+    for (ns, side, net) in [(&client, "oc", "10.253.1"), (&db, "od", "10.253.2")] {
+        let (outer, inner) = (format!("{side}r{pid}"), format!("{side}p{pid}"));
+        run(Command::new("ip").args([
+            "link", "add", &outer, "type", "veth", "peer", "name", &inner,
+        ]));
+        run(Command::new("ip").args(["link", "set", &outer, "netns", &ctl.name]));
+        run(Command::new("ip").args(["link", "set", &inner, "netns", &ns.name]));
+        ctl.sh(&format!(
+            "ip addr add {net}.1/24 dev {outer} && ip link set {outer} up"
+        ));
+        ns.sh(&format!(
+            "ip addr add {net}.2/24 dev {inner} && ip link set {inner} up && ip route add default via {net}.1"
+        ));
+    }
+    ctl.sh("sysctl -q -w net.ipv4.ip_forward=1");
+
+    // The control plane, in the router namespace.
+    let work = tempfile::tempdir().expect("tmp");
+    let ca = work.path().join("ca");
+    std::fs::create_dir(&ca).expect("ca dir");
+    mesh_test::identity::new_ca(&ca);
+    let mut tokens = String::from("tokens:\n");
+    for (sa, ns) in [("client", "shop"), ("db", "shop")] {
+        std::fs::write(
+            work.path().join(format!("{sa}.token")),
+            format!("{sa}-token"),
+        )
+        .expect("token");
+        tokens.push_str(&format!(
+            "- {{token: {sa}-token, namespace: {ns}, serviceAccount: {sa}}}\n"
+        ));
+    }
+    std::fs::write(work.path().join("tokens.yaml"), tokens).expect("tokens");
+    let mut identity = in_ns(&ctl, &mesh_test::bin_path("mesh-identity"));
+    identity
+        .env_clear()
+        .env("MESH_IDENTITY_ADDR", "0.0.0.0:0")
+        .env("MESH_IDENTITY_ADMIN_ADDR", "0.0.0.0:0")
+        .env("MESH_IDENTITY_ISSUER_DIR", &ca)
+        .env(
+            "MESH_IDENTITY_TRUST_ANCHORS",
+            ca.join(mesh_identity::ca::TRUST_ANCHORS_FILE),
+        )
+        .env(
+            "MESH_IDENTITY_TOKENS",
+            format!("file:{}", work.path().join("tokens.yaml").display()),
+        )
+        .env("MESH_IDENTITY_LOG", "info");
+    let (_identity, line) = mesh_test::spawn_listening(identity, "identity").await;
+    let identity_port = mesh_test::field(&line, "identity").port();
+    let objects = work.path().join("objects");
+    std::fs::create_dir(&objects).expect("objects dir");
+    let world = "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, annotations: {mesh.io/inject: enabled}}\n---\n\
+        apiVersion: v1\nkind: Pod\nmetadata: {name: client-0, namespace: shop, labels: {app: client}}\n\
+        spec: {serviceAccountName: client, containers: [{name: app, image: x}]}\nstatus: {podIP: 10.253.1.2}\n---\n\
+        apiVersion: v1\nkind: Pod\nmetadata: {name: db-0, namespace: shop, labels: {app: db}, annotations: \
+        {config.linkerd.io/opaque-ports: \"5432\", config.mesh.io/inbound-tls: strict}}\n\
+        spec: {serviceAccountName: db, containers: [{name: app, image: x}]}\nstatus: {podIP: 10.253.2.2}\n";
+    mesh_test::mesh::write(&objects, "world", world);
+    let mut controller = in_ns(&ctl, &mesh_test::bin_path("mesh-controller"));
+    controller
+        .env_clear()
+        .env(
+            "MESH_CONTROLLER_SOURCE",
+            format!("dir:{}", objects.display()),
+        )
+        .env("MESH_CONTROLLER_DESTINATION_ADDR", "0.0.0.0:0")
+        .env("MESH_CONTROLLER_LOG", "info");
+    let (_controller, line) = mesh_test::spawn_listening(controller, "controller").await;
+    let destination_port = mesh_test::field(&line, "destination").port();
+    readable(work.path());
+
+    // The pods: init's iptables, the proxy as its own UID, the apps.
+    let proxy_bin = mesh_test::bin_path("mesh-proxy");
+    let proxy_bin = proxy_bin.to_str().expect("path");
+    for (ns, pod, sa, net) in [
+        (&mut client, "client-0", "client", "10.253.1"),
+        (&mut db, "db-0", "db", "10.253.2"),
+    ] {
+        ns.sh(&format!(
+            "{proxy_bin} init --proxy-uid 2102 --skip-inbound-ports 4191"
+        ));
+        let mut proxy = ns.cmd("setpriv");
+        proxy
+            .args([
+                "--reuid",
+                "2102",
+                "--regid",
+                "2102",
+                "--clear-groups",
+                proxy_bin,
+            ])
+            .env_clear()
+            .env("MESH_PROXY_INBOUND_ADDR", "0.0.0.0:4143")
+            .env("MESH_PROXY_OUTBOUND_ADDR", "127.0.0.1:4140")
+            .env("MESH_PROXY_ADMIN_ADDR", "0.0.0.0:4191")
+            .env(
+                "MESH_PROXY_IDENTITY_ADDR",
+                format!("{net}.1:{identity_port}"),
+            )
+            .env(
+                "MESH_PROXY_IDENTITY_NAME",
+                mesh_api::identity::dns_name(sa, "shop"),
+            )
+            .env(
+                "MESH_PROXY_TRUST_ANCHORS",
+                ca.join(mesh_identity::ca::TRUST_ANCHORS_FILE),
+            )
+            .env(
+                "MESH_PROXY_TOKEN_PATH",
+                work.path().join(format!("{sa}.token")),
+            )
+            .env("MESH_PROXY_NAMESPACE", "shop")
+            .env("MESH_PROXY_POD_NAME", pod)
+            .env(
+                "MESH_PROXY_DESTINATION_ADDR",
+                format!("{net}.1:{destination_port}"),
+            )
+            .env("MESH_PROXY_LOG", "info,mesh_proxy=debug");
+        ns.spawn(proxy);
+    }
+    let mut echo = db.cmd(
+        mesh_test::bin_path("mesh-sample-app")
+            .to_str()
+            .expect("path"),
+    );
+    echo.args(["--tcp-echo", "0.0.0.0:5432"]);
+    db.spawn(echo);
+    for ip in ["10.253.1.2", "10.253.2.2"] {
+        eventually("the proxy ready", || {
+            let out = ctl
+                .cmd("curl")
+                .args(["-s", "-m", "2", &format!("http://{ip}:4191/ready")])
+                .output()
+                .ok()?;
+            out.status.success().then_some(String::new())
+        });
+    }
+
+    // `ping` to the db's address from its app (redirected): echoed back.
+    let ping = |ns: &Netns| {
+        let script =
+            "exec 3<>/dev/tcp/10.253.2.2/5432 || exit 0; printf ping >&3; timeout 5 head -c 4 <&3";
+        String::from_utf8_lossy(
+            &ns.cmd("bash")
+                .args(["-c", script])
+                .output()
+                .expect("bash")
+                .stdout,
+        )
+        .into_owned()
+    };
+    eventually("opaque TCP over mTLS", || {
+        (ping(&client) == "ping").then_some(String::new())
+    });
+    let metrics = ctl.sh("curl -s -m 5 http://10.253.2.2:4191/metrics");
+    let secured = mesh_test::proxy::sum_metric(
+        &metrics,
+        "tcp_open_total",
+        &[("direction", "inbound"), ("peer", "src"), ("tls", "true")],
+    );
+    assert!(secured >= 1, "{metrics}");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("inbound_tcp_authz_allow_total")
+                && l.contains(
+                    "client_id=\"client.shop.serviceaccount.identity.mesh.cluster.local\""
+                )),
+        "{metrics}"
+    );
+    // The router's plaintext client: the strict port refuses it.
+    assert_eq!(ping(&ctl), "", "plaintext to a strict port");
+
+    // A Server with the default access policy (deny): the client is closed at once.
+    let server = "apiVersion: policy.linkerd.io/v1beta3\nkind: Server\n\
+        metadata: {name: db, namespace: shop}\n\
+        spec: {podSelector: {matchLabels: {app: db}}, port: 5432, proxyProtocol: opaque}\n";
+    let file = mesh_test::mesh::write(&objects, "policy", server);
+    readable(work.path());
+    eventually("the Server denies", || {
+        ping(&client).is_empty().then_some(String::new())
+    });
+    let metrics = ctl.sh("curl -s -m 5 http://10.253.2.2:4191/metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("inbound_tcp_authz_deny_total")),
+        "{metrics}"
+    );
+    // Authorized by identity: through again.
+    mesh_test::mesh::replace(
+        &file,
+        &format!(
+            "{server}---\napiVersion: policy.linkerd.io/v1alpha1\nkind: AuthorizationPolicy\n\
+             metadata: {{name: db-clients, namespace: shop}}\n\
+             spec:\n  targetRef: {{group: policy.linkerd.io, kind: Server, name: db}}\n  \
+             requiredAuthenticationRefs: [{{kind: ServiceAccount, name: client}}]\n"
+        ),
+    );
+    readable(work.path());
+    eventually("the client is authorized", || {
+        (ping(&client) == "ping").then_some(String::new())
+    });
+    drop(client);
+}
