@@ -30,6 +30,9 @@ pub struct Options {
     pub crds_only: bool,
     /// With the Gateway API's route CRDs (leave them out where the cluster has them).
     pub gateway_api_crds: bool,
+    /// Istio's and Linkerd's policy CRDs to leave out (by name): the cluster has its
+    /// own; `None`: all of them.
+    pub skip_policy_crds: Option<std::collections::BTreeSet<String>>,
     /// The trust anchors (PEM); generated with the issuer when absent.
     pub trust_anchors: Option<PathBuf>,
     /// The issuer certificate (PEM).
@@ -131,6 +134,32 @@ pub async fn foreign_gateway_api_crds(client: kube::Client) -> anyhow::Result<bo
         }
     }
     Ok(false)
+}
+
+/// The Istio and Linkerd policy CRDs the cluster has that are not the mesh's (Istio's
+/// or Linkerd's own): `mesh install` leaves those out.
+pub async fn foreign_policy_crds(
+    client: kube::Client,
+) -> anyhow::Result<std::collections::BTreeSet<String>> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let crds: kube::Api<CustomResourceDefinition> = kube::Api::all(client);
+    let (key, value) = mesh_controller::crd::POLICY_LABEL;
+    let mut out = std::collections::BTreeSet::new();
+    for (file, _) in mesh_controller::crd::policy() {
+        let name = file.trim_end_matches(".yaml").to_string();
+        let found = crds
+            .get_opt(&name)
+            .await
+            .with_context(|| format!("cannot read CustomResourceDefinition {name}"))?;
+        if found.is_some_and(|crd| {
+            crd.metadata
+                .labels
+                .is_none_or(|l| l.get(key).map(String::as_str) != Some(value))
+        }) {
+            out.insert(name);
+        }
+    }
+    Ok(out)
 }
 
 /// The mesh already installed in the cluster, if any.
@@ -270,6 +299,19 @@ pub fn render(o: &Options) -> anyhow::Result<String> {
         .chain(gateway)
         .map(|c| c.trim_end().to_owned())
         .collect();
+    if let Some(skip) = &o.skip_policy_crds {
+        for (file, crd) in mesh_controller::crd::policy() {
+            let name = file.trim_end_matches(".yaml");
+            if !skip.contains(name) {
+                docs.push(
+                    mesh_controller::crd::render(&crd)
+                        .with_context(|| format!("CRD {name}"))?
+                        .trim_end()
+                        .to_owned(),
+                );
+            }
+        }
+    }
     if o.crds_only {
         return Ok(docs.join("\n---\n") + "\n");
     }
@@ -346,7 +388,7 @@ pub fn render(o: &Options) -> anyhow::Result<String> {
         "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: mesh-identity\nrules:\n- apiGroups: [authentication.k8s.io]\n  resources: [tokenreviews]\n  verbs: [create]".into(),
     );
     docs.push(
-        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: mesh-controller\nrules:\n- apiGroups: [\"\"]\n  resources: [namespaces, services, pods]\n  verbs: [get, list, watch]\n- apiGroups: [discovery.k8s.io]\n  resources: [endpointslices]\n  verbs: [get, list, watch]\n- apiGroups: [linkerd.io]\n  resources: [serviceprofiles]\n  verbs: [get, list, watch]\n- apiGroups: [split.smi-spec.io]\n  resources: [trafficsplits]\n  verbs: [get, list, watch]\n- apiGroups: [gateway.networking.k8s.io]\n  resources: [httproutes, grpcroutes, referencegrants]\n  verbs: [get, list, watch]\n- apiGroups: [gateway.networking.k8s.io]\n  resources: [httproutes/status, grpcroutes/status]\n  verbs: [get, patch, update]\n- apiGroups: [\"\", events.k8s.io]\n  resources: [events]\n  verbs: [create, patch]".into(),
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: mesh-controller\nrules:\n- apiGroups: [\"\"]\n  resources: [namespaces, services, pods]\n  verbs: [get, list, watch]\n- apiGroups: [discovery.k8s.io]\n  resources: [endpointslices]\n  verbs: [get, list, watch]\n- apiGroups: [linkerd.io]\n  resources: [serviceprofiles]\n  verbs: [get, list, watch]\n- apiGroups: [split.smi-spec.io]\n  resources: [trafficsplits]\n  verbs: [get, list, watch]\n- apiGroups: [gateway.networking.k8s.io]\n  resources: [httproutes, grpcroutes, referencegrants]\n  verbs: [get, list, watch]\n- apiGroups: [gateway.networking.k8s.io]\n  resources: [httproutes/status, grpcroutes/status]\n  verbs: [get, patch, update]\n- apiGroups: [security.istio.io]\n  resources: [peerauthentications, authorizationpolicies, requestauthentications]\n  verbs: [get, list, watch]\n- apiGroups: [networking.istio.io]\n  resources: [envoyfilters]\n  verbs: [get, list, watch]\n- apiGroups: [policy.linkerd.io]\n  resources: [servers, authorizationpolicies, meshtlsauthentications, networkauthentications, httplocalratelimitpolicies, httproutes]\n  verbs: [get, list, watch]\n- apiGroups: [\"\", events.k8s.io]\n  resources: [events]\n  verbs: [create, patch]".into(),
     );
     for name in ["mesh-identity", "mesh-controller"] {
         docs.push(format!(
@@ -449,6 +491,7 @@ mod tests {
         Options {
             crds_only: false,
             gateway_api_crds: true,
+            skip_policy_crds: Some(Default::default()),
             trust_anchors: None,
             issuer_cert: None,
             issuer_key: None,

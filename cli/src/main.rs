@@ -58,6 +58,10 @@ enum Command {
         /// already has them (from an ingress controller, say).
         #[arg(long)]
         skip_gateway_api_crds: bool,
+        /// Leave out the CRDs for Istio's security and Linkerd's policy kinds (those the
+        /// cluster already has, Istio's or Linkerd's own, are always left out).
+        #[arg(long)]
+        skip_policy_crds: bool,
         /// Trust anchors (PEM); with the issuer files. Generated when none are given.
         #[arg(long)]
         identity_trust_anchors_file: Option<PathBuf>,
@@ -257,6 +261,7 @@ fn main() -> anyhow::Result<()> {
         Command::Install {
             crds,
             skip_gateway_api_crds,
+            skip_policy_crds,
             identity_trust_anchors_file,
             identity_issuer_certificate_file,
             identity_issuer_key_file,
@@ -279,9 +284,15 @@ fn main() -> anyhow::Result<()> {
             }
             let gateway_api_crds =
                 !skip_gateway_api_crds && !runtime()?.block_on(foreign_gateway_api_crds());
+            let skip_policy_crds = if skip_policy_crds {
+                None
+            } else {
+                Some(runtime()?.block_on(foreign_policy_crds()))
+            };
             let text = install::render(&install::Options {
                 crds_only: crds,
                 gateway_api_crds,
+                skip_policy_crds,
                 trust_anchors: identity_trust_anchors_file,
                 issuer_cert: identity_issuer_certificate_file,
                 issuer_key: identity_issuer_key_file,
@@ -422,6 +433,39 @@ fn cluster_configured() -> bool {
 /// Whether the cluster of the current kubeconfig has the Gateway API's route CRDs from
 /// elsewhere (then they are left out, with a note). No cluster, or one that cannot say:
 /// no, and they are included.
+/// The policy CRDs the cluster already has (Istio's, Linkerd's): left out.
+async fn foreign_policy_crds() -> std::collections::BTreeSet<String> {
+    if !cluster_configured() {
+        return Default::default();
+    }
+    let Ok(client) = kube::Client::try_default().await else {
+        return Default::default();
+    };
+    match tokio::time::timeout(
+        Duration::from_secs(10),
+        install::foreign_policy_crds(client),
+    )
+    .await
+    {
+        Ok(Ok(names)) => {
+            for name in &names {
+                eprintln!("the cluster has CRD {name} already (not the mesh's): leaving it out");
+            }
+            names
+        }
+        Ok(Err(e)) => {
+            eprintln!("warning: {e:#}: including the policy CRDs");
+            Default::default()
+        }
+        Err(_) => {
+            eprintln!(
+                "warning: the Kubernetes API did not answer in 10s: including the policy CRDs"
+            );
+            Default::default()
+        }
+    }
+}
+
 async fn foreign_gateway_api_crds() -> bool {
     if !cluster_configured() {
         return false;

@@ -192,7 +192,11 @@ fn crds_only_and_given_issuers() {
     let out = mesh(&["install", "--crds"]);
     assert!(out.status.success());
     let crds = docs(&String::from_utf8_lossy(&out.stdout));
-    assert_eq!(crds.len(), 5, "the mesh's two and the Gateway API's three");
+    assert_eq!(
+        crds.len(),
+        15,
+        "the mesh's two, the Gateway API's three, Istio's and Linkerd's ten"
+    );
     assert!(crds.iter().all(|d| d["kind"] == "CustomResourceDefinition"));
     let names: Vec<_> = crds
         .iter()
@@ -207,7 +211,15 @@ fn crds_only_and_given_issuers() {
     let out = mesh(&["install", "--crds", "--skip-gateway-api-crds"]);
     assert!(out.status.success());
     let crds = docs(&String::from_utf8_lossy(&out.stdout));
-    assert_eq!(crds.len(), 2);
+    assert_eq!(crds.len(), 12);
+    let out = mesh(&[
+        "install",
+        "--crds",
+        "--skip-gateway-api-crds",
+        "--skip-policy-crds",
+    ]);
+    assert!(out.status.success());
+    assert_eq!(docs(&String::from_utf8_lossy(&out.stdout)).len(), 2);
     let dir = tempfile::tempdir().expect("tempdir");
     let crd = |labels: &str| {
         format!(
@@ -215,7 +227,7 @@ fn crds_only_and_given_issuers() {
         )
     };
     let path = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/httproutes.gateway.networking.k8s.io";
-    for (labels, want) in [("", 2), (r#","labels":{"mesh.io/crd":"gateway-api"}"#, 5)] {
+    for (labels, want) in [("", 12), (r#","labels":{"mesh.io/crd":"gateway-api"}"#, 15)] {
         let kubeconfig = fake_api(dir.path(), vec![(path.to_string(), crd(labels))], None);
         let out = mesh_with(&["install", "--crds"], &kubeconfig);
         assert!(
@@ -231,6 +243,24 @@ fn crds_only_and_given_issuers() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+
+    // Linkerd's own Server CRD is left alone; the mesh's is rendered again.
+    let server =
+        "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/servers.policy.linkerd.io";
+    let linkerds = r#"{"apiVersion":"apiextensions.k8s.io/v1","kind":"CustomResourceDefinition","metadata":{"name":"servers.policy.linkerd.io"},"spec":{"group":"policy.linkerd.io","names":{"kind":"Server","plural":"servers"},"scope":"Namespaced","versions":[]}}"#;
+    let kubeconfig = fake_api(
+        dir.path(),
+        vec![(server.to_string(), linkerds.to_string())],
+        None,
+    );
+    let out = mesh_with(&["install", "--crds"], &kubeconfig);
+    let crds = docs(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(crds.len(), 14, "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        !crds
+            .iter()
+            .any(|d| d["metadata"]["name"] == "servers.policy.linkerd.io")
+    );
 
     // A given issuer is used as given (and checked first).
     let dir = tempfile::tempdir().expect("tempdir");

@@ -116,6 +116,132 @@ pub fn gateway_api() -> Vec<(&'static str, CustomResourceDefinition)> {
     ]
 }
 
+/// The label on the Istio and Linkerd policy CRDs the mesh generates.
+pub const POLICY_LABEL: (&str, &str) = ("mesh.io/crd", "policy");
+
+/// The policy kinds of Istio and Linkerd the mesh reads: (group, kind, plural,
+/// versions served, the stored one last).
+const POLICY_KINDS: [(&str, &str, &str, &[&str]); 10] = [
+    (
+        "security.istio.io",
+        "PeerAuthentication",
+        "peerauthentications",
+        &["v1beta1", "v1"],
+    ),
+    (
+        "security.istio.io",
+        "AuthorizationPolicy",
+        "authorizationpolicies",
+        &["v1beta1", "v1"],
+    ),
+    (
+        "security.istio.io",
+        "RequestAuthentication",
+        "requestauthentications",
+        &["v1beta1", "v1"],
+    ),
+    (
+        "networking.istio.io",
+        "EnvoyFilter",
+        "envoyfilters",
+        &["v1alpha3"],
+    ),
+    (
+        "policy.linkerd.io",
+        "Server",
+        "servers",
+        &["v1beta1", "v1beta2", "v1beta3"],
+    ),
+    (
+        "policy.linkerd.io",
+        "AuthorizationPolicy",
+        "authorizationpolicies",
+        &["v1alpha1"],
+    ),
+    (
+        "policy.linkerd.io",
+        "MeshTLSAuthentication",
+        "meshtlsauthentications",
+        &["v1alpha1"],
+    ),
+    (
+        "policy.linkerd.io",
+        "NetworkAuthentication",
+        "networkauthentications",
+        &["v1alpha1"],
+    ),
+    (
+        "policy.linkerd.io",
+        "HTTPLocalRateLimitPolicy",
+        "httplocalratelimitpolicies",
+        &["v1alpha1"],
+    ),
+    (
+        "policy.linkerd.io",
+        "HTTPRoute",
+        "httproutes",
+        &["v1beta1", "v1beta2", "v1beta3"],
+    ),
+];
+
+/// CRDs for Istio's security kinds and Linkerd's policy kinds, so that users' objects
+/// of those kinds apply as written on a cluster that runs neither: installed only
+/// where the cluster has no CRD of that name (Istio's or Linkerd's own are left alone).
+/// Their schemas take any spec: the controller validates it, refusing bad objects
+/// naming the field (with a Warning Event), as for every other kind.
+pub fn policy() -> Vec<(String, CustomResourceDefinition)> {
+    let (key, value) = POLICY_LABEL;
+    POLICY_KINDS
+        .iter()
+        .map(|(group, kind, plural, versions)| {
+            let name = format!("{plural}.{group}");
+            let stored = versions.len() - 1;
+            let versions: Vec<serde_json::Value> = versions
+                .iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    serde_json::json!({
+                        "name": v,
+                        "served": true,
+                        "storage": i == stored,
+                        "schema": {"openAPIV3Schema": {
+                            "type": "object",
+                            "description": format!("{kind}: validated by mesh-controller."),
+                            "properties": {
+                                "spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
+                                "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
+                            },
+                        }},
+                    })
+                })
+                .collect();
+            let crd = serde_json::json!({
+                "apiVersion": "apiextensions.k8s.io/v1",
+                "kind": "CustomResourceDefinition",
+                "metadata": {
+                    "name": name,
+                    "labels": {key: value},
+                    "annotations": {"helm.sh/resource-policy": "keep"},
+                },
+                "spec": {
+                    "group": group,
+                    "names": {
+                        "kind": kind,
+                        "listKind": format!("{kind}List"),
+                        "plural": plural,
+                        "singular": kind.to_ascii_lowercase(),
+                    },
+                    "scope": "Namespaced",
+                    "versions": versions,
+                },
+            });
+            let crd: CustomResourceDefinition =
+                serde_json::from_value(crd).expect("a well-formed CustomResourceDefinition");
+            (format!("{name}.yaml"), crd)
+        })
+        .collect()
+}
+
 /// Every CRD of the mesh's own kinds, with the file name each is committed under.
 pub fn all() -> Vec<(&'static str, CustomResourceDefinition)> {
     let mut split = TrafficSplit::crd();

@@ -1,5 +1,7 @@
 //! The Kubernetes source: kube-runtime watchers for Namespaces, Services, Pods,
-//! EndpointSlices, ServiceProfiles, TrafficSplits, HTTPRoutes and GRPCRoutes, translated by the same code as the dir source. A
+//! EndpointSlices, ServiceProfiles, TrafficSplits, HTTPRoutes and GRPCRoutes, and
+//! Istio's and Linkerd's security and policy kinds (each optional: a cluster without
+//! the CRD has none), translated by the same code as the dir source. A
 //! refused object is logged and reported as a Warning Event on it; its last good
 //! version stays in force. After a watch restart (a relist), objects that are gone are
 //! removed.
@@ -66,8 +68,56 @@ pub fn reference_grants() -> ApiResource {
     ))
 }
 
+/// Istio's and Linkerd's security and policy kinds this source watches: (kind, API
+/// resource). The version is the one each project stores and serves today.
+pub fn policy_kinds() -> Vec<(Kind, ApiResource)> {
+    let gvk = |g: &str, v: &str, k: &str| ApiResource::from_gvk(&GroupVersionKind::gvk(g, v, k));
+    let (istio, networking, linkerd) = (
+        mesh_api::istio::SECURITY_GROUP,
+        mesh_api::istio::NETWORKING_GROUP,
+        mesh_api::linkerd::POLICY_GROUP,
+    );
+    vec![
+        (
+            Kind::PeerAuthentication,
+            gvk(istio, "v1", "PeerAuthentication"),
+        ),
+        (
+            Kind::IstioAuthorizationPolicy,
+            gvk(istio, "v1", "AuthorizationPolicy"),
+        ),
+        (
+            Kind::RequestAuthentication,
+            gvk(istio, "v1", "RequestAuthentication"),
+        ),
+        (
+            Kind::EnvoyFilter,
+            gvk(networking, "v1alpha3", "EnvoyFilter"),
+        ),
+        (Kind::Server, gvk(linkerd, "v1beta3", "Server")),
+        (
+            Kind::LinkerdAuthorizationPolicy,
+            gvk(linkerd, "v1alpha1", "AuthorizationPolicy"),
+        ),
+        (
+            Kind::MeshTlsAuthentication,
+            gvk(linkerd, "v1alpha1", "MeshTLSAuthentication"),
+        ),
+        (
+            Kind::NetworkAuthentication,
+            gvk(linkerd, "v1alpha1", "NetworkAuthentication"),
+        ),
+        (
+            Kind::HttpLocalRateLimitPolicy,
+            gvk(linkerd, "v1alpha1", "HTTPLocalRateLimitPolicy"),
+        ),
+        // Linkerd's own HTTPRoute (routes on a Server), beside the Gateway API's.
+        (Kind::HttpRoute, gvk(linkerd, "v1beta3", "HTTPRoute")),
+    ]
+}
+
 /// The kinds this source watches; `run` counts them on `synced` as each is first listed.
-pub const KINDS: usize = 9;
+pub const KINDS: usize = 19;
 
 /// Watches every kind the index needs until the process ends, counting on `synced` the
 /// kinds listed so far. Watch errors are retried with backoff by kube-runtime. Objects
@@ -170,7 +220,55 @@ pub async fn run(
             |o| spec(o).map(Object::ReferenceGrant),
             rg.clone()
         ),
+        futures_util::future::join_all(policy_kinds().into_iter().map(|(kind, ar)| {
+            follow_with(
+                Api::<DynamicObject>::all_with(client.clone(), &ar),
+                kind,
+                &index,
+                recorder,
+                synced,
+                policy_translator(kind),
+                ar,
+            )
+        })),
     );
+}
+
+/// How one of the policy kinds is read.
+fn policy_translator(kind: Kind) -> fn(&DynamicObject) -> Result<Object, String> {
+    use crate::index::SecuritySpec as S;
+    fn created(o: &DynamicObject) -> Option<String> {
+        o.metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0.to_string())
+    }
+    match kind {
+        Kind::PeerAuthentication => |o| Ok(Object::Security(S::Peer(spec(o)?), created(o))),
+        Kind::IstioAuthorizationPolicy => {
+            |o| Ok(Object::Security(S::Authorization(spec(o)?), created(o)))
+        }
+        Kind::RequestAuthentication => |o| {
+            Ok(Object::Security(
+                S::RequestAuthentication(spec(o)?),
+                created(o),
+            ))
+        },
+        Kind::EnvoyFilter => |o| Ok(Object::Security(S::EnvoyFilter(spec(o)?), created(o))),
+        Kind::Server => |o| Ok(Object::Security(S::Server(spec(o)?), created(o))),
+        Kind::LinkerdAuthorizationPolicy => |o| {
+            Ok(Object::Security(
+                S::LinkerdAuthorization(spec(o)?),
+                created(o),
+            ))
+        },
+        Kind::MeshTlsAuthentication => |o| Ok(Object::Security(S::MeshTls(spec(o)?), created(o))),
+        Kind::NetworkAuthentication => |o| Ok(Object::Security(S::Network(spec(o)?), created(o))),
+        Kind::HttpLocalRateLimitPolicy => {
+            |o| Ok(Object::Security(S::LinkerdRateLimit(spec(o)?), created(o)))
+        }
+        _ => |o| route(o, RouteSpec::Http),
+    }
 }
 
 fn joined(errors: Vec<mesh_api::FieldError>) -> String {
@@ -296,15 +394,21 @@ async fn follow_with<K>(
                 known.remove(&at);
             }
             Err(error) => {
-                // The Gateway API's CRDs are optional: a cluster without them has no
-                // routes, which must not keep the controller from serving.
+                // The Gateway API's, Istio's and Linkerd's CRDs are optional: a cluster
+                // without them has none of their objects, which must not keep the
+                // controller from serving.
                 let absent = matches!(
                     &error,
                     watcher::Error::InitialListFailed(kube::Error::Api(s)) if s.code == 404
                 );
-                let optional = matches!(
+                let optional = !matches!(
                     kind,
-                    Kind::HttpRoute | Kind::GrpcRoute | Kind::ReferenceGrant
+                    Kind::Namespace
+                        | Kind::Service
+                        | Kind::Pod
+                        | Kind::EndpointSlice
+                        | Kind::ServiceProfile
+                        | Kind::TrafficSplit
                 );
                 if absent && optional && !listed_once {
                     listed_once = true;

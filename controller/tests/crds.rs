@@ -22,7 +22,14 @@ fn committed_crds_match_the_types() {
     let gateway = mesh_controller::crd::gateway_api()
         .into_iter()
         .map(|(f, c)| (gateway_dir(), f, c));
-    for (dir, file, crd) in ours.chain(gateway) {
+    let policy_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../charts/mesh/policy-crds");
+    let policy: Vec<_> = mesh_controller::crd::policy()
+        .into_iter()
+        .map(|(f, c)| (policy_dir.clone(), f, c))
+        .collect();
+    let ours = ours.map(|(d, f, c)| (d, f.to_string(), c));
+    let gateway = gateway.map(|(d, f, c)| (d, f.to_string(), c));
+    for (dir, file, crd) in ours.chain(gateway).chain(policy) {
         let want = mesh_controller::crd::render(&crd).expect("render");
         let path = dir.join(file);
         if update {

@@ -31,6 +31,15 @@ const SLICES: &str = "/apis/discovery.k8s.io/v1/endpointslices";
 const PROFILES: &str = "/apis/linkerd.io/v1alpha2/serviceprofiles";
 const SPLITS: &str = "/apis/split.smi-spec.io/v1alpha2/trafficsplits";
 const HTTP_ROUTES: &str = "/apis/gateway.networking.k8s.io/v1/httproutes";
+const ISTIO_AUTHZ: &str = "/apis/security.istio.io/v1/authorizationpolicies";
+const SERVERS: &str = "/apis/policy.linkerd.io/v1beta3/servers";
+
+fn server(access: &str) -> Value {
+    json!({"apiVersion": "policy.linkerd.io/v1beta3", "kind": "Server",
+        "metadata": {"name": "web-http", "namespace": "demo", "resourceVersion": "5", "uid": "s1",
+            "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "spec": {"podSelector": {"matchLabels": {"app": "web"}}, "port": 8080, "accessPolicy": access}})
+}
 
 fn list(items: &[Value]) -> Vec<u8> {
     serde_json::to_vec(&json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": items}))
@@ -95,6 +104,8 @@ async fn serve(
             PROFILES,
             SPLITS,
             HTTP_ROUTES,
+            ISTIO_AUTHZ,
+            SERVERS,
         ]
         .into_iter()
         .find(|k| *k == path);
@@ -233,6 +244,21 @@ async fn lists_watches_restarts_and_refusals() {
         HTTP_ROUTES,
         [vec![json!({"type": "MODIFIED", "object": route("/q/(")})]].into(),
     );
+    // Istio's and Linkerd's kinds: a DENY listed; a Server listed, then an edit with an
+    // access policy Linkerd does not define. (The other policy kinds' CRDs are absent.)
+    script.lists.insert(ISTIO_AUTHZ, [vec![json!({"apiVersion": "security.istio.io/v1",
+        "kind": "AuthorizationPolicy", "metadata": {"name": "no-admin", "namespace": "demo", "resourceVersion": "6"},
+        "spec": {"action": "DENY", "rules": [{"to": [{"operation": {"paths": ["/admin*"]}}]}]}})]].into());
+    script
+        .lists
+        .insert(SERVERS, [vec![server("all-authenticated")]].into());
+    script.watches.insert(
+        SERVERS,
+        [vec![
+            json!({"type": "MODIFIED", "object": server("everyone")}),
+        ]]
+        .into(),
+    );
     // A selector-less service whose endpoints only an EndpointSlice gives.
     script.lists.get_mut(SERVICES).expect("services")[0]
         .push(json!({"apiVersion": "v1", "kind": "Service",
@@ -286,10 +312,10 @@ async fn lists_watches_restarts_and_refusals() {
 
     // The bad edits are refused with Warning Events; the good versions stay.
     let mut notes = HashMap::new();
-    for _ in 0..2 {
+    for _ in 0..3 {
         let event = tokio::time::timeout(Duration::from_secs(10), events.recv())
             .await
-            .expect("an Event")
+            .unwrap_or_else(|_| panic!("an Event; so far {notes:?}"))
             .expect("event");
         assert_eq!(event["type"], "Warning");
         let name = event["regarding"]["name"]
@@ -302,6 +328,20 @@ async fn lists_watches_restarts_and_refusals() {
     assert!(
         note.contains("spec.routes[0].condition.pathRegex"),
         "{note}"
+    );
+    let note = &notes["web-http"];
+    assert!(note.contains("spec.accessPolicy"), "{note}");
+    let inbound = index.inbound_policy("web-c", "demo", 8080, None);
+    let kinds: Vec<&str> = inbound.sources.iter().map(|s| s.kind.as_str()).collect();
+    assert_eq!(kinds, ["Server", "AuthorizationPolicy"], "{inbound:?}");
+    assert_eq!(
+        inbound.default_policy(),
+        mesh_api::policy::DefaultPolicy::AllAuthenticated,
+        "the last good Server"
+    );
+    assert_eq!(
+        inbound.authorizations[0].action(),
+        mesh_api::policy::AuthorizationAction::Deny
     );
     let note = &notes["db-route"];
     assert!(
