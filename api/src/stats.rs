@@ -84,6 +84,26 @@ pub struct Tcp {
     pub close: u64,
 }
 
+/// Inbound authorization outcomes of one port, policy and client.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Authz {
+    /// `http` (requests) or `tcp` (connections).
+    pub protocol: String,
+    /// `allow`, `deny`, `audit`, `unauthenticated` (an invalid JWT) or `rate_limited`.
+    pub outcome: String,
+    /// The application port.
+    pub port: u16,
+    /// The kind of what decided (`AuthorizationPolicy`, `default`, …).
+    pub kind: String,
+    /// Its `namespace/name`, or the default policy's name.
+    pub name: String,
+    /// The client's mTLS identity, if meshed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// How many.
+    pub count: u64,
+}
+
 /// The whole `/stats` document.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stats {
@@ -107,6 +127,9 @@ pub struct Stats {
     /// TCP connections.
     #[serde(default)]
     pub tcp: Vec<Tcp>,
+    /// Inbound authorization outcomes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub authz: Vec<Authz>,
 }
 
 #[cfg(test)]

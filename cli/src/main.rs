@@ -125,8 +125,14 @@ enum Command {
     /// Runs one workload of the demo application (used by `mesh demo`).
     #[command(hide = true)]
     DemoApp {
-        /// `web`, `books`, `authors` or `traffic`.
+        /// `web`, `books`, `authors`, `traffic` or `caller`.
         role: String,
+        /// caller: the authority it calls (`books.demo.svc.cluster.local:80`).
+        #[arg(long)]
+        target: Option<String>,
+        /// caller: the path it asks for.
+        #[arg(long, default_value = "/")]
+        path: String,
         /// Where to serve.
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
@@ -145,10 +151,10 @@ enum Command {
     },
     /// Golden metrics from mesh-viz: `edges deployment`, `stat deploy`, `routes svc/NAME`.
     Viz {
-        /// `edges`, `stat` or `routes`.
-        #[arg(value_parser = ["edges", "stat", "routes"])]
+        /// `edges`, `stat`, `routes` or `authz`.
+        #[arg(value_parser = ["edges", "stat", "routes", "authz"])]
         command: String,
-        /// `deployment` (edges, stat) or `svc/NAME` (routes).
+        /// `deployment` (edges, stat), `svc/NAME` (routes) or `deploy/NAME` (authz).
         resource: String,
         /// The namespace.
         #[arg(short, long, default_value = "default")]
@@ -343,6 +349,8 @@ fn main() -> anyhow::Result<()> {
         })),
         Command::DemoApp {
             role,
+            target,
+            path,
             listen,
             proxy,
             version,
@@ -365,6 +373,12 @@ fn main() -> anyhow::Result<()> {
                 )),
                 "authors" => rt.block_on(demo::app::authors(need(listen, "listen")?)),
                 "traffic" => rt.block_on(demo::app::traffic(need(proxy, "proxy")?, rps)),
+                "caller" => rt.block_on(demo::app::caller(
+                    need(proxy, "proxy")?,
+                    target.ok_or_else(|| anyhow::anyhow!("caller needs --target"))?,
+                    path,
+                    rps,
+                )),
                 other => anyhow::bail!("unknown demo workload {other:?}"),
             }
         }

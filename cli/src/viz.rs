@@ -1,4 +1,4 @@
-//! `mesh viz edges|stat|routes`: tables (or JSON) from mesh-viz's API.
+//! `mesh viz edges|stat|routes|authz`: tables (or JSON) from mesh-viz's API.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -30,6 +30,8 @@ pub enum Query {
     Stat,
     /// Per-route stats of one service.
     Routes(String),
+    /// Authorization decisions of one workload, by port and policy.
+    Authz(String),
 }
 
 /// Parses the resource argument of each command: only deployments (workloads) for
@@ -47,6 +49,14 @@ pub fn parse_resource(command: &str, resource: &str) -> anyhow::Result<Query> {
                 Ok(Query::Routes(name.to_owned()))
             }
             _ => bail!("routes needs a service: mesh viz routes svc/NAME"),
+        },
+        "authz" => match resource.split_once('/') {
+            Some(("deploy" | "deployment" | "deployments" | "workload", name))
+                if !name.is_empty() =>
+            {
+                Ok(Query::Authz(name.to_owned()))
+            }
+            _ => bail!("authz needs a workload: mesh viz authz deploy/NAME"),
         },
         _ => bail!("unsupported resource {resource:?} for {command}: use deployment"),
     }
@@ -115,6 +125,12 @@ pub async fn run(
         Query::Routes(svc) => {
             format!("/api/routes?{ns}&service={}&window={window}", encode(svc))
         }
+        Query::Authz(workload) => {
+            format!(
+                "/api/authz?{ns}&workload={}&window={window}",
+                encode(workload)
+            )
+        }
     };
     let body = fetch(&target, &path).await?;
     let items = body
@@ -131,6 +147,7 @@ pub async fn run(
         Query::Edges => edges(&items, wide),
         Query::Stat => stat(&items),
         Query::Routes(_) => routes(&items, wide),
+        Query::Authz(_) => authz(&items, wide),
     };
     if table.len() <= 1 {
         eprintln!("no traffic in the last {window}");
@@ -282,6 +299,48 @@ fn stat(items: &[Value]) -> Vec<Vec<String>> {
     t
 }
 
+/// `mesh viz authz`: each policy with its allowed and denied counts and the
+/// identities it denied (all of them with `-o wide`, else the first three).
+fn authz(items: &[Value], wide: bool) -> Vec<Vec<String>> {
+    let head = [
+        "PORT",
+        "KIND",
+        "POLICY",
+        "ALLOWED",
+        "DENIED",
+        "UNAUTHENTICATED",
+        "RATE_LIMITED",
+        "DENIED_CLIENTS",
+    ];
+    let mut t = vec![head.into_iter().map(String::from).collect()];
+    let n = |r: &Value, k: &str| r.get(k).and_then(Value::as_u64).unwrap_or(0).to_string();
+    for r in items {
+        let clients: Vec<String> = r
+            .get("denied_clients")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|c| Some(format!("{} ({})", c.get(0)?.as_str()?, c.get(1)?.as_u64()?)))
+            .collect();
+        let shown = if wide || clients.len() <= 3 {
+            clients.join(", ")
+        } else {
+            format!("{}, … {} more", clients[..3].join(", "), clients.len() - 3)
+        };
+        t.push(vec![
+            n(r, "port"),
+            s(r, "kind"),
+            s(r, "name"),
+            n(r, "allowed"),
+            n(r, "denied"),
+            n(r, "unauthenticated"),
+            n(r, "rate_limited"),
+            if shown.is_empty() { "-".into() } else { shown },
+        ]);
+    }
+    t
+}
+
 fn routes(items: &[Value], wide: bool) -> Vec<Vec<String>> {
     let head: Vec<&str> = if wide {
         vec![
@@ -425,6 +484,17 @@ mod tests {
         assert!(matches!(parse_resource("stat", "deploy"), Ok(Query::Stat)));
         assert!(matches!(parse_resource("routes", "svc/web"), Ok(Query::Routes(n)) if n == "web"));
         assert!(parse_resource("routes", "web").is_err());
+        assert!(matches!(parse_resource("authz", "deploy/web"), Ok(Query::Authz(n)) if n == "web"));
+        assert!(parse_resource("authz", "deployment").is_err());
+        let items: Vec<Value> = vec![
+            serde_json::json!({"port": 8080, "kind": "default", "name": "deny",
+            "allowed": 0, "denied": 9, "unauthenticated": 0, "rate_limited": 0,
+            "denied_clients": [["a", 5], ["b", 2], ["c", 1], ["d", 1]]}),
+        ];
+        let t = authz(&items, false);
+        assert_eq!(t[1][4], "9");
+        assert_eq!(t[1][7], "a (5), b (2), c (1), … 1 more");
+        assert_eq!(authz(&items, true)[1][7], "a (5), b (2), c (1), d (1)");
         assert!(parse_resource("edges", "pods").is_err());
     }
 }

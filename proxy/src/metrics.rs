@@ -392,6 +392,20 @@ impl Metrics {
                 })
                 .collect(),
             tcp: Vec::new(),
+            authz: self
+                .authz
+                .snapshot()
+                .into_iter()
+                .map(|(k, count)| mesh_api::stats::Authz {
+                    protocol: if k.http { "http" } else { "tcp" }.into(),
+                    outcome: k.outcome.as_str().into(),
+                    port: k.port,
+                    kind: (*k.by.kind).into(),
+                    name: (*k.by.name).into(),
+                    client_id: k.client.as_deref().map(Into::into),
+                    count,
+                })
+                .collect(),
         };
         drop(store);
         let tcp = self.tcp.lock().unwrap_or_else(|e| e.into_inner());

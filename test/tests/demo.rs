@@ -196,6 +196,41 @@ fn the_demo_runs_a_secured_mesh_and_cleans_up() {
         "{canary:#}"
     );
 
+    // Who may call books: intruder is denied (403), scraper rate limited (429), web
+    // admitted, as `mesh viz authz` tells.
+    let authz = mesh(
+        &[
+            &[
+                "viz",
+                "authz",
+                "deploy/books-v1",
+                "-n",
+                "demo",
+                "-o",
+                "json",
+            ][..],
+            &viz,
+        ]
+        .concat(),
+    );
+    let authz = authz.as_array().expect("authz");
+    let refused_by = |field: &str, client: &str| {
+        authz.iter().any(|a| {
+            a[field].as_u64() > Some(0)
+                && a["denied_clients"]
+                    .as_array()
+                    .is_some_and(|c| c.iter().any(|c| c[0] == dns_name(client, "demo")))
+        })
+    };
+    assert!(refused_by("denied", "intruder"), "{authz:#?}");
+    assert!(refused_by("rate_limited", "scraper"), "{authz:#?}");
+    assert!(
+        authz
+            .iter()
+            .any(|a| a["name"] == "demo/books" && a["allowed"].as_u64() > Some(0)),
+        "{authz:#?}"
+    );
+
     // Strict: a plaintext client reaches no app through a pod's proxy.
     {
         use std::io::{Read, Write};

@@ -467,3 +467,106 @@ pub fn targets(store: &Store) -> Vec<TargetInfo> {
         })
         .collect()
 }
+
+/// One policy's decisions on one port of a workload over a window.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct AuthzStat {
+    /// The workload's namespace.
+    pub namespace: String,
+    /// The workload.
+    pub workload: String,
+    /// The application port.
+    pub port: u16,
+    /// The kind of what decided (`AuthorizationPolicy`, `Server`, `default`, …).
+    pub kind: String,
+    /// Its `namespace/name`, or the default policy's name.
+    pub name: String,
+    /// Requests (and connections) admitted.
+    pub allowed: u64,
+    /// Refused (403, or closed).
+    pub denied: u64,
+    /// Matched an AUDIT rule, or admitted by the `audit` default only.
+    pub audited: u64,
+    /// Refused for an invalid JWT (401).
+    pub unauthenticated: u64,
+    /// Refused by a rate limit (429).
+    pub rate_limited: u64,
+    /// The clients refused (denied, unauthenticated or rate limited), by identity
+    /// (`unmeshed` for plaintext clients), most refused first.
+    pub denied_clients: Vec<(String, u64)>,
+}
+
+/// Authorization outcomes of the workloads in `namespaces` (or only `workload`), by
+/// port and policy.
+pub fn authz(
+    store: &Store,
+    namespaces: &Namespaces,
+    workload: Option<&str>,
+    window: Duration,
+    now: Instant,
+) -> Vec<AuthzStat> {
+    type Group = (String, String, u16, String, String);
+    let mut acc: BTreeMap<Group, (AuthzStat, BTreeMap<String, u64>)> = BTreeMap::new();
+    for (t, series) in store.window(window, now) {
+        if !namespaces.has(&t.pod.namespace) || workload.is_some_and(|w| w != t.pod.workload) {
+            continue;
+        }
+        for (a, n) in &series.authz {
+            let key = (
+                t.pod.namespace.clone(),
+                t.pod.workload.clone(),
+                a.port,
+                a.kind.clone(),
+                a.name.clone(),
+            );
+            let (stat, clients) = acc.entry(key).or_insert_with(|| {
+                (
+                    AuthzStat {
+                        namespace: t.pod.namespace.clone(),
+                        workload: t.pod.workload.clone(),
+                        port: a.port,
+                        kind: a.kind.clone(),
+                        name: a.name.clone(),
+                        ..AuthzStat::default()
+                    },
+                    BTreeMap::new(),
+                )
+            });
+            let refused = match a.outcome.as_str() {
+                "allow" => {
+                    stat.allowed += n;
+                    false
+                }
+                "deny" => {
+                    stat.denied += n;
+                    true
+                }
+                "audit" => {
+                    stat.audited += n;
+                    false
+                }
+                "unauthenticated" => {
+                    stat.unauthenticated += n;
+                    true
+                }
+                "rate_limited" => {
+                    stat.rate_limited += n;
+                    true
+                }
+                _ => false,
+            };
+            if refused {
+                let who = a.client_id.clone().unwrap_or_else(|| "unmeshed".into());
+                *clients.entry(who).or_default() += n;
+            }
+        }
+    }
+    acc.into_values()
+        .map(|(mut stat, clients)| {
+            let mut clients: Vec<(String, u64)> = clients.into_iter().collect();
+            clients.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            stat.denied_clients = clients;
+            stat
+        })
+        .collect()
+}

@@ -168,6 +168,12 @@ fn route<B>(req: &Request<B>, store: &Mutex<Store>) -> Response<Full<Bytes>> {
                     &store, &ns, service, window, now
                 ))))
             }
+            "/api/authz" => {
+                let workload = params.get("workload").filter(|s| !s.is_empty());
+                Ok(envelope(serde_json::json!(query::authz(
+                    &store, &ns, workload, window, now
+                ))))
+            }
             "/api/targets" => Ok(serde_json::json!(query::targets(&store))),
             "/metrics" => Err(metrics(&store, now)),
             _ => Ok(serde_json::Value::Null),
@@ -193,7 +199,7 @@ fn route<B>(req: &Request<B>, store: &Mutex<Store>) -> Response<Full<Bytes>> {
         ("/live" | "/ready", _) => json(StatusCode::OK, &serde_json::json!({"ok": true})),
         (_, Ok(serde_json::Value::Null)) => error(
             StatusCode::NOT_FOUND,
-            "not found: try /api/edges, /api/stat, /api/routes, /api/targets, /metrics or /",
+            "not found: try /api/edges, /api/stat, /api/routes, /api/authz, /api/targets, /metrics or /",
         ),
         (_, Ok(value)) => json(StatusCode::OK, &value),
     }

@@ -192,6 +192,8 @@ struct FlatStats<'a> {
     latency: Vec<FlatLatency<'a>>,
     #[serde(default)]
     tcp: Vec<mesh_api::stats::Tcp>,
+    #[serde(default)]
+    authz: Vec<mesh_api::stats::Authz>,
 }
 
 /// [`mesh_api::stats::Labels`]' fields, as they appear in each entry: borrowed from
@@ -277,6 +279,9 @@ pub struct Series {
     pub latency: HashMap<Key, Buckets>,
     /// Responses with status 504 (timeouts), by labels.
     pub timeouts: HashMap<Key, u64>,
+    /// Inbound authorization outcomes, by labels (their `count` is zero: the counts
+    /// are the values).
+    pub authz: HashMap<mesh_api::stats::Authz, u64>,
 }
 
 /// One scrape of one proxy.
@@ -342,6 +347,13 @@ impl Snapshot {
             .filter(|t| t.direction == "inbound" && t.peer == "src")
             .map(|t| t.open.saturating_sub(t.close))
             .sum();
+        let mut authz: HashMap<mesh_api::stats::Authz, u64> = HashMap::new();
+        for a in raw.authz {
+            let n = a.count;
+            *authz
+                .entry(mesh_api::stats::Authz { count: 0, ..a })
+                .or_default() += n;
+        }
         Ok(Self {
             instance: raw.instance,
             started: raw
@@ -352,6 +364,7 @@ impl Snapshot {
                 actual,
                 latency,
                 timeouts,
+                authz,
             },
             tcp_open_inbound,
         })
@@ -406,6 +419,7 @@ impl Snapshot {
             actual: sub(&self.series.actual, &prev.series.actual),
             latency,
             timeouts: sub(&self.series.timeouts, &prev.series.timeouts),
+            authz: sub(&self.series.authz, &prev.series.authz),
         }
     }
 }
@@ -417,6 +431,7 @@ impl Series {
             && self.actual.is_empty()
             && self.latency.is_empty()
             && self.timeouts.is_empty()
+            && self.authz.is_empty()
     }
 
     /// Adds `other` into this series.
@@ -429,6 +444,9 @@ impl Series {
         }
         for (k, n) in &other.timeouts {
             *self.timeouts.entry(k.clone()).or_default() += n;
+        }
+        for (k, n) in &other.authz {
+            *self.authz.entry(k.clone()).or_default() += n;
         }
         for (k, b) in &other.latency {
             let mine = self.latency.entry(k.clone()).or_default();
@@ -559,6 +577,7 @@ mod tests {
                 open: 4,
                 close: 1,
             }],
+            authz: vec![],
         };
         let s = Snapshot::parse(&serde_json::to_vec(&stats).expect("json")).expect("parse");
         let k = Key::new(labels);

@@ -369,4 +369,66 @@ mod tests {
         );
         assert_eq!(responses(&store, Duration::from_secs(600), at(900)), 600);
     }
+
+    #[test]
+    fn authorization_outcomes_sum_over_the_window_by_workload_and_policy() {
+        let mut store = Store::new(Duration::from_secs(600), Duration::from_secs(1));
+        store.sync(vec![pod()]);
+        let t0 = store.started;
+        let parse = store.parser();
+        let stats = |allowed: u64, denied: u64| {
+            let json = serde_json::json!({
+                "instance": "1",
+                "authz": [
+                    {"protocol": "http", "outcome": "allow", "port": 8080, "kind": "AuthorizationPolicy",
+                     "name": "ns/web", "client_id": "load.ns.serviceaccount.identity.mesh.cluster.local", "count": allowed},
+                    {"protocol": "http", "outcome": "deny", "port": 8080, "kind": "default",
+                     "name": "deny", "client_id": "intruder.ns.serviceaccount.identity.mesh.cluster.local", "count": denied},
+                    {"protocol": "http", "outcome": "deny", "port": 8080, "kind": "default",
+                     "name": "deny", "count": 1},
+                ],
+            });
+            parse(json.to_string().as_bytes()).expect("snapshot")
+        };
+        let s = stats(10, 3);
+        store.record(&pod(), t0 + Duration::from_secs(1), Ok(s));
+        let s = stats(25, 7);
+        store.record(&pod(), t0 + Duration::from_secs(2), Ok(s));
+        let out = crate::query::authz(
+            &store,
+            &crate::query::Namespaces::All,
+            Some("web"),
+            Duration::from_secs(60),
+            t0 + Duration::from_secs(2),
+        );
+        assert_eq!(out.len(), 2, "{out:?}");
+        let allow = out
+            .iter()
+            .find(|a| a.kind == "AuthorizationPolicy")
+            .expect("allow");
+        assert_eq!(
+            (allow.allowed, allow.denied),
+            (15, 0),
+            "the window's change"
+        );
+        let deny = out.iter().find(|a| a.kind == "default").expect("deny");
+        assert_eq!(deny.denied, 4);
+        assert_eq!(
+            deny.denied_clients,
+            [(
+                "intruder.ns.serviceaccount.identity.mesh.cluster.local".to_string(),
+                4
+            )]
+        );
+        assert!(
+            crate::query::authz(
+                &store,
+                &crate::query::Namespaces::All,
+                Some("other"),
+                Duration::from_secs(60),
+                t0 + Duration::from_secs(2),
+            )
+            .is_empty()
+        );
+    }
 }

@@ -223,6 +223,27 @@ pub async fn traffic(proxy: SocketAddr, rps: u32) -> anyhow::Result<()> {
     }
 }
 
+/// `caller`: calls `authority` at `path` about `rps` times a second, forever (the
+/// demo's `intruder`, which books' policy denies, and `scraper`, which its rate limit
+/// cuts down).
+pub async fn caller(
+    proxy: SocketAddr,
+    authority: String,
+    path: String,
+    rps: u32,
+) -> anyhow::Result<()> {
+    let http = client(proxy);
+    let mut tick = tokio::time::interval(Duration::from_secs(1) / rps.max(1));
+    let (authority, path) = (std::sync::Arc::new(authority), std::sync::Arc::new(path));
+    loop {
+        tick.tick().await;
+        let (http, authority, path) = (http.clone(), authority.clone(), path.clone());
+        tokio::spawn(async move {
+            let _ = get(&http, &authority, &path, &[]).await;
+        });
+    }
+}
+
 /// Connects every request to the app's proxy, whatever its authority: the proxy routes
 /// by the request's `Host`.
 #[derive(Clone)]

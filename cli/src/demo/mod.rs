@@ -82,6 +82,41 @@ fn workloads() -> Vec<Workload> {
             labels: "{app: traffic}",
             args: &["traffic", "--proxy", "{proxy}", "--rps", "20"],
         },
+        // Not among books' clients (its Server's AuthorizationPolicy): every call 403.
+        Workload {
+            name: "intruder",
+            ip: pod_ip(7),
+            labels: "{app: intruder}",
+            args: &[
+                "caller",
+                "--proxy",
+                "{proxy}",
+                "--target",
+                "books.demo.svc.cluster.local:80",
+                "--path",
+                "/books",
+                "--rps",
+                "2",
+            ],
+        },
+        // Among books' clients, but over its per-identity rate limit (5 per second per
+        // pod): most calls 429.
+        Workload {
+            name: "scraper",
+            ip: pod_ip(8),
+            labels: "{app: scraper}",
+            args: &[
+                "caller",
+                "--proxy",
+                "{proxy}",
+                "--target",
+                "books.demo.svc.cluster.local:80",
+                "--path",
+                "/books",
+                "--rps",
+                "15",
+            ],
+        },
     ]
 }
 
@@ -254,6 +289,29 @@ fn write_manifests(dir: &Path, workloads: &[Workload]) -> anyhow::Result<()> {
              \x20   backendRefs: [{{name: books-v2, port: 80}}]\n\
              \x20 - name: all\n\
              \x20   backendRefs: [{{name: books-api, port: 80}}]\n"
+        ),
+    )?;
+    // Who may call books (Linkerd's policy kinds): web and scraper, by service account;
+    // anyone else is denied (the Server's default access policy). Each client identity
+    // but web gets 5 requests a second per books pod.
+    std::fs::write(
+        dir.join("books-policy.yaml"),
+        format!(
+            "apiVersion: policy.linkerd.io/v1beta3\nkind: Server\n\
+             metadata: {{name: books, namespace: {ns}}}\n\
+             spec: {{podSelector: {{matchLabels: {{svc: books}}}}, port: 8080, proxyProtocol: HTTP/1}}\n\
+             ---\napiVersion: policy.linkerd.io/v1alpha1\nkind: MeshTLSAuthentication\n\
+             metadata: {{name: books-clients, namespace: {ns}}}\n\
+             spec: {{identityRefs: [{{kind: ServiceAccount, name: web}}, {{kind: ServiceAccount, name: scraper}}]}}\n\
+             ---\napiVersion: policy.linkerd.io/v1alpha1\nkind: AuthorizationPolicy\n\
+             metadata: {{name: books, namespace: {ns}}}\n\
+             spec:\n  targetRef: {{group: policy.linkerd.io, kind: Server, name: books}}\n\
+             \x20 requiredAuthenticationRefs: [{{group: policy.linkerd.io, kind: MeshTLSAuthentication, name: books-clients}}]\n\
+             ---\napiVersion: policy.linkerd.io/v1alpha1\nkind: HTTPLocalRateLimitPolicy\n\
+             metadata: {{name: books, namespace: {ns}}}\n\
+             spec:\n  targetRef: {{group: policy.linkerd.io, kind: Server, name: books}}\n\
+             \x20 identity: {{requestsPerSecond: 5}}\n\
+             \x20 overrides: [{{requestsPerSecond: 1000, clientRefs: [{{kind: ServiceAccount, name: web}}]}}]\n"
         ),
     )?;
     std::fs::write(
@@ -492,14 +550,18 @@ async fn run_in(
                 .env("MESH_PROXY_IDENTITY_NAME", mesh_api_name(w.name))
                 .env("MESH_PROXY_TRUST_ANCHORS", &anchors)
                 .env("MESH_PROXY_TOKEN_PATH", state.join("tokens").join(w.name))
+                .env("MESH_PROXY_POD_NAME", format!("{}-0", w.name))
                 .env("MESH_PROXY_INBOUND_TLS", "strict"),
         )?;
-        if w.name != "traffic" {
+        if !matches!(w.name, "traffic" | "intruder" | "scraper") {
             children.spawn(w.name, Command::new(mesh).arg("demo-app").args(&args))?;
         } else {
-            // Traffic starts once every other workload is ready.
+            // Callers start once every serving workload is ready.
             let admin = SocketAddr::new(w.ip, 4191);
-            for other in workloads.iter().filter(|o| o.name != "traffic") {
+            for other in workloads
+                .iter()
+                .filter(|o| !matches!(o.name, "traffic" | "intruder" | "scraper"))
+            {
                 let (admin, app) = (
                     SocketAddr::new(other.ip, 4191),
                     SocketAddr::new(other.ip, 8080),
@@ -509,7 +571,7 @@ async fn run_in(
                 })
                 .await?;
             }
-            wait_for("the traffic proxy", patience, children, || {
+            wait_for(&format!("the {} proxy", w.name), patience, children, || {
                 http_ok(admin, "/ready")
             })
             .await?;
@@ -528,6 +590,10 @@ async fn run_in(
     println!("              mesh viz routes svc/books-api -n {NAMESPACE} -o wide");
     println!(
         "  workloads   web → books (HTTP/1, canary 80/20 to books-v1/books-v2; flaky route retried, slow route 250ms timeout) and web → authors (gRPC); traffic → web at 20 rps"
+    );
+    println!("  authz       mesh viz authz deploy/books-v1 -n {NAMESPACE}");
+    println!(
+        "  policy      books' Server admits web and scraper only (a MeshTLSAuthentication): intruder's calls are 403; scraper's are cut to 5 a second per books pod (HTTPLocalRateLimitPolicy), the rest 429"
     );
     println!(
         "  books-api   an HTTPRoute: `x-canary: true` goes to books-v2, the rest to books-v1, books-v2 and books-v1-b, which fails 10 s of every 30: failure accrual ejects it (outbound_endpoint_ejections_total at web's proxy) and retries hide it"
