@@ -31,7 +31,10 @@ struct Args {
     /// Requests in flight in the max-throughput phase.
     #[arg(long, default_value_t = 32)]
     concurrency: u32,
-    /// Rows to run, comma-separated: direct, mesh, mesh2, nginx, haproxy, envoy.
+    /// Rows to run, comma-separated: direct, mesh, mesh2, nginx, haproxy, envoy;
+    /// mesh-in (one proxy on its inbound side) and mesh-in-authz (the same, with the
+    /// controller's policy: Istio ALLOW and DENY rules, a Linkerd Server and its rate
+    /// limit, all decided per request).
     #[arg(
         long,
         default_value = "direct,mesh,mesh2,nginx,haproxy,envoy",
@@ -65,8 +68,9 @@ struct Row {
     errors: u64,
 }
 
-/// Processes that make up a proxy under test; killed on drop.
-struct Procs(Vec<Child>);
+/// Processes that make up a proxy under test (measured), and one that serves it (not
+/// measured: the controller); killed on drop.
+struct Procs(Vec<Child>, Option<Child>);
 
 impl Drop for Procs {
     fn drop(&mut self) {
@@ -75,7 +79,7 @@ impl Drop for Procs {
         if !pids.is_empty() {
             let _ = Command::new("kill").arg("-KILL").args(&pids).status();
         }
-        for c in &mut self.0 {
+        for c in self.0.iter_mut().chain(self.1.as_mut()) {
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -156,6 +160,17 @@ fn mesh_proxy(
     app: Option<SocketAddr>,
     workers: u32,
 ) -> anyhow::Result<Child> {
+    mesh_proxy_with(inbound, outbound, admin, app, workers, &[])
+}
+
+fn mesh_proxy_with(
+    inbound: SocketAddr,
+    outbound: SocketAddr,
+    admin: SocketAddr,
+    app: Option<SocketAddr>,
+    workers: u32,
+    extra: &[(&str, String)],
+) -> anyhow::Result<Child> {
     let mut cmd = Command::new(mesh_test::bin_path("mesh-proxy"));
     cmd.env_clear()
         .env("MESH_PROXY_INBOUND_ADDR", inbound.to_string())
@@ -166,6 +181,7 @@ fn mesh_proxy(
     if let Some(app) = app {
         cmd.env("MESH_PROXY_INBOUND_APP_ADDR", app.to_string());
     }
+    cmd.envs(extra.iter().map(|(k, v)| (*k, v)));
     spawn(&mut cmd)
 }
 
@@ -186,13 +202,56 @@ async fn start(
                     host,
                     path,
                 },
-                Procs(vec![]),
+                Procs(vec![], None),
             )));
         }
         "mesh" => {
             let out = free_port()?;
             let child = mesh_proxy(free_port()?, out, free_port()?, None, workers)?;
-            (out, Procs(vec![child]))
+            (out, Procs(vec![child], None))
+        }
+        "mesh-in" => {
+            let inb = free_port()?;
+            let child = mesh_proxy(inb, free_port()?, free_port()?, Some(backend), workers)?;
+            (inb, Procs(vec![child], None))
+        }
+        "mesh-in-authz" => {
+            // The controller over a folder: the bench pod, Istio's ALLOW and DENY, a
+            // Linkerd Server admitting loopback, with a rate limit that never bites.
+            let objects = dir.join("authz");
+            std::fs::create_dir_all(&objects)?;
+            std::fs::write(objects.join("bench.yaml"), authz_objects(backend.port()))?;
+            let destination = free_port()?;
+            let mut ctl = Command::new(mesh_test::bin_path("mesh-controller"));
+            ctl.env_clear()
+                .env("MESH_CONTROLLER_SOURCE", format!("dir:{}", objects.display()))
+                .env("MESH_CONTROLLER_DESTINATION_ADDR", destination.to_string())
+                .env("MESH_CONTROLLER_LOG", "warn");
+            let controller = spawn(&mut ctl)?;
+            wait_listening(destination).await?;
+            let inb = free_port()?;
+            let child = mesh_proxy_with(
+                inb,
+                free_port()?,
+                free_port()?,
+                Some(backend),
+                workers,
+                &[
+                    ("MESH_PROXY_DESTINATION_ADDR", destination.to_string()),
+                    ("MESH_PROXY_NAMESPACE", "bench".into()),
+                    ("MESH_PROXY_POD_NAME", "bench-0".into()),
+                ],
+            )?;
+            wait_listening(inb).await?;
+            // The proxy's measured; the controller only answers once, but must live.
+            let target = Target {
+                addr: inb,
+                host: backend.to_string(),
+                path,
+            };
+            let mut procs = Procs(vec![child], None);
+            procs.1 = Some(controller);
+            return Ok(Some((target, procs)));
         }
         "mesh2" => {
             // Client → outbound proxy → inbound proxy → backend: the meshed hop.
@@ -206,7 +265,7 @@ async fn start(
                 host: inb.to_string(),
                 path,
             };
-            return Ok(Some((target, Procs(vec![client_side, server_side]))));
+            return Ok(Some((target, Procs(vec![client_side, server_side], None))));
         }
         "nginx" => {
             let Some(bin) = which("nginx") else {
@@ -230,7 +289,7 @@ async fn start(
                 port,
                 Procs(vec![spawn(
                     Command::new(bin).arg("-c").arg(&conf).arg("-p").arg(dir),
-                )?]),
+                )?], None),
             )
         }
         "haproxy" => {
@@ -251,7 +310,7 @@ async fn start(
                 port,
                 Procs(vec![spawn(
                     Command::new(bin).arg("-db").arg("-f").arg(&conf),
-                )?]),
+                )?], None),
             )
         }
         "envoy" => {
@@ -270,7 +329,7 @@ async fn start(
                 "--base-id",
             ]);
             cmd.arg(std::process::id().to_string());
-            (port, Procs(vec![spawn(&mut cmd)?]))
+            (port, Procs(vec![spawn(&mut cmd)?], None))
         }
         other => bail!("unknown row {other:?}: use direct, mesh, mesh2, nginx, haproxy or envoy"),
     };
@@ -334,6 +393,26 @@ async fn measure(name: &str, target: &Target, procs: &Procs, args: &Args) -> Row
         cpu_s_per_10k: is_proxy.then(|| cpu / requests * 10_000.0),
         errors: fixed.errors + max.errors,
     }
+}
+
+/// The policy of the `mesh-in-authz` row, for the application port `port`: Istio's
+/// DENY and ALLOW rules (checked for every request), a Linkerd Server with a total rate
+/// limit that never bites (its bucket taken for every request).
+fn authz_objects(port: u16) -> String {
+    format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: bench}}\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {{name: bench-0, namespace: bench, labels: {{app: bench}}}}\n\
+         spec: {{containers: [{{name: app, image: x}}]}}\nstatus: {{podIP: 127.0.0.1}}\n---\n\
+         apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: no-admin, namespace: bench}}\n\
+         spec: {{selector: {{matchLabels: {{app: bench}}}}, action: DENY, rules: [{{to: [{{operation: {{paths: [\"/admin*\"]}}}}]}}]}}\n---\n\
+         apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: reads, namespace: bench}}\n\
+         spec: {{selector: {{matchLabels: {{app: bench}}}}, action: ALLOW, rules: [{{from: [{{source: {{ipBlocks: [127.0.0.0/8]}}}}], \
+         to: [{{operation: {{methods: [GET], paths: [\"/*\"]}}}}]}}]}}\n---\n\
+         apiVersion: policy.linkerd.io/v1beta3\nkind: Server\nmetadata: {{name: bench, namespace: bench}}\n\
+         spec: {{podSelector: {{matchLabels: {{app: bench}}}}, port: {port}, accessPolicy: all-unauthenticated}}\n---\n\
+         apiVersion: policy.linkerd.io/v1alpha1\nkind: HTTPLocalRateLimitPolicy\nmetadata: {{name: bench, namespace: bench}}\n\
+         spec: {{targetRef: {{group: policy.linkerd.io, kind: Server, name: bench}}, total: {{requestsPerSecond: 10000000}}}}\n"
+    )
 }
 
 fn main() -> anyhow::Result<()> {
