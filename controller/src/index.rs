@@ -617,8 +617,9 @@ struct State {
     /// Services by each label of their selector.
     selecting: HashMap<LabelKey, BTreeSet<String>>,
     pods: HashMap<Key, PodInfo>,
-    /// Pods by IP (a set: a pod that ended and one that started may share one).
-    pods_by_ip: HashMap<IpAddr, BTreeSet<Key>>,
+    /// Pods by IP, sorted (a pod that ended and one that started may share one; almost
+    /// always there is one, so a Vec: a BTreeSet's first leaf alone is half a KB).
+    pods_by_ip: HashMap<IpAddr, Vec<Key>>,
     /// Pods by each of their labels.
     pods_by_label: HashMap<LabelKey, BTreeSet<String>>,
     slices: HashMap<Key, SliceInfo>,
@@ -1383,12 +1384,20 @@ impl State {
         let (ns, name) = &key;
         let mut topics = vec![Topic::Pod(ns.clone(), name.clone())];
         let mut services = BTreeSet::new();
-        if let Some(ip) = old.as_ref().and_then(|o| o.ip) {
-            unlink(&mut self.pods_by_ip, &ip, &key);
+        if let Some(ip) = old.as_ref().and_then(|o| o.ip)
+            && let Some(keys) = self.pods_by_ip.get_mut(&ip)
+        {
+            keys.retain(|k| *k != key);
+            if keys.is_empty() {
+                self.pods_by_ip.remove(&ip);
+            }
             topics.push(Topic::PodIp(ip));
         }
         if let Some(ip) = self.pods.get(&key).and_then(|p| p.ip) {
-            link(&mut self.pods_by_ip, ip, key.clone());
+            let keys = self.pods_by_ip.entry(ip).or_default();
+            if let Err(i) = keys.binary_search(&key) {
+                keys.insert(i, key.clone());
+            }
             topics.push(Topic::PodIp(ip));
         }
         if let Some(old) = &old {

@@ -354,12 +354,25 @@ async fn viz_reports_edges_workloads_and_routes_exactly() {
 async fn the_dashboard_draws_the_topology_in_a_real_browser() {
     let world = tmp();
     let ctl = controller::start(world.path(), "127.0.0.1:0".parse().expect("addr")).await;
-    let web = Pod::start(PodSpec::new(pod_ip(), "web", "shop")).await;
+    // web's proxy follows its inbound policy: a DENY on /secret.
+    let web = Pod::start(PodSpec {
+        destination: Some(ctl.destination),
+        name: Some("web-0"),
+        ..PodSpec::new(pod_ip(), "web", "shop")
+    })
+    .await;
     let load = Pod::start(PodSpec {
         destination: Some(ctl.destination),
         ..PodSpec::new(pod_ip(), "load", "shop")
     })
     .await;
+    mesh::write(
+        world.path(),
+        "deny",
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n\
+         metadata: {name: no-secrets, namespace: shop}\n\
+         spec: {selector: {matchLabels: {app: web}}, action: DENY, rules: [{to: [{operation: {paths: [/secret]}}]}]}\n",
+    );
     mesh::write(world.path(), "svc", &mesh::service_yaml("web", "shop"));
     mesh::write(
         world.path(),
@@ -378,11 +391,24 @@ async fn the_dashboard_draws_the_topology_in_a_real_browser() {
     for _ in 0..10 {
         assert_eq!(client::get_on(&mut tx, WEB, "/").await.status, 200);
     }
+    mesh_test::eventually("the DENY applies", Duration::from_secs(20), || async {
+        let mut tx = client::h1(load.proxy.outbound).await;
+        (client::get_on(&mut tx, WEB, "/secret").await.status == 403).then_some(())
+    })
+    .await;
     mesh_test::eventually("the edge in the API", Duration::from_secs(20), || async {
         let edges = v.items("/api/edges?all=1").await;
         edges
             .iter()
             .any(|e| e["src"] == "load" && e["dst"] == "web")
+            .then_some(())
+    })
+    .await;
+    mesh_test::eventually("the denial in the API", Duration::from_secs(20), || async {
+        let authz = v.items("/api/authz?all=1").await;
+        authz
+            .iter()
+            .any(|a| a["workload"] == "web" && a["denied"].as_u64() > Some(0))
             .then_some(())
     })
     .await;
@@ -424,6 +450,10 @@ async fn the_dashboard_draws_the_topology_in_a_real_browser() {
         "data-workload=\"shop/web\"",
         "data-workload=\"shop/load\"",
         "data-edge=\"load-&gt;web\"",
+        // web refused a request: marked on the graph, and in the table.
+        "class=\"node denied\" data-workload=\"shop/web\"",
+        "refused</text>",
+        "AuthorizationPolicy shop/no-secrets",
     ] {
         assert!(
             dom.contains(needle) || dom.contains(&needle.replace("&gt;", ">")),

@@ -224,7 +224,10 @@ async fn start(
             let destination = free_port()?;
             let mut ctl = Command::new(mesh_test::bin_path("mesh-controller"));
             ctl.env_clear()
-                .env("MESH_CONTROLLER_SOURCE", format!("dir:{}", objects.display()))
+                .env(
+                    "MESH_CONTROLLER_SOURCE",
+                    format!("dir:{}", objects.display()),
+                )
                 .env("MESH_CONTROLLER_DESTINATION_ADDR", destination.to_string())
                 .env("MESH_CONTROLLER_LOG", "warn");
             let controller = spawn(&mut ctl)?;
@@ -287,9 +290,12 @@ async fn start(
             )?;
             (
                 port,
-                Procs(vec![spawn(
-                    Command::new(bin).arg("-c").arg(&conf).arg("-p").arg(dir),
-                )?], None),
+                Procs(
+                    vec![spawn(
+                        Command::new(bin).arg("-c").arg(&conf).arg("-p").arg(dir),
+                    )?],
+                    None,
+                ),
             )
         }
         "haproxy" => {
@@ -308,9 +314,10 @@ async fn start(
             )?;
             (
                 port,
-                Procs(vec![spawn(
-                    Command::new(bin).arg("-db").arg("-f").arg(&conf),
-                )?], None),
+                Procs(
+                    vec![spawn(Command::new(bin).arg("-db").arg("-f").arg(&conf))?],
+                    None,
+                ),
             )
         }
         "envoy" => {
