@@ -113,14 +113,27 @@ pub fn bundle_includes(given: &str, installed: &str) -> bool {
 /// controller's, the upstream release): `mesh install` then leaves them out rather
 /// than replace them. The mesh's own (labelled) are updated as usual.
 pub async fn foreign_gateway_api_crds(client: kube::Client) -> anyhow::Result<bool> {
-    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-    let crds: kube::Api<CustomResourceDefinition> = kube::Api::all(client);
-    let (key, value) = mesh_controller::crd::GATEWAY_API_LABEL;
-    for name in [
+    let names = [
         "httproutes.gateway.networking.k8s.io",
         "grpcroutes.gateway.networking.k8s.io",
         "referencegrants.gateway.networking.k8s.io",
-    ] {
+    ];
+    let foreign = foreign_crds(client, names, mesh_controller::crd::GATEWAY_API_LABEL).await?;
+    Ok(!foreign.is_empty())
+}
+
+/// Which of the CRDs `names` the cluster has without the mesh's `label` (another
+/// project's own).
+async fn foreign_crds(
+    client: kube::Client,
+    names: impl IntoIterator<Item = impl AsRef<str>>,
+    (key, value): (&str, &str),
+) -> anyhow::Result<std::collections::BTreeSet<String>> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let crds: kube::Api<CustomResourceDefinition> = kube::Api::all(client);
+    let mut out = std::collections::BTreeSet::new();
+    for name in names {
+        let name = name.as_ref();
         let found = crds
             .get_opt(name)
             .await
@@ -130,10 +143,10 @@ pub async fn foreign_gateway_api_crds(client: kube::Client) -> anyhow::Result<bo
                 .labels
                 .is_none_or(|l| l.get(key).map(String::as_str) != Some(value))
         }) {
-            return Ok(true);
+            out.insert(name.to_string());
         }
     }
-    Ok(false)
+    Ok(out)
 }
 
 /// The Istio and Linkerd policy CRDs the cluster has that are not the mesh's (Istio's
@@ -141,25 +154,10 @@ pub async fn foreign_gateway_api_crds(client: kube::Client) -> anyhow::Result<bo
 pub async fn foreign_policy_crds(
     client: kube::Client,
 ) -> anyhow::Result<std::collections::BTreeSet<String>> {
-    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-    let crds: kube::Api<CustomResourceDefinition> = kube::Api::all(client);
-    let (key, value) = mesh_controller::crd::POLICY_LABEL;
-    let mut out = std::collections::BTreeSet::new();
-    for (file, _) in mesh_controller::crd::policy() {
-        let name = file.trim_end_matches(".yaml").to_string();
-        let found = crds
-            .get_opt(&name)
-            .await
-            .with_context(|| format!("cannot read CustomResourceDefinition {name}"))?;
-        if found.is_some_and(|crd| {
-            crd.metadata
-                .labels
-                .is_none_or(|l| l.get(key).map(String::as_str) != Some(value))
-        }) {
-            out.insert(name);
-        }
-    }
-    Ok(out)
+    let names = mesh_controller::crd::policy()
+        .into_iter()
+        .map(|(file, _)| file.trim_end_matches(".yaml").to_string());
+    foreign_crds(client, names, mesh_controller::crd::POLICY_LABEL).await
 }
 
 /// The mesh already installed in the cluster, if any.

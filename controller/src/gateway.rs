@@ -437,29 +437,24 @@ fn prefix(p: &str) -> pb::PathMatch {
 /// The requests a route's rules take, all together (a rule with no matches takes
 /// every request): what a Linkerd Server's routes admit.
 pub fn route_matches(route: &GatewayRoute) -> Vec<pb::RouteMatch> {
+    fn all<M>(rules: Vec<&[M]>, one: fn(&M) -> pb::RouteMatch) -> Vec<pb::RouteMatch> {
+        rules
+            .into_iter()
+            .flat_map(|matches| match matches {
+                [] => vec![pb::RouteMatch::default()],
+                ms => ms.iter().map(one).collect(),
+            })
+            .collect()
+    }
     match &route.spec {
-        RouteSpec::Http(spec) => spec
-            .rules
-            .iter()
-            .flat_map(|rule| {
-                if rule.matches.is_empty() {
-                    vec![pb::RouteMatch::default()]
-                } else {
-                    rule.matches.iter().map(http_match).collect()
-                }
-            })
-            .collect(),
-        RouteSpec::Grpc(spec) => spec
-            .rules
-            .iter()
-            .flat_map(|rule| {
-                if rule.matches.is_empty() {
-                    vec![pb::RouteMatch::default()]
-                } else {
-                    rule.matches.iter().map(grpc_match).collect()
-                }
-            })
-            .collect(),
+        RouteSpec::Http(spec) => all(
+            spec.rules.iter().map(|r| r.matches.as_slice()).collect(),
+            http_match,
+        ),
+        RouteSpec::Grpc(spec) => all(
+            spec.rules.iter().map(|r| r.matches.as_slice()).collect(),
+            grpc_match,
+        ),
     }
 }
 
