@@ -7,6 +7,7 @@ pub mod codec;
 pub mod duration;
 pub mod gateway;
 pub mod istio;
+pub mod istio_networking;
 pub mod linkerd;
 pub mod net;
 pub mod profile;
