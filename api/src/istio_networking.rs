@@ -212,7 +212,8 @@ impl StringMatch {
 pub struct RouteDestination {
     /// Where.
     pub destination: Destination,
-    /// Its share (weights of a route add up to 100; one destination: 100).
+    /// Its share, relative to the route's other destinations (they need not add up
+    /// to 100); a lone destination takes all.
     #[serde(default)]
     pub weight: Option<i64>,
     /// Header changes for this destination.
@@ -548,19 +549,12 @@ impl HttpRoute {
             )),
             _ => {}
         }
-        let weights: Vec<i64> = self.route.iter().filter_map(|d| d.weight).collect();
         for (j, d) in self.route.iter().enumerate() {
             let dp = format!("{at}.route[{j}]");
             d.destination.validate(&format!("{dp}.destination"), errors);
-            if d.weight.is_some_and(|w| !(0..=100).contains(&w)) {
-                errors.push(FieldError::new(format!("{dp}.weight"), "expected 0 to 100"));
+            if d.weight.is_some_and(|w| w < 0) {
+                errors.push(FieldError::new(format!("{dp}.weight"), "negative"));
             }
-        }
-        if self.route.len() > 1 && !weights.is_empty() && weights.iter().sum::<i64>() != 100 {
-            errors.push(FieldError::new(
-                format!("{at}.route"),
-                format!("weights add up to {}, not 100", weights.iter().sum::<i64>()),
-            ));
         }
         if let Some(r) = &self.redirect
             && r.redirect_code
@@ -883,7 +877,8 @@ pub struct HttpPool {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OutlierDetection {
-    /// The older name of `consecutiveGatewayErrors` / 5xx: 5xx responses in a row.
+    /// Deprecated: gateway errors (502, 503, 504) in a row — not a synonym of
+    /// `consecutive5xxErrors`.
     #[serde(default)]
     pub consecutive_errors: Option<u32>,
     /// 5xx responses in a row.
@@ -1248,7 +1243,7 @@ mod tests {
         let vs: VirtualServiceSpec = crate::yaml::from_str(
             "hosts: [reviews]\ngateways: [ingress]\nhttp:\n\
              - match: [{uri: {exact: /a, prefix: /b}, headers: {end-user: {regex: '('}}}]\n  \
-               route: [{destination: {host: reviews, subset: v1}, weight: 70}, {destination: {host: reviews, subset: v2}, weight: 20}]\n  \
+               route: [{destination: {host: reviews, subset: v1}, weight: 70}, {destination: {host: reviews, subset: v2}, weight: -5}]\n  \
                timeout: soon\n  retries: {attempts: 3, retryOn: '5xx,sometimes'}\n  \
                fault: {abort: {httpStatus: 700, percentage: {value: 150}}}\n\
              - corsPolicy: {}\n",
@@ -1260,7 +1255,7 @@ mod tests {
                 "spec.gateways[0]",
                 "spec.http[0].match[0].uri",
                 "spec.http[0].match[0].headers[\"end-user\"].regex",
-                "spec.http[0].route",
+                "spec.http[0].route[1].weight",
                 "spec.http[0].timeout",
                 "spec.http[0].retries.retryOn",
                 "spec.http[0].fault.abort.httpStatus",
