@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 
 use crate::convert;
 use crate::gateway::{GatewayRoute, RouteSpec};
-use crate::index::{Index, Kind, Object, ObjectRef, Rejected, SecuritySpec};
+use crate::index::{Index, Kind, Object, ObjectRef, Rejected, SecuritySpec, TrafficSpec};
 
 /// A document that could not be used, and why.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -243,6 +243,14 @@ fn document(file: &Path, n: usize, value: mesh_api::yaml::Value, loaded: &mut Lo
         ("EnvoyFilter", v) if istio_version(v, mesh_api::istio::NETWORKING_GROUP) => {
             Kind::EnvoyFilter
         }
+        ("VirtualService", v) if mesh_api::istio_networking::served(v) => Kind::VirtualService,
+        ("DestinationRule", v) if mesh_api::istio_networking::served(v) => Kind::DestinationRule,
+        ("Telemetry", v)
+            if istio_version(v, mesh_api::istio_networking::TELEMETRY_GROUP)
+                || v == "telemetry.istio.io/v1alpha1" =>
+        {
+            Kind::Telemetry
+        }
         ("", _) => {
             loaded
                 .errors
@@ -312,6 +320,13 @@ fn document(file: &Path, n: usize, value: mesh_api::yaml::Value, loaded: &mut Lo
                 spec(value).map(|s| Object::Security(SecuritySpec::EnvoyFilter(s), created))
             }
             Kind::Server => spec(value).map(|s| Object::Security(SecuritySpec::Server(s), created)),
+            Kind::VirtualService => spec(value)
+                .map(|s| Object::Traffic(TrafficSpec::VirtualService(Box::new(s)), created)),
+            Kind::DestinationRule => spec(value)
+                .map(|s| Object::Traffic(TrafficSpec::DestinationRule(Box::new(s)), created)),
+            Kind::Telemetry => {
+                spec(value).map(|s| Object::Traffic(TrafficSpec::Telemetry(Box::new(s)), created))
+            }
             Kind::LinkerdAuthorizationPolicy => spec(value)
                 .map(|s| Object::Security(SecuritySpec::LinkerdAuthorization(s), created)),
             Kind::MeshTlsAuthentication => {
@@ -767,6 +782,46 @@ mod tests {
             .collect();
         files.sort();
         files
+    }
+
+    #[test]
+    fn istios_traffic_examples_load_as_written_and_bad_ones_name_the_field() {
+        let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/examples/istio");
+        let index = Index::default();
+        let mut applied = Applied::new();
+        let mut loaded = Loaded::default();
+        for file in ["routing.yaml", "resilience.yaml", "telemetry.yaml"] {
+            let path = Path::new(examples).join(file);
+            let text = std::fs::read_to_string(&path).expect("example");
+            parse(&path, &text, &mut loaded);
+        }
+        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+        let errors = sync(&index, loaded, &mut applied);
+        assert!(errors.is_empty(), "{errors:?}");
+        let objects = index.traffic_objects("default");
+        assert_eq!(objects.len(), 13, "{objects:?}");
+        assert!(objects.contains(&(Kind::VirtualService, "reviews".into())));
+        assert_eq!(
+            index.traffic_objects("istio-system").len(),
+            1,
+            "the Telemetry"
+        );
+
+        let mut loaded = Loaded::default();
+        parse(
+            Path::new("bad.yaml"),
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews}\n\
+             spec: {hosts: [reviews], http: [{route: [{destination: {host: reviews}}], timeout: soon}]}\n",
+            &mut loaded,
+        );
+        let errors = sync(&index, loaded, &mut applied);
+        let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert!(
+            text.iter()
+                .any(|e| e.contains("VirtualService default/reviews")
+                    && e.contains("spec.http[0].timeout")),
+            "{text:?}"
+        );
     }
 
     fn known(index: &Index, name: &str) -> bool {

@@ -58,6 +58,12 @@ pub enum Kind {
     NetworkAuthentication,
     /// policy.linkerd.io HTTPLocalRateLimitPolicy.
     HttpLocalRateLimitPolicy,
+    /// networking.istio.io VirtualService.
+    VirtualService,
+    /// networking.istio.io DestinationRule.
+    DestinationRule,
+    /// telemetry.istio.io Telemetry.
+    Telemetry,
 }
 
 /// A kind, namespace and name.
@@ -93,6 +99,9 @@ impl Kind {
             Self::MeshTlsAuthentication => "MeshTLSAuthentication",
             Self::NetworkAuthentication => "NetworkAuthentication",
             Self::HttpLocalRateLimitPolicy => "HTTPLocalRateLimitPolicy",
+            Self::VirtualService => "VirtualService",
+            Self::DestinationRule => "DestinationRule",
+            Self::Telemetry => "Telemetry",
         }
     }
 }
@@ -225,6 +234,34 @@ pub enum Object {
     /// One of Istio's security objects or Linkerd's policy objects (the kind as its
     /// [`ObjectRef`] says), not yet validated, with when it was made.
     Security(SecuritySpec, Option<String>),
+    /// One of Istio's traffic objects (VirtualService, DestinationRule, Telemetry),
+    /// with when it was made: validated and kept, not yet compiled into policy.
+    Traffic(TrafficSpec, Option<String>),
+}
+
+/// A namespace's Istio traffic objects by kind and name, with when each was made.
+type TrafficObjects = BTreeMap<(Kind, String), (Option<String>, TrafficSpec)>;
+
+/// An Istio traffic object's spec.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TrafficSpec {
+    /// VirtualService.
+    VirtualService(Box<mesh_api::istio_networking::VirtualServiceSpec>),
+    /// DestinationRule.
+    DestinationRule(Box<mesh_api::istio_networking::DestinationRuleSpec>),
+    /// Telemetry.
+    Telemetry(Box<mesh_api::istio_networking::TelemetrySpec>),
+}
+
+impl TrafficSpec {
+    /// Every problem, each naming its field.
+    pub fn validate(&self) -> Vec<FieldError> {
+        match self {
+            Self::VirtualService(s) => s.validate(),
+            Self::DestinationRule(s) => s.validate(),
+            Self::Telemetry(s) => s.validate(),
+        }
+    }
 }
 
 /// A namespace's Istio security and Linkerd policy objects by kind and name, with when
@@ -647,6 +684,9 @@ struct State {
     security: HashMap<String, SecurityObjects>,
     /// Fetched JWKS documents by URI.
     jwks: crate::authz::JwksCache,
+    /// Istio's traffic objects by namespace, then kind and name, with when each was
+    /// made (validated; compiled into policy by issue 18's next step).
+    traffic: HashMap<String, TrafficObjects>,
     /// The namespaces whose RequestAuthentications name each JWKS URI.
     jwks_users: HashMap<String, BTreeSet<String>>,
     /// The JWKS URIs each namespace's objects name.
@@ -802,6 +842,15 @@ impl Index {
         }
     }
 
+    /// The Istio traffic objects of `namespace` (kind, name), sorted.
+    pub fn traffic_objects(&self, namespace: &str) -> Vec<(Kind, String)> {
+        self.read()
+            .traffic
+            .get(namespace)
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// What wakes the JWKS fetcher: a URI was named or dropped.
     pub fn jwks_wanted(&self) -> Arc<Notify> {
         self.jwks_wanted.clone()
@@ -929,6 +978,16 @@ impl Index {
                     let object = spec.validate().map_err(Rejected::Invalid)?;
                     s.put_security(at.kind, key, Some((created, object)))
                 }
+                Object::Traffic(spec, created) => {
+                    let errors = spec.validate();
+                    if !errors.is_empty() {
+                        return Err(Rejected::Invalid(errors));
+                    }
+                    tracing::info!(
+                        "{at}: accepted; Istio's traffic kinds are not applied to routing yet"
+                    );
+                    s.put_traffic(at.kind, key, Some((created, spec)))
+                }
             }
         };
         self.wake(topics);
@@ -965,6 +1024,9 @@ impl Index {
                 | Kind::MeshTlsAuthentication
                 | Kind::NetworkAuthentication
                 | Kind::HttpLocalRateLimitPolicy => s.put_security(at.kind, key, None),
+                Kind::VirtualService | Kind::DestinationRule | Kind::Telemetry => {
+                    s.put_traffic(at.kind, key, None)
+                }
             }
         };
         self.wake(topics);
@@ -1243,6 +1305,28 @@ impl<'a> crate::servers::Lookup<'a> for Lookups<'a, '_> {
 /// indexes in step, and returns the topics whose answers may have changed (none when
 /// the object is identical to what was there).
 impl State {
+    fn put_traffic(
+        &mut self,
+        kind: Kind,
+        (ns, name): Key,
+        new: Option<(Option<String>, TrafficSpec)>,
+    ) -> Vec<Topic> {
+        let objects = self.traffic.entry(ns.clone()).or_default();
+        match new {
+            Some(o) => {
+                objects.insert((kind, name), o);
+            }
+            None => {
+                objects.remove(&(kind, name));
+            }
+        }
+        if objects.is_empty() {
+            self.traffic.remove(&ns);
+        }
+        // Nothing reads them yet: no answer changes.
+        vec![]
+    }
+
     fn put_security(
         &mut self,
         kind: Kind,
