@@ -88,12 +88,6 @@ impl ParentRef {
         self.kind.as_deref() == Some("Service")
             && matches!(self.group.as_deref(), Some("" | "core"))
     }
-
-    /// Whether this parent is a Linkerd `Server` (a route on a workload's inbound port).
-    pub fn is_server(&self) -> bool {
-        self.kind.as_deref() == Some("Server")
-            && self.group.as_deref() == Some(crate::linkerd::POLICY_GROUP)
-    }
 }
 
 /// One rule of an `HTTPRoute`.

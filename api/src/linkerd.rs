@@ -32,6 +32,12 @@ pub fn served(kind: &str, api_version: &str) -> bool {
     }
 }
 
+/// Whether a route's parent is a Linkerd `Server` (a route on a workload's inbound
+/// port).
+pub fn is_server(parent: &crate::gateway::ParentRef) -> bool {
+    parent.kind.as_deref() == Some("Server") && parent.group.as_deref() == Some(POLICY_GROUP)
+}
+
 /// A Kubernetes label selector: `matchLabels` and `matchExpressions`, all of which
 /// must hold; an empty selector selects everything.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -79,7 +79,7 @@ impl GatewayRoute {
     pub fn servers<'a>(&'a self, namespace: &'a str) -> impl Iterator<Item = (&'a str, &'a str)> {
         self.parent_refs()
             .iter()
-            .filter(|p| p.is_server())
+            .filter(|p| mesh_api::linkerd::is_server(p))
             .map(move |p| (p.namespace.as_deref().unwrap_or(namespace), p.name.as_str()))
     }
 
