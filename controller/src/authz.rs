@@ -89,6 +89,19 @@ pub struct Stored<'a> {
     pub object: &'a Security,
 }
 
+impl Stored<'_> {
+    /// What "the oldest wins" sorts by: made earlier first (unknown ages last), then
+    /// namespace and name.
+    pub fn age_order(&self) -> (bool, Option<&str>, &str, &str) {
+        (
+            self.created.is_none(),
+            self.created,
+            self.namespace,
+            self.name,
+        )
+    }
+}
+
 /// The pod a policy is for.
 #[derive(Clone, Copy, Debug)]
 pub struct Pod<'a> {
@@ -338,14 +351,7 @@ pub fn apply(
         .filter_map(|(o, root)| Some((*o, scope(o, pod, *root)?)))
         .collect();
     // The oldest first, then by namespace and name: Istio's tie-break.
-    scoped.sort_by(|(a, _), (b, _)| {
-        (a.created.is_none(), a.created, a.namespace, a.name).cmp(&(
-            b.created.is_none(),
-            b.created,
-            b.namespace,
-            b.name,
-        ))
-    });
+    scoped.sort_by(|(a, _), (b, _)| a.age_order().cmp(&b.age_order()));
     if let Some((mode, o)) = peer_mode(&scoped, port) {
         policy.mtls = match mode {
             MtlsMode::Strict => pb::MtlsMode::Strict,

@@ -829,19 +829,6 @@ impl Index {
         r.woken += woken;
     }
 
-    fn notify_jwks(&self) {
-        if !self.read().jwks_set_changed {
-            return;
-        }
-        let changed = {
-            let mut s = self.state.write().unwrap_or_else(|e| e.into_inner());
-            std::mem::take(&mut s.jwks_set_changed)
-        };
-        if changed {
-            self.jwks_wanted.notify_one();
-        }
-    }
-
     /// The Istio traffic objects of `namespace` (kind, name), sorted.
     pub fn traffic_objects(&self, namespace: &str) -> Vec<(Kind, String)> {
         self.read()
@@ -917,9 +904,9 @@ impl Index {
     pub fn apply(&self, at: &ObjectRef, object: Object) -> Result<(), Rejected> {
         let key = (at.namespace.clone(), at.name.clone());
         let mut partly = None;
-        let topics = {
+        let (topics, jwks_named) = {
             let mut s = self.state.write().unwrap_or_else(|e| e.into_inner());
-            match object {
+            let topics = match object {
                 Object::Namespace(n) => s.put_namespace(&at.name, Some(n)),
                 Object::Service(mut svc) => {
                     let errors = std::mem::take(&mut svc.client_errors);
@@ -988,10 +975,14 @@ impl Index {
                     );
                     s.put_traffic(at.kind, key, Some((created, spec)))
                 }
-            }
+            };
+            // The fetcher learns of URIs named or dropped.
+            (topics, std::mem::take(&mut s.jwks_set_changed))
         };
         self.wake(topics);
-        self.notify_jwks();
+        if jwks_named {
+            self.jwks_wanted.notify_one();
+        }
         match partly {
             Some(errors) => Err(Rejected::Partly(errors)),
             None => Ok(()),
@@ -1001,9 +992,9 @@ impl Index {
     /// Removes an object.
     pub fn delete(&self, at: &ObjectRef) {
         let key = (at.namespace.clone(), at.name.clone());
-        let topics = {
+        let (topics, jwks_dropped) = {
             let mut s = self.state.write().unwrap_or_else(|e| e.into_inner());
-            match at.kind {
+            let topics = match at.kind {
                 Kind::Namespace => s.put_namespace(&at.name, None),
                 Kind::Service => s.put_service(key, None),
                 Kind::Pod => s.put_pod(key, None),
@@ -1027,10 +1018,13 @@ impl Index {
                 Kind::VirtualService | Kind::DestinationRule | Kind::Telemetry => {
                     s.put_traffic(at.kind, key, None)
                 }
-            }
+            };
+            (topics, std::mem::take(&mut s.jwks_set_changed))
         };
         self.wake(topics);
-        self.notify_jwks();
+        if jwks_dropped {
+            self.jwks_wanted.notify_one();
+        }
     }
 
     /// Resolves `authority` (`name.ns.svc.cluster.local:port`, `name.ns:port`, `name`,

@@ -46,9 +46,7 @@ pub struct Workload<'a> {
 }
 
 fn oldest_first(list: &mut [Stored<'_>]) {
-    list.sort_by(|a, b| {
-        (a.created.is_none(), a.created, a.name).cmp(&(b.created.is_none(), b.created, b.name))
-    });
+    list.sort_by(|a, b| a.age_order().cmp(&b.age_order()));
 }
 
 /// Applies the Linkerd objects of the pod's namespace (`objects`: its security objects)
@@ -250,18 +248,20 @@ fn authentications<'a>(
                 continue;
             }
         };
+        // `*` admits any meshed client: the rest of the list adds nothing.
         if ids.contains(&IdentityMatch::Any) {
             source.authenticated = true;
             continue;
         }
         let matches: Vec<pb::StringMatch> = ids
             .into_iter()
-            .map(|m| pb::StringMatch {
-                kind: Some(match m {
+            .filter_map(|m| {
+                let kind = match m {
                     IdentityMatch::Exact(e) => pb::string_match::Kind::Exact(e),
                     IdentityMatch::Suffix(s) => pb::string_match::Kind::Suffix(s),
-                    IdentityMatch::Any => pb::string_match::Kind::Present(true),
-                }),
+                    IdentityMatch::Any => return None,
+                };
+                Some(pb::StringMatch { kind: Some(kind) })
             })
             .collect();
         if !have_ids {

@@ -88,6 +88,22 @@ impl<I: AsyncWrite> AsyncWrite for CountingIo<I> {
     }
 }
 
+fn timed_out(target: SocketAddr) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("connect to {target} timed out"),
+    )
+}
+
+/// A connection to `target` within `timeout`, without Nagle's delay.
+async fn connect(target: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    let tcp = tokio::time::timeout(timeout, TcpStream::connect(target))
+        .await
+        .map_err(|_| timed_out(target))??;
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
+}
+
 /// Forwards `client` to `target` byte for byte until both directions have closed; the
 /// upstream connection is tracked in `origins` meanwhile.
 pub async fn forward<I>(
@@ -102,16 +118,8 @@ pub async fn forward<I>(
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
-    let server = tokio::time::timeout(connect_timeout, TcpStream::connect(target))
-        .await
-        .map_err(|_| {
-            io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("connect to {target} timed out"),
-            )
-        })??;
+    let server = connect(target, connect_timeout).await?;
     let _origin = origins.track(&server);
-    let _ = server.set_nodelay(true);
     let mut server = CountingIo::new(server, metrics.tcp_open(direction, "dst", tls));
     // copy_bidirectional shuts down each write side when its read side reaches EOF, so a
     // half-close travels through and the other direction keeps flowing.
@@ -172,17 +180,8 @@ where
     I: AsyncRead + AsyncWrite + Unpin,
 {
     use tokio::io::AsyncWriteExt;
-    let timed_out = || {
-        io::Error::new(
-            io::ErrorKind::TimedOut,
-            format!("connect to {connect} timed out"),
-        )
-    };
-    let tcp = tokio::time::timeout(connect_timeout, TcpStream::connect(connect))
-        .await
-        .map_err(|_| timed_out())??;
+    let tcp = self::connect(connect, connect_timeout).await?;
     let _origin = origins.track(&tcp);
-    let _ = tcp.set_nodelay(true);
     let name = rustls::pki_types::ServerName::try_from(identity.to_string())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "invalid peer identity"))?;
     let io = CountingIo::new(
@@ -192,7 +191,7 @@ where
     let connector = tokio_rustls::TlsConnector::from(tls.client_config_opaque());
     let mut server = tokio::time::timeout(connect_timeout, connector.connect(name, io))
         .await
-        .map_err(|_| timed_out())??;
+        .map_err(|_| timed_out(connect))??;
     if server.get_ref().1.alpn_protocol() != Some(crate::identity::ALPN_OPAQUE) {
         return Err(io::Error::new(
             io::ErrorKind::Unsupported,
