@@ -184,12 +184,22 @@ pub struct StringMatch {
 }
 
 impl StringMatch {
+    /// Whether it sets no condition (`{}`: a header's or parameter's presence).
+    pub fn is_empty(&self) -> bool {
+        self.exact.is_none() && self.prefix.is_none() && self.regex.is_none()
+    }
+
     fn validate(&self, path: &str, errors: &mut Vec<FieldError>) {
+        self.validate_in(path, false, errors);
+    }
+
+    /// As [`Self::validate`]; `presence` allows `{}` (headers and parameters).
+    fn validate_in(&self, path: &str, presence: bool, errors: &mut Vec<FieldError>) {
         let set = [&self.exact, &self.prefix, &self.regex]
             .iter()
             .filter(|v| v.is_some())
             .count();
-        if set != 1 {
+        if set > 1 || (set == 0 && !presence) {
             errors.push(FieldError::new(
                 path,
                 "set exactly one of exact, prefix or regex",
@@ -342,7 +352,8 @@ pub struct Delay {
     /// How long.
     #[serde(default)]
     pub fixed_delay: Option<String>,
-    /// Of which requests; absent: all.
+    /// Of which requests; absent: the older `percent`, else none (as Istio's pilot
+    /// translates it).
     #[serde(default)]
     pub percentage: Option<Percent>,
     /// The older integer share.
@@ -360,7 +371,7 @@ pub struct Abort {
     /// The gRPC status answered (`UNAVAILABLE`, …).
     #[serde(default)]
     pub grpc_status: Option<String>,
-    /// Of which requests; absent: all.
+    /// Of which requests; absent: none.
     #[serde(default)]
     pub percentage: Option<Percent>,
 }
@@ -403,8 +414,8 @@ pub struct HeaderOperations {
     pub remove: Vec<String>,
 }
 
-/// The gRPC status names Istio's `grpcStatus` takes.
-const GRPC_CODES: [&str; 17] = [
+/// The gRPC status names Istio's `grpcStatus` takes, each at its code.
+pub const GRPC_CODES: [&str; 17] = [
     "OK",
     "CANCELLED",
     "UNKNOWN",
@@ -518,7 +529,7 @@ impl HttpRoute {
                             "not a header name",
                         ));
                     }
-                    sm.validate(&format!("{mp}.{field}[{name:?}]"), errors);
+                    sm.validate_in(&format!("{mp}.{field}[{name:?}]"), true, errors);
                 }
             }
             if m.port.is_some_and(|p| !(1..=65535).contains(&p)) {

@@ -207,7 +207,9 @@ pub fn endpoints(
 ) -> Result<impl FnMut(&Index, &mut Watch) -> Vec<pb::Update> + Send + 'static, Status> {
     check_authority(&req.authority)?;
     let mut sent = Sent::default();
+    let labels: std::collections::BTreeMap<String, String> =
+        req.labels.clone().into_iter().collect();
     Ok(move |index: &Index, watch: &mut Watch| {
-        sent.diff(index.resolve(&req.authority, &req.namespace, Some(watch)))
+        sent.diff(index.resolve_selected(&req.authority, &req.namespace, &labels, Some(watch)))
     })
 }

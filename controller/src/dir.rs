@@ -824,6 +824,178 @@ mod tests {
         );
     }
 
+    #[test]
+    fn istios_virtual_services_compile_into_first_match_routes_with_subsets() {
+        use mesh_api::policy as pb;
+        let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/examples/istio");
+        let index = Index::default();
+        let mut applied = Applied::new();
+        let mut loaded = Loaded::default();
+        for file in ["routing.yaml", "resilience.yaml"] {
+            let path = Path::new(examples).join(file);
+            let text = std::fs::read_to_string(&path).expect("example");
+            parse(&path, &text, &mut loaded);
+        }
+        let mut services = String::new();
+        for (name, version) in [
+            ("reviews", "v1"),
+            ("reviews", "v2"),
+            ("ratings", "v1"),
+            ("helloworld", "v1"),
+        ] {
+            services.push_str(&format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}-{version}, namespace: default, labels: {{app: {name}, version: {version}}}}}\n\
+                 spec: {{containers: [{{name: a, image: x}}]}}\nstatus: {{podIP: 10.0.{}.1, phase: Running}}\n---\n",
+                if version == "v1" { 1 } else { 2 }
+            ));
+        }
+        for name in ["reviews", "ratings", "helloworld"] {
+            services.push_str(&format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\n\
+                 spec: {{selector: {{app: {name}}}, ports: [{{port: 9080}}]}}\n---\n"
+            ));
+        }
+        parse(Path::new("services.yaml"), &services, &mut loaded);
+        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+        let errors = sync(&index, loaded, &mut applied);
+        assert!(errors.is_empty(), "{errors:?}");
+
+        // reviews: the oldest of the two claiming the host (folder objects tie on age:
+        // the name decides), jason to v2, else 75/25, Istio's default retries.
+        let p = index.outbound_policy("reviews:9080", "default", None);
+        assert_eq!(p.sources.len(), 1, "{:?}", p.sources);
+        assert_eq!(p.sources[0].name, "reviews");
+        assert_eq!(p.route_order, pb::RouteOrder::FirstMatch as i32);
+        assert_eq!(p.unmatched, pb::Unmatched::NotFound as i32);
+        assert_eq!(p.routes.len(), 2, "{:?}", p.routes);
+        let jason = &p.routes[0];
+        assert_eq!(jason.matches[0].headers[0].name, "end-user");
+        let subset =
+            |b: &pb::WeightedBackend| match b.backend.as_ref().and_then(|b| b.kind.as_ref()) {
+                Some(pb::backend::Kind::Subset(s)) => (
+                    s.name.clone(),
+                    s.labels.get("version").cloned(),
+                    s.authority.clone(),
+                    b.weight,
+                ),
+                other => panic!("{other:?}"),
+            };
+        assert_eq!(
+            subset(&jason.backends[0]),
+            (
+                "v2".into(),
+                Some("v2".into()),
+                "reviews.default.svc.cluster.local:9080".into(),
+                1
+            )
+        );
+        let split: Vec<_> = p.routes[1]
+            .backends
+            .iter()
+            .map(subset)
+            .map(|s| (s.0, s.3))
+            .collect();
+        assert_eq!(split, vec![("v1".into(), 75), ("v2".into(), 25)]);
+        let retry = jason.retry.as_ref().expect("Istio's default retries");
+        assert_eq!(retry.max_retries, 2);
+        let on = retry.conditions.as_ref().expect("conditions");
+        assert!(on.connect_failure && on.reset, "{on:?}");
+        assert_eq!(on.grpc_codes, vec![14, 1]);
+
+        // The loser is reported, naming the winner.
+        let reports = index.route_reports(
+            &ObjectRef {
+                kind: Kind::VirtualService,
+                namespace: "default".into(),
+                name: "reviews-content".into(),
+            },
+            None,
+        );
+        let problems: Vec<String> = reports.iter().flat_map(|(_, r)| r.problems()).collect();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("Superseded") && p.contains("default/reviews")),
+            "{problems:?}"
+        );
+
+        // ratings: its timeout and retries (ratings-fault loses the host).
+        let p = index.outbound_policy("ratings.default.svc.cluster.local:9080", "default", None);
+        assert_eq!(p.sources[0].name, "ratings");
+        let r = &p.routes[0];
+        assert_eq!(r.timeouts.as_ref().map(|t| t.request_ms), Some(10_000));
+        let retry = r.retry.as_ref().expect("retries");
+        assert_eq!((retry.max_retries, retry.timeout_ms), (3, 2_000));
+
+        // helloworld's subsets are defined by no DestinationRule: 503, and reported.
+        let p = index.outbound_policy("helloworld:9080", "default", None);
+        assert!(
+            p.routes.iter().flat_map(|r| &r.backends).all(|b| matches!(
+                b.backend.as_ref().and_then(|b| b.kind.as_ref()),
+                Some(pb::backend::Kind::Failure(f)) if f.status == 503
+            )),
+            "{:?}",
+            p.routes
+        );
+        let reports = index.route_reports(
+            &ObjectRef {
+                kind: Kind::VirtualService,
+                namespace: "default".into(),
+                name: "helloworld".into(),
+            },
+            None,
+        );
+        let problems: Vec<String> = reports.iter().flat_map(|(_, r)| r.problems()).collect();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("spec.http[0].route[0].destination.subset")),
+            "{problems:?}"
+        );
+        assert!(
+            index
+                .routes(None)
+                .iter()
+                .any(|r| r.kind == Kind::VirtualService && r.name == "helloworld")
+        );
+
+        // Subsets resolve to the endpoints of their pods only.
+        let labels = std::collections::BTreeMap::from([("version".to_string(), "v2".to_string())]);
+        match index.resolve_selected(
+            "reviews.default.svc.cluster.local:9080",
+            "default",
+            &labels,
+            None,
+        ) {
+            Resolution::Service { endpoints, .. } => {
+                let ips: Vec<String> = endpoints.keys().map(|a| a.ip().to_string()).collect();
+                assert_eq!(ips, vec!["10.0.2.1".to_string()]);
+            }
+            other => panic!("{other:?}"),
+        }
+
+        // A DestinationRule that goes takes its subsets with it, and wakes the policy.
+        let mut watch = index.watch();
+        let _ = index.outbound_policy("reviews:9080", "default", Some(&mut watch));
+        index.delete(&ObjectRef {
+            kind: Kind::DestinationRule,
+            namespace: "default".into(),
+            name: "reviews".into(),
+        });
+        assert!(
+            watch.take_change(),
+            "a DestinationRule's change wakes the policies reading it"
+        );
+        let p = index.outbound_policy("reviews:9080", "default", None);
+        assert!(matches!(
+            p.routes[0].backends[0]
+                .backend
+                .as_ref()
+                .and_then(|b| b.kind.as_ref()),
+            Some(pb::backend::Kind::Failure(_))
+        ));
+    }
+
     fn known(index: &Index, name: &str) -> bool {
         matches!(
             index.resolve(&format!("{name}.ns:80"), "ns", None),

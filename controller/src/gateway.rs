@@ -431,6 +431,7 @@ fn millis(d: Option<std::time::Duration>) -> u64 {
 fn prefix(p: &str) -> pb::PathMatch {
     pb::PathMatch {
         kind: Some(pb::path_match::Kind::Prefix(p.into())),
+        ignore_case: false,
     }
 }
 
@@ -484,7 +485,10 @@ fn http_match(m: &mesh_api::gateway::HttpRouteMatch) -> pb::RouteMatch {
         PathMatchType::RegularExpression => Kind::Regex(path.value),
     };
     pb::RouteMatch {
-        path: Some(pb::PathMatch { kind: Some(kind) }),
+        path: Some(pb::PathMatch {
+            kind: Some(kind),
+            ignore_case: false,
+        }),
         method: m.method.clone().unwrap_or_default(),
         headers: m.headers.iter().map(header).collect(),
         query_params: m
@@ -671,6 +675,7 @@ impl Refs<'_, '_> {
                                 kind: Some(pb::backend::Kind::Authority(authority)),
                             }),
                             fraction,
+                            shadow_host: false,
                         })
                     }
                     // Refused by validation.

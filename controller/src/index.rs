@@ -262,6 +262,45 @@ impl TrafficSpec {
             Self::Telemetry(s) => s.validate(),
         }
     }
+
+    /// The hosts (FQDNs) it routes or configures, for an object in `namespace`.
+    pub fn hosts(&self, namespace: &str) -> Vec<String> {
+        let fqdn = |h: &str| crate::istio_traffic::fqdn(h, namespace, CLUSTER_DOMAIN);
+        let mut hosts: Vec<String> = match self {
+            Self::VirtualService(s) => s.hosts.iter().map(|h| fqdn(h)).collect(),
+            Self::DestinationRule(s) => vec![fqdn(&s.host)],
+            Self::Telemetry(_) => vec![],
+        };
+        hosts.sort();
+        hosts.dedup();
+        hosts
+    }
+
+    /// What the mesh accepts of it but does not act on yet, naming the field.
+    pub fn not_applied(&self) -> Vec<String> {
+        let mut gaps = Vec::new();
+        match self {
+            Self::VirtualService(_) => {}
+            Self::DestinationRule(s) => {
+                let policies = std::iter::once(("spec.trafficPolicy".to_string(), &s.traffic_policy))
+                    .chain(s.subsets.iter().enumerate().map(|(i, sub)| {
+                        (format!("spec.subsets[{i}].trafficPolicy"), &sub.traffic_policy)
+                    }));
+                for (at, p) in policies {
+                    if p.is_some() {
+                        gaps.push(format!(
+                            "{at}: load balancing, connection pools, outlier detection and TLS settings are not applied yet (subsets are)"
+                        ));
+                    }
+                }
+            }
+            Self::Telemetry(_) => gaps.push(
+                "spec: access logging and tracing providers are not applied yet (Prometheus metrics need nothing)"
+                    .to_string(),
+            ),
+        }
+        gaps
+    }
 }
 
 /// A namespace's Istio security and Linkerd policy objects by kind and name, with when
@@ -404,6 +443,8 @@ pub enum Topic {
     /// The Istio security and Linkerd policy objects of a namespace, and the routes
     /// attached to its Servers.
     Security(String),
+    /// The VirtualServices and DestinationRules naming a host (an FQDN).
+    Host(String),
 }
 
 type Key = (String, String);
@@ -685,8 +726,12 @@ struct State {
     /// Fetched JWKS documents by URI.
     jwks: crate::authz::JwksCache,
     /// Istio's traffic objects by namespace, then kind and name, with when each was
-    /// made (validated; compiled into policy by issue 18's next step).
+    /// made (validated).
     traffic: HashMap<String, TrafficObjects>,
+    /// VirtualServices (namespace, name) by each host (FQDN) they route.
+    virtual_services_of: HashMap<String, BTreeSet<Key>>,
+    /// DestinationRules (namespace, name) by the host (FQDN) they configure.
+    destination_rules_of: HashMap<String, BTreeSet<Key>>,
     /// The namespaces whose RequestAuthentications name each JWKS URI.
     jwks_users: HashMap<String, BTreeSet<String>>,
     /// The JWKS URIs each namespace's objects name.
@@ -970,9 +1015,9 @@ impl Index {
                     if !errors.is_empty() {
                         return Err(Rejected::Invalid(errors));
                     }
-                    tracing::info!(
-                        "{at}: accepted; Istio's traffic kinds are not applied to routing yet"
-                    );
+                    for gap in spec.not_applied() {
+                        tracing::warn!("{at}: {gap}");
+                    }
                     s.put_traffic(at.kind, key, Some((created, spec)))
                 }
             };
@@ -1052,6 +1097,44 @@ impl Index {
         })
     }
 
+    /// As [`Self::resolve`], keeping only the endpoints whose pods carry all of
+    /// `labels` (a DestinationRule's subset); empty labels keep all.
+    pub fn resolve_selected(
+        &self,
+        authority: &str,
+        caller_ns: &str,
+        labels: &BTreeMap<String, String>,
+        watch: Option<&mut Watch>,
+    ) -> Resolution {
+        let resolution = self.resolve(authority, caller_ns, watch);
+        if labels.is_empty() {
+            return resolution;
+        }
+        let s = self.read();
+        match resolution {
+            Resolution::Service {
+                namespace,
+                name,
+                port,
+                mut endpoints,
+            } => {
+                endpoints.retain(|_, e| {
+                    e.labels
+                        .get("pod")
+                        .and_then(|pod| s.pods.get(&(namespace.clone(), pod.clone())))
+                        .is_some_and(|pod| selects(labels, &pod.labels))
+                });
+                Resolution::Service {
+                    namespace,
+                    name,
+                    port,
+                    endpoints,
+                }
+            }
+            other => other,
+        }
+    }
+
     /// The client policy of the service `authority` names: compiled from its
     /// ServiceProfile and the TrafficSplit whose apex it is. Empty for names that are
     /// no service.
@@ -1068,7 +1151,7 @@ impl Index {
             };
             deps.0.push(Topic::Policy(namespace.clone(), name.clone()));
             let fqdn = format!("{name}.{namespace}.svc.{CLUSTER_DOMAIN}");
-            let profile = s.profiles.get_key_value(&(namespace.clone(), fqdn));
+            let profile = s.profiles.get_key_value(&(namespace.clone(), fqdn.clone()));
             // A split on this service decides where its traffic goes (SMI: the apex);
             // with several, the first by name.
             let split = s
@@ -1101,6 +1184,10 @@ impl Index {
                     deps,
                     &mut policy,
                 );
+                // Istio's VirtualService, where no ServiceProfile or HTTPRoute applies.
+                if policy.routes.is_empty() {
+                    s.virtual_service(&fqdn, port, deps, &mut policy);
+                }
                 if policy.routes.is_empty() {
                     policy
                         .routes
@@ -1123,6 +1210,9 @@ impl Index {
             let key = (at.kind, at.namespace.clone(), at.name.clone());
             deps.0
                 .push(Topic::Route(key.0, key.1.clone(), key.2.clone()));
+            if at.kind == Kind::VirtualService {
+                return s.virtual_service_reports(&at.namespace, &at.name, deps);
+            }
             let Some(route) = s.routes.get(&key) else {
                 return vec![];
             };
@@ -1142,11 +1232,21 @@ impl Index {
         })
     }
 
-    /// Every Gateway API route the index holds, sorted. With `watch`, it listens to
-    /// routes being added and removed from now on.
+    /// Every route the index holds (the Gateway API's, and VirtualServices), sorted.
+    /// With `watch`, it listens to routes being added and removed from now on.
     pub fn routes(&self, watch: Option<&mut Watch>) -> Vec<ObjectRef> {
         self.answer(watch, |s, deps| {
             deps.0.push(Topic::Routes);
+            let virtual_services = s.traffic.iter().flat_map(|(ns, objects)| {
+                objects
+                    .keys()
+                    .filter(|(kind, _)| *kind == Kind::VirtualService)
+                    .map(|(kind, name)| ObjectRef {
+                        kind: *kind,
+                        namespace: ns.clone(),
+                        name: name.clone(),
+                    })
+            });
             let mut out: Vec<ObjectRef> = s
                 .routes
                 .keys()
@@ -1155,6 +1255,7 @@ impl Index {
                     namespace: namespace.clone(),
                     name: name.clone(),
                 })
+                .chain(virtual_services)
                 .collect();
             out.sort();
             out
@@ -1306,19 +1407,45 @@ impl State {
         new: Option<(Option<String>, TrafficSpec)>,
     ) -> Vec<Topic> {
         let objects = self.traffic.entry(ns.clone()).or_default();
-        match new {
-            Some(o) => {
-                objects.insert((kind, name), o);
-            }
-            None => {
-                objects.remove(&(kind, name));
-            }
-        }
+        let slot = (kind, name.clone());
+        let old = match new {
+            Some(o) if objects.get(&slot) == Some(&o) => return vec![],
+            Some(o) => objects.insert(slot, o),
+            None => objects.remove(&slot),
+        };
+        let now_hosts = objects
+            .get(&(kind, name.clone()))
+            .map(|(_, spec)| spec.hosts(&ns))
+            .unwrap_or_default();
+        let exists = objects.contains_key(&(kind, name.clone()));
         if objects.is_empty() {
             self.traffic.remove(&ns);
         }
-        // Nothing reads them yet: no answer changes.
-        vec![]
+        if old.is_none() && !exists {
+            return vec![];
+        }
+        let mut topics = BTreeSet::new();
+        if kind == Kind::VirtualService {
+            topics.insert(Topic::Route(kind, ns.clone(), name.clone()));
+            if old.is_none() != exists {
+                topics.insert(Topic::Routes);
+            }
+        }
+        let by_host = match kind {
+            Kind::VirtualService => &mut self.virtual_services_of,
+            Kind::DestinationRule => &mut self.destination_rules_of,
+            _ => return topics.into_iter().collect(),
+        };
+        let key = (ns.clone(), name);
+        for host in old.map(|(_, spec)| spec.hosts(&ns)).unwrap_or_default() {
+            unlink(by_host, &host, &key);
+            topics.insert(Topic::Host(host));
+        }
+        for host in now_hosts {
+            link(by_host, host.clone(), key.clone());
+            topics.insert(Topic::Host(host));
+        }
+        topics.into_iter().collect()
     }
 
     fn put_security(
@@ -1834,6 +1961,210 @@ impl State {
             &mut resolve,
             policy,
         );
+    }
+
+    /// The VirtualServices routing `host` (an FQDN), the one that applies first.
+    fn virtual_services(
+        &self,
+        host: &str,
+    ) -> Vec<crate::istio_traffic::Stored<'_, mesh_api::istio_networking::VirtualServiceSpec>> {
+        let mut out: Vec<_> = self
+            .virtual_services_of
+            .get(host)
+            .into_iter()
+            .flatten()
+            .filter_map(|(ns, name)| {
+                let (created, spec) = self
+                    .traffic
+                    .get(ns)?
+                    .get(&(Kind::VirtualService, name.clone()))?;
+                let TrafficSpec::VirtualService(spec) = spec else {
+                    return None;
+                };
+                Some(crate::istio_traffic::Stored {
+                    namespace: ns,
+                    name,
+                    created: created.as_deref(),
+                    spec: &**spec,
+                })
+            })
+            .collect();
+        crate::istio_traffic::order(&mut out);
+        out
+    }
+
+    /// The DestinationRules of `host` (an FQDN), in the order they merge.
+    fn destination_rules(
+        &self,
+        host: &str,
+    ) -> Vec<crate::istio_traffic::Stored<'_, mesh_api::istio_networking::DestinationRuleSpec>>
+    {
+        let mut out: Vec<_> = self
+            .destination_rules_of
+            .get(host)
+            .into_iter()
+            .flatten()
+            .filter_map(|(ns, name)| {
+                let (created, spec) = self
+                    .traffic
+                    .get(ns)?
+                    .get(&(Kind::DestinationRule, name.clone()))?;
+                let TrafficSpec::DestinationRule(spec) = spec else {
+                    return None;
+                };
+                Some(crate::istio_traffic::Stored {
+                    namespace: ns,
+                    name,
+                    created: created.as_deref(),
+                    spec: &**spec,
+                })
+            })
+            .collect();
+        crate::istio_traffic::order(&mut out);
+        out
+    }
+
+    /// The routes of the VirtualService that applies to `host` (the oldest of
+    /// those naming it), compiled into `policy` for `port`.
+    fn virtual_service(
+        &self,
+        host: &str,
+        port: u16,
+        deps: &mut Deps,
+        policy: &mut pb::OutboundPolicy,
+    ) {
+        deps.0.push(Topic::Host(host.to_string()));
+        let claims = self.virtual_services(host);
+        let Some(winner) = claims.first() else {
+            return;
+        };
+        let mut rules = |h: &str| {
+            deps.0.push(Topic::Host(h.to_string()));
+            self.destination_rules(h)
+        };
+        let compiled = crate::istio_traffic::compile(winner, port, CLUSTER_DOMAIN, &mut rules);
+        policy.sources.push(pb::ObjectRef {
+            kind: Kind::VirtualService.as_str().into(),
+            namespace: winner.namespace.into(),
+            name: winner.name.into(),
+        });
+        if !compiled.routes.is_empty() {
+            policy.route_order = pb::RouteOrder::FirstMatch.into();
+            // Istio answers requests no route of the VirtualService matches 404.
+            policy.unmatched = pb::Unmatched::NotFound.into();
+            policy.routes = compiled.routes;
+        }
+    }
+
+    /// A VirtualService's conditions per host it names: whether it is the one that
+    /// applies there, and whether its destinations resolve.
+    fn virtual_service_reports(&self, ns: &str, name: &str, deps: &mut Deps) -> ParentReports {
+        use crate::gateway::Condition;
+        let Some((created, TrafficSpec::VirtualService(spec))) = self
+            .traffic
+            .get(ns)
+            .and_then(|o| o.get(&(Kind::VirtualService, name.to_string())))
+        else {
+            return vec![];
+        };
+        let me = crate::istio_traffic::Stored {
+            namespace: ns,
+            name,
+            created: created.as_deref(),
+            spec: &**spec,
+        };
+        let condition = |kind, status, reason, message: String| Condition {
+            kind,
+            status,
+            reason,
+            message,
+        };
+        let mut out = Vec::new();
+        for host in TrafficSpec::VirtualService(spec.clone()).hosts(ns) {
+            deps.0.push(Topic::Host(host.clone()));
+            let parent = crate::istio_traffic::service_of(&host, CLUSTER_DOMAIN)
+                .unwrap_or_else(|| (String::new(), host.clone()));
+            let service = self.services.get(&parent);
+            if !parent.0.is_empty() {
+                deps.service(&parent.0, &parent.1);
+                deps.0
+                    .push(Topic::Policy(parent.0.clone(), parent.1.clone()));
+            }
+            let claims = self.virtual_services(&host);
+            let first = claims.first().map(|c| (c.namespace, c.name));
+            let accepted = if first != Some((ns, name)) {
+                let (wns, wname) = first.unwrap_or_default();
+                condition(
+                    "Accepted",
+                    false,
+                    "Superseded",
+                    format!(
+                        "VirtualService {wns}/{wname} is older and routes {host}: Istio applies one VirtualService per host"
+                    ),
+                )
+            } else if self
+                .profiles
+                .contains_key(&(parent.0.clone(), host.clone()))
+            {
+                condition(
+                    "Accepted",
+                    false,
+                    "Overridden",
+                    format!("ServiceProfile {}/{host} takes precedence", parent.0),
+                )
+            } else if self.routes_of.get(&parent).is_some_and(|r| !r.is_empty()) {
+                condition(
+                    "Accepted",
+                    false,
+                    "Overridden",
+                    format!(
+                        "HTTPRoutes attached to Service {}/{} take precedence",
+                        parent.0, parent.1
+                    ),
+                )
+            } else if service.is_none() {
+                condition(
+                    "Accepted",
+                    false,
+                    "NoMatchingParent",
+                    format!("no Service for host {host}"),
+                )
+            } else {
+                condition("Accepted", true, "Accepted", "routes this host".into())
+            };
+            let port = service.and_then(|s| s.ports.first()).map_or(80, |p| p.port);
+            let mut rules = |h: &str| {
+                deps.0.push(Topic::Host(h.to_string()));
+                self.destination_rules(h)
+            };
+            let compiled = crate::istio_traffic::compile(&me, port, CLUSTER_DOMAIN, &mut rules);
+            let resolved = if compiled.problems.is_empty() {
+                condition(
+                    "ResolvedRefs",
+                    true,
+                    "ResolvedRefs",
+                    "all destinations resolved".into(),
+                )
+            } else {
+                condition(
+                    "ResolvedRefs",
+                    false,
+                    "BackendNotFound",
+                    compiled.problems.join("; "),
+                )
+            };
+            out.push((
+                parent,
+                Report {
+                    kind: "VirtualService",
+                    namespace: ns.to_string(),
+                    name: name.to_string(),
+                    conditions: vec![accepted, resolved],
+                    generation: None,
+                },
+            ));
+        }
+        out
     }
 
     /// The conditions of route `key` on its parent Service `ns/svc`.

@@ -4,7 +4,7 @@
 //! YAML) that feed its index.
 //!
 //! Split by dependency: [`index`] is plain logic; [`convert`] translates Kubernetes
-//! objects into it; [`dir`] reads them from a folder; [`compile`] and [`gateway`] turn users' objects
+//! objects into it; [`dir`] reads them from a folder; [`compile`], [`gateway`] and [`istio_traffic`] turn users' objects
 //! into the policy model; [`destination`] and [`policy`] serve the index over gRPC, one target per
 //! stream, and [`discovery`] many targets on one stream (what proxies use).
 
@@ -19,6 +19,7 @@ pub mod discovery;
 pub mod gateway;
 pub mod index;
 pub mod inject;
+pub mod istio_traffic;
 pub mod jwks;
 pub mod kubernetes;
 pub mod policy;

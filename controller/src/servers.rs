@@ -443,6 +443,7 @@ mod tests {
             matches: vec![pb::RouteMatch {
                 path: Some(pb::PathMatch {
                     kind: Some(pb::path_match::Kind::Exact("/healthz".into())),
+                    ignore_case: false,
                 }),
                 ..Default::default()
             }],

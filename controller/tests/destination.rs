@@ -90,6 +90,7 @@ fn get(authority: &str) -> pb::GetDestination {
     pb::GetDestination {
         authority: authority.into(),
         namespace: "demo".into(),
+        ..Default::default()
     }
 }
 

@@ -21,3 +21,10 @@ where
 {
     body.map_err(Into::into).boxed_unsync()
 }
+
+/// A body of `bytes`, whole.
+pub fn full(bytes: Bytes) -> BoxBody {
+    http_body_util::Full::new(bytes)
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}

@@ -303,15 +303,33 @@ impl Discover {
 
     /// The current answer for `authority`, waiting briefly for the first one.
     pub async fn resolve(&self, authority: &str) -> Answer {
+        self.resolve_selected(authority, &Default::default()).await
+    }
+
+    /// The current answer for the endpoints of `authority` whose pods carry all of
+    /// `labels` (all of them when empty), waiting briefly for the first one.
+    pub async fn resolve_selected(
+        &self,
+        authority: &str,
+        labels: &crate::resolve::Labels,
+    ) -> Answer {
         let gauge = self.metrics.as_deref().map(|m| &m.held.destination_watches);
+        // A subset is watched apart from its service: `authority{k=v,…}`.
+        let key = if labels.is_empty() {
+            std::borrow::Cow::Borrowed(authority)
+        } else {
+            let pairs: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            std::borrow::Cow::Owned(format!("{authority}{{{}}}", pairs.join(",")))
+        };
         let rx = watched(
             &self.watches,
-            authority,
+            &key,
             Answer::Pending,
             |tx| {
                 let req = pb::GetDestination {
                     authority: authority.to_string(),
                     namespace: self.namespace.clone(),
+                    labels: labels.clone().into_iter().collect(),
                 };
                 self.follow(Follower::Endpoints {
                     req,
@@ -772,6 +790,7 @@ mod tests {
         let req = |a: &str| pb::GetDestination {
             authority: a.into(),
             namespace: "ns".into(),
+            ..Default::default()
         };
         let endpoints = |tx| Follower::Endpoints {
             req: req("web:80"),

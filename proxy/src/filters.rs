@@ -44,6 +44,67 @@ pub enum Filter {
     Rewrite(Rewrite),
     /// Sends a copy of a share of the requests elsewhere.
     Mirror(Mirror),
+    /// Delays a share of the requests (fault injection).
+    Delay(Delay),
+    /// Answers a share of the requests with a failure (fault injection).
+    Abort(Abort),
+}
+
+/// A share of requests: `numerator / denominator`.
+#[derive(Debug, Clone, Copy)]
+pub struct Share {
+    numerator: u32,
+    denominator: u32,
+}
+
+impl Share {
+    fn of(f: Option<&pb::Fraction>) -> Self {
+        match f {
+            None => Self {
+                numerator: 1,
+                denominator: 1,
+            },
+            Some(f) => Self {
+                numerator: f.numerator,
+                denominator: if f.denominator == 0 {
+                    100
+                } else {
+                    f.denominator
+                },
+            },
+        }
+    }
+
+    /// Whether this request is in the share (drawn at random).
+    fn draw(self) -> bool {
+        self.numerator > 0 && fastrand::u32(0..self.denominator.max(1)) < self.numerator
+    }
+}
+
+/// An injected delay.
+#[derive(Debug)]
+pub struct Delay {
+    delay: std::time::Duration,
+    share: Share,
+}
+
+/// An injected failure.
+#[derive(Debug)]
+pub struct Abort {
+    status: StatusCode,
+    /// The gRPC status gRPC requests are answered with, if any.
+    grpc: Option<u32>,
+    share: Share,
+}
+
+/// Where a mirrored copy goes: an extension the split reads instead of routing the
+/// copy by its (shadow) host.
+#[derive(Debug, Clone)]
+pub struct MirrorTo {
+    /// The mirror service's authority.
+    pub authority: Authority,
+    /// Only the endpoints whose pods carry these labels (a subset), if set.
+    pub labels: Option<Arc<crate::resolve::Labels>>,
 }
 
 /// Header changes, in the order set, add, remove.
@@ -83,11 +144,12 @@ pub struct Rewrite {
 /// Copies of a share of the requests, to another service.
 #[derive(Debug)]
 pub struct Mirror {
-    /// Where copies go (`name.ns.svc.cluster.local:port`).
-    authority: Authority,
-    /// The share copied: `numerator / denominator`.
-    numerator: u32,
-    denominator: u32,
+    /// Where copies go (`name.ns.svc.cluster.local:port`, perhaps a subset).
+    to: MirrorTo,
+    /// The share copied.
+    share: Share,
+    /// The copy keeps the request's host with `-shadow` appended, as Istio's do.
+    shadow: bool,
 }
 
 fn bad(_: impl std::fmt::Debug) -> Invalid {
@@ -195,31 +257,36 @@ impl Filter {
                 path: path_mod(r.path.as_ref()),
             }),
             Some(Kind::Mirror(m)) => {
-                let Some(pb::backend::Kind::Authority(a)) =
-                    m.backend.as_ref().and_then(|b| b.kind.as_ref())
-                else {
-                    return Err("a mirror to anything but a service");
-                };
-                let (numerator, denominator) = match &m.fraction {
-                    None => (1, 1),
-                    Some(f) => (
-                        f.numerator,
-                        if f.denominator == 0 {
-                            100
-                        } else {
-                            f.denominator
-                        },
+                let (authority, labels) = match m.backend.as_ref().and_then(|b| b.kind.as_ref()) {
+                    Some(pb::backend::Kind::Authority(a)) => (a, None),
+                    Some(pb::backend::Kind::Subset(s)) => (
+                        &s.authority,
+                        Some(Arc::new(s.labels.clone().into_iter().collect())),
                     ),
+                    _ => return Err("a mirror to anything but a service"),
                 };
                 Self::Mirror(Mirror {
-                    authority: Authority::try_from(a.as_str()).map_err(bad)?,
-                    numerator,
-                    denominator,
+                    to: MirrorTo {
+                        authority: Authority::try_from(authority.as_str()).map_err(bad)?,
+                        labels,
+                    },
+                    share: Share::of(m.fraction.as_ref()),
+                    shadow: m.shadow_host,
                 })
             }
-            Some(Kind::FaultDelay(_) | Kind::FaultAbort(_)) => {
-                return Err("fault injection");
-            }
+            Some(Kind::FaultDelay(d)) => Self::Delay(Delay {
+                delay: std::time::Duration::from_millis(d.delay_ms),
+                share: Share::of(d.fraction.as_ref()),
+            }),
+            Some(Kind::FaultAbort(a)) => Self::Abort(Abort {
+                status: u16::try_from(a.http_status)
+                    .ok()
+                    .and_then(|s| StatusCode::from_u16(s).ok())
+                    .filter(|s| s.as_u16() >= 200)
+                    .ok_or("an abort status outside 200-599")?,
+                grpc: (a.grpc_status > 0).then_some(a.grpc_status),
+                share: Share::of(a.fraction.as_ref()),
+            }),
             None => return Err("an empty filter"),
         })
     }
@@ -241,13 +308,71 @@ pub fn request(
             Filter::Redirect(r) => return r.answer(req, prefix).map(Some),
             Filter::Rewrite(r) => r.apply(req, prefix)?,
             Filter::Mirror(m) => {
-                if m.numerator > 0 && fastrand::u32(0..m.denominator.max(1)) < m.numerator {
+                if m.share.draw() {
                     m.send(req, mirror.clone());
                 }
             }
+            // Faults act before the others: see [`faults`].
+            Filter::Delay(_) | Filter::Abort(_) => {}
         }
     }
     Ok(None)
+}
+
+/// The faults `filters` inject into this request, drawn now: how long to delay it,
+/// and the failure to answer it with (after the delay), as Envoy's fault filter does
+/// before the router: neither the route's timeout nor its retries see them.
+pub fn faults<B>(
+    filters: &[Filter],
+    req: &Request<B>,
+) -> (Option<std::time::Duration>, Option<Response<BoxBody>>) {
+    let mut delay = None;
+    let mut abort = None;
+    for f in filters {
+        match f {
+            Filter::Delay(d) if delay.is_none() && d.share.draw() => delay = Some(d.delay),
+            Filter::Abort(a) if abort.is_none() && a.share.draw() => abort = Some(a.answer(req)),
+            _ => {}
+        }
+    }
+    (delay, abort)
+}
+
+impl Abort {
+    /// The injected failure: gRPC requests get a trailers-only answer with the gRPC
+    /// status when one is set; others the HTTP status.
+    fn answer<B>(&self, req: &Request<B>) -> Response<BoxBody> {
+        let grpc_request = req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        let mut rsp = Response::new(body::empty());
+        match self.grpc {
+            Some(code) if grpc_request => {
+                *rsp.status_mut() = StatusCode::OK;
+                let headers = rsp.headers_mut();
+                headers.insert(
+                    http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/grpc"),
+                );
+                headers.insert("grpc-status", HeaderValue::from(code));
+                headers.insert(
+                    "grpc-message",
+                    HeaderValue::from_static("fault filter abort"),
+                );
+            }
+            _ => {
+                *rsp.status_mut() = self.status;
+                let text = Bytes::from_static(b"fault filter abort");
+                rsp.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain"),
+                );
+                *rsp.body_mut() = body::full(text);
+            }
+        }
+        rsp
+    }
 }
 
 /// Applies the response side of `filters` to `rsp`.
@@ -358,19 +483,35 @@ impl Mirror {
         *copy.method_mut() = req.method().clone();
         *copy.version_mut() = req.version();
         *copy.headers_mut() = req.headers().clone();
-        // Addressed to the mirror: the levels below route it there.
+        // Addressed to the mirror (or, as Istio's, to the request's own host with
+        // `-shadow`): the levels below route it to the mirror either way.
+        let host = if self.shadow {
+            request_authority(req)
+                .and_then(|a| a.parse::<Authority>().ok())
+                .and_then(|a| {
+                    let shadow = match a.port() {
+                        Some(p) => format!("{}-shadow:{p}", a.host()),
+                        None => format!("{}-shadow", a.host()),
+                    };
+                    Authority::try_from(shadow).ok()
+                })
+                .unwrap_or_else(|| self.to.authority.clone())
+        } else {
+            self.to.authority.clone()
+        };
         let mut parts = req.uri().clone().into_parts();
         if parts.authority.is_some() {
-            parts.authority = Some(self.authority.clone());
+            parts.authority = Some(host.clone());
         }
         let Ok(uri) = Uri::from_parts(parts) else {
             return;
         };
         *copy.uri_mut() = uri;
-        if let Ok(host) = HeaderValue::from_str(self.authority.as_str()) {
+        if let Ok(host) = HeaderValue::from_str(host.as_str()) {
             copy.headers_mut().insert(HOST, host);
         }
-        let to = self.authority.clone();
+        copy.extensions_mut().insert(self.to.clone());
+        let to = self.to.authority.clone();
         let mut svc = svc;
         let sent: Pin<Box<dyn Future<Output = Result<Response<BoxBody>, BoxError>> + Send>> =
             Box::pin(async move {
@@ -486,6 +627,63 @@ impl Body for Copy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn filter(kind: pb::filter::Kind) -> Filter {
+        Filter::compile(&pb::Filter { kind: Some(kind) }).expect("compiles")
+    }
+
+    #[test]
+    fn faults_draw_their_share_and_grpc_requests_get_a_grpc_status() {
+        let all = Some(pb::Fraction {
+            numerator: 1_000_000,
+            denominator: 1_000_000,
+        });
+        let none = Some(pb::Fraction {
+            numerator: 0,
+            denominator: 1_000_000,
+        });
+        let delay = filter(pb::filter::Kind::FaultDelay(pb::FaultDelay {
+            delay_ms: 5_000,
+            fraction: all,
+        }));
+        let abort = |grpc_status, fraction| {
+            filter(pb::filter::Kind::FaultAbort(pb::FaultAbort {
+                http_status: 503,
+                grpc_status,
+                fraction,
+            }))
+        };
+        let plain = Request::get("/").body(()).expect("request");
+        let (d, a) = faults(&[delay, abort(14, all)], &plain);
+        assert_eq!(d, Some(std::time::Duration::from_secs(5)));
+        assert_eq!(
+            a.expect("aborted").status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        let (d, a) = faults(&[abort(0, none)], &plain);
+        assert!(d.is_none() && a.is_none(), "a share of 0 injects nothing");
+        let grpc = Request::post("/pkg.Svc/M")
+            .header("content-type", "application/grpc")
+            .body(())
+            .expect("request");
+        let rsp = faults(&[abort(14, all)], &grpc).1.expect("aborted");
+        assert_eq!(rsp.status(), StatusCode::OK);
+        assert_eq!(rsp.headers()["grpc-status"], "14");
+        // About half of 10,000 draws of a half share.
+        let half = Share {
+            numerator: 500_000,
+            denominator: 1_000_000,
+        };
+        let hits = (0..10_000).filter(|_| half.draw()).count();
+        assert!((4_500..5_500).contains(&hits), "{hits}");
+        let bad = Filter::compile(&pb::Filter {
+            kind: Some(pb::filter::Kind::FaultAbort(pb::FaultAbort {
+                http_status: 42,
+                ..Default::default()
+            })),
+        });
+        assert!(bad.is_err());
+    }
 
     #[test]
     fn prefixes_are_replaced_as_the_gateway_api_says() {

@@ -48,6 +48,9 @@ pub struct Backend {
 pub enum Target {
     /// A service's authority.
     Authority(String),
+    /// Some of a service's endpoints: those whose pods carry all these labels (a
+    /// DestinationRule's subset).
+    Subset(String, Arc<crate::resolve::Labels>),
     /// Nowhere: the proxy answers with this status (a backend that did not resolve).
     Fail(StatusCode, Arc<str>),
 }
@@ -117,6 +120,11 @@ pub struct RetryOn {
     pub grpc_codes: Vec<u32>,
     /// Requests no endpoint could be connected to.
     pub connect_failure: bool,
+    /// Attempts the endpoint reset (or refused) before answering.
+    pub reset: bool,
+    /// Backoff before each retry: exponential from the first up to the second, with
+    /// full jitter; `None`: none.
+    pub backoff: Option<(Duration, Duration)>,
     /// Attempts in all, the first included.
     pub max_attempts: usize,
     /// Each attempt's timeout: an attempt that takes longer is given up and retried.
@@ -171,35 +179,27 @@ fn unsupported(p: &pb::OutboundPolicy) -> Result<(), Unsupported> {
     }
     let backends = |bs: &[pb::WeightedBackend]| {
         bs.iter().any(|b| {
-            matches!(
-                b.backend.as_ref().and_then(|b| b.kind.as_ref()),
-                None | Some(pb::backend::Kind::Subset(_))
-            ) || b.filters.iter().any(|f| {
-                !matches!(
-                    f.kind,
-                    Some(
-                        pb::filter::Kind::RequestHeaders(_) | pb::filter::Kind::ResponseHeaders(_)
+            b.backend.as_ref().and_then(|b| b.kind.as_ref()).is_none()
+                || b.filters.iter().any(|f| {
+                    !matches!(
+                        f.kind,
+                        Some(
+                            pb::filter::Kind::RequestHeaders(_)
+                                | pb::filter::Kind::ResponseHeaders(_)
+                        )
                     )
-                )
-            })
+                })
         })
     };
     if backends(&p.backends) {
-        return refuse("subset backends, or backend filters other than header changes");
+        return refuse("empty backends, or backend filters other than header changes");
     }
     if p.timeouts.as_ref().is_some_and(|t| t.per_try_ms > 0) {
         return refuse("a per-try timeout for the whole service");
     }
     for r in &p.routes {
         if backends(&r.backends) {
-            return refuse("subset backends, or backend filters other than header changes");
-        }
-        if let Some(retry) = &r.retry
-            && (retry.backoff_base_ms > 0
-                || retry.backoff_max_ms > 0
-                || retry.conditions.as_ref().is_some_and(|c| c.reset))
-        {
-            return refuse("retry backoff or retries on reset");
+            return refuse("empty backends, or backend filters other than header changes");
         }
         for m in &r.matches {
             if m.path.as_ref().is_some_and(|p| p.kind.is_none()) {
@@ -235,7 +235,17 @@ enum Match {
     Exact(String),
     /// A path prefix, element-wise (kept without its trailing `/`).
     Prefix(String),
+    /// A path's plain string prefix (Istio's `uri.prefix`).
+    StringPrefix(String),
+    /// The whole path, exactly, ASCII letters case-insensitively.
+    ExactNoCase(String),
+    /// A path's plain string prefix, ASCII letters case-insensitively.
+    StringPrefixNoCase(String),
     Method(Method),
+    /// The method's name (a regex over it, or an exact name with `:method`).
+    MethodValue(Value),
+    /// The request's authority (its URI's, else its `Host`).
+    Authority(Value),
     /// A header: any of its values (case-insensitive name).
     Header(http::HeaderName, Value),
     /// A query parameter: its first occurrence (case-sensitive name, raw bytes as
@@ -331,6 +341,12 @@ impl Profile {
                         .collect(),
                     grpc_codes: on.grpc_codes.clone(),
                     connect_failure: on.connect_failure,
+                    reset: on.reset,
+                    backoff: (retry.backoff_base_ms > 0).then(|| {
+                        let base = Duration::from_millis(retry.backoff_base_ms);
+                        let max = Duration::from_millis(retry.backoff_max_ms).max(base);
+                        (base, max)
+                    }),
                     max_attempts: match retry.max_retries {
                         0 => DEFAULT_ATTEMPTS,
                         n => (n as usize).saturating_add(1).min(MAX_ATTEMPTS),
@@ -346,7 +362,9 @@ impl Profile {
                 .matches
                 .iter()
                 .find_map(|m| match m.path.as_ref().and_then(|p| p.kind.as_ref()) {
-                    Some(pb::path_match::Kind::Prefix(p)) => Some(p.clone()),
+                    Some(
+                        pb::path_match::Kind::Prefix(p) | pb::path_match::Kind::StringPrefix(p),
+                    ) => Some(p.clone()),
                     _ => None,
                 })
                 .unwrap_or_default();
@@ -395,6 +413,7 @@ impl Profile {
                     let all = pb::RouteMatch {
                         path: Some(pb::PathMatch {
                             kind: Some(pb::path_match::Kind::Prefix("/".into())),
+                            ignore_case: false,
                         }),
                         ..Default::default()
                     };
@@ -463,6 +482,7 @@ fn rank(m: &pb::RouteMatch) -> Rank {
         Some(Kind::Exact(p)) => (3, p.len()),
         Some(Kind::Regex(re)) => (2, re.len()),
         Some(Kind::Prefix(p)) => (1, p.trim_end_matches('/').len().max(1)),
+        Some(Kind::StringPrefix(p)) => (1, p.len().max(1)),
         None => (1, 1),
     };
     Rank(
@@ -489,8 +509,10 @@ fn weighted(backends: &[pb::WeightedBackend]) -> Result<Vec<Backend>, Unsupporte
                         .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
                     Arc::from(f.message.as_str()),
                 ),
-                // Refused by `unsupported`.
-                pb::backend::Kind::Subset(_) => return None,
+                pb::backend::Kind::Subset(s) => Target::Subset(
+                    s.authority.clone(),
+                    Arc::new(s.labels.clone().into_iter().collect()),
+                ),
             };
             let filters: Result<Vec<Filter>, _> = b
                 .filters
@@ -530,7 +552,17 @@ impl Match {
             Self::Prefix(p) => path
                 .strip_prefix(p.as_str())
                 .is_some_and(|rest| rest.is_empty() || rest.starts_with('/') || p.is_empty()),
+            Self::StringPrefix(p) => path.starts_with(p.as_str()),
+            Self::ExactNoCase(p) => path.eq_ignore_ascii_case(p),
+            Self::StringPrefixNoCase(p) => path
+                .as_bytes()
+                .get(..p.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(p.as_bytes())),
             Self::Method(m) => m == req.method(),
+            Self::MethodValue(v) => v.matches(req.method().as_str().as_bytes()),
+            Self::Authority(v) => {
+                crate::http::request_authority(req).is_some_and(|a| v.matches(a.as_bytes()))
+            }
             Self::Header(name, value) => req
                 .headers()
                 .get_all(name)
@@ -597,9 +629,13 @@ impl RequestMatcher {
 fn route_match(m: &pb::RouteMatch) -> Match {
     use pb::path_match::Kind;
     let mut all = Vec::new();
+    let no_case = m.path.as_ref().is_some_and(|p| p.ignore_case);
     match m.path.as_ref().and_then(|p| p.kind.as_ref()) {
+        Some(Kind::Exact(p)) if no_case => all.push(Match::ExactNoCase(p.clone())),
         Some(Kind::Exact(p)) => all.push(Match::Exact(p.clone())),
         Some(Kind::Prefix(p)) => all.push(Match::Prefix(p.trim_end_matches('/').to_string())),
+        Some(Kind::StringPrefix(p)) if no_case => all.push(Match::StringPrefixNoCase(p.clone())),
+        Some(Kind::StringPrefix(p)) => all.push(Match::StringPrefix(p.clone())),
         Some(Kind::Regex(re)) => all.push(path_regex(re)),
         None => {}
     }
@@ -658,6 +694,15 @@ fn header_match(h: &pb::HeaderMatch) -> Match {
         Some(V::Present(p)) => Spec::Present(*p),
         None => return Match::Never,
     };
+    let pseudo = |v: Option<(Value, bool)>, m: fn(Value) -> Match| match v {
+        Some((v, absent)) => negated(m(v), h.invert != absent),
+        None => Match::Never,
+    };
+    match h.name.as_str() {
+        ":authority" => return pseudo(value(spec), Match::Authority),
+        ":method" => return pseudo(value(spec), Match::MethodValue),
+        _ => {}
+    }
     match (http::HeaderName::from_bytes(h.name.as_bytes()), value(spec)) {
         (Ok(name), Some((v, absent))) => negated(Match::Header(name, v), h.invert != absent),
         _ => Match::Never,
@@ -764,12 +809,81 @@ mod tests {
     }
 
     #[test]
+    fn istio_string_prefixes_ignore_case_and_pseudo_headers_match() {
+        use pb::header_match::Value;
+        use pb::path_match::Kind;
+        let route = |name: &str, kind: Kind, ignore_case: bool, headers: Vec<pb::HeaderMatch>| {
+            pb::HttpRoute {
+                name: name.into(),
+                matches: vec![pb::RouteMatch {
+                    path: Some(pb::PathMatch {
+                        kind: Some(kind),
+                        ignore_case,
+                    }),
+                    headers,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }
+        };
+        let header = |name: &str, value: Value| pb::HeaderMatch {
+            name: name.into(),
+            value: Some(value),
+            invert: false,
+        };
+        let p = Profile::compile(&pb::OutboundPolicy {
+            routes: vec![
+                route(
+                    "authority",
+                    Kind::StringPrefix("/".into()),
+                    false,
+                    vec![header(":authority", Value::Regex("admin\\..*".into()))],
+                ),
+                route(
+                    "method",
+                    Kind::StringPrefix("/".into()),
+                    false,
+                    vec![header(":method", Value::Regex("P.*".into()))],
+                ),
+                route("exact", Kind::Exact("/Login".into()), true, vec![]),
+                route("prefix", Kind::StringPrefix("/api".into()), false, vec![]),
+                route("nocase", Kind::StringPrefix("/Static".into()), true, vec![]),
+            ],
+            ..Default::default()
+        })
+        .expect("supported");
+        let name =
+            |method: Method, uri: &str| p.route(&req(method, uri)).map(|r| r.name.to_string());
+        assert_eq!(
+            name(Method::GET, "/apix").as_deref(),
+            Some("prefix"),
+            "a string prefix"
+        );
+        assert_eq!(name(Method::GET, "/ap"), None);
+        assert_eq!(name(Method::GET, "/LOGIN").as_deref(), Some("exact"));
+        assert_eq!(name(Method::GET, "/login/x"), None);
+        assert_eq!(name(Method::GET, "/sTaTiCfiles").as_deref(), Some("nocase"));
+        assert_eq!(name(Method::PUT, "/x").as_deref(), Some("method"));
+        assert_eq!(
+            name(Method::GET, "http://admin.example:80/x").as_deref(),
+            Some("authority")
+        );
+        assert_eq!(
+            p.routes[3].prefix, "/api",
+            "a rewrite replaces the string prefix"
+        );
+    }
+
+    #[test]
     fn paths_match_exactly_by_prefix_element_wise_or_by_regex() {
         use pb::path_match::Kind;
         let route = |name: &str, kind: Kind| pb::HttpRoute {
             name: name.into(),
             matches: vec![pb::RouteMatch {
-                path: Some(pb::PathMatch { kind: Some(kind) }),
+                path: Some(pb::PathMatch {
+                    kind: Some(kind),
+                    ..Default::default()
+                }),
                 method: "GET".into(),
                 ..Default::default()
             }],
@@ -971,7 +1085,10 @@ mod tests {
     fn the_most_specific_match_wins_across_routes() {
         use pb::path_match::Kind;
         let m = |path: Option<Kind>, method: &str, headers: usize, queries: usize| pb::RouteMatch {
-            path: path.map(|k| pb::PathMatch { kind: Some(k) }),
+            path: path.map(|k| pb::PathMatch {
+                kind: Some(k),
+                ..Default::default()
+            }),
             method: method.into(),
             headers: (0..headers)
                 .map(|i| pb::HeaderMatch {

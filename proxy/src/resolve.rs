@@ -61,6 +61,9 @@ impl std::fmt::Display for NameAddr {
     }
 }
 
+/// Pod labels a subset's endpoints all carry.
+pub type Labels = std::collections::BTreeMap<String, String>;
+
 /// Turns names into endpoints: the destination service's answer when it knows the
 /// name, DNS otherwise.
 pub struct Resolve {
@@ -116,6 +119,22 @@ impl Resolve {
             .into_iter()
             .map(Dst::direct)
             .collect())
+    }
+
+    /// The endpoints of `dst` whose pods carry all of `labels` (a DestinationRule's
+    /// subset): only the destination service knows pods' labels, so without it, or
+    /// when it does not know the name, there are none.
+    pub async fn subset_endpoints(
+        &self,
+        dst: &NameAddr,
+        labels: &Labels,
+    ) -> Result<Vec<Dst>, ProxyError> {
+        let none = || ProxyError::NoEndpoints(format!("{dst} (subset {labels:?})"));
+        let discover = self.discover.as_ref().ok_or_else(none)?;
+        match discover.resolve_selected(&dst.to_string(), labels).await {
+            Answer::Endpoints(list) if !list.is_empty() => Ok(list.to_vec()),
+            _ => Err(none()),
+        }
     }
 
     /// A resolver from the system's configuration (`/etc/resolv.conf`, `/etc/hosts`).

@@ -59,6 +59,7 @@ impl Controller {
                 .get(GetDestination {
                     authority: authority.into(),
                     namespace: String::new(),
+                    ..Default::default()
                 })
                 .await
                 .expect("Get")

@@ -55,6 +55,10 @@ impl Balance {
                 shared.resolve.endpoints(&name).await?,
                 Some(name.to_string()),
             ),
+            Some(Concrete::Subset(name, labels)) => (
+                shared.resolve.subset_endpoints(&name, &labels).await?,
+                Some(name.to_string()),
+            ),
             Some(Concrete::Addr(addr)) => (vec![Dst::direct(addr)], None),
             None => return Err(ProxyError::NoAuthority.into()),
         };

@@ -10,7 +10,7 @@ use tower::{Layer, Service};
 
 use crate::body::BoxBody;
 use crate::error::{BoxError, ProxyError};
-use crate::filters::{Below, request, response};
+use crate::filters::{Below, faults, request, response};
 use crate::http::BoxFuture;
 use crate::profile::RouteInfo;
 
@@ -42,6 +42,30 @@ pub struct Filters {
     inner: Below,
 }
 
+impl Filters {
+    /// Applies `route`'s request filters and sends `req` on (or answers its redirect);
+    /// the response filters on the way back.
+    fn forward(
+        &mut self,
+        route: std::sync::Arc<crate::profile::Route>,
+        mut req: Request<BoxBody>,
+    ) -> BoxFuture<Response<BoxBody>, BoxError> {
+        // Mirrors go through a clone of the levels below (taken before `inner` is
+        // used: it was made ready for the request itself).
+        match request(&route.filters, &mut req, &route.prefix, &self.inner) {
+            Ok(None) => {}
+            Ok(Some(redirect)) => return Box::pin(std::future::ready(Ok(redirect))),
+            Err(e) => return Box::pin(std::future::ready(Err(e.into()))),
+        }
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let mut rsp = fut.await?;
+            response(&route.filters, &mut rsp);
+            Ok(rsp)
+        })
+    }
+}
+
 impl Service<Request<BoxBody>> for Filters {
     type Response = Response<BoxBody>;
     type Error = BoxError;
@@ -51,7 +75,7 @@ impl Service<Request<BoxBody>> for Filters {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<BoxBody>) -> Self::Future {
+    fn call(&mut self, req: Request<BoxBody>) -> Self::Future {
         let info = req.extensions().get::<RouteInfo>();
         let route = match info {
             Some(RouteInfo { route: Some(r), .. }) if !r.filters.is_empty() => r.clone(),
@@ -67,18 +91,29 @@ impl Service<Request<BoxBody>> for Filters {
             }
             _ => return self.inner.call(req),
         };
-        // Mirrors go through a clone of the levels below (taken before `inner` is
-        // used: it was made ready for the request itself).
-        match request(&route.filters, &mut req, &route.prefix, &self.inner) {
-            Ok(None) => {}
-            Ok(Some(redirect)) => return Box::pin(std::future::ready(Ok(redirect))),
-            Err(e) => return Box::pin(std::future::ready(Err(e.into()))),
+        // Injected faults first, as Envoy's fault filter runs before the router: an
+        // injected delay is outside the route's timeout, an injected failure is
+        // never retried.
+        let (delay, abort) = faults(&route.filters, &req);
+        if delay.is_none() {
+            if let Some(abort) = abort {
+                return Box::pin(std::future::ready(Ok(abort)));
+            }
+            return self.forward(route, req);
         }
-        let fut = self.inner.call(req);
+        // The levels below were made ready for this request: a clone waits with it.
+        let clone = self.inner.clone();
+        let mut me = Self {
+            inner: std::mem::replace(&mut self.inner, clone),
+        };
         Box::pin(async move {
-            let mut rsp = fut.await?;
-            response(&route.filters, &mut rsp);
-            Ok(rsp)
+            if let Some(d) = delay {
+                tokio::time::sleep(d).await;
+            }
+            match abort {
+                Some(abort) => Ok(abort),
+                None => me.forward(route, req).await,
+            }
         })
     }
 }

@@ -84,8 +84,17 @@ fn rebuild(parts: &http::request::Parts, body: BoxBody) -> Request<BoxBody> {
 }
 
 fn full(b: bytes::Bytes) -> BoxBody {
-    use http_body_util::BodyExt;
-    body::boxed(http_body_util::Full::new(b).map_err(|never| match never {}))
+    body::full(b)
+}
+
+/// The pause before retry `n` (1 for the first): a random share of
+/// `base × 2^(n-1)`, at most `max` (full jitter).
+fn backoff(base: std::time::Duration, max: std::time::Duration, n: usize) -> std::time::Duration {
+    let ceiling = base
+        .saturating_mul(1u32 << (n.saturating_sub(1)).min(16))
+        .min(max);
+    let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
+    std::time::Duration::from_nanos(fastrand::u64(0..=nanos))
 }
 
 /// The services below the retry layer, type-erased so that the retry loop's future is
@@ -268,17 +277,17 @@ impl Service<Request<BoxBody>> for Retry {
                             || grpc.is_some_and(|code| on.grpc_codes.contains(&code))
                     }
                     Err(_) if attempt_timed_out => true,
-                    Err(e) => {
-                        on.connect_failure
-                            && crate::error::cause(e).is_some_and(|e| {
-                                matches!(
-                                    e,
-                                    ProxyError::Connect { .. }
-                                        | ProxyError::ConnectTimeout(_)
-                                        | ProxyError::NoEndpoints(_)
-                                )
-                            })
-                    }
+                    Err(e) => match crate::error::cause(e) {
+                        Some(
+                            ProxyError::Connect { .. }
+                            | ProxyError::ConnectTimeout(_)
+                            | ProxyError::NoEndpoints(_),
+                        ) => on.connect_failure,
+                        // The endpoint dropped the request before answering (a
+                        // reset or refused stream, a closed connection).
+                        Some(ProxyError::Upstream { .. }) => on.reset,
+                        _ => false,
+                    },
                 };
                 if peer.is_some() {
                     counted = peer;
@@ -297,6 +306,16 @@ impl Service<Request<BoxBody>> for Retry {
                     }
                     return attribute(result, counted);
                 }
+                if let Some((base, max)) = on.backoff {
+                    let pause = backoff(base, max, attempt);
+                    let slept = async {
+                        tokio::time::sleep(pause).await;
+                        Ok::<(), BoxError>(())
+                    };
+                    if let Err(e) = Deadline::run(deadline, slept, || timed_out(&counted)).await {
+                        return attribute(Err(e), counted);
+                    }
+                }
                 attempt += 1;
                 let ready = async { tower::ServiceExt::ready(&mut inner).await.map(|_| ()) };
                 if let Err(e) = Deadline::run(deadline, ready, || timed_out(&counted)).await {
@@ -314,6 +333,25 @@ mod tests {
     use crate::vocab::Direction;
     use mesh_api::policy as pb;
     use tower::ServiceExt;
+
+    #[test]
+    fn backoff_grows_with_jitter_up_to_its_ceiling() {
+        let (base, max) = (
+            std::time::Duration::from_millis(25),
+            std::time::Duration::from_millis(250),
+        );
+        for n in 1..12 {
+            let ceiling = (base * (1 << (n - 1).min(16))).min(max);
+            for _ in 0..50 {
+                assert!(backoff(base, max, n) <= ceiling);
+            }
+        }
+        let late: Vec<_> = (0..200).map(|_| backoff(base, max, 8)).collect();
+        assert!(
+            late.iter().any(|d| *d > base * 2),
+            "jittered over the whole range"
+        );
+    }
 
     fn retryable() -> RouteInfo {
         let profile = Profile::compile(&pb::OutboundPolicy {

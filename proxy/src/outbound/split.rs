@@ -6,6 +6,7 @@
 //! timeout (`backendRequest`) apply here, once per attempt.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
@@ -19,13 +20,15 @@ use crate::filters::Filter;
 use crate::http::timeout::Deadline;
 use crate::http::{BoxFuture, ConnInfo, request_authority};
 use crate::profile::{Backend, RouteInfo, Target, pick};
-use crate::resolve::NameAddr;
+use crate::resolve::{Labels, NameAddr};
 
 /// Where an attempt goes: an extension for the concrete level.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Concrete {
     /// A backend service, resolved to its endpoints.
     Service(NameAddr),
+    /// The endpoints of a backend service whose pods carry these labels (a subset).
+    Subset(NameAddr, Arc<Labels>),
     /// An address, when the request named no service (its original destination).
     Addr(SocketAddr),
 }
@@ -50,6 +53,17 @@ pub struct Split<S> {
 
 /// The backend of one attempt of `req`, and the backend policy picked, if any.
 pub fn concrete<B>(req: &Request<B>) -> Result<(Concrete, Option<Backend>), ProxyError> {
+    // A mirrored copy goes where its mirror says, whatever its host.
+    if let Some(to) = req.extensions().get::<crate::filters::MirrorTo>() {
+        let name = NameAddr::parse(to.authority.as_str(), 80)?;
+        return Ok((
+            match &to.labels {
+                Some(labels) => Concrete::Subset(name, labels.clone()),
+                None => Concrete::Service(name),
+            },
+            None,
+        ));
+    }
     let Some(Logical(name)) = req.extensions().get::<Logical>() else {
         let conn = req.extensions().get::<ConnInfo>();
         return match request_authority(req) {
@@ -76,6 +90,8 @@ pub fn concrete<B>(req: &Request<B>) -> Result<(Concrete, Option<Backend>), Prox
         Target::Authority(a) => {
             NameAddr::parse(a, name.port).map(|n| (Concrete::Service(n), Some(backend.clone())))
         }
+        Target::Subset(a, labels) => NameAddr::parse(a, name.port)
+            .map(|n| (Concrete::Subset(n, labels.clone()), Some(backend.clone()))),
         Target::Fail(status, why) => Err(ProxyError::Refused(*status, why.clone())),
     }
 }

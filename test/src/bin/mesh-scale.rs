@@ -258,6 +258,7 @@ async fn open_discovery_watches(
         let endpoints = Target::Endpoints(GetDestination {
             authority: authority(i),
             namespace: "ns-0".into(),
+            ..Default::default()
         });
         let policy = Target::Outbound(OutboundPolicyRequest {
             authority: authority(i),
@@ -309,6 +310,7 @@ async fn open_single_watches(
                 dst.get(GetDestination {
                     authority: authority(i),
                     namespace: "ns-0".into(),
+                    ..Default::default()
                 }),
                 policy.watch(OutboundPolicyRequest {
                     authority: authority(i),

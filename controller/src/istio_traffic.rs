@@ -1,0 +1,607 @@
+//! Istio's traffic front-end: a VirtualService's `http` routes, with the subsets its
+//! destinations name from DestinationRules, compiled into a service's
+//! [`pb::OutboundPolicy`] (first match wins, as Istio's sidecars route). Pure
+//! functions over validated objects; what cannot be applied as written is answered
+//! the way Istio answers it (an undefined subset: 503) and reported.
+
+use std::collections::BTreeMap;
+
+use mesh_api::istio_networking::{
+    self as istio, DestinationRuleSpec, HttpMatch, HttpRoute, Percent, StringMatch,
+    VirtualServiceSpec,
+};
+use mesh_api::policy as pb;
+
+/// The cluster-local name a host of an object in `namespace` stands for: a name
+/// without a dot is `name.namespace.svc.domain`; anything else is taken as written
+/// (lower case, no trailing dot), as Istio resolves short names.
+pub fn fqdn(host: &str, namespace: &str, domain: &str) -> String {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    if host.contains('.') {
+        host
+    } else {
+        format!("{host}.{namespace}.svc.{domain}")
+    }
+}
+
+/// The (namespace, name) of the service a cluster-local host names, if it does.
+pub fn service_of(host: &str, domain: &str) -> Option<(String, String)> {
+    let rest = host.strip_suffix(domain)?.strip_suffix(".svc.")?;
+    let (name, ns) = rest.split_once('.')?;
+    (!ns.contains('.')).then(|| (ns.to_string(), name.to_string()))
+}
+
+/// A stored Istio object: where it is, when it was made, and its spec.
+#[derive(Debug)]
+pub struct Stored<'a, T> {
+    /// Its namespace.
+    pub namespace: &'a str,
+    /// Its name.
+    pub name: &'a str,
+    /// When it was made (RFC 3339), for "the oldest wins".
+    pub created: Option<&'a str>,
+    /// It.
+    pub spec: &'a T,
+}
+
+impl<T> Clone for Stored<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for Stored<'_, T> {}
+
+impl<T> Stored<'_, T> {
+    /// Istio's order among objects of one host: the oldest first (folder objects tie
+    /// on age), then name, then namespace (pilot's `sortConfigByCreationTime`).
+    pub fn age_order(&self) -> (bool, &str, &str, &str) {
+        (
+            self.created.is_none(),
+            self.created.unwrap_or_default(),
+            self.name,
+            self.namespace,
+        )
+    }
+}
+
+/// Sorts objects into Istio's order: the first of a host's VirtualServices is the one
+/// that applies; DestinationRules merge in this order.
+pub fn order<T>(objects: &mut [Stored<'_, T>]) {
+    objects.sort_by(|a, b| a.age_order().cmp(&b.age_order()));
+}
+
+/// The subset `name` as a host's DestinationRules define it (they come in
+/// [`order`]; the first definition wins): its labels, and the rule that defined it.
+pub fn subset<'a>(
+    rules: &[Stored<'a, DestinationRuleSpec>],
+    name: &str,
+) -> Option<(
+    &'a BTreeMap<String, String>,
+    Stored<'a, DestinationRuleSpec>,
+)> {
+    rules.iter().find_map(|r| {
+        r.spec
+            .subsets
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| (&s.labels, *r))
+    })
+}
+
+/// What compiling a VirtualService for one service port gave.
+#[derive(Debug, Default, PartialEq)]
+pub struct Compiled {
+    /// Its routes, in order.
+    pub routes: Vec<pb::HttpRoute>,
+    /// What could not be applied as written, naming the field (each is answered as
+    /// Istio answers it).
+    pub problems: Vec<String>,
+    /// The hosts whose DestinationRules were read (their subsets), for watching.
+    pub hosts_read: Vec<String>,
+}
+
+/// Looks up the DestinationRules of a host (an FQDN), in [`order`].
+pub type Rules<'r, 'a> = dyn FnMut(&str) -> Vec<Stored<'a, DestinationRuleSpec>> + 'r;
+
+/// Istio's retries when a route sets none: 2, on connect failures, refused streams
+/// and gRPC's `cancelled` and `unavailable` (pilot's `DefaultPolicy`).
+const DEFAULT_RETRIES: u32 = 2;
+/// Istio's backoff between retries: from 25 ms, jittered, up to ten times that.
+const BACKOFF_BASE_MS: u64 = 25;
+const BACKOFF_MAX_MS: u64 = 250;
+/// The most retries the proxy makes (its `MAX_ATTEMPTS`, less the first).
+const MAX_RETRIES: i64 = 9;
+
+/// Compiles `vs` for port `port` of the service it routes: its `http` routes whose
+/// matches can take that port, in order.
+pub fn compile(
+    vs: &Stored<'_, VirtualServiceSpec>,
+    port: u16,
+    domain: &str,
+    rules: &mut Rules<'_, '_>,
+) -> Compiled {
+    let mut out = Compiled::default();
+    for (i, route) in vs.spec.http.iter().enumerate() {
+        let at = format!("spec.http[{i}]");
+        let name = route.name.clone().unwrap_or_else(|| format!("http[{i}]"));
+        // Blocks for other ports never match here; a route whose blocks all name
+        // other ports is not this port's.
+        let blocks: Vec<&HttpMatch> = route
+            .matches
+            .iter()
+            .filter(|m| m.port.is_none_or(|p| p == u32::from(port)))
+            .collect();
+        if !route.matches.is_empty() && blocks.is_empty() {
+            continue;
+        }
+        for t in unmodelled_retry_on(route) {
+            out.problems.push(format!(
+                "{at}.retries.retryOn: {t:?} is not acted on by this mesh"
+            ));
+        }
+        let mut c = Route {
+            vs,
+            at: &at,
+            port,
+            domain,
+            rules,
+            out: &mut out,
+        };
+        let backends = c.backends(route);
+        let retry = if route.fault.is_some() {
+            // Istio: "timeouts or retries will not be enabled when faults are".
+            None
+        } else {
+            retry(route.retries.as_ref())
+        };
+        let timeouts = match (&route.fault, &route.timeout) {
+            (None, Some(t)) => mesh_api::duration::parse(t).ok().map(|d| pb::Timeouts {
+                request_ms: millis(d),
+                ..Default::default()
+            }),
+            _ => None,
+        };
+        let common = c.filters(route);
+        // One policy route per match block, so that a rewrite replaces the prefix
+        // its own block matched.
+        let each: Vec<Option<&HttpMatch>> = if blocks.is_empty() {
+            vec![None]
+        } else {
+            blocks.into_iter().map(Some).collect()
+        };
+        for block in each {
+            let mut filters = common.clone();
+            if let Some(rw) = &route.rewrite {
+                filters.push(rewrite(rw, block));
+            }
+            // A redirect answers before anything else happens.
+            if let Some(r) = &route.redirect {
+                filters.push(redirect(r));
+            }
+            out.routes.push(pb::HttpRoute {
+                name: name.clone(),
+                matches: block.map(route_match).into_iter().collect(),
+                filters,
+                backends: backends.clone(),
+                timeouts,
+                retry: retry.clone(),
+                response_classes: vec![],
+            });
+        }
+    }
+    out
+}
+
+/// One route's compilation: what it reads and where problems go.
+struct Route<'c, 'a, 'r, 'x> {
+    vs: &'c Stored<'a, VirtualServiceSpec>,
+    at: &'c str,
+    port: u16,
+    domain: &'c str,
+    rules: &'c mut Rules<'r, 'x>,
+    out: &'c mut Compiled,
+}
+
+impl Route<'_, '_, '_, '_> {
+    /// The backend a destination names: the service, or its subset's endpoints; an
+    /// undefined subset answers 503, as Istio's missing cluster does.
+    fn backend(&mut self, d: &istio::Destination, at: &str) -> pb::Backend {
+        let host = fqdn(&d.host, self.vs.namespace, self.domain);
+        let port = d
+            .port
+            .as_ref()
+            .and_then(|p| u16::try_from(p.number).ok())
+            .unwrap_or(self.port);
+        let authority = format!("{host}:{port}");
+        let Some(name) = &d.subset else {
+            return authority_backend(authority);
+        };
+        let rules = (self.rules)(&host);
+        if !self.out.hosts_read.contains(&host) {
+            self.out.hosts_read.push(host.clone());
+        }
+        match subset(&rules, name) {
+            Some((labels, _)) => pb::Backend {
+                kind: Some(pb::backend::Kind::Subset(pb::Subset {
+                    authority,
+                    name: name.clone(),
+                    labels: labels.clone().into_iter().collect(),
+                })),
+            },
+            None => {
+                let message = format!("no DestinationRule for {host} defines subset {name:?}");
+                self.out.problems.push(format!(
+                    "{at}.subset: {message}; its requests are answered 503"
+                ));
+                pb::Backend {
+                    kind: Some(pb::backend::Kind::Failure(pb::Failure {
+                        status: 503,
+                        message,
+                    })),
+                }
+            }
+        }
+    }
+
+    /// A route's weighted destinations (weights are relative; a lone destination
+    /// takes all, and with no weight given they share alike).
+    fn backends(&mut self, route: &HttpRoute) -> Vec<pb::WeightedBackend> {
+        let weighted = route.route.iter().any(|d| d.weight.is_some());
+        let lone = route.route.len() == 1;
+        let at = self.at.to_string();
+        route
+            .route
+            .iter()
+            .enumerate()
+            .map(|(j, d)| {
+                let backend = self.backend(&d.destination, &format!("{at}.route[{j}].destination"));
+                let weight = match d.weight {
+                    _ if lone => 1,
+                    Some(w) => u64::try_from(w).unwrap_or(0),
+                    None if weighted => 0,
+                    None => 1,
+                };
+                pb::WeightedBackend {
+                    backend: Some(backend),
+                    weight,
+                    filters: d.headers.as_ref().map(headers).unwrap_or_default(),
+                }
+            })
+            .collect()
+    }
+
+    /// The route's faults, mirrors and header changes, in the order they act.
+    fn filters(&mut self, route: &HttpRoute) -> Vec<pb::Filter> {
+        use pb::filter::Kind;
+        let mut filters = Vec::new();
+        if let Some(f) = &route.fault {
+            if let Some(d) = &f.delay {
+                let share = d
+                    .percentage
+                    .as_ref()
+                    .map(fraction)
+                    .or_else(|| d.percent.map(|p| share(f64::from(p))));
+                let delay = d
+                    .fixed_delay
+                    .as_deref()
+                    .and_then(|t| mesh_api::duration::parse(t).ok());
+                if let (Some(share), Some(delay)) = (share, delay) {
+                    filters.push(pb::Filter {
+                        kind: Some(Kind::FaultDelay(pb::FaultDelay {
+                            delay_ms: millis(delay),
+                            fraction: Some(share),
+                        })),
+                    });
+                }
+            }
+            if let Some(a) = &f.abort
+                && let Some(share) = a.percentage.as_ref().map(fraction)
+            {
+                let grpc = a
+                    .grpc_status
+                    .as_deref()
+                    .and_then(|g| istio::GRPC_CODES.iter().position(|c| *c == g));
+                filters.push(pb::Filter {
+                    kind: Some(Kind::FaultAbort(pb::FaultAbort {
+                        // A gRPC abort answers plain HTTP callers 200 with the
+                        // status in trailers-only, as Envoy does; the proxy maps.
+                        http_status: a.http_status.unwrap_or(if grpc.is_some() {
+                            200
+                        } else {
+                            500
+                        }),
+                        grpc_status: grpc.map_or(0, |g| g as u32),
+                        fraction: Some(share),
+                    })),
+                });
+            }
+        }
+        let mirrors: Vec<(&istio::Destination, Option<&Percent>, String)> = match &route.mirror {
+            Some(m) => vec![(
+                m,
+                route.mirror_percentage.as_ref(),
+                format!("{}.mirror", self.at),
+            )],
+            None => route
+                .mirrors
+                .iter()
+                .enumerate()
+                .map(|(j, m)| {
+                    (
+                        &m.destination,
+                        m.percentage.as_ref(),
+                        format!("{}.mirrors[{j}].destination", self.at),
+                    )
+                })
+                .collect(),
+        };
+        for (d, share, at) in mirrors {
+            let backend = self.backend(d, &at);
+            if matches!(backend.kind, Some(pb::backend::Kind::Failure(_))) {
+                // Copies to nowhere: none are sent.
+                continue;
+            }
+            filters.push(pb::Filter {
+                kind: Some(Kind::Mirror(pb::Mirror {
+                    backend: Some(backend),
+                    fraction: share.map(fraction),
+                    shadow_host: true,
+                })),
+            });
+        }
+        if let Some(h) = &route.headers {
+            filters.extend(headers(h));
+        }
+        filters
+    }
+}
+
+fn authority_backend(authority: String) -> pb::Backend {
+    pb::Backend {
+        kind: Some(pb::backend::Kind::Authority(authority)),
+    }
+}
+
+/// A percentage as parts per million.
+fn fraction(p: &Percent) -> pb::Fraction {
+    share(p.value)
+}
+
+fn share(percent: f64) -> pb::Fraction {
+    pb::Fraction {
+        numerator: (percent.clamp(0.0, 100.0) * 10_000.0).round() as u32,
+        denominator: 1_000_000,
+    }
+}
+
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+fn headers(h: &istio::Headers) -> Vec<pb::Filter> {
+    use pb::filter::Kind;
+    let modifier = |o: &istio::HeaderOperations| {
+        let pairs = |m: &BTreeMap<String, String>| {
+            m.iter()
+                .map(|(name, value)| pb::Header {
+                    name: name.clone(),
+                    value: value.clone(),
+                })
+                .collect()
+        };
+        pb::HeaderModifier {
+            set: pairs(&o.set),
+            add: pairs(&o.add),
+            remove: o.remove.clone(),
+        }
+    };
+    let mut out = Vec::new();
+    if let Some(r) = &h.request {
+        out.push(pb::Filter {
+            kind: Some(Kind::RequestHeaders(modifier(r))),
+        });
+    }
+    if let Some(r) = &h.response {
+        out.push(pb::Filter {
+            kind: Some(Kind::ResponseHeaders(modifier(r))),
+        });
+    }
+    out
+}
+
+fn rewrite(rw: &istio::Rewrite, block: Option<&HttpMatch>) -> pb::Filter {
+    use pb::path_modifier::Kind;
+    let prefixed = block
+        .and_then(|b| b.uri.as_ref())
+        .is_some_and(|u| u.prefix.is_some());
+    pb::Filter {
+        kind: Some(pb::filter::Kind::Rewrite(pb::Rewrite {
+            hostname: rw.authority.clone().unwrap_or_default(),
+            path: rw.uri.as_ref().map(|u| pb::PathModifier {
+                kind: Some(if prefixed {
+                    Kind::ReplacePrefixMatch(u.clone())
+                } else {
+                    Kind::ReplaceFullPath(u.clone())
+                }),
+            }),
+        })),
+    }
+}
+
+fn redirect(r: &istio::Redirect) -> pb::Filter {
+    pb::Filter {
+        kind: Some(pb::filter::Kind::Redirect(pb::Redirect {
+            scheme: r.scheme.clone().unwrap_or_default(),
+            hostname: r.authority.clone().unwrap_or_default(),
+            path: r.uri.as_ref().map(|u| pb::PathModifier {
+                kind: Some(pb::path_modifier::Kind::ReplaceFullPath(u.clone())),
+            }),
+            port: r.port.unwrap_or_default(),
+            // Istio's default.
+            status: r.redirect_code.unwrap_or(301),
+        })),
+    }
+}
+
+/// A regular expression for a string prefix.
+fn prefix_regex(p: &str) -> String {
+    format!("{}.*", regex::escape(p))
+}
+
+fn value_match(name: &str, m: &StringMatch, invert: bool) -> pb::HeaderMatch {
+    use pb::header_match::Value;
+    let value = match (&m.exact, &m.prefix, &m.regex) {
+        (Some(e), _, _) => Value::Exact(e.clone()),
+        (_, Some(p), _) => Value::Regex(prefix_regex(p)),
+        (_, _, Some(r)) => Value::Regex(r.clone()),
+        _ => Value::Present(true),
+    };
+    pb::HeaderMatch {
+        name: name.to_ascii_lowercase(),
+        value: Some(value),
+        invert,
+    }
+}
+
+/// One match block: its fields all hold.
+fn route_match(m: &HttpMatch) -> pb::RouteMatch {
+    use pb::path_match::Kind;
+    let path = m.uri.as_ref().map(|u| {
+        let kind = match (&u.exact, &u.prefix, &u.regex) {
+            (Some(e), _, _) => Kind::Exact(e.clone()),
+            (_, Some(p), _) => Kind::StringPrefix(p.clone()),
+            (_, _, Some(r)) => Kind::Regex(r.clone()),
+            _ => Kind::StringPrefix(String::new()),
+        };
+        pb::PathMatch {
+            kind: Some(kind),
+            ignore_case: m.ignore_uri_case,
+        }
+    });
+    let mut headers: Vec<pb::HeaderMatch> = m
+        .headers
+        .iter()
+        .map(|(n, v)| value_match(n, v, false))
+        .chain(
+            m.without_headers
+                .iter()
+                .map(|(n, v)| value_match(n, v, true)),
+        )
+        .collect();
+    let mut method = String::new();
+    if let Some(sm) = &m.method {
+        match &sm.exact {
+            Some(e) => method = e.to_ascii_uppercase(),
+            None => headers.push(value_match(":method", sm, false)),
+        }
+    }
+    if let Some(a) = &m.authority {
+        headers.push(value_match(":authority", a, false));
+    }
+    let query_params = m
+        .query_params
+        .iter()
+        .map(|(n, v)| {
+            use pb::query_param_match::Value;
+            let value = match (&v.exact, &v.prefix, &v.regex) {
+                (Some(e), _, _) => Value::Exact(e.clone()),
+                (_, Some(p), _) => Value::Regex(prefix_regex(p)),
+                (_, _, Some(r)) => Value::Regex(r.clone()),
+                _ => Value::Present(true),
+            };
+            pb::QueryParamMatch {
+                name: n.clone(),
+                value: Some(value),
+            }
+        })
+        .collect();
+    pb::RouteMatch {
+        path,
+        method,
+        headers,
+        query_params,
+        ..Default::default()
+    }
+}
+
+/// Istio's `retries` as the proxy's: `attempts` retries after the first (0: none);
+/// without a `retries` block, Istio's default policy.
+fn retry(r: Option<&istio::Retries>) -> Option<pb::Retry> {
+    let mut conditions = pb::RetryConditions::default();
+    let (max_retries, timeout_ms, on) = match r {
+        None => (DEFAULT_RETRIES, 0, None),
+        Some(r) if r.attempts == 0 => return None,
+        Some(r) => (
+            r.attempts.clamp(1, MAX_RETRIES) as u32,
+            r.per_try_timeout
+                .as_deref()
+                .and_then(|t| mesh_api::duration::parse(t).ok())
+                .map_or(0, millis),
+            r.retry_on.as_deref(),
+        ),
+    };
+    let on = on.unwrap_or("connect-failure,refused-stream,unavailable,cancelled");
+    let mut status =
+        |min: u32, max: u32| conditions.http_statuses.push(pb::StatusRange { min, max });
+    let mut codes = Vec::new();
+    let (mut connect, mut reset) = (false, false);
+    for token in on.split(',').map(str::trim) {
+        match token {
+            "5xx" => {
+                status(500, 599);
+                connect = true;
+                reset = true;
+            }
+            "gateway-error" => status(502, 504),
+            "retriable-4xx" => status(409, 409),
+            "reset" | "refused-stream" => reset = true,
+            "connect-failure" => connect = true,
+            "cancelled" => codes.push(1),
+            "deadline-exceeded" => codes.push(4),
+            "resource-exhausted" => codes.push(8),
+            "internal" => codes.push(13),
+            "unavailable" => codes.push(14),
+            n => {
+                if let Ok(code) = n.parse::<u32>() {
+                    status(code, code);
+                }
+            }
+        }
+    }
+    conditions.grpc_codes = codes;
+    conditions.connect_failure = connect;
+    conditions.reset = reset;
+    Some(pb::Retry {
+        max_retries,
+        conditions: Some(conditions),
+        // Istio's retries spend no budget: the largest the proxy keeps.
+        budget: Some(pb::RetryBudget {
+            retry_ratio: 1000.0,
+            min_retries_per_second: 1000,
+            ttl_ms: 10_000,
+        }),
+        backoff_base_ms: BACKOFF_BASE_MS,
+        backoff_max_ms: BACKOFF_MAX_MS,
+        timeout_ms,
+    })
+}
+
+/// Retry conditions Istio takes that the mesh does not act on, in a route's
+/// `retryOn` (reported).
+fn unmodelled_retry_on(route: &HttpRoute) -> Vec<&str> {
+    route
+        .retries
+        .as_ref()
+        .and_then(|r| r.retry_on.as_deref())
+        .into_iter()
+        .flat_map(|s| s.split(','))
+        .map(str::trim)
+        .filter(|t| {
+            matches!(
+                *t,
+                "envoy-ratelimited" | "retriable-headers" | "http3-post-connect-failure"
+            )
+        })
+        .collect()
+}
