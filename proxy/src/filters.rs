@@ -208,7 +208,12 @@ impl PathMod {
             Self::Full(p) => p.clone(),
             Self::Prefix(with) => {
                 let prefix = prefix.trim_end_matches('/');
-                let rest = path.strip_prefix(prefix).unwrap_or(path);
+                // The route matched the prefix (perhaps ignoring case: Istio's
+                // `ignoreUriCase`), so its length is what is replaced.
+                let rest = path
+                    .get(..prefix.len())
+                    .filter(|head| head.eq_ignore_ascii_case(prefix))
+                    .map_or(path, |_| &path[prefix.len()..]);
                 let out = format!("{}{rest}", with.trim_end_matches('/'));
                 if out.is_empty() { "/".into() } else { out }
             }

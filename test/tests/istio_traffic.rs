@@ -1,0 +1,342 @@
+//! Istio's traffic API end to end, each example object applied as written (taken
+//! from `../shared/examples/istio/`): a folder of YAML, the controller, a client
+//! proxy, and backends by subset (pods labelled `version`) that say who answered
+//! (`x-served-by`). The jason header, cookie and query matches land on their subsets;
+//! the weights split within tolerance; undefined subsets answer 503 as Istio's do;
+//! the ratings retries and per-try timeout; fault delays and aborts at their
+//! percentages; mirrors receive copies; redirects, rewrites and header changes.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Request;
+use mesh_test::mesh::{pod_ip, write};
+use mesh_test::{backend, client, controller, proxy};
+
+/// One object of an example file, as written, found by kind and name.
+fn example(file: &str, kind: &str, name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/examples/istio")
+        .join(file);
+    let text = std::fs::read_to_string(&path).expect("example file");
+    text.split("\n---")
+        .find(|doc| {
+            doc.contains(&format!("kind: {kind}\n")) && doc.contains(&format!("  name: {name}\n"))
+        })
+        .map(|doc| format!("---\n{}\n", doc.trim_start_matches('\n')))
+        .unwrap_or_else(|| panic!("{file} has no {kind} {name}"))
+}
+
+/// Services, each with pods by version, every pod a backend.
+struct Mesh {
+    /// The backends by (service, version).
+    pods: BTreeMap<(String, String), backend::Http>,
+    dir: tempfile::TempDir,
+    _ctl: controller::Controller,
+    proxy: proxy::Proxy,
+}
+
+impl Mesh {
+    /// Starts `services` (name, versions) in namespace `default`, port 80 → 8080, and
+    /// `objects` beside them.
+    async fn start(services: &[(&str, &[&str])], objects: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut yaml = String::new();
+        let mut pods = BTreeMap::new();
+        for (name, versions) in services {
+            yaml.push_str(&format!(
+                "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\n\
+                 spec: {{selector: {{app: {name}}}, ports: [{{port: 80, targetPort: 8080}}]}}\n"
+            ));
+            for v in *versions {
+                let ip = pod_ip();
+                yaml.push_str(&format!(
+                    "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}-{v}, namespace: default, labels: {{app: {name}, version: {v}}}}}\n\
+                     spec: {{containers: [{{name: app, image: x}}]}}\nstatus: {{podIP: \"{ip}\"}}\n"
+                ));
+                let app = backend::http_on(SocketAddr::new(ip, 8080)).await;
+                pods.insert((name.to_string(), v.to_string()), app);
+            }
+        }
+        write(dir.path(), "services", &yaml);
+        write(dir.path(), "istio", objects);
+        let ctl = controller::start(dir.path(), "127.0.0.1:0".parse().expect("addr")).await;
+        for (name, _) in services {
+            ctl.wait_for_endpoints(&format!("{name}.default.svc.cluster.local:80"))
+                .await;
+        }
+        let proxy = proxy::new()
+            .env("DESTINATION_ADDR", ctl.destination)
+            .run()
+            .await;
+        Self {
+            pods,
+            dir,
+            _ctl: ctl,
+            proxy,
+        }
+    }
+
+    fn pod(&self, service: &str, version: &str) -> &backend::Http {
+        &self.pods[&(service.to_string(), version.to_string())]
+    }
+
+    /// Sends a request to `host` and reads its reply.
+    async fn send(&self, host: &str, path: &str, headers: &[(&str, &str)]) -> client::Reply {
+        let mut req = Request::get(path).header("host", host);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(client::body(Bytes::new())).expect("request");
+        client::send(&mut client::h1(self.proxy.outbound).await, req).await
+    }
+
+    /// Who answered: the version of the pod, or the status when the proxy answered.
+    async fn who(&self, host: &str, path: &str, headers: &[(&str, &str)]) -> String {
+        let rsp = self.send(host, path, headers).await;
+        let by = rsp.header("x-served-by");
+        self.pods
+            .iter()
+            .find(|(_, app)| app.addr.ip().to_string() == by)
+            .map(|((_, v), _)| v.clone())
+            .unwrap_or_else(|| format!("{}", rsp.status.as_u16()))
+    }
+
+    /// Waits until `host` answers `want` (the policy has arrived).
+    async fn until(&self, host: &str, headers: &[(&str, &str)], want: &str) {
+        mesh_test::eventually(
+            &format!("{host} answered by {want}"),
+            Duration::from_secs(15),
+            || async { (self.who(host, "/", headers).await == want).then_some(()) },
+        )
+        .await;
+    }
+
+    /// How many of `n` requests each answerer took.
+    async fn tally(
+        &self,
+        host: &str,
+        headers: &[(&str, &str)],
+        n: usize,
+    ) -> BTreeMap<String, usize> {
+        let mut seen = BTreeMap::new();
+        for _ in 0..n {
+            *seen.entry(self.who(host, "/", headers).await).or_insert(0) += 1;
+        }
+        seen
+    }
+}
+
+/// Whether `got` of `n` is within `tolerance` (absolute share) of `share`.
+fn near(got: usize, n: usize, share: f64, tolerance: f64) -> bool {
+    ((got as f64 / n as f64) - share).abs() <= tolerance
+}
+
+#[tokio::test]
+async fn the_jason_header_goes_to_v2_and_the_rest_splits_75_25() {
+    let objects = example("routing.yaml", "VirtualService", "reviews")
+        + &example("routing.yaml", "DestinationRule", "reviews");
+    let mesh = Mesh::start(&[("reviews", &["v1", "v2"])], &objects).await;
+    let host = "reviews.default.svc.cluster.local";
+    mesh.until(host, &[("end-user", "jason")], "v2").await;
+    let jason = mesh.tally(host, &[("end-user", "jason")], 30).await;
+    assert_eq!(jason.get("v2"), Some(&30), "{jason:?}");
+    let n = 400;
+    let rest = mesh.tally(host, &[("end-user", "someone")], n).await;
+    let v1 = rest.get("v1").copied().unwrap_or(0);
+    assert_eq!(v1 + rest.get("v2").copied().unwrap_or(0), n, "{rest:?}");
+    assert!(near(v1, n, 0.75, 0.07), "75/25 within tolerance: {rest:?}");
+}
+
+#[tokio::test]
+async fn cookie_and_query_matches_land_on_their_subsets_and_undefined_ones_answer_503() {
+    // reviews-content as written, with the examples' DestinationRule (v1, v2) and one
+    // of our own for v3: a host's DestinationRules merge.
+    let v3 = "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\n\
+              metadata: {name: reviews-v3}\nspec: {host: reviews, subsets: [{name: v3, labels: {version: v3}}]}\n";
+    let objects = example("routing.yaml", "VirtualService", "reviews-content")
+        + &example("routing.yaml", "DestinationRule", "reviews");
+    let mesh = Mesh::start(&[("reviews", &["v1", "v2", "v3"])], &objects).await;
+    let host = "reviews.default.svc.cluster.local";
+    mesh.until(host, &[], "v1").await;
+    // v3 is no DestinationRule's yet: Istio's 503.
+    assert_eq!(
+        mesh.who(host, "/", &[("cookie", "a=b;user=jason")]).await,
+        "503"
+    );
+    write(mesh.dir.path(), "v3", v3);
+    mesh.until(host, &[("cookie", "a=b;user=jason")], "v3")
+        .await;
+    assert_eq!(mesh.who(host, "/", &[("cookie", "user=jason")]).await, "v3");
+    assert_eq!(
+        mesh.who(host, "/", &[("cookie", "user=jasonx")]).await,
+        "v1"
+    );
+    assert_eq!(mesh.who(host, "/?test=true", &[]).await, "v2");
+    assert_eq!(mesh.who(host, "/?test=false", &[]).await, "v1");
+}
+
+#[tokio::test]
+async fn helloworld_canaries_90_10_and_web_app_80_20() {
+    // helloworld's subsets are defined by no example DestinationRule: ours.
+    let dr = "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\n\
+              metadata: {name: helloworld}\nspec: {host: helloworld, subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]}\n";
+    let objects = example("routing.yaml", "VirtualService", "helloworld")
+        + dr
+        + &example("routing.yaml", "VirtualService", "web-vs")
+        + &example("routing.yaml", "DestinationRule", "web-dr");
+    let mesh = Mesh::start(
+        &[("helloworld", &["v1", "v2"]), ("web-app", &["v1", "v2"])],
+        &objects,
+    )
+    .await;
+    let hello = "helloworld.default.svc.cluster.local";
+    mesh.until(hello, &[("canary", "true")], "v2").await;
+    let n = 400;
+    let split = mesh.tally(hello, &[], n).await;
+    let v1 = split.get("v1").copied().unwrap_or(0);
+    assert!(near(v1, n, 0.90, 0.05), "90/10 within tolerance: {split:?}");
+    let web = "web-app.default.svc.cluster.local";
+    let split = mesh.tally(web, &[], n).await;
+    let v1 = split.get("v1").copied().unwrap_or(0);
+    assert!(near(v1, n, 0.80, 0.07), "80/20 within tolerance: {split:?}");
+}
+
+/// A DestinationRule for ratings' v1, which no example defines.
+const RATINGS_DR: &str = "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\n\
+    metadata: {name: ratings}\nspec: {host: ratings, subsets: [{name: v1, labels: {version: v1}}]}\n";
+
+#[tokio::test]
+async fn the_ratings_retries_and_per_try_timeout() {
+    let objects = example("resilience.yaml", "VirtualService", "ratings") + RATINGS_DR;
+    let mesh = Mesh::start(&[("ratings", &["v1"])], &objects).await;
+    let host = "ratings.default.svc.cluster.local";
+    mesh.until(host, &[], "v1").await;
+    let app = mesh.pod("ratings", "v1");
+    // A gateway error is retried (retryOn: gateway-error).
+    let before = app.requests.load(Ordering::SeqCst);
+    let rsp = mesh.send(host, "/fail-once/ratings", &[]).await;
+    assert_eq!(rsp.status.as_u16(), 200);
+    assert_eq!(app.requests.load(Ordering::SeqCst) - before, 2);
+    // A 500 is not (not a gateway error).
+    let before = app.requests.load(Ordering::SeqCst);
+    let rsp = mesh.send(host, "/status/500", &[]).await;
+    assert_eq!(rsp.status.as_u16(), 500);
+    assert_eq!(app.requests.load(Ordering::SeqCst) - before, 1);
+    // Each attempt gets 2 s: a backend 3 s late is tried 1 + 3 times, then 504,
+    // within the route's 10 s.
+    let before = app.requests.load(Ordering::SeqCst);
+    let started = Instant::now();
+    let rsp = mesh.send(host, "/sleep/3000", &[]).await;
+    assert_eq!(rsp.status.as_u16(), 504);
+    assert_eq!(app.requests.load(Ordering::SeqCst) - before, 4);
+    assert!(
+        started.elapsed() >= Duration::from_secs(8),
+        "4 attempts of 2 s each"
+    );
+}
+
+#[tokio::test]
+async fn ratings_fault_delays_and_aborts_its_percentages() {
+    let objects = example("resilience.yaml", "VirtualService", "ratings-fault") + RATINGS_DR;
+    let mesh = Mesh::start(&[("ratings", &["v1"])], &objects).await;
+    let host = "ratings.default.svc.cluster.local";
+    // The policy has arrived once a fault shows.
+    mesh.until(host, &[], "500").await;
+    let app = mesh.pod("ratings", "v1");
+    let before = app.requests.load(Ordering::SeqCst);
+    let n = 300;
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let outbound = mesh.proxy.outbound;
+        calls.spawn(async move {
+            let req = Request::get("/")
+                .header("host", "ratings.default.svc.cluster.local")
+                .body(client::body(Bytes::new()))
+                .expect("request");
+            let started = Instant::now();
+            let rsp = client::send(&mut client::h1(outbound).await, req).await;
+            (rsp.status.as_u16(), started.elapsed())
+        });
+    }
+    let (mut aborted, mut delayed) = (0, 0);
+    while let Some(done) = calls.join_next().await {
+        let (status, took) = done.expect("call");
+        if status == 500 {
+            aborted += 1;
+        }
+        if took >= Duration::from_millis(4_500) {
+            delayed += 1;
+        }
+    }
+    // 10% each, drawn independently: binomial(300, 0.1) is 30 ± 5.2.
+    assert!((12..=50).contains(&aborted), "aborted {aborted} of {n}");
+    assert!((12..=50).contains(&delayed), "delayed {delayed} of {n}");
+    // Aborted requests never reach the app, and are not retried.
+    let reached = app.requests.load(Ordering::SeqCst) - before;
+    assert_eq!(reached, n - aborted, "aborts answered by the proxy");
+}
+
+#[tokio::test]
+async fn mirrors_redirects_rewrites_and_header_changes() {
+    let objects = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: shop}
+spec:
+  hosts: [shop.default.svc.cluster.local]
+  http:
+  - match: [{uri: {prefix: /old}}]
+    redirect: {uri: /new, authority: shop.example}
+  - match: [{uri: {prefix: /api/v1}, ignoreUriCase: true}]
+    rewrite: {uri: /}
+    route: [{destination: {host: shop}}]
+  - headers:
+      request: {set: {x-from: mesh}}
+      response: {add: {x-served-through: istio-route}}
+    route:
+    - destination: {host: shop}
+      headers: {request: {add: {x-backend: shop}}}
+    mirror: {host: shadow}
+    mirrorPercentage: {value: 100}
+"#;
+    let mesh = Mesh::start(&[("shop", &["v1"]), ("shadow", &["v1"])], objects).await;
+    let host = "shop.default.svc.cluster.local";
+    let shadow = mesh.pod("shadow", "v1");
+    mesh_test::eventually("the route's headers", Duration::from_secs(15), || async {
+        let rsp = mesh.send(host, "/headers", &[]).await;
+        (rsp.header("x-served-through") == "istio-route").then_some(())
+    })
+    .await;
+    let rsp = mesh.send(host, "/headers", &[]).await;
+    let text = String::from_utf8_lossy(&rsp.body).to_string();
+    assert!(text.contains("x-from: mesh"), "{text}");
+    assert!(text.contains("x-backend: shop"), "{text}");
+    // Every request is copied to the mirror, whose answers nobody sees.
+    let before = shadow.requests.load(Ordering::SeqCst);
+    for _ in 0..20 {
+        assert_eq!(mesh.send(host, "/", &[]).await.status.as_u16(), 200);
+    }
+    mesh_test::eventually(
+        "20 copies at the mirror",
+        Duration::from_secs(10),
+        || async { (shadow.requests.load(Ordering::SeqCst) - before >= 20).then_some(()) },
+    )
+    .await;
+    // Istio's redirect default is 301; the path is replaced whole.
+    let rsp = mesh.send(host, "/old/x", &[]).await;
+    assert_eq!(rsp.status.as_u16(), 301);
+    assert_eq!(rsp.header("location"), "http://shop.example/new");
+    // A string prefix, case-insensitively, replaced by the rewrite: the app sees
+    // `/version` and answers its HTTP version.
+    for path in ["/API/V1/version", "/api/v1/version"] {
+        let rsp = mesh.send(host, path, &[]).await;
+        assert_eq!(rsp.status.as_u16(), 200);
+        let text = String::from_utf8_lossy(&rsp.body).to_string();
+        assert!(text.starts_with("HTTP/"), "{path}: {text}");
+    }
+}
