@@ -194,8 +194,8 @@ fn crds_only_and_given_issuers() {
     let crds = docs(&String::from_utf8_lossy(&out.stdout));
     assert_eq!(
         crds.len(),
-        15,
-        "the mesh's two, the Gateway API's three, Istio's and Linkerd's ten"
+        18,
+        "the mesh's two, the Gateway API's three, Istio's and Linkerd's thirteen"
     );
     assert!(crds.iter().all(|d| d["kind"] == "CustomResourceDefinition"));
     let names: Vec<_> = crds
@@ -211,7 +211,7 @@ fn crds_only_and_given_issuers() {
     let out = mesh(&["install", "--crds", "--skip-gateway-api-crds"]);
     assert!(out.status.success());
     let crds = docs(&String::from_utf8_lossy(&out.stdout));
-    assert_eq!(crds.len(), 12);
+    assert_eq!(crds.len(), 15);
     let out = mesh(&[
         "install",
         "--crds",
@@ -227,7 +227,7 @@ fn crds_only_and_given_issuers() {
         )
     };
     let path = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/httproutes.gateway.networking.k8s.io";
-    for (labels, want) in [("", 12), (r#","labels":{"mesh.io/crd":"gateway-api"}"#, 15)] {
+    for (labels, want) in [("", 15), (r#","labels":{"mesh.io/crd":"gateway-api"}"#, 18)] {
         let kubeconfig = fake_api(dir.path(), vec![(path.to_string(), crd(labels))], None);
         let out = mesh_with(&["install", "--crds"], &kubeconfig);
         assert!(
@@ -255,7 +255,7 @@ fn crds_only_and_given_issuers() {
     );
     let out = mesh_with(&["install", "--crds"], &kubeconfig);
     let crds = docs(&String::from_utf8_lossy(&out.stdout));
-    assert_eq!(crds.len(), 14, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(crds.len(), 17, "{}", String::from_utf8_lossy(&out.stderr));
     assert!(
         !crds
             .iter()

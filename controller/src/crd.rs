@@ -121,7 +121,7 @@ pub const POLICY_LABEL: (&str, &str) = ("mesh.io/crd", "policy");
 
 /// The policy kinds of Istio and Linkerd the mesh reads: (group, kind, plural,
 /// versions served, the stored one last).
-const POLICY_KINDS: [(&str, &str, &str, &[&str]); 10] = [
+const POLICY_KINDS: [(&str, &str, &str, &[&str]); 13] = [
     (
         "security.istio.io",
         "PeerAuthentication",
@@ -181,6 +181,24 @@ const POLICY_KINDS: [(&str, &str, &str, &[&str]); 10] = [
         "HTTPRoute",
         "httproutes",
         &["v1beta1", "v1beta2", "v1beta3"],
+    ),
+    (
+        "networking.istio.io",
+        "VirtualService",
+        "virtualservices",
+        &["v1alpha3", "v1beta1", "v1"],
+    ),
+    (
+        "networking.istio.io",
+        "DestinationRule",
+        "destinationrules",
+        &["v1alpha3", "v1beta1", "v1"],
+    ),
+    (
+        "telemetry.istio.io",
+        "Telemetry",
+        "telemetries",
+        &["v1alpha1", "v1"],
     ),
 ];
 

@@ -113,11 +113,28 @@ pub fn policy_kinds() -> Vec<(Kind, ApiResource)> {
         ),
         // Linkerd's own HTTPRoute (routes on a Server), beside the Gateway API's.
         (Kind::HttpRoute, gvk(linkerd, "v1beta3", "HTTPRoute")),
+        // Istio's traffic kinds, at the versions every Istio release since 1.5 serves.
+        (
+            Kind::VirtualService,
+            gvk(networking, "v1beta1", "VirtualService"),
+        ),
+        (
+            Kind::DestinationRule,
+            gvk(networking, "v1beta1", "DestinationRule"),
+        ),
+        (
+            Kind::Telemetry,
+            gvk(
+                mesh_api::istio_networking::TELEMETRY_GROUP,
+                "v1alpha1",
+                "Telemetry",
+            ),
+        ),
     ]
 }
 
 /// The kinds this source watches; `run` counts them on `synced` as each is first listed.
-pub const KINDS: usize = 19;
+pub const KINDS: usize = 22;
 
 /// Watches every kind the index needs until the process ends, counting on `synced` the
 /// kinds listed so far. Watch errors are retried with backoff by kube-runtime. Objects
@@ -237,6 +254,7 @@ pub async fn run(
 /// How one of the policy kinds is read.
 fn policy_translator(kind: Kind) -> fn(&DynamicObject) -> Result<Object, String> {
     use crate::index::SecuritySpec as S;
+    use crate::index::TrafficSpec;
     fn created(o: &DynamicObject) -> Option<String> {
         o.metadata
             .creation_timestamp
@@ -267,6 +285,24 @@ fn policy_translator(kind: Kind) -> fn(&DynamicObject) -> Result<Object, String>
         Kind::HttpLocalRateLimitPolicy => {
             |o| Ok(Object::Security(S::LinkerdRateLimit(spec(o)?), created(o)))
         }
+        Kind::VirtualService => |o| {
+            Ok(Object::Traffic(
+                TrafficSpec::VirtualService(Box::new(spec(o)?)),
+                created(o),
+            ))
+        },
+        Kind::DestinationRule => |o| {
+            Ok(Object::Traffic(
+                TrafficSpec::DestinationRule(Box::new(spec(o)?)),
+                created(o),
+            ))
+        },
+        Kind::Telemetry => |o| {
+            Ok(Object::Traffic(
+                TrafficSpec::Telemetry(Box::new(spec(o)?)),
+                created(o),
+            ))
+        },
         _ => |o| route(o, RouteSpec::Http),
     }
 }

@@ -33,6 +33,20 @@ const SPLITS: &str = "/apis/split.smi-spec.io/v1alpha2/trafficsplits";
 const HTTP_ROUTES: &str = "/apis/gateway.networking.k8s.io/v1/httproutes";
 const ISTIO_AUTHZ: &str = "/apis/security.istio.io/v1/authorizationpolicies";
 const SERVERS: &str = "/apis/policy.linkerd.io/v1beta3/servers";
+const VIRTUAL_SERVICES: &str = "/apis/networking.istio.io/v1beta1/virtualservices";
+const DESTINATION_RULES: &str = "/apis/networking.istio.io/v1beta1/destinationrules";
+
+/// A VirtualService for `reviews` in demo: jason to subset v2, everyone else to v1,
+/// with the request timeout given.
+fn virtual_service(timeout: &str) -> Value {
+    json!({"apiVersion": "networking.istio.io/v1beta1", "kind": "VirtualService",
+        "metadata": {"name": "reviews", "namespace": "demo", "resourceVersion": "7",
+            "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "spec": {"hosts": ["reviews"], "http": [
+            {"match": [{"headers": {"end-user": {"exact": "jason"}}}],
+             "route": [{"destination": {"host": "reviews", "subset": "v2"}}]},
+            {"timeout": timeout, "route": [{"destination": {"host": "reviews", "subset": "v1"}}]}]}})
+}
 
 fn server(access: &str) -> Value {
     json!({"apiVersion": "policy.linkerd.io/v1beta3", "kind": "Server",
@@ -106,6 +120,8 @@ async fn serve(
             HTTP_ROUTES,
             ISTIO_AUTHZ,
             SERVERS,
+            VIRTUAL_SERVICES,
+            DESTINATION_RULES,
         ]
         .into_iter()
         .find(|k| *k == path);
@@ -259,6 +275,27 @@ async fn lists_watches_restarts_and_refusals() {
         ]]
         .into(),
     );
+    // Istio's traffic kinds: a VirtualService and DestinationRule listed, then an edit
+    // of the VirtualService with a timeout Istio would refuse.
+    script.lists.get_mut(SERVICES).expect("services")[0].push(
+        json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "reviews", "namespace": "demo"},
+        "spec": {"selector": {"app": "reviews"}, "ports": [{"port": 9080}]}}),
+    );
+    script
+        .lists
+        .insert(VIRTUAL_SERVICES, [vec![virtual_service("3s")]].into());
+    script.watches.insert(
+        VIRTUAL_SERVICES,
+        [vec![
+            json!({"type": "MODIFIED", "object": virtual_service("soon")}),
+        ]]
+        .into(),
+    );
+    script.lists.insert(DESTINATION_RULES, [vec![json!({"apiVersion": "networking.istio.io/v1beta1",
+        "kind": "DestinationRule", "metadata": {"name": "reviews", "namespace": "demo", "resourceVersion": "8"},
+        "spec": {"host": "reviews", "subsets": [{"name": "v1", "labels": {"version": "v1"}},
+            {"name": "v2", "labels": {"version": "v2"}}]}})]].into());
     // A selector-less service whose endpoints only an EndpointSlice gives.
     script.lists.get_mut(SERVICES).expect("services")[0]
         .push(json!({"apiVersion": "v1", "kind": "Service",
@@ -312,7 +349,7 @@ async fn lists_watches_restarts_and_refusals() {
 
     // The bad edits are refused with Warning Events; the good versions stay.
     let mut notes = HashMap::new();
-    for _ in 0..3 {
+    for _ in 0..4 {
         let event = tokio::time::timeout(Duration::from_secs(10), events.recv())
             .await
             .unwrap_or_else(|_| panic!("an Event; so far {notes:?}"))
@@ -328,6 +365,25 @@ async fn lists_watches_restarts_and_refusals() {
     assert!(
         note.contains("spec.routes[0].condition.pathRegex"),
         "{note}"
+    );
+    let note = &notes["reviews"];
+    assert!(note.contains("spec.http[1].timeout"), "{note}");
+    let reviews = index.outbound_policy("reviews.demo.svc.cluster.local:9080", "demo", None);
+    assert_eq!(reviews.sources[0].kind, "VirtualService");
+    let subset = |r: &mesh_api::policy::HttpRoute| match r.backends[0]
+        .backend
+        .as_ref()
+        .and_then(|b| b.kind.as_ref())
+    {
+        Some(mesh_api::policy::backend::Kind::Subset(s)) => s.labels["version"].clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(subset(&reviews.routes[0]), "v2");
+    assert_eq!(subset(&reviews.routes[1]), "v1");
+    assert_eq!(
+        reviews.routes[1].timeouts.as_ref().map(|t| t.request_ms),
+        Some(3000),
+        "the last good VirtualService"
     );
     let note = &notes["web-http"];
     assert!(note.contains("spec.accessPolicy"), "{note}");
