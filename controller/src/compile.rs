@@ -234,6 +234,7 @@ fn weighted(authority: &str, weight: u64) -> pb::WeightedBackend {
         }),
         weight,
         filters: vec![],
+        policy: None,
     }
 }
 

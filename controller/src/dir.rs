@@ -849,7 +849,11 @@ mod tests {
                 if version == "v1" { 1 } else { 2 }
             ));
         }
-        for name in ["reviews", "ratings", "helloworld"] {
+        services.push_str(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: productpage, namespace: default}\n\
+             spec: {hosts: [productpage], http: [{route: [{destination: {host: productpage, subset: v1}}]}]}\n---\n",
+        );
+        for name in ["reviews", "ratings", "helloworld", "productpage", "httpbin"] {
             services.push_str(&format!(
                 "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\n\
                  spec: {{selector: {{app: {name}}}, ports: [{{port: 9080}}]}}\n---\n"
@@ -973,6 +977,46 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+
+        // DestinationRule policies: the host's for the service itself, the subset's
+        // over it for the subset's backend (its pool replaces the host's whole).
+        let p = index.outbound_policy("productpage:9080", "default", None);
+        let pool = p.connection_pool.as_ref().expect("the host's pool");
+        assert_eq!(
+            (pool.max_connections, pool.max_pending_requests),
+            (100, 100)
+        );
+        assert!(matches!(
+            p.load_balancer.as_ref().and_then(|l| l.kind.as_ref()),
+            Some(pb::load_balancer::Kind::PeakEwma(_))
+        ));
+        let v1 = p.routes[0].backends[0]
+            .policy
+            .as_ref()
+            .expect("v1's policy");
+        let pool = v1.connection_pool.as_ref().expect("v1's pool");
+        assert_eq!((pool.max_connections, pool.max_pending_requests), (10, 0));
+        assert!(
+            v1.load_balancer.is_some(),
+            "the host's balancer, which v1 does not set"
+        );
+        // httpbin: the older consecutiveErrors counts gateway errors only.
+        let p = index.outbound_policy("httpbin:9080", "default", None);
+        let o = p.outlier_detection.as_ref().expect("outlier detection");
+        assert_eq!(
+            (
+                o.consecutive_failures,
+                o.consecutive_gateway_errors,
+                o.base_ejection_ms,
+                o.max_ejection_percent
+            ),
+            (0, 1, 180_000, 100)
+        );
+        assert!(o.linear);
+        assert_eq!(
+            p.connection_pool.as_ref().map(|c| c.max_connections),
+            Some(1)
+        );
 
         // A DestinationRule that goes takes its subsets with it, and wakes the policy.
         let mut watch = index.watch();

@@ -612,6 +612,7 @@ impl Refs<'_, '_> {
                     }),
                     weight: b.weight().into(),
                     filters: self.filters(&b.filters, &at),
+                    policy: None,
                 }
             })
             .collect();
@@ -697,6 +698,7 @@ fn failure(status: u32, message: &str) -> pb::WeightedBackend {
         }),
         weight: 1,
         filters: vec![],
+        policy: None,
     }
 }
 

@@ -287,10 +287,12 @@ impl TrafficSpec {
                         (format!("spec.subsets[{i}].trafficPolicy"), &sub.traffic_policy)
                     }));
                 for (at, p) in policies {
-                    if p.is_some() {
-                        gaps.push(format!(
-                            "{at}: load balancing, connection pools, outlier detection and TLS settings are not applied yet (subsets are)"
-                        ));
+                    if let Some(p) = p {
+                        gaps.extend(
+                            crate::istio_traffic::not_applied(p, &at)
+                                .into_iter()
+                                .map(|f| format!("{f}: accepted, not applied by this mesh yet")),
+                        );
                     }
                 }
             }
@@ -1018,7 +1020,12 @@ impl Index {
                     for gap in spec.not_applied() {
                         tracing::warn!("{at}: {gap}");
                     }
-                    s.put_traffic(at.kind, key, Some((created, spec)))
+                    let hosts = spec.hosts(&at.namespace);
+                    let topics = s.put_traffic(at.kind, key, Some((created, spec)));
+                    if at.kind == Kind::DestinationRule {
+                        s.report_shadowed_policies(&hosts);
+                    }
+                    topics
                 }
             };
             // The fetcher learns of URIs named or dropped.
@@ -1197,6 +1204,7 @@ impl Index {
             if let Some(a) = client.and_then(|c| c.accrual.as_ref()) {
                 policy.outlier_detection = Some(crate::gateway::accrual(a));
             }
+            s.destination_rules_into(&fqdn, port, deps, &mut policy);
             policy
         })
     }
@@ -2024,6 +2032,28 @@ impl State {
         out
     }
 
+    /// Warns of DestinationRules of `hosts` whose top-level `trafficPolicy` is not
+    /// applied because an earlier one's is (Istio merges a host's rules, and only
+    /// the first top-level policy counts).
+    fn report_shadowed_policies(&self, hosts: &[String]) {
+        for host in hosts {
+            let rules = self.destination_rules(host);
+            let mut with_policy = rules.iter().filter(|r| r.spec.traffic_policy.is_some());
+            let Some(first) = with_policy.next() else {
+                continue;
+            };
+            for later in with_policy {
+                tracing::warn!(
+                    "DestinationRule {}/{}: spec.trafficPolicy is not applied: DestinationRule {}/{} comes first for host {host} and only the first top-level trafficPolicy applies (Istio's merge)",
+                    later.namespace,
+                    later.name,
+                    first.namespace,
+                    first.name
+                );
+            }
+        }
+    }
+
     /// The routes of the VirtualService that applies to `host` (the oldest of
     /// those naming it), compiled into `policy` for `port`.
     fn virtual_service(
@@ -2053,6 +2083,49 @@ impl State {
             // Istio answers requests no route of the VirtualService matches 404.
             policy.unmatched = pb::Unmatched::NotFound.into();
             policy.routes = compiled.routes;
+        }
+    }
+
+    /// The DestinationRules' settings, into `policy`: the service's own (host `host`,
+    /// port `port`; over its annotations'), and each backend's, by its host, subset
+    /// and port, whichever front-end named it.
+    fn destination_rules_into(
+        &self,
+        host: &str,
+        port: u16,
+        deps: &mut Deps,
+        policy: &mut pb::OutboundPolicy,
+    ) {
+        deps.0.push(Topic::Host(host.to_string()));
+        let rules = self.destination_rules(host);
+        if let Some(own) = crate::istio_traffic::backend_policy(&rules, None, port) {
+            if own.load_balancer.is_some() {
+                policy.load_balancer = own.load_balancer;
+            }
+            if own.connection_pool.is_some() {
+                policy.connection_pool = own.connection_pool;
+            }
+            if own.outlier_detection.is_some() {
+                policy.outlier_detection = own.outlier_detection;
+            }
+            policy.disable_mtls = own.disable_mtls;
+        }
+        let backends = policy
+            .backends
+            .iter_mut()
+            .chain(policy.routes.iter_mut().flat_map(|r| r.backends.iter_mut()));
+        for b in backends {
+            let (authority, subset) = match b.backend.as_ref().and_then(|b| b.kind.as_ref()) {
+                Some(pb::backend::Kind::Authority(a)) => (a.as_str(), None),
+                Some(pb::backend::Kind::Subset(s)) => (s.authority.as_str(), Some(s.name.as_str())),
+                _ => continue,
+            };
+            let Some((h, p)) = split_authority(authority) else {
+                continue;
+            };
+            deps.0.push(Topic::Host(h.clone()));
+            let rules = self.destination_rules(&h);
+            b.policy = crate::istio_traffic::backend_policy(&rules, subset, p);
         }
     }
 

@@ -72,21 +72,14 @@ pub fn order<T>(objects: &mut [Stored<'_, T>]) {
 }
 
 /// The subset `name` as a host's DestinationRules define it (they come in
-/// [`order`]; the first definition wins): its labels, and the rule that defined it.
+/// [`order`]; the first definition wins).
 pub fn subset<'a>(
     rules: &[Stored<'a, DestinationRuleSpec>],
     name: &str,
-) -> Option<(
-    &'a BTreeMap<String, String>,
-    Stored<'a, DestinationRuleSpec>,
-)> {
-    rules.iter().find_map(|r| {
-        r.spec
-            .subsets
-            .iter()
-            .find(|s| s.name == name)
-            .map(|s| (&s.labels, *r))
-    })
+) -> Option<&'a istio::Subset> {
+    rules
+        .iter()
+        .find_map(|r| r.spec.subsets.iter().find(|s| s.name == name))
 }
 
 /// What compiling a VirtualService for one service port gave.
@@ -99,6 +92,236 @@ pub struct Compiled {
     pub problems: Vec<String>,
     /// The hosts whose DestinationRules were read (their subsets), for watching.
     pub hosts_read: Vec<String>,
+}
+
+/// One level's traffic-policy sections; a later level replaces each section it
+/// sets whole (Istio's `MergeTrafficPolicy`).
+#[derive(Clone, Copy, Default)]
+struct Sections<'a> {
+    lb: Option<&'a istio::LoadBalancer>,
+    pool: Option<&'a istio::ConnectionPool>,
+    outlier: Option<&'a istio::OutlierDetection>,
+    tls: Option<&'a istio::ClientTls>,
+}
+
+impl<'a> Sections<'a> {
+    /// `policy`'s sections over these, then its settings for `port` over those.
+    fn over(mut self, policy: Option<&'a istio::TrafficPolicy>, port: u16) -> Self {
+        let Some(p) = policy else { return self };
+        self = self.with(
+            p.load_balancer.as_ref(),
+            p.connection_pool.as_ref(),
+            p.outlier_detection.as_ref(),
+            p.tls.as_ref(),
+        );
+        if let Some(pl) = p
+            .port_level_settings
+            .iter()
+            .find(|pl| pl.port.number == u32::from(port))
+        {
+            self = self.with(
+                pl.load_balancer.as_ref(),
+                pl.connection_pool.as_ref(),
+                pl.outlier_detection.as_ref(),
+                pl.tls.as_ref(),
+            );
+        }
+        self
+    }
+
+    fn with(
+        self,
+        lb: Option<&'a istio::LoadBalancer>,
+        pool: Option<&'a istio::ConnectionPool>,
+        outlier: Option<&'a istio::OutlierDetection>,
+        tls: Option<&'a istio::ClientTls>,
+    ) -> Self {
+        Self {
+            lb: lb.or(self.lb),
+            pool: pool.or(self.pool),
+            outlier: outlier.or(self.outlier),
+            tls: tls.or(self.tls),
+        }
+    }
+}
+
+/// The backend policy a host's DestinationRules (in [`order`]) give port `port`, or
+/// its subset `subset_name`: the first rule's top-level `trafficPolicy` (as
+/// DestinationRules merge), its port's settings over it, then the subset's over
+/// both. `None` when nothing is set.
+pub fn backend_policy(
+    rules: &[Stored<'_, DestinationRuleSpec>],
+    subset_name: Option<&str>,
+    port: u16,
+) -> Option<pb::BackendPolicy> {
+    let host = rules.iter().find_map(|r| r.spec.traffic_policy.as_ref());
+    let mut sections = Sections::default().over(host, port);
+    if let Some(name) = subset_name {
+        let own = subset(rules, name).and_then(|s| s.traffic_policy.as_ref());
+        sections = sections.over(own, port);
+    }
+    let Sections {
+        lb,
+        pool,
+        outlier,
+        tls,
+    } = sections;
+    if lb.is_none() && pool.is_none() && outlier.is_none() && tls.is_none() {
+        return None;
+    }
+    Some(pb::BackendPolicy {
+        load_balancer: lb.map(load_balancer),
+        connection_pool: pool.map(connection_pool),
+        outlier_detection: outlier.map(outlier_detection),
+        disable_mtls: tls.and_then(|t| t.mode.as_deref()) == Some("DISABLE"),
+    })
+}
+
+fn ms(t: Option<&str>) -> Option<u64> {
+    t.and_then(|t| mesh_api::duration::parse(t).ok())
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn load_balancer(lb: &istio::LoadBalancer) -> pb::LoadBalancer {
+    use pb::load_balancer::Kind;
+    let kind = match (&lb.simple, &lb.consistent_hash) {
+        (_, Some(h)) => {
+            use pb::consistent_hash::Key;
+            let key = if let Some(name) = &h.http_header_name {
+                Key::Header(name.to_ascii_lowercase())
+            } else if let Some(c) = &h.http_cookie {
+                Key::Cookie(pb::HashCookie {
+                    name: c.name.clone(),
+                    ttl_ms: ms(c.ttl.as_deref()),
+                    path: c.path.clone().unwrap_or_default(),
+                })
+            } else if let Some(q) = &h.http_query_parameter_name {
+                Key::QueryParam(q.clone())
+            } else {
+                Key::SourceIp(true)
+            };
+            Kind::ConsistentHash(pb::ConsistentHash {
+                key: Some(key),
+                ring_size: h.minimum_ring_size.unwrap_or_default(),
+            })
+        }
+        (Some(s), None) => match s.as_str() {
+            "ROUND_ROBIN" => Kind::RoundRobin(pb::RoundRobin {}),
+            "RANDOM" => Kind::Random(pb::RandomPick {}),
+            "PASSTHROUGH" => Kind::Passthrough(pb::Passthrough {}),
+            // LEAST_REQUEST (and the older LEAST_CONN): the better of two by load.
+            _ => Kind::PeakEwma(pb::PeakEwma::default()),
+        },
+        (None, None) => Kind::PeakEwma(pb::PeakEwma::default()),
+    };
+    pb::LoadBalancer { kind: Some(kind) }
+}
+
+fn connection_pool(p: &istio::ConnectionPool) -> pb::ConnectionPool {
+    let tcp = p.tcp.as_ref();
+    let http = p.http.as_ref();
+    pb::ConnectionPool {
+        max_connections: tcp.and_then(|t| t.max_connections).unwrap_or_default(),
+        max_pending_requests: http
+            .and_then(|h| h.http1_max_pending_requests)
+            .unwrap_or_default(),
+        max_requests: http.and_then(|h| h.http2_max_requests).unwrap_or_default(),
+        // Not applied yet (reported by `TrafficSpec::not_applied`): the proxy's
+        // connections are pooled per endpoint, not per backend.
+        max_requests_per_connection: 0,
+        idle_timeout_ms: 0,
+    }
+}
+
+/// The fields of a traffic policy the mesh accepts but does not act on yet, each by
+/// its path under `at`.
+pub fn not_applied(p: &istio::TrafficPolicy, at: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut parts = |at: String,
+                     pool: Option<&istio::ConnectionPool>,
+                     outlier: Option<&istio::OutlierDetection>| {
+        if let Some(t) = pool.and_then(|p| p.tcp.as_ref()) {
+            for (field, set) in [
+                ("connectTimeout", t.connect_timeout.is_some()),
+                ("tcpKeepalive", t.tcp_keepalive.is_some()),
+                ("maxConnectionDuration", t.max_connection_duration.is_some()),
+                ("idleTimeout", t.idle_timeout.is_some()),
+            ] {
+                if set {
+                    out.push(format!("{at}.connectionPool.tcp.{field}"));
+                }
+            }
+        }
+        if let Some(h) = pool.and_then(|p| p.http.as_ref()) {
+            for (field, set) in [
+                (
+                    "maxRequestsPerConnection",
+                    h.max_requests_per_connection.is_some(),
+                ),
+                ("maxRetries", h.max_retries.is_some()),
+                ("idleTimeout", h.idle_timeout.is_some()),
+                ("maxConcurrentStreams", h.max_concurrent_streams.is_some()),
+            ] {
+                if set {
+                    out.push(format!("{at}.connectionPool.http.{field}"));
+                }
+            }
+        }
+        if let Some(o) = outlier {
+            for (field, set) in [
+                (
+                    "consecutiveLocalOriginFailures",
+                    o.consecutive_local_origin_failures.is_some(),
+                ),
+                (
+                    "splitExternalLocalOriginErrors",
+                    o.split_external_local_origin_errors.is_some(),
+                ),
+            ] {
+                if set {
+                    out.push(format!("{at}.outlierDetection.{field}"));
+                }
+            }
+        }
+    };
+    parts(
+        at.to_string(),
+        p.connection_pool.as_ref(),
+        p.outlier_detection.as_ref(),
+    );
+    for (i, pl) in p.port_level_settings.iter().enumerate() {
+        parts(
+            format!("{at}.portLevelSettings[{i}]"),
+            pl.connection_pool.as_ref(),
+            pl.outlier_detection.as_ref(),
+        );
+    }
+    out
+}
+
+/// Istio's outlier detection with Envoy's defaults: five 5xx in a row (unless only
+/// the older `consecutiveErrors`, gateway errors, is set), every 10 s, 30 s × times
+/// ejected, at most 10% of the endpoints out (and at least one).
+fn outlier_detection(o: &istio::OutlierDetection) -> pb::OutlierDetection {
+    let (five_xx, gateway) = match (
+        o.consecutive_5xx_errors,
+        o.consecutive_gateway_errors,
+        o.consecutive_errors,
+    ) {
+        (None, None, Some(n)) => (0, n),
+        (five_xx, gateway, _) => (five_xx.unwrap_or(5), gateway.unwrap_or(0)),
+    };
+    pb::OutlierDetection {
+        consecutive_failures: five_xx,
+        consecutive_gateway_errors: gateway,
+        interval_ms: ms(o.interval.as_deref()).unwrap_or(10_000),
+        base_ejection_ms: ms(o.base_ejection_time.as_deref()).unwrap_or(30_000),
+        max_ejection_ms: 0,
+        max_ejection_percent: o.max_ejection_percent.unwrap_or(10),
+        jitter_percent: 0,
+        linear: true,
+        min_health_percent: o.min_health_percent.unwrap_or(0),
+    }
 }
 
 /// Looks up the DestinationRules of a host (an FQDN), in [`order`].
@@ -222,11 +445,11 @@ impl Route<'_, '_, '_, '_> {
             self.out.hosts_read.push(host.clone());
         }
         match subset(&rules, name) {
-            Some((labels, _)) => pb::Backend {
+            Some(s) => pb::Backend {
                 kind: Some(pb::backend::Kind::Subset(pb::Subset {
                     authority,
                     name: name.clone(),
-                    labels: labels.clone().into_iter().collect(),
+                    labels: s.labels.clone().into_iter().collect(),
                 })),
             },
             None => {
@@ -266,6 +489,9 @@ impl Route<'_, '_, '_, '_> {
                     backend: Some(backend),
                     weight,
                     filters: d.headers.as_ref().map(headers).unwrap_or_default(),
+                    // Filled in from the destination's DestinationRules by the index
+                    // (for every front-end's backends alike).
+                    policy: None,
                 }
             })
             .collect()

@@ -5,6 +5,11 @@
 //! every endpoint of a backend is out, requests fail at once (503, `unavailable`)
 //! instead of queueing. Only endpoints that have failed are remembered, so a healthy
 //! backend costs nothing but a lookup.
+//!
+//! Istio's outlier detection is the same machinery in its `linear` form: 5xx and
+//! gateway errors counted apart (either ejects), an ejection as long as the base
+//! times the ejections so far, no probation, at least one endpoint ejectable whatever
+//! the bound, and a panic threshold below which every endpoint takes requests.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -27,31 +32,45 @@ pub struct Policy {
     pub jitter_percent: u32,
     /// At most this share (percent) of the endpoints is out at once; 0: no bound.
     pub max_ejected_percent: u32,
-    /// Only gateway errors count (502, 503, 504 and unreachable endpoints), not every
-    /// failure (Istio's `consecutiveGatewayErrors`).
-    pub gateway_only: bool,
+    /// Gateway errors (502, 503, 504 and unreachable endpoints) in a row that eject
+    /// an endpoint (Istio's `consecutiveGatewayErrors`); 0: not counted apart.
+    pub max_gateway_errors: u32,
+    /// Istio's form: ejections last `base` × the times ejected, no probation.
+    pub linear: bool,
+    /// Below this share (percent) of endpoints available, all take requests (Istio's
+    /// `minHealthPercent`); 0: never.
+    pub min_health_percent: u32,
 }
 
 impl Policy {
     /// The settings of a policy's outlier detection, if it ejects anything.
     pub fn compile(o: &pb::OutlierDetection) -> Option<Self> {
-        let max_failures = match (o.consecutive_failures, o.consecutive_gateway_errors) {
-            (0, 0) => return None,
-            (0, n) | (n, _) => n,
-        };
+        if o.consecutive_failures == 0 && o.consecutive_gateway_errors == 0 {
+            return None;
+        }
         let base = Duration::from_millis(o.base_ejection_ms.max(1));
         Some(Self {
-            max_failures,
+            max_failures: o.consecutive_failures,
             base,
             max: Duration::from_millis(o.max_ejection_ms).max(base),
             jitter_percent: o.jitter_percent.min(100),
             max_ejected_percent: o.max_ejection_percent.min(100),
-            gateway_only: o.consecutive_failures == 0,
+            max_gateway_errors: o.consecutive_gateway_errors,
+            linear: o.linear,
+            min_health_percent: o.min_health_percent.min(100),
         })
+    }
+
+    /// Whether only gateway errors are counted.
+    pub fn gateway_only(&self) -> bool {
+        self.max_failures == 0
     }
 
     /// The length of ejection number `n` in a row (from 0).
     fn penalty(&self, n: u32) -> Duration {
+        if self.linear {
+            return self.base.saturating_mul(n.saturating_add(1));
+        }
         let exp = self.base.saturating_mul(2u32.saturating_pow(n.min(30)));
         let p = exp.min(self.max);
         let jitter = p.mul_f64(f64::from(self.jitter_percent) / 100.0 * fastrand::f64());
@@ -64,6 +83,8 @@ impl Policy {
 struct State {
     /// Failures in a row.
     failures: u32,
+    /// Gateway errors in a row.
+    gateway_errors: u32,
     /// Out of the balancer until then.
     ejected_until: Option<Instant>,
     /// Ejections in a row (each one longer).
@@ -78,6 +99,9 @@ struct Backend {
     size: usize,
     /// Ejections so far.
     ejected_total: u64,
+    /// Istio's form: an endpoint back from an ejection is available, not on
+    /// probation (it is remembered only for the length of its next ejection).
+    linear: bool,
 }
 
 /// The endpoints each backend has seen fail. Shared by every request of the proxy.
@@ -126,14 +150,20 @@ impl Accrual {
 
     /// Which of `endpoints` of `backend` may take a request now (`true` at the same
     /// index).
-    pub fn available(&self, backend: &str, endpoints: &[SocketAddr], now: Instant) -> Vec<bool> {
+    pub fn available(
+        &self,
+        backend: &str,
+        endpoints: &[SocketAddr],
+        policy: &Policy,
+        now: Instant,
+    ) -> Vec<bool> {
         let mut all = self.lock();
         let Some(b) = all.get_mut(backend) else {
             // Nothing has failed there yet.
             return vec![true; endpoints.len()];
         };
         b.size = endpoints.len();
-        endpoints
+        let available: Vec<bool> = endpoints
             .iter()
             .map(|a| {
                 b.states
@@ -141,42 +171,59 @@ impl Accrual {
                     .and_then(|s| s.ejected_until)
                     .is_none_or(|until| until <= now)
             })
-            .collect()
+            .collect();
+        // Too few healthy: the balancer panics and uses them all (Envoy).
+        let healthy = available.iter().filter(|a| **a).count();
+        if policy.min_health_percent > 0
+            && healthy * 100 < endpoints.len() * policy.min_health_percent as usize
+        {
+            return vec![true; endpoints.len()];
+        }
+        available
     }
 
     /// Records a success of `addr`: it is healthy again (unless it is out: an answer
-    /// to a request sent before its ejection does not bring it back early).
-    pub fn success(&self, backend: &str, addr: SocketAddr, now: Instant) {
+    /// to a request sent before its ejection does not bring it back early). Istio's
+    /// form remembers how often it was ejected; Linkerd's forgets it.
+    pub fn success(&self, backend: &str, addr: SocketAddr, policy: &Policy, now: Instant) {
         let mut all = self.lock();
         let Some(b) = all.get_mut(backend) else {
             return;
         };
-        if b.states
-            .get(&addr)
-            .is_some_and(|s| s.ejected_until.is_some_and(|u| u > now))
-        {
+        let Some(s) = b.states.get_mut(&addr) else {
+            return;
+        };
+        if s.ejected_until.is_some_and(|u| u > now) {
             return;
         }
-        if b.states.remove(&addr).is_some() && b.states.is_empty() {
+        if policy.linear {
+            s.failures = 0;
+            s.gateway_errors = 0;
+            return;
+        }
+        b.states.remove(&addr);
+        if b.states.is_empty() {
             // Keep the backend's count of ejections: only its endpoints are forgotten.
             b.states.shrink_to_fit();
         }
     }
 
-    /// Records a failure of `addr` (one of `size` endpoints); ejects it when it has
-    /// failed too often in a row, or at all while on probation. Returns whether it
-    /// was ejected.
+    /// Records a failure of `addr` (one of `size` endpoints), a gateway error or not;
+    /// ejects it when it has failed too often in a row, or at all while on
+    /// probation. Returns whether it was ejected.
     pub fn failure(
         &self,
         backend: &str,
         addr: SocketAddr,
         size: usize,
         policy: &Policy,
+        gateway: bool,
         now: Instant,
     ) -> bool {
         let mut all = self.lock();
         let b = all.entry(Arc::from(backend)).or_default();
         b.size = size.max(b.size);
+        b.linear = policy.linear;
         let out = b
             .states
             .values()
@@ -187,19 +234,42 @@ impl Accrual {
             // Already out (a request sent before the ejection).
             return false;
         }
-        let probation = s.ejected_until.is_some();
+        let probation = !policy.linear && s.ejected_until.is_some();
         s.failures = s.failures.saturating_add(1);
-        if !probation && s.failures < policy.max_failures {
+        s.gateway_errors = if gateway {
+            s.gateway_errors.saturating_add(1)
+        } else {
+            0
+        };
+        let tripped = (policy.max_failures > 0 && s.failures >= policy.max_failures)
+            || (policy.max_gateway_errors > 0 && s.gateway_errors >= policy.max_gateway_errors);
+        if !probation && !tripped {
             return false;
         }
-        let bound = policy.max_ejected_percent;
-        if bound > 0 && (out + 1) * 100 > b.size * bound as usize {
+        let bound = policy.max_ejected_percent as usize;
+        let within = (out + 1) * 100 <= b.size * bound;
+        let allowed = if policy.linear {
+            // Istio's bound always lets one endpoint out (Envoy's rule).
+            out == 0 || within
+        } else {
+            bound == 0 || within
+        };
+        if !allowed {
             return false;
         }
-        let penalty = policy.penalty(if probation { s.ejections } else { 0 });
-        s.ejections = if probation { s.ejections + 1 } else { 1 };
+        let penalty = if policy.linear {
+            policy.penalty(s.ejections)
+        } else {
+            policy.penalty(if probation { s.ejections } else { 0 })
+        };
+        s.ejections = if probation || policy.linear {
+            s.ejections + 1
+        } else {
+            1
+        };
         s.ejected_until = Some(now + penalty);
         s.failures = 0;
+        s.gateway_errors = 0;
         b.ejected_total += 1;
         tracing::info!(%backend, endpoint = %addr, ?penalty, "endpoint ejected after failing");
         true
@@ -216,11 +286,14 @@ impl Accrual {
                     .values()
                     .filter(|s| s.ejected_until.is_some_and(|u| u > now))
                     .count();
-                let probation = b
-                    .states
-                    .values()
-                    .filter(|s| s.ejected_until.is_some_and(|u| u <= now))
-                    .count();
+                let probation = if b.linear {
+                    0
+                } else {
+                    b.states
+                        .values()
+                        .filter(|s| s.ejected_until.is_some_and(|u| u <= now))
+                        .count()
+                };
                 let available = b.size.saturating_sub(ejected + probation);
                 BackendHealth {
                     backend: name.clone(),
@@ -249,7 +322,9 @@ mod tests {
             max: Duration::from_secs(4),
             jitter_percent: 0,
             max_ejected_percent: 0,
-            gateway_only: false,
+            max_gateway_errors: 0,
+            linear: false,
+            min_health_percent: 0,
         }
     }
 
@@ -261,36 +336,39 @@ mod tests {
             (([127, 0, 0, 1], 1).into(), ([127, 0, 0, 2], 1).into());
         let all = [e1, e2];
         let now = Instant::now();
-        assert!(!a.failure("b", e1, 2, &p, now));
-        assert!(!a.failure("b", e1, 2, &p, now));
+        assert!(!a.failure("b", e1, 2, &p, false, now));
+        assert!(!a.failure("b", e1, 2, &p, false, now));
         // A success in between starts the count again.
-        a.success("b", e1, now);
-        assert!(!a.failure("b", e1, 2, &p, now));
-        assert!(!a.failure("b", e1, 2, &p, now));
-        assert!(a.failure("b", e1, 2, &p, now), "three in a row");
-        assert_eq!(a.available("b", &all, now), [false, true]);
+        a.success("b", e1, &p, now);
+        assert!(!a.failure("b", e1, 2, &p, false, now));
+        assert!(!a.failure("b", e1, 2, &p, false, now));
+        assert!(a.failure("b", e1, 2, &p, false, now), "three in a row");
+        assert_eq!(a.available("b", &all, &p, now), [false, true]);
         // An answer to a request sent before the ejection does not end it.
-        a.success("b", e1, now);
-        assert_eq!(a.available("b", &all, now), [false, true]);
+        a.success("b", e1, &p, now);
+        assert_eq!(a.available("b", &all, &p, now), [false, true]);
         let snap = a.snapshot(now);
         assert_eq!(snap[0].states[1], (Health::Ejected, 1));
         assert_eq!(snap[0].ejections, 1);
 
         // After the penalty, on probation: one failure ejects it for twice as long.
         let later = now + Duration::from_secs(1);
-        assert_eq!(a.available("b", &all, later), [true, true]);
+        assert_eq!(a.available("b", &all, &p, later), [true, true]);
         assert_eq!(a.snapshot(later)[0].states[2], (Health::Probation, 1));
-        assert!(a.failure("b", e1, 2, &p, later));
+        assert!(a.failure("b", e1, 2, &p, false, later));
         assert_eq!(
-            a.available("b", &all, later + Duration::from_millis(1999)),
+            a.available("b", &all, &p, later + Duration::from_millis(1999)),
             [false, true]
         );
         let back = later + Duration::from_secs(2);
-        assert_eq!(a.available("b", &all, back), [true, true]);
+        assert_eq!(a.available("b", &all, &p, back), [true, true]);
         // One success restores it.
-        a.success("b", e1, back);
+        a.success("b", e1, &p, back);
         assert_eq!(a.snapshot(back)[0].states[0], (Health::Available, 2));
-        assert!(!a.failure("b", e1, 2, &p, back), "counting from zero again");
+        assert!(
+            !a.failure("b", e1, 2, &p, false, back),
+            "counting from zero again"
+        );
 
         // Penalties stop growing at the maximum.
         assert_eq!(p.penalty(10), Duration::from_secs(4));
@@ -306,9 +384,53 @@ mod tests {
         };
         let now = Instant::now();
         let e: Vec<SocketAddr> = (1..=4).map(|i| ([127, 0, 0, i], 1).into()).collect();
-        assert!(a.failure("b", e[0], 4, &p, now));
-        assert!(a.failure("b", e[1], 4, &p, now));
-        assert!(!a.failure("b", e[2], 4, &p, now), "half are out already");
+        assert!(a.failure("b", e[0], 4, &p, false, now));
+        assert!(a.failure("b", e[1], 4, &p, false, now));
+        assert!(
+            !a.failure("b", e[2], 4, &p, false, now),
+            "half are out already"
+        );
         assert!(Policy::compile(&pb::OutlierDetection::default()).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn istios_form_counts_gateway_errors_apart_and_grows_linearly() {
+        let a = Accrual::default();
+        let p = Policy {
+            max_failures: 5,
+            max_gateway_errors: 1,
+            base: Duration::from_secs(180),
+            max: Duration::from_secs(180),
+            max_ejected_percent: 10,
+            linear: true,
+            ..policy()
+        };
+        let e: Vec<SocketAddr> = (1..=3).map(|i| ([127, 0, 0, i], 1).into()).collect();
+        let now = Instant::now();
+        // A 500 is no gateway error; one 503 ejects (httpbin's consecutiveGatewayErrors: 1).
+        assert!(!a.failure("b", e[0], 3, &p, false, now));
+        assert!(a.failure("b", e[0], 3, &p, true, now), "one gateway error");
+        // 10% of three is none, but Envoy always lets one out.
+        assert!(!a.failure("b", e[1], 3, &p, true, now), "only one at 10%");
+        assert_eq!(a.available("b", &e, &p, now), [false, true, true]);
+        // Back after 3 minutes, whole (no probation): one failure does not eject it.
+        let back = now + Duration::from_secs(180);
+        assert_eq!(a.available("b", &e, &p, back), [true, true, true]);
+        assert!(!a.failure("b", e[0], 3, &p, false, back));
+        a.success("b", e[0], &p, back);
+        // Ejected again: twice as long (base × times ejected).
+        assert!(a.failure("b", e[0], 3, &p, true, back));
+        let almost = back + Duration::from_secs(359);
+        assert_eq!(a.available("b", &e, &p, almost), [false, true, true]);
+        assert_eq!(
+            a.available("b", &e, &p, back + Duration::from_secs(360)),
+            [true, true, true]
+        );
+        // Below the panic threshold every endpoint takes requests.
+        let panic = Policy {
+            min_health_percent: 80,
+            ..p
+        };
+        assert_eq!(a.available("b", &e, &panic, almost), [true, true, true]);
     }
 }

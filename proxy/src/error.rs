@@ -75,6 +75,10 @@ pub enum ProxyError {
     /// Too many requests to this one destination are in flight.
     #[error("too many requests in flight to {0}")]
     DestinationOverloaded(String),
+    /// The backend's connection pool is full: too many requests in flight and
+    /// waiting (a DestinationRule's `connectionPool`), refused at once.
+    #[error("overflow")]
+    Overflow(String),
     /// The route's timeout passed before the response.
     #[error("timeout")]
     Timeout,
@@ -131,6 +135,7 @@ impl ProxyError {
             | Self::Overloaded
             | Self::DestinationOverloaded(_)
             | Self::NoIdentity
+            | Self::Overflow(_)
             | Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::ConnectTimeout(_) | Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Self::Connect { .. }

@@ -10,6 +10,7 @@
 pub mod accrual;
 pub mod admin;
 pub mod authz;
+pub mod backend;
 pub mod balance;
 pub mod body;
 pub mod client;

@@ -28,8 +28,9 @@ pub struct Profile {
     /// Whether a request no route matches is answered 404 (the Gateway API's routes)
     /// instead of going to the default backends.
     pub not_found: bool,
-    /// When endpoints that keep failing leave the balancer.
-    pub accrual: Option<crate::accrual::Policy>,
+    /// How the service's own endpoints are balanced, bounded and ejected (its
+    /// backends may have their own).
+    pub policy: Arc<crate::backend::BackendPolicy>,
 }
 
 /// A weighted backend (from a TrafficSplit, `dstOverrides` or a route's rule).
@@ -41,6 +42,8 @@ pub struct Backend {
     pub weight: u64,
     /// Applied to the requests sent to it (header changes only).
     pub filters: Arc<[Filter]>,
+    /// Its own balancing, bounds and ejection; `None`: the profile's.
+    pub policy: Option<Arc<crate::backend::BackendPolicy>>,
 }
 
 /// Where a backend's requests go.
@@ -62,6 +65,7 @@ impl Backend {
             target: Target::Authority(authority.into()),
             weight,
             filters: Arc::new([]),
+            policy: None,
         }
     }
 }
@@ -167,15 +171,6 @@ fn unsupported(p: &pb::OutboundPolicy) -> Result<(), Unsupported> {
     }
     if p.protocol != pb::Protocol::Detect as i32 {
         return refuse("a declared protocol");
-    }
-    if p.load_balancer
-        .as_ref()
-        .is_some_and(|lb| !matches!(lb.kind, None | Some(pb::load_balancer::Kind::PeakEwma(_))))
-    {
-        return refuse("a load balancer other than peak-EWMA");
-    }
-    if p.connection_pool.is_some() {
-        return refuse("connection pool limits");
     }
     let backends = |bs: &[pb::WeightedBackend]| {
         bs.iter().any(|b| {
@@ -438,10 +433,12 @@ impl Profile {
             order: order.into_iter().map(|(m, i, _)| (m, i)).collect(),
             backends: weighted(&p.backends)?,
             not_found: p.unmatched == pb::Unmatched::NotFound as i32,
-            accrual: p
-                .outlier_detection
-                .as_ref()
-                .and_then(crate::accrual::Policy::compile),
+            policy: Arc::new(crate::backend::BackendPolicy::compile(
+                p.load_balancer.as_ref(),
+                p.connection_pool.as_ref(),
+                p.outlier_detection.as_ref(),
+                p.disable_mtls,
+            )?),
         })
     }
 
@@ -519,10 +516,18 @@ fn weighted(backends: &[pb::WeightedBackend]) -> Result<Vec<Backend>, Unsupporte
                 .iter()
                 .map(|f| Filter::compile(f).map_err(Unsupported))
                 .collect();
-            Some(filters.map(|filters| Backend {
-                target,
-                weight: b.weight,
-                filters: filters.into(),
+            let policy = b
+                .policy
+                .as_ref()
+                .map(|p| crate::backend::BackendPolicy::of(p).map(Arc::new))
+                .transpose();
+            Some(filters.and_then(|filters| {
+                Ok(Backend {
+                    target,
+                    weight: b.weight,
+                    filters: filters.into(),
+                    policy: policy?,
+                })
             }))
         })
         .collect()
@@ -1069,11 +1074,22 @@ mod tests {
                 .to_string(),
             "unsupported in this proxy: an empty filter"
         );
-        let pooled = pb::OutboundPolicy {
-            connection_pool: Some(pb::ConnectionPool::default()),
+        // Connection pools bounding requests per connection are not done here yet;
+        // bounds on requests are.
+        let pooled = |per_connection| pb::OutboundPolicy {
+            connection_pool: Some(pb::ConnectionPool {
+                max_connections: 1,
+                max_requests_per_connection: per_connection,
+                ..Default::default()
+            }),
             ..Default::default()
         };
-        assert!(Profile::compile(&pooled).is_err());
+        assert!(Profile::compile(&pooled(1)).is_err());
+        let limits = Profile::compile(&pooled(0))
+            .expect("supported")
+            .policy
+            .limits;
+        assert_eq!(limits.map(|l| l.max_in_flight), Some(1));
         let ordered = pb::OutboundPolicy {
             route_order: 7,
             ..Default::default()

@@ -153,6 +153,7 @@ impl Proxy {
             own_addrs: vec![listening.inbound, listening.outbound, listening.admin],
             identity,
             origins,
+            backends: Default::default(),
         });
         let (drain_tx, drain) = watch::channel(false);
         let limits = crate::http::Limits {

@@ -340,3 +340,172 @@ spec:
         assert!(text.starts_with("HTTP/"), "{path}: {text}");
     }
 }
+
+/// Sends `n` requests for `path` to `host` at once; their statuses and
+/// `mesh-proxy-error`s.
+async fn at_once(mesh: &Mesh, host: &str, path: &str, n: usize) -> Vec<(u16, String)> {
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let (outbound, host, path) = (mesh.proxy.outbound, host.to_string(), path.to_string());
+        calls.spawn(async move {
+            let req = Request::get(path.as_str())
+                .header("host", host)
+                .body(client::body(Bytes::new()))
+                .expect("request");
+            let rsp = client::send(&mut client::h1(outbound).await, req).await;
+            (rsp.status.as_u16(), rsp.header("mesh-proxy-error"))
+        });
+    }
+    let mut out = Vec::new();
+    while let Some(done) = calls.join_next().await {
+        out.push(done.expect("call"));
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_httpbin_circuit_breaker_sheds_concurrent_callers_and_ejects_a_gateway_error() {
+    let objects = example("resilience.yaml", "DestinationRule", "httpbin");
+    let mesh = Mesh::start(&[("httpbin", &["v1", "v2"])], &objects).await;
+    let host = "httpbin.default.svc.cluster.local";
+    // The policy has arrived once an ejection is counted.
+    mesh.until(host, &[], "v1").await;
+    mesh.until(host, &[], "v2").await;
+    // consecutiveErrors: 1 (gateway errors): one 503 ejects the pod for 3 minutes.
+    // (v2 answers slowly meanwhile, so that the balancer tries v1.)
+    let v1 = mesh.pod("httpbin", "v1");
+    v1.failing.store(503, Ordering::SeqCst);
+    let ejections = format!("outbound_endpoint_ejections_total{{backend=\"{host}:80\"}} 1");
+    mesh_test::eventually("v1 ejected", Duration::from_secs(10), || async {
+        let _ = mesh.send(host, "/sleep/100", &[]).await;
+        mesh.proxy
+            .metrics()
+            .await
+            .contains(&ejections)
+            .then_some(())
+    })
+    .await;
+    let seen = mesh.tally(host, &[], 20).await;
+    assert_eq!(seen.get("v2"), Some(&20), "{seen:?}");
+    // 500s are no gateway errors: v2 stays.
+    for _ in 0..5 {
+        assert_eq!(
+            mesh.send(host, "/status/500", &[]).await.status.as_u16(),
+            500
+        );
+    }
+    let metrics = mesh.proxy.metrics().await;
+    assert!(metrics.contains(&ejections), "only v1: {metrics}");
+    assert!(
+        metrics.contains(&format!(
+            "outbound_endpoints{{backend=\"{host}:80\",state=\"ejected\"}} 1"
+        )),
+        "{metrics}"
+    );
+    // maxConnections 1, http1MaxPendingRequests 1: of 8 callers at once, one is in
+    // flight, one waits, the rest are refused at once.
+    let got = at_once(&mesh, host, "/sleep/1000", 8).await;
+    let ok = got.iter().filter(|(s, _)| *s == 200).count();
+    let shed = got
+        .iter()
+        .filter(|(s, e)| *s == 503 && e == "overflow")
+        .count();
+    assert_eq!(ok + shed, 8, "{got:?}");
+    assert!((1..=2).contains(&ok) && shed >= 6, "{got:?}");
+    // One caller at a time is never shed.
+    for _ in 0..10 {
+        assert_eq!(mesh.send(host, "/", &[]).await.status.as_u16(), 200);
+    }
+}
+
+#[tokio::test]
+async fn an_ejected_endpoint_returns_after_its_ejection_and_round_robin_takes_turns() {
+    let dr = "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: web}\n\
+              spec:\n  host: web\n  trafficPolicy:\n    loadBalancer: {simple: ROUND_ROBIN}\n\
+              \x20   outlierDetection: {consecutive5xxErrors: 2, interval: 1s, baseEjectionTime: 2s, maxEjectionPercent: 50}\n";
+    let mesh = Mesh::start(&[("web", &["a", "b", "c"])], dr).await;
+    let host = "web.default.svc.cluster.local";
+    mesh.until(host, &[], "a").await;
+    // Turns: 30 requests, 10 each.
+    let seen = mesh.tally(host, &[], 30).await;
+    assert_eq!(
+        seen.values().copied().collect::<Vec<_>>(),
+        vec![10, 10, 10],
+        "{seen:?}"
+    );
+    let a = mesh.pod("web", "a");
+    a.failing.store(500, Ordering::SeqCst);
+    // Two 5xx in a row eject a; then only b and c answer.
+    mesh_test::eventually("a ejected", Duration::from_secs(10), || async {
+        let seen = mesh.tally(host, &[], 6).await;
+        (!seen.contains_key("500") && !seen.contains_key("a")).then_some(())
+    })
+    .await;
+    a.failing.store(0, Ordering::SeqCst);
+    let ejected = Instant::now();
+    mesh_test::eventually("a back", Duration::from_secs(10), || async {
+        (mesh.tally(host, &[], 3).await.contains_key("a")).then_some(())
+    })
+    .await;
+    assert!(
+        ejected.elapsed() < Duration::from_secs(5),
+        "back after its 2 s ejection"
+    );
+}
+
+#[tokio::test]
+async fn sticky_sessions_by_cookie_and_by_header() {
+    // my-service-affinity as written: a cookie made for clients without one.
+    let objects = example("resilience.yaml", "DestinationRule", "my-service-affinity")
+        + "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: api}\n\
+           spec: {host: api, trafficPolicy: {loadBalancer: {consistentHash: {httpHeaderName: x-user}}}}\n";
+    let mesh = Mesh::start(
+        &[("my-service", &["a", "b", "c"]), ("api", &["a", "b", "c"])],
+        &objects,
+    )
+    .await;
+    let host = "my-service.default.svc.cluster.local";
+    let cookie = mesh_test::eventually("a session cookie", Duration::from_secs(15), || async {
+        let set = mesh.send(host, "/", &[]).await.header("set-cookie");
+        set.starts_with("session-cookie=").then_some(set)
+    })
+    .await;
+    assert!(cookie.contains("Max-Age=3600"), "{cookie}");
+    let value = cookie.split(';').next().unwrap_or_default().to_string();
+    let mut pods = std::collections::BTreeSet::new();
+    for _ in 0..20 {
+        let rsp = mesh.send(host, "/", &[("cookie", &value)]).await;
+        assert_eq!(
+            rsp.header("set-cookie"),
+            "",
+            "a client with the cookie keeps it"
+        );
+        pods.insert(rsp.header("x-served-by"));
+    }
+    assert_eq!(pods.len(), 1, "one pod for one session: {pods:?}");
+    // Different sessions spread.
+    let mut spread = std::collections::BTreeSet::new();
+    for _ in 0..30 {
+        spread.insert(mesh.send(host, "/", &[]).await.header("x-served-by"));
+    }
+    assert!(spread.len() > 1, "{spread:?}");
+    // A header: one pod per user.
+    let api = "api.default.svc.cluster.local";
+    mesh_test::eventually("the header's policy", Duration::from_secs(15), || async {
+        let first = mesh.who(api, "/", &[("x-user", "jason")]).await;
+        let mut same = true;
+        for _ in 0..10 {
+            same &= mesh.who(api, "/", &[("x-user", "jason")]).await == first;
+        }
+        same.then_some(())
+    })
+    .await;
+    let mut users = std::collections::BTreeSet::new();
+    for u in 0..30 {
+        users.insert(
+            mesh.who(api, "/", &[("x-user", &format!("user-{u}"))])
+                .await,
+        );
+    }
+    assert!(users.len() > 1, "{users:?}");
+}

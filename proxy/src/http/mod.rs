@@ -92,6 +92,8 @@ pub struct Shared {
     pub identity: Option<Arc<crate::identity::Identity>>,
     /// The proxy's own open upstream connections: one accepted from them is a loop.
     pub origins: Arc<crate::origins::Origins>,
+    /// Per-backend state of backend policies (round-robin turns, pool counts).
+    pub backends: crate::backend::Backends,
 }
 
 /// The bounds every request is held to.

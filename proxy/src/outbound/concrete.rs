@@ -13,6 +13,7 @@ use http::{HeaderValue, Request, Response, Version as HttpVersion};
 use tower::Service;
 
 use super::split::Concrete;
+use crate::backend::{BackendPolicy, HashOn, Lb, by_hash, key_hash};
 use crate::balance::p2c;
 use crate::body::BoxBody;
 use crate::client::Version;
@@ -24,8 +25,42 @@ use crate::http::{
     request_authority, upstream,
 };
 use crate::metrics::RequestLabels;
-use crate::profile::RouteInfo;
 use crate::vocab::{Direction, Peer};
+
+/// The consistent-hash key `on` takes from `req`, if it has one; and, when the key is
+/// a cookie the client lacks and the policy makes one, the `Set-Cookie` for it.
+fn hash_key(
+    on: &HashOn,
+    req: &Request<BoxBody>,
+    conn: Option<&ConnInfo>,
+) -> (Option<u64>, Option<HeaderValue>) {
+    match on {
+        HashOn::Header(name) => (
+            req.headers().get(name).map(|v| key_hash(v.as_bytes())),
+            None,
+        ),
+        HashOn::Query(name) => (
+            crate::profile::query_param(req.uri().query(), name).map(|v| key_hash(v.as_bytes())),
+            None,
+        ),
+        HashOn::SourceIp => (
+            conn.map(|c| key_hash(c.client.ip().to_string().as_bytes())),
+            None,
+        ),
+        HashOn::Cookie { name, path, ttl } => match (crate::backend::cookie(req, name), ttl) {
+            (Some(v), _) => (Some(key_hash(v.trim_matches('"').as_bytes())), None),
+            (None, Some(ttl)) => {
+                let value = crate::backend::new_cookie_value();
+                let set = crate::backend::set_cookie(name, &value, path, *ttl);
+                (
+                    Some(key_hash(value.as_bytes())),
+                    HeaderValue::try_from(set).ok(),
+                )
+            }
+            (None, None) => (None, None),
+        },
+    }
+}
 
 /// Endpoints a request may try to connect to before it fails.
 const MAX_CONNECT_ATTEMPTS: usize = 3;
@@ -50,28 +85,55 @@ impl Balance {
     async fn send(self, mut req: Request<BoxBody>) -> Result<Response<BoxBody>, BoxError> {
         let shared = &self.shared;
         let conn = req.extensions_mut().remove::<ConnInfo>();
-        let (dsts, backend) = match req.extensions_mut().remove::<Concrete>() {
+        // The backend's policy: balancing, bounds, ejection (the split's pick's, or
+        // the service's own).
+        let policy = req
+            .extensions_mut()
+            .remove::<Arc<BackendPolicy>>()
+            .unwrap_or_default();
+        let passthrough = match (&policy.lb, conn.as_ref().and_then(|c| c.target)) {
+            (Lb::Passthrough, Some(target)) => Some(target),
+            _ => None,
+        };
+        let (mut dsts, backend) = match req.extensions_mut().remove::<Concrete>() {
+            // PASSTHROUGH: where the connection was going, whatever the name says.
+            Some(Concrete::Service(name) | Concrete::Subset(name, _))
+                if let Some(target) = passthrough =>
+            {
+                (vec![Dst::direct(target)], Some(name.to_string()))
+            }
             Some(Concrete::Service(name)) => (
                 shared.resolve.endpoints(&name).await?,
                 Some(name.to_string()),
             ),
-            Some(Concrete::Subset(name, labels)) => (
-                shared.resolve.subset_endpoints(&name, &labels).await?,
-                Some(name.to_string()),
-            ),
+            Some(Concrete::Subset(name, labels)) => {
+                let key: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                (
+                    shared.resolve.subset_endpoints(&name, &labels).await?,
+                    Some(format!("{name}{{{}}}", key.join(","))),
+                )
+            }
             Some(Concrete::Addr(addr)) => (vec![Dst::direct(addr)], None),
             None => return Err(ProxyError::NoAuthority.into()),
         };
-        // Failure accrual, when the service's policy asks for it: per backend.
-        let profile = req
-            .extensions()
-            .get::<RouteInfo>()
-            .filter(|i| i.profile.accrual.is_some())
-            .map(|i| i.profile.clone());
-        let accrual = profile
-            .as_ref()
-            .and_then(|p| p.accrual.as_ref())
-            .zip(backend.as_deref());
+        if policy.disable_mtls {
+            // Plaintext to the application's port: the pod's own proxy (which the
+            // pod's iptables send it to) sees plaintext, as Istio's DISABLE does.
+            for d in &mut dsts {
+                if d.identity.take().is_some()
+                    && let Some(port) = d.target_port.take()
+                {
+                    d.connect.set_port(port);
+                }
+            }
+        }
+        // Bounds on the backend's requests: over them, refused at once.
+        let _admitted = match (&policy.limits, &backend) {
+            (Some(limits), Some(key)) => Some(shared.backends.admit(key, limits).await?),
+            _ => None,
+        };
+        // Failure accrual, when the policy asks for it: per backend.
+        let accrual = policy.accrual.as_ref().zip(backend.as_deref());
         let accrued = &shared.metrics.accrual;
         if dsts.iter().any(|d| shared.is_own(d.connect)) {
             return Err(ProxyError::Loop.into());
@@ -108,23 +170,33 @@ impl Balance {
             .collect();
         let authority = request_authority(&req).map(str::to_owned);
         // Only a policy with failure accrual pays for the lookup.
-        let available = accrual.map(|(_, backend)| {
+        let available = accrual.map(|(policy, backend)| {
             let addrs: Vec<SocketAddr> = endpoints.iter().map(|(e, _)| e.addr).collect();
-            accrued.available(backend, &addrs, tokio::time::Instant::now())
+            accrued.available(backend, &addrs, policy, tokio::time::Instant::now())
         });
         if !endpoints.is_empty() && available.as_ref().is_some_and(|a| !a.contains(&true)) {
             return Err(ProxyError::Unavailable.into());
         }
         let size = endpoints.len();
-        let outcome = |addr: SocketAddr, failed: bool| {
+        let outcome = |addr: SocketAddr, failed: bool, gateway: bool| {
             if let Some((policy, backend)) = accrual {
                 let now = tokio::time::Instant::now();
-                if failed {
-                    accrued.failure(backend, addr, size, policy, now);
+                if failed || gateway {
+                    accrued.failure(backend, addr, size, policy, gateway, now);
                 } else {
-                    accrued.success(backend, addr, now);
+                    accrued.success(backend, addr, policy, now);
                 }
             }
+        };
+        // A consistent hash's key, once for every endpoint tried; a cookie made for
+        // a client that had none is set on its response.
+        let (hash, made_cookie) = match &policy.lb {
+            Lb::Hash(on) => hash_key(on, &req, conn.as_ref()),
+            _ => (None, None),
+        };
+        let turn = match (&policy.lb, &backend) {
+            (Lb::RoundRobin, Some(key)) => shared.backends.turn(key),
+            _ => 0,
         };
         // A failed connect sent nothing, so another endpoint may be tried: a pod that
         // went away before discovery said so costs a retry, not a failed request.
@@ -140,7 +212,21 @@ impl Balance {
                 })
                 .map(|(_, e)| e)
                 .collect();
-            let Some((endpoint, dst)) = p2c(&candidates, |(e, _)| e.load.load(now)) else {
+            let picked = match (&policy.lb, hash) {
+                (Lb::Hash(_), Some(key)) => {
+                    let addrs: Vec<SocketAddr> = candidates.iter().map(|(e, _)| e.addr).collect();
+                    by_hash(key, &addrs).and_then(|i| candidates.get(i).copied())
+                }
+                (Lb::RoundRobin, _) if !candidates.is_empty() => candidates
+                    .get((turn + failed.len()) % candidates.len())
+                    .copied(),
+                // RANDOM, and a hash with no key in the request (as Envoy does).
+                (Lb::Random | Lb::Hash(_), _) if !candidates.is_empty() => {
+                    candidates.get(fastrand::usize(..candidates.len())).copied()
+                }
+                _ => p2c(&candidates, |(e, _)| e.load.load(now)).copied(),
+            };
+            let Some((endpoint, dst)) = picked else {
                 return Err(ProxyError::NoEndpoints(authority.unwrap_or_default()).into());
             };
             let in_flight = endpoint.load.start();
@@ -148,7 +234,7 @@ impl Balance {
                 Ok(c) => break (endpoint, dst, c, in_flight),
                 Err(e) => {
                     in_flight.fail();
-                    outcome(endpoint.addr, true);
+                    outcome(endpoint.addr, true, true);
                     failed.push(endpoint.addr);
                     // A TLS failure sent nothing either: an address that now belongs
                     // to another pod (stale discovery) presents the wrong identity.
@@ -194,18 +280,20 @@ impl Balance {
         )
         .await;
         let addr = endpoint.addr;
-        let gateway_only = accrual.is_some_and(|(p, _)| p.gateway_only);
+        // Istio's outlier detection counts 5xx; Linkerd's accrual gRPC failures too.
+        let linear = accrual.is_some_and(|(p, _)| p.linear);
         match sent {
             Ok(mut rsp) => {
                 in_flight.complete();
                 let status = rsp.status();
-                let failure = if gateway_only {
-                    matches!(status.as_u16(), 502..=504)
-                } else {
-                    status.is_server_error()
-                        || crate::http::grpc_status(rsp.headers()).is_some_and(|c| c != 0)
-                };
-                outcome(addr, failure);
+                let gateway = matches!(status.as_u16(), 502..=504);
+                let failure = status.is_server_error()
+                    || (!linear && crate::http::grpc_status(rsp.headers()).is_some_and(|c| c != 0));
+                let gateway_only = accrual.is_some_and(|(p, _)| p.gateway_only());
+                outcome(addr, failure && !gateway_only, gateway);
+                if let Some(cookie) = made_cookie {
+                    rsp.headers_mut().append(http::header::SET_COOKIE, cookie);
+                }
                 rsp.extensions_mut().insert(peer);
                 Ok(rsp)
             }
@@ -218,13 +306,10 @@ impl Balance {
                 // Failure accrual counts a timeout (the endpoint was the one waited on:
                 // a hung endpoint is what circuit breaking is for); counting gateway
                 // errors only, what stands for a 502 or a 504.
-                let failure = if gateway_only {
-                    matches!(error, ProxyError::Timeout | ProxyError::Upstream { .. })
-                } else {
-                    !matches!(error, ProxyError::BadRequest(_))
-                };
+                let gateway = matches!(error, ProxyError::Timeout | ProxyError::Upstream { .. });
+                let failure = !matches!(error, ProxyError::BadRequest(_));
                 if failure {
-                    outcome(addr, true);
+                    outcome(addr, true, gateway);
                 }
                 Err(AtPeer { peer, error }.into())
             }
@@ -273,6 +358,7 @@ pub(crate) mod tests {
             own_addrs: vec![([127, 0, 0, 1], 4140).into()],
             identity: None,
             origins,
+            backends: Default::default(),
         })
     }
 

@@ -116,6 +116,15 @@ where
             Err(e) => return Box::pin(std::future::ready(Err(e.into()))),
         };
         req.extensions_mut().insert(c);
+        // The backend's own policy, else the service's.
+        let policy = backend.as_ref().and_then(|b| b.policy.clone()).or_else(|| {
+            req.extensions()
+                .get::<RouteInfo>()
+                .map(|i| i.profile.policy.clone())
+        });
+        if let Some(policy) = policy {
+            req.extensions_mut().insert(policy);
+        }
         let filters = backend.map(|b| b.filters).filter(|f| !f.is_empty());
         if let Some(filters) = &filters {
             for f in filters.iter() {
