@@ -130,9 +130,12 @@ enum Command {
         /// caller: the authority it calls (`books.demo.svc.cluster.local:80`).
         #[arg(long)]
         target: Option<String>,
-        /// caller: the path it asks for.
+        /// caller: the paths it asks for, in turn.
         #[arg(long, default_value = "/")]
-        path: String,
+        path: Vec<String>,
+        /// caller: a header sent with every request (`name: value`).
+        #[arg(long)]
+        header: Vec<String>,
         /// Where to serve.
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
@@ -351,6 +354,7 @@ fn main() -> anyhow::Result<()> {
             role,
             target,
             path,
+            header,
             listen,
             proxy,
             version,
@@ -377,6 +381,16 @@ fn main() -> anyhow::Result<()> {
                     need(proxy, "proxy")?,
                     target.ok_or_else(|| anyhow::anyhow!("caller needs --target"))?,
                     path,
+                    header
+                        .iter()
+                        .map(|h| {
+                            h.split_once(':')
+                                .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+                                .ok_or_else(|| {
+                                    anyhow::anyhow!("--header {h:?}: expected name: value")
+                                })
+                        })
+                        .collect::<anyhow::Result<Vec<_>>>()?,
                     rps,
                 )),
                 other => anyhow::bail!("unknown demo workload {other:?}"),

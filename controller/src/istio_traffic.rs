@@ -347,7 +347,12 @@ pub fn compile(
     let mut out = Compiled::default();
     for (i, route) in vs.spec.http.iter().enumerate() {
         let at = format!("spec.http[{i}]");
-        let name = route.name.clone().unwrap_or_else(|| format!("http[{i}]"));
+        // As the Gateway API's rules are named: the object, then the route's name or
+        // place (the `route` metric label).
+        let name = match &route.name {
+            Some(n) => format!("{}/{n}", vs.name),
+            None => format!("{}/{i}", vs.name),
+        };
         // Blocks for other ports never match here; a route whose blocks all name
         // other ports is not this port's.
         let blocks: Vec<&HttpMatch> = route

@@ -117,6 +117,9 @@ fn the_demo_runs_a_secured_mesh_and_cleans_up() {
             ("web", "books-v1"),
             ("web", "books-v2"),
             ("web", "authors"),
+            ("jason", "reviews-v2"),
+            ("reader", "reviews-v1"),
+            ("reader", "reviews-v2"),
         ]
         .iter()
         .all(|(s, d)| edge(&edges, s, d).is_some_and(|e| e["requests"].as_u64() > Some(0)));
@@ -125,8 +128,19 @@ fn the_demo_runs_a_secured_mesh_and_cleans_up() {
         }
     };
 
-    // Every edge is mTLS with both identities verified.
-    for e in &edges {
+    // Every edge is mTLS with both identities verified. (The faults reader's proxy
+    // injects are answered by that proxy: they reach no workload, and show as an
+    // edge to the authority itself.)
+    let injected = |e: &Value| {
+        e["src"] == "reader"
+            && e["dst"] == "reviews.demo.svc.cluster.local"
+            && e["dst_namespace"].as_str().unwrap_or_default().is_empty()
+    };
+    assert!(
+        edges.iter().any(injected),
+        "the injected aborts: {edges:#?}"
+    );
+    for e in edges.iter().filter(|e| !injected(e)) {
         assert_eq!(e["secured"], true, "{e:#}");
         let (src, dst) = (
             e["src"].as_str().expect("src"),
@@ -194,6 +208,45 @@ fn the_demo_runs_a_secured_mesh_and_cleans_up() {
         canary["effective_success"].as_f64(),
         Some(1.0),
         "{canary:#}"
+    );
+
+    // Istio's VirtualService: jason's route goes to reviews-v2 only; the fault route
+    // answers some requests 503 itself; the split's route reaches both versions.
+    let reviews = mesh(
+        &[
+            &["viz", "routes", "svc/reviews", "-n", "demo", "-o", "json"][..],
+            &viz,
+        ]
+        .concat(),
+    );
+    let reviews = reviews.as_array().expect("routes");
+    let vs_route = |name: &str| {
+        reviews
+            .iter()
+            .find(|r| r["route"] == name)
+            .unwrap_or_else(|| panic!("no route {name}: {reviews:#?}"))
+    };
+    let jason = vs_route("reviews/jason");
+    assert!(jason["requests"].as_u64() > Some(0), "{jason:#}");
+    assert_eq!(jason["effective_success"].as_f64(), Some(1.0), "{jason:#}");
+    let fault = vs_route("reviews/fault");
+    assert!(
+        fault["effective_success"].as_f64().is_some_and(|s| s < 1.0),
+        "the injected aborts: {fault:#}"
+    );
+    assert!(vs_route("reviews/split")["requests"].as_u64() > Some(0));
+    let to = |src: &str, dst: &str| {
+        edge(&edges, src, dst)
+            .and_then(|e| e["requests"].as_u64())
+            .unwrap_or(0)
+    };
+    assert!(
+        to("jason", "reviews-v2") > 0 && to("jason", "reviews-v1") == 0,
+        "{edges:#?}"
+    );
+    assert!(
+        to("reader", "reviews-v1") > 0 && to("reader", "reviews-v2") > 0,
+        "{edges:#?}"
     );
 
     // Who may call books: intruder is denied (403), scraper rate limited (429), web

@@ -138,7 +138,7 @@ async fn get(
     client: &ProxyClient,
     authority: &str,
     path: &str,
-    headers: &[(&'static str, &'static str)],
+    headers: &[(&str, &str)],
 ) -> StatusCode {
     let Ok(uri) = format!("http://{authority}{path}").parse::<http::Uri>() else {
         return StatusCode::BAD_REQUEST;
@@ -146,8 +146,13 @@ async fn get(
     let mut req = Request::new(Empty::new());
     *req.uri_mut() = uri;
     for (name, value) in headers {
-        req.headers_mut()
-            .insert(*name, http::HeaderValue::from_static(value));
+        let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            http::HeaderValue::from_str(value),
+        ) else {
+            return StatusCode::BAD_REQUEST;
+        };
+        req.headers_mut().insert(name, value);
     }
     match tokio::time::timeout(Duration::from_secs(5), client.request(req)).await {
         Ok(Ok(rsp)) => {
@@ -223,25 +228,43 @@ pub async fn traffic(proxy: SocketAddr, rps: u32) -> anyhow::Result<()> {
     }
 }
 
-/// `caller`: calls `authority` at `path` about `rps` times a second, forever (the
-/// demo's `intruder`, which books' policy denies, and `scraper`, which its rate limit
-/// cuts down).
+/// `caller`: calls `authority` at each of `paths` in turn, with `headers`, about
+/// `rps` times a second, forever (the demo's `intruder`, which books' policy denies;
+/// `scraper`, which its rate limit cuts down; `reader` and `jason`, who read reviews
+/// through Istio's VirtualService).
 pub async fn caller(
     proxy: SocketAddr,
     authority: String,
-    path: String,
+    paths: Vec<String>,
+    headers: Vec<(String, String)>,
     rps: u32,
 ) -> anyhow::Result<()> {
     let http = client(proxy);
     let mut tick = tokio::time::interval(Duration::from_secs(1) / rps.max(1));
-    let (authority, path) = (std::sync::Arc::new(authority), std::sync::Arc::new(path));
-    loop {
+    let authority = std::sync::Arc::new(authority);
+    let headers = std::sync::Arc::new(headers);
+    let paths = if paths.is_empty() {
+        vec!["/".to_string()]
+    } else {
+        paths
+    };
+    for path in paths.iter().cycle() {
         tick.tick().await;
-        let (http, authority, path) = (http.clone(), authority.clone(), path.clone());
+        let (http, authority, path, headers) = (
+            http.clone(),
+            authority.clone(),
+            path.clone(),
+            headers.clone(),
+        );
         tokio::spawn(async move {
-            let _ = get(&http, &authority, &path, &[]).await;
+            let headers: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str()))
+                .collect();
+            let _ = get(&http, &authority, &path, &headers).await;
         });
     }
+    Ok(())
 }
 
 /// Connects every request to the app's proxy, whatever its authority: the proxy routes

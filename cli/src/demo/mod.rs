@@ -23,11 +23,20 @@ const NAMESPACE: &str = "demo";
 struct Workload {
     name: &'static str,
     ip: IpAddr,
-    /// Pod labels: `app` names the workload, `svc` groups the books versions, `api`
-    /// the replicas behind the Gateway API route's `books-api`.
+    /// Pod labels: `app` names the workload, `svc` groups the books (and reviews)
+    /// versions, `api` the replicas behind the Gateway API route's `books-api`,
+    /// `version` the reviews subsets.
     labels: &'static str,
     /// `mesh demo-app` arguments; `{ip}` and `{proxy}` are filled in.
     args: &'static [&'static str],
+}
+
+/// Whether a workload only calls others (it starts once every server is ready).
+fn is_caller(name: &str) -> bool {
+    matches!(
+        name,
+        "traffic" | "intruder" | "scraper" | "reader" | "jason"
+    )
 }
 
 fn pod_ip(n: u8) -> IpAddr {
@@ -76,6 +85,21 @@ fn workloads() -> Vec<Workload> {
             labels: "{app: authors}",
             args: &["authors", "--listen", "{ip}:8080"],
         },
+        // reviews, through Istio's VirtualService: two versions (a DestinationRule's
+        // subsets); reader's calls split 75/25 and its /books/flaky ones meet an
+        // injected fault; jason's (`end-user: jason`) all go to v2.
+        Workload {
+            name: "reviews-v1",
+            ip: pod_ip(9),
+            labels: "{app: reviews-v1, svc: reviews, version: v1}",
+            args: &["books", "--listen", "{ip}:8080", "--version", "v1"],
+        },
+        Workload {
+            name: "reviews-v2",
+            ip: pod_ip(10),
+            labels: "{app: reviews-v2, svc: reviews, version: v2}",
+            args: &["books", "--listen", "{ip}:8080", "--version", "v2"],
+        },
         Workload {
             name: "traffic",
             ip: pod_ip(5),
@@ -97,6 +121,43 @@ fn workloads() -> Vec<Workload> {
                 "/books",
                 "--rps",
                 "2",
+            ],
+        },
+        // reader and jason read reviews (see reviews-v1 above).
+        Workload {
+            name: "reader",
+            ip: pod_ip(11),
+            labels: "{app: reader}",
+            args: &[
+                "caller",
+                "--proxy",
+                "{proxy}",
+                "--target",
+                "reviews.demo.svc.cluster.local:80",
+                "--path",
+                "/books",
+                "--path",
+                "/books/flaky",
+                "--rps",
+                "10",
+            ],
+        },
+        Workload {
+            name: "jason",
+            ip: pod_ip(12),
+            labels: "{app: jason}",
+            args: &[
+                "caller",
+                "--proxy",
+                "{proxy}",
+                "--target",
+                "reviews.demo.svc.cluster.local:80",
+                "--path",
+                "/books",
+                "--header",
+                "end-user: jason",
+                "--rps",
+                "4",
             ],
         },
         // Among books' clients, but over its per-identity rate limit (5 per second per
@@ -241,6 +302,7 @@ fn write_manifests(dir: &Path, workloads: &[Workload]) -> anyhow::Result<()> {
         ("books-v2", "{app: books-v2}", "{}"),
         ("books-api", "{api: books}", api),
         ("authors", "{app: authors}", "{}"),
+        ("reviews", "{svc: reviews}", "{}"),
     ] {
         docs.push(format!(
             "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}, annotations: {annotations}}}\n\
@@ -312,6 +374,38 @@ fn write_manifests(dir: &Path, workloads: &[Workload]) -> anyhow::Result<()> {
              spec:\n  targetRef: {{group: policy.linkerd.io, kind: Server, name: books}}\n\
              \x20 identity: {{requestsPerSecond: 5}}\n\
              \x20 overrides: [{{requestsPerSecond: 1000, clientRefs: [{{kind: ServiceAccount, name: web}}]}}]\n"
+        ),
+    )?;
+    // Istio's traffic API, as the examples write it: jason to v2, a fault on the
+    // flaky path (no retries or timeout on a faulted route), the rest 75/25.
+    std::fs::write(
+        dir.join("reviews-istio.yaml"),
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\n\
+             metadata: {{name: reviews, namespace: {ns}}}\n\
+             spec:\n\
+             \x20 hosts: [reviews]\n\
+             \x20 http:\n\
+             \x20 - name: jason\n\
+             \x20   match: [{{headers: {{end-user: {{exact: jason}}}}}}]\n\
+             \x20   route: [{{destination: {{host: reviews, subset: v2}}}}]\n\
+             \x20 - name: fault\n\
+             \x20   match: [{{uri: {{prefix: /books/flaky}}}}]\n\
+             \x20   fault:\n\
+             \x20     abort: {{httpStatus: 503, percentage: {{value: 20}}}}\n\
+             \x20     delay: {{fixedDelay: 100ms, percentage: {{value: 30}}}}\n\
+             \x20   route: [{{destination: {{host: reviews, subset: v1}}}}]\n\
+             \x20 - name: split\n\
+             \x20   route:\n\
+             \x20   - {{destination: {{host: reviews, subset: v1}}, weight: 75}}\n\
+             \x20   - {{destination: {{host: reviews, subset: v2}}, weight: 25}}\n\
+             ---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\n\
+             metadata: {{name: reviews, namespace: {ns}}}\n\
+             spec:\n\
+             \x20 host: reviews\n\
+             \x20 subsets:\n\
+             \x20 - {{name: v1, labels: {{version: v1}}}}\n\
+             \x20 - {{name: v2, labels: {{version: v2}}}}\n"
         ),
     )?;
     std::fs::write(
@@ -553,15 +647,12 @@ async fn run_in(
                 .env("MESH_PROXY_POD_NAME", format!("{}-0", w.name))
                 .env("MESH_PROXY_INBOUND_TLS", "strict"),
         )?;
-        if !matches!(w.name, "traffic" | "intruder" | "scraper") {
+        if !is_caller(w.name) {
             children.spawn(w.name, Command::new(mesh).arg("demo-app").args(&args))?;
         } else {
             // Callers start once every serving workload is ready.
             let admin = SocketAddr::new(w.ip, 4191);
-            for other in workloads
-                .iter()
-                .filter(|o| !matches!(o.name, "traffic" | "intruder" | "scraper"))
-            {
+            for other in workloads.iter().filter(|o| !is_caller(o.name)) {
                 let (admin, app) = (
                     SocketAddr::new(other.ip, 4191),
                     SocketAddr::new(other.ip, 8080),
@@ -588,6 +679,7 @@ async fn run_in(
     println!("  edges       mesh viz edges deployment -n {NAMESPACE}");
     println!("  routes      mesh viz routes svc/books -n {NAMESPACE} -o wide");
     println!("              mesh viz routes svc/books-api -n {NAMESPACE} -o wide");
+    println!("              mesh viz routes svc/reviews -n {NAMESPACE} -o wide");
     println!(
         "  workloads   web → books (HTTP/1, canary 80/20 to books-v1/books-v2; flaky route retried, slow route 250ms timeout) and web → authors (gRPC); traffic → web at 20 rps"
     );
@@ -597,6 +689,9 @@ async fn run_in(
     );
     println!(
         "  books-api   an HTTPRoute: `x-canary: true` goes to books-v2, the rest to books-v1, books-v2 and books-v1-b, which fails 10 s of every 30: failure accrual ejects it (outbound_endpoint_ejections_total at web's proxy) and retries hide it"
+    );
+    println!(
+        "  reviews     Istio's VirtualService and DestinationRule: jason's calls (`end-user: jason`) go to reviews-v2, reader's split 75/25 over v1 and v2; /books/flaky gets an injected fault (20% 503, 30% 100 ms late)"
     );
     // Exact, not more: each app's own port stands for its pod's localhost, which on one
     // machine without network namespaces any local process can reach.
