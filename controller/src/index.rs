@@ -16,6 +16,8 @@ use tokio::sync::Notify;
 
 /// The cluster's DNS domain.
 pub const CLUSTER_DOMAIN: &str = "cluster.local";
+/// Istio's root namespace: its `Telemetry` without a selector is the mesh's.
+pub const ROOT_NAMESPACE: &str = "istio-system";
 /// The port a meshed pod's proxy accepts peers on.
 pub const PROXY_INBOUND_PORT: u16 = 4143;
 
@@ -282,10 +284,15 @@ impl TrafficSpec {
         match self {
             Self::VirtualService(_) => {}
             Self::DestinationRule(s) => {
-                let policies = std::iter::once(("spec.trafficPolicy".to_string(), &s.traffic_policy))
-                    .chain(s.subsets.iter().enumerate().map(|(i, sub)| {
-                        (format!("spec.subsets[{i}].trafficPolicy"), &sub.traffic_policy)
-                    }));
+                let policies =
+                    std::iter::once(("spec.trafficPolicy".to_string(), &s.traffic_policy)).chain(
+                        s.subsets.iter().enumerate().map(|(i, sub)| {
+                            (
+                                format!("spec.subsets[{i}].trafficPolicy"),
+                                &sub.traffic_policy,
+                            )
+                        }),
+                    );
                 for (at, p) in policies {
                     if let Some(p) = p {
                         gaps.extend(
@@ -296,10 +303,20 @@ impl TrafficSpec {
                     }
                 }
             }
-            Self::Telemetry(_) => gaps.push(
-                "spec: access logging and tracing providers are not applied yet (Prometheus metrics need nothing)"
-                    .to_string(),
-            ),
+            Self::Telemetry(t) => {
+                if !t.tracing.is_empty() {
+                    gaps.push(
+                        "spec.tracing: accepted; traces are not exported yet (the mesh has no tracing)"
+                            .to_string(),
+                    );
+                }
+                if !t.access_logging.is_empty() {
+                    gaps.push(
+                        "spec.accessLogging: applied when pods are injected (a pod started before takes it at its restart), as the proxy's access log"
+                            .to_string(),
+                    );
+                }
+            }
         }
         gaps
     }
@@ -874,6 +891,58 @@ impl Index {
             }
         }
         r.woken += woken;
+    }
+
+    /// The access log Istio's `Telemetry` objects give a pod in `namespace` with
+    /// `labels`: `Some(true)` on, `Some(false)` off, `None` when none says. The most
+    /// specific wins: one selecting the pod, then its namespace's, then the root
+    /// namespace's (`istio-system`: the mesh's); within a level, the oldest.
+    pub fn telemetry_access_log(
+        &self,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Option<bool> {
+        let s = self.read();
+        let telemetries = |ns: &str| -> Vec<(
+            Option<String>,
+            String,
+            mesh_api::istio_networking::TelemetrySpec,
+        )> {
+            let mut out: Vec<_> = s
+                .traffic
+                .get(ns)
+                .into_iter()
+                .flatten()
+                .filter_map(|((kind, name), (created, spec))| match spec {
+                    TrafficSpec::Telemetry(t) if *kind == Kind::Telemetry => {
+                        Some((created.clone(), name.clone(), (**t).clone()))
+                    }
+                    _ => None,
+                })
+                .collect();
+            out.sort_by(|a, b| (a.0.is_none(), &a.0, &a.1).cmp(&(b.0.is_none(), &b.0, &b.1)));
+            out
+        };
+        let decides = |t: &mesh_api::istio_networking::TelemetrySpec| {
+            t.access_logging.last().map(|e| e.disabled != Some(true))
+        };
+        let own = telemetries(namespace);
+        let selecting = own
+            .iter()
+            .filter(|(_, _, t)| t.selector.as_ref().is_some_and(|sel| sel.selects(labels)))
+            .find_map(|(_, _, t)| decides(t));
+        let namespace_wide = || {
+            own.iter()
+                .filter(|(_, _, t)| t.selector.is_none())
+                .find_map(|(_, _, t)| decides(t))
+        };
+        let mesh_wide = || {
+            telemetries(ROOT_NAMESPACE)
+                .iter()
+                .filter(|(_, _, t)| t.selector.is_none())
+                .find_map(|(_, _, t)| decides(t))
+        };
+        selecting.or_else(namespace_wide).or_else(mesh_wide)
     }
 
     /// The Istio traffic objects of `namespace` (kind, name), sorted.

@@ -376,6 +376,8 @@ pub struct Overrides {
     pub memory_limit: Option<String>,
     /// The proxy's log level.
     pub log_level: Option<String>,
+    /// The proxy's access log format (`text` or `json`), when it keeps one.
+    pub access_log: Option<String>,
 }
 
 impl Overrides {
@@ -417,6 +419,7 @@ impl Overrides {
                 "proxy-cpu-limit" => o.cpu_limit = quantity(v)?,
                 "proxy-memory-request" => o.memory_request = quantity(v)?,
                 "proxy-memory-limit" => o.memory_limit = quantity(v)?,
+                "access-log" => o.access_log = Some(access_log(v).map_err(|e| bad(&e))?),
                 "proxy-log-level" => {
                     if !valid_log_level(v) {
                         return Err(bad("expected a log filter such as info or debug"));
@@ -433,7 +436,27 @@ impl Overrides {
                 _ => return Err(bad("unknown override")),
             }
         }
+        if o.access_log.is_none()
+            && let Some(v) = annotations.get(LINKERD_ACCESS_LOG).and_then(Value::as_str)
+        {
+            o.access_log = Some(access_log(v).map_err(|reason| InjectError::BadOverride {
+                name: LINKERD_ACCESS_LOG.to_owned(),
+                reason,
+            })?);
+        }
         Ok(o)
+    }
+}
+
+/// Linkerd's annotation for the proxy's access log (`apache` or `json`).
+pub const LINKERD_ACCESS_LOG: &str = "config.linkerd.io/access-log";
+
+/// An access-log annotation's value as the proxy takes it.
+fn access_log(v: &str) -> Result<String, String> {
+    match v {
+        "text" | "apache" => Ok("text".into()),
+        "json" => Ok("json".into()),
+        other => Err(format!("{other:?}: expected text (apache) or json")),
     }
 }
 
@@ -581,6 +604,13 @@ volumeMounts:
             .and_then(Value::as_object_mut)
     {
         limits.insert("cpu".to_owned(), key(cpu));
+    }
+    if let Some(format) = &o.access_log
+        && let Some(env) = v.get_mut("env").and_then(Value::as_array_mut)
+    {
+        env.push(yaml(&format!(
+            "{{name: MESH_PROXY_ACCESS_LOG, value: {format}}}"
+        ))?);
     }
     if let Some(pem) = &config.trust_anchors_pem
         && let Some(env) = v.get_mut("env").and_then(Value::as_array_mut)

@@ -113,6 +113,33 @@ impl Webhook {
                 Some("mesh: the pod could not be read; not injected".into()),
             );
         };
+        // Istio's Telemetry turns the access log on where the pod's own annotations
+        // say nothing.
+        let said = annotations.as_ref().is_some_and(|a| {
+            a.contains_key(&format!("{}access-log", inject::CONFIG_PREFIX))
+                || a.contains_key(inject::LINKERD_ACCESS_LOG)
+        });
+        if !said {
+            let labels: std::collections::BTreeMap<String, String> = pod
+                .pointer("/metadata/labels")
+                .and_then(|l| serde_json::from_value(l.clone()).ok())
+                .unwrap_or_default();
+            if self.index.telemetry_access_log(namespace, &labels) == Some(true)
+                && let Some(meta) = yaml
+                    .entry("metadata")
+                    .or_insert_with(|| serde_json::json!({}))
+                    .as_object_mut()
+                && let Some(a) = meta
+                    .entry("annotations")
+                    .or_insert_with(|| serde_json::json!({}))
+                    .as_object_mut()
+            {
+                a.insert(
+                    format!("{}access-log", inject::CONFIG_PREFIX),
+                    serde_json::Value::from("text"),
+                );
+            }
+        }
         match inject::inject_pod(&mut yaml, &self.config, self.classic) {
             Ok(Outcome::Injected) => {}
             Ok(_) => return (None, None),

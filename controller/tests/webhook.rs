@@ -9,12 +9,13 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use mesh_controller::Index;
-use mesh_controller::index::{Kind, NamespaceInfo, Object, ObjectRef};
+use mesh_controller::index::{Kind, NamespaceInfo, Object, ObjectRef, TrafficSpec};
 use serde_json::{Value, json};
 
 struct Server {
     addr: SocketAddr,
     roots: rustls::RootCertStore,
+    index: Arc<Index>,
 }
 
 async fn start() -> Server {
@@ -54,7 +55,7 @@ async fn start() -> Server {
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let webhook = mesh_controller::webhook::Webhook {
-        index,
+        index: index.clone(),
         config: mesh_controller::inject::Config::default(),
         classic: false,
         client: Some(api_server()),
@@ -62,7 +63,7 @@ async fn start() -> Server {
     tokio::spawn(mesh_controller::webhook::serve(listener, tls, webhook));
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert.der().clone()).expect("root");
-    Server { addr, roots }
+    Server { addr, roots, index }
 }
 
 /// A fake API server that knows one namespace the index has not seen yet, `fresh`,
@@ -279,6 +280,88 @@ async fn namespaces_and_pods_decide_and_the_patch_adds_the_sidecar() {
             .as_str()
             .expect("warning")
             .contains("skip-inbound-ports")
+    );
+}
+
+/// The sidecar's `MESH_PROXY_ACCESS_LOG`, if the patch sets it.
+fn access_log(patch: &Value) -> Option<String> {
+    let ops = patch.as_array()?;
+    let init = ops.iter().find(|o| o["path"] == "/spec/initContainers")?;
+    init["value"]
+        .as_array()?
+        .iter()
+        .flat_map(|c| c["env"].as_array().cloned().unwrap_or_default())
+        .find(|e| e["name"] == "MESH_PROXY_ACCESS_LOG")
+        .and_then(|e| e["value"].as_str().map(str::to_string))
+}
+
+#[tokio::test]
+async fn telemetry_and_annotations_turn_the_access_log_on() {
+    let server = start().await;
+    let (_, patch) = admit(&server, review("shop", json!({}), false)).await;
+    assert_eq!(access_log(&patch.expect("patch")), None, "off by default");
+    // The examples' mesh-default (istio-system, no selector): the whole mesh.
+    let telemetry = |ns: &str, name: &str, spec: Value| {
+        let spec: mesh_api::istio_networking::TelemetrySpec =
+            serde_json::from_value(spec).expect("telemetry");
+        server
+            .index
+            .apply(
+                &ObjectRef {
+                    kind: Kind::Telemetry,
+                    namespace: ns.into(),
+                    name: name.into(),
+                },
+                Object::Traffic(TrafficSpec::Telemetry(Box::new(spec)), None),
+            )
+            .expect("applied");
+    };
+    telemetry(
+        "istio-system",
+        "mesh-default",
+        json!({"accessLogging": [{"providers": [{"name": "envoy"}]}]}),
+    );
+    let (_, patch) = admit(&server, review("shop", json!({}), false)).await;
+    assert_eq!(access_log(&patch.expect("patch")).as_deref(), Some("text"));
+    // A pod's own annotation wins (Linkerd's, json).
+    let (_, patch) = admit(
+        &server,
+        review(
+            "shop",
+            json!({"config.linkerd.io/access-log": "json"}),
+            false,
+        ),
+    )
+    .await;
+    assert_eq!(access_log(&patch.expect("patch")).as_deref(), Some("json"));
+    // A namespace's Telemetry that disables it wins over the mesh's; one selecting
+    // the pod wins over both.
+    telemetry(
+        "shop",
+        "quiet",
+        json!({"accessLogging": [{"providers": [{"name": "envoy"}], "disabled": true}]}),
+    );
+    let (_, patch) = admit(&server, review("shop", json!({}), false)).await;
+    assert_eq!(access_log(&patch.expect("patch")), None);
+    telemetry(
+        "shop",
+        "web-logs",
+        json!({"selector": {"matchLabels": {"app": "web"}}, "accessLogging": [{"providers": [{"name": "envoy"}]}]}),
+    );
+    let (_, patch) = admit(&server, review("shop", json!({}), false)).await;
+    assert_eq!(access_log(&patch.expect("patch")).as_deref(), Some("text"));
+    // A bad annotation is a warning, not a refusal.
+    let (rsp, patch) = admit(
+        &server,
+        review("shop", json!({"config.mesh.io/access-log": "xml"}), false),
+    )
+    .await;
+    assert!(patch.is_none());
+    assert!(
+        rsp["response"]["warnings"][0]
+            .as_str()
+            .is_some_and(|w| w.contains("access-log")),
+        "{rsp}"
     );
 }
 

@@ -99,6 +99,11 @@ pub struct Config {
     #[arg(long, env = "MESH_PROXY_LOG", default_value = "info")]
     pub log: String,
 
+    /// The access log on stdout, a line per request: `text` or `json` (Linkerd's
+    /// `apache` is taken for `text`); unset: none.
+    #[arg(long, env = "MESH_PROXY_ACCESS_LOG")]
+    pub access_log: Option<crate::access_log::Format>,
+
     /// How long a connection to an endpoint may take before the request fails with 504.
     #[arg(long, env = "MESH_PROXY_CONNECT_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
     pub connect_timeout: Duration,

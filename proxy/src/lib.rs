@@ -7,6 +7,7 @@
 //! A request's path through the proxy reads top to bottom in [`inbound::stack`] and
 //! [`outbound::stack`]; the layers they share are in [`http`], one per file.
 
+pub mod access_log;
 pub mod accrual;
 pub mod admin;
 pub mod authz;

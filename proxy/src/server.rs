@@ -154,6 +154,9 @@ impl Proxy {
             identity,
             origins,
             backends: Default::default(),
+            access_log: config
+                .access_log
+                .map(|f| crate::access_log::AccessLog::stdout(f, config.identity_name.as_deref())),
         });
         let (drain_tx, drain) = watch::channel(false);
         let limits = crate::http::Limits {

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -43,10 +44,21 @@ impl Builder {
             .env("MESH_PROXY_LOG", "info,mesh_proxy=debug")
             .envs(&self.env)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         let mut child = cmd.spawn().expect("spawn mesh-proxy");
+        // What the proxy writes on stdout (its access log), kept for the test.
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        if let Some(out) = child.stdout.take() {
+            let kept = stdout.clone();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(out).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    kept.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+                }
+            });
+        }
         let stderr = child.stderr.take().expect("stderr");
         let mut lines = BufReader::new(stderr).lines();
         let listening = tokio::time::timeout(Duration::from_secs(30), async {
@@ -81,6 +93,7 @@ impl Builder {
             outbound: field("outbound"),
             admin: field("admin"),
             child,
+            stdout,
         }
     }
 }
@@ -95,9 +108,18 @@ pub struct Proxy {
     /// The admin server.
     pub admin: SocketAddr,
     child: Child,
+    stdout: Arc<Mutex<Vec<String>>>,
 }
 
 impl Proxy {
+    /// The lines the proxy has written on stdout so far (its access log).
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.stdout
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// The text of `GET /metrics`.
     pub async fn metrics(&self) -> String {
         let rsp = crate::client::get(self.admin, "admin", "/metrics").await;

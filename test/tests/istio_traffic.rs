@@ -509,3 +509,56 @@ async fn sticky_sessions_by_cookie_and_by_header() {
     }
     assert!(users.len() > 1, "{users:?}");
 }
+
+#[tokio::test]
+async fn the_access_log_writes_a_line_per_request_in_both_directions() {
+    let app = backend::http().await;
+    let server = proxy::new()
+        .app(app.addr)
+        .env("ACCESS_LOG", "json")
+        .run()
+        .await;
+    let client_proxy = proxy::new().env("ACCESS_LOG", "text").run().await;
+    // Inbound, JSON: method, authority, path with its query, status, latency.
+    let req = Request::get("/status/418?x=1")
+        .header("host", "books.default.svc.cluster.local")
+        .body(client::body(Bytes::new()))
+        .expect("request");
+    let rsp = client::send(&mut client::h1(server.inbound).await, req).await;
+    assert_eq!(rsp.status.as_u16(), 418);
+    let line = mesh_test::eventually("an inbound line", Duration::from_secs(5), || async {
+        server.stdout_lines().into_iter().next()
+    })
+    .await;
+    let v: serde_json::Value = serde_json::from_str(&line).expect("json line");
+    assert_eq!(v["direction"], "inbound", "{v}");
+    assert_eq!(v["method"], "GET");
+    assert_eq!(v["authority"], "books.default.svc.cluster.local");
+    assert_eq!(v["path"], "/status/418?x=1");
+    assert_eq!(v["status"], 418);
+    assert!(v["latency_ms"].as_f64().is_some_and(|l| l > 0.0), "{v}");
+    assert!(v["time"].as_str().is_some_and(|t| t.ends_with('Z')), "{v}");
+    // Outbound, text; one line per request.
+    for path in ["/", "/nothing"] {
+        let req = Request::get(path)
+            .header("host", app.authority())
+            .body(client::body(Bytes::new()))
+            .expect("request");
+        let _ = client::send(&mut client::h1(client_proxy.outbound).await, req).await;
+    }
+    let lines = mesh_test::eventually("two outbound lines", Duration::from_secs(5), || async {
+        let lines = client_proxy.stdout_lines();
+        (lines.len() >= 2).then_some(lines)
+    })
+    .await;
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(
+        lines[0].contains(" outbound GET ") && lines[0].contains(" / 200 "),
+        "{lines:?}"
+    );
+    assert!(lines[1].contains(" /nothing "), "{lines:?}");
+    assert!(
+        lines.iter().all(|l| l.contains("route=default")),
+        "{lines:?}"
+    );
+}

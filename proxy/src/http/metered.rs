@@ -21,6 +21,7 @@ use http_body::{Body as _, Frame, SizeHint};
 use tower::{Layer, Service};
 
 use super::{BoxFuture, ConnInfo, classify, grpc_status, request_authority};
+use crate::access_log::{AccessLog, Entry};
 use crate::body::{self, BoxBody};
 use crate::error::BoxError;
 use crate::metrics::{Metrics, RequestLabels};
@@ -43,6 +44,7 @@ pub struct MeteredLayer {
     direction: Direction,
     mtls: bool,
     peer_at: PeerAt,
+    access_log: Option<Arc<AccessLog>>,
 }
 
 impl MeteredLayer {
@@ -54,7 +56,14 @@ impl MeteredLayer {
             direction,
             mtls,
             peer_at,
+            access_log: None,
         }
+    }
+
+    /// Writes a line per request to `log`, when there is one.
+    pub fn logging(mut self, log: Option<Arc<AccessLog>>) -> Self {
+        self.access_log = log;
+        self
     }
 }
 
@@ -96,7 +105,22 @@ where
             direction,
             mtls,
             peer_at,
+            access_log,
         } = &self.layer;
+        // Only a logged request pays for its method, authority and path.
+        let logged = access_log.as_ref().map(|log| {
+            Box::new(Logged {
+                log: log.clone(),
+                at: std::time::SystemTime::now(),
+                method: req.method().clone(),
+                authority: request_authority(&req).unwrap_or("").into(),
+                path: req
+                    .uri()
+                    .path_and_query()
+                    .map_or("/", |p| p.as_str())
+                    .into(),
+            })
+        });
         let route = req
             .extensions()
             .get::<RouteInfo>()
@@ -145,6 +169,7 @@ where
                         status,
                         latency,
                         route,
+                        logged,
                     }),
                     grpc_status,
                 };
@@ -161,6 +186,17 @@ struct Done {
     status: u16,
     latency: Duration,
     route: Option<Arc<Route>>,
+    logged: Option<Box<Logged>>,
+}
+
+/// What the access log says of a request beyond its labels.
+#[derive(Debug)]
+struct Logged {
+    log: Arc<AccessLog>,
+    at: std::time::SystemTime,
+    method: http::Method,
+    authority: Box<str>,
+    path: Box<str>,
 }
 
 impl Done {
@@ -172,6 +208,20 @@ impl Done {
         };
         self.metrics
             .response(&self.labels, self.status, class, self.latency);
+        if let Some(l) = self.logged {
+            l.log.log(&Entry {
+                at: l.at,
+                direction: self.labels.direction,
+                method: l.method.as_str(),
+                authority: &l.authority,
+                path: &l.path,
+                status: self.status,
+                // To the response's end, as Envoy's duration is.
+                latency: l.at.elapsed().unwrap_or(self.latency),
+                route: &self.labels.route,
+                peer: self.labels.peer.id.as_deref(),
+            });
+        }
     }
 }
 

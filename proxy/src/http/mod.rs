@@ -94,6 +94,8 @@ pub struct Shared {
     pub origins: Arc<crate::origins::Origins>,
     /// Per-backend state of backend policies (round-robin turns, pool counts).
     pub backends: crate::backend::Backends,
+    /// The access log, when one is kept.
+    pub access_log: Option<Arc<crate::access_log::AccessLog>>,
 }
 
 /// The bounds every request is held to.

@@ -31,12 +31,15 @@ pub fn stack(shared: Arc<Shared>, limits: &Limits) -> HttpService {
         // Count every request and time it to its response, the ones the proxy answers
         // itself included; the client is known from the connection, so the request
         // counts at once, labelled with who sent it.
-        .layer(MeteredLayer::new(
-            shared.metrics.clone(),
-            Direction::Inbound,
-            mtls,
-            PeerAt::Connection,
-        ))
+        .layer(
+            MeteredLayer::new(
+                shared.metrics.clone(),
+                Direction::Inbound,
+                mtls,
+                PeerAt::Connection,
+            )
+            .logging(shared.access_log.clone()),
+        )
         // The one place errors become responses with `mesh-proxy-error`; every layer
         // below returns errors.
         .layer(RescueLayer)

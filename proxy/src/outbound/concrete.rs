@@ -359,6 +359,7 @@ pub(crate) mod tests {
             identity: None,
             origins,
             backends: Default::default(),
+            access_log: None,
         })
     }
 

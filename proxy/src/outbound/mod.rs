@@ -48,12 +48,15 @@ pub fn stack(shared: Arc<Shared>, limits: &Limits) -> HttpService {
         // Count every request and time it to its response, the ones the proxy answers
         // itself included. The server is known only once an endpoint is connected:
         // the concrete level counts the request then and names the peer upward.
-        .layer(MeteredLayer::new(
-            shared.metrics.clone(),
-            Direction::Outbound,
-            mtls,
-            PeerAt::Endpoint,
-        ))
+        .layer(
+            MeteredLayer::new(
+                shared.metrics.clone(),
+                Direction::Outbound,
+                mtls,
+                PeerAt::Endpoint,
+            )
+            .logging(shared.access_log.clone()),
+        )
         // The one place errors become responses with `mesh-proxy-error`; every layer
         // below returns errors.
         .layer(RescueLayer)

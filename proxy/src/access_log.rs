@@ -1,0 +1,243 @@
+//! The access log: a line per request (time, direction, method, authority, path,
+//! status, latency, route, client and server identities), as text or JSON, on
+//! stdout. Lines are handed to a writer thread through a bounded queue: a request
+//! never waits for the log, and lines the queue has no room for are dropped and
+//! counted.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::vocab::Direction;
+
+/// Lines waiting for the writer at most.
+const QUEUE: usize = 4096;
+
+/// How lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// `key=value` pairs, one request a line.
+    Text,
+    /// One JSON object a line.
+    Json,
+}
+
+impl std::str::FromStr for Format {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            // Linkerd's `apache` is its text form.
+            "text" | "apache" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            other => Err(format!("{other:?}: expected text or json")),
+        }
+    }
+}
+
+/// One request, as logged.
+#[derive(Debug)]
+pub struct Entry<'a> {
+    /// When it arrived.
+    pub at: SystemTime,
+    /// Inbound or outbound.
+    pub direction: Direction,
+    /// Its method.
+    pub method: &'a str,
+    /// Its authority.
+    pub authority: &'a str,
+    /// Its path (and query).
+    pub path: &'a str,
+    /// The response's status.
+    pub status: u16,
+    /// From the request to the response's end.
+    pub latency: Duration,
+    /// The route it took.
+    pub route: &'a str,
+    /// The peer's verified identity, if any.
+    pub peer: Option<&'a str>,
+}
+
+/// The access log of this proxy.
+#[derive(Debug)]
+pub struct AccessLog {
+    format: Format,
+    /// This proxy's own identity (the server's inbound, the client's outbound).
+    identity: Option<Arc<str>>,
+    tx: SyncSender<String>,
+    dropped: AtomicU64,
+}
+
+impl AccessLog {
+    /// A log in `format`, written to stdout by a thread of its own; `identity` is
+    /// this proxy's.
+    pub fn stdout(format: Format, identity: Option<&str>) -> Arc<Self> {
+        let (log, rx) = Self::new(format, identity);
+        let spawned = std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || write_all(rx, std::io::stdout()));
+        if let Err(error) = spawned {
+            tracing::warn!(%error, "no access log writer: lines are dropped");
+        }
+        log
+    }
+
+    /// A log and the receiving end of its lines (tests read them).
+    pub fn new(format: Format, identity: Option<&str>) -> (Arc<Self>, Receiver<String>) {
+        let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
+        let log = Arc::new(Self {
+            format,
+            identity: identity.map(Arc::from),
+            tx,
+            dropped: AtomicU64::new(0),
+        });
+        (log, rx)
+    }
+
+    /// Lines dropped for want of room so far.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Logs `e`, without waiting.
+    pub fn log(&self, e: &Entry<'_>) {
+        let line = self.line(e);
+        match self.tx.try_send(line) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn line(&self, e: &Entry<'_>) -> String {
+        let me = self.identity.as_deref();
+        let (client, server) = match e.direction {
+            Direction::Inbound => (e.peer, me),
+            Direction::Outbound => (me, e.peer),
+        };
+        let time = rfc3339(e.at);
+        let direction = e.direction.as_str();
+        let latency_ms = e.latency.as_secs_f64() * 1000.0;
+        match self.format {
+            Format::Json => serde_json::json!({
+                "time": time,
+                "direction": direction,
+                "method": e.method,
+                "authority": e.authority,
+                "path": e.path,
+                "status": e.status,
+                "latency_ms": (latency_ms * 1000.0).round() / 1000.0,
+                "route": e.route,
+                "client_id": client,
+                "server_id": server,
+            })
+            .to_string(),
+            Format::Text => format!(
+                "{time} {direction} {method} {authority} {path} {status} {latency_ms:.3}ms route={route} client_id={client} server_id={server}",
+                method = e.method,
+                authority = quoted(e.authority),
+                path = quoted(e.path),
+                status = e.status,
+                route = quoted(e.route),
+                client = client.unwrap_or("-"),
+                server = server.unwrap_or("-"),
+            ),
+        }
+    }
+}
+
+/// `s`, or `"s"` with escapes when it holds spaces, quotes or controls (a request's
+/// path is the client's to choose: a line must stay one line).
+fn quoted(s: &str) -> String {
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic() && b != b'"') {
+        s.to_string()
+    } else {
+        serde_json::Value::from(s).to_string()
+    }
+}
+
+/// Writes every line received to `out`, flushing when no more are waiting.
+fn write_all(rx: Receiver<String>, out: impl Write) {
+    let mut out = std::io::BufWriter::new(out);
+    while let Ok(line) = rx.recv() {
+        let _ = writeln!(out, "{line}");
+        while let Ok(more) = rx.try_recv() {
+            let _ = writeln!(out, "{more}");
+        }
+        let _ = out.flush();
+    }
+}
+
+/// `t` as RFC 3339 in UTC, to the millisecond.
+pub fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(path: &str) -> Entry<'_> {
+        Entry {
+            at: UNIX_EPOCH + Duration::from_millis(1_796_349_600_123),
+            direction: Direction::Outbound,
+            method: "GET",
+            authority: "reviews.default.svc.cluster.local:9080",
+            path,
+            status: 200,
+            latency: Duration::from_micros(1500),
+            route: "reviews/jason",
+            peer: Some("reviews.default.serviceaccount.identity.mesh.cluster.local"),
+        }
+    }
+
+    #[test]
+    fn lines_are_text_or_json_and_never_block() {
+        let (log, rx) = AccessLog::new(Format::Text, Some("web.default.serviceaccount"));
+        log.log(&entry("/books?x=1"));
+        let line = rx.recv().expect("line");
+        assert_eq!(
+            line,
+            "2026-12-04T02:00:00.123Z outbound GET reviews.default.svc.cluster.local:9080 /books?x=1 200 1.500ms route=reviews/jason client_id=web.default.serviceaccount server_id=reviews.default.serviceaccount.identity.mesh.cluster.local"
+        );
+        log.log(&entry("/a b\n\"c\""));
+        let line = rx.recv().expect("line");
+        assert!(line.contains(r#""/a b\n\"c\"""#), "{line}");
+        assert!(!line.contains('\n'));
+
+        let (log, rx) = AccessLog::new(Format::Json, None);
+        log.log(&entry("/books"));
+        let v: serde_json::Value = serde_json::from_str(&rx.recv().expect("line")).expect("json");
+        assert_eq!(v["status"], 200);
+        assert_eq!(v["route"], "reviews/jason");
+        assert_eq!(v["client_id"], serde_json::Value::Null);
+        // A full queue drops lines instead of waiting.
+        for _ in 0..QUEUE + 10 {
+            log.log(&entry("/"));
+        }
+        assert_eq!(log.dropped(), 10);
+        assert!("apache".parse::<Format>().is_ok() && "xml".parse::<Format>().is_err());
+    }
+}
