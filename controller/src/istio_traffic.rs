@@ -226,10 +226,14 @@ fn connection_pool(p: &istio::ConnectionPool) -> pb::ConnectionPool {
             .and_then(|h| h.http1_max_pending_requests)
             .unwrap_or_default(),
         max_requests: http.and_then(|h| h.http2_max_requests).unwrap_or_default(),
-        // Not applied yet (reported by `TrafficSpec::not_applied`): the proxy's
-        // connections are pooled per endpoint, not per backend.
-        max_requests_per_connection: 0,
+        max_requests_per_connection: http
+            .and_then(|h| h.max_requests_per_connection)
+            .unwrap_or_default(),
+        // Not applied yet (reported by `not_applied`): the proxy's connections are
+        // pooled per endpoint, not per backend.
         idle_timeout_ms: 0,
+        connect_timeout_ms: ms(tcp.and_then(|t| t.connect_timeout.as_deref())).unwrap_or_default(),
+        max_retries: http.and_then(|h| h.max_retries).unwrap_or_default(),
     }
 }
 
@@ -242,7 +246,6 @@ pub fn not_applied(p: &istio::TrafficPolicy, at: &str) -> Vec<String> {
                      outlier: Option<&istio::OutlierDetection>| {
         if let Some(t) = pool.and_then(|p| p.tcp.as_ref()) {
             for (field, set) in [
-                ("connectTimeout", t.connect_timeout.is_some()),
                 ("tcpKeepalive", t.tcp_keepalive.is_some()),
                 ("maxConnectionDuration", t.max_connection_duration.is_some()),
                 ("idleTimeout", t.idle_timeout.is_some()),
@@ -254,11 +257,6 @@ pub fn not_applied(p: &istio::TrafficPolicy, at: &str) -> Vec<String> {
         }
         if let Some(h) = pool.and_then(|p| p.http.as_ref()) {
             for (field, set) in [
-                (
-                    "maxRequestsPerConnection",
-                    h.max_requests_per_connection.is_some(),
-                ),
-                ("maxRetries", h.max_retries.is_some()),
                 ("idleTimeout", h.idle_timeout.is_some()),
                 ("maxConcurrentStreams", h.max_concurrent_streams.is_some()),
             ] {

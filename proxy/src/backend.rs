@@ -71,6 +71,18 @@ impl Limits {
     }
 }
 
+/// How a backend's connections are made and used.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Connections {
+    /// A connect's longest wait (Istio's `tcp.connectTimeout`); `None`: the proxy's.
+    pub connect_timeout: Option<Duration>,
+    /// Requests one connection carries before it is closed (`maxRequestsPerConnection`);
+    /// `None`: no bound.
+    pub max_requests: Option<u32>,
+    /// Retries in flight to the backend at once (`maxRetries`); `None`: no bound.
+    pub max_retries: Option<usize>,
+}
+
 /// One backend's policy as the proxy applies it.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct BackendPolicy {
@@ -78,6 +90,8 @@ pub struct BackendPolicy {
     pub lb: Lb,
     /// Bounds on requests; `None`: none.
     pub limits: Option<Limits>,
+    /// How connections are made and used.
+    pub connections: Connections,
     /// When failing endpoints leave the balancer; `None`: never.
     pub accrual: Option<crate::accrual::Policy>,
     /// Plaintext to meshed endpoints (their proxies see plaintext).
@@ -124,14 +138,20 @@ impl BackendPolicy {
             max_pending: clamp(p.max_pending_requests),
             max_requests: clamp(p.max_requests),
         });
-        if pool.is_some_and(|p| p.max_requests_per_connection > 0 || p.idle_timeout_ms > 0) {
-            return Err(Unsupported(
-                "connection pools bounding requests per connection or idle time",
-            ));
+        if pool.is_some_and(|p| p.idle_timeout_ms > 0) {
+            return Err(Unsupported("connection pools bounding idle time"));
         }
+        let connections = pool.map_or_else(Connections::default, |p| Connections {
+            connect_timeout: (p.connect_timeout_ms > 0)
+                .then(|| Duration::from_millis(p.connect_timeout_ms)),
+            max_requests: (p.max_requests_per_connection > 0)
+                .then_some(p.max_requests_per_connection),
+            max_retries: (p.max_retries > 0).then(|| clamp(p.max_retries)),
+        });
         Ok(Self {
             lb,
             limits: limits.filter(|l| !l.is_unbounded()),
+            connections,
             accrual: outlier.and_then(crate::accrual::Policy::compile),
             disable_mtls,
         })
@@ -159,6 +179,18 @@ struct State {
     pending: AtomicUsize,
     /// Woken when a request is done.
     freed: Notify,
+    /// Retries in flight.
+    retries: AtomicUsize,
+}
+
+/// A retry in flight, within a backend's `maxRetries`: done when dropped.
+#[derive(Debug)]
+pub struct Retrying(Arc<State>);
+
+impl Drop for Retrying {
+    fn drop(&mut self) {
+        self.0.retries.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Every backend's counts, by backend.
@@ -199,6 +231,24 @@ impl Backends {
         let s = Arc::new(State::default());
         states.insert(Arc::from(backend), s.clone());
         s
+    }
+
+    /// A retry to `backend`, if fewer than `max` are in flight.
+    pub fn retry(&self, backend: &str, max: usize) -> Option<Retrying> {
+        let s = self.state(backend);
+        let mut n = s.retries.load(Ordering::Acquire);
+        loop {
+            if n >= max {
+                return None;
+            }
+            match s
+                .retries
+                .compare_exchange(n, n + 1, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return Some(Retrying(s)),
+                Err(now) => n = now,
+            }
+        }
     }
 
     /// The next turn of `backend`'s round robin.
@@ -375,6 +425,16 @@ mod tests {
         );
         drop(only);
         assert!(b.admit("api", &all).await.is_ok());
+    }
+
+    #[test]
+    fn retries_in_flight_are_bounded_per_backend() {
+        let b = Backends::default();
+        let first = b.retry("web", 1).expect("one");
+        assert!(b.retry("web", 1).is_none(), "a second waits its turn");
+        assert!(b.retry("db", 1).is_some(), "another backend counts apart");
+        drop(first);
+        assert!(b.retry("web", 1).is_some());
     }
 
     #[test]

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -64,8 +64,10 @@ pub struct Endpoint {
     config: ClientConfig,
     metrics: Arc<Metrics>,
     origins: Arc<Origins>,
-    h1_pool: Mutex<Vec<(http1::SendRequest<BoxBody>, Instant)>>,
-    h2: Mutex<Option<http2::SendRequest<BoxBody>>>,
+    /// Idle HTTP/1 connections: since when, and how many requests each carried.
+    h1_pool: Mutex<Vec<(http1::SendRequest<BoxBody>, Instant, u32)>>,
+    /// The HTTP/2 connection, and how many requests were sent on it.
+    h2: Mutex<Option<(http2::SendRequest<BoxBody>, Arc<AtomicU32>)>>,
     /// When a request last asked for it (milliseconds since [`epoch`]).
     used_ms: AtomicU64,
 }
@@ -179,10 +181,17 @@ impl Endpoints {
 
 /// A connection to an endpoint, ready for one request.
 pub enum Conn {
-    /// An HTTP/1 connection, and whether it came from the pool.
-    Http1(http1::SendRequest<BoxBody>, bool),
+    /// An HTTP/1 connection, whether it came from the pool, and its use so far.
+    Http1(http1::SendRequest<BoxBody>, bool, Reuse),
     /// An HTTP/2 connection, and whether it was already open.
     Http2(http2::SendRequest<BoxBody>, bool),
+}
+
+/// How much an HTTP/1 connection has carried, and may.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Reuse {
+    served: u32,
+    limit: Option<u32>,
 }
 
 impl Endpoint {
@@ -194,18 +203,30 @@ impl Endpoint {
     /// A connection ready for a request: pooled, or new. Failing here means no request
     /// was sent, so the caller may safely try another endpoint.
     pub async fn connection(&self) -> Result<Conn, ProxyError> {
+        self.connection_with(None).await
+    }
+
+    /// As [`Self::connection`], on a connection that has carried fewer than `limit`
+    /// requests (a backend's `maxRequestsPerConnection`); one that reaches it is
+    /// closed once its response is read.
+    pub async fn connection_with(&self, limit: Option<u32>) -> Result<Conn, ProxyError> {
         match self.version {
-            Version::Http1 => Ok(match self.take_ready() {
-                Some(tx) => Conn::Http1(tx, true),
-                None => Conn::Http1(self.handshake_h1().await?, false),
+            Version::Http1 => Ok(match self.take_ready(limit) {
+                Some((tx, served)) => Conn::Http1(tx, true, Reuse { served, limit }),
+                None => Conn::Http1(
+                    self.handshake_h1().await?,
+                    false,
+                    Reuse { served: 0, limit },
+                ),
             }),
             Version::Http2 => {
                 let cached = {
                     let h2 = self.h2.lock().unwrap_or_else(|e| e.into_inner());
-                    h2.as_ref().filter(|tx| !tx.is_closed()).cloned()
+                    h2.as_ref().filter(|(tx, _)| !tx.is_closed()).cloned()
                 };
-                if let Some(mut tx) = cached {
-                    if tx.ready().await.is_ok() {
+                if let Some((mut tx, sent)) = cached {
+                    let spent = limit.is_some_and(|l| sent.fetch_add(1, Ordering::Relaxed) >= l);
+                    if !spent && tx.ready().await.is_ok() {
                         return Ok(Conn::Http2(tx, true));
                     }
                     self.forget_h2();
@@ -224,9 +245,9 @@ impl Endpoint {
         req: Request<BoxBody>,
     ) -> Result<Response<Incoming>, ProxyError> {
         match conn {
-            Conn::Http1(mut tx, reused) => {
+            Conn::Http1(mut tx, reused, reuse) => {
                 let req = match tx.try_send_request(req).await {
-                    Ok(rsp) => return Ok(self.keep_h1(tx, rsp)),
+                    Ok(rsp) => return Ok(self.keep_h1(tx, rsp, reuse)),
                     Err(mut e) => match e.take_message() {
                         Some(unsent) if reused => unsent,
                         _ => return Err(ProxyError::upstream(self.addr, e.into_error())),
@@ -237,7 +258,8 @@ impl Endpoint {
                     .send_request(req)
                     .await
                     .map_err(|e| ProxyError::upstream(self.addr, e))?;
-                Ok(self.keep_h1(tx, rsp))
+                let fresh = Reuse { served: 0, ..reuse };
+                Ok(self.keep_h1(tx, rsp, fresh))
             }
             Conn::Http2(mut tx, reused) => {
                 let req = match tx.try_send_request(req).await {
@@ -260,10 +282,15 @@ impl Endpoint {
         &self,
         tx: http1::SendRequest<BoxBody>,
         rsp: Response<Incoming>,
+        reuse: Reuse,
     ) -> Response<Incoming> {
-        // An upgraded connection belongs to its tunnel from now on.
-        if rsp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
-            self.pool(tx);
+        let served = reuse.served.saturating_add(1);
+        // An upgraded connection belongs to its tunnel from now on; one that has
+        // carried its bound is closed after this response (dropping `tx`).
+        if rsp.status() != http::StatusCode::SWITCHING_PROTOCOLS
+            && reuse.limit.is_none_or(|l| served < l)
+        {
+            self.pool(tx, served);
         }
         rsp
     }
@@ -317,18 +344,21 @@ impl Endpoint {
     /// Takes a pooled HTTP/1 connection that is ready for a request. The pool holds
     /// busy connections too (a response body still being read), so returning one
     /// costs nothing; expired and closed ones are dropped on the way.
-    fn take_ready(&self) -> Option<http1::SendRequest<BoxBody>> {
+    /// An idle pooled connection that has carried fewer than `limit` requests, and how
+    /// many it has.
+    fn take_ready(&self, limit: Option<u32>) -> Option<(http1::SendRequest<BoxBody>, u32)> {
         let mut pool = self.h1_pool.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         let ttl = self.config.idle_timeout;
         let mut i = pool.len();
         while i > 0 {
             i -= 1;
-            let (tx, since) = &pool[i];
+            let (tx, since, served) = &pool[i];
             if tx.is_closed() || (tx.is_ready() && now.saturating_duration_since(*since) > ttl) {
                 pool.swap_remove(i);
-            } else if tx.is_ready() {
-                return Some(pool.swap_remove(i).0);
+            } else if tx.is_ready() && limit.is_none_or(|l| *served < l) {
+                let (tx, _, served) = pool.swap_remove(i);
+                return Some((tx, served));
             }
         }
         None
@@ -336,10 +366,10 @@ impl Endpoint {
 
     /// Keeps a connection for reuse once its response has been read; beyond the pool's
     /// size it is dropped, and hyper closes it after the response in flight.
-    fn pool(&self, tx: http1::SendRequest<BoxBody>) {
+    fn pool(&self, tx: http1::SendRequest<BoxBody>, served: u32) {
         let mut pool = self.h1_pool.lock().unwrap_or_else(|e| e.into_inner());
         if pool.len() < self.config.max_pooled_per_endpoint {
-            pool.push((tx, Instant::now()));
+            pool.push((tx, Instant::now(), served));
         }
     }
 
@@ -386,7 +416,8 @@ impl Endpoint {
             .await
             .map_err(|_| ProxyError::ConnectTimeout(addr))?
             .map_err(|source| ProxyError::Upstream { addr, source })?;
-        *self.h2.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx.clone());
+        *self.h2.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((tx.clone(), Arc::new(AtomicU32::new(1))));
         Ok(tx)
     }
 

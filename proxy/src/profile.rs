@@ -1074,22 +1074,24 @@ mod tests {
                 .to_string(),
             "unsupported in this proxy: an empty filter"
         );
-        // Connection pools bounding requests per connection are not done here yet;
-        // bounds on requests are.
-        let pooled = |per_connection| pb::OutboundPolicy {
+        // Connection pools bounding idle time are not done here yet; bounds on
+        // requests and connections are.
+        let pooled = |idle_timeout_ms| pb::OutboundPolicy {
             connection_pool: Some(pb::ConnectionPool {
                 max_connections: 1,
-                max_requests_per_connection: per_connection,
+                max_requests_per_connection: 2,
+                idle_timeout_ms,
                 ..Default::default()
             }),
             ..Default::default()
         };
         assert!(Profile::compile(&pooled(1)).is_err());
-        let limits = Profile::compile(&pooled(0))
+        let policy = Profile::compile(&pooled(0))
             .expect("supported")
             .policy
-            .limits;
-        assert_eq!(limits.map(|l| l.max_in_flight), Some(1));
+            .clone();
+        assert_eq!(policy.limits.map(|l| l.max_in_flight), Some(1));
+        assert_eq!(policy.connections.max_requests, Some(2));
         let ordered = pb::OutboundPolicy {
             route_order: 7,
             ..Default::default()

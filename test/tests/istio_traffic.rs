@@ -562,3 +562,50 @@ async fn the_access_log_writes_a_line_per_request_in_both_directions() {
         "{lines:?}"
     );
 }
+
+#[tokio::test]
+async fn connections_carry_at_most_their_requests_and_connects_time_out_as_the_rule_says() {
+    let hole = backend::blackhole();
+    let objects = format!(
+        "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: web}}\n\
+         spec: {{host: web, trafficPolicy: {{connectionPool: {{http: {{maxRequestsPerConnection: 2}}}}}}}}\n\
+         ---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: hole}}\n\
+         spec: {{host: hole, trafficPolicy: {{connectionPool: {{tcp: {{connectTimeout: 100ms}}}}}}}}\n\
+         ---\napiVersion: v1\nkind: Service\nmetadata: {{name: hole, namespace: default}}\n\
+         spec: {{selector: {{app: hole}}, ports: [{{port: 80, targetPort: {port}}}]}}\n\
+         ---\napiVersion: v1\nkind: Pod\nmetadata: {{name: hole-1, namespace: default, labels: {{app: hole}}}}\n\
+         spec: {{containers: [{{name: app, image: x}}]}}\nstatus: {{podIP: \"{ip}\"}}\n",
+        port = hole.addr.port(),
+        ip = hole.addr.ip(),
+    );
+    let mesh = Mesh::start(&[("web", &["v1"])], &objects).await;
+    let host = "web.default.svc.cluster.local";
+    let app = mesh.pod("web", "v1");
+    // Once the rule is there, every second request opens a connection.
+    mesh_test::eventually(
+        "two requests a connection",
+        Duration::from_secs(15),
+        || async {
+            let before = app.connections.load(Ordering::SeqCst);
+            for _ in 0..6 {
+                assert_eq!(mesh.send(host, "/", &[]).await.status.as_u16(), 200);
+            }
+            (app.connections.load(Ordering::SeqCst) - before == 3).then_some(())
+        },
+    )
+    .await;
+    // A connect that hangs gives up after the rule's 100 ms, not the proxy's 1 s.
+    let started = Instant::now();
+    mesh_test::eventually(
+        "the hole's connect timeout",
+        Duration::from_secs(15),
+        || async {
+            let took = Instant::now();
+            let rsp = mesh.send("hole.default.svc.cluster.local", "/", &[]).await;
+            (rsp.status.as_u16() == 504 && took.elapsed() < Duration::from_millis(800))
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(15));
+}

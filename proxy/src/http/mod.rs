@@ -93,7 +93,7 @@ pub struct Shared {
     /// The proxy's own open upstream connections: one accepted from them is a loop.
     pub origins: Arc<crate::origins::Origins>,
     /// Per-backend state of backend policies (round-robin turns, pool counts).
-    pub backends: crate::backend::Backends,
+    pub backends: Arc<crate::backend::Backends>,
     /// The access log, when one is kept.
     pub access_log: Option<Arc<crate::access_log::AccessLog>>,
 }

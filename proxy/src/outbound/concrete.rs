@@ -230,7 +230,15 @@ impl Balance {
                 return Err(ProxyError::NoEndpoints(authority.unwrap_or_default()).into());
             };
             let in_flight = endpoint.load.start();
-            match endpoint.connection().await {
+            let connecting = endpoint.connection_with(policy.connections.max_requests);
+            // The backend's own connect timeout, when it sets a tighter one.
+            let connected = match policy.connections.connect_timeout {
+                Some(t) => tokio::time::timeout(t, connecting)
+                    .await
+                    .unwrap_or(Err(ProxyError::ConnectTimeout(endpoint.addr))),
+                None => connecting.await,
+            };
+            match connected {
                 Ok(c) => break (endpoint, dst, c, in_flight),
                 Err(e) => {
                     in_flight.fail();

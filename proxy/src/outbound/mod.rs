@@ -78,7 +78,10 @@ pub fn stack(shared: Arc<Shared>, limits: &Limits) -> HttpService {
         // included; its deadline goes down with the request.
         .layer(TimeoutLayer::new(limits.response_headers_timeout))
         // Retry failures of retryable routes while the route's budget allows.
-        .layer(retry::RetryLayer::new(shared.metrics.clone()))
+        .layer(retry::RetryLayer::new(
+            shared.metrics.clone(),
+            shared.backends.clone(),
+        ))
         // Shed load instead of queueing when too many requests are in flight: a fast
         // 503 lets the caller's balancer pick another replica.
         .load_shed()

@@ -105,12 +105,14 @@ type Attempts = BoxCloneService<Request<BoxBody>, Response<BoxBody>, BoxError>;
 #[derive(Clone, Debug)]
 pub struct RetryLayer {
     metrics: Arc<Metrics>,
+    backends: Arc<crate::backend::Backends>,
 }
 
 impl RetryLayer {
-    /// Counts attempts and skipped retries in `metrics`.
-    pub fn new(metrics: Arc<Metrics>) -> Self {
-        Self { metrics }
+    /// Counts attempts and skipped retries in `metrics`; bounds retries in flight per
+    /// service (a DestinationRule's `maxRetries`) in `backends`.
+    pub fn new(metrics: Arc<Metrics>, backends: Arc<crate::backend::Backends>) -> Self {
+        Self { metrics, backends }
     }
 }
 
@@ -128,6 +130,7 @@ where
         Retry {
             inner: BoxCloneService::new(inner),
             metrics: self.metrics.clone(),
+            backends: self.backends.clone(),
         }
     }
 }
@@ -137,6 +140,7 @@ where
 pub struct Retry {
     inner: Attempts,
     metrics: Arc<Metrics>,
+    backends: Arc<crate::backend::Backends>,
 }
 
 /// The endpoint an attempt's outcome names: it reached that endpoint, which counted it.
@@ -218,6 +222,17 @@ impl Service<Request<BoxBody>> for Retry {
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let metrics = self.metrics.clone();
+        // The service's bound on retries in flight, if its policy sets one.
+        let bound = req
+            .extensions()
+            .get::<RouteInfo>()
+            .and_then(|i| i.profile.policy.connections.max_retries)
+            .zip(
+                req.extensions()
+                    .get::<super::logical::Logical>()
+                    .map(|l| l.0.to_string()),
+            );
+        let backends = self.backends.clone();
         let labels = req.extensions().get::<RequestLabels>().cloned();
         let deadline = req.extensions().get::<Deadline>().copied();
         Box::pin(async move {
@@ -238,6 +253,8 @@ impl Service<Request<BoxBody>> for Retry {
             // The endpoint the latest attempt reached, which counted the request.
             let mut counted: Option<Peer> = None;
             let mut attempt = 1;
+            // The retry in flight, within the service's bound.
+            let mut _retrying = None;
             loop {
                 // Each attempt within its own timeout, if the route sets one, inside the
                 // request's deadline.
@@ -296,7 +313,14 @@ impl Service<Request<BoxBody>> for Retry {
                 if !failed || attempt >= on.max_attempts {
                     return attribute(result, counted);
                 }
-                if !tower::retry::budget::Budget::withdraw(&*budget) {
+                let within = match &bound {
+                    Some((max, service)) => {
+                        _retrying = backends.retry(service, *max);
+                        _retrying.is_some()
+                    }
+                    None => true,
+                };
+                if !within || !tower::retry::budget::Budget::withdraw(&*budget) {
                     if let Some(labels) = &labels {
                         let last = match &counted {
                             Some(peer) => metrics.with_peer(labels, peer),
@@ -403,7 +427,7 @@ mod tests {
             .map_err(|e: BoxError| e)
             .service(mock);
         (
-            RetryLayer::new(metrics.clone()).layer(mock),
+            RetryLayer::new(metrics.clone(), Default::default()).layer(mock),
             handle,
             metrics,
         )
