@@ -834,3 +834,67 @@ fn unmodelled_retry_on(route: &HttpRoute) -> Vec<&str> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(yaml: &str) -> DestinationRuleSpec {
+        mesh_api::yaml::from_str(yaml).expect("spec")
+    }
+
+    #[test]
+    fn port_and_subset_settings_replace_the_hosts_section_by_section() {
+        let spec = rule(
+            "host: web\n\
+             trafficPolicy:\n\
+             \x20 loadBalancer: {simple: ROUND_ROBIN}\n\
+             \x20 tls: {mode: DISABLE}\n\
+             \x20 portLevelSettings:\n\
+             \x20 - port: {number: 9090}\n\
+             \x20   loadBalancer: {simple: RANDOM}\n\
+             \x20   connectionPool: {tcp: {maxConnections: 7}}\n\
+             subsets:\n\
+             - name: v2\n\
+             \x20 labels: {version: v2}\n\
+             \x20 trafficPolicy: {tls: {mode: ISTIO_MUTUAL}, outlierDetection: {consecutiveGatewayErrors: 2}}\n",
+        );
+        let rules = [Stored {
+            namespace: "ns",
+            name: "web",
+            created: None,
+            spec: &spec,
+        }];
+        let lb = |p: &pb::BackendPolicy| p.load_balancer.clone().and_then(|l| l.kind);
+        use pb::load_balancer::Kind;
+        let host = backend_policy(&rules, None, 80).expect("host policy");
+        assert!(matches!(lb(&host), Some(Kind::RoundRobin(_))));
+        assert!(host.disable_mtls, "tls DISABLE: plaintext to the pods");
+        assert!(host.connection_pool.is_none());
+        let port = backend_policy(&rules, None, 9090).expect("port policy");
+        assert!(matches!(lb(&port), Some(Kind::Random(_))));
+        assert_eq!(port.connection_pool.map(|c| c.max_connections), Some(7));
+        let v2 = backend_policy(&rules, Some("v2"), 80).expect("subset policy");
+        assert!(!v2.disable_mtls, "the subset's tls replaces the host's");
+        assert!(
+            matches!(lb(&v2), Some(Kind::RoundRobin(_))),
+            "the host's, which v2 does not set"
+        );
+        let o = v2.outlier_detection.expect("v2's outlier detection");
+        assert_eq!(
+            (o.consecutive_failures, o.consecutive_gateway_errors),
+            (5, 2)
+        );
+        assert_eq!(backend_policy(&rules, Some("v3"), 80), Some(host));
+        assert_eq!(
+            fqdn("Reviews", "ns", "cluster.local"),
+            "reviews.ns.svc.cluster.local"
+        );
+        assert_eq!(fqdn("reviews.prod", "ns", "cluster.local"), "reviews.prod");
+        assert_eq!(
+            service_of("reviews.ns.svc.cluster.local", "cluster.local"),
+            Some(("ns".into(), "reviews".into()))
+        );
+        assert_eq!(service_of("reviews.prod", "cluster.local"), None);
+    }
+}

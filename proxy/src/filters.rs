@@ -492,14 +492,7 @@ impl Mirror {
         // `-shadow`): the levels below route it to the mirror either way.
         let host = if self.shadow {
             request_authority(req)
-                .and_then(|a| a.parse::<Authority>().ok())
-                .and_then(|a| {
-                    let shadow = match a.port() {
-                        Some(p) => format!("{}-shadow:{p}", a.host()),
-                        None => format!("{}-shadow", a.host()),
-                    };
-                    Authority::try_from(shadow).ok()
-                })
+                .and_then(shadow_of)
                 .unwrap_or_else(|| self.to.authority.clone())
         } else {
             self.to.authority.clone()
@@ -534,6 +527,17 @@ impl Mirror {
             }
         });
     }
+}
+
+/// `authority` with `-shadow` appended to its host (`reviews:9080` →
+/// `reviews-shadow:9080`), as Envoy names a mirrored request's host.
+fn shadow_of(authority: &str) -> Option<Authority> {
+    let a = authority.parse::<Authority>().ok()?;
+    let shadow = match a.port() {
+        Some(p) => format!("{}-shadow:{p}", a.host()),
+        None => format!("{}-shadow", a.host()),
+    };
+    Authority::try_from(shadow).ok()
 }
 
 /// The original request's body, copying each frame to a mirror as it is read.
@@ -688,6 +692,17 @@ mod tests {
             })),
         });
         assert!(bad.is_err());
+    }
+
+    #[test]
+    fn mirrored_hosts_get_istios_shadow_suffix() {
+        let s = |a: &str| shadow_of(a).map(|a| a.to_string());
+        assert_eq!(s("reviews:9080").as_deref(), Some("reviews-shadow:9080"));
+        assert_eq!(
+            s("reviews.default.svc.cluster.local").as_deref(),
+            Some("reviews.default.svc.cluster.local-shadow")
+        );
+        assert_eq!(s("not a host"), None);
     }
 
     #[test]

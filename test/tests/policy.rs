@@ -120,3 +120,61 @@ async fn inbound_mtls_comes_from_the_controller_and_the_proxy_falls_back_to_its_
         "the proxy's own permissive setting was ignored"
     );
 }
+
+#[tokio::test]
+async fn a_destination_rule_turns_mtls_off_toward_its_host() {
+    let (ca, work, dir) = (
+        tempfile::tempdir().expect("tmp"),
+        tempfile::tempdir().expect("tmp"),
+        tempfile::tempdir().expect("tmp"),
+    );
+    identity::new_ca(ca.path());
+    let id = identity::start(ca.path(), None, "24h", work.path()).await;
+    let ip = pod_ip();
+    mesh::write(dir.path(), "world", &world("", ip));
+    let ctl = controller::start(dir.path(), "127.0.0.1:0".parse().expect("addr")).await;
+    let _web = web(&id, "permissive", Some(ctl.destination), ip).await;
+    let caller = Pod::start(PodSpec {
+        identity: Some(&id),
+        destination: Some(ctl.destination),
+        ..PodSpec::new(pod_ip(), "caller", "shop")
+    })
+    .await;
+    let call = || async {
+        let req = http::Request::get("/")
+            .header("host", "web.shop.svc.cluster.local")
+            .body(client::body(bytes::Bytes::new()))
+            .expect("request");
+        let rsp = client::send(&mut client::h1(caller.proxy.outbound).await, req).await;
+        assert_eq!(rsp.status, 200);
+    };
+    let proxy = &caller.proxy;
+    let responses = |tls: &'static str| async move {
+        proxy
+            .metric("response_total", &[("direction", "outbound"), ("tls", tls)])
+            .await
+    };
+    // Meshed: mTLS.
+    mesh_test::eventually("an mTLS call", Duration::from_secs(15), || async {
+        call().await;
+        (responses("true").await > 0).then_some(())
+    })
+    .await;
+    // tls.mode DISABLE: plaintext to the pods from now on.
+    mesh::write(
+        dir.path(),
+        "rule",
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: web, namespace: shop}\n\
+         spec: {host: web, trafficPolicy: {tls: {mode: DISABLE}}}\n",
+    );
+    mesh_test::eventually("a plaintext call", Duration::from_secs(15), || async {
+        call().await;
+        (responses("no_identity").await > 0).then_some(())
+    })
+    .await;
+    let secured = responses("true").await;
+    for _ in 0..5 {
+        call().await;
+    }
+    assert_eq!(responses("true").await, secured, "no more mTLS toward web");
+}
