@@ -2045,29 +2045,15 @@ impl State {
         &self,
         host: &str,
     ) -> Vec<crate::istio_traffic::Stored<'_, mesh_api::istio_networking::VirtualServiceSpec>> {
-        let mut out: Vec<_> = self
-            .virtual_services_of
-            .get(host)
-            .into_iter()
-            .flatten()
-            .filter_map(|(ns, name)| {
-                let (created, spec) = self
-                    .traffic
-                    .get(ns)?
-                    .get(&(Kind::VirtualService, name.clone()))?;
-                let TrafficSpec::VirtualService(spec) = spec else {
-                    return None;
-                };
-                Some(crate::istio_traffic::Stored {
-                    namespace: ns,
-                    name,
-                    created: created.as_deref(),
-                    spec: &**spec,
-                })
-            })
-            .collect();
-        crate::istio_traffic::order(&mut out);
-        out
+        self.stored(
+            &self.virtual_services_of,
+            Kind::VirtualService,
+            host,
+            |t| match t {
+                TrafficSpec::VirtualService(s) => Some(&**s),
+                _ => None,
+            },
+        )
     }
 
     /// The DestinationRules of `host` (an FQDN), in the order they merge.
@@ -2076,24 +2062,36 @@ impl State {
         host: &str,
     ) -> Vec<crate::istio_traffic::Stored<'_, mesh_api::istio_networking::DestinationRuleSpec>>
     {
-        let mut out: Vec<_> = self
-            .destination_rules_of
+        self.stored(
+            &self.destination_rules_of,
+            Kind::DestinationRule,
+            host,
+            |t| match t {
+                TrafficSpec::DestinationRule(s) => Some(&**s),
+                _ => None,
+            },
+        )
+    }
+
+    /// The traffic objects of `kind` that `by_host` lists for `host`, in Istio's order.
+    fn stored<'a, T>(
+        &'a self,
+        by_host: &'a HashMap<String, BTreeSet<Key>>,
+        kind: Kind,
+        host: &str,
+        spec_of: fn(&TrafficSpec) -> Option<&T>,
+    ) -> Vec<crate::istio_traffic::Stored<'a, T>> {
+        let mut out: Vec<_> = by_host
             .get(host)
             .into_iter()
             .flatten()
             .filter_map(|(ns, name)| {
-                let (created, spec) = self
-                    .traffic
-                    .get(ns)?
-                    .get(&(Kind::DestinationRule, name.clone()))?;
-                let TrafficSpec::DestinationRule(spec) = spec else {
-                    return None;
-                };
+                let (created, spec) = self.traffic.get(ns)?.get(&(kind, name.clone()))?;
                 Some(crate::istio_traffic::Stored {
                     namespace: ns,
                     name,
                     created: created.as_deref(),
-                    spec: &**spec,
+                    spec: spec_of(spec)?,
                 })
             })
             .collect();

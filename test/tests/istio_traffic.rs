@@ -245,8 +245,13 @@ async fn ratings_fault_delays_and_aborts_its_percentages() {
     let objects = example("resilience.yaml", "VirtualService", "ratings-fault") + RATINGS_DR;
     let mesh = Mesh::start(&[("ratings", &["v1"])], &objects).await;
     let host = "ratings.default.svc.cluster.local";
-    // The policy has arrived once a fault shows.
-    mesh.until(host, &[], "500").await;
+    // The policy has arrived once a fault shows (in rounds of concurrent calls: a
+    // delayed call takes 5 s).
+    mesh_test::eventually("an injected abort", Duration::from_secs(40), || async {
+        let got = at_once(&mesh, host, "/", 40).await;
+        got.iter().any(|(s, _)| *s == 500).then_some(())
+    })
+    .await;
     let app = mesh.pod("ratings", "v1");
     let before = app.requests.load(Ordering::SeqCst);
     let n = 300;
