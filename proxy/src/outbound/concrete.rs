@@ -87,10 +87,11 @@ impl Balance {
         let conn = req.extensions_mut().remove::<ConnInfo>();
         // The backend's policy: balancing, bounds, ejection (the split's pick's, or
         // the service's own).
-        let policy = req
-            .extensions_mut()
-            .remove::<Arc<BackendPolicy>>()
-            .unwrap_or_default();
+        let own = req.extensions_mut().remove::<Arc<BackendPolicy>>();
+        // Most requests' backends set nothing: the default, without an allocation.
+        static DEFAULT: std::sync::LazyLock<BackendPolicy> =
+            std::sync::LazyLock::new(BackendPolicy::default);
+        let policy: &BackendPolicy = own.as_deref().unwrap_or(&DEFAULT);
         let passthrough = match (&policy.lb, conn.as_ref().and_then(|c| c.target)) {
             (Lb::Passthrough, Some(target)) => Some(target),
             _ => None,
