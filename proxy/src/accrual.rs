@@ -40,6 +40,9 @@ pub struct Policy {
     /// Below this share (percent) of endpoints available, all take requests (Istio's
     /// `minHealthPercent`); 0: never.
     pub min_health_percent: u32,
+    /// Istio's form: ejections end at the next sweep of this interval after their
+    /// length (Envoy judges endpoints every `interval`); zero: at their length.
+    pub interval: Duration,
 }
 
 impl Policy {
@@ -58,6 +61,7 @@ impl Policy {
             max_gateway_errors: o.consecutive_gateway_errors,
             linear: o.linear,
             min_health_percent: o.min_health_percent.min(100),
+            interval: Duration::from_millis(o.interval_ms),
         })
     }
 
@@ -69,7 +73,17 @@ impl Policy {
     /// The length of ejection number `n` in a row (from 0).
     fn penalty(&self, n: u32) -> Duration {
         if self.linear {
-            return self.base.saturating_mul(n.saturating_add(1));
+            let length = self.base.saturating_mul(n.saturating_add(1));
+            // Returned by the first sweep after its length, sweeps every `interval`
+            // from the ejection.
+            let every = self.interval.as_nanos();
+            if every == 0 {
+                return length;
+            }
+            let sweeps = length.as_nanos().div_ceil(every);
+            return Duration::from_nanos(
+                u64::try_from(sweeps.saturating_mul(every)).unwrap_or(u64::MAX),
+            );
         }
         let exp = self.base.saturating_mul(2u32.saturating_pow(n.min(30)));
         let p = exp.min(self.max);
@@ -325,6 +339,7 @@ mod tests {
             max_gateway_errors: 0,
             linear: false,
             min_health_percent: 0,
+            interval: Duration::ZERO,
         }
     }
 
@@ -426,6 +441,14 @@ mod tests {
             a.available("b", &e, &p, back + Duration::from_secs(360)),
             [true, true, true]
         );
+        // Ejections end at the interval's sweeps: 2.5 s rounds up to 3 s at 1 s.
+        let swept = Policy {
+            base: Duration::from_millis(2500),
+            interval: Duration::from_secs(1),
+            ..p.clone()
+        };
+        assert_eq!(swept.penalty(0), Duration::from_secs(3));
+        assert_eq!(swept.penalty(1), Duration::from_secs(5));
         // Below the panic threshold every endpoint takes requests.
         let panic = Policy {
             min_health_percent: 80,
