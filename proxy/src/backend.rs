@@ -15,7 +15,9 @@ use mesh_api::policy as pb;
 use tokio::sync::Notify;
 
 use crate::error::ProxyError;
-use crate::profile::Unsupported;
+
+/// What in a backend policy this proxy cannot apply (the policy is refused whole).
+pub type Invalid = &'static str;
 
 /// How an endpoint is picked.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -109,7 +111,7 @@ impl BackendPolicy {
         pool: Option<&pb::ConnectionPool>,
         outlier: Option<&pb::OutlierDetection>,
         disable_mtls: bool,
-    ) -> Result<Self, Unsupported> {
+    ) -> Result<Self, Invalid> {
         use pb::load_balancer::Kind;
         let lb = match lb.and_then(|lb| lb.kind.as_ref()) {
             None | Some(Kind::PeakEwma(_)) => Lb::PeakEwma,
@@ -121,7 +123,7 @@ impl BackendPolicy {
                 Lb::Hash(match &h.key {
                     Some(Key::Header(name)) => HeaderName::from_bytes(name.as_bytes())
                         .map(HashOn::Header)
-                        .map_err(|_| Unsupported("a hash on an invalid header name"))?,
+                        .map_err(|_| "a hash on an invalid header name")?,
                     Some(Key::Cookie(c)) if !c.name.is_empty() => HashOn::Cookie {
                         name: c.name.clone(),
                         path: c.path.clone(),
@@ -129,7 +131,7 @@ impl BackendPolicy {
                     },
                     Some(Key::QueryParam(q)) if !q.is_empty() => HashOn::Query(q.clone()),
                     Some(Key::SourceIp(true)) => HashOn::SourceIp,
-                    _ => return Err(Unsupported("a consistent hash on nothing")),
+                    _ => return Err("a consistent hash on nothing"),
                 })
             }
         };
@@ -139,7 +141,7 @@ impl BackendPolicy {
             max_requests: clamp(p.max_requests),
         });
         if pool.is_some_and(|p| p.idle_timeout_ms > 0) {
-            return Err(Unsupported("connection pools bounding idle time"));
+            return Err("connection pools bounding idle time");
         }
         let connections = pool.map_or_else(Connections::default, |p| Connections {
             connect_timeout: (p.connect_timeout_ms > 0)
@@ -158,7 +160,7 @@ impl BackendPolicy {
     }
 
     /// A backend's own policy message.
-    pub fn of(p: &pb::BackendPolicy) -> Result<Self, Unsupported> {
+    pub fn of(p: &pb::BackendPolicy) -> Result<Self, Invalid> {
         Self::compile(
             p.load_balancer.as_ref(),
             p.connection_pool.as_ref(),

@@ -308,11 +308,7 @@ impl Discover {
 
     /// The current answer for the endpoints of `authority` whose pods carry all of
     /// `labels` (all of them when empty), waiting briefly for the first one.
-    pub async fn resolve_selected(
-        &self,
-        authority: &str,
-        labels: &crate::resolve::Labels,
-    ) -> Answer {
+    pub async fn resolve_selected(&self, authority: &str, labels: &crate::vocab::Labels) -> Answer {
         let gauge = self.metrics.as_deref().map(|m| &m.held.destination_watches);
         // A subset is watched apart from its service: `authority{k=v,…}`.
         let key = if labels.is_empty() {

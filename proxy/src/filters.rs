@@ -104,7 +104,7 @@ pub struct MirrorTo {
     /// The mirror service's authority.
     pub authority: Authority,
     /// Only the endpoints whose pods carry these labels (a subset), if set.
-    pub labels: Option<Arc<crate::resolve::Labels>>,
+    pub labels: Option<Arc<crate::vocab::Labels>>,
 }
 
 /// Header changes, in the order set, add, remove.

@@ -53,7 +53,7 @@ pub enum Target {
     Authority(String),
     /// Some of a service's endpoints: those whose pods carry all these labels (a
     /// DestinationRule's subset).
-    Subset(String, Arc<crate::resolve::Labels>),
+    Subset(String, Arc<crate::vocab::Labels>),
     /// Nowhere: the proxy answers with this status (a backend that did not resolve).
     Fail(StatusCode, Arc<str>),
 }
@@ -433,12 +433,15 @@ impl Profile {
             order: order.into_iter().map(|(m, i, _)| (m, i)).collect(),
             backends: weighted(&p.backends)?,
             not_found: p.unmatched == pb::Unmatched::NotFound as i32,
-            policy: Arc::new(crate::backend::BackendPolicy::compile(
-                p.load_balancer.as_ref(),
-                p.connection_pool.as_ref(),
-                p.outlier_detection.as_ref(),
-                p.disable_mtls,
-            )?),
+            policy: Arc::new(
+                crate::backend::BackendPolicy::compile(
+                    p.load_balancer.as_ref(),
+                    p.connection_pool.as_ref(),
+                    p.outlier_detection.as_ref(),
+                    p.disable_mtls,
+                )
+                .map_err(Unsupported)?,
+            ),
         })
     }
 
@@ -519,7 +522,11 @@ fn weighted(backends: &[pb::WeightedBackend]) -> Result<Vec<Backend>, Unsupporte
             let policy = b
                 .policy
                 .as_ref()
-                .map(|p| crate::backend::BackendPolicy::of(p).map(Arc::new))
+                .map(|p| {
+                    crate::backend::BackendPolicy::of(p)
+                        .map(Arc::new)
+                        .map_err(Unsupported)
+                })
                 .transpose();
             Some(filters.and_then(|filters| {
                 Ok(Backend {
@@ -565,9 +572,8 @@ impl Match {
                 .is_some_and(|head| head.eq_ignore_ascii_case(p.as_bytes())),
             Self::Method(m) => m == req.method(),
             Self::MethodValue(v) => v.matches(req.method().as_str().as_bytes()),
-            Self::Authority(v) => {
-                crate::http::request_authority(req).is_some_and(|a| v.matches(a.as_bytes()))
-            }
+            Self::Authority(v) => crate::http::headers::request_authority(req)
+                .is_some_and(|a| v.matches(a.as_bytes())),
             Self::Header(name, value) => req
                 .headers()
                 .get_all(name)

@@ -61,9 +61,6 @@ impl std::fmt::Display for NameAddr {
     }
 }
 
-/// Pod labels a subset's endpoints all carry.
-pub type Labels = std::collections::BTreeMap<String, String>;
-
 /// Turns names into endpoints: the destination service's answer when it knows the
 /// name, DNS otherwise.
 pub struct Resolve {
@@ -127,7 +124,7 @@ impl Resolve {
     pub async fn subset_endpoints(
         &self,
         dst: &NameAddr,
-        labels: &Labels,
+        labels: &crate::vocab::Labels,
     ) -> Result<Vec<Dst>, ProxyError> {
         let none = || ProxyError::NoEndpoints(format!("{dst} (subset {labels:?})"));
         let discover = self.discover.as_ref().ok_or_else(none)?;

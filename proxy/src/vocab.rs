@@ -116,3 +116,6 @@ impl Peer {
         self
     }
 }
+
+/// Pod labels a subset's endpoints all carry (a DestinationRule's subset).
+pub type Labels = std::collections::BTreeMap<String, String>;

@@ -20,7 +20,8 @@ use crate::filters::Filter;
 use crate::http::timeout::Deadline;
 use crate::http::{BoxFuture, ConnInfo, request_authority};
 use crate::profile::{Backend, RouteInfo, Target, pick};
-use crate::resolve::{Labels, NameAddr};
+use crate::resolve::NameAddr;
+use crate::vocab::Labels;
 
 /// Where an attempt goes: an extension for the concrete level.
 #[derive(Clone, Debug, PartialEq, Eq)]
