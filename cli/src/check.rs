@@ -425,6 +425,61 @@ mod tests {
         );
     }
 
+    #[test]
+    fn istios_virtual_services_are_checked_with_their_subsets_and_rivals() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/examples/istio");
+        std::fs::copy(
+            format!("{examples}/routing.yaml"),
+            dir.path().join("routing.yaml"),
+        )
+        .expect("copy");
+        let services: String = ["reviews", "helloworld", "web-app"]
+            .iter()
+            .map(|n| {
+                format!(
+                    "apiVersion: v1\nkind: Service\nmetadata: {{name: {n}, namespace: default}}\n\
+                     spec: {{selector: {{app: {n}}}, ports: [{{port: 9080}}]}}\n---\n"
+                )
+            })
+            .collect();
+        std::fs::write(dir.path().join("services.yaml"), services).expect("write");
+        let checks = folder(dir.path());
+        let find = |name: &str| {
+            checks
+                .iter()
+                .find(|c| {
+                    c.name
+                        .starts_with(&format!("VirtualService default/{name} "))
+                })
+                .unwrap_or_else(|| panic!("no check of {name}: {checks:#?}"))
+        };
+        assert!(
+            checks[0].ok,
+            "every example object is accepted: {checks:#?}"
+        );
+        assert!(find("reviews").ok, "{checks:#?}");
+        assert!(find("web-vs").ok, "{checks:#?}");
+        let rival = find("reviews-content");
+        assert!(
+            !rival.ok
+                && rival
+                    .hint
+                    .as_deref()
+                    .is_some_and(|h| h.contains("Superseded") && h.contains("default/reviews")),
+            "{rival:#?}"
+        );
+        let hello = find("helloworld");
+        assert!(
+            !hello.ok
+                && hello
+                    .hint
+                    .as_deref()
+                    .is_some_and(|h| h.contains("defines subset \"v2\"")),
+            "{hello:#?}"
+        );
+    }
+
     fn version(minor: &str) -> (&'static str, Value) {
         (
             "/version",
