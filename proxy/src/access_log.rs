@@ -67,14 +67,14 @@ pub struct AccessLog {
     /// This proxy's own identity (the server's inbound, the client's outbound).
     identity: Option<Arc<str>>,
     tx: SyncSender<String>,
-    dropped: AtomicU64,
+    dropped: Arc<AtomicU64>,
 }
 
 impl AccessLog {
     /// A log in `format`, written to stdout by a thread of its own; `identity` is
-    /// this proxy's.
-    pub fn stdout(format: Format, identity: Option<&str>) -> Arc<Self> {
-        let (log, rx) = Self::new(format, identity);
+    /// this proxy's; lines dropped are counted in `dropped`.
+    pub fn stdout(format: Format, identity: Option<&str>, dropped: Arc<AtomicU64>) -> Arc<Self> {
+        let (log, rx) = Self::counted(format, identity, dropped);
         let spawned = std::thread::Builder::new()
             .name("access-log".into())
             .spawn(move || write_all(rx, std::io::stdout()));
@@ -86,12 +86,20 @@ impl AccessLog {
 
     /// A log and the receiving end of its lines (tests read them).
     pub fn new(format: Format, identity: Option<&str>) -> (Arc<Self>, Receiver<String>) {
+        Self::counted(format, identity, Arc::default())
+    }
+
+    fn counted(
+        format: Format,
+        identity: Option<&str>,
+        dropped: Arc<AtomicU64>,
+    ) -> (Arc<Self>, Receiver<String>) {
         let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
         let log = Arc::new(Self {
             format,
             identity: identity.map(Arc::from),
             tx,
-            dropped: AtomicU64::new(0),
+            dropped,
         });
         (log, rx)
     }

@@ -208,6 +208,8 @@ pub struct Metrics {
     pub accrual: crate::accrual::Accrual,
     /// Inbound authorization outcomes.
     pub authz: crate::authz::metrics::AuthzMetrics,
+    /// Access-log lines dropped for want of room in the writer's queue.
+    pub access_log_dropped: Arc<AtomicU64>,
 }
 
 /// Gauges of what the proxy holds on behalf of destinations; dropped once idle.
@@ -647,6 +649,15 @@ impl prometheus_client::collector::Collector for Collector {
                 MetricType::Gauge,
             )?
             .encode_gauge(&n)?;
+        let dropped = self.0.access_log_dropped.load(Ordering::Relaxed);
+        encoder
+            .encode_descriptor(
+                "access_log_dropped",
+                "Access-log lines dropped: the writer fell behind",
+                None,
+                MetricType::Counter,
+            )?
+            .encode_counter::<NoLabelSet, _, u64>(&dropped, None)?;
         Ok(())
     }
 }

@@ -146,6 +146,7 @@ impl Proxy {
             max_pooled_per_endpoint: 64,
         };
         let origins = Arc::new(Origins::default());
+        let dropped = metrics.access_log_dropped.clone();
         let shared = Arc::new(Shared {
             resolve,
             endpoints: Endpoints::new(client, metrics.clone(), origins.clone(), identity.clone()),
@@ -154,9 +155,13 @@ impl Proxy {
             identity,
             origins,
             backends: Default::default(),
-            access_log: config
-                .access_log
-                .map(|f| crate::access_log::AccessLog::stdout(f, config.identity_name.as_deref())),
+            access_log: config.access_log.map(|f| {
+                crate::access_log::AccessLog::stdout(
+                    f,
+                    config.identity_name.as_deref(),
+                    dropped.clone(),
+                )
+            }),
         });
         let (drain_tx, drain) = watch::channel(false);
         let limits = crate::http::Limits {

@@ -566,6 +566,11 @@ async fn the_access_log_writes_a_line_per_request_in_both_directions() {
         lines.iter().all(|l| l.contains("route=default")),
         "{lines:?}"
     );
+    let metrics = client_proxy.metrics().await;
+    assert!(
+        metrics.contains("access_log_dropped_total 0"),
+        "nothing dropped: {metrics}"
+    );
 }
 
 #[tokio::test]
