@@ -47,7 +47,7 @@ fn mesh_bench_measures_direct_and_proxied_rows() {
             "--concurrency",
             "4",
             "--rows",
-            "direct,mesh,mesh2",
+            "direct,mesh,mesh2,mesh-tls",
             "--json",
         ])
         .output()
@@ -59,7 +59,7 @@ fn mesh_bench_measures_direct_and_proxied_rows() {
     );
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     let rows = rows.as_array().expect("array");
-    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert_eq!(rows.len(), 4, "{rows:?}");
     for r in rows {
         assert_eq!(r["errors"], 0, "{r}");
         assert!(r["max_rps"].as_f64().expect("rps") > 0.0, "{r}");
@@ -67,4 +67,7 @@ fn mesh_bench_measures_direct_and_proxied_rows() {
     }
     assert!(rows[1]["peak_rss_mb"].as_f64().expect("rss") > 0.0);
     assert!(rows[2]["cpu_s_per_10k"].as_f64().is_some());
+    // The meshed mTLS hop, with what it adds over direct at each percentile.
+    assert_eq!(rows[3]["name"], "mesh-tls");
+    assert!(rows[3]["added_p90_us"].as_i64().is_some(), "{}", rows[3]);
 }

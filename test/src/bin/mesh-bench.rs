@@ -32,6 +32,8 @@ struct Args {
     #[arg(long, default_value_t = 32)]
     concurrency: u32,
     /// Rows to run, comma-separated: direct, mesh, mesh2, nginx, haproxy, envoy;
+    /// mesh-tls (the meshed hop as users run it: two proxies with mTLS from the identity
+    /// service, strict inbound, HTTP/1 over HTTP/2 between them);
     /// mesh-in (one proxy on its inbound side) and mesh-in-authz (the same, with the
     /// controller's policy: Istio ALLOW and DENY rules, a Linkerd Server and its rate
     /// limit, all decided per request).
@@ -59,9 +61,15 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 struct Row {
     name: String,
     p50_us: u64,
+    p90_us: u64,
     p99_us: u64,
     p999_us: u64,
     added_p50_us: Option<i64>,
+    /// What the row adds over `direct` at p90, p99 and p99.9 (as Istio reports its
+    /// data plane's cost: the hop minus a direct baseline).
+    added_p90_us: Option<i64>,
+    added_p99_us: Option<i64>,
+    added_p999_us: Option<i64>,
     max_rps: f64,
     peak_rss_mb: Option<f64>,
     cpu_s_per_10k: Option<f64>,
@@ -70,7 +78,7 @@ struct Row {
 
 /// Processes that make up a proxy under test (measured), and one that serves it (not
 /// measured: the controller); killed on drop.
-struct Procs(Vec<Child>, Option<Child>);
+struct Procs(Vec<Child>, Vec<Child>);
 
 impl Drop for Procs {
     fn drop(&mut self) {
@@ -79,7 +87,7 @@ impl Drop for Procs {
         if !pids.is_empty() {
             let _ = Command::new("kill").arg("-KILL").args(&pids).status();
         }
-        for c in self.0.iter_mut().chain(self.1.as_mut()) {
+        for c in self.0.iter_mut().chain(self.1.iter_mut()) {
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -147,9 +155,18 @@ async fn wait_listening(addr: SocketAddr) -> anyhow::Result<()> {
 }
 
 fn spawn(cmd: &mut Command) -> anyhow::Result<Child> {
+    spawn_quiet(cmd, false)
+}
+
+/// Starts `cmd`, its stderr shown when `loud`.
+fn spawn_quiet(cmd: &mut Command, loud: bool) -> anyhow::Result<Child> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stderr(if loud {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        });
     cmd.spawn().with_context(|| format!("cannot start {cmd:?}"))
 }
 
@@ -182,7 +199,14 @@ fn mesh_proxy_with(
         cmd.env("MESH_PROXY_INBOUND_APP_ADDR", app.to_string());
     }
     cmd.envs(extra.iter().map(|(k, v)| (*k, v)));
-    spawn(&mut cmd)
+    let mut child = spawn_quiet(&mut cmd, false)?;
+    if std::env::var_os("MESH_BENCH_DEBUG").is_some() {
+        // The proxies' logs, for a row that fails.
+        let _ = child.kill();
+        cmd.env("MESH_PROXY_LOG", "info");
+        child = spawn_quiet(&mut cmd, true)?;
+    }
+    Ok(child)
 }
 
 /// Starts the proxy of `row` in front of `backend`; returns where to send requests.
@@ -202,18 +226,18 @@ async fn start(
                     host,
                     path,
                 },
-                Procs(vec![], None),
+                Procs(vec![], vec![]),
             )));
         }
         "mesh" => {
             let out = free_port()?;
             let child = mesh_proxy(free_port()?, out, free_port()?, None, workers)?;
-            (out, Procs(vec![child], None))
+            (out, Procs(vec![child], vec![]))
         }
         "mesh-in" => {
             let inb = free_port()?;
             let child = mesh_proxy(inb, free_port()?, free_port()?, Some(backend), workers)?;
-            (inb, Procs(vec![child], None))
+            (inb, Procs(vec![child], vec![]))
         }
         "mesh-in-authz" => {
             // The controller over a folder: the bench pod, Istio's ALLOW and DENY, a
@@ -252,8 +276,8 @@ async fn start(
                 host: backend.to_string(),
                 path,
             };
-            let mut procs = Procs(vec![child], None);
-            procs.1 = Some(controller);
+            let mut procs = Procs(vec![child], vec![]);
+            procs.1 = vec![controller];
             return Ok(Some((target, procs)));
         }
         "mesh2" => {
@@ -268,8 +292,12 @@ async fn start(
                 host: inb.to_string(),
                 path,
             };
-            return Ok(Some((target, Procs(vec![client_side, server_side], None))));
+            return Ok(Some((
+                target,
+                Procs(vec![client_side, server_side], vec![]),
+            )));
         }
+        "mesh-tls" => return mesh_tls(backend, dir, workers).await.map(Some),
         "nginx" => {
             let Some(bin) = which("nginx") else {
                 return Ok(None);
@@ -294,7 +322,7 @@ async fn start(
                     vec![spawn(
                         Command::new(bin).arg("-c").arg(&conf).arg("-p").arg(dir),
                     )?],
-                    None,
+                    vec![],
                 ),
             )
         }
@@ -316,7 +344,7 @@ async fn start(
                 port,
                 Procs(
                     vec![spawn(Command::new(bin).arg("-db").arg("-f").arg(&conf))?],
-                    None,
+                    vec![],
                 ),
             )
         }
@@ -336,12 +364,154 @@ async fn start(
                 "--base-id",
             ]);
             cmd.arg(std::process::id().to_string());
-            (port, Procs(vec![spawn(&mut cmd)?], None))
+            (port, Procs(vec![spawn(&mut cmd)?], vec![]))
         }
         other => bail!("unknown row {other:?}: use direct, mesh, mesh2, nginx, haproxy or envoy"),
     };
     wait_listening(addr).await?;
     Ok(Some((Target { addr, host, path }, procs)))
+}
+
+/// The meshed hop as users run it: the identity service issuing both proxies their
+/// certificates, the controller over a folder that names the backend's pod as meshed,
+/// the client's proxy sending HTTP/1 over HTTP/2 with mTLS to the server's proxy,
+/// strict inbound, in front of `backend`.
+async fn mesh_tls(
+    backend: SocketAddr,
+    dir: &Path,
+    workers: u32,
+) -> anyhow::Result<(Target, Procs)> {
+    let state = dir.join("mesh-tls");
+    let ca = state.join("ca");
+    std::fs::create_dir_all(&ca)?;
+    let generated = mesh_identity::ca::generate(
+        Duration::from_secs(7 * 86_400),
+        Duration::from_secs(2 * 86_400),
+    )?;
+    mesh_identity::ca::write(&ca, &generated)?;
+    let mut tokens = String::from("tokens:\n");
+    for sa in ["client", "server"] {
+        let token = format!("bench-token-{sa}-{}", std::process::id());
+        std::fs::write(state.join(format!("{sa}.token")), &token)?;
+        tokens.push_str(&format!(
+            "- token: {token}\n  namespace: bench\n  serviceAccount: {sa}\n"
+        ));
+    }
+    std::fs::write(state.join("tokens.yaml"), tokens)?;
+    // The backend's pod is the backend's address: its proxy takes peers on 4143 there
+    // and forwards to the port they name (the pod's IP, as in a pod).
+    let pod_ip = backend.ip();
+    let objects = state.join("cluster");
+    std::fs::create_dir_all(&objects)?;
+    std::fs::write(
+        objects.join("bench.yaml"),
+        format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: bench, annotations: {{mesh.io/inject: enabled}}}}\n---\n\
+             apiVersion: v1\nkind: Service\nmetadata: {{name: backend, namespace: bench}}\n\
+             spec: {{selector: {{app: backend}}, ports: [{{port: 80, targetPort: {port}}}]}}\n---\n\
+             apiVersion: v1\nkind: Pod\nmetadata: {{name: backend-0, namespace: bench, labels: {{app: backend}}}}\n\
+             spec: {{serviceAccountName: server, containers: [{{name: app, image: x}}]}}\n\
+             status: {{podIP: \"{pod_ip}\", phase: Running}}\n",
+            port = backend.port()
+        ),
+    )?;
+    let (identity, destination) = (free_port()?, free_port()?);
+    let mut id = Command::new(mesh_test::bin_path("mesh-identity"));
+    id.env_clear()
+        .env("MESH_IDENTITY_ADDR", identity.to_string())
+        .env("MESH_IDENTITY_ADMIN_ADDR", "127.0.0.1:0")
+        .env("MESH_IDENTITY_ISSUER_DIR", &ca)
+        .env(
+            "MESH_IDENTITY_TOKENS",
+            format!("file:{}", state.join("tokens.yaml").display()),
+        )
+        .env("MESH_IDENTITY_NAMESPACE", "mesh")
+        .env("MESH_IDENTITY_CERT_LIFETIME", "1h");
+    let identity_proc = spawn(&mut id)?;
+    let mut ctl = Command::new(mesh_test::bin_path("mesh-controller"));
+    ctl.env_clear()
+        .env(
+            "MESH_CONTROLLER_SOURCE",
+            format!("dir:{}", objects.display()),
+        )
+        .env("MESH_CONTROLLER_DESTINATION_ADDR", destination.to_string())
+        .env("MESH_CONTROLLER_LOG", "warn");
+    let controller = spawn(&mut ctl)?;
+    wait_listening(identity).await?;
+    wait_listening(destination).await?;
+    let anchors = ca.join(mesh_identity::ca::TRUST_ANCHORS_FILE);
+    let meshed = |sa: &str| -> Vec<(&'static str, String)> {
+        vec![
+            ("MESH_PROXY_IDENTITY_ADDR", identity.to_string()),
+            (
+                "MESH_PROXY_IDENTITY_NAME",
+                mesh_api::identity::dns_name(sa, "bench"),
+            ),
+            ("MESH_PROXY_TRUST_ANCHORS", anchors.display().to_string()),
+            (
+                "MESH_PROXY_TOKEN_PATH",
+                state.join(format!("{sa}.token")).display().to_string(),
+            ),
+            ("MESH_PROXY_DESTINATION_ADDR", destination.to_string()),
+            ("MESH_PROXY_NAMESPACE", "bench".into()),
+        ]
+    };
+    let inbound: SocketAddr = format!("{pod_ip}:4143").parse()?;
+    let (server_admin, client_admin, out) = (free_port()?, free_port()?, free_port()?);
+    let mut server_env = meshed("server");
+    server_env.push(("MESH_PROXY_INBOUND_TLS", "strict".into()));
+    server_env.push(("MESH_PROXY_POD_NAME", "backend-0".into()));
+    let server_side = mesh_proxy_with(
+        inbound,
+        free_port()?,
+        server_admin,
+        Some(backend),
+        workers,
+        &server_env,
+    )?;
+    let client_side = mesh_proxy_with(
+        free_port()?,
+        out,
+        client_admin,
+        None,
+        workers,
+        &meshed("client"),
+    )?;
+    for admin in [server_admin, client_admin] {
+        wait_ready(admin).await?;
+    }
+    let target = Target {
+        addr: out,
+        host: "backend.bench.svc.cluster.local:80".into(),
+        path: "/".into(),
+    };
+    Ok((
+        target,
+        Procs(
+            vec![client_side, server_side],
+            vec![controller, identity_proc],
+        ),
+    ))
+}
+
+/// Waits until a proxy's admin server says it is ready (it has its certificate).
+async fn wait_ready(admin: SocketAddr) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok(mut tcp) = tokio::net::TcpStream::connect(admin).await {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let _ = tcp
+                .write_all(b"GET /ready HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n")
+                .await;
+            let mut buf = Vec::new();
+            let _ = tcp.read_to_end(&mut buf).await;
+            if buf.starts_with(b"HTTP/1.1 200") {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("the proxy at {admin} was not ready after 20 s")
 }
 
 fn envoy_config(port: SocketAddr, backend: SocketAddr) -> String {
@@ -392,9 +562,13 @@ async fn measure(name: &str, target: &Target, procs: &Procs, args: &Args) -> Row
     Row {
         name: name.to_string(),
         p50_us: fixed.latency.value_at_quantile(0.5),
+        p90_us: fixed.latency.value_at_quantile(0.9),
         p99_us: fixed.latency.value_at_quantile(0.99),
         p999_us: fixed.latency.value_at_quantile(0.999),
         added_p50_us: None,
+        added_p90_us: None,
+        added_p99_us: None,
+        added_p999_us: None,
         max_rps: max.rps(),
         peak_rss_mb: is_proxy.then(|| procs.peak_rss_mb()),
         cpu_s_per_10k: is_proxy.then(|| cpu / requests * 10_000.0),
@@ -455,34 +629,47 @@ fn main() -> anyhow::Result<()> {
     let direct = rows
         .iter()
         .find(|r| r.name == "direct")
-        .map(|r| r.p50_us as i64);
+        .map(|r| (r.p50_us, r.p90_us, r.p99_us, r.p999_us));
     for r in &mut rows {
-        r.added_p50_us = direct.map(|d| r.p50_us as i64 - d);
+        let minus = |v: u64, d: u64| v as i64 - d as i64;
+        r.added_p50_us = direct.map(|d| minus(r.p50_us, d.0));
+        r.added_p90_us = direct.map(|d| minus(r.p90_us, d.1));
+        r.added_p99_us = direct.map(|d| minus(r.p99_us, d.2));
+        r.added_p999_us = direct.map(|d| minus(r.p999_us, d.3));
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
         println!(
-            "{:<8} {:>8} {:>8} {:>8} {:>10} {:>9} {:>8} {:>12} {:>6}",
+            "{:<8} {:>8} {:>8} {:>8} {:>8} {:>10} {:>10} {:>10} {:>11} {:>9} {:>8} {:>12} {:>6}",
             "ROW",
             "P50_US",
+            "P90_US",
             "P99_US",
             "P999_US",
             "ADDED_P50",
+            "ADDED_P90",
+            "ADDED_P99",
+            "ADDED_P999",
             "MAX_RPS",
             "RSS_MB",
             "CPU_S/10K",
             "ERRORS"
         );
         let opt = |v: Option<f64>, p: usize| v.map_or("-".to_string(), |v| format!("{v:.p$}"));
+        let added = |v: Option<i64>| v.map_or("-".to_string(), |v| v.to_string());
         for r in &rows {
             println!(
-                "{:<8} {:>8} {:>8} {:>8} {:>10} {:>9.0} {:>8} {:>12} {:>6}",
+                "{:<8} {:>8} {:>8} {:>8} {:>8} {:>10} {:>10} {:>10} {:>11} {:>9.0} {:>8} {:>12} {:>6}",
                 r.name,
                 r.p50_us,
+                r.p90_us,
                 r.p99_us,
                 r.p999_us,
-                r.added_p50_us.map_or("-".into(), |v| v.to_string()),
+                added(r.added_p50_us),
+                added(r.added_p90_us),
+                added(r.added_p99_us),
+                added(r.added_p999_us),
                 r.max_rps,
                 opt(r.peak_rss_mb, 1),
                 opt(r.cpu_s_per_10k, 3),
