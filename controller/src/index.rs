@@ -267,15 +267,17 @@ impl TrafficSpec {
 
     /// The hosts (FQDNs) it routes or configures, for an object in `namespace`.
     pub fn hosts(&self, namespace: &str) -> Vec<String> {
-        let fqdn = |h: &str| crate::istio_traffic::fqdn(h, namespace, CLUSTER_DOMAIN);
-        let mut hosts: Vec<String> = match self {
-            Self::VirtualService(s) => s.hosts.iter().map(|h| fqdn(h)).collect(),
-            Self::DestinationRule(s) => vec![fqdn(&s.host)],
+        match self {
+            Self::VirtualService(s) => virtual_service_hosts(s, namespace),
+            Self::DestinationRule(s) => {
+                vec![crate::istio_traffic::fqdn(
+                    &s.host,
+                    namespace,
+                    CLUSTER_DOMAIN,
+                )]
+            }
             Self::Telemetry(_) => vec![],
-        };
-        hosts.sort();
-        hosts.dedup();
-        hosts
+        }
     }
 
     /// What the mesh accepts of it but does not act on yet, naming the field.
@@ -320,6 +322,21 @@ impl TrafficSpec {
         }
         gaps
     }
+}
+
+/// The hosts (FQDNs) a VirtualService in `namespace` routes, sorted, each once.
+fn virtual_service_hosts(
+    spec: &mesh_api::istio_networking::VirtualServiceSpec,
+    namespace: &str,
+) -> Vec<String> {
+    let mut hosts: Vec<String> = spec
+        .hosts
+        .iter()
+        .map(|h| crate::istio_traffic::fqdn(h, namespace, CLUSTER_DOMAIN))
+        .collect();
+    hosts.sort();
+    hosts.dedup();
+    hosts
 }
 
 /// A namespace's Istio security and Linkerd policy objects by kind and name, with when
@@ -903,24 +920,27 @@ impl Index {
         labels: &BTreeMap<String, String>,
     ) -> Option<bool> {
         let s = self.read();
-        let telemetries = |ns: &str| -> Vec<(
-            Option<String>,
-            String,
-            mesh_api::istio_networking::TelemetrySpec,
-        )> {
-            let mut out: Vec<_> = s
+        let s = &*s;
+        // Each Telemetry of a namespace, the oldest first (folder objects have no age:
+        // the name decides).
+        let telemetries = |ns: &str| {
+            let mut out: Vec<(
+                Option<&str>,
+                &str,
+                &mesh_api::istio_networking::TelemetrySpec,
+            )> = s
                 .traffic
                 .get(ns)
                 .into_iter()
                 .flatten()
                 .filter_map(|((kind, name), (created, spec))| match spec {
                     TrafficSpec::Telemetry(t) if *kind == Kind::Telemetry => {
-                        Some((created.clone(), name.clone(), (**t).clone()))
+                        Some((created.as_deref(), name.as_str(), &**t))
                     }
                     _ => None,
                 })
                 .collect();
-            out.sort_by(|a, b| (a.0.is_none(), &a.0, &a.1).cmp(&(b.0.is_none(), &b.0, &b.1)));
+            out.sort_by_key(|t| (t.0.is_none(), t.0, t.1));
             out
         };
         let decides = |t: &mesh_api::istio_networking::TelemetrySpec| {
@@ -2220,7 +2240,7 @@ impl State {
             message,
         };
         let mut out = Vec::new();
-        for host in TrafficSpec::VirtualService(spec.clone()).hosts(ns) {
+        for host in virtual_service_hosts(spec, ns) {
             deps.0.push(Topic::Host(host.clone()));
             let parent = crate::istio_traffic::service_of(&host, CLUSTER_DOMAIN)
                 .unwrap_or_else(|| (String::new(), host.clone()));

@@ -44,7 +44,10 @@ fn hash_key(
             None,
         ),
         HashOn::SourceIp => (
-            conn.map(|c| key_hash(c.client.ip().to_string().as_bytes())),
+            conn.map(|c| match c.client.ip() {
+                std::net::IpAddr::V4(ip) => key_hash(&ip.octets()),
+                std::net::IpAddr::V6(ip) => key_hash(&ip.octets()),
+            }),
             None,
         ),
         HashOn::Cookie { name, path, ttl } => match (crate::backend::cookie(req, name), ttl) {

@@ -209,6 +209,19 @@ fn mesh_proxy_with(
     Ok(child)
 }
 
+/// Starts the controller over the folder `objects`, serving on `destination`.
+fn controller(objects: &Path, destination: SocketAddr) -> anyhow::Result<Child> {
+    let mut ctl = Command::new(mesh_test::bin_path("mesh-controller"));
+    ctl.env_clear()
+        .env(
+            "MESH_CONTROLLER_SOURCE",
+            format!("dir:{}", objects.display()),
+        )
+        .env("MESH_CONTROLLER_DESTINATION_ADDR", destination.to_string())
+        .env("MESH_CONTROLLER_LOG", "warn");
+    spawn(&mut ctl)
+}
+
 /// Starts the proxy of `row` in front of `backend`; returns where to send requests.
 async fn start(
     row: &str,
@@ -246,15 +259,7 @@ async fn start(
             std::fs::create_dir_all(&objects)?;
             std::fs::write(objects.join("bench.yaml"), authz_objects(backend.port()))?;
             let destination = free_port()?;
-            let mut ctl = Command::new(mesh_test::bin_path("mesh-controller"));
-            ctl.env_clear()
-                .env(
-                    "MESH_CONTROLLER_SOURCE",
-                    format!("dir:{}", objects.display()),
-                )
-                .env("MESH_CONTROLLER_DESTINATION_ADDR", destination.to_string())
-                .env("MESH_CONTROLLER_LOG", "warn");
-            let controller = spawn(&mut ctl)?;
+            let controller = controller(&objects, destination)?;
             wait_listening(destination).await?;
             let inb = free_port()?;
             let child = mesh_proxy_with(
@@ -428,15 +433,7 @@ async fn mesh_tls(
         .env("MESH_IDENTITY_NAMESPACE", "mesh")
         .env("MESH_IDENTITY_CERT_LIFETIME", "1h");
     let identity_proc = spawn(&mut id)?;
-    let mut ctl = Command::new(mesh_test::bin_path("mesh-controller"));
-    ctl.env_clear()
-        .env(
-            "MESH_CONTROLLER_SOURCE",
-            format!("dir:{}", objects.display()),
-        )
-        .env("MESH_CONTROLLER_DESTINATION_ADDR", destination.to_string())
-        .env("MESH_CONTROLLER_LOG", "warn");
-    let controller = spawn(&mut ctl)?;
+    let controller = controller(&objects, destination)?;
     wait_listening(identity).await?;
     wait_listening(destination).await?;
     let anchors = ca.join(mesh_identity::ca::TRUST_ANCHORS_FILE);
