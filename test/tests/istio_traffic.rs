@@ -619,3 +619,35 @@ async fn connections_carry_at_most_their_requests_and_connects_time_out_as_the_r
     .await;
     assert!(started.elapsed() < Duration::from_secs(15));
 }
+
+#[tokio::test]
+async fn random_balancing_reaches_every_pod_out_of_turn() {
+    let rule = |lb: &str| {
+        format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: web}}\n\
+             spec: {{host: web, trafficPolicy: {{loadBalancer: {{simple: {lb}}}}}}}\n"
+        )
+    };
+    let mesh = Mesh::start(&[("web", &["a", "b", "c"])], &rule("ROUND_ROBIN")).await;
+    let host = "web.default.svc.cluster.local";
+    // Round robin first: the rule is in force once three in a row are three pods.
+    mesh_test::eventually("turns", Duration::from_secs(15), || async {
+        let seen = mesh.tally(host, &[], 3).await;
+        (seen.len() == 3 && !seen.contains_key("503")).then_some(())
+    })
+    .await;
+    // Then RANDOM, replacing it: pods repeat, which turns never do.
+    write(mesh.dir.path(), "istio", &rule("RANDOM"));
+    let order = mesh_test::eventually("out of turn", Duration::from_secs(15), || async {
+        let mut order = Vec::new();
+        for _ in 0..90 {
+            order.push(mesh.who(host, "/", &[]).await);
+        }
+        order.windows(2).any(|w| w[0] == w[1]).then_some(order)
+    })
+    .await;
+    for pod in ["a", "b", "c"] {
+        let n = order.iter().filter(|w| *w == pod).count();
+        assert!((10..=60).contains(&n), "{pod}: {n} of 90: {order:?}");
+    }
+}
