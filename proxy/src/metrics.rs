@@ -165,12 +165,32 @@ impl Store {
     }
 }
 
+/// Why a retry was not made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Skipped {
+    /// The route's retry budget was spent.
+    Budget,
+    /// The service's retries in flight were at their bound (`maxRetries`).
+    MaxRetries,
+}
+
+impl Skipped {
+    /// The `reason` label's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Budget => "budget",
+            Self::MaxRetries => "max_retries",
+        }
+    }
+}
+
 #[derive(Default, Debug)]
 struct Store {
     /// Every attempt's response, retries included (`response` is what clients saw).
     actual: HashMap<ResponseKey, u64>,
-    /// Retries not made because the budget was spent.
-    retries_skipped: HashMap<RequestLabels, u64>,
+    /// Retries not made, by why: the budget was spent, or the service's bound on
+    /// retries in flight was reached.
+    retries_skipped: HashMap<(RequestLabels, Skipped), u64>,
     label_values: HashSet<Arc<str>>,
     requests: HashMap<RequestLabels, u64>,
     responses: HashMap<ResponseKey, u64>,
@@ -297,12 +317,12 @@ impl Metrics {
         *self.store().actual.entry(key).or_default() += 1;
     }
 
-    /// Counts a retry that the budget did not allow.
-    pub fn retry_skipped(&self, labels: &RequestLabels) {
+    /// Counts a retry that was not made, and why.
+    pub fn retry_skipped(&self, labels: &RequestLabels, why: Skipped) {
         *self
             .store()
             .retries_skipped
-            .entry(labels.clone())
+            .entry((labels.clone(), why))
             .or_default() += 1;
     }
 
@@ -548,13 +568,13 @@ impl prometheus_client::collector::Collector for Collector {
         self.0.authz.encode(&mut encoder)?;
         let mut family = encoder.encode_descriptor(
             "retry_skipped",
-            "Retries not made because the retry budget was spent",
+            "Retries not made: the retry budget was spent, or the service's bound on retries in flight reached",
             None,
             MetricType::Counter,
         )?;
-        for (labels, n) in skipped {
+        for ((labels, why), n) in skipped {
             let mut labels = request_labels(labels);
-            labels.push(("reason", "budget"));
+            labels.push(("reason", why.as_str()));
             family
                 .encode_family(&labels)?
                 .encode_counter::<NoLabelSet, _, u64>(n, None)?;

@@ -44,6 +44,11 @@ impl Mesh {
     /// Starts `services` (name, versions) in namespace `default`, port 80 → 8080, and
     /// `objects` beside them.
     async fn start(services: &[(&str, &[&str])], objects: &str) -> Self {
+        Self::start_slow(services, objects, Duration::ZERO).await
+    }
+
+    /// As [`Mesh::start`], every pod answering `delay` late.
+    async fn start_slow(services: &[(&str, &[&str])], objects: &str, delay: Duration) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut yaml = String::new();
         let mut pods = BTreeMap::new();
@@ -58,7 +63,9 @@ impl Mesh {
                     "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}-{v}, namespace: default, labels: {{app: {name}, version: {v}}}}}\n\
                      spec: {{containers: [{{name: app, image: x}}]}}\nstatus: {{podIP: \"{ip}\"}}\n"
                 ));
-                let app = backend::http_on(SocketAddr::new(ip, 8080)).await;
+                let app = backend::http_with_delay(SocketAddr::new(ip, 8080), delay)
+                    .await
+                    .expect("bind backend");
                 pods.insert((name.to_string(), v.to_string()), app);
             }
         }
@@ -650,4 +657,51 @@ async fn random_balancing_reaches_every_pod_out_of_turn() {
         let n = order.iter().filter(|w| *w == pod).count();
         assert!((10..=60).contains(&n), "{pod}: {n} of 90: {order:?}");
     }
+}
+
+/// `connectionPool.http.maxRetries`: retries in flight toward a service are bounded
+/// across its callers, as Envoy's circuit breaker bounds them. Alone, a caller makes
+/// all its retries (each slot is released when its retry ends); six callers at once
+/// against a failing pod share one slot, so the pod sees their six first attempts and
+/// one caller's retries, not six callers' each.
+#[tokio::test]
+async fn max_retries_bounds_the_retries_in_flight_across_callers() {
+    let objects = "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: flaky}\n\
+        spec:\n  hosts: [flaky]\n  http:\n  - route: [{destination: {host: flaky}}]\n    \
+        retries: {attempts: 3, retryOn: 5xx}\n---\n\
+        apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: flaky}\n\
+        spec:\n  host: flaky\n  trafficPolicy:\n    connectionPool: {http: {maxRetries: 1}}\n";
+    let mesh = Mesh::start_slow(&[("flaky", &["v1"])], objects, Duration::from_millis(300)).await;
+    let host = "flaky.default.svc.cluster.local";
+    mesh.until(host, &[], "v1").await;
+    let pod = mesh.pod("flaky", "v1");
+    pod.failing.store(503, Ordering::SeqCst);
+    // The VirtualService's retries have arrived once a failing request is retried.
+    mesh_test::eventually("the retries", Duration::from_secs(15), || async {
+        let before = pod.requests.load(Ordering::SeqCst);
+        let status = mesh.send(host, "/", &[]).await.status.as_u16();
+        let tried = pod.requests.load(Ordering::SeqCst) - before;
+        (status == 503 && tried > 1).then_some(())
+    })
+    .await;
+    // Alone: the first attempt and all three retries, one after another.
+    let before = pod.requests.load(Ordering::SeqCst);
+    assert_eq!(mesh.send(host, "/", &[]).await.status.as_u16(), 503);
+    assert_eq!(pod.requests.load(Ordering::SeqCst) - before, 4, "alone");
+    // Six at once: one retry in flight at a time. Unbounded, the pod would see
+    // 6 + 6 × 3 = 24 requests.
+    let before = pod.requests.load(Ordering::SeqCst);
+    let got = at_once(&mesh, host, "/", 6).await;
+    assert!(got.iter().all(|(s, _)| *s == 503), "{got:?}");
+    let seen = pod.requests.load(Ordering::SeqCst) - before;
+    assert!(
+        (9..=12).contains(&seen),
+        "six callers, one retry slot: {seen} requests"
+    );
+    let skipped = proxy::sum_metric(
+        &mesh.proxy.metrics().await,
+        "retry_skipped_total",
+        &[("reason", "max_retries")],
+    );
+    assert!(skipped >= 3, "callers refused a retry: {skipped}");
 }

@@ -16,7 +16,7 @@ use crate::body::{self, BoxBody};
 use crate::error::{AtPeer, BoxError, ProxyError};
 use crate::http::timeout::Deadline;
 use crate::http::{BoxFuture, classify, grpc_status, is_upgrade};
-use crate::metrics::{Metrics, RequestLabels};
+use crate::metrics::{Metrics, RequestLabels, Skipped};
 use crate::profile::RouteInfo;
 use crate::vocab::{Class, Peer};
 
@@ -315,18 +315,28 @@ impl Service<Request<BoxBody>> for Retry {
                 }
                 let within = match &bound {
                     Some((max, service)) => {
+                        // The retry just finished is no longer in flight: release
+                        // its slot before taking the next one.
+                        _retrying = None;
                         _retrying = backends.retry(service, *max);
                         _retrying.is_some()
                     }
                     None => true,
                 };
-                if !within || !tower::retry::budget::Budget::withdraw(&*budget) {
+                let skipped = if !within {
+                    Some(Skipped::MaxRetries)
+                } else if !tower::retry::budget::Budget::withdraw(&*budget) {
+                    Some(Skipped::Budget)
+                } else {
+                    None
+                };
+                if let Some(why) = skipped {
                     if let Some(labels) = &labels {
                         let last = match &counted {
                             Some(peer) => metrics.with_peer(labels, peer),
                             None => labels.clone(),
                         };
-                        metrics.retry_skipped(&last);
+                        metrics.retry_skipped(&last, why);
                     }
                     return attribute(result, counted);
                 }
