@@ -482,3 +482,133 @@ async fn opaque_tcp_between_meshed_pods_rides_mtls_through_strict_ports() {
     });
     drop(client);
 }
+
+/// A DestinationRule's `loadBalancer.simple: PASSTHROUGH`: a request naming a Service
+/// goes where its connection was going (the original destination iptables recovered),
+/// not to an endpoint the balancer picks. The client pod runs `mesh-proxy init`; the
+/// Service's two pods (and an address that is no pod of it) live in the router
+/// namespace, each answering with its address (`x-served-by`).
+#[tokio::test]
+async fn passthrough_sends_a_request_to_its_connections_original_destination() {
+    let mut ctl = Netns::new("pctl");
+    let mut client = Netns::new("pcli");
+    let pid = std::process::id();
+    let (outer, inner) = (format!("pr{pid}"), format!("pp{pid}"));
+    run(Command::new("ip").args([
+        "link", "add", &outer, "type", "veth", "peer", "name", &inner,
+    ]));
+    run(Command::new("ip").args(["link", "set", &outer, "netns", &ctl.name]));
+    run(Command::new("ip").args(["link", "set", &inner, "netns", &client.name]));
+    ctl.sh(&format!(
+        "ip addr add 10.254.1.1/24 dev {outer} && ip link set {outer} up && \
+         for a in 2 3 4; do ip addr add 10.254.2.$a/32 dev lo; done"
+    ));
+    client.sh(&format!(
+        "ip addr add 10.254.1.2/24 dev {inner} && ip link set {inner} up && ip route add default via 10.254.1.1"
+    ));
+
+    // The Service's pods and a stranger, all one app on three addresses.
+    let mut app = ctl.cmd(
+        mesh_test::bin_path("mesh-sample-app")
+            .to_str()
+            .expect("path"),
+    );
+    for a in 2..=4 {
+        app.args(["--http", &format!("10.254.2.{a}:8080")]);
+    }
+    ctl.spawn(app);
+    let work = tempfile::tempdir().expect("tmp");
+    let objects = work.path().join("objects");
+    std::fs::create_dir(&objects).expect("objects dir");
+    let mut world = String::from(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: reviews, namespace: shop}\n\
+         spec: {selector: {app: reviews}, ports: [{port: 8080, targetPort: 8080}]}\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {name: client-0, namespace: shop, labels: {app: client}}\n\
+         spec: {containers: [{name: app, image: x}]}\nstatus: {podIP: 10.254.1.2}\n",
+    );
+    for a in 2..=3 {
+        world.push_str(&format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: reviews-{a}, namespace: shop, labels: {{app: reviews}}}}\n\
+             spec: {{containers: [{{name: app, image: x}}]}}\nstatus: {{podIP: 10.254.2.{a}}}\n"
+        ));
+    }
+    mesh_test::mesh::write(&objects, "world", &world);
+    let mut controller = in_ns(&ctl, &mesh_test::bin_path("mesh-controller"));
+    controller
+        .env_clear()
+        .env(
+            "MESH_CONTROLLER_SOURCE",
+            format!("dir:{}", objects.display()),
+        )
+        .env("MESH_CONTROLLER_DESTINATION_ADDR", "0.0.0.0:0")
+        .env("MESH_CONTROLLER_LOG", "info");
+    let (_controller, line) = mesh_test::spawn_listening(controller, "controller").await;
+    let destination_port = mesh_test::field(&line, "destination").port();
+
+    // The client pod: init's iptables and the proxy as its own UID.
+    let proxy_bin = mesh_test::bin_path("mesh-proxy");
+    let proxy_bin = proxy_bin.to_str().expect("path");
+    client.sh(&format!(
+        "{proxy_bin} init --proxy-uid 2102 --skip-inbound-ports 4191"
+    ));
+    let mut proxy = client.cmd("setpriv");
+    proxy
+        .args([
+            "--reuid",
+            "2102",
+            "--regid",
+            "2102",
+            "--clear-groups",
+            proxy_bin,
+        ])
+        .env_clear()
+        .env("MESH_PROXY_INBOUND_ADDR", "0.0.0.0:4143")
+        .env("MESH_PROXY_OUTBOUND_ADDR", "127.0.0.1:4140")
+        .env("MESH_PROXY_ADMIN_ADDR", "0.0.0.0:4191")
+        .env("MESH_PROXY_NAMESPACE", "shop")
+        .env("MESH_PROXY_POD_NAME", "client-0")
+        .env(
+            "MESH_PROXY_DESTINATION_ADDR",
+            format!("10.254.1.1:{destination_port}"),
+        )
+        .env("MESH_PROXY_LOG", "info,mesh_proxy=debug");
+    client.spawn(proxy);
+
+    // Who answers ten requests naming the Service, each on a connection to `ip`.
+    let served = |ip: &str| {
+        let script = format!(
+            "for i in 1 2 3 4 5 6 7 8 9 10; do curl -s -m 5 -o /dev/null -D - \
+             -H 'host: reviews.shop.svc.cluster.local:8080' http://{ip}:8080/ \
+             | tr -d '\\r' | sed -n 's/^x-served-by: //p'; done | sort | uniq -c | tr -s ' ' | tr '\\n' ','"
+        );
+        client.sh(&script)
+    };
+    // Balanced first: a connection to one pod reaches both.
+    eventually("the Service balanced over both pods", || {
+        let seen = served("10.254.2.3");
+        (seen.contains("10.254.2.2") && seen.contains("10.254.2.3")).then_some(seen)
+    });
+    // PASSTHROUGH: each connection's own destination, whatever the name says.
+    mesh_test::mesh::write(
+        &objects,
+        "rule",
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews, namespace: shop}\n\
+         spec: {host: reviews, trafficPolicy: {loadBalancer: {simple: PASSTHROUGH}}}\n",
+    );
+    eventually("passthrough to the original destination", || {
+        let seen = served("10.254.2.3");
+        (seen.trim() == "10 10.254.2.3,").then_some(seen)
+    });
+    assert_eq!(served("10.254.2.2").trim(), "10 10.254.2.2,");
+    // An address that is no pod of the Service: still where the connection went.
+    assert_eq!(served("10.254.2.4").trim(), "10 10.254.2.4,");
+    // The proxy handled them all, outbound, under the Service's name.
+    let metrics = ctl.sh("curl -s -m 5 http://10.254.1.2:4191/metrics");
+    assert!(
+        metrics.lines().any(|l| l.starts_with("request_total")
+            && l.contains("direction=\"outbound\"")
+            && l.contains("reviews.shop.svc.cluster.local:8080")),
+        "{metrics}"
+    );
+    drop(client);
+}

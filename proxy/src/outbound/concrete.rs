@@ -100,11 +100,20 @@ impl Balance {
             _ => None,
         };
         let (mut dsts, backend) = match req.extensions_mut().remove::<Concrete>() {
-            // PASSTHROUGH: where the connection was going, whatever the name says.
+            // PASSTHROUGH: where the connection was going, whatever the name says; a
+            // meshed endpoint of the service there is still reached through its proxy.
             Some(Concrete::Service(name) | Concrete::Subset(name, _))
                 if let Some(target) = passthrough =>
             {
-                (vec![Dst::direct(target)], Some(name.to_string()))
+                let known = shared.resolve.endpoints(&name).await.unwrap_or_default();
+                let dst = known
+                    .into_iter()
+                    .find(|d| {
+                        d.connect.ip() == target.ip()
+                            && d.target_port.unwrap_or(d.connect.port()) == target.port()
+                    })
+                    .unwrap_or_else(|| Dst::direct(target));
+                (vec![dst], Some(name.to_string()))
             }
             Some(Concrete::Service(name)) => (
                 shared.resolve.endpoints(&name).await?,
