@@ -76,10 +76,22 @@ pub async fn h1(addr: SocketAddr) -> http1::SendRequest<Body> {
 /// An HTTP/1 connection to `addr`, or `None` when it cannot be made.
 pub async fn try_h1(addr: SocketAddr) -> Option<http1::SendRequest<Body>> {
     let tcp = TcpStream::connect(addr).await.ok()?;
+    let _ = tcp.set_nodelay(true);
     let (tx, conn) = http1::handshake(TokioIo::new(tcp)).await.ok()?;
     tokio::spawn(async move {
         let _ = conn.with_upgrades().await;
     });
+    Some(tx)
+}
+
+/// An HTTP/2 (prior knowledge) connection to `addr`, or `None` when it cannot be made.
+pub async fn try_h2(addr: SocketAddr) -> Option<http2::SendRequest<Body>> {
+    let tcp = TcpStream::connect(addr).await.ok()?;
+    let _ = tcp.set_nodelay(true);
+    let (tx, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+        .await
+        .ok()?;
+    tokio::spawn(conn);
     Some(tx)
 }
 

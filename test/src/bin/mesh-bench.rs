@@ -1,8 +1,12 @@
-//! mesh-bench: the same HTTP/1 load, in one run, against a backend directly, through
-//! one mesh-proxy, through two (outbound → inbound, the meshed hop), and through nginx,
-//! haproxy and Envoy when they are installed. Prints latency percentiles at a fixed
-//! rate, the latency each row adds over direct, maximum throughput at a fixed
-//! concurrency, and each proxy's peak RSS and CPU seconds per 10,000 requests.
+//! mesh-bench: the same load, in one run, against a backend directly, through one
+//! mesh-proxy, through two (outbound → inbound, the meshed hop, plaintext and with
+//! mTLS), and through nginx, haproxy, Envoy and two Envoys with mutual TLS (Istio's
+//! data plane) when they are installed; HTTP/1 rows and HTTP/2 (gRPC-like) rows. Prints
+//! latency percentiles at a fixed rate, the latency each row adds over its direct
+//! baseline, maximum throughput at a fixed concurrency, and each proxy's peak RSS and
+//! CPU seconds per 10,000 requests. Where the machine has more than one core, the load
+//! generator and backend run on the first and the proxies on the rest (`taskset`), so
+//! that tails measure the proxies.
 //!
 //! `cargo run --profile dist -p mesh-test --bin mesh-bench -- --help`
 
@@ -26,23 +30,32 @@ struct Args {
     #[arg(long, default_value_t = 1000)]
     rate: u32,
     /// Keep-alive connections used in the fixed-rate phase.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 16)]
     connections: u32,
     /// Requests in flight in the max-throughput phase.
     #[arg(long, default_value_t = 32)]
     concurrency: u32,
     /// Rows to run, comma-separated: direct, mesh, mesh2, nginx, haproxy, envoy;
     /// mesh-tls (the meshed hop as users run it: two proxies with mTLS from the identity
-    /// service, strict inbound, HTTP/1 over HTTP/2 between them);
-    /// mesh-in (one proxy on its inbound side) and mesh-in-authz (the same, with the
-    /// controller's policy: Istio ALLOW and DENY rules, a Linkerd Server and its rate
-    /// limit, all decided per request).
+    /// service, strict inbound, HTTP/1 over HTTP/2 between them) and envoy-tls (two
+    /// Envoys with mutual TLS between them, as Istio's sidecars); direct-h2, mesh-tls-h2
+    /// and envoy-tls-h2 (the same with HTTP/2 clients and backend, gRPC's shape,
+    /// measured against direct-h2); mesh-in (one proxy on its inbound side) and
+    /// mesh-in-authz (the same, with the controller's policy: Istio ALLOW and DENY
+    /// rules, a Linkerd Server and its rate limit, all decided per request).
     #[arg(
         long,
-        default_value = "direct,mesh,mesh2,nginx,haproxy,envoy",
+        default_value = "direct,mesh,mesh2,nginx,haproxy,envoy,mesh-tls,envoy-tls,direct-h2,mesh-tls-h2,envoy-tls-h2",
         value_delimiter = ','
     )]
     rows: Vec<String>,
+    /// The path requested: by default 1 KiB responses, as Istio measures.
+    #[arg(long, default_value = "/size/1024")]
+    path: String,
+    /// Do not pin: by default, with two cores or more and one worker, the load
+    /// generator and backend run on CPU 0 and every proxy on the other CPUs.
+    #[arg(long)]
+    no_pin: bool,
     /// Worker threads or processes for every proxy (mesh-proxy, nginx, haproxy, Envoy),
     /// so that each row gets the same CPU budget.
     #[arg(long, default_value_t = 1)]
@@ -114,6 +127,17 @@ impl Procs {
         all
     }
 
+    /// Pins every thread of the proxies to `cpus` and what serves them (the controller,
+    /// the identity service) to CPU 0, beside the load.
+    fn pin(&self, cpus: &str) {
+        for pid in self.pids() {
+            pin(pid, cpus);
+        }
+        for c in &self.1 {
+            pin(c.id(), "0");
+        }
+    }
+
     fn cpu_seconds(&self) -> f64 {
         // utime + stime, in clock ticks of 1/100 s (Linux's USER_HZ).
         self.pids()
@@ -127,6 +151,21 @@ impl Procs {
             .iter()
             .map(|&p| mesh_test::procfs::status_kb(p, "VmHWM").unwrap_or(0) as f64 / 1024.0)
             .sum()
+    }
+}
+
+/// Pins every thread of `pid` to `cpus` (a `taskset` list); a machine without
+/// `taskset` runs unpinned, said once.
+fn pin(pid: u32, cpus: &str) {
+    let ok = Command::new("taskset")
+        .args(["-a", "-p", "-c", cpus, &pid.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        static SAID: std::sync::Once = std::sync::Once::new();
+        SAID.call_once(|| eprintln!("cannot pin with taskset: running unpinned"));
     }
 }
 
@@ -227,17 +266,19 @@ async fn start(
     row: &str,
     backend: SocketAddr,
     dir: &Path,
-    workers: u32,
+    args: &Args,
 ) -> anyhow::Result<Option<(Target, Procs)>> {
-    let path = "/".to_string();
+    let workers = args.workers;
+    let path = args.path.clone();
     let host = backend.to_string();
     let (addr, procs) = match row {
-        "direct" => {
+        "direct" | "direct-h2" => {
             return Ok(Some((
                 Target {
                     addr: backend,
                     host,
                     path,
+                    h2: row == "direct-h2",
                 },
                 Procs(vec![], vec![]),
             )));
@@ -280,6 +321,7 @@ async fn start(
                 addr: inb,
                 host: backend.to_string(),
                 path,
+                h2: false,
             };
             let mut procs = Procs(vec![child], vec![]);
             procs.1 = vec![controller];
@@ -296,13 +338,26 @@ async fn start(
                 addr: out,
                 host: inb.to_string(),
                 path,
+                h2: false,
             };
             return Ok(Some((
                 target,
                 Procs(vec![client_side, server_side], vec![]),
             )));
         }
-        "mesh-tls" => return mesh_tls(backend, dir, workers).await.map(Some),
+        "mesh-tls" | "mesh-tls-h2" => {
+            return mesh_tls(backend, dir, args, row == "mesh-tls-h2")
+                .await
+                .map(Some);
+        }
+        "envoy-tls" | "envoy-tls-h2" => {
+            let Some(bin) = which("envoy") else {
+                return Ok(None);
+            };
+            return envoy_tls(&bin, backend, dir, args, row == "envoy-tls-h2")
+                .await
+                .map(Some);
+        }
         "nginx" => {
             let Some(bin) = which("nginx") else {
                 return Ok(None);
@@ -359,7 +414,7 @@ async fn start(
             };
             let port = free_port()?;
             let conf = dir.join("envoy.yaml");
-            std::fs::write(&conf, envoy_config(port, backend))?;
+            std::fs::write(&conf, envoy_config(port, None, backend, None))?;
             let mut cmd = Command::new(bin);
             cmd.arg("-c").arg(&conf).args([
                 "--concurrency",
@@ -371,10 +426,19 @@ async fn start(
             cmd.arg(std::process::id().to_string());
             (port, Procs(vec![spawn(&mut cmd)?], vec![]))
         }
-        other => bail!("unknown row {other:?}: use direct, mesh, mesh2, nginx, haproxy or envoy"),
+        other => bail!("unknown row {other:?} (see --help for the rows)"),
     };
     wait_listening(addr).await?;
-    Ok(Some((Target { addr, host, path }, procs)))
+    let h2 = false;
+    Ok(Some((
+        Target {
+            addr,
+            host,
+            path,
+            h2,
+        },
+        procs,
+    )))
 }
 
 /// The meshed hop as users run it: the identity service issuing both proxies their
@@ -384,9 +448,11 @@ async fn start(
 async fn mesh_tls(
     backend: SocketAddr,
     dir: &Path,
-    workers: u32,
+    args: &Args,
+    h2: bool,
 ) -> anyhow::Result<(Target, Procs)> {
-    let state = dir.join("mesh-tls");
+    let workers = args.workers;
+    let state = dir.join(if h2 { "mesh-tls-h2" } else { "mesh-tls" });
     let ca = state.join("ca");
     std::fs::create_dir_all(&ca)?;
     let generated = mesh_identity::ca::generate(
@@ -480,7 +546,8 @@ async fn mesh_tls(
     let target = Target {
         addr: out,
         host: "backend.bench.svc.cluster.local:80".into(),
-        path: "/".into(),
+        path: args.path.clone(),
+        h2,
     };
     Ok((
         target,
@@ -511,7 +578,46 @@ async fn wait_ready(admin: SocketAddr) -> anyhow::Result<()> {
     bail!("the proxy at {admin} was not ready after 20 s")
 }
 
-fn envoy_config(port: SocketAddr, backend: SocketAddr) -> String {
+/// One Envoy: an HTTP listener on `port` (TLS when `listen_tls`, requiring a client
+/// certificate from the trust anchors) routing everything to `upstream` (over TLS when
+/// `upstream_tls`, checking the server's name), speaking to it whatever protocol the
+/// client spoke, as Istio's sidecars do.
+fn envoy_config(
+    port: SocketAddr,
+    listen_tls: Option<&EnvoyTls>,
+    upstream: SocketAddr,
+    upstream_tls: Option<&EnvoyTls>,
+) -> String {
+    let context = |t: &EnvoyTls, indent: &str| {
+        format!(
+            "{indent}common_tls_context:\n\
+             {indent}  tls_certificates: [{{certificate_chain: {{filename: {cert}}}, private_key: {{filename: {key}}}}}]\n\
+             {indent}  validation_context:\n\
+             {indent}    trusted_ca: {{filename: {ca}}}\n{san}",
+            cert = t.cert.display(),
+            key = t.key.display(),
+            ca = t.ca.display(),
+            san = t.peer.as_ref().map_or(String::new(), |name| format!(
+                "{indent}    match_typed_subject_alt_names: [{{san_type: DNS, matcher: {{exact: \"{name}\"}}}}]\n"
+            )),
+        )
+    };
+    let listener_tls = listen_tls.map_or(String::new(), |t| {
+        format!(
+            "      transport_socket:\n        name: envoy.transport_sockets.tls\n        typed_config:\n          \
+             \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext\n          \
+             require_client_certificate: true\n{}",
+            context(t, "          ")
+        )
+    });
+    let cluster_tls = upstream_tls.map_or(String::new(), |t| {
+        format!(
+            "    transport_socket:\n      name: envoy.transport_sockets.tls\n      typed_config:\n        \
+             \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext\n{sni}{}",
+            context(t, "        "),
+            sni = t.peer.as_ref().map_or(String::new(), |n| format!("        sni: \"{n}\"\n")),
+        )
+    });
     format!(
         r#"static_resources:
   listeners:
@@ -522,29 +628,141 @@ fn envoy_config(port: SocketAddr, backend: SocketAddr) -> String {
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: bench
+          codec_type: AUTO
           route_config:
             virtual_hosts:
             - name: all
               domains: ["*"]
-              routes: [{{match: {{prefix: "/"}}, route: {{cluster: backend}}}}]
+              routes: [{{match: {{prefix: "/"}}, route: {{cluster: upstream}}}}]
           http_filters:
           - name: envoy.filters.http.router
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:
-  - name: backend
+{listener_tls}  clusters:
+  - name: upstream
     type: STATIC
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        use_downstream_protocol_config: {{http_protocol_options: {{}}, http2_protocol_options: {{}}}}
     load_assignment:
-      cluster_name: backend
+      cluster_name: upstream
       endpoints:
       - lb_endpoints:
         - endpoint: {{address: {{socket_address: {{address: {bip}, port_value: {bp}}}}}}}
-"#,
+{cluster_tls}"#,
         ip = port.ip(),
         lp = port.port(),
-        bip = backend.ip(),
-        bp = backend.port()
+        bip = upstream.ip(),
+        bp = upstream.port()
     )
+}
+
+/// One Envoy's certificate, key and trust anchors (PEM files), and the name it
+/// requires of its peer (the client checks the server's; the server takes any
+/// certificate the anchors sign, as Istio's inbound does before authorization).
+struct EnvoyTls {
+    cert: PathBuf,
+    key: PathBuf,
+    ca: PathBuf,
+    peer: Option<String>,
+}
+
+/// `der` as PEM with `label`.
+fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(64)
+        .filter_map(|c| std::str::from_utf8(c).ok())
+        .collect();
+    format!(
+        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+        lines.join("\n")
+    )
+}
+
+/// Istio's data plane for the same hop: a client Envoy taking plaintext HTTP and a
+/// server Envoy in front of `backend`, mutual TLS between them with certificates from
+/// the same kind of CA the mesh's proxies use (ECDSA P-256), each Envoy one worker.
+async fn envoy_tls(
+    bin: &Path,
+    backend: SocketAddr,
+    dir: &Path,
+    args: &Args,
+    h2: bool,
+) -> anyhow::Result<(Target, Procs)> {
+    let state = dir.join(if h2 { "envoy-tls-h2" } else { "envoy-tls" });
+    let ca = state.join("ca");
+    std::fs::create_dir_all(&ca)?;
+    let generated = mesh_identity::ca::generate(
+        Duration::from_secs(7 * 86_400),
+        Duration::from_secs(2 * 86_400),
+    )?;
+    mesh_identity::ca::write(&ca, &generated)?;
+    let anchors = ca.join(mesh_identity::ca::TRUST_ANCHORS_FILE);
+    let server_name = mesh_api::identity::dns_name("server", "bench");
+    let tls = |sa: &str, peer: Option<String>| -> anyhow::Result<EnvoyTls> {
+        let issued = mesh_test::identity::client_cert(
+            &ca,
+            sa,
+            "bench",
+            std::time::SystemTime::now() - Duration::from_secs(60),
+            Duration::from_secs(86_400),
+        );
+        let chain: String = issued.chain.iter().map(|c| pem("CERTIFICATE", c)).collect();
+        let (cert, key) = (
+            state.join(format!("{sa}.crt")),
+            state.join(format!("{sa}.key")),
+        );
+        std::fs::write(&cert, chain)?;
+        std::fs::write(&key, pem("PRIVATE KEY", issued.key.secret_der()))?;
+        Ok(EnvoyTls {
+            cert,
+            key,
+            ca: anchors.clone(),
+            peer,
+        })
+    };
+    let (client_tls, server_tls) = (tls("client", Some(server_name))?, tls("server", None)?);
+    let (out, inb) = (free_port()?, free_port()?);
+    let mut procs = Procs(vec![], vec![]);
+    for (i, (name, conf)) in [
+        (
+            "server",
+            envoy_config(inb, Some(&server_tls), backend, None),
+        ),
+        ("client", envoy_config(out, None, inb, Some(&client_tls))),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let path = state.join(format!("{name}.yaml"));
+        std::fs::write(&path, conf)?;
+        let mut cmd = Command::new(bin);
+        cmd.arg("-c").arg(&path).args([
+            "--concurrency",
+            &args.workers.to_string(),
+            "-l",
+            "error",
+            "--base-id",
+        ]);
+        cmd.arg((std::process::id() * 4 + 1 + i as u32).to_string());
+        procs.0.push(spawn_quiet(
+            &mut cmd,
+            std::env::var_os("MESH_BENCH_DEBUG").is_some(),
+        )?);
+    }
+    wait_listening(inb).await?;
+    wait_listening(out).await?;
+    let target = Target {
+        addr: out,
+        host: "backend.bench.svc.cluster.local:80".into(),
+        path: args.path.clone(),
+        h2,
+    };
+    Ok((target, procs))
 }
 
 async fn measure(name: &str, target: &Target, procs: &Procs, args: &Args) -> Row {
@@ -595,6 +813,13 @@ fn authz_objects(port: u16) -> String {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // The load generator and backend on CPU 0 (their threads, made after this, inherit
+    // it), the proxies on the others: tails measure the proxies, not the scheduler.
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let pinned = (!args.no_pin && cores >= 2 && args.workers == 1).then(|| {
+        pin(std::process::id(), "0");
+        format!("1-{}", cores - 1)
+    });
     // The backend gets a runtime of its own so that the load generator cannot starve it.
     let backend_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -610,8 +835,11 @@ fn main() -> anyhow::Result<()> {
     let rows = rt.block_on(async {
         let mut rows: Vec<Row> = Vec::new();
         for name in &args.rows {
-            match start(name, backend, &dir, args.workers).await {
+            match start(name, backend, &dir, &args).await {
                 Ok(Some((target, procs))) => {
+                    if let Some(cpus) = &pinned {
+                        procs.pin(cpus);
+                    }
                     eprintln!("measuring {name} …");
                     rows.push(measure(name, &target, &procs, &args).await);
                 }
@@ -623,12 +851,20 @@ fn main() -> anyhow::Result<()> {
     });
     let _ = std::fs::remove_dir_all(&dir);
     let mut rows = rows;
-    let direct = rows
-        .iter()
-        .find(|r| r.name == "direct")
-        .map(|r| (r.p50_us, r.p90_us, r.p99_us, r.p999_us));
+    let baseline = |name: &str| {
+        rows.iter()
+            .find(|r| r.name == name)
+            .map(|r| (r.p50_us, r.p90_us, r.p99_us, r.p999_us))
+    };
+    let (direct, direct_h2) = (baseline("direct"), baseline("direct-h2"));
     for r in &mut rows {
         let minus = |v: u64, d: u64| v as i64 - d as i64;
+        // HTTP/2 rows against the HTTP/2 baseline.
+        let direct = if r.name.ends_with("-h2") {
+            direct_h2
+        } else {
+            direct
+        };
         r.added_p50_us = direct.map(|d| minus(r.p50_us, d.0));
         r.added_p90_us = direct.map(|d| minus(r.p90_us, d.1));
         r.added_p99_us = direct.map(|d| minus(r.p99_us, d.2));
@@ -638,7 +874,7 @@ fn main() -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
         println!(
-            "{:<8} {:>8} {:>8} {:>8} {:>8} {:>10} {:>10} {:>10} {:>11} {:>9} {:>8} {:>12} {:>6}",
+            "{:<13} {:>8} {:>8} {:>8} {:>8} {:>10} {:>10} {:>10} {:>11} {:>9} {:>8} {:>12} {:>6}",
             "ROW",
             "P50_US",
             "P90_US",
@@ -657,7 +893,7 @@ fn main() -> anyhow::Result<()> {
         let added = |v: Option<i64>| v.map_or("-".to_string(), |v| v.to_string());
         for r in &rows {
             println!(
-                "{:<8} {:>8} {:>8} {:>8} {:>8} {:>10} {:>10} {:>10} {:>11} {:>9.0} {:>8} {:>12} {:>6}",
+                "{:<13} {:>8} {:>8} {:>8} {:>8} {:>10} {:>10} {:>10} {:>11} {:>9.0} {:>8} {:>12} {:>6}",
                 r.name,
                 r.p50_us,
                 r.p90_us,
@@ -674,8 +910,17 @@ fn main() -> anyhow::Result<()> {
             );
         }
         println!(
-            "rate {} rps over {} connections, {} in flight for max rps, {:?} per phase, {} worker(s) per proxy",
-            args.rate, args.connections, args.concurrency, args.duration, args.workers
+            "rate {} rps over {} connections, {} in flight for max rps, {:?} per phase, GET {}, {} worker(s) per proxy, {}",
+            args.rate,
+            args.connections,
+            args.concurrency,
+            args.duration,
+            args.path,
+            args.workers,
+            match &pinned {
+                Some(cpus) => format!("load and backend on CPU 0, proxies on CPUs {cpus}"),
+                None => "not pinned".into(),
+            }
         );
     }
     Ok(())
