@@ -241,6 +241,8 @@ pub async fn http_with_delay(addr: SocketAddr, delay: Duration) -> std::io::Resu
                 return;
             };
             s.connections.fetch_add(1, Ordering::SeqCst);
+            // As servers do: HTTP/2 writes frames apart, which Nagle would hold back.
+            let _ = stream.set_nodelay(true);
             let (cancelled, requests) = (s.cancelled.clone(), s.requests.clone());
             let failing = s.failing.clone();
             let consumed = s.consumed.clone();
