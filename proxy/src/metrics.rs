@@ -7,6 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -31,8 +32,10 @@ const MAX_LABEL_VALUES: usize = 256;
 /// The label value used once [`MAX_LABEL_VALUES`] is reached.
 const OVERFLOW: &str = "overflow";
 
-/// The labels shared by a request and its response.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// The labels shared by a request and its response. Made only by [`Metrics::labels`]
+/// and [`Metrics::with_peer`], which intern their strings: equal labels share their
+/// strings' allocations, so they hash by address (see the `Hash` impl).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct RequestLabels {
     /// Inbound or outbound.
     pub direction: Direction,
@@ -43,6 +46,76 @@ pub struct RequestLabels {
     /// mTLS state and identity of the peer (`client_id` inbound, `server_id` outbound).
     pub peer: Peer,
 }
+
+/// The address of an interned string: one per distinct value.
+fn interned(s: &Arc<str>) -> usize {
+    Arc::as_ptr(s).cast::<u8>() as usize
+}
+
+impl Hash for RequestLabels {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // Interned strings by address: equal values are one allocation (the store
+        // hands out one `Arc` per value), and addresses cannot be chosen by a client
+        // to collide, so a cheap hasher is safe over them.
+        self.direction.hash(state);
+        state.write_usize(interned(&self.authority));
+        state.write_usize(interned(&self.route));
+        self.peer.tls.hash(state);
+        state.write_usize(self.peer.id.as_ref().map_or(0, interned));
+        // Discovery's labels (from the controller, not from clients), by value.
+        self.peer.dst.hash(state);
+    }
+}
+
+/// A multiply-rotate hasher (FxHash's) for the store's maps, whose keys are
+/// addresses and small numbers ([`RequestLabels`]'s `Hash`): a fraction of SipHash's
+/// cost per request. Strings that clients send are interned under SipHash.
+#[derive(Clone, Copy, Default)]
+struct FastHasher(u64);
+
+impl FastHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl Hasher for FastHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.add(u64::from_le_bytes(w));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(w));
+        }
+    }
+    fn write_u8(&mut self, n: u8) {
+        self.add(u64::from(n));
+    }
+    fn write_u16(&mut self, n: u16) {
+        self.add(u64::from(n));
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.add(u64::from(n));
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.add(n);
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// A map over the store's keys.
+type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 struct ResponseKey {
@@ -187,14 +260,14 @@ impl Skipped {
 #[derive(Default, Debug)]
 struct Store {
     /// Every attempt's response, retries included (`response` is what clients saw).
-    actual: HashMap<ResponseKey, u64>,
+    actual: FastMap<ResponseKey, u64>,
     /// Retries not made, by why: the budget was spent, or the service's bound on
     /// retries in flight was reached.
-    retries_skipped: HashMap<(RequestLabels, Skipped), u64>,
+    retries_skipped: FastMap<(RequestLabels, Skipped), u64>,
     label_values: HashSet<Arc<str>>,
-    requests: HashMap<RequestLabels, u64>,
-    responses: HashMap<ResponseKey, u64>,
-    latencies: HashMap<LatencyKey, Latency>,
+    requests: FastMap<RequestLabels, u64>,
+    responses: FastMap<ResponseKey, u64>,
+    latencies: FastMap<LatencyKey, Latency>,
 }
 
 /// When this process started (first asked), in milliseconds since the Unix epoch.
@@ -374,7 +447,7 @@ impl Metrics {
                 dst_service: dst.map(|d| (*d.service).into()),
             }
         }
-        let responses = |map: &HashMap<ResponseKey, u64>| -> Vec<Count> {
+        let responses = |map: &FastMap<ResponseKey, u64>| -> Vec<Count> {
             map.iter()
                 .map(|(k, n)| Count {
                     labels: labels(&k.request),
