@@ -82,7 +82,9 @@ fn epoch() -> Instant {
 /// an atomic instead of the clock (a quarter of the idle timeout is precision enough).
 static COARSE_NOW_MS: AtomicU64 = AtomicU64::new(0);
 
-type EndpointKey = (SocketAddr, Version, Direction, Option<Arc<str>>);
+/// An endpoint per address, protocol, direction and identity, and per worker: each
+/// worker keeps its own connections ([`crate::worker`]).
+type EndpointKey = (SocketAddr, Version, Direction, Option<Arc<str>>, u16);
 
 /// Every endpoint the proxy has talked to, keyed by address, HTTP version and the
 /// identity it must present.
@@ -132,7 +134,13 @@ impl Endpoints {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         let before = map.len();
         let endpoint = map
-            .entry((addr, version, direction, identity.clone()))
+            .entry((
+                addr,
+                version,
+                direction,
+                identity.clone(),
+                crate::worker::index(),
+            ))
             .or_insert_with(|| {
                 Arc::new(Endpoint {
                     addr,

@@ -30,8 +30,10 @@ pub struct Config {
     #[arg(long, env = "MESH_PROXY_INBOUND_APP_ADDR")]
     pub inbound_app_addr: Option<SocketAddr>,
 
-    /// Worker threads. One suits a sidecar sharing its pod's CPU with the app; give
-    /// more to a proxy that must carry more than one core's worth of traffic.
+    /// Worker threads, each a single-threaded runtime on its own `SO_REUSEPORT`
+    /// sockets of the inbound and outbound addresses (`mesh_proxy::worker`). One suits
+    /// a sidecar sharing its pod's CPU with the app; give more to a proxy that must
+    /// carry more than one core's worth of traffic.
     #[arg(long, env = "MESH_PROXY_WORKERS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub workers: u16,
 

@@ -35,6 +35,7 @@ pub mod server;
 pub mod tcp;
 pub mod tls;
 pub mod vocab;
+pub mod worker;
 
 pub use config::Config;
 pub use error::{PROXY_ERROR_HEADER, ProxyError};

@@ -15,10 +15,14 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let config = Config::parse();
-    // One worker runs on a current-thread runtime: no work stealing and no cross-thread
+    // Every worker is a current-thread runtime: no work stealing and no cross-thread
     // wake-ups, which is most of what a second scheduler thread would cost a sidecar.
-    let workers = mesh_api::start::Runtime::with_workers(usize::from(config.workers));
-    let runtime = mesh_api::start::start(&config.log, "MESH_PROXY_LOG", workers)?;
+    // This one is the first; the proxy starts the others (`mesh_proxy::worker`).
+    let runtime = mesh_api::start::start(
+        &config.log,
+        "MESH_PROXY_LOG",
+        mesh_api::start::Runtime::CurrentThread,
+    )?;
     runtime.block_on(async {
         let proxy = Proxy::bind(config).await?;
         proxy.run(shutdown_signal()).await;

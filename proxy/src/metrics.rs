@@ -303,6 +303,8 @@ pub struct Metrics {
     pub authz: crate::authz::metrics::AuthzMetrics,
     /// Access-log lines dropped for want of room in the writer's queue.
     pub access_log_dropped: Arc<AtomicU64>,
+    /// Connections accepted, by worker ([`crate::worker`]).
+    worker_connections: Mutex<Vec<u64>>,
 }
 
 /// Gauges of what the proxy holds on behalf of destinations; dropped once idle.
@@ -388,6 +390,19 @@ impl Metrics {
             class,
         };
         *self.store().actual.entry(key).or_default() += 1;
+    }
+
+    /// Counts a connection accepted by this thread's worker.
+    pub fn accepted(&self) {
+        let i = usize::from(crate::worker::index());
+        let mut counts = self
+            .worker_connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if counts.len() <= i {
+            counts.resize(i + 1, 0);
+        }
+        counts[i] += 1;
     }
 
     /// Counts a retry that was not made, and why.
@@ -742,6 +757,23 @@ impl prometheus_client::collector::Collector for Collector {
                 MetricType::Gauge,
             )?
             .encode_gauge(&n)?;
+        let workers = self
+            .0
+            .worker_connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut family = encoder.encode_descriptor(
+            "worker_connections",
+            "Connections accepted, by worker (MESH_PROXY_WORKERS)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (i, n) in workers.iter().enumerate() {
+            family
+                .encode_family(&[("worker", i.to_string().as_str())])?
+                .encode_counter::<NoLabelSet, _, u64>(n, None)?;
+        }
         let dropped = self.0.access_log_dropped.load(Ordering::Relaxed);
         encoder
             .encode_descriptor(

@@ -93,6 +93,8 @@ impl Ctx {
 pub struct Proxy {
     ctx: Arc<Ctx>,
     listeners: [(Direction, TcpListener, HttpService); 2],
+    /// The other workers' inbound and outbound sockets on the same addresses.
+    workers: Vec<[std::net::TcpListener; 2]>,
     admin: TcpListener,
     drain_tx: watch::Sender<bool>,
     listening: Listening,
@@ -104,11 +106,24 @@ async fn bind(name: &'static str, addr: SocketAddr) -> Result<TcpListener, Start
         .map_err(|source| StartError::Bind { name, addr, source })
 }
 
+/// A listener that `workers` sockets share (one is plain when there is one worker).
+async fn bind_shared(
+    name: &'static str,
+    addr: SocketAddr,
+    workers: u16,
+) -> Result<TcpListener, StartError> {
+    if workers <= 1 {
+        return bind(name, addr).await;
+    }
+    let err = |source| StartError::Bind { name, addr, source };
+    TcpListener::from_std(crate::worker::shared_listener(addr).map_err(err)?).map_err(err)
+}
+
 impl Proxy {
     /// Binds the inbound, outbound and admin listeners.
     pub async fn bind(config: Config) -> Result<Self, StartError> {
-        let inbound = bind("inbound", config.inbound_addr).await?;
-        let outbound = bind("outbound", config.outbound_addr).await?;
+        let inbound = bind_shared("inbound", config.inbound_addr, config.workers).await?;
+        let outbound = bind_shared("outbound", config.outbound_addr, config.workers).await?;
         let admin = bind("admin", config.admin_addr).await?;
         let local = |l: &TcpListener, fallback| l.local_addr().unwrap_or(fallback);
         let listening = Listening {
@@ -116,6 +131,21 @@ impl Proxy {
             outbound: local(&outbound, config.outbound_addr),
             admin: local(&admin, config.admin_addr),
         };
+        // The other workers' sockets, on the addresses the first one got.
+        let mut workers = Vec::new();
+        for _ in 1..config.workers {
+            let shared = |name, addr| {
+                crate::worker::shared_listener(addr).map_err(|source| StartError::Bind {
+                    name,
+                    addr,
+                    source,
+                })
+            };
+            workers.push([
+                shared("inbound", listening.inbound)?,
+                shared("outbound", listening.outbound)?,
+            ]);
+        }
         let identity_settings = config.identity().map_err(StartError::Identity)?;
         let identity = match &identity_settings {
             Some(s) => Some(Arc::new(
@@ -193,6 +223,7 @@ impl Proxy {
         Ok(Self {
             ctx,
             listeners,
+            workers,
             admin,
             drain_tx,
             listening,
@@ -210,6 +241,7 @@ impl Proxy {
         let Self {
             ctx,
             listeners,
+            workers,
             admin,
             drain_tx,
             listening,
@@ -217,12 +249,28 @@ impl Proxy {
         // Each connection holds a clone of `done`; when all are dropped, draining is over.
         let (done, mut all_done) = mpsc::channel::<()>(1);
         let (admin_shutdown_tx, mut admin_shutdown) = mpsc::channel::<()>(1);
-        for (direction, listener, stack) in listeners {
+        // One connection limit per direction, whichever worker accepts.
+        let max = ctx.config.max_connections.clamp(1, MAX_LIMIT);
+        let limits = [Arc::new(Semaphore::new(max)), Arc::new(Semaphore::new(max))];
+        let stacks = [listeners[0].2.clone(), listeners[1].2.clone()];
+        for (i, sockets) in workers.into_iter().enumerate() {
+            let index = u16::try_from(i + 1).unwrap_or(u16::MAX);
+            let (ctx, done, limits, stacks) =
+                (ctx.clone(), done.clone(), limits.clone(), stacks.clone());
+            let spawned = std::thread::Builder::new()
+                .name(format!("mesh-worker-{index}"))
+                .spawn(move || worker(index, sockets, stacks, limits, ctx, done));
+            if let Err(error) = spawned {
+                tracing::warn!(%error, index, "cannot start a worker: serving with fewer");
+            }
+        }
+        for ((direction, listener, stack), limit) in listeners.into_iter().zip(limits) {
             tokio::spawn(accept_loop(
                 listener,
                 direction,
                 stack,
                 ctx.clone(),
+                limit,
                 done.clone(),
             ));
         }
@@ -305,23 +353,69 @@ async fn sweep(shared: std::sync::Weak<Shared>, idle: std::time::Duration) {
     }
 }
 
+/// Worker `index` (above 0): its own single-threaded runtime accepting on its inbound
+/// and outbound sockets until the proxy drains, then serving what it accepted to the
+/// end (`done` held until then, so the proxy waits for it).
+fn worker(
+    index: u16,
+    sockets: [std::net::TcpListener; 2],
+    stacks: [HttpService; 2],
+    limits: [Arc<Semaphore>; 2],
+    ctx: Arc<Ctx>,
+    done: mpsc::Sender<()>,
+) {
+    crate::worker::enter(index);
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(error) => {
+            tracing::warn!(%error, index, "cannot start a worker's runtime: serving with fewer");
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        // This worker's connections hold `mine`; when they are all gone, so is it.
+        let (mine, mut all_mine) = mpsc::channel::<()>(1);
+        let mut loops = Vec::new();
+        for (((socket, stack), limit), direction) in sockets
+            .into_iter()
+            .zip(stacks)
+            .zip(limits)
+            .zip([Direction::Inbound, Direction::Outbound])
+        {
+            match TcpListener::from_std(socket) {
+                Ok(listener) => loops.push(tokio::spawn(accept_loop(
+                    listener,
+                    direction,
+                    stack,
+                    ctx.clone(),
+                    limit,
+                    mine.clone(),
+                ))),
+                Err(error) => tracing::warn!(%error, index, ?direction, "a worker cannot listen"),
+            }
+        }
+        drop(mine);
+        for l in loops {
+            let _ = l.await;
+        }
+        let _ = all_mine.recv().await;
+        drop(done);
+    });
+}
+
 async fn accept_loop(
     listener: TcpListener,
     direction: Direction,
     stack: HttpService,
     ctx: Arc<Ctx>,
+    limit: Arc<Semaphore>,
     done: mpsc::Sender<()>,
 ) {
-    let limit = Arc::new(Semaphore::new(
-        ctx.config.max_connections.clamp(1, MAX_LIMIT),
-    ));
     let mut drain = ctx.drain.clone();
     loop {
-        // At the connection limit, stop accepting: new clients wait in the backlog.
-        let permit = tokio::select! {
-            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            () = drained(&mut drain) => return,
-        };
         let (stream, client) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(conn) => conn,
@@ -334,6 +428,15 @@ async fn accept_loop(
             },
             () = drained(&mut drain) => return,
         };
+        // At the connection limit, the connection waits unserved and nothing more is
+        // accepted: new clients wait in the backlog. The slot is taken after the
+        // accept, so that a worker waiting for connections holds none (every worker's
+        // accepts share the limit).
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            () = drained(&mut drain) => return,
+        };
+        ctx.shared.metrics.accepted();
         let (ctx, stack, done) = (ctx.clone(), stack.clone(), done.clone());
         tokio::spawn(async move {
             handle(

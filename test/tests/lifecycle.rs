@@ -233,3 +233,117 @@ async fn idle_connections_do_not_hold_up_shutdown() {
     assert!(proxy.wait(Duration::from_secs(20)).await.success());
     assert!(began.elapsed() < Duration::from_secs(20));
 }
+
+/// `MESH_PROXY_WORKERS=2`: two single-threaded workers share the inbound and outbound
+/// ports (`SO_REUSEPORT`), the kernel spreading connections over them; every request
+/// is served and counted once, the connection limit holds across both, and SIGTERM
+/// drains requests in flight on either worker before the process exits.
+#[tokio::test]
+async fn two_workers_share_the_ports_and_drain_together() {
+    let app = backend::http().await;
+    let mut proxy = proxy::new()
+        .env("WORKERS", 2)
+        .env("INBOUND_APP_ADDR", app.addr)
+        .run()
+        .await;
+    // The proxy's threads: the first worker and one more.
+    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", proxy.pid()))
+        .expect("tasks")
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_string())
+        .collect();
+    assert_eq!(
+        threads.iter().filter(|t| *t == "mesh-worker-1").count(),
+        1,
+        "one extra worker thread: {threads:?}"
+    );
+    let authority = app.authority();
+    // 32 connections, a request on each, both directions.
+    for (addr, n) in [(proxy.outbound, 24), (proxy.inbound, 8)] {
+        for _ in 0..n {
+            let rsp = client::get(addr, &authority, "/").await;
+            assert_eq!((rsp.status.as_u16(), rsp.text().as_str()), (200, "hello"));
+        }
+    }
+    let metrics = proxy.metrics().await;
+    let by_worker: Vec<u64> = ["0", "1"]
+        .iter()
+        .map(|w| proxy::sum_metric(&metrics, "worker_connections_total", &[("worker", w)]))
+        .collect();
+    assert_eq!(by_worker.iter().sum::<u64>(), 32, "{metrics}");
+    assert!(
+        by_worker.iter().all(|n| *n > 0),
+        "both workers accept: {by_worker:?}"
+    );
+    for (direction, n) in [("outbound", 24), ("inbound", 8)] {
+        assert_eq!(
+            proxy::sum_metric(&metrics, "request_total", &[("direction", direction)]),
+            n,
+            "{direction}: {metrics}"
+        );
+    }
+    // Slow requests on eight connections, whichever workers took them: SIGTERM lets
+    // every one finish, then the proxy exits.
+    let mut slow = Vec::new();
+    for _ in 0..8 {
+        let (outbound, authority) = (proxy.outbound, authority.clone());
+        slow.push(tokio::spawn(async move {
+            client::get(outbound, &authority, "/sleep/800").await
+        }));
+    }
+    mesh_test::eventually("eight in flight", Duration::from_secs(5), || async {
+        (proxy
+            .metric("request_total", &[("direction", "outbound")])
+            .await
+            == 32)
+            .then_some(())
+    })
+    .await;
+    proxy.signal("TERM");
+    for s in slow {
+        let rsp = s.await.expect("join");
+        assert_eq!((rsp.status.as_u16(), rsp.text().as_str()), (200, "slept"));
+    }
+    assert!(proxy.wait(Duration::from_secs(10)).await.success());
+    assert_eq!(app.cancelled.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+/// The connection limit counts every worker's connections together: of five slow
+/// requests on five connections, four are served at once (whichever workers the
+/// kernel gave them to), the fifth when a slot frees.
+#[tokio::test]
+async fn the_connection_limit_holds_across_workers() {
+    let app = backend::http().await;
+    let proxy = proxy::new()
+        .env("WORKERS", 2)
+        .env("MAX_CONNECTIONS", 4)
+        .run()
+        .await;
+    let authority = app.authority();
+    let mut calls = Vec::new();
+    for _ in 0..5 {
+        let (outbound, authority) = (proxy.outbound, authority.clone());
+        calls.push(tokio::spawn(async move {
+            client::get(outbound, &authority, "/sleep/1000").await
+        }));
+    }
+    let in_flight = || async {
+        proxy
+            .metric("request_total", &[("direction", "outbound")])
+            .await
+    };
+    mesh_test::eventually("four in flight", Duration::from_secs(5), || async {
+        (in_flight().await == 4).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        in_flight().await,
+        4,
+        "a fifth connection was served at the limit"
+    );
+    for c in calls {
+        assert_eq!(c.await.expect("join").status, 200);
+    }
+    assert_eq!(in_flight().await, 5);
+}
