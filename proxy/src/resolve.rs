@@ -21,6 +21,8 @@ pub struct NameAddr {
     pub host: String,
     /// The port.
     pub port: u16,
+    /// `host:port` as written once (`[v6]:port`): the key every lookup uses.
+    text: Arc<str>,
 }
 
 impl NameAddr {
@@ -44,20 +46,56 @@ impl NameAddr {
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_ascii_lowercase();
+        let port = a.port_u16().unwrap_or(default_port);
+        let text = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
         Ok(Self {
             host,
-            port: a.port_u16().unwrap_or(default_port),
+            port,
+            text: text.into(),
         })
+    }
+
+    /// `host:port` (`[v6]:port`), as the controller and the metrics name it.
+    pub fn as_str(&self) -> &str {
+        &self.text
     }
 }
 
 impl std::fmt::Display for NameAddr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "{}:{}", self.host, self.port)
+        f.write_str(&self.text)
+    }
+}
+
+/// The most authorities [`Names`] keeps parsed; past it, it starts over (clients
+/// choose `Host`, so the cache must stay bounded).
+const MAX_NAMES: usize = 1024;
+
+/// Authorities already parsed, by their text: a connection's requests name the same
+/// few, and parsing one costs more than the rest of routing it.
+#[derive(Debug, Default)]
+pub struct Names(std::sync::Mutex<std::collections::HashMap<Box<str>, (u16, NameAddr)>>);
+
+impl Names {
+    /// [`NameAddr::parse`], answered from the cache when `authority` was parsed with
+    /// the same default port before. Refusals are not kept.
+    pub fn parse(&self, authority: &str, default_port: u16) -> Result<NameAddr, ProxyError> {
+        let mut names = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((port, name)) = names.get(authority)
+            && *port == default_port
+        {
+            return Ok(name.clone());
         }
+        let name = NameAddr::parse(authority, default_port)?;
+        if names.len() >= MAX_NAMES {
+            names.clear();
+        }
+        names.insert(authority.into(), (default_port, name.clone()));
+        Ok(name)
     }
 }
 
@@ -66,6 +104,8 @@ impl std::fmt::Display for NameAddr {
 pub struct Resolve {
     dns: TokioResolver,
     discover: Option<Discover>,
+    /// Authorities parsed before.
+    pub names: Names,
 }
 
 impl std::fmt::Debug for Resolve {
@@ -94,7 +134,7 @@ impl Resolve {
     /// The profile that applies to `dst` (empty without a destination service).
     pub async fn profile(&self, dst: &NameAddr) -> Arc<Profile> {
         match &self.discover {
-            Some(discover) => discover.profile(&dst.to_string()).await,
+            Some(discover) => discover.profile(dst.as_str()).await,
             None => Arc::default(),
         }
     }
@@ -102,7 +142,7 @@ impl Resolve {
     /// The endpoints of `dst`, from the destination service or else DNS.
     pub async fn endpoints(&self, dst: &NameAddr) -> Result<Vec<Dst>, ProxyError> {
         if let Some(discover) = &self.discover {
-            match discover.resolve(&dst.to_string()).await {
+            match discover.resolve(dst.as_str()).await {
                 Answer::Endpoints(list) if list.is_empty() => {
                     return Err(ProxyError::NoEndpoints(dst.to_string()));
                 }
@@ -128,7 +168,7 @@ impl Resolve {
     ) -> Result<Vec<Dst>, ProxyError> {
         let none = || ProxyError::NoEndpoints(format!("{dst} (subset {labels:?})"));
         let discover = self.discover.as_ref().ok_or_else(none)?;
-        match discover.resolve_selected(&dst.to_string(), labels).await {
+        match discover.resolve_selected(dst.as_str(), labels).await {
             Answer::Endpoints(list) if !list.is_empty() => Ok(list.to_vec()),
             _ => Err(none()),
         }
@@ -155,6 +195,7 @@ impl Resolve {
         Ok(Self {
             dns,
             discover: None,
+            names: Names::default(),
         })
     }
 
@@ -195,6 +236,37 @@ impl Resolve {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_answer_as_parsing_does_and_stay_bounded() {
+        let names = Names::default();
+        for (authority, default_port) in [("Web.NS", 80), ("web.ns", 8080), ("[::1]:9", 80)] {
+            let direct = NameAddr::parse(authority, default_port).expect("parses");
+            assert_eq!(names.parse(authority, default_port).expect("first"), direct);
+            assert_eq!(
+                names.parse(authority, default_port).expect("cached"),
+                direct
+            );
+            assert_eq!(
+                names
+                    .parse(authority, default_port)
+                    .expect("cached")
+                    .as_str(),
+                direct.to_string()
+            );
+        }
+        // The same text with another default port is parsed again, not mixed up.
+        assert_eq!(names.parse("web.ns", 80).expect("parses").port, 80);
+        assert_eq!(names.parse("web.ns", 9090).expect("parses").port, 9090);
+        // Refusals are never cached.
+        for _ in 0..2 {
+            assert!(names.parse("web:nope", 80).is_err());
+        }
+        for i in 0..(MAX_NAMES * 2) {
+            names.parse(&format!("h{i}:80"), 80).expect("parses");
+        }
+        assert!(names.0.lock().expect("lock").len() <= MAX_NAMES);
+    }
 
     #[test]
     fn parses_authorities() {

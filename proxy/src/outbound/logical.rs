@@ -71,8 +71,9 @@ where
         // A name that does not parse is refused further down, where errors become
         // responses (see `split`).
         let conn = req.extensions().get::<ConnInfo>();
+        let names = &self.layer.shared.resolve.names;
         let Some(name) =
-            request_authority(&req).and_then(|a| NameAddr::parse(a, default_port(conn)).ok())
+            request_authority(&req).and_then(|a| names.parse(a, default_port(conn)).ok())
         else {
             return Box::pin(self.inner.call(req));
         };
