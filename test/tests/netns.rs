@@ -50,6 +50,26 @@ impl Netns {
         String::from_utf8_lossy(&run(self.cmd("sh").args(["-c", script])).stdout).into_owned()
     }
 
+    /// The proxy as an injected sidecar runs it: as UID 2102 (which `init`'s rules let
+    /// through), inbound on 4143, outbound on 127.0.0.1:4140, admin on 4191.
+    fn sidecar(&self, proxy_bin: &str) -> Command {
+        let mut proxy = self.cmd("setpriv");
+        proxy
+            .args([
+                "--reuid",
+                "2102",
+                "--regid",
+                "2102",
+                "--clear-groups",
+                proxy_bin,
+            ])
+            .env_clear()
+            .env("MESH_PROXY_INBOUND_ADDR", "0.0.0.0:4143")
+            .env("MESH_PROXY_OUTBOUND_ADDR", "127.0.0.1:4140")
+            .env("MESH_PROXY_ADMIN_ADDR", "0.0.0.0:4191");
+        proxy
+    }
+
     fn spawn(&mut self, mut cmd: Command) {
         let child = cmd
             .stdin(Stdio::null())
@@ -204,21 +224,8 @@ fn mesh_proxy_init_sends_a_pods_traffic_through_the_proxy() {
     cmd.args(["--http", "0.0.0.0:9090"]);
     client.spawn(cmd);
     // The proxy runs as UID 2102, as the injected sidecar does.
-    let mut proxy = pod.cmd("setpriv");
-    proxy
-        .args([
-            "--reuid",
-            "2102",
-            "--regid",
-            "2102",
-            "--clear-groups",
-            proxy_bin,
-        ])
-        .env_clear()
-        .env("MESH_PROXY_INBOUND_ADDR", "0.0.0.0:4143")
-        .env("MESH_PROXY_OUTBOUND_ADDR", "127.0.0.1:4140")
-        .env("MESH_PROXY_ADMIN_ADDR", "0.0.0.0:4191")
-        .env("MESH_PROXY_LOG", "info,mesh_proxy=debug");
+    let mut proxy = pod.sidecar(proxy_bin);
+    proxy.env("MESH_PROXY_LOG", "info,mesh_proxy=debug");
     pod.spawn(proxy);
 
     // In: the client's plain curl to the app reaches it through the proxy.
@@ -358,20 +365,8 @@ async fn opaque_tcp_between_meshed_pods_rides_mtls_through_strict_ports() {
         ns.sh(&format!(
             "{proxy_bin} init --proxy-uid 2102 --skip-inbound-ports 4191"
         ));
-        let mut proxy = ns.cmd("setpriv");
+        let mut proxy = ns.sidecar(proxy_bin);
         proxy
-            .args([
-                "--reuid",
-                "2102",
-                "--regid",
-                "2102",
-                "--clear-groups",
-                proxy_bin,
-            ])
-            .env_clear()
-            .env("MESH_PROXY_INBOUND_ADDR", "0.0.0.0:4143")
-            .env("MESH_PROXY_OUTBOUND_ADDR", "127.0.0.1:4140")
-            .env("MESH_PROXY_ADMIN_ADDR", "0.0.0.0:4191")
             .env(
                 "MESH_PROXY_IDENTITY_ADDR",
                 format!("{net}.1:{identity_port}"),
@@ -551,20 +546,8 @@ async fn passthrough_sends_a_request_to_its_connections_original_destination() {
     client.sh(&format!(
         "{proxy_bin} init --proxy-uid 2102 --skip-inbound-ports 4191"
     ));
-    let mut proxy = client.cmd("setpriv");
+    let mut proxy = client.sidecar(proxy_bin);
     proxy
-        .args([
-            "--reuid",
-            "2102",
-            "--regid",
-            "2102",
-            "--clear-groups",
-            proxy_bin,
-        ])
-        .env_clear()
-        .env("MESH_PROXY_INBOUND_ADDR", "0.0.0.0:4143")
-        .env("MESH_PROXY_OUTBOUND_ADDR", "127.0.0.1:4140")
-        .env("MESH_PROXY_ADMIN_ADDR", "0.0.0.0:4191")
         .env("MESH_PROXY_NAMESPACE", "shop")
         .env("MESH_PROXY_POD_NAME", "client-0")
         .env(
