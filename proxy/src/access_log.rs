@@ -1,5 +1,6 @@
 //! The access log: a line per request (time, direction, method, authority, path,
-//! status, latency, route, client and server identities), as text or JSON, on
+//! status, latency, response bytes, route, client and server identities, trace id),
+//! as text or JSON, on
 //! stdout. Lines are handed to a writer thread through a bounded queue: a request
 //! never waits for the log, and lines the queue has no room for are dropped and
 //! counted.
@@ -54,10 +55,14 @@ pub struct Entry<'a> {
     pub status: u16,
     /// From the request to the response's end.
     pub latency: Duration,
+    /// The response body's bytes sent.
+    pub bytes: u64,
     /// The route it took.
     pub route: &'a str,
     /// The peer's verified identity, if any.
     pub peer: Option<&'a str>,
+    /// Its trace's id (hex), when it carried or was given one.
+    pub trace_id: Option<&'a str>,
 }
 
 /// The access log of this proxy.
@@ -138,17 +143,21 @@ impl AccessLog {
                 "path": e.path,
                 "status": e.status,
                 "latency_ms": (latency_ms * 1000.0).round() / 1000.0,
+                "bytes": e.bytes,
                 "route": e.route,
                 "client_id": client,
                 "server_id": server,
+                "trace_id": e.trace_id,
             })
             .to_string(),
             Format::Text => format!(
-                "{time} {direction} {method} {authority} {path} {status} {latency_ms:.3}ms route={route} client_id={client} server_id={server}",
+                "{time} {direction} {method} {authority} {path} {status} {latency_ms:.3}ms bytes={bytes} route={route} client_id={client} server_id={server} trace_id={trace}",
                 method = e.method,
                 authority = quoted(e.authority),
                 path = quoted(e.path),
                 status = e.status,
+                bytes = e.bytes,
+                trace = e.trace_id.unwrap_or("-"),
                 route = quoted(e.route),
                 client = client.unwrap_or("-"),
                 server = server.unwrap_or("-"),
@@ -216,8 +225,10 @@ mod tests {
             path,
             status: 200,
             latency: Duration::from_micros(1500),
+            bytes: 1024,
             route: "reviews/jason",
             peer: Some("reviews.default.serviceaccount.identity.mesh.cluster.local"),
+            trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736"),
         }
     }
 
@@ -228,7 +239,7 @@ mod tests {
         let line = rx.recv().expect("line");
         assert_eq!(
             line,
-            "2026-12-04T02:00:00.123Z outbound GET reviews.default.svc.cluster.local:9080 /books?x=1 200 1.500ms route=reviews/jason client_id=web.default.serviceaccount server_id=reviews.default.serviceaccount.identity.mesh.cluster.local"
+            "2026-12-04T02:00:00.123Z outbound GET reviews.default.svc.cluster.local:9080 /books?x=1 200 1.500ms bytes=1024 route=reviews/jason client_id=web.default.serviceaccount server_id=reviews.default.serviceaccount.identity.mesh.cluster.local trace_id=4bf92f3577b34da6a3ce929d0e0e4736"
         );
         log.log(&entry("/a b\n\"c\""));
         let line = rx.recv().expect("line");
@@ -241,6 +252,8 @@ mod tests {
         assert_eq!(v["status"], 200);
         assert_eq!(v["route"], "reviews/jason");
         assert_eq!(v["client_id"], serde_json::Value::Null);
+        assert_eq!(v["bytes"], 1024);
+        assert_eq!(v["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
         // A full queue drops lines instead of waiting.
         for _ in 0..QUEUE + 10 {
             log.log(&entry("/"));

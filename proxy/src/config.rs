@@ -106,6 +106,27 @@ pub struct Config {
     #[arg(long, env = "MESH_PROXY_ACCESS_LOG")]
     pub access_log: Option<crate::access_log::Format>,
 
+    /// Where spans are exported (`host:port` or `http://host:port[/path]`): the proxy
+    /// then joins each request's trace (W3C `traceparent` or B3), sets `x-request-id`
+    /// when absent, and records a server span inbound and a client span outbound.
+    /// Unset: no tracing.
+    #[arg(long, env = "MESH_PROXY_TRACE_COLLECTOR")]
+    pub trace_collector: Option<String>,
+
+    /// How spans are exported: `otlp` (gRPC) or `zipkin` (v2 JSON over HTTP).
+    #[arg(long, env = "MESH_PROXY_TRACE_PROTOCOL", default_value = "otlp")]
+    pub trace_protocol: crate::trace::Protocol,
+
+    /// The share (0 to 1) of traces started here that are recorded; a caller's own
+    /// sampling decision always wins.
+    #[arg(long, env = "MESH_PROXY_TRACE_SAMPLING", default_value_t = 0.01, value_parser = parse_share)]
+    pub trace_sampling: f64,
+
+    /// The `service.name` spans are reported under (default: the identity's
+    /// `SA.NS`, else the pod's name).
+    #[arg(long, env = "MESH_PROXY_TRACE_SERVICE_NAME")]
+    pub trace_service_name: Option<String>,
+
     /// How long a connection to an endpoint may take before the request fails with 504.
     #[arg(long, env = "MESH_PROXY_CONNECT_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
@@ -228,6 +249,28 @@ impl Config {
         port.is_some_and(|p| self.opaque_ports.contains(&p))
     }
 
+    /// The tracing settings, if a collector is configured.
+    pub fn tracing(&self) -> Option<crate::trace::Settings> {
+        let collector = self.trace_collector.clone()?;
+        let service = self.trace_service_name.clone().unwrap_or_else(|| {
+            match self.identity_name.as_deref().map(|n| n.split('.').collect::<Vec<_>>()) {
+                Some(labels) if labels.len() >= 2 => format!("{}.{}", labels[0], labels[1]),
+                _ => self
+                    .pod_name
+                    .clone()
+                    .unwrap_or_else(|| "mesh-proxy".to_string()),
+            }
+        });
+        Some(crate::trace::Settings {
+            collector,
+            protocol: self.trace_protocol,
+            sampling: self.trace_sampling,
+            service,
+            pod: self.pod_name.clone(),
+            namespace: self.namespace.clone(),
+        })
+    }
+
     /// The identity settings, if an identity service is configured; an error names what
     /// is missing.
     pub fn identity(&self) -> Result<Option<crate::identity::Settings>, String> {
@@ -255,6 +298,14 @@ impl Config {
             trust_anchors,
             token_path: self.token_path.clone(),
         }))
+    }
+}
+
+/// Parses a share from 0 to 1.
+pub fn parse_share(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?}: expected a number from 0 to 1")),
     }
 }
 
@@ -288,5 +339,33 @@ mod tests {
         assert_eq!(c.inbound_addr.port(), 4143);
         assert_eq!(c.outbound_addr.to_string(), "127.0.0.1:4140");
         assert_eq!(c.admin_addr.port(), 4191);
+        assert!(c.tracing().is_none());
+    }
+
+    #[test]
+    fn tracing_settings() {
+        let c = Config::try_parse_from([
+            "mesh-proxy",
+            "--trace-collector",
+            "zipkin:9411",
+            "--trace-protocol",
+            "zipkin",
+            "--trace-sampling",
+            "0.25",
+            "--identity-name",
+            "web.shop.serviceaccount.identity.mesh.cluster.local",
+        ])
+        .expect("parses");
+        let t = c.tracing().expect("on");
+        assert_eq!(t.service, "web.shop");
+        assert_eq!(t.protocol, crate::trace::Protocol::Zipkin);
+        assert_eq!(t.sampling, 0.25);
+        for bad in ["1.5", "-0.1", "lots"] {
+            assert!(
+                Config::try_parse_from(["mesh-proxy", "--trace-sampling", bad]).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(Config::try_parse_from(["mesh-proxy", "--trace-protocol", "jaeger"]).is_err());
     }
 }

@@ -34,6 +34,7 @@ pub mod resolve;
 pub mod server;
 pub mod tcp;
 pub mod tls;
+pub mod trace;
 pub mod vocab;
 pub mod worker;
 

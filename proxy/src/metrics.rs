@@ -303,6 +303,8 @@ pub struct Metrics {
     pub authz: crate::authz::metrics::AuthzMetrics,
     /// Access-log lines dropped for want of room in the writer's queue.
     pub access_log_dropped: Arc<AtomicU64>,
+    /// What happened to spans ([`crate::trace`]).
+    pub traces: Arc<crate::trace::Counters>,
     /// Connections accepted, by worker ([`crate::worker`]).
     worker_connections: Mutex<Vec<u64>>,
 }
@@ -783,6 +785,29 @@ impl prometheus_client::collector::Collector for Collector {
                 MetricType::Counter,
             )?
             .encode_counter::<NoLabelSet, _, u64>(&dropped, None)?;
+        let traces = &self.0.traces;
+        for (name, help, n) in [
+            (
+                "trace_spans_exported",
+                "Spans delivered to the trace collector",
+                &traces.exported,
+            ),
+            (
+                "trace_spans_dropped",
+                "Spans dropped: the export queue was full or the collector failed",
+                &traces.dropped,
+            ),
+            (
+                "trace_export_failures",
+                "Exports to the trace collector that failed",
+                &traces.export_failures,
+            ),
+        ] {
+            let n = n.load(Ordering::Relaxed);
+            encoder
+                .encode_descriptor(name, help, None, MetricType::Counter)?
+                .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+        }
         Ok(())
     }
 }

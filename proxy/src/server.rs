@@ -55,6 +55,9 @@ pub enum StartError {
     /// The destination service's address is unusable.
     #[error("invalid destination service address: {0}")]
     Destination(String),
+    /// The trace collector's address is unusable.
+    #[error("{0}")]
+    Tracing(String),
     /// The DNS resolver could not be built.
     #[error("cannot start the DNS resolver: {0}")]
     Resolver(#[from] crate::error::ProxyError),
@@ -177,6 +180,25 @@ impl Proxy {
         };
         let origins = Arc::new(Origins::default());
         let dropped = metrics.access_log_dropped.clone();
+        let tracer = match config.tracing() {
+            Some(settings) => {
+                let (tracer, exporter) = crate::trace::Tracer::new(
+                    &settings,
+                    config.identity_name.as_deref(),
+                    metrics.traces.clone(),
+                )
+                .map_err(|e| StartError::Tracing(e.to_string()))?;
+                tracing::info!(
+                    collector = %settings.collector,
+                    protocol = ?settings.protocol,
+                    sampling = settings.sampling,
+                    "tracing on"
+                );
+                tokio::spawn(exporter.run());
+                Some(tracer)
+            }
+            None => None,
+        };
         let shared = Arc::new(Shared {
             resolve,
             endpoints: Endpoints::new(client, metrics.clone(), origins.clone(), identity.clone()),
@@ -192,6 +214,7 @@ impl Proxy {
                     dropped.clone(),
                 )
             }),
+            tracer,
         });
         let (drain_tx, drain) = watch::channel(false);
         let limits = crate::http::Limits {

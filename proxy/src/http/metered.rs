@@ -26,7 +26,18 @@ use crate::body::{self, BoxBody};
 use crate::error::BoxError;
 use crate::metrics::{Metrics, RequestLabels};
 use crate::profile::{DEFAULT_ROUTE, Route, RouteInfo};
+use crate::trace::{Span, Traced, Tracer, Value};
 use crate::vocab::{Class, Direction, Peer};
+
+/// The endpoint that answered an outbound request (a response extension, set when
+/// tracing is on), for its span.
+#[derive(Clone, Copy, Debug)]
+pub struct Answered(pub std::net::SocketAddr);
+
+/// How many attempts an outbound request took, when it took more than one (a
+/// response extension the retry layer sets), for its span.
+#[derive(Clone, Copy, Debug)]
+pub struct Attempts(pub u32);
 
 /// Where a direction learns a request's peer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,6 +56,7 @@ pub struct MeteredLayer {
     mtls: bool,
     peer_at: PeerAt,
     access_log: Option<Arc<AccessLog>>,
+    tracer: Option<Arc<Tracer>>,
 }
 
 impl MeteredLayer {
@@ -57,7 +69,15 @@ impl MeteredLayer {
             mtls,
             peer_at,
             access_log: None,
+            tracer: None,
         }
+    }
+
+    /// Joins each request's trace and records its span with `tracer`, when there is
+    /// one.
+    pub fn tracing(mut self, tracer: Option<Arc<Tracer>>) -> Self {
+        self.tracer = tracer;
+        self
     }
 
     /// Writes a line per request to `log`, when there is one.
@@ -106,11 +126,24 @@ where
             mtls,
             peer_at,
             access_log,
+            tracer,
         } = &self.layer;
-        // Only a logged request pays for its method, authority and path.
-        let logged = access_log.as_ref().map(|log| {
-            Box::new(Logged {
-                log: log.clone(),
+        // Only a traced request changes its headers, and only a logged or recorded one
+        // pays for its method, authority and path.
+        let traced = tracer.as_ref().map(|t| (t, t.start(req.headers_mut())));
+        let trace_id = match &traced {
+            Some((_, t)) => Some(t.out.trace_id),
+            None if access_log.is_some() => crate::trace::context::extract(req.headers())
+                .and_then(|c| c.ids)
+                .map(|(t, _)| t),
+            None => None,
+        };
+        let recorded = traced.filter(|(_, t)| t.out.sampled);
+        let described = (access_log.is_some() || recorded.is_some()).then(|| {
+            Box::new(Described {
+                log: access_log.clone(),
+                span: recorded.map(|(tracer, t)| (tracer.clone(), t)),
+                trace_id,
                 at: std::time::SystemTime::now(),
                 method: req.method().clone(),
                 authority: request_authority(&req).unwrap_or("").into(),
@@ -119,6 +152,7 @@ where
                     .path_and_query()
                     .map_or("/", |p| p.as_str())
                     .into(),
+                outbound: (None, None),
             })
         });
         let route = req
@@ -158,6 +192,13 @@ where
             };
             let latency = start.elapsed();
             let status = rsp.status().as_u16();
+            let mut described = described;
+            if let Some(d) = described.as_mut().filter(|d| d.span.is_some()) {
+                d.outbound = (
+                    rsp.extensions().get::<Answered>().map(|a| a.0),
+                    rsp.extensions().get::<Attempts>().map(|a| a.0),
+                );
+            }
             // A trailers-only gRPC response carries its status in the headers.
             let grpc_status = grpc_status(rsp.headers());
             Ok(rsp.map(|inner| {
@@ -169,9 +210,10 @@ where
                         status,
                         latency,
                         route,
-                        logged,
+                        described,
                     }),
                     grpc_status,
+                    bytes: 0,
                 };
                 body::boxed(metered)
             }))
@@ -186,21 +228,26 @@ struct Done {
     status: u16,
     latency: Duration,
     route: Option<Arc<Route>>,
-    logged: Option<Box<Logged>>,
+    described: Option<Box<Described>>,
 }
 
-/// What the access log says of a request beyond its labels.
+/// What the access log and the request's span say of it beyond its labels.
 #[derive(Debug)]
-struct Logged {
-    log: Arc<AccessLog>,
+struct Described {
+    log: Option<Arc<AccessLog>>,
+    /// The tracer and the request's place in its trace, when it is recorded.
+    span: Option<(Arc<Tracer>, Traced)>,
+    trace_id: Option<[u8; 16]>,
     at: std::time::SystemTime,
     method: http::Method,
     authority: Box<str>,
     path: Box<str>,
+    /// Outbound: the endpoint that answered, and the attempts it took.
+    outbound: (Option<std::net::SocketAddr>, Option<u32>),
 }
 
 impl Done {
-    fn record(self, grpc_status: Option<u32>, failed: bool) {
+    fn record(self, grpc_status: Option<u32>, failed: bool, bytes: u64) {
         let class = if failed {
             Class::Failure
         } else {
@@ -208,18 +255,85 @@ impl Done {
         };
         self.metrics
             .response(&self.labels, self.status, class, self.latency);
-        if let Some(l) = self.logged {
-            l.log.log(&Entry {
-                at: l.at,
+        let Some(d) = self.described else { return };
+        let end = std::time::SystemTime::now();
+        // To the response's end, as Envoy's duration is.
+        let latency = end.duration_since(d.at).unwrap_or(self.latency);
+        if let Some(log) = &d.log {
+            let trace_id = d.trace_id.map(|t| crate::trace::context::hex(&t));
+            log.log(&Entry {
+                at: d.at,
                 direction: self.labels.direction,
-                method: l.method.as_str(),
-                authority: &l.authority,
-                path: &l.path,
+                method: d.method.as_str(),
+                authority: &d.authority,
+                path: &d.path,
                 status: self.status,
-                // To the response's end, as Envoy's duration is.
-                latency: l.at.elapsed().unwrap_or(self.latency),
+                latency,
+                bytes,
                 route: &self.labels.route,
                 peer: self.labels.peer.id.as_deref(),
+                trace_id: trace_id.as_deref(),
+            });
+        }
+        if let Some((tracer, traced)) = d.span {
+            let labels = &self.labels;
+            let mut attributes = vec![
+                ("http.request.method", Value::Str(d.method.as_str().into())),
+                ("server.address", Value::Str(d.authority.into())),
+                ("url.path", Value::Str(d.path.into())),
+                ("http.response.status_code", Value::Int(self.status.into())),
+                ("mesh.direction", Value::Str(labels.direction.as_str().into())),
+                ("mesh.route", Value::Str(labels.route.to_string())),
+                ("mesh.tls", Value::Str(labels.peer.tls.as_str().into())),
+                (
+                    "mesh.classification",
+                    Value::Str(if class == Class::Failure { "failure" } else { "success" }.into()),
+                ),
+            ];
+            if let Some(code) = grpc_status {
+                attributes.push(("rpc.grpc.status_code", Value::Int(code.into())));
+            }
+            let me = tracer.identity();
+            let (client, server) = match labels.direction {
+                Direction::Inbound => (labels.peer.id.as_deref(), me),
+                Direction::Outbound => (me, labels.peer.id.as_deref()),
+            };
+            if let Some(id) = client {
+                attributes.push(("mesh.client.id", Value::Str(id.into())));
+            }
+            if let Some(id) = server {
+                attributes.push(("mesh.server.id", Value::Str(id.into())));
+            }
+            if let Some(dst) = &labels.peer.dst {
+                attributes.push(("mesh.dst.workload", Value::Str(dst.workload.to_string())));
+                attributes.push(("mesh.dst.namespace", Value::Str(dst.namespace.to_string())));
+            }
+            if let Some(addr) = d.outbound.0 {
+                attributes.push(("mesh.endpoint", Value::Str(addr.to_string())));
+            }
+            if labels.direction == Direction::Outbound {
+                let retries = d.outbound.1.map_or(0, |n| n.saturating_sub(1));
+                attributes.push(("mesh.retries", Value::Int(retries.into())));
+            }
+            if let Some(id) = traced.request_id {
+                attributes.push(("mesh.request_id", Value::Str(id.into())));
+            }
+            let name = if labels.route.as_ref() == DEFAULT_ROUTE {
+                d.method.as_str().to_string()
+            } else {
+                format!("{} {}", d.method, labels.route)
+            };
+            tracer.finish(Span {
+                trace_id: traced.out.trace_id,
+                span_id: traced.out.span_id,
+                parent: traced.out.parent,
+                direction: labels.direction,
+                name,
+                start: traced.start,
+                end,
+                attributes,
+                error: class == Class::Failure,
+                trace_state: traced.trace_state.map(String::from).unwrap_or_default(),
             });
         }
     }
@@ -232,6 +346,7 @@ pin_project_lite::pin_project! {
         inner: BoxBody,
         done: Option<Done>,
         grpc_status: Option<u32>,
+        bytes: u64,
     }
 
     impl PinnedDrop for MeteredBody {
@@ -241,7 +356,7 @@ pin_project_lite::pin_project! {
                 // Dropped before its end: fine if nothing was left to send (HEAD, 204),
                 // a failure if the stream was cut short.
                 let failed = !this.inner.is_end_stream();
-                done.record(*this.grpc_status, failed);
+                done.record(*this.grpc_status, failed, *this.bytes);
             }
         }
     }
@@ -262,18 +377,21 @@ impl http_body::Body for MeteredBody {
         };
         match &frame {
             Some(Ok(f)) => {
+                if let Some(data) = f.data_ref() {
+                    *this.bytes += data.len() as u64;
+                }
                 if let Some(t) = f.trailers_ref() {
                     *this.grpc_status = grpc_status(t).or(*this.grpc_status);
                 }
             }
             Some(Err(_)) => {
                 if let Some(done) = this.done.take() {
-                    done.record(*this.grpc_status, true);
+                    done.record(*this.grpc_status, true, *this.bytes);
                 }
             }
             None => {
                 if let Some(done) = this.done.take() {
-                    done.record(*this.grpc_status, false);
+                    done.record(*this.grpc_status, false, *this.bytes);
                 }
             }
         }

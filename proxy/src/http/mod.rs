@@ -96,6 +96,8 @@ pub struct Shared {
     pub backends: Arc<crate::backend::Backends>,
     /// The access log, when one is kept.
     pub access_log: Option<Arc<crate::access_log::AccessLog>>,
+    /// The tracer, when spans are exported.
+    pub tracer: Option<Arc<crate::trace::Tracer>>,
 }
 
 /// The bounds every request is held to.

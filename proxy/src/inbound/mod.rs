@@ -38,7 +38,8 @@ pub fn stack(shared: Arc<Shared>, limits: &Limits) -> HttpService {
                 mtls,
                 PeerAt::Connection,
             )
-            .logging(shared.access_log.clone()),
+            .logging(shared.access_log.clone())
+            .tracing(shared.tracer.clone()),
         )
         // The one place errors become responses with `mesh-proxy-error`; every layer
         // below returns errors.

@@ -316,6 +316,10 @@ impl Balance {
                     rsp.headers_mut().append(http::header::SET_COOKIE, cookie);
                 }
                 rsp.extensions_mut().insert(peer);
+                if shared.tracer.is_some() {
+                    rsp.extensions_mut()
+                        .insert(crate::http::metered::Answered(addr));
+                }
                 Ok(rsp)
             }
             Err(error) => {
@@ -381,6 +385,7 @@ pub(crate) mod tests {
             origins,
             backends: Default::default(),
             access_log: None,
+            tracer: None,
         })
     }
 

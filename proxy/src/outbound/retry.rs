@@ -151,6 +151,22 @@ fn reached(result: &Result<Response<BoxBody>, BoxError>) -> Option<Peer> {
     }
 }
 
+/// A response that took more than one attempt says how many (for its span).
+fn attempted(
+    result: Result<Response<BoxBody>, BoxError>,
+    attempt: usize,
+) -> Result<Response<BoxBody>, BoxError> {
+    match result {
+        Ok(mut rsp) if attempt > 1 => {
+            let n = u32::try_from(attempt).unwrap_or(u32::MAX);
+            rsp.extensions_mut()
+                .insert(crate::http::metered::Attempts(n));
+            Ok(rsp)
+        }
+        other => other,
+    }
+}
+
 /// The outcome of the last attempt, named after the endpoint an earlier one reached
 /// when it reached none itself: the request was counted there.
 fn attribute(
@@ -311,7 +327,7 @@ impl Service<Request<BoxBody>> for Retry {
                     parts.extensions.insert(Counted);
                 }
                 if !failed || attempt >= on.max_attempts {
-                    return attribute(result, counted);
+                    return attribute(attempted(result, attempt), counted);
                 }
                 let within = match &bound {
                     Some((max, service)) => {
@@ -338,7 +354,7 @@ impl Service<Request<BoxBody>> for Retry {
                         };
                         metrics.retry_skipped(&last, why);
                     }
-                    return attribute(result, counted);
+                    return attribute(attempted(result, attempt), counted);
                 }
                 if let Some((base, max)) = on.backoff {
                     let pause = backoff(base, max, attempt);
