@@ -10,6 +10,7 @@
 pub mod backend;
 pub mod chaos;
 pub mod client;
+pub mod collector;
 pub mod controller;
 pub mod fuzz;
 pub mod grpc;

@@ -43,6 +43,8 @@ pub struct PodSpec<'a> {
     pub destination: Option<SocketAddr>,
     /// The pod's name, for its inbound policy.
     pub name: Option<&'a str>,
+    /// More `MESH_PROXY_*` settings for its proxy (names without the prefix).
+    pub env: Vec<(&'a str, String)>,
 }
 
 impl<'a> PodSpec<'a> {
@@ -57,6 +59,7 @@ impl<'a> PodSpec<'a> {
             anchors: None,
             destination: None,
             name: None,
+            env: Vec::new(),
         }
     }
 }
@@ -124,6 +127,9 @@ async fn start_proxy(spec: &PodSpec<'_>) -> proxy::Proxy {
         }
         if let Some(name) = spec.name {
             builder = builder.env("POD_NAME", name);
+        }
+        for (name, value) in &spec.env {
+            builder = builder.env(name, value);
         }
         let proxy = builder.run().await;
         proxy.wait_ready().await;

@@ -281,8 +281,14 @@ pub fn zipkin_json(service: &str, spans: &[Span]) -> Bytes {
             if s.error {
                 tags.insert("error".into(), "true".into());
             }
+            // A 64-bit B3 trace stays 64 bits: Zipkin matches ids strictly.
+            let trace_id = if s.trace_id[..8] == [0; 8] {
+                hex(&s.trace_id[8..])
+            } else {
+                hex(&s.trace_id)
+            };
             let mut span = serde_json::json!({
-                "traceId": hex(&s.trace_id),
+                "traceId": trace_id,
                 "id": hex(&s.span_id),
                 "kind": match s.direction {
                     Direction::Inbound => "SERVER",
