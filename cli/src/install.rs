@@ -48,8 +48,31 @@ pub struct Options {
     /// The default inbound policy of pods and namespaces that set none
     /// (`all-unauthenticated`, …, `deny`, `audit`).
     pub default_inbound_policy: String,
+    /// Where and how meshed proxies export spans.
+    pub tracing: Tracing,
     /// What the mesh already in the cluster uses, kept when no files are given.
     pub installed: Option<Installed>,
+}
+
+/// The tracing every injected proxy gets (`--trace-*`; the chart's `proxy.tracing`).
+#[derive(Debug, Clone)]
+pub struct Tracing {
+    /// The collector (`host:port`), if any.
+    pub collector: Option<String>,
+    /// `otlp` or `zipkin`.
+    pub protocol: String,
+    /// The share of new traces recorded.
+    pub sampling: String,
+}
+
+impl Default for Tracing {
+    fn default() -> Self {
+        Self {
+            collector: None,
+            protocol: "otlp".into(),
+            sampling: "0.01".into(),
+        }
+    }
 }
 
 /// The trust anchors, issuer and webhook certificate of a mesh already installed: kept
@@ -356,6 +379,22 @@ pub fn render(o: &Options) -> anyhow::Result<String> {
     let default_policy = mesh_api::linkerd::DefaultPolicy::parse(&o.default_inbound_policy)
         .map(|_| o.default_inbound_policy.as_str())
         .map_err(|e| anyhow::anyhow!("--default-inbound-policy {e}"))?;
+    let t = &o.tracing;
+    let protocol = mesh_controller::inject::trace_protocol(&t.protocol)
+        .map_err(|e| anyhow::anyhow!("--trace-protocol {e}"))?;
+    let sampling = mesh_controller::inject::trace_sampling(&t.sampling)
+        .map_err(|e| anyhow::anyhow!("--trace-sampling {e}"))?;
+    let mut tracing_env = String::new();
+    if let Some(c) = &t.collector {
+        let c = mesh_controller::inject::trace_collector(c)
+            .map_err(|e| anyhow::anyhow!("--trace-collector {e}"))?;
+        tracing_env.push_str(&format!(
+            "\n        - name: MESH_CONTROLLER_TRACE_COLLECTOR\n          value: \"{c}\""
+        ));
+    }
+    tracing_env.push_str(&format!(
+        "\n        - name: MESH_CONTROLLER_TRACE_PROTOCOL\n          value: {protocol}\n        - name: MESH_CONTROLLER_TRACE_SAMPLING\n          value: \"{sampling}\""
+    ));
     // The controller reads its webhook certificate and the trust anchors at start: a
     // change to either rolls it.
     let checksum = format!("{:016x}", fnv1a([&webhook_cert, &anchors]));
@@ -398,7 +437,7 @@ pub fn render(o: &Options) -> anyhow::Result<String> {
         "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: mesh-identity\n  namespace: mesh\n  labels:\n    app.kubernetes.io/name: mesh-identity\nspec:\n  replicas: 1\n  selector:\n    matchLabels:\n      app.kubernetes.io/name: mesh-identity\n  template:\n    metadata:\n      labels:\n        app.kubernetes.io/name: mesh-identity\n    spec:\n      serviceAccountName: mesh-identity\n      containers:\n      - name: identity\n        image: {reg}/identity:{ver}\n        env:\n        - name: MESH_IDENTITY_ISSUER_DIR\n          value: /var/run/mesh/issuer\n        - name: MESH_IDENTITY_TOKENS\n          value: kubernetes\n        - name: MESH_IDENTITY_NAMESPACE\n          value: mesh\n        ports:\n        - name: grpc\n          containerPort: 8080\n        - name: admin\n          containerPort: 9990\n        readinessProbe:\n          httpGet:\n            path: /ready\n            port: 9990\n        livenessProbe:\n          httpGet:\n            path: /live\n            port: 9990\n        resources:\n          requests:\n            cpu: 50m\n            memory: 20Mi\n          limits:\n            memory: 250Mi\n        {security}\n        volumeMounts:\n        - name: issuer\n          mountPath: /var/run/mesh/issuer\n          readOnly: true\n      volumes:\n      - name: issuer\n        secret:\n          secretName: mesh-identity-issuer"
     ));
     docs.push(format!(
-        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: mesh-controller\n  namespace: mesh\n  labels:\n    app.kubernetes.io/name: mesh-controller\nspec:\n  replicas: {replicas}\n  selector:\n    matchLabels:\n      app.kubernetes.io/name: mesh-controller\n  template:\n    metadata:\n      labels:\n        app.kubernetes.io/name: mesh-controller\n      annotations:\n        mesh.io/config-checksum: \"{checksum}\"\n    spec:\n      serviceAccountName: mesh-controller\n      containers:\n      - name: controller\n        image: {reg}/controller:{ver}\n        env:\n        - name: MESH_CONTROLLER_SOURCE\n          value: kubernetes\n        - name: MESH_CONTROLLER_WEBHOOK_CERT\n          value: /var/run/mesh/webhook/tls.crt\n        - name: MESH_CONTROLLER_WEBHOOK_KEY\n          value: /var/run/mesh/webhook/tls.key\n        - name: MESH_CONTROLLER_TRUST_ANCHORS\n          value: /var/run/mesh/trust/ca-bundle.crt\n        - name: MESH_CONTROLLER_PROXY_IMAGE\n          value: {reg}/proxy\n        - name: MESH_CONTROLLER_PROXY_VERSION\n          value: \"{ver}\"\n        - name: MESH_CONTROLLER_DEFAULT_INBOUND_POLICY\n          value: {default_policy}\n        ports:\n        - name: grpc\n          containerPort: 8086\n        - name: webhook\n          containerPort: 8443\n        resources:\n          requests:\n            cpu: 100m\n            memory: 50Mi\n          limits:\n            memory: 500Mi\n        {security}\n        volumeMounts:\n        - name: webhook-tls\n          mountPath: /var/run/mesh/webhook\n          readOnly: true\n        - name: trust-anchors\n          mountPath: /var/run/mesh/trust\n          readOnly: true\n      volumes:\n      - name: webhook-tls\n        secret:\n          secretName: mesh-proxy-injector-tls\n      - name: trust-anchors\n        configMap:\n          name: mesh-identity-trust-anchors"
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: mesh-controller\n  namespace: mesh\n  labels:\n    app.kubernetes.io/name: mesh-controller\nspec:\n  replicas: {replicas}\n  selector:\n    matchLabels:\n      app.kubernetes.io/name: mesh-controller\n  template:\n    metadata:\n      labels:\n        app.kubernetes.io/name: mesh-controller\n      annotations:\n        mesh.io/config-checksum: \"{checksum}\"\n    spec:\n      serviceAccountName: mesh-controller\n      containers:\n      - name: controller\n        image: {reg}/controller:{ver}\n        env:\n        - name: MESH_CONTROLLER_SOURCE\n          value: kubernetes\n        - name: MESH_CONTROLLER_WEBHOOK_CERT\n          value: /var/run/mesh/webhook/tls.crt\n        - name: MESH_CONTROLLER_WEBHOOK_KEY\n          value: /var/run/mesh/webhook/tls.key\n        - name: MESH_CONTROLLER_TRUST_ANCHORS\n          value: /var/run/mesh/trust/ca-bundle.crt\n        - name: MESH_CONTROLLER_PROXY_IMAGE\n          value: {reg}/proxy\n        - name: MESH_CONTROLLER_PROXY_VERSION\n          value: \"{ver}\"\n        - name: MESH_CONTROLLER_DEFAULT_INBOUND_POLICY\n          value: {default_policy}{tracing_env}\n        ports:\n        - name: grpc\n          containerPort: 8086\n        - name: webhook\n          containerPort: 8443\n        resources:\n          requests:\n            cpu: 100m\n            memory: 50Mi\n          limits:\n            memory: 500Mi\n        {security}\n        volumeMounts:\n        - name: webhook-tls\n          mountPath: /var/run/mesh/webhook\n          readOnly: true\n        - name: trust-anchors\n          mountPath: /var/run/mesh/trust\n          readOnly: true\n      volumes:\n      - name: webhook-tls\n        secret:\n          secretName: mesh-proxy-injector-tls\n      - name: trust-anchors\n        configMap:\n          name: mesh-identity-trust-anchors"
     ));
     for (name, app, port, target) in [
         ("mesh-identity", "mesh-identity", 8080, "grpc"),
@@ -497,6 +536,7 @@ mod tests {
             version: "v".into(),
             replicas: 1,
             default_inbound_policy: "all-unauthenticated".into(),
+            tracing: Tracing::default(),
             installed,
         }
     }
@@ -524,6 +564,34 @@ mod tests {
         // Rendered again, the same: re-applying changes nothing, not even the
         // controller's checksum annotation.
         assert_eq!(render(&options(Some(found))).expect("render"), text);
+    }
+
+    #[test]
+    fn tracing_flags_reach_the_controller_and_bad_ones_are_refused() {
+        let text = render(&options(None)).expect("render");
+        assert!(!text.contains("MESH_CONTROLLER_TRACE_COLLECTOR"));
+        assert!(text.contains("MESH_CONTROLLER_TRACE_SAMPLING\n          value: \"0.01\""));
+        let mut o = options(None);
+        o.tracing = Tracing {
+            collector: Some("mesh-viz.mesh-viz.svc.cluster.local:4317".into()),
+            protocol: "zipkin".into(),
+            sampling: "0.5".into(),
+        };
+        let text = render(&o).expect("render");
+        assert!(text.contains(
+            "MESH_CONTROLLER_TRACE_COLLECTOR\n          value: \"mesh-viz.mesh-viz.svc.cluster.local:4317\""
+        ));
+        assert!(text.contains("MESH_CONTROLLER_TRACE_PROTOCOL\n          value: zipkin"));
+        for (field, bad) in [("collector", "x"), ("protocol", "jaeger"), ("sampling", "7")] {
+            let mut o = options(None);
+            match field {
+                "collector" => o.tracing.collector = Some(bad.into()),
+                "protocol" => o.tracing.protocol = bad.into(),
+                _ => o.tracing.sampling = bad.into(),
+            }
+            let err = render(&o).expect_err(bad);
+            assert!(format!("{err:#}").contains(&format!("--trace-{field}")), "{err:#}");
+        }
     }
 
     #[tokio::test]

@@ -86,6 +86,17 @@ enum Command {
         /// audit.
         #[arg(long, default_value = "all-unauthenticated")]
         default_inbound_policy: String,
+        /// Where meshed proxies export spans (`host:port`; mesh-viz receives OTLP on
+        /// 4317: `mesh-viz.mesh-viz.svc.cluster.local:4317`). Unset: pods trace only
+        /// when their `config.mesh.io/trace-collector` or an Istio Telemetry asks.
+        #[arg(long)]
+        trace_collector: Option<String>,
+        /// How proxies export spans: otlp or zipkin.
+        #[arg(long, default_value = "otlp")]
+        trace_protocol: String,
+        /// The share (0 to 1) of new traces recorded; a caller's decision always wins.
+        #[arg(long, default_value = "0.01")]
+        trace_sampling: String,
         /// Do not look in the cluster of the current kubeconfig for a mesh already
         /// installed (whose trust anchors, issuer and webhook certificate are otherwise
         /// kept): render as for a new cluster.
@@ -278,6 +289,9 @@ fn main() -> anyhow::Result<()> {
             version,
             controller_replicas,
             default_inbound_policy,
+            trace_collector,
+            trace_protocol,
+            trace_sampling,
             ignore_cluster,
         } => {
             let files_given = identity_trust_anchors_file.is_some()
@@ -309,6 +323,11 @@ fn main() -> anyhow::Result<()> {
                 version,
                 replicas: controller_replicas,
                 default_inbound_policy,
+                tracing: install::Tracing {
+                    collector: trace_collector,
+                    protocol: trace_protocol,
+                    sampling: trace_sampling,
+                },
                 installed,
             })?;
             print!("{text}");

@@ -308,7 +308,7 @@ impl TrafficSpec {
             Self::Telemetry(t) => {
                 if !t.tracing.is_empty() {
                     gaps.push(
-                        "spec.tracing: accepted; traces are not exported yet (the mesh has no tracing)"
+                        "spec.tracing: applied when pods are injected (a pod started before takes it at its restart): the `zipkin` provider exports Zipkin v2 JSON to the install's Zipkin collector, any other provider OTLP to the install's trace collector"
                             .to_string(),
                     );
                 }
@@ -322,6 +322,17 @@ impl TrafficSpec {
         }
         gaps
     }
+}
+
+/// What an Istio `Telemetry`'s `tracing` says of a pod.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TelemetryTracing {
+    /// The provider it selects (`zipkin`, `otel`, …).
+    pub provider: Option<String>,
+    /// `randomSamplingPercentage`, as a share.
+    pub sampling: Option<f64>,
+    /// Span reporting off (`disableSpanReporting`, or the entry disabled).
+    pub disabled: bool,
 }
 
 /// The hosts (FQDNs) a VirtualService in `namespace` routes, sorted, each once.
@@ -919,6 +930,41 @@ impl Index {
         namespace: &str,
         labels: &BTreeMap<String, String>,
     ) -> Option<bool> {
+        self.telemetry_decides(namespace, labels, |t| {
+            t.access_logging.last().map(|e| e.disabled != Some(true))
+        })
+    }
+
+    /// The tracing Istio's `Telemetry` objects give a pod in `namespace` with
+    /// `labels` (the same precedence as [`Self::telemetry_access_log`]), `None` when
+    /// none says.
+    pub fn telemetry_tracing(
+        &self,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Option<TelemetryTracing> {
+        self.telemetry_decides(namespace, labels, |t| {
+            let e = t.tracing.last()?;
+            let flag = |k: &str| e.rest.get(k).and_then(serde_json::Value::as_bool);
+            Some(TelemetryTracing {
+                provider: e.providers.first().map(|p| p.name.clone()),
+                sampling: e
+                    .rest
+                    .get("randomSamplingPercentage")
+                    .and_then(serde_json::Value::as_f64)
+                    .map(|p| (p / 100.0).clamp(0.0, 1.0)),
+                disabled: e.disabled == Some(true) || flag("disableSpanReporting") == Some(true),
+            })
+        })
+    }
+
+    /// What the most specific `Telemetry` for a pod says of one of its settings.
+    fn telemetry_decides<T>(
+        &self,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+        decides: impl Fn(&mesh_api::istio_networking::TelemetrySpec) -> Option<T>,
+    ) -> Option<T> {
         let s = self.read();
         let s = &*s;
         // Each Telemetry of a namespace, the oldest first (folder objects have no age:
@@ -942,9 +988,6 @@ impl Index {
                 .collect();
             out.sort_by_key(|t| (t.0.is_none(), t.0, t.1));
             out
-        };
-        let decides = |t: &mesh_api::istio_networking::TelemetrySpec| {
-            t.access_logging.last().map(|e| e.disabled != Some(true))
         };
         let own = telemetries(namespace);
         let selecting = own

@@ -51,7 +51,18 @@ pub struct ProxyDefaults {
     pub memory_request: String,
     /// Memory limit.
     pub memory_limit: String,
+    /// Where spans go (`host:port`), when the install gives a collector.
+    pub trace_collector: Option<String>,
+    /// How: `otlp` or `zipkin`.
+    pub trace_protocol: String,
+    /// The share of new traces recorded, 0 to 1.
+    pub trace_sampling: String,
+    /// The Zipkin collector Istio's `Telemetry` `zipkin` provider names.
+    pub zipkin_collector: String,
 }
+
+/// Istio's own default for its `zipkin` tracing provider.
+pub const ISTIO_ZIPKIN: &str = "zipkin.istio-system.svc.cluster.local:9411";
 
 impl Default for ProxyDefaults {
     fn default() -> Self {
@@ -61,6 +72,10 @@ impl Default for ProxyDefaults {
             cpu_limit: None,
             memory_request: "20Mi".into(),
             memory_limit: "250Mi".into(),
+            trace_collector: None,
+            trace_protocol: "otlp".into(),
+            trace_sampling: "0.01".into(),
+            zipkin_collector: ISTIO_ZIPKIN.into(),
         }
     }
 }
@@ -378,6 +393,12 @@ pub struct Overrides {
     pub log_level: Option<String>,
     /// The proxy's access log format (`text` or `json`), when it keeps one.
     pub access_log: Option<String>,
+    /// Where the proxy exports spans; `Some("")`: nowhere, whatever the install says.
+    pub trace_collector: Option<String>,
+    /// How (`otlp` or `zipkin`).
+    pub trace_protocol: Option<String>,
+    /// The share of new traces recorded.
+    pub trace_sampling: Option<String>,
 }
 
 impl Overrides {
@@ -420,6 +441,11 @@ impl Overrides {
                 "proxy-memory-request" => o.memory_request = quantity(v)?,
                 "proxy-memory-limit" => o.memory_limit = quantity(v)?,
                 "access-log" => o.access_log = Some(access_log(v).map_err(|e| bad(&e))?),
+                "trace-collector" => {
+                    o.trace_collector = Some(trace_collector(v).map_err(|e| bad(&e))?);
+                }
+                "trace-protocol" => o.trace_protocol = Some(trace_protocol(v).map_err(|e| bad(&e))?),
+                "trace-sampling" => o.trace_sampling = Some(trace_sampling(v).map_err(|e| bad(&e))?),
                 "proxy-log-level" => {
                     if !valid_log_level(v) {
                         return Err(bad("expected a log filter such as info or debug"));
@@ -444,7 +470,67 @@ impl Overrides {
                 reason,
             })?);
         }
+        // Linkerd's collector annotation: its collectors speak OTLP.
+        if o.trace_collector.is_none()
+            && let Some(v) = annotations.get(LINKERD_TRACE_COLLECTOR).and_then(Value::as_str)
+        {
+            o.trace_collector =
+                Some(trace_collector(v).map_err(|reason| InjectError::BadOverride {
+                    name: LINKERD_TRACE_COLLECTOR.to_owned(),
+                    reason,
+                })?);
+        }
         Ok(o)
+    }
+}
+
+/// Linkerd's annotation for where the proxy sends spans.
+pub const LINKERD_TRACE_COLLECTOR: &str = "config.linkerd.io/trace-collector";
+
+/// A trace collector annotation's value: `host:port` (or an `http://` URL), or
+/// `disabled` for none.
+pub fn trace_collector(v: &str) -> Result<String, String> {
+    let v = v.trim();
+    if v == "disabled" || v == "none" {
+        return Ok(String::new());
+    }
+    let rest = v.strip_prefix("http://").unwrap_or(v);
+    let authority = rest.split('/').next().unwrap_or_default();
+    let ok = authority
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| {
+            !host.is_empty()
+                && port.parse::<u16>().is_ok_and(|p| p > 0)
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'[' | b']' | b':'))
+        })
+        && rest
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'"' | b'\\' | b'{' | b'}' | b','));
+    if ok {
+        Ok(v.to_owned())
+    } else {
+        Err(format!(
+            "{v:?}: expected host:port or http://host:port/path (or disabled)"
+        ))
+    }
+}
+
+/// A trace protocol annotation's value.
+pub fn trace_protocol(v: &str) -> Result<String, String> {
+    match v.trim() {
+        "otlp" | "opentelemetry" => Ok("otlp".into()),
+        "zipkin" => Ok("zipkin".into()),
+        other => Err(format!("{other:?}: expected otlp or zipkin")),
+    }
+}
+
+/// A sampling share: a number from 0 to 1.
+pub fn trace_sampling(v: &str) -> Result<String, String> {
+    match v.trim().parse::<f64>() {
+        Ok(s) if (0.0..=1.0).contains(&s) => Ok(s.to_string()),
+        _ => Err(format!("{v:?}: expected a number from 0 to 1")),
     }
 }
 
@@ -484,6 +570,13 @@ impl ProxyDefaults {
         if !valid_log_level(&self.log_level) {
             return Err(format!("invalid proxy log level {:?}", self.log_level));
         }
+        if let Some(c) = &self.trace_collector {
+            trace_collector(c).map_err(|e| format!("invalid trace collector {e}"))?;
+        }
+        trace_collector(&self.zipkin_collector)
+            .map_err(|e| format!("invalid Zipkin collector {e}"))?;
+        trace_protocol(&self.trace_protocol).map_err(|e| format!("invalid trace protocol {e}"))?;
+        trace_sampling(&self.trace_sampling).map_err(|e| format!("invalid trace sampling {e}"))?;
         for q in [&self.cpu_request, &self.memory_request, &self.memory_limit]
             .into_iter()
             .chain(self.cpu_limit.as_ref())
@@ -611,6 +704,33 @@ volumeMounts:
         env.push(yaml(&format!(
             "{{name: MESH_PROXY_ACCESS_LOG, value: {format}}}"
         ))?);
+    }
+    let collector = o
+        .trace_collector
+        .as_ref()
+        .or(config.defaults.trace_collector.as_ref())
+        .filter(|c| !c.is_empty());
+    if let Some(collector) = collector
+        && let Some(env) = v.get_mut("env").and_then(Value::as_array_mut)
+    {
+        let protocol = o
+            .trace_protocol
+            .as_deref()
+            .unwrap_or(&config.defaults.trace_protocol);
+        let sampling = o
+            .trace_sampling
+            .as_deref()
+            .unwrap_or(&config.defaults.trace_sampling);
+        for (name, value) in [
+            ("MESH_PROXY_TRACE_COLLECTOR", collector.as_str()),
+            ("MESH_PROXY_TRACE_PROTOCOL", protocol),
+            ("MESH_PROXY_TRACE_SAMPLING", sampling),
+        ] {
+            let mut e = Mapping::new();
+            e.insert("name".to_owned(), key(name));
+            e.insert("value".to_owned(), key(value));
+            env.push(Value::Object(e));
+        }
     }
     if let Some(pem) = &config.trust_anchors_pem
         && let Some(env) = v.get_mut("env").and_then(Value::as_array_mut)

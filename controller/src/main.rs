@@ -52,6 +52,20 @@ struct Args {
     /// The proxy version (image tag) the webhook injects.
     #[arg(long, env = "MESH_CONTROLLER_PROXY_VERSION", default_value = env!("CARGO_PKG_VERSION"))]
     proxy_version: String,
+    /// Where injected proxies export spans by default (`host:port`, OTLP unless
+    /// `--trace-protocol` says zipkin); unset: no tracing unless a pod's
+    /// `config.mesh.io/trace-collector` or an Istio `Telemetry` asks for it.
+    #[arg(long, env = "MESH_CONTROLLER_TRACE_COLLECTOR")]
+    trace_collector: Option<String>,
+    /// How injected proxies export spans: `otlp` or `zipkin`.
+    #[arg(long, env = "MESH_CONTROLLER_TRACE_PROTOCOL", default_value = "otlp")]
+    trace_protocol: String,
+    /// The share (0 to 1) of new traces injected proxies record.
+    #[arg(long, env = "MESH_CONTROLLER_TRACE_SAMPLING", default_value = "0.01")]
+    trace_sampling: String,
+    /// The collector an Istio `Telemetry`'s `zipkin` tracing provider means.
+    #[arg(long, env = "MESH_CONTROLLER_ZIPKIN_COLLECTOR", default_value = mesh_controller::inject::ISTIO_ZIPKIN)]
+    zipkin_collector: String,
     /// The injected proxy's default log level.
     #[arg(long, env = "MESH_CONTROLLER_PROXY_LOG_LEVEL", default_value = "info")]
     proxy_log_level: String,
@@ -246,6 +260,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
                         cpu_limit: args.proxy_cpu_limit.clone(),
                         memory_request: args.proxy_memory_request.clone(),
                         memory_limit: args.proxy_memory_limit.clone(),
+                        trace_collector: args.trace_collector.clone().filter(|c| !c.is_empty()),
+                        trace_protocol: args.trace_protocol.clone(),
+                        trace_sampling: args.trace_sampling.clone(),
+                        zipkin_collector: args.zipkin_collector.clone(),
                     },
                     ..Default::default()
                 },

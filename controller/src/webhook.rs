@@ -113,30 +113,61 @@ impl Webhook {
                 Some("mesh: the pod could not be read; not injected".into()),
             );
         };
-        // Istio's Telemetry turns the access log on where the pod's own annotations
-        // say nothing.
-        let said = annotations.as_ref().is_some_and(|a| {
-            a.contains_key(&format!("{}access-log", inject::CONFIG_PREFIX))
-                || a.contains_key(inject::LINKERD_ACCESS_LOG)
-        });
-        if !said {
-            let labels: std::collections::BTreeMap<String, String> = pod
-                .pointer("/metadata/labels")
-                .and_then(|l| serde_json::from_value(l.clone()).ok())
-                .unwrap_or_default();
-            if self.index.telemetry_access_log(namespace, &labels) == Some(true)
-                && let Some(meta) = yaml
-                    .entry("metadata")
-                    .or_insert_with(|| serde_json::json!({}))
-                    .as_object_mut()
-                && let Some(a) = meta
-                    .entry("annotations")
-                    .or_insert_with(|| serde_json::json!({}))
-                    .as_object_mut()
-            {
+        // Istio's Telemetry turns the access log and tracing on where the pod's own
+        // annotations say nothing: as the annotations that would.
+        let said = |names: [&str; 2]| {
+            annotations
+                .as_ref()
+                .is_some_and(|a| names.iter().any(|n| a.contains_key(*n)))
+        };
+        let labels: std::collections::BTreeMap<String, String> = pod
+            .pointer("/metadata/labels")
+            .and_then(|l| serde_json::from_value(l.clone()).ok())
+            .unwrap_or_default();
+        let mut from_telemetry: Vec<(&str, String)> = Vec::new();
+        let mut warning = None;
+        if !said(["config.mesh.io/access-log", inject::LINKERD_ACCESS_LOG])
+            && self.index.telemetry_access_log(namespace, &labels) == Some(true)
+        {
+            from_telemetry.push(("access-log", "text".into()));
+        }
+        if !said(["config.mesh.io/trace-collector", inject::LINKERD_TRACE_COLLECTOR])
+            && let Some(t) = self.index.telemetry_tracing(namespace, &labels)
+        {
+            let defaults = &self.config.defaults;
+            let zipkin = t.provider.as_deref().is_some_and(|p| p.contains("zipkin"));
+            if t.disabled {
+                from_telemetry.push(("trace-collector", "disabled".into()));
+            } else if zipkin {
+                from_telemetry.push(("trace-collector", defaults.zipkin_collector.clone()));
+                from_telemetry.push(("trace-protocol", "zipkin".into()));
+            } else if let Some(c) = &defaults.trace_collector {
+                from_telemetry.push(("trace-collector", c.clone()));
+                from_telemetry.push(("trace-protocol", defaults.trace_protocol.clone()));
+            } else {
+                warning = Some(format!(
+                    "mesh: a Telemetry selects tracing provider {:?}, but the mesh was installed without a trace collector (proxy.tracing.collector): no spans are exported",
+                    t.provider.as_deref().unwrap_or_default()
+                ));
+            }
+            if let Some(s) = t.sampling.filter(|_| !t.disabled) {
+                from_telemetry.push(("trace-sampling", s.to_string()));
+            }
+        }
+        if !from_telemetry.is_empty()
+            && let Some(meta) = yaml
+                .entry("metadata")
+                .or_insert_with(|| serde_json::json!({}))
+                .as_object_mut()
+            && let Some(a) = meta
+                .entry("annotations")
+                .or_insert_with(|| serde_json::json!({}))
+                .as_object_mut()
+        {
+            for (name, value) in from_telemetry {
                 a.insert(
-                    format!("{}access-log", inject::CONFIG_PREFIX),
-                    serde_json::Value::from("text"),
+                    format!("{}{name}", inject::CONFIG_PREFIX),
+                    serde_json::Value::from(value),
                 );
             }
         }
@@ -164,7 +195,7 @@ impl Webhook {
                 ops.push(json!({"op": "add", "path": path, "value": new}));
             }
         }
-        (Some(Value::Array(ops)), None)
+        (Some(Value::Array(ops)), warning)
     }
 }
 

@@ -19,6 +19,10 @@ struct Server {
 }
 
 async fn start() -> Server {
+    start_with(mesh_controller::inject::Config::default()).await
+}
+
+async fn start_with(config: mesh_controller::inject::Config) -> Server {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let key = rcgen::KeyPair::generate().expect("key");
     let cert = rcgen::CertificateParams::new(vec!["mesh-proxy-injector.mesh.svc".into()])
@@ -56,7 +60,7 @@ async fn start() -> Server {
     let addr = listener.local_addr().expect("addr");
     let webhook = mesh_controller::webhook::Webhook {
         index: index.clone(),
-        config: mesh_controller::inject::Config::default(),
+        config,
         classic: false,
         client: Some(api_server()),
     };
@@ -285,14 +289,190 @@ async fn namespaces_and_pods_decide_and_the_patch_adds_the_sidecar() {
 
 /// The sidecar's `MESH_PROXY_ACCESS_LOG`, if the patch sets it.
 fn access_log(patch: &Value) -> Option<String> {
+    sidecar_env(patch, "MESH_PROXY_ACCESS_LOG")
+}
+
+/// The sidecar's environment variable `name`, if the patch sets it.
+fn sidecar_env(patch: &Value, name: &str) -> Option<String> {
     let ops = patch.as_array()?;
     let init = ops.iter().find(|o| o["path"] == "/spec/initContainers")?;
     init["value"]
         .as_array()?
         .iter()
         .flat_map(|c| c["env"].as_array().cloned().unwrap_or_default())
-        .find(|e| e["name"] == "MESH_PROXY_ACCESS_LOG")
+        .find(|e| e["name"] == name)
         .and_then(|e| e["value"].as_str().map(str::to_string))
+}
+
+/// The sidecar's tracing: collector, protocol, sampling.
+fn tracing(patch: &Value) -> (Option<String>, Option<String>, Option<String>) {
+    (
+        sidecar_env(patch, "MESH_PROXY_TRACE_COLLECTOR"),
+        sidecar_env(patch, "MESH_PROXY_TRACE_PROTOCOL"),
+        sidecar_env(patch, "MESH_PROXY_TRACE_SAMPLING"),
+    )
+}
+
+fn apply_telemetry(server: &Server, ns: &str, name: &str, spec: Value) {
+    let spec: mesh_api::istio_networking::TelemetrySpec =
+        serde_json::from_value(spec).expect("telemetry");
+    server
+        .index
+        .apply(
+            &ObjectRef {
+                kind: Kind::Telemetry,
+                namespace: ns.into(),
+                name: name.into(),
+            },
+            Object::Traffic(TrafficSpec::Telemetry(Box::new(spec)), None),
+        )
+        .expect("applied");
+}
+
+fn some(s: &str) -> Option<String> {
+    Some(s.to_string())
+}
+
+#[tokio::test]
+async fn the_install_annotations_and_telemetry_decide_tracing() {
+    // An install without a collector: no tracing, unless a pod names one.
+    let server = start().await;
+    let (_, patch) = admit(&server, review("shop", json!({}), false)).await;
+    assert_eq!(tracing(&patch.expect("patch")), (None, None, None));
+    let (_, patch) = admit(
+        &server,
+        review(
+            "shop",
+            json!({"config.mesh.io/trace-collector": "jaeger.tracing:4317", "config.mesh.io/trace-sampling": "0.5"}),
+            false,
+        ),
+    )
+    .await;
+    assert_eq!(
+        tracing(&patch.expect("patch")),
+        (some("jaeger.tracing:4317"), some("otlp"), some("0.5"))
+    );
+    // Linkerd's annotation.
+    let (_, patch) = admit(
+        &server,
+        review(
+            "shop",
+            json!({"config.linkerd.io/trace-collector": "collector.linkerd-jaeger:55678"}),
+            false,
+        ),
+    )
+    .await;
+    assert_eq!(
+        tracing(&patch.expect("patch")).0,
+        some("collector.linkerd-jaeger:55678")
+    );
+    // A Telemetry naming an OTLP provider, with no collector installed: a warning.
+    apply_telemetry(
+        &server,
+        "shop",
+        "otel",
+        json!({"tracing": [{"providers": [{"name": "otel"}]}]}),
+    );
+    let (rsp, patch) = admit(&server, review("shop", json!({}), false)).await;
+    assert_eq!(tracing(&patch.expect("patch")).0, None);
+    assert!(
+        rsp["response"]["warnings"][0]
+            .as_str()
+            .is_some_and(|w| w.contains("trace collector")),
+        "{rsp}"
+    );
+    // Bad values are refused, naming the annotation.
+    for (k, v) in [
+        ("config.mesh.io/trace-collector", "no port"),
+        ("config.mesh.io/trace-collector", "x:99999"),
+        ("config.mesh.io/trace-protocol", "jaeger"),
+        ("config.mesh.io/trace-sampling", "2"),
+    ] {
+        let (rsp, patch) = admit(&server, review("shop", json!({ k: v }), false)).await;
+        assert!(patch.is_none(), "{k}: {v}");
+        assert!(
+            rsp["response"]["warnings"][0]
+                .as_str()
+                .is_some_and(|w| w.contains(k)),
+            "{rsp}"
+        );
+    }
+
+    // An install with mesh-viz's collector: every pod traces at its rate.
+    let config = mesh_controller::inject::Config {
+        defaults: mesh_controller::inject::ProxyDefaults {
+            trace_collector: some("mesh-viz.mesh-viz.svc.cluster.local:4317"),
+            trace_sampling: "0.1".into(),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let server = start_with(config).await;
+    let (_, patch) = admit(&server, review("shop", json!({}), false)).await;
+    assert_eq!(
+        tracing(&patch.expect("patch")),
+        (
+            some("mesh-viz.mesh-viz.svc.cluster.local:4317"),
+            some("otlp"),
+            some("0.1")
+        )
+    );
+    // The examples' mesh-default selects zipkin: Zipkin to Istio's collector.
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/examples/istio/telemetry.yaml"
+    ))
+    .expect("example");
+    let doc: Value = mesh_api::yaml::from_str(&example).expect("yaml");
+    apply_telemetry(&server, "istio-system", "mesh-default", doc["spec"].clone());
+    let (_, patch) = admit(&server, review("shop", json!({}), false)).await;
+    assert_eq!(
+        tracing(&patch.expect("patch")),
+        (
+            some("zipkin.istio-system.svc.cluster.local:9411"),
+            some("zipkin"),
+            some("0.1")
+        )
+    );
+    // A namespace's Telemetry wins over the mesh's: its sampling; then one selecting
+    // the pod that turns span reporting off.
+    apply_telemetry(
+        &server,
+        "shop",
+        "sampled",
+        json!({"tracing": [{"providers": [{"name": "otel"}], "randomSamplingPercentage": 25.0}]}),
+    );
+    let (_, patch) = admit(&server, review("shop", json!({}), false)).await;
+    assert_eq!(
+        tracing(&patch.expect("patch")),
+        (
+            some("mesh-viz.mesh-viz.svc.cluster.local:4317"),
+            some("otlp"),
+            some("0.25")
+        )
+    );
+    apply_telemetry(
+        &server,
+        "shop",
+        "web-quiet",
+        json!({"selector": {"matchLabels": {"app": "web"}}, "tracing": [{"disableSpanReporting": true}]}),
+    );
+    let (_, patch) = admit(&server, review("shop", json!({}), false)).await;
+    assert_eq!(tracing(&patch.expect("patch")), (None, None, None));
+    // The pod's own annotation wins over every Telemetry.
+    let (_, patch) = admit(
+        &server,
+        review(
+            "shop",
+            json!({"config.mesh.io/trace-collector": "zipkin.tracing:9411", "config.mesh.io/trace-protocol": "zipkin"}),
+            false,
+        ),
+    )
+    .await;
+    assert_eq!(
+        tracing(&patch.expect("patch")),
+        (some("zipkin.tracing:9411"), some("zipkin"), some("0.1"))
+    );
 }
 
 #[tokio::test]
