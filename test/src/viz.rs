@@ -12,6 +12,8 @@ use tokio::process::Child;
 pub struct Viz {
     /// The API and dashboard address.
     pub addr: SocketAddr,
+    /// Where it receives spans (OTLP gRPC).
+    pub otlp: SocketAddr,
     child: Child,
 }
 
@@ -21,11 +23,13 @@ pub async fn start(dir: &Path, interval: &str) -> Viz {
     cmd.env_clear()
         .env("MESH_VIZ_SOURCE", format!("dir:{}", dir.display()))
         .env("MESH_VIZ_ADDR", "127.0.0.1:0")
+        .env("MESH_VIZ_OTLP_ADDR", "127.0.0.1:0")
         .env("MESH_VIZ_SCRAPE_INTERVAL", interval)
         .env("MESH_VIZ_LOG", "info,mesh_viz=debug");
     let (child, line) = crate::spawn_listening(cmd, "viz").await;
     let addr = crate::field(&line, "api");
-    Viz { addr, child }
+    let otlp = crate::field(&line, "otlp");
+    Viz { addr, otlp, child }
 }
 
 impl Viz {

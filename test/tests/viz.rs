@@ -351,18 +351,29 @@ async fn viz_reports_edges_workloads_and_routes_exactly() {
 }
 
 #[tokio::test]
-async fn the_dashboard_draws_the_topology_in_a_real_browser() {
+async fn the_dashboard_draws_the_topology_and_traces_in_a_real_browser() {
     let world = tmp();
     let ctl = controller::start(world.path(), "127.0.0.1:0".parse().expect("addr")).await;
+    let v = viz::start(world.path(), "300ms").await;
+    // Both proxies send every trace to viz (named as the injector's identity would).
+    let traced = |name: &str| {
+        vec![
+            ("TRACE_COLLECTOR", v.otlp.to_string()),
+            ("TRACE_SAMPLING", "1".to_string()),
+            ("TRACE_SERVICE_NAME", format!("{name}.shop")),
+        ]
+    };
     // web's proxy follows its inbound policy: a DENY on /secret.
     let web = Pod::start(PodSpec {
         destination: Some(ctl.destination),
         name: Some("web-0"),
+        env: traced("web"),
         ..PodSpec::new(pod_ip(), "web", "shop")
     })
     .await;
     let load = Pod::start(PodSpec {
         destination: Some(ctl.destination),
+        env: traced("load"),
         ..PodSpec::new(pod_ip(), "load", "shop")
     })
     .await;
@@ -385,7 +396,6 @@ async fn the_dashboard_draws_the_topology_in_a_real_browser() {
         &mesh::pod_yaml("load-0", "shop", "load", "load", load.ip),
     );
     ctl.wait_for_endpoints(&format!("{WEB}:80")).await;
-    let v = viz::start(world.path(), "300ms").await;
     v.scraped(&["web-0", "load-0"], 1).await;
     let mut tx = client::h1(load.proxy.outbound).await;
     for _ in 0..10 {
@@ -413,9 +423,42 @@ async fn the_dashboard_draws_the_topology_in_a_real_browser() {
     })
     .await;
 
+    // viz kept the traces: load's client span and web's server span, parent and
+    // child, found by the edge's filter; a denied request's trace is an error.
+    let listed = mesh_test::eventually("a whole trace in viz", Duration::from_secs(20), || async {
+        let items = v.items("/api/traces?service=load&dst=web&limit=100").await;
+        items
+            .into_iter()
+            .find(|t| t["spans"] == 2 && t["error"] == false)
+    })
+    .await;
+    assert_eq!(listed["services"], serde_json::json!(["load.shop", "web.shop"]));
+    let id = listed["trace_id"].as_str().expect("id").to_string();
+    let trace = v.get(&format!("/api/traces/{id}")).await;
+    let spans = trace["spans"].as_array().expect("spans");
+    assert_eq!(spans.len(), 2, "{trace}");
+    assert_eq!(spans[0]["kind"], "client");
+    assert_eq!(spans[0]["depth"], 0);
+    assert_eq!(spans[1]["kind"], "server");
+    assert_eq!(spans[1]["parent_id"], spans[0]["span_id"]);
+    assert_eq!(spans[1]["depth"], 1);
+    assert_eq!(spans[1]["attributes"]["mesh.route"], "default");
+    // A 403 is not a failure, in traces as in the metrics.
+    assert!(v.items("/api/traces?errors=1&limit=100").await.is_empty());
+    assert!(v.items("/api/traces?service=nobody").await.is_empty());
+    for (path, status) in [
+        ("/api/traces/0123", 400),
+        (&*format!("/api/traces/{}", "f".repeat(32)), 404),
+        ("/api/traces?limit=0", 400),
+        ("/api/traces?limit=lots", 400),
+    ] {
+        let rsp = client::get(v.addr, "viz", path).await;
+        assert_eq!(rsp.status.as_u16(), status, "{path}: {}", rsp.text());
+    }
+
     let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
     let screenshot = shots.join("viz-dashboard.png");
-    let url = format!("http://{}/", v.addr);
+    let url = format!("http://{}/#trace={id}", v.addr);
     let browser = ["chromium", "chromium-browser"]
         .into_iter()
         .find(|b| {
@@ -454,6 +497,18 @@ async fn the_dashboard_draws_the_topology_in_a_real_browser() {
         "class=\"node denied\" data-workload=\"shop/web\"",
         "refused</text>",
         "AuthorizationPolicy shop/no-secrets",
+        // The trace list, the edge's link to its traces, and the waterfall of the
+        // trace the address names: both spans, the server's under the client's.
+        &format!("data-trace=\"{id}\""),
+        "data-filter=\"service=load&amp;dst=web\"",
+        &format!("<div id=\"waterfall\" data-trace=\"{id}\">"),
+        &format!(
+            "data-span=\"{}\" data-parent=\"{}\"",
+            spans[1]["span_id"].as_str().expect("id"),
+            spans[0]["span_id"].as_str().expect("id")
+        ),
+        "load.shop · client · GET",
+        "web.shop · server · GET",
     ] {
         assert!(
             dom.contains(needle) || dom.contains(&needle.replace("&gt;", ">")),

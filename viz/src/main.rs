@@ -27,6 +27,12 @@ struct Config {
     /// How long history is kept: the longest window a query may ask for.
     #[arg(long, env = "MESH_VIZ_RETENTION", default_value = "10m", value_parser = duration)]
     retention: Duration,
+    /// Where the proxies' spans arrive (OTLP gRPC).
+    #[arg(long, env = "MESH_VIZ_OTLP_ADDR", default_value = "0.0.0.0:4317")]
+    otlp_addr: SocketAddr,
+    /// Recent traces kept in memory at most (the oldest go first).
+    #[arg(long, env = "MESH_VIZ_MAX_TRACES", default_value_t = 1000)]
+    max_traces: usize,
     /// The proxies' admin port.
     #[arg(long, env = "MESH_VIZ_PROXY_ADMIN_PORT", default_value_t = 4191)]
     proxy_admin_port: u16,
@@ -94,13 +100,19 @@ async fn run(config: Config) -> anyhow::Result<()> {
         config.scrape_interval,
         config.proxy_admin_port,
     ));
+    let traces = Arc::new(Mutex::new(mesh_viz::traces::Traces::new(config.max_traces)));
+    let otlp = tokio::net::TcpListener::bind(config.otlp_addr)
+        .await
+        .with_context(|| format!("cannot listen on {} (OTLP)", config.otlp_addr))?;
+    let otlp_addr = otlp.local_addr()?;
+    tokio::spawn(mesh_viz::traces::serve(otlp, traces.clone()));
     let listener = tokio::net::TcpListener::bind(config.addr)
         .await
         .with_context(|| format!("cannot listen on {}", config.addr))?;
     let addr = listener.local_addr()?;
-    tracing::info!(api = %addr, interval = ?config.scrape_interval, "listening");
+    tracing::info!(api = %addr, otlp = %otlp_addr, interval = ?config.scrape_interval, "listening");
     tokio::select! {
-        () = mesh_viz::server::serve(listener, store) => {}
+        () = mesh_viz::server::serve(listener, store, traces) => {}
         _ = tokio::signal::ctrl_c() => {}
         () = terminate() => {}
     }

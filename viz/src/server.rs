@@ -12,6 +12,10 @@ use tokio::net::TcpListener;
 
 use crate::query::{self, Namespaces};
 use crate::store::Store;
+use crate::traces::{Filter, Traces};
+
+/// Traces a list returns at most.
+const MAX_LIST: usize = 200;
 
 /// The window used when a query names none (and for `/metrics`).
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(60);
@@ -19,17 +23,21 @@ pub const DEFAULT_WINDOW: Duration = Duration::from_secs(60);
 const DASHBOARD: &str = include_str!("dashboard.html");
 
 /// Serves the API on `listener` until the task is aborted.
-pub async fn serve(listener: TcpListener, store: Arc<Mutex<Store>>) {
+pub async fn serve(listener: TcpListener, store: Arc<Mutex<Store>>, traces: Arc<Mutex<Traces>>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let store = store.clone();
+        let (store, traces) = (store.clone(), traces.clone());
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let rsp = route(&req, &store);
+                let rsp = if req.uri().path().starts_with("/api/traces") {
+                    trace_route(&req, &traces)
+                } else {
+                    route(&req, &store)
+                };
                 async move { Ok::<_, Infallible>(rsp) }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
@@ -136,6 +144,68 @@ fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
     json(status, &serde_json::json!({ "error": message }))
 }
 
+/// `/api/traces` (the newest traces, filtered by `service`, `dst`, `route`, `errors`,
+/// at most `limit`) and `/api/traces/ID` (one trace's spans, earliest first, with
+/// their depths).
+fn trace_route<B>(req: &Request<B>, traces: &Mutex<Traces>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET {
+        return error(StatusCode::METHOD_NOT_ALLOWED, "only GET is served");
+    }
+    let params = Params::parse(req.uri().query());
+    let traces = traces.lock().unwrap_or_else(|e| e.into_inner());
+    match req.uri().path().trim_end_matches('/') {
+        "/api/traces" => {
+            let limit = match params.get("limit").map(str::parse::<usize>) {
+                None => 50,
+                Some(Ok(n)) if (1..=MAX_LIST).contains(&n) => n,
+                Some(_) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        &format!("limit: expected 1 to {MAX_LIST}"),
+                    );
+                }
+            };
+            let text = |k: &str| params.get(k).filter(|v| !v.is_empty()).map(str::to_owned);
+            let filter = Filter {
+                service: text("service"),
+                dst: text("dst"),
+                route: text("route"),
+                errors: params.get("errors").is_some_and(|v| v == "1" || v == "true"),
+            };
+            let items = traces.list(&filter, limit);
+            json(
+                StatusCode::OK,
+                &serde_json::json!({"traces_kept": traces.len(), "spans_received": traces.received, "spans_dropped": traces.dropped, "items": items}),
+            )
+        }
+        path => {
+            let id = path.trim_start_matches("/api/traces/");
+            if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return error(StatusCode::BAD_REQUEST, "a trace id is 32 hex digits");
+            }
+            match traces.trace(&id.to_ascii_lowercase()) {
+                Some(spans) => {
+                    let spans: Vec<serde_json::Value> = spans
+                        .into_iter()
+                        .map(|(s, depth)| {
+                            let mut v = serde_json::json!(s);
+                            if let Some(o) = v.as_object_mut() {
+                                o.insert("depth".into(), depth.into());
+                            }
+                            v
+                        })
+                        .collect();
+                    json(StatusCode::OK, &serde_json::json!({"trace_id": id, "spans": spans}))
+                }
+                None => error(
+                    StatusCode::NOT_FOUND,
+                    "no such trace (viz keeps only the most recent)",
+                ),
+            }
+        }
+    }
+}
+
 fn route<B>(req: &Request<B>, store: &Mutex<Store>) -> Response<Full<Bytes>> {
     if req.method() != Method::GET {
         return error(StatusCode::METHOD_NOT_ALLOWED, "only GET is served");
@@ -199,7 +269,7 @@ fn route<B>(req: &Request<B>, store: &Mutex<Store>) -> Response<Full<Bytes>> {
         ("/live" | "/ready", _) => json(StatusCode::OK, &serde_json::json!({"ok": true})),
         (_, Ok(serde_json::Value::Null)) => error(
             StatusCode::NOT_FOUND,
-            "not found: try /api/edges, /api/stat, /api/routes, /api/authz, /api/targets, /metrics or /",
+            "not found: try /api/edges, /api/stat, /api/routes, /api/authz, /api/targets, /api/traces, /metrics or /",
         ),
         (_, Ok(value)) => json(StatusCode::OK, &value),
     }
