@@ -1,7 +1,7 @@
 //! `mesh demo` end to end: the whole mesh on this machine for about 20 seconds, checked
 //! through `mesh viz … -o json`: every edge mTLS with the expected identities, the
 //! canary near 80/20, retries visible on the flaky route, timeouts on the slow one, the
-//! Gateway API route's header canary;
+//! Gateway API route's header canary; whole traces in viz across four workloads;
 //! then Ctrl-C leaves no process and no port behind.
 
 use std::net::{SocketAddr, TcpListener};
@@ -24,14 +24,28 @@ fn mesh(args: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).expect("json")
 }
 
+/// `GET path` from viz's API, as JSON.
+fn http_json(path: &str) -> Value {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect("127.0.0.1:8084").expect("connect to viz");
+    c.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    write!(c, "GET {path} HTTP/1.0\r\nhost: viz\r\n\r\n").expect("write");
+    let mut rsp = String::new();
+    c.read_to_string(&mut rsp).expect("read");
+    let body = rsp.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{path}: {e}: {rsp}"))
+}
+
 fn edge<'a>(edges: &'a [Value], src: &str, dst: &str) -> Option<&'a Value> {
     edges.iter().find(|e| e["src"] == src && e["dst"] == dst)
 }
 
 /// Addresses the demo uses; all must be free again after it stops.
-const ADDRS: [&str; 7] = [
+const ADDRS: [&str; 8] = [
     "127.0.0.1:8080",
     "127.0.0.1:8084",
+    "127.0.0.1:4317",
     "127.0.0.1:8086",
     "127.0.1.1:4143",
     "127.0.1.1:8080",
@@ -282,6 +296,47 @@ fn the_demo_runs_a_secured_mesh_and_cleans_up() {
             .iter()
             .any(|a| a["name"] == "demo/books" && a["allowed"].as_u64() > Some(0)),
         "{authz:#?}"
+    );
+
+    // Traces in viz: traffic → web → books and authors, one trace, each proxy's span
+    // the child of the span before it (web passes the context on).
+    let whole = |t: &Value| {
+        let services: Vec<&str> = t["services"]
+            .as_array()
+            .map(|s| s.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        ["traffic.demo", "web.demo", "authors.demo"]
+            .iter()
+            .all(|s| services.contains(s))
+            && services.iter().any(|s| s.starts_with("books-v"))
+    };
+    let trace = loop {
+        let list = http_json("/api/traces?service=traffic&dst=web&limit=200");
+        if let Some(t) = list["items"].as_array().and_then(|l| l.iter().find(|t| whole(t))) {
+            break http_json(&format!("/api/traces/{}", t["trace_id"].as_str().expect("id")));
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "no whole trace in viz: {list:#}"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    let spans = trace["spans"].as_array().expect("spans");
+    assert!(spans.len() >= 6, "{trace:#}");
+    let ids: Vec<&Value> = spans.iter().map(|s| &s["span_id"]).collect();
+    let roots: Vec<&Value> = spans.iter().filter(|s| s["parent_id"].is_null()).collect();
+    assert_eq!(roots.len(), 1, "one root, traffic's client span: {trace:#}");
+    assert_eq!(roots[0]["service"], "traffic.demo");
+    assert!(
+        spans
+            .iter()
+            .filter(|s| !s["parent_id"].is_null())
+            .all(|s| ids.contains(&&s["parent_id"])),
+        "every parent in the trace: {trace:#}"
+    );
+    assert!(
+        spans.iter().all(|s| s["attributes"]["mesh.tls"] == "true"),
+        "every hop mTLS: {trace:#}"
     );
 
     // Strict: a plaintext client reaches no app through a pod's proxy.

@@ -164,8 +164,23 @@ async fn get(
     }
 }
 
+/// The headers an instrumented app passes from the request it serves to the requests
+/// it makes, so that the proxies' spans join one trace.
+const TRACE_HEADERS: [&str; 9] = [
+    "traceparent",
+    "tracestate",
+    "b3",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+    "x-b3-sampled",
+    "x-b3-flags",
+    "x-request-id",
+];
+
 /// `web`: `/` calls books and authors, `/flaky` and `/slow` call those books routes;
-/// `/api` calls books-api, `/canary` too with `x-canary: true`.
+/// `/api` calls books-api, `/canary` too with `x-canary: true`. It passes the trace
+/// context on, as instrumented apps do.
 pub async fn web(addr: SocketAddr, proxy: SocketAddr) -> anyhow::Result<()> {
     let http = client(proxy);
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{proxy}"))?
@@ -175,7 +190,11 @@ pub async fn web(addr: SocketAddr, proxy: SocketAddr) -> anyhow::Result<()> {
     serve(addr, move |req: Request<hyper::body::Incoming>| {
         let (http, mut authors) = (http.clone(), authors.clone());
         async move {
-            let (service, path, headers): (&str, &str, &[(&str, &str)]) = match req.uri().path() {
+            let context: Vec<(&str, String)> = TRACE_HEADERS
+                .iter()
+                .filter_map(|h| Some((*h, req.headers().get(*h)?.to_str().ok()?.to_owned())))
+                .collect();
+            let (service, path, extra): (&str, &str, &[(&str, &str)]) = match req.uri().path() {
                 "/" => (BOOKS, "/books", &[]),
                 "/flaky" => (BOOKS, "/books/flaky", &[]),
                 "/slow" => (BOOKS, "/books/slow", &[]),
@@ -183,18 +202,27 @@ pub async fn web(addr: SocketAddr, proxy: SocketAddr) -> anyhow::Result<()> {
                 "/canary" => (BOOKS_API, "/books", &[("x-canary", "true")]),
                 _ => return text(StatusCode::NOT_FOUND, "not found\n"),
             };
-            let books = get(&http, &format!("{service}:80"), path, headers).await;
+            let headers: Vec<(&str, &str)> = extra
+                .iter()
+                .copied()
+                .chain(context.iter().map(|(k, v)| (*k, v.as_str())))
+                .collect();
+            let books = get(&http, &format!("{service}:80"), path, &headers).await;
             if !books.is_success() {
                 return text(StatusCode::BAD_GATEWAY, format!("books answered {books}\n"));
             }
             if path != "/books" || service != BOOKS {
                 return text(StatusCode::OK, "ok\n");
             }
-            match authors
-                .get(pb::AuthorRequest {
-                    book: "Dune".into(),
-                })
-                .await
+            let mut call = tonic::Request::new(pb::AuthorRequest {
+                book: "Dune".into(),
+            });
+            for (k, v) in &context {
+                if let Ok(v) = v.parse() {
+                    call.metadata_mut().insert(*k, v);
+                }
+            }
+            match authors.get(call).await
             {
                 Ok(a) => text(StatusCode::OK, format!("Dune by {}\n", a.into_inner().name)),
                 Err(status) => text(

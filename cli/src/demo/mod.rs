@@ -17,6 +17,10 @@ use tokio::process::{Child, Command};
 const IDENTITY: &str = "127.0.0.1:8080";
 const DESTINATION: &str = "127.0.0.1:8086";
 const VIZ: &str = "127.0.0.1:8084";
+/// Where viz receives the proxies' spans (OTLP gRPC).
+const VIZ_OTLP: &str = "127.0.0.1:4317";
+/// The share of new traces the demo's proxies record: a few a second at 20 rps.
+const TRACE_SAMPLING: &str = "0.2";
 const NAMESPACE: &str = "demo";
 
 /// A workload of the demo app: its pod's address and how to run it.
@@ -486,6 +490,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         (identity_addr, "mesh-identity".to_owned()),
         (destination, "mesh-controller".to_owned()),
         (viz, "mesh-viz".to_owned()),
+        (parse(VIZ_OTLP)?, "mesh-viz OTLP".to_owned()),
     ];
     for w in &workloads {
         for (port, what) in [
@@ -595,6 +600,7 @@ async fn run_in(
         Command::new(bin("mesh-viz"))
             .env("MESH_VIZ_SOURCE", format!("dir:{}", cluster.display()))
             .env("MESH_VIZ_ADDR", VIZ)
+            .env("MESH_VIZ_OTLP_ADDR", VIZ_OTLP)
             .env("MESH_VIZ_SCRAPE_INTERVAL", "1s"),
     )?;
     let patience = Duration::from_secs(30);
@@ -645,7 +651,10 @@ async fn run_in(
                 .env("MESH_PROXY_TRUST_ANCHORS", &anchors)
                 .env("MESH_PROXY_TOKEN_PATH", state.join("tokens").join(w.name))
                 .env("MESH_PROXY_POD_NAME", format!("{}-0", w.name))
-                .env("MESH_PROXY_INBOUND_TLS", "strict"),
+                .env("MESH_PROXY_INBOUND_TLS", "strict")
+                .env("MESH_PROXY_TRACE_COLLECTOR", VIZ_OTLP)
+                .env("MESH_PROXY_TRACE_SAMPLING", TRACE_SAMPLING)
+                .env("MESH_PROXY_TRACE_SERVICE_NAME", format!("{}.{NAMESPACE}", w.name)),
         )?;
         if !is_caller(w.name) {
             children.spawn(w.name, Command::new(mesh).arg("demo-app").args(&args))?;
@@ -676,6 +685,10 @@ async fn run_in(
         started.elapsed().as_secs_f64()
     );
     println!("  dashboard   http://{VIZ}/");
+    println!(
+        "  traces      {}% of requests traced by every proxy into viz (OTLP on {VIZ_OTLP}): the dashboard's Traces, or curl http://{VIZ}/api/traces",
+        (TRACE_SAMPLING.parse::<f64>().unwrap_or(0.0) * 100.0).round()
+    );
     println!("  edges       mesh viz edges deployment -n {NAMESPACE}");
     println!("  routes      mesh viz routes svc/books -n {NAMESPACE} -o wide");
     println!("              mesh viz routes svc/books-api -n {NAMESPACE} -o wide");
