@@ -1,4 +1,5 @@
-//! The admin server: `/metrics`, `/live`, `/ready` and `POST /shutdown`.
+//! The admin server: `/metrics`, `/stats`, `/live`, `/ready`, `POST /shutdown` and
+//! `/tap` (the last two for processes on loopback only).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -6,13 +7,13 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
+use crate::body::{self, BoxBody};
 use crate::identity::Identity;
 use crate::metrics::Metrics;
 use crate::origins::Origins;
@@ -33,6 +34,8 @@ pub struct Admin {
     pub drain: watch::Receiver<bool>,
     /// Where `POST /shutdown` sends, when the endpoint is enabled.
     pub shutdown: Option<mpsc::Sender<()>>,
+    /// The proxy's tap.
+    pub taps: Arc<crate::tap::Taps>,
 }
 
 /// Serves admin requests on `listener` until the task is aborted.
@@ -70,9 +73,9 @@ fn route(
     client: SocketAddr,
     relayed: bool,
     admin: &Admin,
-) -> Response<Full<Bytes>> {
+) -> Response<BoxBody> {
     let text = |status: StatusCode, body: &str| {
-        let mut rsp = Response::new(Full::new(Bytes::from(format!("{body}\n"))));
+        let mut rsp = Response::new(body::full(Bytes::from(format!("{body}\n"))));
         *rsp.status_mut() = status;
         rsp
     };
@@ -89,7 +92,7 @@ fn route(
     let identity_ready = admin.identity.as_ref().is_none_or(|i| i.is_ready());
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => {
-            let mut rsp = Response::new(Full::new(Bytes::from(metrics.render())));
+            let mut rsp = Response::new(body::full(Bytes::from(metrics.render())));
             rsp.headers_mut().insert(
                 header::CONTENT_TYPE,
                 header::HeaderValue::from_static(OPENMETRICS),
@@ -99,7 +102,7 @@ fn route(
         (&Method::GET, "/stats") => {
             let stats = metrics.stats(crate::metrics::instance());
             let body = serde_json::to_vec(&stats).unwrap_or_else(|_| b"{}".to_vec());
-            let mut rsp = Response::new(Full::new(Bytes::from(body)));
+            let mut rsp = Response::new(body::full(Bytes::from(body)));
             rsp.headers_mut().insert(
                 header::CONTENT_TYPE,
                 header::HeaderValue::from_static("application/json"),
@@ -130,12 +133,19 @@ fn route(
                 text(StatusCode::OK, "shutdown")
             }
         },
+        // Live calls: a process in the pod may watch them (`mesh viz tap` through
+        // viz uses the tap port, over mTLS).
+        (_, "/tap") if !client.ip().to_canonical().is_loopback() => text(
+            StatusCode::FORBIDDEN,
+            "tap is served here only to localhost; viz taps over mTLS on the tap port",
+        ),
+        (_, "/tap") => admin.taps.respond(req),
         (_, "/metrics" | "/stats" | "/live" | "/ready" | "/shutdown") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: try /metrics, /stats, /live, /ready or POST /shutdown",
+            "not found: try /metrics, /stats, /live, /ready, /tap or POST /shutdown",
         ),
     }
 }

@@ -21,9 +21,25 @@ pub struct Config {
     )]
     pub outbound_addr: SocketAddr,
 
-    /// Admin server: /metrics, /live, /ready, POST /shutdown.
+    /// Admin server: /metrics, /live, /ready, POST /shutdown, and /tap for processes
+    /// on loopback.
     #[arg(long, env = "MESH_PROXY_ADMIN_ADDR", default_value = "0.0.0.0:4191")]
     pub admin_addr: SocketAddr,
+
+    /// The tap server: live calls over mTLS, for `MESH_PROXY_TAP_CLIENTS` only (the
+    /// injector sets `0.0.0.0:4190`). Needs an identity; unset: tap only on the admin
+    /// port, from loopback.
+    #[arg(long, env = "MESH_PROXY_TAP_ADDR")]
+    pub tap_addr: Option<SocketAddr>,
+
+    /// The identities that may tap this proxy over mTLS (comma-separated).
+    #[arg(
+        long,
+        env = "MESH_PROXY_TAP_CLIENTS",
+        value_delimiter = ',',
+        default_value = "mesh-viz.mesh-viz.serviceaccount.identity.mesh.cluster.local"
+    )]
+    pub tap_clients: Vec<String>,
 
     /// The application's address, for inbound connections that were not redirected by
     /// iptables (local mode). Redirected connections go to their original destination.

@@ -32,6 +32,7 @@ pub mod outbound;
 pub mod profile;
 pub mod resolve;
 pub mod server;
+pub mod tap;
 pub mod tcp;
 pub mod tls;
 pub mod trace;

@@ -37,6 +37,8 @@ pub struct Listening {
     pub outbound: SocketAddr,
     /// The admin server.
     pub admin: SocketAddr,
+    /// The tap server (mTLS), when there is one.
+    pub tap: Option<SocketAddr>,
 }
 
 /// Errors that stop the proxy from starting.
@@ -99,6 +101,7 @@ pub struct Proxy {
     /// The other workers' inbound and outbound sockets on the same addresses.
     workers: Vec<[std::net::TcpListener; 2]>,
     admin: TcpListener,
+    tap: Option<TcpListener>,
     drain_tx: watch::Sender<bool>,
     listening: Listening,
 }
@@ -128,11 +131,20 @@ impl Proxy {
         let inbound = bind_shared("inbound", config.inbound_addr, config.workers).await?;
         let outbound = bind_shared("outbound", config.outbound_addr, config.workers).await?;
         let admin = bind("admin", config.admin_addr).await?;
+        // Tap over mTLS needs an identity to present.
+        let tap = match (config.tap_addr, &config.identity_addr) {
+            (Some(addr), Some(_)) => Some(bind("tap", addr).await?),
+            _ => None,
+        };
         let local = |l: &TcpListener, fallback| l.local_addr().unwrap_or(fallback);
         let listening = Listening {
             inbound: local(&inbound, config.inbound_addr),
             outbound: local(&outbound, config.outbound_addr),
             admin: local(&admin, config.admin_addr),
+            tap: tap
+                .as_ref()
+                .zip(config.tap_addr)
+                .map(|(l, addr)| local(l, addr)),
         };
         // The other workers' sockets, on the addresses the first one got.
         let mut workers = Vec::new();
@@ -215,6 +227,7 @@ impl Proxy {
                 )
             }),
             tracer,
+            taps: Arc::new(crate::tap::Taps::new(config.identity_name.as_deref())),
         });
         let (drain_tx, drain) = watch::channel(false);
         let limits = crate::http::Limits {
@@ -248,6 +261,7 @@ impl Proxy {
             listeners,
             workers,
             admin,
+            tap,
             drain_tx,
             listening,
         })
@@ -266,6 +280,7 @@ impl Proxy {
             listeners,
             workers,
             admin,
+            tap,
             drain_tx,
             listening,
         } = self;
@@ -318,9 +333,19 @@ impl Proxy {
                 ctx.config.discovery_idle_timeout,
             ))
         });
+        let tap_task = match (tap, &ctx.shared.identity) {
+            (Some(listener), Some(identity)) => Some(tokio::spawn(crate::tap::serve_tls(
+                listener,
+                identity.clone(),
+                ctx.shared.taps.clone(),
+                ctx.config.tap_clients.clone().into(),
+            ))),
+            _ => None,
+        };
         let admin_task = tokio::spawn(crate::admin::serve(
             admin,
             crate::admin::Admin {
+                taps: ctx.shared.taps.clone(),
                 identity: ctx.shared.identity.clone(),
                 metrics: ctx.shared.metrics.clone(),
                 origins: ctx.shared.origins.clone(),
@@ -335,6 +360,7 @@ impl Proxy {
             inbound = %listening.inbound,
             outbound = %listening.outbound,
             admin = %listening.admin,
+            tap = %listening.tap.map_or("-".to_string(), |t| t.to_string()),
             "listening"
         );
 
@@ -350,6 +376,9 @@ impl Proxy {
             Err(_) => tracing::warn!(?grace, "grace period over; closing remaining connections"),
         }
         admin_task.abort();
+        if let Some(task) = tap_task {
+            task.abort();
+        }
         if let Some(task) = identity_task {
             task.abort();
         }

@@ -26,6 +26,7 @@ use crate::body::{self, BoxBody};
 use crate::error::BoxError;
 use crate::metrics::{Metrics, RequestLabels};
 use crate::profile::{DEFAULT_ROUTE, Route, RouteInfo};
+use crate::tap::{Call, Taps};
 use crate::trace::{Span, Traced, Tracer, Value};
 use crate::vocab::{Class, Direction, Peer};
 
@@ -57,6 +58,7 @@ pub struct MeteredLayer {
     peer_at: PeerAt,
     access_log: Option<Arc<AccessLog>>,
     tracer: Option<Arc<Tracer>>,
+    taps: Option<Arc<Taps>>,
 }
 
 impl MeteredLayer {
@@ -70,7 +72,14 @@ impl MeteredLayer {
             peer_at,
             access_log: None,
             tracer: None,
+            taps: None,
         }
+    }
+
+    /// Hands each finished request to whoever taps `taps`.
+    pub fn tapping(mut self, taps: Arc<Taps>) -> Self {
+        self.taps = Some(taps);
+        self
     }
 
     /// Joins each request's trace and records its span with `tracer`, when there is
@@ -127,6 +136,7 @@ where
             peer_at,
             access_log,
             tracer,
+            taps,
         } = &self.layer;
         // Only a traced request changes its headers, and only a logged or recorded one
         // pays for its method, authority and path.
@@ -139,10 +149,17 @@ where
             None => None,
         };
         let recorded = traced.filter(|(_, t)| t.out.sampled);
-        let described = (access_log.is_some() || recorded.is_some()).then(|| {
+        // Nobody tapping costs one load.
+        let tapped = taps.as_ref().filter(|t| t.active()).cloned();
+        let described = (access_log.is_some() || recorded.is_some() || tapped.is_some()).then(|| {
             Box::new(Described {
                 log: access_log.clone(),
                 span: recorded.map(|(tracer, t)| (tracer.clone(), t)),
+                client_addr: tapped
+                    .as_ref()
+                    .and_then(|_| req.extensions().get::<ConnInfo>())
+                    .map(|c| c.client),
+                tap: tapped,
                 trace_id,
                 at: std::time::SystemTime::now(),
                 method: req.method().clone(),
@@ -193,7 +210,10 @@ where
             let latency = start.elapsed();
             let status = rsp.status().as_u16();
             let mut described = described;
-            if let Some(d) = described.as_mut().filter(|d| d.span.is_some()) {
+            if let Some(d) = described
+                .as_mut()
+                .filter(|d| d.span.is_some() || d.tap.is_some())
+            {
                 d.outbound = (
                     rsp.extensions().get::<Answered>().map(|a| a.0),
                     rsp.extensions().get::<Attempts>().map(|a| a.0),
@@ -237,6 +257,10 @@ struct Described {
     log: Option<Arc<AccessLog>>,
     /// The tracer and the request's place in its trace, when it is recorded.
     span: Option<(Arc<Tracer>, Traced)>,
+    /// The tap, when someone watches.
+    tap: Option<Arc<Taps>>,
+    /// The client's address, for the tap.
+    client_addr: Option<std::net::SocketAddr>,
     trace_id: Option<[u8; 16]>,
     at: std::time::SystemTime,
     method: http::Method,
@@ -259,8 +283,39 @@ impl Done {
         let end = std::time::SystemTime::now();
         // To the response's end, as Envoy's duration is.
         let latency = end.duration_since(d.at).unwrap_or(self.latency);
+        let trace_id = d.trace_id.map(|t| crate::trace::context::hex(&t));
+        if let Some(taps) = &d.tap {
+            let labels = &self.labels;
+            let me = d
+                .span
+                .as_ref()
+                .and_then(|(t, _)| t.identity())
+                .or(taps.identity());
+            let (client_id, server_id) = match labels.direction {
+                Direction::Inbound => (labels.peer.id.as_deref(), me),
+                Direction::Outbound => (me, labels.peer.id.as_deref()),
+            };
+            taps.publish(&Call {
+                at: d.at,
+                direction: labels.direction,
+                method: d.method.as_str(),
+                authority: &d.authority,
+                path: &d.path,
+                status: self.status,
+                grpc_status,
+                latency,
+                bytes,
+                route: &labels.route,
+                client_id,
+                server_id,
+                tls: labels.peer.tls.as_str(),
+                client_addr: d.client_addr,
+                endpoint: d.outbound.0,
+                dst_workload: labels.peer.dst.as_ref().map(|d| &*d.workload),
+                trace_id: trace_id.as_deref(),
+            });
+        }
         if let Some(log) = &d.log {
-            let trace_id = d.trace_id.map(|t| crate::trace::context::hex(&t));
             log.log(&Entry {
                 at: d.at,
                 direction: self.labels.direction,

@@ -56,7 +56,8 @@ pub fn stack(shared: Arc<Shared>, limits: &Limits) -> HttpService {
                 PeerAt::Endpoint,
             )
             .logging(shared.access_log.clone())
-            .tracing(shared.tracer.clone()),
+            .tracing(shared.tracer.clone())
+            .tapping(shared.taps.clone()),
         )
         // The one place errors become responses with `mesh-proxy-error`; every layer
         // below returns errors.
