@@ -88,10 +88,15 @@ impl Builder {
                 .parse()
                 .expect("address")
         };
+        let tap = listening
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix("tap="))
+            .and_then(|v| v.parse().ok());
         Proxy {
             inbound: field("inbound"),
             outbound: field("outbound"),
             admin: field("admin"),
+            tap,
             child,
             stdout,
         }
@@ -107,6 +112,8 @@ pub struct Proxy {
     pub outbound: SocketAddr,
     /// The admin server.
     pub admin: SocketAddr,
+    /// The tap server (mTLS), when it runs one.
+    pub tap: Option<SocketAddr>,
     child: Child,
     stdout: Arc<Mutex<Vec<String>>>,
 }
