@@ -163,13 +163,32 @@ enum Command {
         #[arg(long, value_parser = parse_duration)]
         fail_cycle: Option<Duration>,
     },
-    /// Golden metrics from mesh-viz: `edges deployment`, `stat deploy`, `routes svc/NAME`.
+    /// Golden metrics from mesh-viz: `edges deployment`, `stat deploy`, `routes svc/NAME`;
+    /// live calls: `tap deploy/NAME`.
     Viz {
-        /// `edges`, `stat`, `routes` or `authz`.
-        #[arg(value_parser = ["edges", "stat", "routes", "authz"])]
+        /// `edges`, `stat`, `routes`, `authz` or `tap`.
+        #[arg(value_parser = ["edges", "stat", "routes", "authz", "tap"])]
         command: String,
-        /// `deployment` (edges, stat), `svc/NAME` (routes) or `deploy/NAME` (authz).
+        /// `deployment` (edges, stat), `svc/NAME` (routes) or `deploy/NAME` (authz, tap).
         resource: String,
+        /// tap: only outbound calls answered by this workload (`deploy/NAME`).
+        #[arg(long)]
+        to: Option<String>,
+        /// tap: only paths starting with this.
+        #[arg(long)]
+        path: Option<String>,
+        /// tap: only this method.
+        #[arg(long)]
+        method: Option<String>,
+        /// tap: only this authority.
+        #[arg(long)]
+        authority: Option<String>,
+        /// tap: only `inbound` or `outbound` calls.
+        #[arg(long)]
+        direction: Option<String>,
+        /// tap: stop after this many calls (default: until Ctrl-C).
+        #[arg(long)]
+        max_calls: Option<u64>,
         /// The namespace.
         #[arg(short, long, default_value = "default")]
         namespace: String,
@@ -418,6 +437,12 @@ fn main() -> anyhow::Result<()> {
         Command::Viz {
             command,
             resource,
+            to,
+            path,
+            method,
+            authority,
+            direction,
+            max_calls,
             namespace,
             all_namespaces,
             output,
@@ -425,11 +450,29 @@ fn main() -> anyhow::Result<()> {
             viz_addr,
             kube,
         } => {
-            let query = viz::parse_resource(&command, &resource)?;
             let target = match kube {
                 Some(namespace) => viz::Target::Kubernetes { namespace },
                 None => viz::Target::Addr(viz_addr),
             };
+            let filters = viz::TapFilter {
+                to,
+                path,
+                method,
+                authority,
+                direction,
+            };
+            if command == "tap" {
+                let workload = viz::tap_workload(&resource)?;
+                return runtime()?.block_on(viz::tap(
+                    target, &namespace, &workload, &filters, output, max_calls,
+                ));
+            }
+            if !filters.is_empty() || max_calls.is_some() {
+                anyhow::bail!(
+                    "--to, --path, --method, --authority, --direction and --max-calls are for tap"
+                );
+            }
+            let query = viz::parse_resource(&command, &resource)?;
             runtime()?.block_on(viz::run(
                 target,
                 query,

@@ -1,4 +1,5 @@
-//! `mesh viz edges|stat|routes|authz`: tables (or JSON) from mesh-viz's API.
+//! `mesh viz edges|stat|routes|authz`: tables (or JSON) from mesh-viz's API; `mesh viz
+//! tap`: a workload's live calls, streamed.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -155,6 +156,182 @@ pub async fn run(
     }
     print!("{}", render(&table));
     Ok(())
+}
+
+/// What `mesh viz tap` selects, beyond the workload.
+#[derive(Clone, Debug, Default)]
+pub struct TapFilter {
+    /// Outbound calls answered by this workload (`deploy/NAME` or `NAME`).
+    pub to: Option<String>,
+    /// Paths starting with this.
+    pub path: Option<String>,
+    /// This method.
+    pub method: Option<String>,
+    /// This authority.
+    pub authority: Option<String>,
+    /// `inbound` or `outbound`.
+    pub direction: Option<String>,
+}
+
+impl TapFilter {
+    /// Whether nothing is selected.
+    pub fn is_empty(&self) -> bool {
+        self.to.is_none()
+            && self.path.is_none()
+            && self.method.is_none()
+            && self.authority.is_none()
+            && self.direction.is_none()
+    }
+
+    /// The query string viz's `/api/tap` takes.
+    fn query(&self) -> anyhow::Result<String> {
+        let mut q = Vec::new();
+        if let Some(d) = &self.direction {
+            if !matches!(d.as_str(), "inbound" | "outbound") {
+                bail!("--direction {d:?}: expected inbound or outbound");
+            }
+            q.push(format!("direction={d}"));
+        }
+        if let Some(to) = &self.to {
+            q.push(format!("to={}", encode(&tap_workload(to).or_else(|_| {
+                if to.contains('/') { bail!("--to {to:?}: expected deploy/NAME") } else { Ok(to.clone()) }
+            })?)));
+        }
+        for (k, v) in [("path", &self.path), ("method", &self.method), ("authority", &self.authority)] {
+            if let Some(v) = v {
+                q.push(format!("{k}={}", encode(v)));
+            }
+        }
+        Ok(q.join("&"))
+    }
+}
+
+/// The workload of `tap`'s resource: `deploy/NAME`.
+pub fn tap_workload(resource: &str) -> anyhow::Result<String> {
+    match resource.split_once('/') {
+        Some(("deploy" | "deployment" | "deployments" | "workload", name)) if !name.is_empty() => {
+            Ok(name.to_owned())
+        }
+        _ => bail!("tap needs a workload: mesh viz tap deploy/NAME"),
+    }
+}
+
+/// One tapped call as a line: Linkerd's `req`/`rsp` pair, folded into one.
+pub fn tap_line(call: &Value) -> String {
+    let s = |k: &str| call[k].as_str().unwrap_or("-").to_owned();
+    if let Some(e) = call["error"].as_str() {
+        return format!("error pod={} {e}", s("pod"));
+    }
+    if let Some(pods) = call["tapping"].as_array() {
+        let names: Vec<&str> = pods.iter().filter_map(Value::as_str).collect();
+        return format!("tapping {}", names.join(", "));
+    }
+    let peer = match call["direction"].as_str() {
+        Some("inbound") => format!("src={} client_id={}", s("client_addr"), s("client_id")),
+        _ => format!("dst={} server_id={}", s("endpoint"), s("server_id")),
+    };
+    format!(
+        "{dir} pod={pod} {peer} tls={tls} :method={method} :authority={authority} :path={path} :status={status} latency={latency}ms bytes={bytes} route={route}{grpc}",
+        dir = if call["direction"] == "inbound" { "in " } else { "out" },
+        pod = s("pod"),
+        tls = s("tls"),
+        method = s("method"),
+        authority = s("authority"),
+        path = s("path"),
+        status = call["status"],
+        latency = call["latency_ms"],
+        bytes = call["bytes"],
+        route = s("route"),
+        grpc = call["grpc_status"]
+            .as_u64()
+            .map(|g| format!(" grpc-status={g}"))
+            .unwrap_or_default(),
+    )
+}
+
+/// Streams `workload`'s live calls from viz at `target` and prints each (as a line, or
+/// as JSON), until `max` calls or Ctrl-C.
+pub async fn tap(
+    target: Target,
+    namespace: &str,
+    workload: &str,
+    filter: &TapFilter,
+    output: Output,
+    max: Option<u64>,
+) -> anyhow::Result<()> {
+    use futures_util::io::AsyncBufReadExt;
+    use futures_util::StreamExt;
+    let mut path = format!(
+        "/api/tap?namespace={}&workload={}",
+        encode(namespace),
+        encode(workload)
+    );
+    let q = filter.query()?;
+    if !q.is_empty() {
+        path.push('&');
+        path.push_str(&q);
+    }
+    let mut seen = 0;
+    let mut print = |line: &str| -> bool {
+        let Ok(call) = serde_json::from_str::<Value>(line) else {
+            return false;
+        };
+        let is_call = call.get("status").is_some();
+        if output == Output::Json {
+            println!("{call}");
+        } else {
+            println!("{}", tap_line(&call));
+        }
+        if is_call {
+            seen += 1;
+        }
+        max.is_some_and(|m| seen >= m)
+    };
+    match target {
+        Target::Addr(addr) => {
+            let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+            let uri: http::Uri = format!("http://{addr}{path}").parse()?;
+            let rsp = tokio::time::timeout(Duration::from_secs(10), client.get(uri))
+                .await
+                .map_err(|_| anyhow::anyhow!("mesh-viz at {addr} did not answer within 10s"))?
+                .with_context(|| format!("cannot reach mesh-viz at {addr}: is it running?"))?;
+            let status = rsp.status();
+            let mut body = rsp.into_body();
+            if !status.is_success() {
+                let text = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                bail!("mesh-viz: {status}: {}", String::from_utf8_lossy(&text).trim());
+            }
+            let mut pending = Vec::new();
+            while let Some(frame) = body.frame().await {
+                let frame = frame.context("the tap stream broke")?;
+                let Some(data) = frame.data_ref() else { continue };
+                pending.extend_from_slice(data);
+                while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = pending.drain(..=end).collect();
+                    if print(String::from_utf8_lossy(&line).trim()) {
+                        return Ok(());
+                    }
+                }
+            }
+            bail!("mesh-viz ended the tap")
+        }
+        Target::Kubernetes { namespace: viz_ns } => {
+            let client = kube::Client::try_default()
+                .await
+                .context("cannot reach the Kubernetes API: set KUBECONFIG, or use --viz-addr")?;
+            let req = http::Request::get(service_proxy_path(&viz_ns, &path)).body(Vec::new())?;
+            let stream = client.request_stream(req).await.with_context(|| {
+                format!("cannot reach mesh-viz through the Kubernetes API (service mesh-viz in namespace {viz_ns})")
+            })?;
+            let mut lines = stream.lines();
+            while let Some(line) = lines.next().await {
+                if print(line.context("the tap stream broke")?.trim()) {
+                    return Ok(());
+                }
+            }
+            bail!("mesh-viz ended the tap")
+        }
+    }
 }
 
 /// Percent-encodes a query parameter value.

@@ -305,6 +305,8 @@ pub struct Metrics {
     pub access_log_dropped: Arc<AtomicU64>,
     /// What happened to spans ([`crate::trace`]).
     pub traces: Arc<crate::trace::Counters>,
+    /// Who taps this proxy ([`crate::tap`]).
+    pub taps: Arc<crate::tap::Taps>,
     /// Connections accepted, by worker ([`crate::worker`]).
     worker_connections: Mutex<Vec<u64>>,
 }
@@ -321,6 +323,14 @@ pub struct Held {
 }
 
 impl Metrics {
+    /// Metrics that report `taps`' watchers.
+    pub fn with_taps(taps: Arc<crate::tap::Taps>) -> Self {
+        Self {
+            taps,
+            ..Self::default()
+        }
+    }
+
     fn store(&self) -> MutexGuard<'_, Store> {
         // A panic while holding the lock leaves plain counters behind: still usable.
         self.store.lock().unwrap_or_else(|e| e.into_inner())
@@ -781,6 +791,25 @@ impl prometheus_client::collector::Collector for Collector {
             .encode_descriptor(
                 "access_log_dropped",
                 "Access-log lines dropped: the writer fell behind",
+                None,
+                MetricType::Counter,
+            )?
+            .encode_counter::<NoLabelSet, _, u64>(&dropped, None)?;
+        let taps = &self.0.taps;
+        let watchers = taps.watchers() as i64;
+        encoder
+            .encode_descriptor(
+                "tap_watchers",
+                "Watchers tapping this proxy's calls now",
+                None,
+                MetricType::Gauge,
+            )?
+            .encode_gauge(&watchers)?;
+        let dropped = taps.dropped.load(Ordering::Relaxed);
+        encoder
+            .encode_descriptor(
+                "tap_dropped",
+                "Tapped calls dropped for watchers that fell behind",
                 None,
                 MetricType::Counter,
             )?

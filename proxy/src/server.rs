@@ -169,7 +169,9 @@ impl Proxy {
             )),
             None => None,
         };
-        let metrics = Arc::new(Metrics::default());
+        let metrics = Arc::new(Metrics::with_taps(Arc::new(crate::tap::Taps::new(
+            config.identity_name.as_deref(),
+        ))));
         // Fixed now: counts in /stats start from here.
         let _ = (
             crate::metrics::instance(),
@@ -192,6 +194,7 @@ impl Proxy {
         };
         let origins = Arc::new(Origins::default());
         let dropped = metrics.access_log_dropped.clone();
+        let shared_taps = metrics.taps.clone();
         let tracer = match config.tracing() {
             Some(settings) => {
                 let (tracer, exporter) = crate::trace::Tracer::new(
@@ -227,7 +230,7 @@ impl Proxy {
                 )
             }),
             tracer,
-            taps: Arc::new(crate::tap::Taps::new(config.identity_name.as_deref())),
+            taps: shared_taps,
         });
         let (drain_tx, drain) = watch::channel(false);
         let limits = crate::http::Limits {

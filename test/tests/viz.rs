@@ -524,3 +524,117 @@ async fn the_dashboard_draws_the_topology_and_traces_in_a_real_browser() {
     );
     eprintln!("dashboard screenshot: {}", screenshot.display());
 }
+
+/// `mesh viz tap ARGS --viz-addr ADDR`, started; its stdout's lines as they come.
+fn tap_cli(v: &viz::Viz, args: &[&str]) -> (tokio::process::Child, tokio::sync::mpsc::Receiver<String>) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(mesh_test::bin_path("mesh"))
+        .args(["viz", "tap"])
+        .args(args)
+        .arg("--viz-addr")
+        .arg(v.addr.to_string())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("mesh viz tap");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = tokio::sync::mpsc::channel(100);
+    tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        while let Ok(Some(l)) = lines.next_line().await {
+            if tx.send(l).await.is_err() {
+                return;
+            }
+        }
+    });
+    (child, rx)
+}
+
+async fn line(rx: &mut tokio::sync::mpsc::Receiver<String>) -> String {
+    tokio::time::timeout(Duration::from_secs(15), rx.recv())
+        .await
+        .expect("a line within 15s")
+        .expect("mesh viz tap ended early")
+}
+
+#[tokio::test]
+async fn mesh_viz_tap_streams_a_workloads_live_calls() {
+    let world = tmp();
+    let ctl = controller::start(world.path(), "127.0.0.1:0".parse().expect("addr")).await;
+    let web = Pod::start(PodSpec {
+        destination: Some(ctl.destination),
+        ..PodSpec::new(pod_ip(), "web", "shop")
+    })
+    .await;
+    let load = Pod::start(PodSpec {
+        destination: Some(ctl.destination),
+        ..PodSpec::new(pod_ip(), "load", "shop")
+    })
+    .await;
+    mesh::write(world.path(), "svc", &mesh::service_yaml("web", "shop"));
+    for (name, app, ip) in [("web-0", "web", web.ip), ("load-0", "load", load.ip)] {
+        mesh::write(world.path(), name, &mesh::pod_yaml(name, "shop", app, app, ip));
+    }
+    ctl.wait_for_endpoints(&format!("{WEB}:80")).await;
+    let v = viz::start(world.path(), "300ms").await;
+    v.scraped(&["web-0", "load-0"], 1).await;
+    for (path, status) in [
+        ("/api/tap", 400),
+        ("/api/tap?namespace=shop&workload=nobody", 404),
+    ] {
+        let rsp = client::get(v.addr, "viz", path).await;
+        assert_eq!(rsp.status.as_u16(), status, "{path}: {}", rsp.text());
+    }
+
+    // web's inbound calls under /status/, two of them.
+    let (mut inbound, mut rx) = tap_cli(&v, &["deploy/web", "-n", "shop", "--path", "/status/", "--max-calls", "2"]);
+    assert_eq!(line(&mut rx).await, "tapping web-0");
+    // Outbound calls of load answered by web, as JSON.
+    let (mut outbound, mut out_rx) = tap_cli(
+        &v,
+        &["deploy/load", "-n", "shop", "--to", "deploy/web", "-o", "json", "--max-calls", "1"],
+    );
+    assert!(line(&mut out_rx).await.contains("load-0"));
+    // The proxies' watchers are in place once viz relays: give them a moment.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut tx = client::h1(load.proxy.outbound).await;
+    for path in ["/status/201", "/", "/status/202"] {
+        let _ = client::get_on(&mut tx, WEB, path).await;
+    }
+    let first = line(&mut rx).await;
+    let second = line(&mut rx).await;
+    for (l, status) in [(&first, 201), (&second, 202)] {
+        assert!(l.starts_with("in  pod=web-0 "), "{l}");
+        assert!(l.contains(&format!(":path=/status/{status} :status={status} ")), "{l}");
+        assert!(l.contains(&format!(":authority={WEB}")), "{l}");
+    }
+    let status = tokio::time::timeout(Duration::from_secs(10), inbound.wait())
+        .await
+        .expect("tap stops after --max-calls")
+        .expect("wait");
+    assert!(status.success());
+    let call: Value = serde_json::from_str(&line(&mut out_rx).await).expect("json");
+    assert_eq!(call["direction"], "outbound");
+    assert_eq!(call["pod"], "load-0");
+    assert_eq!(call["dst_workload"], "web");
+    // Meshed: the endpoint is the pod's proxy.
+    assert_eq!(call["endpoint"], format!("{}:4143", web.ip));
+    let status = tokio::time::timeout(Duration::from_secs(10), outbound.wait())
+        .await
+        .expect("tap stops after --max-calls")
+        .expect("wait");
+    assert!(status.success());
+    // Bad input is refused before anything streams.
+    let out = std::process::Command::new(mesh_test::bin_path("mesh"))
+        .args(["viz", "tap", "svc/web", "--viz-addr", &v.addr.to_string()])
+        .output()
+        .expect("mesh");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("deploy/NAME"));
+    // Once the watchers are gone, the proxies stop tapping.
+    mesh_test::eventually("the taps ended", Duration::from_secs(10), || async {
+        let m = web.proxy.metrics().await;
+        m.contains("tap_watchers 0").then_some(())
+    })
+    .await;
+}

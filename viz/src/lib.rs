@@ -7,4 +7,5 @@ pub mod scrape;
 pub mod server;
 pub mod stats;
 pub mod store;
+pub mod tap;
 pub mod traces;

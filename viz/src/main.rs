@@ -112,7 +112,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(api = %addr, otlp = %otlp_addr, interval = ?config.scrape_interval, "listening");
     tokio::select! {
-        () = mesh_viz::server::serve(listener, store, traces) => {}
+        () = mesh_viz::server::serve(listener, mesh_viz::server::Sources {
+            store,
+            traces,
+            admin_port: config.proxy_admin_port,
+            relays: Default::default(),
+        }) => {}
         _ = tokio::signal::ctrl_c() => {}
         () = terminate() => {}
     }

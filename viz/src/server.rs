@@ -22,21 +22,41 @@ pub const DEFAULT_WINDOW: Duration = Duration::from_secs(60);
 
 const DASHBOARD: &str = include_str!("dashboard.html");
 
+/// A response body: whole, or a tap's stream.
+type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>;
+
+/// What the API serves from.
+#[derive(Clone, Debug)]
+pub struct Sources {
+    /// The scraped metrics.
+    pub store: Arc<Mutex<Store>>,
+    /// The traces received.
+    pub traces: Arc<Mutex<Traces>>,
+    /// The proxies' admin port, for tap.
+    pub admin_port: u16,
+    /// Taps being relayed.
+    pub relays: Arc<crate::tap::Relays>,
+}
+
 /// Serves the API on `listener` until the task is aborted.
-pub async fn serve(listener: TcpListener, store: Arc<Mutex<Store>>, traces: Arc<Mutex<Traces>>) {
+pub async fn serve(listener: TcpListener, sources: Sources) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let (store, traces) = (store.clone(), traces.clone());
+        let sources = sources.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let rsp = if req.uri().path().starts_with("/api/traces") {
-                    trace_route(&req, &traces)
+                use http_body_util::BodyExt;
+                let path = req.uri().path();
+                let rsp = if path == "/api/tap" {
+                    tap_route(&req, &sources)
+                } else if path.starts_with("/api/traces") {
+                    trace_route(&req, &sources.traces).map(|b| b.boxed_unsync())
                 } else {
-                    route(&req, &store)
+                    route(&req, &sources.store).map(|b| b.boxed_unsync())
                 };
                 async move { Ok::<_, Infallible>(rsp) }
             });
@@ -142,6 +162,47 @@ fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Full<Byte
 
 fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
     json(status, &serde_json::json!({ "error": message }))
+}
+
+/// `/api/tap?namespace=NS&workload=W` and the proxies' filters (`direction`, `to`,
+/// `authority`, `path`, `method`): the workload's live calls, one JSON line each,
+/// until the watcher goes.
+fn tap_route<B>(req: &Request<B>, sources: &Sources) -> Response<Body> {
+    use http_body_util::BodyExt;
+    let fail = |status, text: &str| error(status, text).map(|b| b.boxed_unsync());
+    if req.method() != Method::GET {
+        return fail(StatusCode::METHOD_NOT_ALLOWED, "only GET is served");
+    }
+    let params = Params::parse(req.uri().query());
+    let Some(workload) = params.get("workload").filter(|w| !w.is_empty()) else {
+        return fail(StatusCode::BAD_REQUEST, "tap needs a workload");
+    };
+    let namespace = params.get("namespace").filter(|n| !n.is_empty()).unwrap_or("default");
+    let pods = sources
+        .store
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .pods_of(namespace, workload);
+    if pods.is_empty() {
+        return fail(
+            StatusCode::NOT_FOUND,
+            &format!("no meshed pods of workload {namespace}/{workload}"),
+        );
+    }
+    let Some(slot) = sources.relays.take() else {
+        return fail(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("{} taps already", crate::tap::MAX_TAPS),
+        );
+    };
+    let query = crate::tap::proxy_query(&params.0);
+    let stream = crate::tap::start(pods, sources.admin_port, query, slot);
+    let mut rsp = Response::new(stream.boxed_unsync());
+    rsp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/x-ndjson"),
+    );
+    rsp
 }
 
 /// `/api/traces` (the newest traces, filtered by `service`, `dst`, `route`, `errors`,
@@ -269,7 +330,7 @@ fn route<B>(req: &Request<B>, store: &Mutex<Store>) -> Response<Full<Bytes>> {
         ("/live" | "/ready", _) => json(StatusCode::OK, &serde_json::json!({"ok": true})),
         (_, Ok(serde_json::Value::Null)) => error(
             StatusCode::NOT_FOUND,
-            "not found: try /api/edges, /api/stat, /api/routes, /api/authz, /api/targets, /api/traces, /metrics or /",
+            "not found: try /api/edges, /api/stat, /api/routes, /api/authz, /api/targets, /api/traces, /api/tap, /metrics or /",
         ),
         (_, Ok(value)) => json(StatusCode::OK, &value),
     }

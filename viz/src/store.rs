@@ -165,6 +165,17 @@ impl Store {
             .collect();
     }
 
+    /// The meshed pods of `workload` in `namespace` (a range of one namespace, not a
+    /// scan of every pod).
+    pub fn pods_of(&self, namespace: &str, workload: &str) -> Vec<PodView> {
+        self.targets
+            .range((namespace.to_string(), String::new())..)
+            .take_while(|((ns, _), _)| ns == namespace)
+            .filter(|(_, t)| t.present && t.pod.meshed && t.pod.workload == workload)
+            .map(|(_, t)| t.pod.clone())
+            .collect()
+    }
+
     /// The pods to scrape now: present, meshed, with an address.
     pub fn scrape_list(&self) -> Vec<PodView> {
         self.targets

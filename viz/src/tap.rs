@@ -1,0 +1,202 @@
+//! `/api/tap`: the live calls of one workload's pods, merged into one stream of JSON
+//! lines, each naming the pod it came from. viz taps each pod's proxy on its admin
+//! port (where viz reaches it from the pod's loopback, as in `mesh demo`); the
+//! stream lasts until the watcher goes, and then every proxy's tap ends with it.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::Frame;
+use http_body_util::{BodyExt, Empty};
+use mesh_controller::index::PodView;
+use tokio::sync::mpsc;
+
+/// Taps viz relays at once at most.
+pub const MAX_TAPS: usize = 8;
+/// Lines waiting for a slow watcher at most; more are dropped.
+const QUEUE: usize = 1024;
+/// Filter keys passed on to the proxies.
+pub const FILTERS: [&str; 5] = ["direction", "to", "authority", "path", "method"];
+
+/// Relays in flight, bounded by [`MAX_TAPS`].
+#[derive(Debug, Default)]
+pub struct Relays(AtomicUsize);
+
+/// A relay's slot; freed when dropped.
+#[derive(Debug)]
+pub struct Slot(Arc<Relays>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Relays {
+    /// A slot, unless [`MAX_TAPS`] relays are running.
+    pub fn take(self: &Arc<Self>) -> Option<Slot> {
+        let n = self.0.fetch_add(1, Ordering::Relaxed);
+        if n >= MAX_TAPS {
+            self.0.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(Slot(self.clone()))
+    }
+}
+
+/// The merged stream a watcher reads.
+pub struct Stream {
+    rx: mpsc::Receiver<Bytes>,
+    _slot: Slot,
+}
+
+impl http_body::Body for Stream {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.rx
+            .poll_recv(cx)
+            .map(|line| line.map(|l| Ok(Frame::data(l))))
+    }
+}
+
+/// Starts tapping `pods` (their proxies' admin port `admin_port`) with `query` (the
+/// proxies' filter) and returns the merged stream. A first line says which pods are
+/// tapped.
+pub fn start(pods: Vec<PodView>, admin_port: u16, query: String, slot: Slot) -> Stream {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let names: Vec<&str> = pods.iter().map(|p| p.name.as_str()).collect();
+    let hello = serde_json::json!({"tapping": names}).to_string() + "\n";
+    let _ = tx.try_send(Bytes::from(hello));
+    for pod in pods {
+        let Some(ip) = pod.ip else { continue };
+        let (tx, query) = (tx.clone(), query.clone());
+        tokio::spawn(relay(SocketAddr::new(ip, admin_port), pod, query, tx));
+    }
+    Stream { rx, _slot: slot }
+}
+
+/// Relays one proxy's tap into `tx` until either side ends.
+async fn relay(addr: SocketAddr, pod: PodView, query: String, tx: mpsc::Sender<Bytes>) {
+    let error_line = |e: String| {
+        let line = serde_json::json!({"pod": pod.name, "namespace": pod.namespace, "error": e});
+        Bytes::from(line.to_string() + "\n")
+    };
+    let connected = async {
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("{addr}: {e}"))?;
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let req = http::Request::get(format!("/tap?{query}"))
+            .header(http::header::HOST, addr.to_string())
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        let rsp = send.send_request(req).await.map_err(|e| e.to_string())?;
+        if !rsp.status().is_success() {
+            let status = rsp.status();
+            let body = rsp.into_body().collect().await.map(|b| b.to_bytes());
+            let text = body.map(|b| String::from_utf8_lossy(&b).trim().to_string());
+            return Err(format!("{addr}: {status}: {}", text.unwrap_or_default()));
+        }
+        Ok::<_, String>(rsp.into_body())
+    };
+    let mut body = match tokio::time::timeout(Duration::from_secs(5), connected).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(e)) => {
+            let _ = tx.try_send(error_line(e));
+            return;
+        }
+        Err(_) => {
+            let _ = tx.try_send(error_line(format!("{addr}: no answer within 5s")));
+            return;
+        }
+    };
+    let mut pending: Vec<u8> = Vec::new();
+    loop {
+        let frame = tokio::select! {
+            f = body.frame() => f,
+            // The watcher went: stop, and the proxy's tap ends with the connection.
+            () = tx.closed() => return,
+        };
+        let Some(Ok(frame)) = frame else {
+            let _ = tx.try_send(error_line(format!("{addr}: the proxy ended the tap")));
+            return;
+        };
+        let Some(data) = frame.data_ref() else { continue };
+        pending.extend_from_slice(data);
+        // A proxy's line is short; one that never ends is not a line.
+        if pending.len() > 64 * 1024 {
+            pending.clear();
+        }
+        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            let Ok(serde_json::Value::Object(mut call)) = serde_json::from_slice(&line) else {
+                continue;
+            };
+            call.insert("pod".into(), pod.name.clone().into());
+            call.insert("namespace".into(), pod.namespace.clone().into());
+            call.insert("workload".into(), pod.workload.clone().into());
+            let line = serde_json::Value::Object(call).to_string() + "\n";
+            // A watcher that does not keep up loses lines rather than slowing anyone.
+            if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(Bytes::from(line)) {
+                return;
+            }
+        }
+    }
+}
+
+/// The proxies' filter from a tap request's parameters: only [`FILTERS`], each
+/// percent-encoded again.
+pub fn proxy_query(params: &[(String, String)]) -> String {
+    params
+        .iter()
+        .filter(|(k, v)| FILTERS.contains(&k.as_str()) && !v.is_empty())
+        .map(|(k, v)| format!("{k}={}", encode(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+fn encode(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_filters_go_on_encoded_and_relays_are_bounded() {
+        let p = |k: &str, v: &str| (k.to_string(), v.to_string());
+        assert_eq!(
+            proxy_query(&[p("workload", "web"), p("path", "/a b&c"), p("method", "GET"), p("to", "")]),
+            "path=/a%20b%26c&method=GET"
+        );
+        let relays = Arc::new(Relays::default());
+        let slots: Vec<_> = (0..MAX_TAPS).filter_map(|_| relays.take()).collect();
+        assert_eq!(slots.len(), MAX_TAPS);
+        assert!(relays.take().is_none());
+        drop(slots);
+        assert!(relays.take().is_some());
+    }
+}
