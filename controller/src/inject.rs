@@ -602,8 +602,9 @@ fn join(ports: &[u16]) -> String {
 }
 
 fn init_container(config: &Config, o: &Overrides) -> Result<Value, InjectError> {
-    // The admin port is never redirected (kubelet probes reach the proxy directly).
-    let mut skip_in = vec![4191];
+    // The admin port is never redirected (kubelet probes reach the proxy directly), nor
+    // the tap port (viz reaches it directly, over mTLS).
+    let mut skip_in = vec![4190, 4191];
     skip_in.extend(&o.skip_inbound_ports);
     let mut v = yaml(&format!(
         r#"
@@ -640,6 +641,7 @@ image: {image}
 ports:
 - {{name: mesh-proxy, containerPort: 4143}}
 - {{name: mesh-admin, containerPort: 4191}}
+- {{name: mesh-tap, containerPort: 4190}}
 env:
 - name: _pod_ns
   valueFrom: {{fieldRef: {{fieldPath: metadata.namespace}}}}
@@ -648,6 +650,7 @@ env:
 - {{name: MESH_PROXY_INBOUND_ADDR, value: "0.0.0.0:4143"}}
 - {{name: MESH_PROXY_OUTBOUND_ADDR, value: "127.0.0.1:4140"}}
 - {{name: MESH_PROXY_ADMIN_ADDR, value: "0.0.0.0:4191"}}
+- {{name: MESH_PROXY_TAP_ADDR, value: "0.0.0.0:4190"}}
 - {{name: MESH_PROXY_NAMESPACE, value: $(_pod_ns)}}
 - name: MESH_PROXY_POD_NAME
   valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}

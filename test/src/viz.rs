@@ -19,13 +19,19 @@ pub struct Viz {
 
 /// Starts `mesh-viz --source dir:DIR`, scraping every `interval` (e.g. `500ms`).
 pub async fn start(dir: &Path, interval: &str) -> Viz {
+    start_with(dir, interval, &[]).await
+}
+
+/// [`start`], with more `MESH_VIZ_*` settings (full names).
+pub async fn start_with(dir: &Path, interval: &str, env: &[(&str, String)]) -> Viz {
     let mut cmd = crate::command("mesh-viz");
     cmd.env_clear()
         .env("MESH_VIZ_SOURCE", format!("dir:{}", dir.display()))
         .env("MESH_VIZ_ADDR", "127.0.0.1:0")
         .env("MESH_VIZ_OTLP_ADDR", "127.0.0.1:0")
         .env("MESH_VIZ_SCRAPE_INTERVAL", interval)
-        .env("MESH_VIZ_LOG", "info,mesh_viz=debug");
+        .env("MESH_VIZ_LOG", "info,mesh_viz=debug")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())));
     let (child, line) = crate::spawn_listening(cmd, "viz").await;
     let addr = crate::field(&line, "api");
     let otlp = crate::field(&line, "otlp");

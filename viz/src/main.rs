@@ -33,6 +33,38 @@ struct Config {
     /// Recent traces kept in memory at most (the oldest go first).
     #[arg(long, env = "MESH_VIZ_MAX_TRACES", default_value_t = 1000)]
     max_traces: usize,
+    /// viz's identity service (`host:port`): with it, viz gets a certificate as
+    /// `MESH_VIZ_IDENTITY_NAME` and taps proxies over mTLS on their tap port; without,
+    /// on their admin port (from the pods' loopback only, as in `mesh demo`).
+    #[arg(long, env = "MESH_VIZ_IDENTITY_ADDR")]
+    identity_addr: Option<String>,
+    /// viz's identity, which proxies admit to their tap (`MESH_PROXY_TAP_CLIENTS`).
+    #[arg(
+        long,
+        env = "MESH_VIZ_IDENTITY_NAME",
+        default_value = "mesh-viz.mesh-viz.serviceaccount.identity.mesh.cluster.local"
+    )]
+    identity_name: String,
+    /// The identity service's own identity.
+    #[arg(
+        long,
+        env = "MESH_VIZ_IDENTITY_SVC_NAME",
+        default_value = "mesh-identity.mesh.serviceaccount.identity.mesh.cluster.local"
+    )]
+    identity_svc_name: String,
+    /// Trust anchors: PEM text, or a PEM file's path.
+    #[arg(long, env = "MESH_VIZ_TRUST_ANCHORS")]
+    trust_anchors: Option<String>,
+    /// The service-account token presented to the identity service.
+    #[arg(
+        long,
+        env = "MESH_VIZ_TOKEN_PATH",
+        default_value = "/var/run/secrets/tokens/mesh-identity-token"
+    )]
+    token_path: PathBuf,
+    /// The proxies' tap port (mTLS).
+    #[arg(long, env = "MESH_VIZ_PROXY_TAP_PORT", default_value_t = 4190)]
+    proxy_tap_port: u16,
     /// The proxies' admin port.
     #[arg(long, env = "MESH_VIZ_PROXY_ADMIN_PORT", default_value_t = 4191)]
     proxy_admin_port: u16,
@@ -100,6 +132,37 @@ async fn run(config: Config) -> anyhow::Result<()> {
         config.scrape_interval,
         config.proxy_admin_port,
     ));
+    let via = match &config.identity_addr {
+        None => mesh_viz::tap::Via::Admin(config.proxy_admin_port),
+        Some(addr) => {
+            let anchors = config
+                .trust_anchors
+                .as_deref()
+                .context("MESH_VIZ_IDENTITY_ADDR is set but MESH_VIZ_TRUST_ANCHORS is not")?;
+            let trust_anchors = if anchors.trim_start().starts_with("-----BEGIN") {
+                anchors.as_bytes().to_vec()
+            } else {
+                std::fs::read(anchors)
+                    .with_context(|| format!("cannot read MESH_VIZ_TRUST_ANCHORS file {anchors}"))?
+            };
+            let identity = Arc::new(
+                mesh_proxy::identity::Identity::new(&config.identity_name, &trust_anchors)
+                    .context("viz's identity")?,
+            );
+            tokio::spawn(identity.clone().run(mesh_proxy::identity::Settings {
+                addr: addr.clone(),
+                name: config.identity_name.clone(),
+                service_name: config.identity_svc_name.clone(),
+                trust_anchors,
+                token_path: config.token_path.clone(),
+            }));
+            tracing::info!(identity = %config.identity_name, "tapping proxies over mTLS");
+            mesh_viz::tap::Via::Tls {
+                identity,
+                port: config.proxy_tap_port,
+            }
+        }
+    };
     let traces = Arc::new(Mutex::new(mesh_viz::traces::Traces::new(config.max_traces)));
     let otlp = tokio::net::TcpListener::bind(config.otlp_addr)
         .await
@@ -115,7 +178,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         () = mesh_viz::server::serve(listener, mesh_viz::server::Sources {
             store,
             traces,
-            admin_port: config.proxy_admin_port,
+            via,
             relays: Default::default(),
         }) => {}
         _ = tokio::signal::ctrl_c() => {}

@@ -32,8 +32,8 @@ pub struct Sources {
     pub store: Arc<Mutex<Store>>,
     /// The traces received.
     pub traces: Arc<Mutex<Traces>>,
-    /// The proxies' admin port, for tap.
-    pub admin_port: u16,
+    /// How viz reaches the proxies' tap.
+    pub via: crate::tap::Via,
     /// Taps being relayed.
     pub relays: Arc<crate::tap::Relays>,
 }
@@ -196,7 +196,7 @@ fn tap_route<B>(req: &Request<B>, sources: &Sources) -> Response<Body> {
         );
     };
     let query = crate::tap::proxy_query(&params.0);
-    let stream = crate::tap::start(pods, sources.admin_port, query, slot);
+    let stream = crate::tap::start(pods, &sources.via, query, slot);
     let mut rsp = Response::new(stream.boxed_unsync());
     rsp.headers_mut().insert(
         header::CONTENT_TYPE,

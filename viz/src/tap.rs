@@ -1,7 +1,9 @@
 //! `/api/tap`: the live calls of one workload's pods, merged into one stream of JSON
-//! lines, each naming the pod it came from. viz taps each pod's proxy on its admin
-//! port (where viz reaches it from the pod's loopback, as in `mesh demo`); the
-//! stream lasts until the watcher goes, and then every proxy's tap ends with it.
+//! lines, each naming the pod it came from. With an identity of its own (in a
+//! cluster), viz taps each proxy over mTLS on its tap port, checking the pod's
+//! identity as any meshed peer would; without one (`mesh demo`, where viz runs on the
+//! pods' loopback), on the proxy's admin port. The stream lasts until the watcher
+//! goes, and then every proxy's tap ends with it.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -70,37 +72,93 @@ impl http_body::Body for Stream {
     }
 }
 
-/// Starts tapping `pods` (their proxies' admin port `admin_port`) with `query` (the
-/// proxies' filter) and returns the merged stream. A first line says which pods are
-/// tapped.
-pub fn start(pods: Vec<PodView>, admin_port: u16, query: String, slot: Slot) -> Stream {
+/// How viz reaches a proxy's tap.
+#[derive(Clone, Debug)]
+pub enum Via {
+    /// The admin port, as a process on the pod's loopback.
+    Admin(u16),
+    /// The tap port, over mTLS as viz's identity.
+    Tls {
+        /// viz's identity (its certificate, renewed).
+        identity: Arc<mesh_proxy::identity::Identity>,
+        /// The proxies' tap port.
+        port: u16,
+    },
+}
+
+/// Starts tapping `pods` (their proxies, reached `via`) with `query` (the proxies'
+/// filter) and returns the merged stream. A first line says which pods are tapped.
+pub fn start(pods: Vec<PodView>, via: &Via, query: String, slot: Slot) -> Stream {
     let (tx, rx) = mpsc::channel(QUEUE);
     let names: Vec<&str> = pods.iter().map(|p| p.name.as_str()).collect();
     let hello = serde_json::json!({"tapping": names}).to_string() + "\n";
     let _ = tx.try_send(Bytes::from(hello));
     for pod in pods {
         let Some(ip) = pod.ip else { continue };
-        let (tx, query) = (tx.clone(), query.clone());
-        tokio::spawn(relay(SocketAddr::new(ip, admin_port), pod, query, tx));
+        let (tx, query, via) = (tx.clone(), query.clone(), via.clone());
+        tokio::spawn(relay(ip, via, pod, query, tx));
     }
     Stream { rx, _slot: slot }
 }
 
+/// An HTTP/1 connection to the proxy's tap, `via` the admin port or mTLS.
+async fn connect(
+    ip: std::net::IpAddr,
+    via: &Via,
+    pod: &PodView,
+) -> Result<(SocketAddr, hyper::client::conn::http1::SendRequest<Empty<Bytes>>), String> {
+    let port = match via {
+        Via::Admin(p) | Via::Tls { port: p, .. } => *p,
+    };
+    let addr = SocketAddr::new(ip, port);
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("{addr}: {e}"))?;
+    match via {
+        Via::Admin(_) => {
+            let (send, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                    .await
+                    .map_err(|e| e.to_string())?;
+            tokio::spawn(conn);
+            Ok((addr, send))
+        }
+        Via::Tls { identity, .. } => {
+            if !identity.is_ready() {
+                return Err("viz has no certificate yet from the identity service".into());
+            }
+            // The proxy must prove the pod's identity, as to any meshed peer.
+            let name = mesh_api::identity::dns_name(&pod.service_account, &pod.namespace);
+            let server = rustls::pki_types::ServerName::try_from(name.clone())
+                .map_err(|e| format!("{name}: {e}"))?;
+            let tls = tokio_rustls::TlsConnector::from(identity.client_config(false))
+                .connect(server, stream)
+                .await
+                .map_err(|e| format!("{addr}: TLS as {name}: {e}"))?;
+            let (send, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                    .await
+                    .map_err(|e| e.to_string())?;
+            tokio::spawn(conn);
+            Ok((addr, send))
+        }
+    }
+}
+
 /// Relays one proxy's tap into `tx` until either side ends.
-async fn relay(addr: SocketAddr, pod: PodView, query: String, tx: mpsc::Sender<Bytes>) {
+async fn relay(
+    ip: std::net::IpAddr,
+    via: Via,
+    pod: PodView,
+    query: String,
+    tx: mpsc::Sender<Bytes>,
+) {
     let error_line = |e: String| {
         let line = serde_json::json!({"pod": pod.name, "namespace": pod.namespace, "error": e});
         Bytes::from(line.to_string() + "\n")
     };
     let connected = async {
-        let stream = tokio::net::TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("{addr}: {e}"))?;
-        let (mut send, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
+        let (addr, mut send) = connect(ip, &via, &pod).await?;
         let req = http::Request::get(format!("/tap?{query}"))
             .header(http::header::HOST, addr.to_string())
             .body(Empty::<Bytes>::new())
@@ -112,16 +170,16 @@ async fn relay(addr: SocketAddr, pod: PodView, query: String, tx: mpsc::Sender<B
             let text = body.map(|b| String::from_utf8_lossy(&b).trim().to_string());
             return Err(format!("{addr}: {status}: {}", text.unwrap_or_default()));
         }
-        Ok::<_, String>(rsp.into_body())
+        Ok::<_, String>((addr, rsp.into_body()))
     };
-    let mut body = match tokio::time::timeout(Duration::from_secs(5), connected).await {
-        Ok(Ok(body)) => body,
+    let (addr, mut body) = match tokio::time::timeout(Duration::from_secs(5), connected).await {
+        Ok(Ok(connected)) => connected,
         Ok(Err(e)) => {
             let _ = tx.try_send(error_line(e));
             return;
         }
         Err(_) => {
-            let _ = tx.try_send(error_line(format!("{addr}: no answer within 5s")));
+            let _ = tx.try_send(error_line(format!("{ip}: no answer within 5s")));
             return;
         }
     };
