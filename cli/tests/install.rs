@@ -459,6 +459,7 @@ fn the_viz_chart_renders_lints_and_validates() {
         let svc = find("Service", "mesh-viz").expect("Service mesh-viz");
         assert_eq!(svc["metadata"]["namespace"], "mesh");
         assert_eq!(svc["spec"]["ports"][0]["port"].as_u64(), Some(8084));
+        assert_eq!(svc["spec"]["ports"][1]["port"].as_u64(), Some(4317), "OTLP");
         let deploy = find("Deployment", "mesh-viz").expect("Deployment");
         let container = &deploy["spec"]["template"]["spec"]["containers"][0];
         assert_eq!(container["image"], "ghcr.io/mesh/viz:0.1.0");
@@ -477,6 +478,7 @@ fn the_viz_chart_renders_lints_and_validates() {
             ("MESH_VIZ_RETENTION", "10m"),
             ("MESH_VIZ_PROXY_ADMIN_PORT", "4191"),
             ("MESH_VIZ_LOG", "info"),
+            ("MESH_VIZ_OTLP_ADDR", "0.0.0.0:4317"),
         ] {
             assert!(
                 env.contains(&(name.into(), value.into())),
@@ -521,4 +523,33 @@ fn the_viz_chart_renders_lints_and_validates() {
             assert!(parsed["panels"].is_array());
         }
     }
+    // With the mesh's trust anchors, viz gets an identity to tap proxies over mTLS.
+    let ca = new_ca(dir.path());
+    let anchors = std::fs::read_to_string(ca.join("ca.crt")).expect("anchors");
+    let text = render_chart(
+        &chart,
+        &serde_json::json!({"identity": {"trustAnchorsPEM": anchors}}),
+    );
+    let rendered = checked(dir.path(), "viz-identity.yaml", &text);
+    let deploy = rendered
+        .iter()
+        .find(|d| d["kind"] == "Deployment")
+        .expect("Deployment");
+    let pod = &deploy["spec"]["template"]["spec"];
+    let env = pod["containers"][0]["env"].as_array().expect("env");
+    let value = |name: &str| {
+        env.iter()
+            .find(|e| e["name"] == name)
+            .and_then(|e| e["value"].as_str())
+            .map(str::to_owned)
+    };
+    assert_eq!(
+        value("MESH_VIZ_IDENTITY_NAME").as_deref(),
+        Some("mesh-viz.mesh.serviceaccount.identity.mesh.cluster.local")
+    );
+    assert_eq!(value("MESH_VIZ_TRUST_ANCHORS").as_deref(), Some(anchors.as_str()));
+    assert_eq!(
+        pod["volumes"][0]["projected"]["sources"][0]["serviceAccountToken"]["audience"],
+        "identity.mesh.io"
+    );
 }
