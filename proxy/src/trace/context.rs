@@ -141,6 +141,13 @@ fn b3_single(v: &str) -> Option<Incoming> {
 /// Parses the `X-B3-*` headers.
 fn b3_multi(headers: &HeaderMap) -> Option<Incoming> {
     let get = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    // Most requests carry none: two lookups decide that.
+    if !headers.contains_key(&B3_TRACE_ID)
+        && !headers.contains_key(&B3_SAMPLED)
+        && !headers.contains_key(&B3_FLAGS)
+    {
+        return None;
+    }
     let debug = get(&B3_FLAGS).is_some_and(|f| f.trim() == "1");
     let sampled = match get(&B3_SAMPLED).map(str::trim) {
         _ if debug => Some(true),
@@ -213,10 +220,11 @@ fn hex8(s: &str) -> Option<[u8; 8]> {
 
 /// `bytes` as lowercase hex.
 pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);
     for b in bytes {
-        let _ = write!(s, "{b:02x}");
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
     }
     s
 }
@@ -247,14 +255,17 @@ pub fn new_request_id() -> String {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h = hex(&b);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    )
+    let mut id = String::with_capacity(36);
+    for (i, part) in [&h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..]]
+        .into_iter()
+        .enumerate()
+    {
+        if i > 0 {
+            id.push('-');
+        }
+        id.push_str(part);
+    }
+    id
 }
 
 /// Writes `out` into `headers` in `format` (`None`: the request came with no context,
@@ -271,8 +282,13 @@ pub fn inject(headers: &mut HeaderMap, out: &Outgoing, incoming: Option<&Incomin
     let value = |s: String| HeaderValue::try_from(s).ok();
     match format {
         Format::W3c => {
-            let flags = if out.sampled { "01" } else { "00" };
-            if let Some(v) = value(format!("00-{trace}-{span}-{flags}")) {
+            let mut v = String::with_capacity(55);
+            v.push_str("00-");
+            v.push_str(&trace);
+            v.push('-');
+            v.push_str(&span);
+            v.push_str(if out.sampled { "-01" } else { "-00" });
+            if let Some(v) = value(v) {
                 headers.insert(TRACEPARENT, v);
             }
         }
