@@ -456,9 +456,36 @@ async fn the_dashboard_draws_the_topology_and_traces_in_a_real_browser() {
         assert_eq!(rsp.status.as_u16(), status, "{path}: {}", rsp.text());
     }
 
+    // web over time: one-second points, the newest with its traffic.
+    let series = v
+        .get("/api/series?kind=workload&namespace=shop&name=web&points=10&step=1s")
+        .await;
+    let points = series["items"].as_array().expect("items");
+    assert_eq!(points.len(), 10, "{series}");
+    assert!(
+        points.iter().any(|p| p["rps"].as_f64() > Some(0.0)),
+        "{series}"
+    );
+    let edge = v
+        .get("/api/series?kind=edge&namespace=shop&src=load&dst=web&points=5&step=2s")
+        .await;
+    assert!(edge["items"].as_array().is_some_and(|i| i.iter().any(|p| p["success"].as_f64().is_some())), "{edge}");
+    for bad in [
+        "/api/series?kind=pods&namespace=shop&name=web",
+        "/api/series?kind=workload&namespace=shop",
+        "/api/series?kind=workload&namespace=shop&name=web&points=1",
+        "/api/series?kind=workload&namespace=shop&name=web&points=100&step=1h",
+    ] {
+        let rsp = client::get(v.addr, "viz", bad).await;
+        assert_eq!(rsp.status.as_u16(), 400, "{bad}: {}", rsp.text());
+    }
+
     let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
     let screenshot = shots.join("viz-dashboard.png");
-    let url = format!("http://{}/#trace={id}", v.addr);
+    let url = format!(
+        "http://{}/#trace={id}&chart=workload&namespace=shop&name=web",
+        v.addr
+    );
     let browser = ["chromium", "chromium-browser"]
         .into_iter()
         .find(|b| {
@@ -476,7 +503,7 @@ async fn the_dashboard_draws_the_topology_and_traces_in_a_real_browser() {
                 "--disable-gpu",
                 "--disable-dev-shm-usage",
             ])
-            .args(["--virtual-time-budget=5000", "--window-size=1200,1400"])
+            .args(["--virtual-time-budget=5000", "--window-size=1200,2600"])
             .args(extra)
             .arg(&url)
             .output()
@@ -509,12 +536,21 @@ async fn the_dashboard_draws_the_topology_and_traces_in_a_real_browser() {
         ),
         "load.shop · client · GET",
         "web.shop · server · GET",
+        // web's charts, drawn with data; every row links to its own.
+        "<section id=\"series-section\" class=\"open\" data-chart=\"workload\">",
+        "data-series=\"rps\" data-points=\"",
+        "data-series=\"p99_ms\"",
+        "data-chart=\"kind=edge&amp;namespace=shop&amp;src=load&amp;dst=web\"",
     ] {
         assert!(
             dom.contains(needle) || dom.contains(&needle.replace("&gt;", ">")),
             "{needle} not drawn:\n{dom}"
         );
     }
+    assert!(
+        !dom.contains("data-series=\"rps\" data-points=\"0\""),
+        "web's rps chart has no data:\n{dom}"
+    );
     run(&[&format!("--screenshot={}", screenshot.display())]);
     let png = std::fs::read(&screenshot).expect("screenshot");
     assert!(

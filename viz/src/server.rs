@@ -306,6 +306,10 @@ fn route<B>(req: &Request<B>, store: &Mutex<Store>) -> Response<Full<Bytes>> {
                 ))))
             }
             "/api/targets" => Ok(serde_json::json!(query::targets(&store))),
+            "/api/series" => match series(&store, &params, now) {
+                Ok(v) => Ok(v),
+                Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+            },
             "/metrics" => Err(metrics(&store, now)),
             _ => Ok(serde_json::Value::Null),
         }
@@ -334,6 +338,106 @@ fn route<B>(req: &Request<B>, store: &Mutex<Store>) -> Response<Full<Bytes>> {
         ),
         (_, Ok(value)) => json(StatusCode::OK, &value),
     }
+}
+
+/// Points a series has at most.
+const MAX_POINTS: usize = 120;
+
+/// `/api/series?kind=workload&namespace=NS&name=W` (or `kind=edge&src=A&dst=B`, or
+/// `kind=route&service=S&route=R`), `points` (default 30) windows of `step` each
+/// (default: the retention over the points, at least two scrapes), the newest last:
+/// each window's rates, success and percentiles, exactly as the same window's
+/// `/api/stat`, `/api/edges` or `/api/routes` says.
+fn series(store: &Store, params: &Params, now: Instant) -> Result<serde_json::Value, String> {
+    let points = match params.get("points").map(str::parse::<usize>) {
+        None => 30,
+        Some(Ok(n)) if (2..=MAX_POINTS).contains(&n) => n,
+        Some(_) => return Err(format!("points: expected 2 to {MAX_POINTS}")),
+    };
+    let step = match params.get("step") {
+        Some(s) => parse_duration(s).ok_or_else(|| format!("invalid step {s:?}: use e.g. 10s"))?,
+        // What viz holds, in even steps: its age while young, then the retention.
+        None => {
+            let n = u32::try_from(points).unwrap_or(30);
+            let held = store.age(now).min(store.retention());
+            let even = Duration::from_secs((held / n).as_secs().max(1));
+            even.max(store.min_window()).min(store.retention() / n)
+        }
+    };
+    if step < store.min_window() || step * u32::try_from(points).unwrap_or(1) > store.retention() {
+        return Err(format!(
+            "{points} points of {step:?} do not fit: each at least {:?} (two scrapes), all within {:?} (the retention)",
+            store.min_window(),
+            store.retention()
+        ));
+    }
+    let ns = params.get("namespace").filter(|n| !n.is_empty()).unwrap_or("default");
+    let namespaces = Namespaces::One(ns.to_owned());
+    let want = |k: &str| {
+        params
+            .get(k)
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| format!("{k}: missing"))
+    };
+    let kind = params.get("kind").unwrap_or("workload");
+    // Which item of each window's answer is the one followed.
+    let pick: Box<dyn Fn(Instant) -> Option<serde_json::Value>> = match kind {
+        "workload" => {
+            let name = want("name")?.to_owned();
+            Box::new(move |t| {
+                query::stat(store, &namespaces, step, t)
+                    .into_iter()
+                    .find(|w| w.name == name)
+                    .map(|w| serde_json::json!(w))
+            })
+        }
+        "edge" => {
+            let (src, dst) = (want("src")?.to_owned(), want("dst")?.to_owned());
+            Box::new(move |t| {
+                query::edges(store, &namespaces, step, t)
+                    .into_iter()
+                    .find(|e| e.src == src && e.dst == dst)
+                    .map(|e| serde_json::json!(e))
+            })
+        }
+        "route" => {
+            let (service, route) = (want("service")?.to_owned(), want("route")?.to_owned());
+            Box::new(move |t| {
+                query::routes(store, &namespaces, Some(&service), step, t)
+                    .into_iter()
+                    .find(|r| r.route == route)
+                    .map(|r| serde_json::json!(r))
+            })
+        }
+        other => return Err(format!("kind {other:?}: expected workload, edge or route")),
+    };
+    const FIELDS: [&str; 9] = [
+        "rps",
+        "success",
+        "effective_rps",
+        "actual_rps",
+        "effective_success",
+        "actual_success",
+        "p50_ms",
+        "p95_ms",
+        "p99_ms",
+    ];
+    let mut items = Vec::with_capacity(points);
+    for k in (0..points).rev() {
+        let back = step * u32::try_from(k).unwrap_or(0);
+        let Some(t) = now.checked_sub(back) else { continue };
+        let mut point = serde_json::Map::new();
+        point.insert("seconds_ago".into(), back.as_secs_f64().into());
+        if let Some(serde_json::Value::Object(item)) = pick(t) {
+            for f in FIELDS {
+                if let Some(v) = item.get(f) {
+                    point.insert(f.into(), v.clone());
+                }
+            }
+        }
+        items.push(serde_json::Value::Object(point));
+    }
+    Ok(serde_json::json!({"kind": kind, "step_seconds": step.as_secs_f64(), "items": items}))
 }
 
 fn escape(v: &str) -> String {

@@ -291,6 +291,11 @@ impl Store {
         covered.as_secs_f64().max(self.interval.as_secs_f64())
     }
 
+    /// How long viz has been keeping history at `now`.
+    pub fn age(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.started)
+    }
+
     /// Every target.
     pub fn targets(&self) -> impl Iterator<Item = &Target> {
         self.targets.values()
