@@ -483,7 +483,7 @@ async fn the_dashboard_draws_the_topology_and_traces_in_a_real_browser() {
     let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
     let screenshot = shots.join("viz-dashboard.png");
     let url = format!(
-        "http://{}/#trace={id}&chart=workload&namespace=shop&name=web",
+        "http://{}/#trace={id}&chart=workload&namespace=shop&name=web&tap=shop/web&tappath=/tapped&taplimit=2",
         v.addr
     );
     let browser = ["chromium", "chromium-browser"]
@@ -495,7 +495,7 @@ async fn the_dashboard_draws_the_topology_and_traces_in_a_real_browser() {
                 .is_ok()
         })
         .expect("chromium is installed (Debian: apt-get install chromium)");
-    let run = |extra: &[&str]| {
+    let run = move |extra: &[&str]| {
         let out = std::process::Command::new(browser)
             .args([
                 "--headless",
@@ -515,7 +515,26 @@ async fn the_dashboard_draws_the_topology_and_traces_in_a_real_browser() {
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    let dom = run(&["--dump-dom"]);
+    // Calls keep coming while the page taps web (the page's tap ends after two).
+    let outbound = load.proxy.outbound;
+    let traffic = tokio::spawn(async move {
+        let mut tx = client::h1(outbound).await;
+        for _ in 0..600 {
+            let _ = client::get_on(&mut tx, WEB, "/tapped/1").await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let dom = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::task::spawn_blocking({
+            let run = run.clone();
+            move || run(&["--dump-dom"])
+        }),
+    )
+    .await
+    .expect("chromium finished within 60s")
+    .expect("chromium ran");
+    traffic.abort();
     for needle in [
         "data-workload=\"shop/web\"",
         "data-workload=\"shop/load\"",
@@ -541,6 +560,10 @@ async fn the_dashboard_draws_the_topology_and_traces_in_a_real_browser() {
         "data-series=\"rps\" data-points=\"",
         "data-series=\"p99_ms\"",
         "data-chart=\"kind=edge&amp;namespace=shop&amp;src=load&amp;dst=web\"",
+        // The live calls the page tapped: two of web's, under /tapped.
+        "<section id=\"tap-section\" data-tap=\"shop/web\" data-ended=\"1\">",
+        "tap ended (2 calls)",
+        "<td>/tapped/1</td><td>200</td>",
     ] {
         assert!(
             dom.contains(needle) || dom.contains(&needle.replace("&gt;", ">")),

@@ -195,8 +195,13 @@ fn tap_route<B>(req: &Request<B>, sources: &Sources) -> Response<Body> {
             &format!("{} taps already", crate::tap::MAX_TAPS),
         );
     };
+    let limit = match params.get("limit").map(str::parse::<u64>) {
+        None => None,
+        Some(Ok(n)) if n > 0 => Some(n),
+        Some(_) => return fail(StatusCode::BAD_REQUEST, "limit: expected a positive number"),
+    };
     let query = crate::tap::proxy_query(&params.0);
-    let stream = crate::tap::start(pods, &sources.via, query, slot);
+    let stream = crate::tap::start(pods, &sources.via, query, limit, slot);
     let mut rsp = Response::new(stream.boxed_unsync());
     rsp.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -52,9 +52,11 @@ impl Relays {
     }
 }
 
-/// The merged stream a watcher reads.
+/// The merged stream a watcher reads: lines, each marked whether it is a call.
 pub struct Stream {
-    rx: mpsc::Receiver<Bytes>,
+    rx: mpsc::Receiver<(Bytes, bool)>,
+    /// Calls still to pass before the stream ends, if bounded.
+    left: Option<u64>,
     _slot: Slot,
 }
 
@@ -66,9 +68,19 @@ impl http_body::Body for Stream {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.rx
-            .poll_recv(cx)
-            .map(|line| line.map(|l| Ok(Frame::data(l))))
+        if self.left == Some(0) {
+            return Poll::Ready(None);
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some((line, call))) => {
+                if call && let Some(n) = self.left.as_mut() {
+                    *n -= 1;
+                }
+                Poll::Ready(Some(Ok(Frame::data(line))))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 
@@ -87,18 +99,29 @@ pub enum Via {
 }
 
 /// Starts tapping `pods` (their proxies, reached `via`) with `query` (the proxies'
-/// filter) and returns the merged stream. A first line says which pods are tapped.
-pub fn start(pods: Vec<PodView>, via: &Via, query: String, slot: Slot) -> Stream {
+/// filter) and returns the merged stream, ended after `limit` calls if given. A first
+/// line says which pods are tapped.
+pub fn start(
+    pods: Vec<PodView>,
+    via: &Via,
+    query: String,
+    limit: Option<u64>,
+    slot: Slot,
+) -> Stream {
     let (tx, rx) = mpsc::channel(QUEUE);
     let names: Vec<&str> = pods.iter().map(|p| p.name.as_str()).collect();
     let hello = serde_json::json!({"tapping": names}).to_string() + "\n";
-    let _ = tx.try_send(Bytes::from(hello));
+    let _ = tx.try_send((Bytes::from(hello), false));
     for pod in pods {
         let Some(ip) = pod.ip else { continue };
         let (tx, query, via) = (tx.clone(), query.clone(), via.clone());
         tokio::spawn(relay(ip, via, pod, query, tx));
     }
-    Stream { rx, _slot: slot }
+    Stream {
+        rx,
+        left: limit,
+        _slot: slot,
+    }
 }
 
 /// An HTTP/1 connection to the proxy's tap, `via` the admin port or mTLS.
@@ -151,11 +174,11 @@ async fn relay(
     via: Via,
     pod: PodView,
     query: String,
-    tx: mpsc::Sender<Bytes>,
+    tx: mpsc::Sender<(Bytes, bool)>,
 ) {
     let error_line = |e: String| {
         let line = serde_json::json!({"pod": pod.name, "namespace": pod.namespace, "error": e});
-        Bytes::from(line.to_string() + "\n")
+        (Bytes::from(line.to_string() + "\n"), false)
     };
     let connected = async {
         let (addr, mut send) = connect(ip, &via, &pod).await?;
@@ -210,7 +233,7 @@ async fn relay(
             call.insert("workload".into(), pod.workload.clone().into());
             let line = serde_json::Value::Object(call).to_string() + "\n";
             // A watcher that does not keep up loses lines rather than slowing anyone.
-            if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(Bytes::from(line)) {
+            if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send((Bytes::from(line), true)) {
                 return;
             }
         }
