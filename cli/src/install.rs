@@ -573,13 +573,13 @@ mod tests {
         assert!(text.contains("MESH_CONTROLLER_TRACE_SAMPLING\n          value: \"0.01\""));
         let mut o = options(None);
         o.tracing = Tracing {
-            collector: Some("mesh-viz.mesh-viz.svc.cluster.local:4317".into()),
+            collector: Some("mesh-viz.mesh.svc.cluster.local:4317".into()),
             protocol: "zipkin".into(),
             sampling: "0.5".into(),
         };
         let text = render(&o).expect("render");
         assert!(text.contains(
-            "MESH_CONTROLLER_TRACE_COLLECTOR\n          value: \"mesh-viz.mesh-viz.svc.cluster.local:4317\""
+            "MESH_CONTROLLER_TRACE_COLLECTOR\n          value: \"mesh-viz.mesh.svc.cluster.local:4317\""
         ));
         assert!(text.contains("MESH_CONTROLLER_TRACE_PROTOCOL\n          value: zipkin"));
         for (field, bad) in [("collector", "x"), ("protocol", "jaeger"), ("sampling", "7")] {

@@ -14,6 +14,7 @@ mod inject;
 mod install;
 mod profile;
 mod viz;
+mod viz_install;
 
 /// mesh: a lightweight service mesh for Kubernetes.
 #[derive(Debug, Parser)]
@@ -87,7 +88,7 @@ enum Command {
         #[arg(long, default_value = "all-unauthenticated")]
         default_inbound_policy: String,
         /// Where meshed proxies export spans (`host:port`; mesh-viz receives OTLP on
-        /// 4317: `mesh-viz.mesh-viz.svc.cluster.local:4317`). Unset: pods trace only
+        /// 4317: `mesh-viz.mesh.svc.cluster.local:4317`). Unset: pods trace only
         /// when their `config.mesh.io/trace-collector` or an Istio Telemetry asks.
         #[arg(long)]
         trace_collector: Option<String>,
@@ -164,13 +165,22 @@ enum Command {
         fail_cycle: Option<Duration>,
     },
     /// Golden metrics from mesh-viz: `edges deployment`, `stat deploy`, `routes svc/NAME`;
-    /// live calls: `tap deploy/NAME`.
+    /// live calls: `tap deploy/NAME`; `install`: mesh-viz's objects, as charts/mesh-viz.
     Viz {
-        /// `edges`, `stat`, `routes`, `authz` or `tap`.
-        #[arg(value_parser = ["edges", "stat", "routes", "authz", "tap"])]
+        /// `edges`, `stat`, `routes`, `authz`, `tap` or `install`.
+        #[arg(value_parser = ["edges", "stat", "routes", "authz", "tap", "install"])]
         command: String,
         /// `deployment` (edges, stat), `svc/NAME` (routes) or `deploy/NAME` (authz, tap).
-        resource: String,
+        resource: Option<String>,
+        /// install: the mesh's trust anchors (PEM), for viz's own identity (tap over mTLS).
+        #[arg(long)]
+        identity_trust_anchors_file: Option<std::path::PathBuf>,
+        /// install: the image registry prefix (default: the chart's).
+        #[arg(long)]
+        registry: Option<String>,
+        /// install: the image tag (default: the chart's appVersion).
+        #[arg(long)]
+        version: Option<String>,
         /// tap: only outbound calls answered by this workload (`deploy/NAME`).
         #[arg(long)]
         to: Option<String>,
@@ -189,9 +199,9 @@ enum Command {
         /// tap: stop after this many calls (default: until Ctrl-C).
         #[arg(long)]
         max_calls: Option<u64>,
-        /// The namespace.
-        #[arg(short, long, default_value = "default")]
-        namespace: String,
+        /// The namespace (install: viz's own, default `mesh`; else `default`).
+        #[arg(short, long)]
+        namespace: Option<String>,
         /// Every namespace.
         #[arg(short = 'A', long)]
         all_namespaces: bool,
@@ -437,6 +447,9 @@ fn main() -> anyhow::Result<()> {
         Command::Viz {
             command,
             resource,
+            identity_trust_anchors_file,
+            registry,
+            version,
             to,
             path,
             method,
@@ -450,6 +463,33 @@ fn main() -> anyhow::Result<()> {
             viz_addr,
             kube,
         } => {
+            if command == "install" {
+                let trust_anchors = match &identity_trust_anchors_file {
+                    Some(p) => Some(std::fs::read_to_string(p).with_context(|| {
+                        format!("cannot read {}", p.display())
+                    })?),
+                    None => None,
+                };
+                print!(
+                    "{}",
+                    viz_install::render(&viz_install::Options {
+                        namespace: namespace.unwrap_or_else(|| "mesh".into()),
+                        registry,
+                        version,
+                        trust_anchors,
+                    })?
+                );
+                return Ok(());
+            }
+            if identity_trust_anchors_file.is_some() || registry.is_some() || version.is_some() {
+                anyhow::bail!(
+                    "--identity-trust-anchors-file, --registry and --version are for install"
+                );
+            }
+            let namespace = namespace.unwrap_or_else(|| "default".into());
+            let Some(resource) = resource else {
+                anyhow::bail!("mesh viz {command} needs a resource (e.g. deployment, svc/NAME, deploy/NAME)");
+            };
             let target = match kube {
                 Some(namespace) => viz::Target::Kubernetes { namespace },
                 None => viz::Target::Addr(viz_addr),

@@ -523,6 +523,12 @@ fn the_viz_chart_renders_lints_and_validates() {
             assert!(parsed["panels"].is_array());
         }
     }
+    // `mesh viz install` renders the very same objects (namespace mesh, the defaults).
+    let out = mesh(&["viz", "install"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ours = checked(dir.path(), "viz-install.yaml", &String::from_utf8_lossy(&out.stdout));
+    let chart_docs = checked(dir.path(), "viz-chart.yaml", &render_chart(&chart, &serde_json::json!({})));
+    assert_eq!(ours, chart_docs, "mesh viz install and charts/mesh-viz differ");
     // With the mesh's trust anchors, viz gets an identity to tap proxies over mTLS.
     let ca = new_ca(dir.path());
     let anchors = std::fs::read_to_string(ca.join("ca.crt")).expect("anchors");
@@ -531,6 +537,15 @@ fn the_viz_chart_renders_lints_and_validates() {
         &serde_json::json!({"identity": {"trustAnchorsPEM": anchors}}),
     );
     let rendered = checked(dir.path(), "viz-identity.yaml", &text);
+    let out = mesh(&[
+        "viz",
+        "install",
+        "--identity-trust-anchors-file",
+        ca.join("ca.crt").to_str().expect("path"),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ours = checked(dir.path(), "viz-install-identity.yaml", &String::from_utf8_lossy(&out.stdout));
+    assert_eq!(ours, rendered, "with trust anchors, mesh viz install and the chart differ");
     let deploy = rendered
         .iter()
         .find(|d| d["kind"] == "Deployment")

@@ -651,6 +651,7 @@ env:
 - {{name: MESH_PROXY_OUTBOUND_ADDR, value: "127.0.0.1:4140"}}
 - {{name: MESH_PROXY_ADMIN_ADDR, value: "0.0.0.0:4191"}}
 - {{name: MESH_PROXY_TAP_ADDR, value: "0.0.0.0:4190"}}
+- {{name: MESH_PROXY_TAP_CLIENTS, value: "mesh-viz.{ns}.serviceaccount.identity.mesh.cluster.local"}}
 - {{name: MESH_PROXY_NAMESPACE, value: $(_pod_ns)}}
 - name: MESH_PROXY_POD_NAME
   valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}

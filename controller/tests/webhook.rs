@@ -401,7 +401,7 @@ async fn the_install_annotations_and_telemetry_decide_tracing() {
     // An install with mesh-viz's collector: every pod traces at its rate.
     let config = mesh_controller::inject::Config {
         defaults: mesh_controller::inject::ProxyDefaults {
-            trace_collector: some("mesh-viz.mesh-viz.svc.cluster.local:4317"),
+            trace_collector: some("mesh-viz.mesh.svc.cluster.local:4317"),
             trace_sampling: "0.1".into(),
             ..Default::default()
         },
@@ -412,7 +412,7 @@ async fn the_install_annotations_and_telemetry_decide_tracing() {
     assert_eq!(
         tracing(&patch.expect("patch")),
         (
-            some("mesh-viz.mesh-viz.svc.cluster.local:4317"),
+            some("mesh-viz.mesh.svc.cluster.local:4317"),
             some("otlp"),
             some("0.1")
         )
@@ -446,7 +446,7 @@ async fn the_install_annotations_and_telemetry_decide_tracing() {
     assert_eq!(
         tracing(&patch.expect("patch")),
         (
-            some("mesh-viz.mesh-viz.svc.cluster.local:4317"),
+            some("mesh-viz.mesh.svc.cluster.local:4317"),
             some("otlp"),
             some("0.25")
         )

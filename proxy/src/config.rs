@@ -37,7 +37,7 @@ pub struct Config {
         long,
         env = "MESH_PROXY_TAP_CLIENTS",
         value_delimiter = ',',
-        default_value = "mesh-viz.mesh-viz.serviceaccount.identity.mesh.cluster.local"
+        default_value = "mesh-viz.mesh.serviceaccount.identity.mesh.cluster.local"
     )]
     pub tap_clients: Vec<String>,
 

@@ -134,13 +134,13 @@ async fn over_mtls_only_the_tap_client_identity_may_watch() {
     let refused = identity::probe(tap, &sni, Some(&intruder), "/tap").await;
     let text = refused.response.expect("an answer");
     assert!(text.starts_with("HTTP/1.1 403"), "{text}");
-    assert!(text.contains("mesh-viz.mesh-viz.serviceaccount"), "{text}");
+    assert!(text.contains("mesh-viz.mesh.serviceaccount"), "{text}");
     // No certificate: no handshake.
     let anonymous = identity::probe(tap, &sni, None, "/tap").await;
     assert!(anonymous.response.is_err(), "{:?}", anonymous.response);
 
     // viz's identity: the stream of calls.
-    let viz = cert("mesh-viz", "mesh-viz");
+    let viz = cert("mesh-viz", "mesh");
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))

@@ -723,7 +723,7 @@ async fn viz_taps_proxies_over_mtls_as_its_own_identity() {
         .await;
     load.wait_ready().await;
     // viz with its own certificate: it taps over mTLS, not the admin port.
-    let (_, token) = id.token("mesh-viz", "mesh-viz", false);
+    let (_, token) = id.token("mesh-viz", "mesh", false);
     let v = viz::start_with(
         world.path(),
         "300ms",

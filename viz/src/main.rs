@@ -42,7 +42,7 @@ struct Config {
     #[arg(
         long,
         env = "MESH_VIZ_IDENTITY_NAME",
-        default_value = "mesh-viz.mesh-viz.serviceaccount.identity.mesh.cluster.local"
+        default_value = "mesh-viz.mesh.serviceaccount.identity.mesh.cluster.local"
     )]
     identity_name: String,
     /// The identity service's own identity.
