@@ -582,7 +582,11 @@ mod tests {
             "MESH_CONTROLLER_TRACE_COLLECTOR\n          value: \"mesh-viz.mesh.svc.cluster.local:4317\""
         ));
         assert!(text.contains("MESH_CONTROLLER_TRACE_PROTOCOL\n          value: zipkin"));
-        for (field, bad) in [("collector", "x"), ("protocol", "jaeger"), ("sampling", "7")] {
+        for (field, bad) in [
+            ("collector", "x"),
+            ("protocol", "jaeger"),
+            ("sampling", "7"),
+        ] {
             let mut o = options(None);
             match field {
                 "collector" => o.tracing.collector = Some(bad.into()),
@@ -590,7 +594,10 @@ mod tests {
                 _ => o.tracing.sampling = bad.into(),
             }
             let err = render(&o).expect_err(bad);
-            assert!(format!("{err:#}").contains(&format!("--trace-{field}")), "{err:#}");
+            assert!(
+                format!("{err:#}").contains(&format!("--trace-{field}")),
+                "{err:#}"
+            );
         }
     }
 

@@ -465,9 +465,10 @@ fn main() -> anyhow::Result<()> {
         } => {
             if command == "install" {
                 let trust_anchors = match &identity_trust_anchors_file {
-                    Some(p) => Some(std::fs::read_to_string(p).with_context(|| {
-                        format!("cannot read {}", p.display())
-                    })?),
+                    Some(p) => Some(
+                        std::fs::read_to_string(p)
+                            .with_context(|| format!("cannot read {}", p.display()))?,
+                    ),
                     None => None,
                 };
                 print!(
@@ -488,7 +489,9 @@ fn main() -> anyhow::Result<()> {
             }
             let namespace = namespace.unwrap_or_else(|| "default".into());
             let Some(resource) = resource else {
-                anyhow::bail!("mesh viz {command} needs a resource (e.g. deployment, svc/NAME, deploy/NAME)");
+                anyhow::bail!(
+                    "mesh viz {command} needs a resource (e.g. deployment, svc/NAME, deploy/NAME)"
+                );
             };
             let target = match kube {
                 Some(namespace) => viz::Target::Kubernetes { namespace },

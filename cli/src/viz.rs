@@ -193,11 +193,22 @@ impl TapFilter {
             q.push(format!("direction={d}"));
         }
         if let Some(to) = &self.to {
-            q.push(format!("to={}", encode(&tap_workload(to).or_else(|_| {
-                if to.contains('/') { bail!("--to {to:?}: expected deploy/NAME") } else { Ok(to.clone()) }
-            })?)));
+            q.push(format!(
+                "to={}",
+                encode(&tap_workload(to).or_else(|_| {
+                    if to.contains('/') {
+                        bail!("--to {to:?}: expected deploy/NAME")
+                    } else {
+                        Ok(to.clone())
+                    }
+                })?)
+            ));
         }
-        for (k, v) in [("path", &self.path), ("method", &self.method), ("authority", &self.authority)] {
+        for (k, v) in [
+            ("path", &self.path),
+            ("method", &self.method),
+            ("authority", &self.authority),
+        ] {
             if let Some(v) = v {
                 q.push(format!("{k}={}", encode(v)));
             }
@@ -232,7 +243,11 @@ pub fn tap_line(call: &Value) -> String {
     };
     format!(
         "{dir} pod={pod} {peer} tls={tls} :method={method} :authority={authority} :path={path} :status={status} latency={latency}ms bytes={bytes} route={route}{grpc}",
-        dir = if call["direction"] == "inbound" { "in " } else { "out" },
+        dir = if call["direction"] == "inbound" {
+            "in "
+        } else {
+            "out"
+        },
         pod = s("pod"),
         tls = s("tls"),
         method = s("method"),
@@ -259,8 +274,8 @@ pub async fn tap(
     output: Output,
     max: Option<u64>,
 ) -> anyhow::Result<()> {
-    use futures_util::io::AsyncBufReadExt;
     use futures_util::StreamExt;
+    use futures_util::io::AsyncBufReadExt;
     let mut path = format!(
         "/api/tap?namespace={}&workload={}",
         encode(namespace),
@@ -289,7 +304,8 @@ pub async fn tap(
     };
     match target {
         Target::Addr(addr) => {
-            let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+            let client: Client<_, Empty<Bytes>> =
+                Client::builder(TokioExecutor::new()).build_http();
             let uri: http::Uri = format!("http://{addr}{path}").parse()?;
             let rsp = tokio::time::timeout(Duration::from_secs(10), client.get(uri))
                 .await
@@ -298,13 +314,22 @@ pub async fn tap(
             let status = rsp.status();
             let mut body = rsp.into_body();
             if !status.is_success() {
-                let text = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                bail!("mesh-viz: {status}: {}", String::from_utf8_lossy(&text).trim());
+                let text = body
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                bail!(
+                    "mesh-viz: {status}: {}",
+                    String::from_utf8_lossy(&text).trim()
+                );
             }
             let mut pending = Vec::new();
             while let Some(frame) = body.frame().await {
                 let frame = frame.context("the tap stream broke")?;
-                let Some(data) = frame.data_ref() else { continue };
+                let Some(data) = frame.data_ref() else {
+                    continue;
+                };
                 pending.extend_from_slice(data);
                 while let Some(end) = pending.iter().position(|b| *b == b'\n') {
                     let line: Vec<u8> = pending.drain(..=end).collect();

@@ -109,7 +109,10 @@ impl Ctx<'_> {
                 after
             };
             let expr = action.expr;
-            if let Some(cond) = expr.strip_prefix("if ").or_else(|| expr.strip_prefix("with ")) {
+            if let Some(cond) = expr
+                .strip_prefix("if ")
+                .or_else(|| expr.strip_prefix("with "))
+            {
                 let v = self.value(cond.trim())?;
                 let truthy = match &v {
                     Value::Null => false,
@@ -191,7 +194,9 @@ impl Ctx<'_> {
                         text(&v).lines().map(|l| format!("{pad}{l}")).collect();
                     Value::String(format!("\n{}", lines.join("\n")))
                 }
-                other => bail!("the chart uses the function {other:?}, which mesh viz install does not render"),
+                other => bail!(
+                    "the chart uses the function {other:?}, which mesh viz install does not render"
+                ),
             };
         }
         Ok(text(&v))
@@ -224,13 +229,20 @@ mod tests {
         assert!(!text.contains("grafana"));
         let with = render(&Options {
             namespace: "mesh".into(),
-            trust_anchors: Some("-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n".into()),
+            trust_anchors: Some(
+                "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n".into(),
+            ),
             version: Some("9.9".into()),
             ..Default::default()
         })
         .expect("renders");
         assert!(with.contains("MESH_VIZ_IDENTITY_ADDR"));
-        assert!(with.contains(r#"value: "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n""#), "{with}");
+        assert!(
+            with.contains(
+                r#"value: "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n""#
+            ),
+            "{with}"
+        );
         assert!(with.contains("viz:9.9"));
         let ctx = Ctx {
             values: &Value::Null,

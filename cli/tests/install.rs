@@ -525,10 +525,25 @@ fn the_viz_chart_renders_lints_and_validates() {
     }
     // `mesh viz install` renders the very same objects (namespace mesh, the defaults).
     let out = mesh(&["viz", "install"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let ours = checked(dir.path(), "viz-install.yaml", &String::from_utf8_lossy(&out.stdout));
-    let chart_docs = checked(dir.path(), "viz-chart.yaml", &render_chart(&chart, &serde_json::json!({})));
-    assert_eq!(ours, chart_docs, "mesh viz install and charts/mesh-viz differ");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ours = checked(
+        dir.path(),
+        "viz-install.yaml",
+        &String::from_utf8_lossy(&out.stdout),
+    );
+    let chart_docs = checked(
+        dir.path(),
+        "viz-chart.yaml",
+        &render_chart(&chart, &serde_json::json!({})),
+    );
+    assert_eq!(
+        ours, chart_docs,
+        "mesh viz install and charts/mesh-viz differ"
+    );
     // With the mesh's trust anchors, viz gets an identity to tap proxies over mTLS.
     let ca = new_ca(dir.path());
     let anchors = std::fs::read_to_string(ca.join("ca.crt")).expect("anchors");
@@ -543,9 +558,20 @@ fn the_viz_chart_renders_lints_and_validates() {
         "--identity-trust-anchors-file",
         ca.join("ca.crt").to_str().expect("path"),
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let ours = checked(dir.path(), "viz-install-identity.yaml", &String::from_utf8_lossy(&out.stdout));
-    assert_eq!(ours, rendered, "with trust anchors, mesh viz install and the chart differ");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ours = checked(
+        dir.path(),
+        "viz-install-identity.yaml",
+        &String::from_utf8_lossy(&out.stdout),
+    );
+    assert_eq!(
+        ours, rendered,
+        "with trust anchors, mesh viz install and the chart differ"
+    );
     let deploy = rendered
         .iter()
         .find(|d| d["kind"] == "Deployment")
@@ -562,7 +588,10 @@ fn the_viz_chart_renders_lints_and_validates() {
         value("MESH_VIZ_IDENTITY_NAME").as_deref(),
         Some("mesh-viz.mesh.serviceaccount.identity.mesh.cluster.local")
     );
-    assert_eq!(value("MESH_VIZ_TRUST_ANCHORS").as_deref(), Some(anchors.as_str()));
+    assert_eq!(
+        value("MESH_VIZ_TRUST_ANCHORS").as_deref(),
+        Some(anchors.as_str())
+    );
     assert_eq!(
         pod["volumes"][0]["projected"]["sources"][0]["serviceAccountToken"]["audience"],
         "identity.mesh.io"

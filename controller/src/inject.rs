@@ -444,8 +444,12 @@ impl Overrides {
                 "trace-collector" => {
                     o.trace_collector = Some(trace_collector(v).map_err(|e| bad(&e))?);
                 }
-                "trace-protocol" => o.trace_protocol = Some(trace_protocol(v).map_err(|e| bad(&e))?),
-                "trace-sampling" => o.trace_sampling = Some(trace_sampling(v).map_err(|e| bad(&e))?),
+                "trace-protocol" => {
+                    o.trace_protocol = Some(trace_protocol(v).map_err(|e| bad(&e))?)
+                }
+                "trace-sampling" => {
+                    o.trace_sampling = Some(trace_sampling(v).map_err(|e| bad(&e))?)
+                }
                 "proxy-log-level" => {
                     if !valid_log_level(v) {
                         return Err(bad("expected a log filter such as info or debug"));
@@ -472,13 +476,17 @@ impl Overrides {
         }
         // Linkerd's collector annotation: its collectors speak OTLP.
         if o.trace_collector.is_none()
-            && let Some(v) = annotations.get(LINKERD_TRACE_COLLECTOR).and_then(Value::as_str)
+            && let Some(v) = annotations
+                .get(LINKERD_TRACE_COLLECTOR)
+                .and_then(Value::as_str)
         {
             o.trace_collector =
-                Some(trace_collector(v).map_err(|reason| InjectError::BadOverride {
-                    name: LINKERD_TRACE_COLLECTOR.to_owned(),
-                    reason,
-                })?);
+                Some(
+                    trace_collector(v).map_err(|reason| InjectError::BadOverride {
+                        name: LINKERD_TRACE_COLLECTOR.to_owned(),
+                        reason,
+                    })?,
+                );
         }
         Ok(o)
     }
@@ -496,18 +504,15 @@ pub fn trace_collector(v: &str) -> Result<String, String> {
     }
     let rest = v.strip_prefix("http://").unwrap_or(v);
     let authority = rest.split('/').next().unwrap_or_default();
-    let ok = authority
-        .rsplit_once(':')
-        .is_some_and(|(host, port)| {
-            !host.is_empty()
-                && port.parse::<u16>().is_ok_and(|p| p > 0)
-                && host
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'[' | b']' | b':'))
-        })
-        && rest
-            .bytes()
-            .all(|b| b.is_ascii_graphic() && !matches!(b, b'"' | b'\\' | b'{' | b'}' | b','));
+    let ok = authority.rsplit_once(':').is_some_and(|(host, port)| {
+        !host.is_empty()
+            && port.parse::<u16>().is_ok_and(|p| p > 0)
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'[' | b']' | b':'))
+    }) && rest
+        .bytes()
+        .all(|b| b.is_ascii_graphic() && !matches!(b, b'"' | b'\\' | b'{' | b'}' | b','));
     if ok {
         Ok(v.to_owned())
     } else {

@@ -131,8 +131,10 @@ impl Webhook {
         {
             from_telemetry.push(("access-log", "text".into()));
         }
-        if !said(["config.mesh.io/trace-collector", inject::LINKERD_TRACE_COLLECTOR])
-            && let Some(t) = self.index.telemetry_tracing(namespace, &labels)
+        if !said([
+            "config.mesh.io/trace-collector",
+            inject::LINKERD_TRACE_COLLECTOR,
+        ]) && let Some(t) = self.index.telemetry_tracing(namespace, &labels)
         {
             let defaults = &self.config.defaults;
             let zipkin = t.provider.as_deref().is_some_and(|p| p.contains("zipkin"));

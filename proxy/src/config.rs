@@ -269,7 +269,11 @@ impl Config {
     pub fn tracing(&self) -> Option<crate::trace::Settings> {
         let collector = self.trace_collector.clone()?;
         let service = self.trace_service_name.clone().unwrap_or_else(|| {
-            match self.identity_name.as_deref().map(|n| n.split('.').collect::<Vec<_>>()) {
+            match self
+                .identity_name
+                .as_deref()
+                .map(|n| n.split('.').collect::<Vec<_>>())
+            {
                 Some(labels) if labels.len() >= 2 => format!("{}.{}", labels[0], labels[1]),
                 _ => self
                     .pod_name

@@ -50,7 +50,11 @@ impl Filter {
     /// an unknown key or a bad direction is an error naming it.
     pub fn parse(query: Option<&str>) -> Result<Self, String> {
         let mut f = Self::default();
-        for pair in query.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+        for pair in query
+            .unwrap_or_default()
+            .split('&')
+            .filter(|p| !p.is_empty())
+        {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             let v = decode(v);
             if v.is_empty() {
@@ -61,14 +65,22 @@ impl Filter {
                     f.direction = Some(match v.as_str() {
                         "inbound" | "in" => Direction::Inbound,
                         "outbound" | "out" => Direction::Outbound,
-                        other => return Err(format!("direction: {other:?}: expected inbound or outbound")),
+                        other => {
+                            return Err(format!(
+                                "direction: {other:?}: expected inbound or outbound"
+                            ));
+                        }
                     });
                 }
                 "to" => f.to = Some(v),
                 "authority" => f.authority = Some(v.to_ascii_lowercase()),
                 "path" => f.path = Some(v),
                 "method" => f.method = Some(v.to_ascii_uppercase()),
-                other => return Err(format!("{other:?}: expected direction, to, authority, path or method")),
+                other => {
+                    return Err(format!(
+                        "{other:?}: expected direction, to, authority, path or method"
+                    ));
+                }
             }
         }
         Ok(f)
@@ -250,7 +262,10 @@ impl Taps {
     }
 
     /// Subscribes a watcher with `filter`; `None` when [`MAX_WATCHERS`] already are.
-    pub fn subscribe(self: &Arc<Self>, filter: Filter) -> Option<(Subscription, mpsc::Receiver<Bytes>)> {
+    pub fn subscribe(
+        self: &Arc<Self>,
+        filter: Filter,
+    ) -> Option<(Subscription, mpsc::Receiver<Bytes>)> {
         let mut w = self.watchers.lock().unwrap_or_else(|e| e.into_inner());
         if w.len() >= MAX_WATCHERS {
             return None;
@@ -348,7 +363,9 @@ pub async fn serve_tls(
         let (identity, taps, allowed) = (identity.clone(), taps.clone(), allowed.clone());
         tokio::spawn(async move {
             let acceptor = tokio_rustls::TlsAcceptor::from(identity.server_config());
-            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                .await
+            {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(error)) => {
                     tracing::debug!(%client, %error, "tap handshake refused");
@@ -369,7 +386,8 @@ pub async fn serve_tls(
                         taps.respond(&req)
                     }
                     Some(id) if allowed.iter().any(|a| a == id) => {
-                        let mut r = Response::new(body::full(Bytes::from_static(b"not found: try /tap\n")));
+                        let mut r =
+                            Response::new(body::full(Bytes::from_static(b"not found: try /tap\n")));
                         *r.status_mut() = StatusCode::NOT_FOUND;
                         r
                     }
@@ -430,14 +448,19 @@ mod tests {
 
     #[test]
     fn filters_parse_and_match() {
-        let f = Filter::parse(Some("direction=outbound&to=books-v1&path=%2Fbooks&method=get"))
-            .expect("parses");
+        let f = Filter::parse(Some(
+            "direction=outbound&to=books-v1&path=%2Fbooks&method=get",
+        ))
+        .expect("parses");
         assert!(f.matches(&call(Direction::Outbound, "/books/1")));
         assert!(!f.matches(&call(Direction::Inbound, "/books/1")));
         assert!(!f.matches(&call(Direction::Outbound, "/authors")));
         assert!(Filter::parse(Some("direction=sideways")).is_err());
         assert!(Filter::parse(Some("color=red")).is_err());
-        assert_eq!(Filter::parse(Some("path=")).expect("empty is unset"), Filter::default());
+        assert_eq!(
+            Filter::parse(Some("path=")).expect("empty is unset"),
+            Filter::default()
+        );
         assert_eq!(decode("a%20b+c%zz%4"), "a b c%zz%4");
     }
 

@@ -164,32 +164,33 @@ pub async fn zipkin() -> Collector {
         while let Ok((stream, _)) = listener.accept().await {
             let kept = kept.clone();
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    let kept = kept.clone();
-                    async move {
-                        let ok = req.method() == http::Method::POST
-                            && req.uri().path() == "/api/v2/spans";
-                        let body = req.into_body().collect().await.map(|b| b.to_bytes());
-                        let parsed = body
-                            .ok()
-                            .filter(|_| ok)
-                            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
-                        let status = match parsed.as_ref().and_then(|v| v.as_array()) {
-                            Some(list) => {
-                                let mut kept = kept.lock().unwrap_or_else(|e| e.into_inner());
-                                kept.extend(list.iter().map(zipkin_span));
-                                202
-                            }
-                            None => 400,
-                        };
-                        Ok::<_, Infallible>(
-                            http::Response::builder()
-                                .status(status)
-                                .body(Full::new(Bytes::new()))
-                                .unwrap_or_default(),
-                        )
-                    }
-                });
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let kept = kept.clone();
+                        async move {
+                            let ok = req.method() == http::Method::POST
+                                && req.uri().path() == "/api/v2/spans";
+                            let body = req.into_body().collect().await.map(|b| b.to_bytes());
+                            let parsed = body
+                                .ok()
+                                .filter(|_| ok)
+                                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+                            let status = match parsed.as_ref().and_then(|v| v.as_array()) {
+                                Some(list) => {
+                                    let mut kept = kept.lock().unwrap_or_else(|e| e.into_inner());
+                                    kept.extend(list.iter().map(zipkin_span));
+                                    202
+                                }
+                                None => 400,
+                            };
+                            Ok::<_, Infallible>(
+                                http::Response::builder()
+                                    .status(status)
+                                    .body(Full::new(Bytes::new()))
+                                    .unwrap_or_default(),
+                            )
+                        }
+                    });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
                     .await;

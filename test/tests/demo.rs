@@ -312,8 +312,14 @@ fn the_demo_runs_a_secured_mesh_and_cleans_up() {
     };
     let trace = loop {
         let list = http_json("/api/traces?service=traffic&dst=web&limit=200");
-        if let Some(t) = list["items"].as_array().and_then(|l| l.iter().find(|t| whole(t))) {
-            break http_json(&format!("/api/traces/{}", t["trace_id"].as_str().expect("id")));
+        if let Some(t) = list["items"]
+            .as_array()
+            .and_then(|l| l.iter().find(|t| whole(t)))
+        {
+            break http_json(&format!(
+                "/api/traces/{}",
+                t["trace_id"].as_str().expect("id")
+            ));
         }
         assert!(
             started.elapsed() < Duration::from_secs(90),

@@ -84,8 +84,15 @@ async fn a_local_watcher_sees_the_calls_its_filter_selects() {
     assert_eq!(first["status"], 201);
     assert_eq!(first["authority"], "books.shop.svc.cluster.local");
     assert_eq!(first["tls"], "disabled");
-    assert!(first["latency_ms"].as_f64().is_some_and(|l| l > 0.0), "{first}");
-    assert!(first["client_addr"].as_str().is_some_and(|a| a.starts_with("127.0.0.1:")));
+    assert!(
+        first["latency_ms"].as_f64().is_some_and(|l| l > 0.0),
+        "{first}"
+    );
+    assert!(
+        first["client_addr"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("127.0.0.1:"))
+    );
     // Filtered out: another path, another method.
     let _ = client::get(server.inbound, "books", "/").await;
     let req = http::Request::post("/status/202")
@@ -113,7 +120,10 @@ async fn a_local_watcher_sees_the_calls_its_filter_selects() {
 
 #[tokio::test]
 async fn over_mtls_only_the_tap_client_identity_may_watch() {
-    let (ca, work) = (tempfile::tempdir().expect("tmp"), tempfile::tempdir().expect("tmp"));
+    let (ca, work) = (
+        tempfile::tempdir().expect("tmp"),
+        tempfile::tempdir().expect("tmp"),
+    );
     identity::new_ca(ca.path());
     let id = identity::start(ca.path(), None, "24h", work.path()).await;
     let app = backend::http().await;
@@ -127,7 +137,13 @@ async fn over_mtls_only_the_tap_client_identity_may_watch() {
     let tap = server.tap.expect("a tap listener with an identity");
     let sni = mesh_api::identity::dns_name("books", "shop");
     let cert = |sa: &str, ns: &str| {
-        identity::client_cert(ca.path(), sa, ns, SystemTime::now(), Duration::from_secs(3600))
+        identity::client_cert(
+            ca.path(),
+            sa,
+            ns,
+            SystemTime::now(),
+            Duration::from_secs(3600),
+        )
     };
     // Not viz: refused.
     let intruder = cert("intruder", "shop");

@@ -118,7 +118,10 @@ async fn a_trace_crosses_two_meshed_hops_and_reaches_an_otlp_collector() {
         assert_eq!(s.attr("mesh.route"), Some("default"));
         assert!(!s.error);
     }
-    assert_eq!((out.service.as_str(), inb.service.as_str()), ("client.shop", "web.shop"));
+    assert_eq!(
+        (out.service.as_str(), inb.service.as_str()),
+        ("client.shop", "web.shop")
+    );
     assert_eq!(out.attr("mesh.direction"), Some("outbound"));
     assert_eq!(out.attr("mesh.retries"), Some("0"));
     assert_eq!(out.attr("mesh.dst.workload"), Some("web"));
@@ -230,7 +233,10 @@ async fn zipkin_gets_b3_spans_and_the_access_log_the_trace_id() {
     // Half of 40, give or take: binomial(40, 0.5) is within 5..35 but for 1 in 10^6.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let exported = server.metric("trace_spans_exported_total", &[]).await;
-    assert!(exported >= sampled && (1 + 5..=1 + 35).contains(&exported), "{exported}");
+    assert!(
+        exported >= sampled && (1 + 5..=1 + 35).contains(&exported),
+        "{exported}"
+    );
     assert_eq!(zipkin.spans().len() as u64, exported);
 }
 
@@ -252,11 +258,15 @@ async fn a_collector_that_is_down_costs_requests_nothing() {
         let rsp = client::get_on(&mut tx, "books", "/").await;
         assert_eq!(rsp.status, 200);
     }
-    mesh_test::eventually("the spans counted as dropped", Duration::from_secs(20), || async {
-        let dropped = server.metric("trace_spans_dropped_total", &[]).await;
-        let failures = server.metric("trace_export_failures_total", &[]).await;
-        (dropped == 20 && failures >= 1).then_some(())
-    })
+    mesh_test::eventually(
+        "the spans counted as dropped",
+        Duration::from_secs(20),
+        || async {
+            let dropped = server.metric("trace_spans_dropped_total", &[]).await;
+            let failures = server.metric("trace_export_failures_total", &[]).await;
+            (dropped == 20 && failures >= 1).then_some(())
+        },
+    )
     .await;
     assert_eq!(server.metric("trace_spans_exported_total", &[]).await, 0);
 }

@@ -432,7 +432,10 @@ async fn the_dashboard_draws_the_topology_and_traces_in_a_real_browser() {
             .find(|t| t["spans"] == 2 && t["error"] == false)
     })
     .await;
-    assert_eq!(listed["services"], serde_json::json!(["load.shop", "web.shop"]));
+    assert_eq!(
+        listed["services"],
+        serde_json::json!(["load.shop", "web.shop"])
+    );
     let id = listed["trace_id"].as_str().expect("id").to_string();
     let trace = v.get(&format!("/api/traces/{id}")).await;
     let spans = trace["spans"].as_array().expect("spans");
@@ -469,7 +472,12 @@ async fn the_dashboard_draws_the_topology_and_traces_in_a_real_browser() {
     let edge = v
         .get("/api/series?kind=edge&namespace=shop&src=load&dst=web&points=5&step=2s")
         .await;
-    assert!(edge["items"].as_array().is_some_and(|i| i.iter().any(|p| p["success"].as_f64().is_some())), "{edge}");
+    assert!(
+        edge["items"]
+            .as_array()
+            .is_some_and(|i| i.iter().any(|p| p["success"].as_f64().is_some())),
+        "{edge}"
+    );
     for bad in [
         "/api/series?kind=pods&namespace=shop&name=web",
         "/api/series?kind=workload&namespace=shop",
@@ -585,7 +593,10 @@ async fn the_dashboard_draws_the_topology_and_traces_in_a_real_browser() {
 }
 
 /// `mesh viz tap ARGS --viz-addr ADDR`, started; its stdout's lines as they come.
-fn tap_cli(v: &viz::Viz, args: &[&str]) -> (tokio::process::Child, tokio::sync::mpsc::Receiver<String>) {
+fn tap_cli(
+    v: &viz::Viz,
+    args: &[&str],
+) -> (tokio::process::Child, tokio::sync::mpsc::Receiver<String>) {
     use tokio::io::AsyncBufReadExt;
     let mut child = tokio::process::Command::new(mesh_test::bin_path("mesh"))
         .args(["viz", "tap"])
@@ -632,7 +643,11 @@ async fn mesh_viz_tap_streams_a_workloads_live_calls() {
     .await;
     mesh::write(world.path(), "svc", &mesh::service_yaml("web", "shop"));
     for (name, app, ip) in [("web-0", "web", web.ip), ("load-0", "load", load.ip)] {
-        mesh::write(world.path(), name, &mesh::pod_yaml(name, "shop", app, app, ip));
+        mesh::write(
+            world.path(),
+            name,
+            &mesh::pod_yaml(name, "shop", app, app, ip),
+        );
     }
     ctl.wait_for_endpoints(&format!("{WEB}:80")).await;
     let v = viz::start(world.path(), "300ms").await;
@@ -646,12 +661,33 @@ async fn mesh_viz_tap_streams_a_workloads_live_calls() {
     }
 
     // web's inbound calls under /status/, two of them.
-    let (mut inbound, mut rx) = tap_cli(&v, &["deploy/web", "-n", "shop", "--path", "/status/", "--max-calls", "2"]);
+    let (mut inbound, mut rx) = tap_cli(
+        &v,
+        &[
+            "deploy/web",
+            "-n",
+            "shop",
+            "--path",
+            "/status/",
+            "--max-calls",
+            "2",
+        ],
+    );
     assert_eq!(line(&mut rx).await, "tapping web-0");
     // Outbound calls of load answered by web, as JSON.
     let (mut outbound, mut out_rx) = tap_cli(
         &v,
-        &["deploy/load", "-n", "shop", "--to", "deploy/web", "-o", "json", "--max-calls", "1"],
+        &[
+            "deploy/load",
+            "-n",
+            "shop",
+            "--to",
+            "deploy/web",
+            "-o",
+            "json",
+            "--max-calls",
+            "1",
+        ],
     );
     assert!(line(&mut out_rx).await.contains("load-0"));
     // The proxies' watchers are in place once viz relays: give them a moment.
@@ -664,7 +700,10 @@ async fn mesh_viz_tap_streams_a_workloads_live_calls() {
     let second = line(&mut rx).await;
     for (l, status) in [(&first, 201), (&second, 202)] {
         assert!(l.starts_with("in  pod=web-0 "), "{l}");
-        assert!(l.contains(&format!(":path=/status/{status} :status={status} ")), "{l}");
+        assert!(
+            l.contains(&format!(":path=/status/{status} :status={status} ")),
+            "{l}"
+        );
         assert!(l.contains(&format!(":authority={WEB}")), "{l}");
     }
     let status = tokio::time::timeout(Duration::from_secs(10), inbound.wait())
@@ -714,7 +753,11 @@ async fn viz_taps_proxies_over_mtls_as_its_own_identity() {
     })
     .await;
     mesh::write(world.path(), "svc", &mesh::service_yaml("web", "shop"));
-    mesh::write(world.path(), "web-0", &mesh::pod_yaml("web-0", "shop", "web", "web", web.ip));
+    mesh::write(
+        world.path(),
+        "web-0",
+        &mesh::pod_yaml("web-0", "shop", "web", "web", web.ip),
+    );
     ctl.wait_for_endpoints(&format!("{WEB}:80")).await;
     let load = id
         .proxy(proxy::new(), "load", "shop")
@@ -745,24 +788,33 @@ async fn viz_taps_proxies_over_mtls_as_its_own_identity() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     });
-    let call = mesh_test::eventually("a call tapped over mTLS", Duration::from_secs(15), || async {
-        let (mut child, mut rx) = tap_cli(&v, &["deploy/web", "-n", "shop", "-o", "json", "--max-calls", "1"]);
-        let mut found = None;
-        while let Ok(Some(l)) = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
-            let Ok(v) = serde_json::from_str::<Value>(&l) else { continue };
-            if v.get("error").is_some() {
-                // viz's certificate may not be there yet: tap again.
-                eprintln!("tap: {v}");
-                break;
+    let call = mesh_test::eventually(
+        "a call tapped over mTLS",
+        Duration::from_secs(15),
+        || async {
+            let (mut child, mut rx) = tap_cli(
+                &v,
+                &["deploy/web", "-n", "shop", "-o", "json", "--max-calls", "1"],
+            );
+            let mut found = None;
+            while let Ok(Some(l)) = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+                let Ok(v) = serde_json::from_str::<Value>(&l) else {
+                    continue;
+                };
+                if v.get("error").is_some() {
+                    // viz's certificate may not be there yet: tap again.
+                    eprintln!("tap: {v}");
+                    break;
+                }
+                if v.get("status").is_some() {
+                    found = Some(v);
+                    break;
+                }
             }
-            if v.get("status").is_some() {
-                found = Some(v);
-                break;
-            }
-        }
-        let _ = child.kill().await;
-        found
-    })
+            let _ = child.kill().await;
+            found
+        },
+    )
     .await;
     traffic.abort();
     assert_eq!(call["pod"], "web-0");

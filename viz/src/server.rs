@@ -177,7 +177,10 @@ fn tap_route<B>(req: &Request<B>, sources: &Sources) -> Response<Body> {
     let Some(workload) = params.get("workload").filter(|w| !w.is_empty()) else {
         return fail(StatusCode::BAD_REQUEST, "tap needs a workload");
     };
-    let namespace = params.get("namespace").filter(|n| !n.is_empty()).unwrap_or("default");
+    let namespace = params
+        .get("namespace")
+        .filter(|n| !n.is_empty())
+        .unwrap_or("default");
     let pods = sources
         .store
         .lock()
@@ -236,7 +239,9 @@ fn trace_route<B>(req: &Request<B>, traces: &Mutex<Traces>) -> Response<Full<Byt
                 service: text("service"),
                 dst: text("dst"),
                 route: text("route"),
-                errors: params.get("errors").is_some_and(|v| v == "1" || v == "true"),
+                errors: params
+                    .get("errors")
+                    .is_some_and(|v| v == "1" || v == "true"),
             };
             let items = traces.list(&filter, limit);
             json(
@@ -261,7 +266,10 @@ fn trace_route<B>(req: &Request<B>, traces: &Mutex<Traces>) -> Response<Full<Byt
                             v
                         })
                         .collect();
-                    json(StatusCode::OK, &serde_json::json!({"trace_id": id, "spans": spans}))
+                    json(
+                        StatusCode::OK,
+                        &serde_json::json!({"trace_id": id, "spans": spans}),
+                    )
                 }
                 None => error(
                     StatusCode::NOT_FOUND,
@@ -376,7 +384,10 @@ fn series(store: &Store, params: &Params, now: Instant) -> Result<serde_json::Va
             store.retention()
         ));
     }
-    let ns = params.get("namespace").filter(|n| !n.is_empty()).unwrap_or("default");
+    let ns = params
+        .get("namespace")
+        .filter(|n| !n.is_empty())
+        .unwrap_or("default");
     let namespaces = Namespaces::One(ns.to_owned());
     let want = |k: &str| {
         params
@@ -430,7 +441,9 @@ fn series(store: &Store, params: &Params, now: Instant) -> Result<serde_json::Va
     let mut items = Vec::with_capacity(points);
     for k in (0..points).rev() {
         let back = step * u32::try_from(k).unwrap_or(0);
-        let Some(t) = now.checked_sub(back) else { continue };
+        let Some(t) = now.checked_sub(back) else {
+            continue;
+        };
         let mut point = serde_json::Map::new();
         point.insert("seconds_ago".into(), back.as_secs_f64().into());
         if let Some(serde_json::Value::Object(item)) = pick(t) {

@@ -129,7 +129,13 @@ async fn connect(
     ip: std::net::IpAddr,
     via: &Via,
     pod: &PodView,
-) -> Result<(SocketAddr, hyper::client::conn::http1::SendRequest<Empty<Bytes>>), String> {
+) -> Result<
+    (
+        SocketAddr,
+        hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+    ),
+    String,
+> {
     let port = match via {
         Via::Admin(p) | Via::Tls { port: p, .. } => *p,
     };
@@ -217,7 +223,9 @@ async fn relay(
             let _ = tx.try_send(error_line(format!("{addr}: the proxy ended the tap")));
             return;
         };
-        let Some(data) = frame.data_ref() else { continue };
+        let Some(data) = frame.data_ref() else {
+            continue;
+        };
         pending.extend_from_slice(data);
         // A proxy's line is short; one that never ends is not a line.
         if pending.len() > 64 * 1024 {
@@ -233,7 +241,9 @@ async fn relay(
             call.insert("workload".into(), pod.workload.clone().into());
             let line = serde_json::Value::Object(call).to_string() + "\n";
             // A watcher that does not keep up loses lines rather than slowing anyone.
-            if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send((Bytes::from(line), true)) {
+            if let Err(mpsc::error::TrySendError::Closed(_)) =
+                tx.try_send((Bytes::from(line), true))
+            {
                 return;
             }
         }
@@ -270,7 +280,12 @@ mod tests {
     fn only_filters_go_on_encoded_and_relays_are_bounded() {
         let p = |k: &str, v: &str| (k.to_string(), v.to_string());
         assert_eq!(
-            proxy_query(&[p("workload", "web"), p("path", "/a b&c"), p("method", "GET"), p("to", "")]),
+            proxy_query(&[
+                p("workload", "web"),
+                p("path", "/a b&c"),
+                p("method", "GET"),
+                p("to", "")
+            ]),
             "path=/a%20b%26c&method=GET"
         );
         let relays = Arc::new(Relays::default());

@@ -96,9 +96,8 @@ pub struct Filter {
 
 impl Filter {
     fn matches(&self, t: &Trace) -> bool {
-        let service_is = |s: &Span, want: &str| {
-            s.service == want || s.service.split('.').next() == Some(want)
-        };
+        let service_is =
+            |s: &Span, want: &str| s.service == want || s.service.split('.').next() == Some(want);
         // Service and destination belong to the same span: an edge is a client span.
         let edge = match (&self.service, &self.dst) {
             (Some(src), Some(dst)) => t
@@ -214,15 +213,23 @@ impl Traces {
             }
             d
         };
-        Some(spans.into_iter().map(|s| {
-            let d = depth(&s);
-            (s, d)
-        }).collect())
+        Some(
+            spans
+                .into_iter()
+                .map(|s| {
+                    let d = depth(&s);
+                    (s, d)
+                })
+                .collect(),
+        )
     }
 }
 
 fn summary(t: &Trace) -> Summary {
-    let first = t.spans.iter().min_by_key(|s| (s.start_ns, s.parent_id.is_some()));
+    let first = t
+        .spans
+        .iter()
+        .min_by_key(|s| (s.start_ns, s.parent_id.is_some()));
     let start = t.spans.iter().map(|s| s.start_ns).min().unwrap_or_default();
     let end = t.spans.iter().map(|s| s.end_ns).max().unwrap_or_default();
     let mut services: Vec<String> = t.spans.iter().map(|s| s.service.clone()).collect();
@@ -350,15 +357,17 @@ impl TraceService for Receiver {
             rejected_spans: i64::try_from(rejected).unwrap_or(i64::MAX),
             error_message: "malformed spans, or more than a trace may hold".into(),
         });
-        Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success }))
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success,
+        }))
     }
 }
 
 /// Serves OTLP gRPC on `listener` into `traces` until the task is aborted.
 pub async fn serve(listener: tokio::net::TcpListener, traces: Arc<Mutex<Traces>>) {
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    let server = TraceServiceServer::new(Receiver(traces))
-        .max_decoding_message_size(8 * 1024 * 1024);
+    let server =
+        TraceServiceServer::new(Receiver(traces)).max_decoding_message_size(8 * 1024 * 1024);
     if let Err(error) = tonic::transport::Server::builder()
         .add_service(server)
         .serve_with_incoming(incoming)
@@ -393,8 +402,12 @@ mod tests {
         t.insert(span("a", "1", None, "web.demo", 10));
         let mut client = span("a", "2", Some("1"), "web.demo", 20);
         client.kind = "client";
-        client.attributes.insert("mesh.dst.workload".into(), "books".into());
-        client.attributes.insert("mesh.route".into(), "GET /books".into());
+        client
+            .attributes
+            .insert("mesh.dst.workload".into(), "books".into());
+        client
+            .attributes
+            .insert("mesh.route".into(), "GET /books".into());
         t.insert(client);
         t.insert(span("a", "3", Some("2"), "books.demo", 30));
         t.insert(span("b", "1", None, "authors.demo", 5));
@@ -417,7 +430,10 @@ mod tests {
             dst: Some("books".into()),
             ..Default::default()
         };
-        assert!(t.list(&wrong, 10).is_empty(), "books made no client call to books");
+        assert!(
+            t.list(&wrong, 10).is_empty(),
+            "books made no client call to books"
+        );
         let route = Filter {
             route: Some("GET /books".into()),
             ..Default::default()
@@ -434,7 +450,9 @@ mod tests {
         t.insert(span("a", "2", Some("1"), "web.demo", 20));
         let w = t.trace("a").expect("trace");
         assert_eq!(
-            w.iter().map(|(s, d)| (s.span_id.as_str(), *d)).collect::<Vec<_>>(),
+            w.iter()
+                .map(|(s, d)| (s.span_id.as_str(), *d))
+                .collect::<Vec<_>>(),
             [("1", 0), ("2", 1), ("3", 2)]
         );
         // Duplicates and spans past the bound are dropped and counted.

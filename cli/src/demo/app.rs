@@ -222,8 +222,7 @@ pub async fn web(addr: SocketAddr, proxy: SocketAddr) -> anyhow::Result<()> {
                     call.metadata_mut().insert(*k, v);
                 }
             }
-            match authors.get(call).await
-            {
+            match authors.get(call).await {
                 Ok(a) => text(StatusCode::OK, format!("Dune by {}\n", a.into_inner().name)),
                 Err(status) => text(
                     StatusCode::BAD_GATEWAY,

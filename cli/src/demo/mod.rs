@@ -654,7 +654,10 @@ async fn run_in(
                 .env("MESH_PROXY_INBOUND_TLS", "strict")
                 .env("MESH_PROXY_TRACE_COLLECTOR", VIZ_OTLP)
                 .env("MESH_PROXY_TRACE_SAMPLING", TRACE_SAMPLING)
-                .env("MESH_PROXY_TRACE_SERVICE_NAME", format!("{}.{NAMESPACE}", w.name)),
+                .env(
+                    "MESH_PROXY_TRACE_SERVICE_NAME",
+                    format!("{}.{NAMESPACE}", w.name),
+                ),
         )?;
         if !is_caller(w.name) {
             children.spawn(w.name, Command::new(mesh).arg("demo-app").args(&args))?;

@@ -151,27 +151,28 @@ where
         let recorded = traced.filter(|(_, t)| t.out.sampled);
         // Nobody tapping costs one load.
         let tapped = taps.as_ref().filter(|t| t.active()).cloned();
-        let described = (access_log.is_some() || recorded.is_some() || tapped.is_some()).then(|| {
-            Box::new(Described {
-                log: access_log.clone(),
-                span: recorded.map(|(tracer, t)| (tracer.clone(), t)),
-                client_addr: tapped
-                    .as_ref()
-                    .and_then(|_| req.extensions().get::<ConnInfo>())
-                    .map(|c| c.client),
-                tap: tapped,
-                trace_id,
-                at: std::time::SystemTime::now(),
-                method: req.method().clone(),
-                authority: request_authority(&req).unwrap_or("").into(),
-                path: req
-                    .uri()
-                    .path_and_query()
-                    .map_or("/", |p| p.as_str())
-                    .into(),
-                outbound: (None, None),
-            })
-        });
+        let described =
+            (access_log.is_some() || recorded.is_some() || tapped.is_some()).then(|| {
+                Box::new(Described {
+                    log: access_log.clone(),
+                    span: recorded.map(|(tracer, t)| (tracer.clone(), t)),
+                    client_addr: tapped
+                        .as_ref()
+                        .and_then(|_| req.extensions().get::<ConnInfo>())
+                        .map(|c| c.client),
+                    tap: tapped,
+                    trace_id,
+                    at: std::time::SystemTime::now(),
+                    method: req.method().clone(),
+                    authority: request_authority(&req).unwrap_or("").into(),
+                    path: req
+                        .uri()
+                        .path_and_query()
+                        .map_or("/", |p| p.as_str())
+                        .into(),
+                    outbound: (None, None),
+                })
+            });
         let route = req
             .extensions()
             .get::<RouteInfo>()
@@ -337,12 +338,22 @@ impl Done {
                 ("server.address", Value::Str(d.authority.into())),
                 ("url.path", Value::Str(d.path.into())),
                 ("http.response.status_code", Value::Int(self.status.into())),
-                ("mesh.direction", Value::Str(labels.direction.as_str().into())),
+                (
+                    "mesh.direction",
+                    Value::Str(labels.direction.as_str().into()),
+                ),
                 ("mesh.route", Value::Str(labels.route.to_string())),
                 ("mesh.tls", Value::Str(labels.peer.tls.as_str().into())),
                 (
                     "mesh.classification",
-                    Value::Str(if class == Class::Failure { "failure" } else { "success" }.into()),
+                    Value::Str(
+                        if class == Class::Failure {
+                            "failure"
+                        } else {
+                            "success"
+                        }
+                        .into(),
+                    ),
                 ),
             ];
             if let Some(code) = grpc_status {

@@ -81,7 +81,9 @@ fn collector_uri(s: &str, default_path: &str) -> Result<Uri, ExportError> {
     } else {
         format!("http://{s}")
     };
-    let uri: Uri = text.parse().map_err(|e: http::uri::InvalidUri| bad(&e.to_string()))?;
+    let uri: Uri = text
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| bad(&e.to_string()))?;
     if uri.scheme_str() != Some("http") {
         return Err(bad("only http:// collectors are supported"));
     }
@@ -143,17 +145,15 @@ impl Exporter {
     /// Sends batches until the tracer is dropped.
     pub async fn run(mut self) {
         let mut otlp = match &self.sink {
-            Sink::Otlp(uri) => {
-                match tonic::transport::Endpoint::from_shared(uri.to_string()) {
-                    Ok(e) => Some(TraceServiceClient::new(
-                        e.connect_timeout(Duration::from_secs(2)).connect_lazy(),
-                    )),
-                    Err(error) => {
-                        tracing::warn!(%error, "trace collector unusable: spans are dropped");
-                        None
-                    }
+            Sink::Otlp(uri) => match tonic::transport::Endpoint::from_shared(uri.to_string()) {
+                Ok(e) => Some(TraceServiceClient::new(
+                    e.connect_timeout(Duration::from_secs(2)).connect_lazy(),
+                )),
+                Err(error) => {
+                    tracing::warn!(%error, "trace collector unusable: spans are dropped");
+                    None
                 }
-            }
+            },
             Sink::Zipkin { .. } => None,
         };
         let mut batch = Vec::with_capacity(MAX_BATCH);
@@ -193,7 +193,9 @@ impl Exporter {
                     self.counters.exported.fetch_add(n, Ordering::Relaxed);
                 }
                 Err(error) => {
-                    self.counters.export_failures.fetch_add(1, Ordering::Relaxed);
+                    self.counters
+                        .export_failures
+                        .fetch_add(1, Ordering::Relaxed);
                     self.counters.dropped.fetch_add(n, Ordering::Relaxed);
                     tracing::debug!(%error, spans = n, "trace export failed: spans dropped");
                 }
@@ -349,7 +351,9 @@ mod tests {
             "http://zipkin:9411/api/v2/spans"
         );
         assert_eq!(
-            collector_uri("http://viz.mesh:4317", "/").expect("ok").to_string(),
+            collector_uri("http://viz.mesh:4317", "/")
+                .expect("ok")
+                .to_string(),
             "http://viz.mesh:4317/"
         );
         assert!(collector_uri("https://x:1", "/").is_err());

@@ -192,9 +192,7 @@ impl Tracer {
         };
         context::inject(headers, &out, incoming.as_ref());
         let request_id = match headers.get(&context::REQUEST_ID) {
-            Some(v) => sampled
-                .then(|| v.to_str().ok().map(Box::from))
-                .flatten(),
+            Some(v) => sampled.then(|| v.to_str().ok().map(Box::from)).flatten(),
             None => {
                 let id = context::new_request_id();
                 if let Ok(v) = HeaderValue::try_from(id.as_str()) {
@@ -242,11 +240,17 @@ mod tests {
         );
         let t = never.start(&mut h);
         assert!(t.out.sampled, "the caller sampled it");
-        assert_eq!(t.out.parent.map(|p| context::hex(&p)).as_deref(), Some("00f067aa0ba902b7"));
+        assert_eq!(
+            t.out.parent.map(|p| context::hex(&p)).as_deref(),
+            Some("00f067aa0ba902b7")
+        );
         let sent = h["traceparent"].to_str().expect("ascii").to_string();
         assert!(sent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
         assert!(sent.ends_with("-01"));
-        assert!(!sent.contains("00f067aa0ba902b7"), "this proxy's span goes on");
+        assert!(
+            !sent.contains("00f067aa0ba902b7"),
+            "this proxy's span goes on"
+        );
         assert!(h.contains_key("x-request-id"));
         assert!(t.request_id.is_some());
 
