@@ -329,6 +329,15 @@ fn apply_telemetry(server: &Server, ns: &str, name: &str, spec: Value) {
         .expect("applied");
 }
 
+/// The tracing a pod with `annotations` in `shop` gets.
+async fn traced(
+    server: &Server,
+    annotations: Value,
+) -> (Option<String>, Option<String>, Option<String>) {
+    let (_, patch) = admit(server, review("shop", annotations, false)).await;
+    tracing(&patch.expect("patch"))
+}
+
 fn some(s: &str) -> Option<String> {
     Some(s.to_string())
 }
@@ -337,33 +346,16 @@ fn some(s: &str) -> Option<String> {
 async fn the_install_annotations_and_telemetry_decide_tracing() {
     // An install without a collector: no tracing, unless a pod names one.
     let server = start().await;
-    let (_, patch) = admit(&server, review("shop", json!({}), false)).await;
-    assert_eq!(tracing(&patch.expect("patch")), (None, None, None));
-    let (_, patch) = admit(
-        &server,
-        review(
-            "shop",
-            json!({"config.mesh.io/trace-collector": "jaeger.tracing:4317", "config.mesh.io/trace-sampling": "0.5"}),
-            false,
-        ),
-    )
-    .await;
-    assert_eq!(
-        tracing(&patch.expect("patch")),
-        (some("jaeger.tracing:4317"), some("otlp"), some("0.5"))
-    );
+    assert_eq!(traced(&server, json!({})).await, (None, None, None));
+    assert_eq!(traced(&server, json!({"config.mesh.io/trace-collector": "jaeger.tracing:4317", "config.mesh.io/trace-sampling": "0.5"})).await, (some("jaeger.tracing:4317"), some("otlp"), some("0.5")));
     // Linkerd's annotation.
-    let (_, patch) = admit(
-        &server,
-        review(
-            "shop",
-            json!({"config.linkerd.io/trace-collector": "collector.linkerd-jaeger:55678"}),
-            false,
-        ),
-    )
-    .await;
     assert_eq!(
-        tracing(&patch.expect("patch")).0,
+        traced(
+            &server,
+            json!({"config.linkerd.io/trace-collector": "collector.linkerd-jaeger:55678"})
+        )
+        .await
+        .0,
         some("collector.linkerd-jaeger:55678")
     );
     // A Telemetry naming an OTLP provider, with no collector installed: a warning.
@@ -408,9 +400,8 @@ async fn the_install_annotations_and_telemetry_decide_tracing() {
         ..Default::default()
     };
     let server = start_with(config).await;
-    let (_, patch) = admit(&server, review("shop", json!({}), false)).await;
     assert_eq!(
-        tracing(&patch.expect("patch")),
+        traced(&server, json!({})).await,
         (
             some("mesh-viz.mesh.svc.cluster.local:4317"),
             some("otlp"),
@@ -425,9 +416,8 @@ async fn the_install_annotations_and_telemetry_decide_tracing() {
     .expect("example");
     let doc: Value = mesh_api::yaml::from_str(&example).expect("yaml");
     apply_telemetry(&server, "istio-system", "mesh-default", doc["spec"].clone());
-    let (_, patch) = admit(&server, review("shop", json!({}), false)).await;
     assert_eq!(
-        tracing(&patch.expect("patch")),
+        traced(&server, json!({})).await,
         (
             some("zipkin.istio-system.svc.cluster.local:9411"),
             some("zipkin"),
@@ -442,9 +432,8 @@ async fn the_install_annotations_and_telemetry_decide_tracing() {
         "sampled",
         json!({"tracing": [{"providers": [{"name": "otel"}], "randomSamplingPercentage": 25.0}]}),
     );
-    let (_, patch) = admit(&server, review("shop", json!({}), false)).await;
     assert_eq!(
-        tracing(&patch.expect("patch")),
+        traced(&server, json!({})).await,
         (
             some("mesh-viz.mesh.svc.cluster.local:4317"),
             some("otlp"),
@@ -457,22 +446,9 @@ async fn the_install_annotations_and_telemetry_decide_tracing() {
         "web-quiet",
         json!({"selector": {"matchLabels": {"app": "web"}}, "tracing": [{"disableSpanReporting": true}]}),
     );
-    let (_, patch) = admit(&server, review("shop", json!({}), false)).await;
-    assert_eq!(tracing(&patch.expect("patch")), (None, None, None));
+    assert_eq!(traced(&server, json!({})).await, (None, None, None));
     // The pod's own annotation wins over every Telemetry.
-    let (_, patch) = admit(
-        &server,
-        review(
-            "shop",
-            json!({"config.mesh.io/trace-collector": "zipkin.tracing:9411", "config.mesh.io/trace-protocol": "zipkin"}),
-            false,
-        ),
-    )
-    .await;
-    assert_eq!(
-        tracing(&patch.expect("patch")),
-        (some("zipkin.tracing:9411"), some("zipkin"), some("0.1"))
-    );
+    assert_eq!(traced(&server, json!({"config.mesh.io/trace-collector": "zipkin.tracing:9411", "config.mesh.io/trace-protocol": "zipkin"})).await, (some("zipkin.tracing:9411"), some("zipkin"), some("0.1")));
 }
 
 #[tokio::test]

@@ -72,10 +72,14 @@ async fn a_trace_crosses_two_meshed_hops_and_reaches_an_otlp_collector() {
         ..PodSpec::new(pod_ip(), "web", "shop")
     })
     .await;
+    // /status/5xx is retryable: the retries show on the client's span.
     let yaml = format!(
-        "{}---\n{}",
+        "{}---\n{}---\n{}",
         mesh::service_yaml("web", "shop"),
-        mesh::pod_yaml("web-0", "shop", "web", "web", web.ip)
+        mesh::pod_yaml("web-0", "shop", "web", "web", web.ip),
+        "apiVersion: linkerd.io/v1alpha2\nkind: ServiceProfile\n\
+         metadata: {name: web.shop.svc.cluster.local, namespace: shop}\n\
+         spec:\n  routes:\n  - name: fail\n    condition: {method: GET, pathRegex: /status/5.*}\n    isRetryable: true\n"
     );
     mesh::write(world.path(), "world", &yaml);
     let ctl = controller::start(world.path(), "127.0.0.1:0".parse().expect("addr")).await;
@@ -169,6 +173,46 @@ async fn a_trace_crosses_two_meshed_hops_and_reaches_an_otlp_collector() {
     assert_eq!(client.metric("trace_spans_exported_total", &[]).await, 2);
     assert_eq!(client.metric("trace_spans_dropped_total", &[]).await, 0);
     assert_eq!(web.proxy.metric("trace_spans_exported_total", &[]).await, 2);
+
+    // A failing retryable route: one client span that took three attempts, and three
+    // server spans, each the client span's child, all errors.
+    let mut n = 0u32;
+    let outbound = client.outbound;
+    let (out, servers) = mesh_test::eventually("a retried trace", Duration::from_secs(15), || {
+        n += 1;
+        let trace = format!("{:032x}", 0xabc0 + n);
+        let otlp = otlp.clone();
+        async move {
+            let tp = format!("00-{trace}-{APP_SPAN}-01");
+            let mut tx = client::h1(outbound).await;
+            let req = http::Request::get("/status/503")
+                .header("host", WEB)
+                .header("traceparent", &tp)
+                .body(client::body(Bytes::new()))
+                .expect("request");
+            assert_eq!(client::send(&mut tx, req).await.status, 503);
+            spans_of(&otlp, &trace, 2).await;
+            // The spans of one trace arrive in the exporters' batches: give the rest a
+            // moment.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let spans = otlp.trace(&trace);
+            let out = spans.iter().find(|s| s.kind == "CLIENT")?.clone();
+            (out.attr("mesh.route") == Some("fail")).then(|| {
+                let servers: Vec<Received> = spans
+                    .iter()
+                    .filter(|s| s.kind == "SERVER")
+                    .cloned()
+                    .collect();
+                (out, servers)
+            })
+        }
+    })
+    .await;
+    assert_eq!(out.attr("mesh.retries"), Some("2"), "{out:#?}");
+    assert_eq!(out.attr("http.response.status_code"), Some("503"));
+    assert!(out.error);
+    assert_eq!(servers.len(), 3, "{servers:#?}");
+    assert!(servers.iter().all(|s| s.parent == out.span_id && s.error));
 }
 
 #[tokio::test]
