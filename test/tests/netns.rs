@@ -173,6 +173,15 @@ fn iptables_redirected_inbound_reaches_the_original_destination() {
         &[("direction", "inbound"), ("peer", "src")],
     );
     assert_eq!(opened, 2, "{metrics}");
+
+    // Tap on the admin port is for the pod's own processes: another host gets 403, the
+    // pod's loopback the stream (cut by curl's timeout after its 200).
+    let outside =
+        client.sh("curl -s -o /dev/null -w '%{http_code}' -m 5 http://10.251.0.2:4191/tap");
+    assert_eq!(outside, "403");
+    let inside =
+        pod.sh("curl -s -o /dev/null -w '%{http_code}' -m 1 http://127.0.0.1:4191/tap || true");
+    assert_eq!(inside, "200");
 }
 
 /// `mesh-proxy init` in a real network namespace: a plain `curl` into the pod and a
