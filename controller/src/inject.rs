@@ -268,12 +268,13 @@ pub fn inject_pod(
         return Ok(Outcome::AlreadyInjected);
     }
     let o = Overrides::from(&annotations)?;
+    let workload = workload_of(pod);
     let spec = map_mut(pod, "spec")?;
     if spec.get("hostNetwork").and_then(Value::as_bool) == Some(true) {
         return Err(InjectError::HostNetwork);
     }
     let init = init_container(config, &o)?;
-    let proxy = proxy_container(config, &o, !classic)?;
+    let proxy = proxy_container(config, &o, !classic, workload.as_deref())?;
     {
         let inits = seq_mut(spec, "initContainers")?;
         inits.insert(0, init);
@@ -637,7 +638,50 @@ securityContext:
     Ok(v)
 }
 
-fn proxy_container(config: &Config, o: &Overrides, native: bool) -> Result<Value, InjectError> {
+/// The workload a pod belongs to, as viz names it: its controller (a Deployment's, for
+/// a ReplicaSet's pod), else its `app.kubernetes.io/name` or `app` label.
+fn workload_of(pod: &Mapping) -> Option<String> {
+    let meta = get_map(pod, "metadata")?;
+    let label = |k: &str| {
+        get_map(meta, "labels")
+            .and_then(|l| l.get(k))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
+    let owner = meta
+        .get("ownerReferences")
+        .and_then(Value::as_array)
+        .and_then(|refs| {
+            refs.iter()
+                .find(|r| r.get("controller").and_then(Value::as_bool) == Some(true))
+        })
+        .and_then(|r| {
+            let name = r.get("name").and_then(Value::as_str)?;
+            let kind = r.get("kind").and_then(Value::as_str).unwrap_or_default();
+            Some(match (kind, label("pod-template-hash")) {
+                ("ReplicaSet", Some(hash)) => name
+                    .strip_suffix(&format!("-{hash}"))
+                    .unwrap_or(name)
+                    .to_owned(),
+                _ => name.to_owned(),
+            })
+        });
+    owner
+        .or_else(|| label("app.kubernetes.io/name"))
+        .or_else(|| label("app"))
+        .filter(|w| {
+            !w.is_empty()
+                && w.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        })
+}
+
+fn proxy_container(
+    config: &Config,
+    o: &Overrides,
+    native: bool,
+    workload: Option<&str>,
+) -> Result<Value, InjectError> {
     let ns = &config.mesh_namespace;
     let mut v = yaml(&format!(
         r#"
@@ -730,11 +774,19 @@ volumeMounts:
             .trace_sampling
             .as_deref()
             .unwrap_or(&config.defaults.trace_sampling);
+        // Spans are reported under the workload's name, as viz shows it.
+        let service = workload.map(|w| format!("{w}.$(_pod_ns)"));
         for (name, value) in [
             ("MESH_PROXY_TRACE_COLLECTOR", collector.as_str()),
             ("MESH_PROXY_TRACE_PROTOCOL", protocol),
             ("MESH_PROXY_TRACE_SAMPLING", sampling),
-        ] {
+        ]
+        .into_iter()
+        .chain(
+            service
+                .as_deref()
+                .map(|s| ("MESH_PROXY_TRACE_SERVICE_NAME", s)),
+        ) {
             let mut e = Mapping::new();
             e.insert("name".to_owned(), key(name));
             e.insert("value".to_owned(), key(value));

@@ -400,6 +400,12 @@ async fn the_install_annotations_and_telemetry_decide_tracing() {
         ..Default::default()
     };
     let server = start_with(config).await;
+    // Spans under the workload's name (the review's pod has label app: web).
+    let (_, patch) = admit(&server, review("shop", json!({}), false)).await;
+    assert_eq!(
+        sidecar_env(&patch.expect("patch"), "MESH_PROXY_TRACE_SERVICE_NAME").as_deref(),
+        Some("web.$(_pod_ns)")
+    );
     assert_eq!(
         traced(&server, json!({})).await,
         (
