@@ -274,8 +274,6 @@ pub async fn tap(
     output: Output,
     max: Option<u64>,
 ) -> anyhow::Result<()> {
-    use futures_util::StreamExt;
-    use futures_util::io::AsyncBufReadExt;
     let mut path = format!(
         "/api/tap?namespace={}&workload={}",
         encode(namespace),
@@ -344,19 +342,32 @@ pub async fn tap(
             let client = kube::Client::try_default()
                 .await
                 .context("cannot reach the Kubernetes API: set KUBECONFIG, or use --viz-addr")?;
-            let req = http::Request::get(service_proxy_path(&viz_ns, &path)).body(Vec::new())?;
-            let stream = client.request_stream(req).await.with_context(|| {
-                format!("cannot reach mesh-viz through the Kubernetes API (service mesh-viz in namespace {viz_ns})")
-            })?;
-            let mut lines = stream.lines();
-            while let Some(line) = lines.next().await {
-                if print(line.context("the tap stream broke")?.trim()) {
-                    return Ok(());
-                }
-            }
-            bail!("mesh-viz ended the tap")
+            tap_via(client, &viz_ns, &path, print).await
         }
     }
+}
+
+/// Streams viz's tap at `path` through the API server's service proxy, handing each
+/// line to `on_line` until it says stop (`true`) or the stream ends.
+pub async fn tap_via(
+    client: kube::Client,
+    viz_ns: &str,
+    path: &str,
+    mut on_line: impl FnMut(&str) -> bool,
+) -> anyhow::Result<()> {
+    use futures_util::StreamExt;
+    use futures_util::io::AsyncBufReadExt;
+    let req = http::Request::get(service_proxy_path(viz_ns, path)).body(Vec::new())?;
+    let stream = client.request_stream(req).await.with_context(|| {
+        format!("cannot reach mesh-viz through the Kubernetes API (service mesh-viz in namespace {viz_ns})")
+    })?;
+    let mut lines = stream.lines();
+    while let Some(line) = lines.next().await {
+        if on_line(line.context("the tap stream broke")?.trim()) {
+            return Ok(());
+        }
+    }
+    bail!("mesh-viz ended the tap")
 }
 
 /// Percent-encodes a query parameter value.
@@ -675,6 +686,67 @@ mod tests {
             server.await.expect("server"),
             "/api/v1/namespaces/mesh/services/mesh-viz:8084/proxy/api/stat?namespace=shop&window=1m"
         );
+    }
+
+    #[tokio::test]
+    async fn tap_streams_through_the_api_servers_service_proxy_and_prints_calls() {
+        use http::{Request, Response};
+        use kube::client::Body;
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = kube::Client::new(service, "default");
+        let call = serde_json::json!({"pod": "web-0", "direction": "inbound", "client_addr": "10.0.0.9:4000",
+            "client_id": "load.shop.serviceaccount.identity.mesh.cluster.local", "tls": "true",
+            "method": "GET", "authority": "web:80", "path": "/x", "status": 503, "latency_ms": 1.25,
+            "bytes": 12, "route": "default", "grpc_status": 14});
+        let body = format!("{{\"tapping\": [\"web-0\"]}}\n{call}\n{call}\n");
+        let server = tokio::spawn(async move {
+            let (req, respond) = handle.next_request().await.expect("request");
+            respond.send_response(
+                Response::builder()
+                    .body(Body::from(body.into_bytes()))
+                    .expect("response"),
+            );
+            req.uri().to_string()
+        });
+        let mut seen = Vec::new();
+        tap_via(
+            client,
+            "mesh",
+            "/api/tap?namespace=shop&workload=web",
+            |l| {
+                seen.push(l.to_string());
+                seen.len() == 2
+            },
+        )
+        .await
+        .expect("stopped after two lines");
+        assert_eq!(
+            server.await.expect("server"),
+            "/api/v1/namespaces/mesh/services/mesh-viz:8084/proxy/api/tap?namespace=shop&workload=web"
+        );
+        let parsed: Vec<Value> = seen
+            .iter()
+            .map(|l| serde_json::from_str(l).expect("json"))
+            .collect();
+        assert_eq!(tap_line(&parsed[0]), "tapping web-0");
+        assert_eq!(
+            tap_line(&parsed[1]),
+            "in  pod=web-0 src=10.0.0.9:4000 client_id=load.shop.serviceaccount.identity.mesh.cluster.local tls=true :method=GET :authority=web:80 :path=/x :status=503 latency=1.25ms bytes=12 route=default grpc-status=14"
+        );
+        assert_eq!(tap_workload("deploy/web").expect("ok"), "web");
+        assert!(tap_workload("svc/web").is_err());
+        let f = TapFilter {
+            to: Some("deploy/books".into()),
+            direction: Some("sideways".into()),
+            ..Default::default()
+        };
+        assert!(f.query().is_err());
+        let f = TapFilter {
+            to: Some("deploy/books".into()),
+            path: Some("/a b".into()),
+            ..Default::default()
+        };
+        assert_eq!(f.query().expect("query"), "to=books&path=%2Fa%20b");
     }
 
     #[test]
