@@ -458,6 +458,39 @@ mod tests {
         // Duplicates and spans past the bound are dropped and counted.
         t.insert(span("a", "3", Some("2"), "books.demo", 30));
         assert_eq!(t.dropped, 1);
+        // An export's malformed spans are refused and counted; the rest kept.
+        use opentelemetry_proto::tonic::trace::v1 as otlp;
+        let good = otlp::Span {
+            trace_id: vec![1; 16],
+            span_id: vec![2; 8],
+            name: "GET".into(),
+            kind: 2,
+            start_time_unix_nano: 10,
+            end_time_unix_nano: 5,
+            ..Default::default()
+        };
+        let bad = otlp::Span {
+            trace_id: vec![1; 3],
+            ..good.clone()
+        };
+        let orphan_parent = otlp::Span {
+            parent_span_id: vec![9; 4],
+            ..good.clone()
+        };
+        let request = ExportTraceServiceRequest {
+            resource_spans: vec![otlp::ResourceSpans {
+                scope_spans: vec![otlp::ScopeSpans {
+                    spans: vec![good, bad, orphan_parent],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        let (spans, refused) = spans_of(request);
+        assert_eq!((spans.len(), refused), (1, 2));
+        assert_eq!(spans[0].kind, "server");
+        assert_eq!(spans[0].service, "unknown");
+        assert_eq!(spans[0].end_ns, 10, "an end before the start is the start");
         // A parent cycle does not hang.
         t.insert(span("z", "1", Some("2"), "x", 1));
         t.insert(span("z", "2", Some("1"), "x", 2));
