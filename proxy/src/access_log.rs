@@ -9,9 +9,9 @@ use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::vocab::Direction;
+use crate::tap::Call;
 
 /// Lines waiting for the writer at most.
 const QUEUE: usize = 4096;
@@ -38,48 +38,19 @@ impl std::str::FromStr for Format {
     }
 }
 
-/// One request, as logged.
-#[derive(Debug)]
-pub struct Entry<'a> {
-    /// When it arrived.
-    pub at: SystemTime,
-    /// Inbound or outbound.
-    pub direction: Direction,
-    /// Its method.
-    pub method: &'a str,
-    /// Its authority.
-    pub authority: &'a str,
-    /// Its path (and query).
-    pub path: &'a str,
-    /// The response's status.
-    pub status: u16,
-    /// From the request to the response's end.
-    pub latency: Duration,
-    /// The response body's bytes sent.
-    pub bytes: u64,
-    /// The route it took.
-    pub route: &'a str,
-    /// The peer's verified identity, if any.
-    pub peer: Option<&'a str>,
-    /// Its trace's id (hex), when it carried or was given one.
-    pub trace_id: Option<&'a str>,
-}
-
 /// The access log of this proxy.
 #[derive(Debug)]
 pub struct AccessLog {
     format: Format,
-    /// This proxy's own identity (the server's inbound, the client's outbound).
-    identity: Option<Arc<str>>,
     tx: SyncSender<String>,
     dropped: Arc<AtomicU64>,
 }
 
 impl AccessLog {
-    /// A log in `format`, written to stdout by a thread of its own; `identity` is
-    /// this proxy's; lines dropped are counted in `dropped`.
-    pub fn stdout(format: Format, identity: Option<&str>, dropped: Arc<AtomicU64>) -> Arc<Self> {
-        let (log, rx) = Self::counted(format, identity, dropped);
+    /// A log in `format`, written to stdout by a thread of its own; lines dropped are
+    /// counted in `dropped`.
+    pub fn stdout(format: Format, dropped: Arc<AtomicU64>) -> Arc<Self> {
+        let (log, rx) = Self::counted(format, dropped);
         let spawned = std::thread::Builder::new()
             .name("access-log".into())
             .spawn(move || write_all(rx, std::io::stdout()));
@@ -90,19 +61,14 @@ impl AccessLog {
     }
 
     /// A log and the receiving end of its lines (tests read them).
-    pub fn new(format: Format, identity: Option<&str>) -> (Arc<Self>, Receiver<String>) {
-        Self::counted(format, identity, Arc::default())
+    pub fn new(format: Format) -> (Arc<Self>, Receiver<String>) {
+        Self::counted(format, Arc::default())
     }
 
-    fn counted(
-        format: Format,
-        identity: Option<&str>,
-        dropped: Arc<AtomicU64>,
-    ) -> (Arc<Self>, Receiver<String>) {
+    fn counted(format: Format, dropped: Arc<AtomicU64>) -> (Arc<Self>, Receiver<String>) {
         let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
         let log = Arc::new(Self {
             format,
-            identity: identity.map(Arc::from),
             tx,
             dropped,
         });
@@ -115,7 +81,7 @@ impl AccessLog {
     }
 
     /// Logs `e`, without waiting.
-    pub fn log(&self, e: &Entry<'_>) {
+    pub fn log(&self, e: &Call<'_>) {
         let line = self.line(e);
         match self.tx.try_send(line) {
             Ok(()) => {}
@@ -125,12 +91,8 @@ impl AccessLog {
         }
     }
 
-    fn line(&self, e: &Entry<'_>) -> String {
-        let me = self.identity.as_deref();
-        let (client, server) = match e.direction {
-            Direction::Inbound => (e.peer, me),
-            Direction::Outbound => (me, e.peer),
-        };
+    fn line(&self, e: &Call<'_>) -> String {
+        let (client, server) = (e.client_id, e.server_id);
         let time = rfc3339(e.at);
         let direction = e.direction.as_str();
         let latency_ms = e.latency.as_secs_f64() * 1000.0;
@@ -215,39 +177,49 @@ pub fn rfc3339(t: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vocab::Direction;
+    use std::time::Duration;
 
-    fn entry(path: &str) -> Entry<'_> {
-        Entry {
+    /// An outbound call from `client` (this proxy's identity, if it has one).
+    fn entry<'a>(path: &'a str, client: Option<&'a str>) -> Call<'a> {
+        Call {
             at: UNIX_EPOCH + Duration::from_millis(1_796_349_600_123),
             direction: Direction::Outbound,
             method: "GET",
             authority: "reviews.default.svc.cluster.local:9080",
             path,
             status: 200,
+            grpc_status: None,
             latency: Duration::from_micros(1500),
             bytes: 1024,
             route: "reviews/jason",
-            peer: Some("reviews.default.serviceaccount.identity.mesh.cluster.local"),
+            client_id: client,
+            server_id: Some("reviews.default.serviceaccount.identity.mesh.cluster.local"),
+            tls: "true",
+            client_addr: None,
+            endpoint: None,
+            dst_workload: None,
             trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736"),
         }
     }
 
     #[test]
     fn lines_are_text_or_json_and_never_block() {
-        let (log, rx) = AccessLog::new(Format::Text, Some("web.default.serviceaccount"));
-        log.log(&entry("/books?x=1"));
+        let me = Some("web.default.serviceaccount");
+        let (log, rx) = AccessLog::new(Format::Text);
+        log.log(&entry("/books?x=1", me));
         let line = rx.recv().expect("line");
         assert_eq!(
             line,
             "2026-12-04T02:00:00.123Z outbound GET reviews.default.svc.cluster.local:9080 /books?x=1 200 1.500ms bytes=1024 route=reviews/jason client_id=web.default.serviceaccount server_id=reviews.default.serviceaccount.identity.mesh.cluster.local trace_id=4bf92f3577b34da6a3ce929d0e0e4736"
         );
-        log.log(&entry("/a b\n\"c\""));
+        log.log(&entry("/a b\n\"c\"", me));
         let line = rx.recv().expect("line");
         assert!(line.contains(r#""/a b\n\"c\"""#), "{line}");
         assert!(!line.contains('\n'));
 
-        let (log, rx) = AccessLog::new(Format::Json, None);
-        log.log(&entry("/books"));
+        let (log, rx) = AccessLog::new(Format::Json);
+        log.log(&entry("/books", None));
         let v: serde_json::Value = serde_json::from_str(&rx.recv().expect("line")).expect("json");
         assert_eq!(v["status"], 200);
         assert_eq!(v["route"], "reviews/jason");
@@ -256,7 +228,7 @@ mod tests {
         assert_eq!(v["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
         // A full queue drops lines instead of waiting.
         for _ in 0..QUEUE + 10 {
-            log.log(&entry("/"));
+            log.log(&entry("/", None));
         }
         assert_eq!(log.dropped(), 10);
         assert!("apache".parse::<Format>().is_ok() && "xml".parse::<Format>().is_err());

@@ -34,8 +34,6 @@ pub struct Admin {
     pub drain: watch::Receiver<bool>,
     /// Where `POST /shutdown` sends, when the endpoint is enabled.
     pub shutdown: Option<mpsc::Sender<()>>,
-    /// The proxy's tap.
-    pub taps: Arc<crate::tap::Taps>,
 }
 
 /// Serves admin requests on `listener` until the task is aborted.
@@ -139,7 +137,7 @@ fn route(
             StatusCode::FORBIDDEN,
             "tap is served here only to localhost; viz taps over mTLS on the tap port",
         ),
-        (_, "/tap") => admin.taps.respond(req),
+        (_, "/tap") => metrics.taps.respond(req),
         (_, "/metrics" | "/stats" | "/live" | "/ready" | "/shutdown") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         }

@@ -323,14 +323,6 @@ pub struct Held {
 }
 
 impl Metrics {
-    /// Metrics that report `taps`' watchers.
-    pub fn with_taps(taps: Arc<crate::tap::Taps>) -> Self {
-        Self {
-            taps,
-            ..Self::default()
-        }
-    }
-
     fn store(&self) -> MutexGuard<'_, Store> {
         // A panic while holding the lock leaves plain counters behind: still usable.
         self.store.lock().unwrap_or_else(|e| e.into_inner())

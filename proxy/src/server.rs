@@ -169,9 +169,7 @@ impl Proxy {
             )),
             None => None,
         };
-        let metrics = Arc::new(Metrics::with_taps(Arc::new(crate::tap::Taps::new(
-            config.identity_name.as_deref(),
-        ))));
+        let metrics = Arc::new(Metrics::default());
         // Fixed now: counts in /stats start from here.
         let _ = (
             crate::metrics::instance(),
@@ -194,7 +192,6 @@ impl Proxy {
         };
         let origins = Arc::new(Origins::default());
         let dropped = metrics.access_log_dropped.clone();
-        let shared_taps = metrics.taps.clone();
         let tracer = match config.tracing() {
             Some(settings) => {
                 let (tracer, exporter) = crate::trace::Tracer::new(
@@ -222,15 +219,10 @@ impl Proxy {
             identity,
             origins,
             backends: Default::default(),
-            access_log: config.access_log.map(|f| {
-                crate::access_log::AccessLog::stdout(
-                    f,
-                    config.identity_name.as_deref(),
-                    dropped.clone(),
-                )
-            }),
+            access_log: config
+                .access_log
+                .map(|f| crate::access_log::AccessLog::stdout(f, dropped.clone())),
             tracer,
-            taps: shared_taps,
         });
         let (drain_tx, drain) = watch::channel(false);
         let limits = crate::http::Limits {
@@ -340,7 +332,7 @@ impl Proxy {
             (Some(listener), Some(identity)) => Some(tokio::spawn(crate::tap::serve_tls(
                 listener,
                 identity.clone(),
-                ctx.shared.taps.clone(),
+                ctx.shared.metrics.taps.clone(),
                 ctx.config.tap_clients.clone().into(),
             ))),
             _ => None,
@@ -348,7 +340,6 @@ impl Proxy {
         let admin_task = tokio::spawn(crate::admin::serve(
             admin,
             crate::admin::Admin {
-                taps: ctx.shared.taps.clone(),
                 identity: ctx.shared.identity.clone(),
                 metrics: ctx.shared.metrics.clone(),
                 origins: ctx.shared.origins.clone(),

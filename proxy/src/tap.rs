@@ -121,7 +121,7 @@ fn decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// One finished call, as tapped.
+/// One finished call, as tapped and as the access log writes it.
 #[derive(Debug)]
 pub struct Call<'a> {
     /// When it arrived.
@@ -218,8 +218,6 @@ pub struct Taps {
     next: AtomicU64,
     /// Calls dropped for watchers that fell behind.
     pub dropped: AtomicU64,
-    /// This proxy's identity.
-    identity: Option<Arc<str>>,
 }
 
 /// A watcher's subscription: unsubscribed when dropped.
@@ -238,19 +236,6 @@ impl Drop for Subscription {
 }
 
 impl Taps {
-    /// The tap of a proxy whose identity is `identity`.
-    pub fn new(identity: Option<&str>) -> Self {
-        Self {
-            identity: identity.map(Arc::from),
-            ..Self::default()
-        }
-    }
-
-    /// This proxy's identity.
-    pub fn identity(&self) -> Option<&str> {
-        self.identity.as_deref()
-    }
-
     /// Whether anyone is watching (one relaxed load: the cost of tap to a request).
     pub fn active(&self) -> bool {
         self.active.load(Ordering::Relaxed) > 0

@@ -21,7 +21,7 @@ use http_body::{Body as _, Frame, SizeHint};
 use tower::{Layer, Service};
 
 use super::{BoxFuture, ConnInfo, classify, grpc_status, request_authority};
-use crate::access_log::{AccessLog, Entry};
+use crate::access_log::AccessLog;
 use crate::body::{self, BoxBody};
 use crate::error::BoxError;
 use crate::metrics::{Metrics, RequestLabels};
@@ -59,6 +59,8 @@ pub struct MeteredLayer {
     access_log: Option<Arc<AccessLog>>,
     tracer: Option<Arc<Tracer>>,
     taps: Option<Arc<Taps>>,
+    /// This proxy's identity: the client outbound, the server inbound.
+    identity: Option<Arc<str>>,
 }
 
 impl MeteredLayer {
@@ -73,7 +75,14 @@ impl MeteredLayer {
             access_log: None,
             tracer: None,
             taps: None,
+            identity: None,
         }
+    }
+
+    /// Names this proxy's identity in what it logs, taps and traces.
+    pub fn identified(mut self, identity: Option<&str>) -> Self {
+        self.identity = identity.map(Arc::from);
+        self
     }
 
     /// Hands each finished request to whoever taps `taps`.
@@ -137,6 +146,7 @@ where
             access_log,
             tracer,
             taps,
+            identity,
         } = &self.layer;
         // Only a traced request changes its headers, and only a logged or recorded one
         // pays for its method, authority and path.
@@ -161,6 +171,7 @@ where
                         .and_then(|_| req.extensions().get::<ConnInfo>())
                         .map(|c| c.client),
                     tap: tapped,
+                    identity: identity.clone(),
                     trace_id,
                     at: std::time::SystemTime::now(),
                     method: req.method().clone(),
@@ -262,6 +273,8 @@ struct Described {
     tap: Option<Arc<Taps>>,
     /// The client's address, for the tap.
     client_addr: Option<std::net::SocketAddr>,
+    /// This proxy's identity.
+    identity: Option<Arc<str>>,
     trace_id: Option<[u8; 16]>,
     at: std::time::SystemTime,
     method: http::Method,
@@ -285,58 +298,42 @@ impl Done {
         // To the response's end, as Envoy's duration is.
         let latency = end.duration_since(d.at).unwrap_or(self.latency);
         let trace_id = d.trace_id.map(|t| crate::trace::context::hex(&t));
+        let labels = &self.labels;
+        let (client_id, server_id) = match labels.direction {
+            Direction::Inbound => (labels.peer.id.as_deref(), d.identity.as_deref()),
+            Direction::Outbound => (d.identity.as_deref(), labels.peer.id.as_deref()),
+        };
+        // One description of the call, for the tap, the log and the span.
+        let call = Call {
+            at: d.at,
+            direction: labels.direction,
+            method: d.method.as_str(),
+            authority: &d.authority,
+            path: &d.path,
+            status: self.status,
+            grpc_status,
+            latency,
+            bytes,
+            route: &labels.route,
+            client_id,
+            server_id,
+            tls: labels.peer.tls.as_str(),
+            client_addr: d.client_addr,
+            endpoint: d.outbound.0,
+            dst_workload: labels.peer.dst.as_ref().map(|d| &*d.workload),
+            trace_id: trace_id.as_deref(),
+        };
         if let Some(taps) = &d.tap {
-            let labels = &self.labels;
-            let me = d
-                .span
-                .as_ref()
-                .and_then(|(t, _)| t.identity())
-                .or(taps.identity());
-            let (client_id, server_id) = match labels.direction {
-                Direction::Inbound => (labels.peer.id.as_deref(), me),
-                Direction::Outbound => (me, labels.peer.id.as_deref()),
-            };
-            taps.publish(&Call {
-                at: d.at,
-                direction: labels.direction,
-                method: d.method.as_str(),
-                authority: &d.authority,
-                path: &d.path,
-                status: self.status,
-                grpc_status,
-                latency,
-                bytes,
-                route: &labels.route,
-                client_id,
-                server_id,
-                tls: labels.peer.tls.as_str(),
-                client_addr: d.client_addr,
-                endpoint: d.outbound.0,
-                dst_workload: labels.peer.dst.as_ref().map(|d| &*d.workload),
-                trace_id: trace_id.as_deref(),
-            });
+            taps.publish(&call);
         }
         if let Some(log) = &d.log {
-            log.log(&Entry {
-                at: d.at,
-                direction: self.labels.direction,
-                method: d.method.as_str(),
-                authority: &d.authority,
-                path: &d.path,
-                status: self.status,
-                latency,
-                bytes,
-                route: &self.labels.route,
-                peer: self.labels.peer.id.as_deref(),
-                trace_id: trace_id.as_deref(),
-            });
+            log.log(&call);
         }
-        if let Some((tracer, traced)) = d.span {
-            let labels = &self.labels;
+        if let Some((tracer, traced)) = &d.span {
             let mut attributes = vec![
-                ("http.request.method", Value::Str(d.method.as_str().into())),
-                ("server.address", Value::Str(d.authority.into())),
-                ("url.path", Value::Str(d.path.into())),
+                ("http.request.method", Value::Str(call.method.into())),
+                ("server.address", Value::Str(call.authority.into())),
+                ("url.path", Value::Str(call.path.into())),
                 ("http.response.status_code", Value::Int(self.status.into())),
                 (
                     "mesh.direction",
@@ -359,30 +356,25 @@ impl Done {
             if let Some(code) = grpc_status {
                 attributes.push(("rpc.grpc.status_code", Value::Int(code.into())));
             }
-            let me = tracer.identity();
-            let (client, server) = match labels.direction {
-                Direction::Inbound => (labels.peer.id.as_deref(), me),
-                Direction::Outbound => (me, labels.peer.id.as_deref()),
-            };
-            if let Some(id) = client {
+            if let Some(id) = call.client_id {
                 attributes.push(("mesh.client.id", Value::Str(id.into())));
             }
-            if let Some(id) = server {
+            if let Some(id) = call.server_id {
                 attributes.push(("mesh.server.id", Value::Str(id.into())));
             }
             if let Some(dst) = &labels.peer.dst {
                 attributes.push(("mesh.dst.workload", Value::Str(dst.workload.to_string())));
                 attributes.push(("mesh.dst.namespace", Value::Str(dst.namespace.to_string())));
             }
-            if let Some(addr) = d.outbound.0 {
+            if let Some(addr) = call.endpoint {
                 attributes.push(("mesh.endpoint", Value::Str(addr.to_string())));
             }
             if labels.direction == Direction::Outbound {
                 let retries = d.outbound.1.map_or(0, |n| n.saturating_sub(1));
                 attributes.push(("mesh.retries", Value::Int(retries.into())));
             }
-            if let Some(id) = traced.request_id {
-                attributes.push(("mesh.request_id", Value::Str(id.into())));
+            if let Some(id) = &traced.request_id {
+                attributes.push(("mesh.request_id", Value::Str(id.to_string())));
             }
             let name = if labels.route.as_ref() == DEFAULT_ROUTE {
                 d.method.as_str().to_string()
@@ -399,7 +391,7 @@ impl Done {
                 end,
                 attributes,
                 error: class == Class::Failure,
-                trace_state: traced.trace_state.map(String::from).unwrap_or_default(),
+                trace_state: traced.trace_state.as_deref().unwrap_or_default().into(),
             });
         }
     }

@@ -98,8 +98,6 @@ pub struct Shared {
     pub access_log: Option<Arc<crate::access_log::AccessLog>>,
     /// The tracer, when spans are exported.
     pub tracer: Option<Arc<crate::trace::Tracer>>,
-    /// Who is tapping this proxy's requests.
-    pub taps: Arc<crate::tap::Taps>,
 }
 
 /// The bounds every request is held to.

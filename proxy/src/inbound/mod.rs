@@ -40,7 +40,8 @@ pub fn stack(shared: Arc<Shared>, limits: &Limits) -> HttpService {
             )
             .logging(shared.access_log.clone())
             .tracing(shared.tracer.clone())
-            .tapping(shared.taps.clone()),
+            .tapping(shared.metrics.taps.clone())
+            .identified(shared.identity.as_ref().map(|i| i.name())),
         )
         // The one place errors become responses with `mesh-proxy-error`; every layer
         // below returns errors.

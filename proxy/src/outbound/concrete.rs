@@ -316,7 +316,7 @@ impl Balance {
                     rsp.headers_mut().append(http::header::SET_COOKIE, cookie);
                 }
                 rsp.extensions_mut().insert(peer);
-                if shared.tracer.is_some() || shared.taps.active() {
+                if shared.tracer.is_some() || shared.metrics.taps.active() {
                     rsp.extensions_mut()
                         .insert(crate::http::metered::Answered(addr));
                 }
@@ -386,7 +386,6 @@ pub(crate) mod tests {
             backends: Default::default(),
             access_log: None,
             tracer: None,
-            taps: Default::default(),
         })
     }
 

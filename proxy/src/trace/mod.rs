@@ -122,8 +122,6 @@ pub struct Tracer {
     always: bool,
     tx: mpsc::Sender<Span>,
     counters: Arc<Counters>,
-    /// This proxy's identity (the client's outbound, the server's inbound).
-    identity: Option<Arc<str>>,
 }
 
 impl Tracer {
@@ -134,36 +132,27 @@ impl Tracer {
         identity: Option<&str>,
         counters: Arc<Counters>,
     ) -> Result<(Arc<Self>, Exporter), export::ExportError> {
-        let (tx, rx) = mpsc::channel(QUEUE);
-        let exporter = Exporter::new(settings, identity, rx, counters.clone())?;
-        let rate = settings.sampling.clamp(0.0, 1.0);
-        let tracer = Arc::new(Self {
-            threshold: (rate * u64::MAX as f64) as u64,
-            always: rate >= 1.0,
-            tx,
-            counters,
-            identity: identity.map(Arc::from),
-        });
+        let (tracer, rx) = Self::queued(settings.sampling, counters.clone());
+        let exporter = Exporter::new(settings, identity, rx, counters)?;
         Ok((tracer, exporter))
     }
 
     /// A tracer whose spans tests read from the returned queue.
-    pub fn for_tests(sampling: f64, identity: Option<&str>) -> (Arc<Self>, mpsc::Receiver<Span>) {
+    pub fn for_tests(sampling: f64) -> (Arc<Self>, mpsc::Receiver<Span>) {
+        Self::queued(sampling, Arc::default())
+    }
+
+    /// A tracer sampling new traces at `sampling` and the receiving end of its queue.
+    fn queued(sampling: f64, counters: Arc<Counters>) -> (Arc<Self>, mpsc::Receiver<Span>) {
         let (tx, rx) = mpsc::channel(QUEUE);
         let rate = sampling.clamp(0.0, 1.0);
         let tracer = Arc::new(Self {
             threshold: (rate * u64::MAX as f64) as u64,
             always: rate >= 1.0,
             tx,
-            counters: Arc::default(),
-            identity: identity.map(Arc::from),
+            counters,
         });
         (tracer, rx)
-    }
-
-    /// This proxy's identity.
-    pub fn identity(&self) -> Option<&str> {
-        self.identity.as_deref()
     }
 
     /// The spans' counters.
@@ -232,7 +221,7 @@ mod tests {
 
     #[test]
     fn the_callers_decision_is_honoured_and_passed_on() {
-        let (never, _rx) = Tracer::for_tests(0.0, None);
+        let (never, _rx) = Tracer::for_tests(0.0);
         let mut h = HeaderMap::new();
         h.insert(
             "traceparent",
@@ -254,7 +243,7 @@ mod tests {
         assert!(h.contains_key("x-request-id"));
         assert!(t.request_id.is_some());
 
-        let (always, _rx) = Tracer::for_tests(1.0, None);
+        let (always, _rx) = Tracer::for_tests(1.0);
         let mut h = HeaderMap::new();
         h.insert("b3", HeaderValue::from_static("0"));
         let t = always.start(&mut h);
@@ -264,17 +253,17 @@ mod tests {
 
     #[test]
     fn without_a_decision_the_rate_decides() {
-        let (half, _rx) = Tracer::for_tests(0.5, None);
+        let (half, _rx) = Tracer::for_tests(0.5);
         let sampled = (0..2000)
             .filter(|_| half.start(&mut HeaderMap::new()).out.sampled)
             .count();
         assert!((800..1200).contains(&sampled), "{sampled} of 2000");
-        let (never, _rx) = Tracer::for_tests(0.0, None);
+        let (never, _rx) = Tracer::for_tests(0.0);
         assert!(!(0..200).any(|_| never.start(&mut HeaderMap::new()).out.sampled));
         // An existing request id is kept.
         let mut h = HeaderMap::new();
         h.insert("x-request-id", HeaderValue::from_static("abc"));
-        let (always, _rx) = Tracer::for_tests(1.0, None);
+        let (always, _rx) = Tracer::for_tests(1.0);
         let t = always.start(&mut h);
         assert_eq!(t.request_id.as_deref(), Some("abc"));
         assert_eq!(h["x-request-id"], "abc");
@@ -282,7 +271,7 @@ mod tests {
 
     #[test]
     fn a_full_queue_drops_and_counts() {
-        let (t, _rx) = Tracer::for_tests(1.0, None);
+        let (t, _rx) = Tracer::for_tests(1.0);
         let span = Span {
             trace_id: [1; 16],
             span_id: [2; 8],
