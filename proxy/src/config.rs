@@ -305,12 +305,7 @@ impl Config {
             .trust_anchors
             .as_deref()
             .ok_or("MESH_PROXY_IDENTITY_ADDR is set but MESH_PROXY_TRUST_ANCHORS is not")?;
-        let trust_anchors = if anchors.trim_start().starts_with("-----BEGIN") {
-            anchors.as_bytes().to_vec()
-        } else {
-            std::fs::read(anchors)
-                .map_err(|e| format!("cannot read MESH_PROXY_TRUST_ANCHORS file {anchors}: {e}"))?
-        };
+        let trust_anchors = crate::identity::read_anchors(anchors, "MESH_PROXY_TRUST_ANCHORS")?;
         Ok(Some(crate::identity::Settings {
             addr: addr.clone(),
             name,

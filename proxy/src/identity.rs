@@ -111,6 +111,16 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// Trust anchors given as PEM text, or as the path of a PEM file; `setting` names the
+/// setting in the error.
+pub fn read_anchors(value: &str, setting: &str) -> Result<Vec<u8>, String> {
+    if value.trim_start().starts_with("-----BEGIN") {
+        Ok(value.as_bytes().to_vec())
+    } else {
+        std::fs::read(value).map_err(|e| format!("cannot read {setting} file {value}: {e}"))
+    }
+}
+
 /// Parses a PEM trust-anchor bundle into a root store.
 pub fn root_store(pem: &[u8]) -> Result<RootCertStore, IdentityError> {
     use rustls::pki_types::pem::PemObject;

@@ -139,12 +139,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
                 .trust_anchors
                 .as_deref()
                 .context("MESH_VIZ_IDENTITY_ADDR is set but MESH_VIZ_TRUST_ANCHORS is not")?;
-            let trust_anchors = if anchors.trim_start().starts_with("-----BEGIN") {
-                anchors.as_bytes().to_vec()
-            } else {
-                std::fs::read(anchors)
-                    .with_context(|| format!("cannot read MESH_VIZ_TRUST_ANCHORS file {anchors}"))?
-            };
+            let trust_anchors =
+                mesh_proxy::identity::read_anchors(anchors, "MESH_VIZ_TRUST_ANCHORS")
+                    .map_err(anyhow::Error::msg)?;
             let identity = Arc::new(
                 mesh_proxy::identity::Identity::new(&config.identity_name, &trust_anchors)
                     .context("viz's identity")?,

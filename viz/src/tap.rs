@@ -144,14 +144,7 @@ async fn connect(
         .await
         .map_err(|e| format!("{addr}: {e}"))?;
     match via {
-        Via::Admin(_) => {
-            let (send, conn) =
-                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                    .await
-                    .map_err(|e| e.to_string())?;
-            tokio::spawn(conn);
-            Ok((addr, send))
-        }
+        Via::Admin(_) => Ok((addr, handshake(stream).await?)),
         Via::Tls { identity, .. } => {
             if !identity.is_ready() {
                 return Err("viz has no certificate yet from the identity service".into());
@@ -164,14 +157,23 @@ async fn connect(
                 .connect(server, stream)
                 .await
                 .map_err(|e| format!("{addr}: TLS as {name}: {e}"))?;
-            let (send, conn) =
-                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-                    .await
-                    .map_err(|e| e.to_string())?;
-            tokio::spawn(conn);
-            Ok((addr, send))
+            Ok((addr, handshake(tls).await?))
         }
     }
+}
+
+/// An HTTP/1 client connection over `io`, served in the background.
+async fn handshake<I>(
+    io: I,
+) -> Result<hyper::client::conn::http1::SendRequest<Empty<Bytes>>, String>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    Ok(send)
 }
 
 /// Relays one proxy's tap into `tx` until either side ends.
