@@ -49,7 +49,8 @@ pub struct Config {
     /// Worker threads, each a single-threaded runtime on its own `SO_REUSEPORT`
     /// sockets of the inbound and outbound addresses (`mesh_proxy::worker`). One suits
     /// a sidecar sharing its pod's CPU with the app; give more to a proxy that must
-    /// carry more than one core's worth of traffic.
+    /// carry more than one core's worth of traffic. Capped at the CPUs the proxy may
+    /// run on (its affinity and CPU quota).
     #[arg(long, env = "MESH_PROXY_WORKERS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub workers: u16,
 

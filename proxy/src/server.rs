@@ -127,7 +127,8 @@ async fn bind_shared(
 
 impl Proxy {
     /// Binds the inbound, outbound and admin listeners.
-    pub async fn bind(config: Config) -> Result<Self, StartError> {
+    pub async fn bind(mut config: Config) -> Result<Self, StartError> {
+        config.workers = crate::worker::usable(config.workers);
         let inbound = bind_shared("inbound", config.inbound_addr, config.workers).await?;
         let outbound = bind_shared("outbound", config.outbound_addr, config.workers).await?;
         let admin = bind("admin", config.admin_addr).await?;

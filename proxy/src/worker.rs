@@ -26,6 +26,31 @@ pub fn enter(i: u16) {
     INDEX.with(|c| c.set(i));
 }
 
+/// How many workers to run for `requested`: no more than the CPUs this process may run
+/// on (its affinity mask and cgroup CPU quota, as `std::thread::available_parallelism`
+/// reads them), since a worker without a core of its own only adds wake-ups and
+/// contention — two workers pinned to one CPU serve less than one. A warning says so.
+pub fn usable(requested: u16) -> u16 {
+    let cpus = std::thread::available_parallelism()
+        .map(|n| u16::try_from(n.get()).unwrap_or(u16::MAX))
+        .unwrap_or(1);
+    let workers = cap(requested, cpus);
+    if workers < requested {
+        tracing::warn!(
+            requested,
+            cpus,
+            workers,
+            "MESH_PROXY_WORKERS is above the CPUs this proxy may use: running one worker per CPU"
+        );
+    }
+    workers
+}
+
+/// `requested` workers, at most `cpus` and at least one.
+fn cap(requested: u16, cpus: u16) -> u16 {
+    requested.min(cpus).max(1)
+}
+
 /// A listening socket on `addr` that other workers' sockets may share
 /// (`SO_REUSEPORT`; Linux shares a port only between sockets of one user).
 pub fn shared_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
@@ -50,6 +75,18 @@ mod tests {
         assert_eq!(second.local_addr().expect("addr"), addr);
         // A plain socket on the port is refused: only workers share it.
         assert!(std::net::TcpListener::bind(addr).is_err());
+    }
+
+    #[test]
+    fn workers_are_capped_at_the_usable_cpus() {
+        assert_eq!(cap(1, 8), 1);
+        assert_eq!(cap(4, 8), 4);
+        assert_eq!(cap(4, 2), 2);
+        assert_eq!(cap(2, 1), 1);
+        assert_eq!(cap(3, 0), 1, "at least one worker");
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert!(usize::from(usable(256)) <= cpus.max(1));
+        assert_eq!(usable(1), 1);
     }
 
     #[test]

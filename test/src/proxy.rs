@@ -14,6 +14,7 @@ use tokio::process::Child;
 #[derive(Debug, Default)]
 pub struct Builder {
     env: BTreeMap<String, String>,
+    cpus: Option<String>,
 }
 
 /// A proxy to configure and [`run`](Builder::run).
@@ -29,6 +30,12 @@ impl Builder {
         self
     }
 
+    /// Runs the proxy on these CPUs only (a `taskset -c` list), as a pod's CPU set.
+    pub fn cpus(mut self, list: &str) -> Self {
+        self.cpus = Some(list.to_string());
+        self
+    }
+
     /// The application address inbound connections are forwarded to.
     pub fn app(self, addr: SocketAddr) -> Self {
         self.env("INBOUND_APP_ADDR", addr)
@@ -36,7 +43,14 @@ impl Builder {
 
     /// Starts the proxy and waits until it listens.
     pub async fn run(self) -> Proxy {
-        let mut cmd = crate::command("mesh-proxy");
+        let mut cmd = match &self.cpus {
+            Some(cpus) => {
+                let mut cmd = tokio::process::Command::new("taskset");
+                cmd.arg("-c").arg(cpus).arg(crate::bin_path("mesh-proxy"));
+                cmd
+            }
+            None => crate::command("mesh-proxy"),
+        };
         cmd.env_clear()
             .env("MESH_PROXY_INBOUND_ADDR", "127.0.0.1:0")
             .env("MESH_PROXY_OUTBOUND_ADDR", "127.0.0.1:0")
@@ -61,12 +75,14 @@ impl Builder {
         }
         let stderr = child.stderr.take().expect("stderr");
         let mut lines = BufReader::new(stderr).lines();
+        let mut startup = Vec::new();
         let listening = tokio::time::timeout(Duration::from_secs(30), async {
             while let Some(line) = lines.next_line().await.expect("read proxy log") {
                 eprintln!("[proxy] {line}");
                 if line.contains("listening") {
                     return Some(line);
                 }
+                startup.push(line);
             }
             None
         })
@@ -99,6 +115,7 @@ impl Builder {
             tap,
             child,
             stdout,
+            startup,
         }
     }
 }
@@ -116,9 +133,15 @@ pub struct Proxy {
     pub tap: Option<SocketAddr>,
     child: Child,
     stdout: Arc<Mutex<Vec<String>>>,
+    startup: Vec<String>,
 }
 
 impl Proxy {
+    /// The lines the proxy logged before it listened (its start-up warnings).
+    pub fn startup_log(&self) -> &[String] {
+        &self.startup
+    }
+
     /// The lines the proxy has written on stdout so far (its access log).
     pub fn stdout_lines(&self) -> Vec<String> {
         self.stdout

@@ -246,17 +246,17 @@ async fn two_workers_share_the_ports_and_drain_together() {
         .env("INBOUND_APP_ADDR", app.addr)
         .run()
         .await;
-    // The proxy's threads: the first worker and one more.
-    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", proxy.pid()))
-        .expect("tasks")
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .map(|name| name.trim().to_string())
-        .collect();
-    assert_eq!(
-        threads.iter().filter(|t| *t == "mesh-worker-1").count(),
-        1,
-        "one extra worker thread: {threads:?}"
-    );
+    // The proxy's threads: the first worker and one more (a new thread names itself
+    // once it runs, so its name may show a moment after the proxy listens).
+    mesh_test::eventually(
+        "one extra worker thread",
+        Duration::from_secs(5),
+        || async {
+            let threads = thread_names(proxy.pid());
+            (threads.iter().filter(|t| *t == "mesh-worker-1").count() == 1).then_some(())
+        },
+    )
+    .await;
     let authority = app.authority();
     // 32 connections, a request on each, both directions.
     for (addr, n) in [(proxy.outbound, 24), (proxy.inbound, 8)] {
@@ -306,6 +306,51 @@ async fn two_workers_share_the_ports_and_drain_together() {
     }
     assert!(proxy.wait(Duration::from_secs(10)).await.success());
     assert_eq!(app.cancelled.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+/// More workers than the CPUs the proxy may run on are not started: two workers on one
+/// CPU only take turns (and serve less than one), so a proxy pinned to one CPU runs one
+/// worker, says so, and serves as usual.
+#[tokio::test]
+async fn workers_are_capped_at_the_cpus_the_proxy_may_use() {
+    let app = backend::http().await;
+    let proxy = proxy::new()
+        .env("WORKERS", 2)
+        .env("INBOUND_APP_ADDR", app.addr)
+        .cpus("0")
+        .run()
+        .await;
+    assert!(
+        proxy
+            .startup_log()
+            .iter()
+            .any(|l| l.contains("MESH_PROXY_WORKERS is above the CPUs")),
+        "the proxy says why it runs fewer workers"
+    );
+    // 16 connections: two workers would each have taken some.
+    let authority = app.authority();
+    for addr in std::iter::repeat_n(proxy.outbound, 12).chain(std::iter::repeat_n(proxy.inbound, 4))
+    {
+        let rsp = client::get(addr, &authority, "/").await;
+        assert_eq!((rsp.status.as_u16(), rsp.text().as_str()), (200, "hello"));
+    }
+    let metrics = proxy.metrics().await;
+    let by_worker = |w| proxy::sum_metric(&metrics, "worker_connections_total", &[("worker", w)]);
+    assert_eq!((by_worker("0"), by_worker("1")), (16, 0), "{metrics}");
+    let threads = thread_names(proxy.pid());
+    assert!(
+        !threads.iter().any(|t| t.starts_with("mesh-worker")),
+        "one worker on one CPU: {threads:?}"
+    );
+}
+
+/// The names of a process's threads.
+fn thread_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("tasks")
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_string())
+        .collect()
 }
 
 /// The connection limit counts every worker's connections together: of five slow
