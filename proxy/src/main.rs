@@ -4,6 +4,9 @@
 use clap::Parser;
 use mesh_proxy::{Config, Proxy};
 
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> anyhow::Result<()> {
     // `mesh-proxy init`: program iptables and exit (the pod's init container).
     if std::env::args_os().nth(1).is_some_and(|a| a == "init") {
