@@ -5,7 +5,6 @@
 //! request takes a connection that is ready (its previous response fully read). HTTP/2
 //! multiplexes every request over one connection per endpoint.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,6 +20,7 @@ use tokio_rustls::client::TlsStream;
 use crate::balance::PeakEwma;
 use crate::body::BoxBody;
 use crate::error::ProxyError;
+use crate::fasthash::FastMap;
 use crate::identity::Identity;
 use crate::metrics::Metrics;
 use crate::origins::{Origin, Origins};
@@ -82,9 +82,11 @@ fn epoch() -> Instant {
 /// an atomic instead of the clock (a quarter of the idle timeout is precision enough).
 static COARSE_NOW_MS: AtomicU64 = AtomicU64::new(0);
 
-/// An endpoint per address, protocol, direction and identity, and per worker: each
-/// worker keeps its own connections ([`crate::worker`]).
-type EndpointKey = (SocketAddr, Version, Direction, Option<Arc<str>>, u16);
+/// Endpoints per address, protocol and direction, and per worker (each worker keeps its
+/// own connections, [`crate::worker`]); under it, one per identity the address may be
+/// asked to present (almost always one), so that a lookup hashes no string and
+/// allocates nothing.
+type EndpointKey = (SocketAddr, Version, Direction, u16);
 
 /// Every endpoint the proxy has talked to, keyed by address, HTTP version and the
 /// identity it must present.
@@ -94,7 +96,7 @@ pub struct Endpoints {
     metrics: Arc<Metrics>,
     origins: Arc<Origins>,
     tls: Option<Arc<Identity>>,
-    map: Mutex<HashMap<EndpointKey, Arc<Endpoint>>>,
+    map: Mutex<FastMap<EndpointKey, Vec<Arc<Endpoint>>>>,
 }
 
 impl Endpoints {
@@ -112,7 +114,7 @@ impl Endpoints {
             metrics,
             origins,
             tls,
-            map: Mutex::new(HashMap::new()),
+            map: Mutex::new(FastMap::default()),
         }
     }
 
@@ -130,19 +132,16 @@ impl Endpoints {
         direction: Direction,
         identity: Option<&str>,
     ) -> Arc<Endpoint> {
-        let identity: Option<Arc<str>> = identity.filter(|_| self.tls.is_some()).map(Arc::from);
+        let identity = identity.filter(|_| self.tls.is_some());
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        let before = map.len();
-        let endpoint = map
-            .entry((
-                addr,
-                version,
-                direction,
-                identity.clone(),
-                crate::worker::index(),
-            ))
-            .or_insert_with(|| {
-                Arc::new(Endpoint {
+        let same = map
+            .entry((addr, version, direction, crate::worker::index()))
+            .or_default();
+        let endpoint = match same.iter().find(|e| e.identity.as_deref() == identity) {
+            Some(e) => e.clone(),
+            None => {
+                let identity: Option<Arc<str>> = identity.map(Arc::from);
+                let endpoint = Arc::new(Endpoint {
                     addr,
                     load: PeakEwma::default(),
                     tls: identity.as_ref().and(self.tls.clone()),
@@ -156,18 +155,19 @@ impl Endpoints {
                     h1_pool: Mutex::new(Vec::new()),
                     h2: Mutex::new(None),
                     used_ms: AtomicU64::new(0),
-                })
-            })
-            .clone();
+                });
+                same.push(endpoint.clone());
+                let held = map.values().map(Vec::len).sum::<usize>();
+                self.metrics
+                    .held
+                    .endpoints
+                    .store(held as u64, Ordering::Relaxed);
+                endpoint
+            }
+        };
         endpoint
             .used_ms
             .store(COARSE_NOW_MS.load(Ordering::Relaxed), Ordering::Relaxed);
-        if map.len() != before {
-            self.metrics
-                .held
-                .endpoints
-                .store(map.len() as u64, Ordering::Relaxed);
-        }
         endpoint
     }
 
@@ -178,12 +178,18 @@ impl Endpoints {
         COARSE_NOW_MS.store(now, Ordering::Relaxed);
         let cutoff = now.saturating_sub(idle.as_millis() as u64);
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        map.retain(|_, e| Arc::strong_count(e) > 1 || e.used_ms.load(Ordering::Relaxed) >= cutoff);
+        map.retain(|_, same| {
+            same.retain(|e| {
+                Arc::strong_count(e) > 1 || e.used_ms.load(Ordering::Relaxed) >= cutoff
+            });
+            !same.is_empty()
+        });
+        let held = map.values().map(Vec::len).sum::<usize>();
         self.metrics
             .held
             .endpoints
-            .store(map.len() as u64, Ordering::Relaxed);
-        map.len()
+            .store(held as u64, Ordering::Relaxed);
+        held
     }
 }
 

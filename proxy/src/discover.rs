@@ -52,7 +52,7 @@ pub struct Dst {
     /// When `connect` is the endpoint's proxy, the app port it forwards to.
     pub target_port: Option<u16>,
     /// The identity the endpoint's proxy presents, when meshed.
-    pub identity: Option<String>,
+    pub identity: Option<Arc<str>>,
     /// What discovery says the endpoint belongs to, for metric labels.
     pub labels: Option<Arc<DstLabels>>,
     /// Whether its port is opaque TCP (no protocol detection).
@@ -689,7 +689,9 @@ fn apply(current: &[Dst], update: pb::Update) -> Answer {
                     Some(port) => Dst {
                         connect: SocketAddr::new(addr.ip(), port),
                         target_port: Some(addr.port()),
-                        identity: Some(e.tls_identity).filter(|i| !i.is_empty()),
+                        identity: Some(e.tls_identity)
+                            .filter(|i| !i.is_empty())
+                            .map(Arc::from),
                         labels,
                         opaque,
                     },

@@ -19,6 +19,7 @@ pub mod config;
 pub mod detect;
 pub mod discover;
 pub mod error;
+pub mod fasthash;
 pub mod filters;
 pub mod http;
 pub mod identity;

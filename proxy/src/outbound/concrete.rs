@@ -99,6 +99,10 @@ impl Balance {
             (Lb::Passthrough, Some(target)) => Some(target),
             _ => None,
         };
+        // The backend's name keys its policy's state: only a policy with some pays for it.
+        let keyed = policy.limits.is_some()
+            || policy.accrual.is_some()
+            || matches!(policy.lb, Lb::RoundRobin);
         let (mut dsts, backend) = match req.extensions_mut().remove::<Concrete>() {
             // PASSTHROUGH: where the connection was going, whatever the name says; a
             // meshed endpoint of the service there is still reached through its proxy.
@@ -113,18 +117,18 @@ impl Balance {
                             && d.target_port.unwrap_or(d.connect.port()) == target.port()
                     })
                     .unwrap_or_else(|| Dst::direct(target));
-                (vec![dst], Some(name.to_string()))
+                (vec![dst], keyed.then(|| name.to_string()))
             }
             Some(Concrete::Service(name)) => (
                 shared.resolve.endpoints(&name).await?,
-                Some(name.to_string()),
+                keyed.then(|| name.to_string()),
             ),
             Some(Concrete::Subset(name, labels)) => {
-                let key: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                (
-                    shared.resolve.subset_endpoints(&name, &labels).await?,
-                    Some(format!("{name}{{{}}}", key.join(","))),
-                )
+                let key = keyed.then(|| {
+                    let key: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    format!("{name}{{{}}}", key.join(","))
+                });
+                (shared.resolve.subset_endpoints(&name, &labels).await?, key)
             }
             Some(Concrete::Addr(addr)) => (vec![Dst::direct(addr)], None),
             None => return Err(ProxyError::NoAuthority.into()),
