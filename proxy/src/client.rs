@@ -157,11 +157,8 @@ impl Endpoints {
                     used_ms: AtomicU64::new(0),
                 });
                 same.push(endpoint.clone());
-                let held = map.values().map(Vec::len).sum::<usize>();
-                self.metrics
-                    .held
-                    .endpoints
-                    .store(held as u64, Ordering::Relaxed);
+                // Under the map's lock, as the sweep's count is.
+                self.metrics.held.endpoints.fetch_add(1, Ordering::Relaxed);
                 endpoint
             }
         };
@@ -178,13 +175,14 @@ impl Endpoints {
         COARSE_NOW_MS.store(now, Ordering::Relaxed);
         let cutoff = now.saturating_sub(idle.as_millis() as u64);
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let mut held = 0;
         map.retain(|_, same| {
             same.retain(|e| {
                 Arc::strong_count(e) > 1 || e.used_ms.load(Ordering::Relaxed) >= cutoff
             });
+            held += same.len();
             !same.is_empty()
         });
-        let held = map.values().map(Vec::len).sum::<usize>();
         self.metrics
             .held
             .endpoints
