@@ -360,7 +360,7 @@ impl Abort {
                     http::header::CONTENT_TYPE,
                     HeaderValue::from_static("application/grpc"),
                 );
-                headers.insert("grpc-status", HeaderValue::from(code));
+                headers.insert(crate::http::headers::GRPC_STATUS, HeaderValue::from(code));
                 headers.insert(
                     "grpc-message",
                     HeaderValue::from_static("fault filter abort"),

@@ -110,10 +110,8 @@ pub fn mesh_headers(data: &[u8]) {
         };
         let (name, value) = (&field[..colon], &field[colon + 1..]);
         let name = match name {
-            b"t" => Ok(HeaderName::from_static(
-                mesh_proxy::http::TARGET_PORT_HEADER,
-            )),
-            b"o" => Ok(HeaderName::from_static(mesh_proxy::http::ORIG_PROTO_HEADER)),
+            b"t" => Ok(mesh_proxy::http::TARGET_PORT_HEADER),
+            b"o" => Ok(mesh_proxy::http::ORIG_PROTO_HEADER),
             b"h" => Ok(http::header::HOST),
             b"c" => Ok(http::header::CONNECTION),
             other => HeaderName::from_bytes(other),

@@ -8,15 +8,20 @@ use http::{Request, Uri, Version as HttpVersion};
 
 /// The header with which an outbound proxy tells a peer's inbound proxy which port of
 /// its pod a request is for, when no iptables redirect carries that (local mode).
-pub const TARGET_PORT_HEADER: &str = "mesh-target-port";
+/// (The proxy's own header names are parsed once, here: a lookup by `&str` parses
+/// and lowercases the name on every call.)
+pub const TARGET_PORT_HEADER: HeaderName = HeaderName::from_static("mesh-target-port");
 
 /// The header with which an outbound proxy marks an HTTP/1 request it carries to a
 /// peer over HTTP/2; the peer's inbound proxy restores HTTP/1 for the application.
-pub const ORIG_PROTO_HEADER: &str = "mesh-orig-proto";
+pub const ORIG_PROTO_HEADER: HeaderName = HeaderName::from_static("mesh-orig-proto");
 
 /// The header carrying the verified identity of the client to the application; never
 /// taken from the client itself.
-pub const CLIENT_ID_HEADER: &str = "mesh-client-id";
+pub const CLIENT_ID_HEADER: HeaderName = HeaderName::from_static("mesh-client-id");
+
+/// gRPC's status header, in a response's headers (trailers-only) or trailers.
+pub const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
 /// The port a peer proxy named in [`TARGET_PORT_HEADER`]: exactly one header, a
 /// decimal port (no sign, no spaces), or none.
@@ -53,7 +58,7 @@ pub fn is_grpc<B>(req: &Request<B>) -> bool {
 /// The `grpc-status` of a response's headers or trailers.
 pub fn grpc_status(headers: &HeaderMap) -> Option<u32> {
     headers
-        .get("grpc-status")
+        .get(GRPC_STATUS)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
 }

@@ -2,12 +2,13 @@
 //! all, so that a `Connection` header cannot name (and so remove) the headers the proxy
 //! adds further down. An upgrade keeps what it needs to be carried on.
 
-use std::task::{Context, Poll};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 
 use http::{Request, Response, StatusCode, Version as HttpVersion};
 use tower::{Layer, Service};
 
-use super::BoxFuture;
 use super::headers::{is_upgrade, strip_hop_by_hop};
 use crate::body::BoxBody;
 
@@ -32,11 +33,10 @@ pub struct HopByHop<S> {
 impl<S, B> Service<Request<B>> for HopByHop<S>
 where
     S: Service<Request<B>, Response = Response<BoxBody>>,
-    S::Future: Send + 'static,
 {
     type Response = Response<BoxBody>;
     type Error = S::Error;
-    type Future = BoxFuture<Response<BoxBody>, S::Error>;
+    type Future = Stripped<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -45,15 +45,37 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let upgrading = req.version() != HttpVersion::HTTP_2 && is_upgrade(req.headers());
         strip_hop_by_hop(req.headers_mut(), upgrading, true);
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            let mut rsp = fut.await?;
-            // A switched connection is carried as it is (see crate::http::upstream).
-            if !(upgrading && rsp.status() == StatusCode::SWITCHING_PROTOCOLS) {
-                strip_hop_by_hop(rsp.headers_mut(), false, false);
-            }
-            Ok(rsp)
-        })
+        Stripped {
+            fut: self.inner.call(req),
+            upgrading,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// [`HopByHop`]'s future: the response with its hop-by-hop headers stripped (named,
+    /// not boxed: no allocation per request).
+    pub struct Stripped<F> {
+        #[pin]
+        fut: F,
+        upgrading: bool,
+    }
+}
+
+impl<F, E> Future for Stripped<F>
+where
+    F: Future<Output = Result<Response<BoxBody>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let mut rsp = ready!(this.fut.poll(cx))?;
+        // A switched connection is carried as it is (see crate::http::upstream).
+        if !(*this.upgrading && rsp.status() == StatusCode::SWITCHING_PROTOCOLS) {
+            strip_hop_by_hop(rsp.headers_mut(), false, false);
+        }
+        Poll::Ready(Ok(rsp))
     }
 }
 

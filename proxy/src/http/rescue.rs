@@ -2,14 +2,15 @@
 //! responses the proxy makes itself, each with a `mesh-proxy-error` header.
 
 use std::convert::Infallible;
-use std::task::{Context, Poll};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use tower::{Layer, Service};
 
-use super::BoxFuture;
 use crate::body::BoxBody;
 use crate::error::{AtPeer, BoxError, PROXY_ERROR_HEADER, ProxyError};
 
@@ -35,11 +36,10 @@ impl<S, B> Service<Request<B>> for Rescue<S>
 where
     S: Service<Request<B>, Response = Response<BoxBody>>,
     S::Error: Into<BoxError>,
-    S::Future: Send + 'static,
 {
     type Response = Response<BoxBody>;
     type Error = Infallible;
-    type Future = BoxFuture<Response<BoxBody>, Infallible>;
+    type Future = Rescued<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         // Readiness errors (load shedding) surface from `call` instead, as responses.
@@ -51,8 +51,34 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let grpc = super::is_grpc(&req);
-        let fut = self.inner.call(req);
-        Box::pin(async move { Ok(fut.await.unwrap_or_else(|e| rescue(e.into(), grpc))) })
+        Rescued {
+            fut: self.inner.call(req),
+            grpc,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// [`Rescue`]'s future: the inner one's response, or the response its error stands
+    /// for (named, not boxed: no allocation per request).
+    pub struct Rescued<F> {
+        #[pin]
+        fut: F,
+        grpc: bool,
+    }
+}
+
+impl<F, E> Future for Rescued<F>
+where
+    F: Future<Output = Result<Response<BoxBody>, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<Response<BoxBody>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let rsp = ready!(this.fut.poll(cx));
+        Poll::Ready(Ok(rsp.unwrap_or_else(|e| rescue(e.into(), *this.grpc))))
     }
 }
 
@@ -96,7 +122,7 @@ pub fn error_response(status: StatusCode, message: &str, is_grpc: bool) -> Respo
         builder = builder
             .status(StatusCode::OK)
             .header("content-type", "application/grpc")
-            .header("grpc-status", grpc_code(status))
+            .header(super::headers::GRPC_STATUS, grpc_code(status))
             .header("grpc-message", header);
         return builder
             .body(crate::body::empty())
