@@ -1,6 +1,6 @@
-//! A multiply-rotate hasher (FxHash's) for the proxy's own hot maps, whose keys are
-//! addresses, small numbers and interned labels — never bytes a client chose (those
-//! stay under SipHash): a fraction of SipHash's cost per request.
+//! Hashers for the proxy's hot maps: a multiply-rotate hasher (FxHash's) for keys the
+//! proxy itself makes (addresses, small numbers, interned labels), a seeded one for
+//! keys clients choose: both a fraction of SipHash's cost per request.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -52,6 +52,15 @@ impl Hasher for FastHasher {
 
 /// A map hashed with [`FastHasher`].
 pub type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
+
+/// A map whose keys clients choose (authorities, label values): hashed with a seed
+/// drawn per process (foldhash's quality hasher, as hashbrown's default), so collisions
+/// cannot be aimed at, at a fraction of SipHash's cost for short strings. Such maps are
+/// bounded besides.
+pub type SeededMap<K, V> = HashMap<K, V, foldhash::quality::RandomState>;
+
+/// A set of keys clients choose, as [`SeededMap`].
+pub type SeededSet<K> = std::collections::HashSet<K, foldhash::quality::RandomState>;
 
 #[cfg(test)]
 mod tests {

@@ -5,7 +5,7 @@
 //! percentiles are exact to the histogram's precision; the Prometheus
 //! `response_latency_ms` buckets are computed from the same histograms at scrape time.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -69,7 +69,7 @@ impl Hash for RequestLabels {
 
 // The store's maps hash their keys (addresses, small numbers, interned labels: see
 // [`RequestLabels`]'s `Hash`) with FxHash's hasher; strings clients send are interned
-// under SipHash.
+// under a seeded hasher ([`crate::fasthash::SeededSet`]).
 use crate::fasthash::FastMap;
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -219,7 +219,7 @@ struct Store {
     /// Retries not made, by why: the budget was spent, or the service's bound on
     /// retries in flight was reached.
     retries_skipped: FastMap<(RequestLabels, Skipped), u64>,
-    label_values: HashSet<Arc<str>>,
+    label_values: crate::fasthash::SeededSet<Arc<str>>,
     requests: FastMap<RequestLabels, u64>,
     responses: FastMap<ResponseKey, u64>,
     latencies: FastMap<LatencyKey, Latency>,

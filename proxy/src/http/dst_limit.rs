@@ -1,7 +1,7 @@
 //! Caps the requests in flight to one destination, so that a hung backend gets 503s of
 //! its own instead of holding every slot of its direction.
 
-use std::collections::HashMap;
+use crate::fasthash::SeededMap;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -20,7 +20,7 @@ pub trait DstKey {
 
 /// Requests in flight per destination; a destination with none has no entry, so the
 /// map is never larger than the number of requests in flight.
-type InFlight = Arc<Mutex<HashMap<Box<str>, usize>>>;
+type InFlight = Arc<Mutex<SeededMap<Box<str>, usize>>>;
 
 /// Makes [`DstLimit`] services that share one count.
 #[derive(Clone, Debug)]
