@@ -9,9 +9,8 @@ use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::tap::Call;
+use crate::tap::{Call, rfc3339};
 
 /// Lines waiting for the writer at most.
 const QUEUE: usize = 4096;
@@ -150,30 +149,6 @@ fn write_all(rx: Receiver<String>, out: impl Write) {
     }
 }
 
-/// `t` as RFC 3339 in UTC, to the millisecond.
-pub fn rfc3339(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_millis()
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,7 +158,7 @@ mod tests {
     /// An outbound call from `client` (this proxy's identity, if it has one).
     fn entry<'a>(path: &'a str, client: Option<&'a str>) -> Call<'a> {
         Call {
-            at: UNIX_EPOCH + Duration::from_millis(1_796_349_600_123),
+            at: std::time::UNIX_EPOCH + Duration::from_millis(1_796_349_600_123),
             direction: Direction::Outbound,
             method: "GET",
             authority: "reviews.default.svc.cluster.local:9080",
